@@ -1,0 +1,582 @@
+//! Client library for storaged: finds the meta and per-volume leaders, follows
+//! not-leader hints, retries only idempotent or never-executed calls, and bounds every wait.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_proto::cairn::v1 as pb;
+use pb::block_service_client::BlockServiceClient;
+use pb::node_service_client::NodeServiceClient;
+use pb::volume_service_client::VolumeServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Metadata key carrying the leader's address on a not-leader reply (see storaged's error.rs).
+pub const LEADER_HINT_KEY: &str = "cairn-leader";
+
+/// Default bound on one logical call, retries included.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(8);
+/// Bound on one attempt against one server.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Whether a call may be re-sent after an ambiguous failure (the server may have executed it).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Retry {
+    /// Re-executing gives the same result (create-by-name, delete, writes at an offset, reads).
+    Idempotent,
+    /// Only re-sent when the server certainly did not execute it (not-leader, connect failure).
+    OnlyUnexecuted,
+}
+
+#[derive(Default)]
+struct Leaders {
+    meta: Option<String>,
+    volumes: HashMap<String, String>,
+}
+
+/// A cheap-to-clone handle on a storaged cluster.
+#[derive(Clone)]
+pub struct VolumeClient {
+    endpoints: Arc<Vec<String>>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    leaders: Arc<Mutex<Leaders>>,
+    deadline: Duration,
+}
+
+fn normalise(addr: &str) -> String {
+    addr.trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+fn leader_hint(status: &Status) -> Option<String> {
+    status
+        .metadata()
+        .get(LEADER_HINT_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(normalise)
+        .filter(|s| !s.is_empty())
+}
+
+/// Transport-level failure before the request reached a server (safe to resend anything).
+fn unexecuted(status: &Status) -> bool {
+    leader_hint(status).is_some()
+        || (status.code() == Code::Unavailable
+            && (status.message().contains("not the leader")
+                || status.message().contains("transport error")
+                || status.message().contains("tcp connect")
+                || status.message().contains("Connection refused")))
+}
+
+fn retryable(status: &Status, retry: Retry) -> bool {
+    match retry {
+        Retry::OnlyUnexecuted => unexecuted(status),
+        Retry::Idempotent => matches!(
+            status.code(),
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Aborted
+                | Code::Cancelled
+                | Code::Unknown
+        ),
+    }
+}
+
+impl VolumeClient {
+    /// `endpoints` are `host:port` (or `http://host:port`) of any storaged nodes.
+    pub fn new(endpoints: Vec<String>) -> Result<Self, Status> {
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .flat_map(|e| e.split(','))
+            .map(normalise)
+            .filter(|e| !e.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return Err(Status::invalid_argument(
+                "endpoints: at least one storaged address is required",
+            ));
+        }
+        Ok(VolumeClient {
+            endpoints: Arc::new(endpoints),
+            channels: Arc::default(),
+            leaders: Arc::default(),
+            deadline: DEFAULT_DEADLINE,
+        })
+    }
+
+    /// Overrides the bound on one logical call (retries included).
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let mut channels = self.channels.lock().expect("channel cache poisoned");
+        if let Some(ch) = channels.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::invalid_argument(format!("endpoint `{addr}`: {e}")))?
+            .connect_timeout(Duration::from_millis(800))
+            .timeout(ATTEMPT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_adaptive_window(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    /// Candidate order: the known leader first, then every endpoint.
+    fn candidates(&self, known: Option<String>) -> Vec<String> {
+        let mut out = Vec::with_capacity(self.endpoints.len() + 1);
+        if let Some(k) = known {
+            out.push(k);
+        }
+        for e in self.endpoints.iter() {
+            if !out.contains(e) {
+                out.push(e.clone());
+            }
+        }
+        out
+    }
+
+    /// Runs `op` against the right server: follows hints, rotates endpoints, bounded by the deadline.
+    async fn call<T, F, Fut>(&self, volume: Option<&str>, retry: Retry, op: F) -> Result<T, Status>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let start = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        let mut last_err: Option<Status> = None;
+        let mut next_hint: Option<String> = None;
+        loop {
+            let known = next_hint.take().or_else(|| {
+                let l = self.leaders.lock().expect("leader cache poisoned");
+                match volume {
+                    Some(v) => l.volumes.get(v).cloned(),
+                    None => l.meta.clone(),
+                }
+            });
+            for addr in self.candidates(known) {
+                if start.elapsed() >= self.deadline {
+                    break;
+                }
+                let ch = self.channel(&addr)?;
+                let remaining = self
+                    .deadline
+                    .saturating_sub(start.elapsed())
+                    .min(ATTEMPT_TIMEOUT);
+                let res = tokio::time::timeout(remaining, op(ch)).await;
+                let status = match res {
+                    Ok(Ok(v)) => {
+                        let mut l = self.leaders.lock().expect("leader cache poisoned");
+                        match volume {
+                            Some(v) => {
+                                l.volumes.insert(v.to_string(), addr.clone());
+                            }
+                            None => l.meta = Some(addr.clone()),
+                        }
+                        return Ok(v);
+                    }
+                    Ok(Err(status)) => status,
+                    Err(_) => {
+                        Status::deadline_exceeded(format!("no answer from {addr} in {remaining:?}"))
+                    }
+                };
+                if !retryable(&status, retry) {
+                    return Err(status);
+                }
+                tracing::debug!(addr = %addr, code = ?status.code(), msg = status.message(), "storaged call retry");
+                if let Some(hint) = leader_hint(&status) {
+                    if hint != addr {
+                        next_hint = Some(hint);
+                        last_err = Some(status);
+                        break;
+                    }
+                }
+                last_err = Some(status);
+            }
+            if start.elapsed() >= self.deadline {
+                let detail = last_err
+                    .map(|s| s.message().to_string())
+                    .unwrap_or_default();
+                return Err(Status::unavailable(format!(
+                    "storaged unavailable after {:?} (no leader or no quorum): {detail}",
+                    self.deadline
+                )));
+            }
+            if next_hint.is_some() {
+                // Following a redirect: retry at once, but never spin if hints bounce.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            } else {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(250));
+            }
+        }
+    }
+
+    fn vol(ch: Channel) -> VolumeServiceClient<Channel> {
+        VolumeServiceClient::new(ch)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    fn blk(ch: Channel) -> BlockServiceClient<Channel> {
+        BlockServiceClient::new(ch)
+            .max_decoding_message_size(8 << 20)
+            .max_encoding_message_size(8 << 20)
+    }
+
+    pub async fn create_volume(&self, req: pb::CreateVolumeRequest) -> Result<pb::Volume, Status> {
+        self.call(None, Retry::Idempotent, |ch| {
+            let req = req.clone();
+            async move {
+                Ok(Self::vol(ch)
+                    .create_volume(req)
+                    .await?
+                    .into_inner()
+                    .volume
+                    .unwrap_or_default())
+            }
+        })
+        .await
+    }
+
+    pub async fn delete_volume(&self, name: &str) -> Result<(), Status> {
+        let req = pb::DeleteVolumeRequest {
+            name: name.to_string(),
+        };
+        self.call(None, Retry::Idempotent, |ch| {
+            let req = req.clone();
+            async move { Self::vol(ch).delete_volume(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    pub async fn resize_volume(&self, name: &str, size_bytes: u64) -> Result<pb::Volume, Status> {
+        let req = pb::ResizeVolumeRequest {
+            name: name.to_string(),
+            size_bytes,
+        };
+        self.call(None, Retry::Idempotent, |ch| {
+            let req = req.clone();
+            async move {
+                Ok(Self::vol(ch)
+                    .resize_volume(req)
+                    .await?
+                    .into_inner()
+                    .volume
+                    .unwrap_or_default())
+            }
+        })
+        .await
+    }
+
+    pub async fn get_volume(&self, name: &str) -> Result<pb::Volume, Status> {
+        let req = pb::GetVolumeRequest {
+            name: name.to_string(),
+        };
+        self.call(None, Retry::Idempotent, |ch| {
+            let req = req.clone();
+            async move {
+                Ok(Self::vol(ch)
+                    .get_volume(req)
+                    .await?
+                    .into_inner()
+                    .volume
+                    .unwrap_or_default())
+            }
+        })
+        .await
+    }
+
+    pub async fn list_volumes(
+        &self,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<pb::ListVolumesResponse, Status> {
+        let req = pb::ListVolumesRequest {
+            page_size,
+            page_token: page_token.to_string(),
+        };
+        self.call(None, Retry::Idempotent, |ch| {
+            let req = req.clone();
+            async move { Ok(Self::vol(ch).list_volumes(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Every volume, following pages.
+    pub async fn list_all_volumes(&self) -> Result<Vec<pb::Volume>, Status> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self.list_volumes(500, &token).await?;
+            out.extend(page.volumes);
+            if page.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    pub async fn get_capacity(
+        &self,
+        req: pb::GetCapacityRequest,
+    ) -> Result<pb::GetCapacityResponse, Status> {
+        self.call(None, Retry::Idempotent, |ch| {
+            let req = req.clone();
+            async move { Ok(Self::vol(ch).get_capacity(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn publish_volume(
+        &self,
+        req: pb::PublishVolumeRequest,
+    ) -> Result<pb::Volume, Status> {
+        self.call(None, Retry::Idempotent, |ch| {
+            let req = req.clone();
+            async move {
+                Ok(Self::vol(ch)
+                    .publish_volume(req)
+                    .await?
+                    .into_inner()
+                    .volume
+                    .unwrap_or_default())
+            }
+        })
+        .await
+    }
+
+    pub async fn unpublish_volume(&self, name: &str, node_name: &str) -> Result<(), Status> {
+        let req = pb::UnpublishVolumeRequest {
+            name: name.to_string(),
+            node_name: node_name.to_string(),
+        };
+        self.call(None, Retry::Idempotent, |ch| {
+            let req = req.clone();
+            async move { Self::vol(ch).unpublish_volume(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<pb::Node>, Status> {
+        self.call(None, Retry::Idempotent, |ch| async move {
+            Ok(Self::vol(ch)
+                .list_nodes(pb::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes)
+        })
+        .await
+    }
+
+    pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, Status> {
+        self.call(None, Retry::Idempotent, |ch| async move {
+            Ok(Self::vol(ch)
+                .cluster_status(pb::ClusterStatusRequest {})
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    pub async fn add_node(&self, req: pb::AddNodeRequest) -> Result<pb::Node, Status> {
+        self.call(None, Retry::OnlyUnexecuted, |ch| {
+            let req = req.clone();
+            async move {
+                Ok(Self::vol(ch)
+                    .add_node(req)
+                    .await?
+                    .into_inner()
+                    .node
+                    .unwrap_or_default())
+            }
+        })
+        .await
+    }
+
+    pub async fn remove_node(&self, id: u64) -> Result<(), Status> {
+        self.call(None, Retry::OnlyUnexecuted, |ch| async move {
+            Self::vol(ch)
+                .remove_node(pb::RemoveNodeRequest { id })
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn read(&self, volume: &str, offset: u64, length: u32) -> Result<Vec<u8>, Status> {
+        let req = pb::ReadRequest {
+            volume: volume.to_string(),
+            offset,
+            length,
+        };
+        self.call(Some(volume), Retry::Idempotent, |ch| {
+            let req = req.clone();
+            async move { Ok(Self::blk(ch).read(req).await?.into_inner().data.to_vec()) }
+        })
+        .await
+    }
+
+    /// A write of the same bytes at the same offset is idempotent, so it is retried.
+    pub async fn write(&self, volume: &str, offset: u64, data: bytes::Bytes) -> Result<(), Status> {
+        self.call(Some(volume), Retry::Idempotent, |ch| {
+            let req = pb::WriteRequest {
+                volume: volume.to_string(),
+                offset,
+                data: data.clone(),
+            };
+            async move { Self::blk(ch).write(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    pub async fn discard(&self, volume: &str, offset: u64, length: u64) -> Result<(), Status> {
+        let req = pb::DiscardRequest {
+            volume: volume.to_string(),
+            offset,
+            length,
+        };
+        self.call(Some(volume), Retry::Idempotent, |ch| {
+            let req = req.clone();
+            async move { Self::blk(ch).discard(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    pub async fn flush(&self, volume: &str) -> Result<(), Status> {
+        let req = pb::FlushRequest {
+            volume: volume.to_string(),
+        };
+        self.call(Some(volume), Retry::Idempotent, |ch| {
+            let req = req.clone();
+            async move { Self::blk(ch).flush(req).await.map(|_| ()) }
+        })
+        .await
+    }
+}
+
+/// A client for one node's own storaged (attach/detach are node-local).
+#[derive(Clone)]
+pub struct NodeClient {
+    inner: NodeServiceClient<Channel>,
+}
+
+impl NodeClient {
+    pub fn connect(addr: &str) -> Result<Self, Status> {
+        let addr = normalise(addr);
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::invalid_argument(format!("endpoint `{addr}`: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(60))
+            .connect_lazy();
+        Ok(NodeClient {
+            inner: NodeServiceClient::new(ch),
+        })
+    }
+
+    pub async fn attach_volume(
+        &self,
+        req: pb::AttachVolumeRequest,
+    ) -> Result<pb::NodeAttachment, Status> {
+        Ok(self
+            .inner
+            .clone()
+            .attach_volume(req)
+            .await?
+            .into_inner()
+            .attachment
+            .unwrap_or_default())
+    }
+
+    pub async fn detach_volume(&self, volume: &str) -> Result<(), Status> {
+        self.inner
+            .clone()
+            .detach_volume(pb::DetachVolumeRequest {
+                volume: volume.to_string(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn list_attachments(&self) -> Result<Vec<pb::NodeAttachment>, Status> {
+        Ok(self
+            .inner
+            .clone()
+            .list_attachments(pb::ListAttachmentsRequest {})
+            .await?
+            .into_inner()
+            .attachments)
+    }
+
+    pub async fn refresh_size(&self, volume: &str) -> Result<pb::NodeAttachment, Status> {
+        Ok(self
+            .inner
+            .clone()
+            .refresh_size(pb::RefreshSizeRequest {
+                volume: volume.to_string(),
+            })
+            .await?
+            .into_inner()
+            .attachment
+            .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_split_and_normalised() {
+        let c = VolumeClient::new(vec!["http://127.0.0.1:1/, 127.0.0.1:2".into()]).unwrap();
+        assert_eq!(c.endpoints(), ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(
+            VolumeClient::new(vec![" ".into()]).err().map(|s| s.code()),
+            Some(Code::InvalidArgument)
+        );
+    }
+
+    #[test]
+    fn only_unexecuted_calls_retry_on_ambiguous_errors() {
+        let timeout = Status::deadline_exceeded("slow");
+        assert!(retryable(&timeout, Retry::Idempotent));
+        assert!(!retryable(&timeout, Retry::OnlyUnexecuted));
+        let mut hinted = Status::unavailable("not the leader of group 0");
+        hinted
+            .metadata_mut()
+            .insert(LEADER_HINT_KEY, "127.0.0.1:9".parse().unwrap());
+        assert!(retryable(&hinted, Retry::OnlyUnexecuted));
+        assert_eq!(leader_hint(&hinted).as_deref(), Some("127.0.0.1:9"));
+        assert!(!retryable(
+            &Status::invalid_argument("x"),
+            Retry::Idempotent
+        ));
+    }
+
+    #[tokio::test]
+    async fn unreachable_cluster_fails_with_unavailable_in_bounded_time() {
+        // Port 1 on loopback refuses connections.
+        let c = VolumeClient::new(vec!["127.0.0.1:1".into()])
+            .unwrap()
+            .with_deadline(Duration::from_millis(700));
+        let start = Instant::now();
+        let err = c.get_volume("v").await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            start.elapsed()
+        );
+    }
+}

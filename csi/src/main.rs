@@ -1,0 +1,185 @@
+//! `cairn-csi`: command line, wiring of the identity/controller/node services, and the
+//! gRPC server on a Unix socket (a stale socket file is removed first).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cairn_csi::controller::ControllerService;
+use cairn_csi::identity::IdentityService;
+use cairn_csi::node::{NodeConfig, NodeService};
+use cairn_csi::paths::PathPolicy;
+use cairn_csi::storaged::{NodeBackend, VolumeBackend};
+use cairn_proto::cairn::v1::Frontend;
+use cairn_proto::csi::v1::{
+    controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer,
+};
+use clap::{Parser, ValueEnum};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Controller,
+    Node,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FrontendArg {
+    Fuse,
+    Nbd,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn-csi",
+    version,
+    about = "CSI driver csi.cairn.dev for Cairn"
+)]
+struct Cli {
+    /// Which services to serve (Identity is always served).
+    #[arg(long, value_enum, default_value = "all")]
+    mode: Mode,
+    /// Where to listen: unix:///path/csi.sock (or a plain path).
+    #[arg(long, env = "CSI_ENDPOINT")]
+    endpoint: String,
+    /// This node's name (the storaged node name); required for node and all modes.
+    #[arg(long, env = "CSI_NODE_ID", default_value = "")]
+    node_id: String,
+    /// storaged addresses (host:port), comma separated. In node mode the first is this
+    /// node's own storaged, used for attach and detach.
+    #[arg(long, value_delimiter = ',', required = true)]
+    storaged: Vec<String>,
+    /// The kubelet's root directory: staging and target paths must lie under it.
+    #[arg(long, default_value = "/var/lib/kubelet")]
+    kubelet_root: PathBuf,
+    /// Accepted for compatibility with issue 3; storaged owns the local pool (see ARCHITECTURE.md).
+    #[arg(long)]
+    local_pool: Option<PathBuf>,
+    /// How storaged exposes replicated volumes to the kernel on this node.
+    #[arg(long, value_enum, default_value = "fuse")]
+    frontend: FrontendArg,
+    /// More directories under which staging and target paths are allowed (repeatable).
+    #[arg(long = "allowed-path-prefix")]
+    allowed_path_prefix: Vec<PathBuf>,
+    /// Reported by NodeGetInfo.
+    #[arg(long, default_value_t = 64)]
+    max_volumes_per_node: i64,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn socket_path(endpoint: &str) -> Result<PathBuf, String> {
+    let path = endpoint.strip_prefix("unix://").unwrap_or(endpoint);
+    if path.is_empty() || !path.starts_with('/') {
+        return Err(format!(
+            "--endpoint `{endpoint}`: expected unix:///absolute/path"
+        ));
+    }
+    Ok(PathBuf::from(path))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let serve_controller = matches!(cli.mode, Mode::Controller | Mode::All);
+    let serve_node = matches!(cli.mode, Mode::Node | Mode::All);
+    if serve_node && cli.node_id.is_empty() {
+        return Err("--node-id is required in node and all modes".into());
+    }
+    if let Some(pool) = &cli.local_pool {
+        tracing::warn!(
+            local_pool = %pool.display(),
+            "--local-pool is ignored: storaged creates local volumes in its own pool"
+        );
+    }
+    let volumes: Arc<dyn VolumeBackend> =
+        Arc::new(cairn_client::VolumeClient::new(cli.storaged.clone())?);
+    let node_backend: Option<Arc<dyn NodeBackend>> = if serve_node {
+        let local = cli
+            .storaged
+            .iter()
+            .flat_map(|s| s.split(','))
+            .find(|s| !s.trim().is_empty())
+            .ok_or("--storaged is empty")?;
+        Some(Arc::new(cairn_client::NodeClient::connect(local)?))
+    } else {
+        None
+    };
+
+    let identity = IdentityService {
+        volumes: Some(volumes.clone()),
+        node: node_backend.clone(),
+        controller: serve_controller,
+    };
+    let controller =
+        serve_controller.then(|| ControllerServer::new(ControllerService::new(volumes.clone())));
+    let node = node_backend.map(|nb| {
+        let roots =
+            std::iter::once(cli.kubelet_root.clone()).chain(cli.allowed_path_prefix.clone());
+        let cfg = NodeConfig {
+            node_id: cli.node_id.clone(),
+            paths: PathPolicy::new(roots),
+            frontend: match cli.frontend {
+                FrontendArg::Fuse => Frontend::Fuse,
+                FrontendArg::Nbd => Frontend::Nbd,
+            },
+            max_volumes_per_node: cli.max_volumes_per_node,
+        };
+        NodeServer::new(NodeService::new(cfg, nb, volumes.clone()))
+    });
+
+    let sock = socket_path(&cli.endpoint)?;
+    if let Some(parent) = sock.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::remove_file(&sock) {
+        Ok(()) => tracing::info!(socket = %sock.display(), "removed stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("remove stale socket {}: {e}", sock.display()).into()),
+    }
+    let listener = UnixListener::bind(&sock)?;
+    tracing::info!(
+        socket = %sock.display(),
+        mode = ?cli.mode,
+        node_id = cli.node_id,
+        storaged = ?cli.storaged,
+        version = env!("CARGO_PKG_VERSION"),
+        "cairn-csi serving"
+    );
+    let result = tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(identity))
+        .add_optional_service(controller)
+        .add_optional_service(node)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .await;
+    let _ = std::fs::remove_file(&sock);
+    result?;
+    Ok(())
+}

@@ -1,0 +1,521 @@
+//! Test harness for cairn-csi: real storaged processes, real cairn-csi processes on Unix
+//! sockets, gRPC clients over those sockets, and cleanup of mounts and loop devices.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_proto::csi::v1 as csi;
+use csi::controller_client::ControllerClient;
+use csi::identity_client::IdentityClient;
+use csi::node_client::NodeClient;
+use csi::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume, access_mode::Mode};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Upper bound for a cluster or a plugin to come up.
+pub const STARTUP: Duration = Duration::from_secs(90);
+
+/// Directory holding the workspace binaries (`target/<profile>`), from this test's path.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// The storaged binary: `$CAIRN_STORAGED_BIN`, else next to this crate's binaries.
+pub fn storaged_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("CAIRN_STORAGED_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = bin_dir().join("storaged");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo test --workspace` (or `cargo build -p cairn-storaged`) first, \
+         or set CAIRN_STORAGED_BIN",
+        p.display()
+    );
+    p
+}
+
+pub fn csi_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cairn-csi"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `f` until it returns Some, failing the test after `limit`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn stop(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Unmount everything under `dir` (deepest first) and detach loop devices backed by files there.
+pub fn cleanup_under(dir: &Path) {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = cairn_csi::mount::parse_mountinfo(&text)
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+    }
+    if let Ok(out) = Command::new("losetup")
+        .args(["-n", "-l", "-O", "NAME,BACK-FILE"])
+        .output()
+    {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let mut f = line.split_whitespace();
+            if let (Some(dev), Some(back)) = (f.next(), f.next())
+                && Path::new(back).starts_with(dir)
+            {
+                let _ = Command::new("losetup").args(["-d", dev]).status();
+            }
+        }
+    }
+}
+
+/// Mount points under `dir` right now.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    cairn_csi::mount::parse_mountinfo(&text)
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+/// A storaged process.
+pub struct Storaged {
+    pub child: Child,
+    pub addr: String,
+    pub name: String,
+}
+
+/// A 3-node (or n-node) storaged cluster in a temporary directory.
+pub struct Cluster {
+    pub nodes: Vec<Storaged>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub async fn start(n: usize) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-csi-it-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let bin = storaged_bin();
+        let mut nodes = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let id = i + 1;
+            let data = dir.path().join(format!("storaged-{id}"));
+            std::fs::create_dir_all(&data).unwrap();
+            let log = std::fs::File::create(dir.path().join(format!("storaged-{id}.log"))).unwrap();
+            let child = Command::new(&bin)
+                .args(["--node-id", &id.to_string()])
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--initial-cluster", &initial])
+                .args(["--node-name", &format!("node-{id}")])
+                .args([
+                    "--label",
+                    &format!("zone=zone-{}", if id == 1 { "a" } else { "b" }),
+                ])
+                .args(["--capacity", "20GiB"])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn storaged");
+            nodes.push(Storaged {
+                child,
+                addr: format!("127.0.0.1:{port}"),
+                name: format!("node-{id}"),
+            });
+        }
+        let cluster = Cluster { nodes, dir };
+        let client = cairn_client::VolumeClient::new(cluster.endpoints()).unwrap();
+        wait_for("storaged cluster with all nodes", STARTUP, || {
+            let client = client.clone();
+            async move {
+                match client.list_nodes().await {
+                    Ok(ns) if ns.len() >= n => Some(()),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+        cluster
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// Endpoints with node `i`'s own storaged first (what a node plugin on it is given).
+    pub fn endpoints_for(&self, i: usize) -> String {
+        let mut v = vec![self.nodes[i].addr.clone()];
+        v.extend(
+            self.nodes
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, n)| n.addr.clone()),
+        );
+        v.join(",")
+    }
+
+    pub fn node_client(&self, i: usize) -> cairn_client::NodeClient {
+        cairn_client::NodeClient::connect(&self.nodes[i].addr).unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Unmount first, so storaged's FUSE exports are not busy, then stop storaged.
+        let kubelets = self.dir.path().join("kubelet");
+        cleanup_under(&kubelets);
+        for n in &mut self.nodes {
+            stop(&mut n.child);
+        }
+        cleanup_under(self.dir.path());
+    }
+}
+
+/// A cairn-csi process serving on a Unix socket.
+pub struct Plugin {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub args: Vec<String>,
+    pub log: PathBuf,
+}
+
+impl Plugin {
+    pub async fn start(socket: &Path, args: &[&str], log: &Path) -> Plugin {
+        let mut p = Plugin {
+            child: None,
+            socket: socket.to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            log: log.to_path_buf(),
+        };
+        p.spawn().await;
+        p
+    }
+
+    /// A node plugin for cluster node `i`, with its own kubelet root.
+    pub async fn node(cluster: &Cluster, i: usize) -> Plugin {
+        let root = cluster.kubelet_root(i);
+        std::fs::create_dir_all(&root).unwrap();
+        let sock = cluster.dir.path().join(format!("csi-node-{}.sock", i + 1));
+        let log = cluster.dir.path().join(format!("csi-node-{}.log", i + 1));
+        Plugin::start(
+            &sock,
+            &[
+                "--mode",
+                "node",
+                "--node-id",
+                &cluster.nodes[i].name,
+                "--storaged",
+                &cluster.endpoints_for(i),
+                "--kubelet-root",
+                root.to_str().unwrap(),
+            ],
+            &log,
+        )
+        .await
+    }
+
+    pub async fn controller(cluster: &Cluster) -> Plugin {
+        let sock = cluster.dir.path().join("csi-controller.sock");
+        let log = cluster.dir.path().join("csi-controller.log");
+        let eps = cluster.endpoints().join(",");
+        Plugin::start(&sock, &["--mode", "controller", "--storaged", &eps], &log).await
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(csi_bin())
+            .arg("--endpoint")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn cairn-csi");
+        self.child = Some(child);
+        let sock = self.socket.clone();
+        wait_for("cairn-csi Probe ready", STARTUP, || {
+            let sock = sock.clone();
+            async move {
+                let ch = connect(&sock).await.ok()?;
+                let r = IdentityClient::new(ch)
+                    .probe(csi::ProbeRequest {})
+                    .await
+                    .ok()?;
+                (r.into_inner().ready == Some(true)).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// SIGKILL (no cleanup at all), then start again on the same socket.
+    pub async fn crash_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        assert!(
+            self.socket.exists(),
+            "a killed plugin leaves its socket file behind"
+        );
+        self.spawn().await;
+    }
+
+    pub async fn channel(&self) -> Channel {
+        connect(&self.socket)
+            .await
+            .expect("connect to plugin socket")
+    }
+    pub async fn identity(&self) -> IdentityClient<Channel> {
+        IdentityClient::new(self.channel().await)
+    }
+    pub async fn ctrl(&self) -> ControllerClient<Channel> {
+        ControllerClient::new(self.channel().await)
+    }
+    pub async fn node_rpc(&self) -> NodeClient<Channel> {
+        NodeClient::new(self.channel().await)
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            stop(c);
+        }
+    }
+}
+
+/// A tonic channel over a Unix socket.
+pub async fn connect(sock: &Path) -> Result<Channel, tonic::transport::Error> {
+    let sock = sock.to_path_buf();
+    Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let sock = sock.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(sock).await?))
+            }
+        }))
+        .await
+}
+
+impl Cluster {
+    pub fn kubelet_root(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join("kubelet")
+            .join(format!("node-{}", i + 1))
+    }
+
+    /// `<root>/plugins/kubernetes.io/csi/<driver>/<sha256(volumeHandle)>/globalmount`
+    pub fn staging_path(&self, i: usize, volume_id: &str) -> PathBuf {
+        let h = hex::encode(Sha256::digest(volume_id.as_bytes()));
+        let p = self
+            .kubelet_root(i)
+            .join("plugins/kubernetes.io/csi/csi.cairn.dev")
+            .join(h)
+            .join("globalmount");
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// `<root>/pods/<pod-uid>/volumes/kubernetes.io~csi/<pv>/mount` (parent created, as kubelet does).
+    pub fn target_path(&self, i: usize, pod: &str, pv: &str) -> PathBuf {
+        let p = self
+            .kubelet_root(i)
+            .join("pods")
+            .join(pod)
+            .join("volumes/kubernetes.io~csi")
+            .join(pv);
+        std::fs::create_dir_all(&p).unwrap();
+        p.join("mount")
+    }
+}
+
+pub fn mount_cap(mode: Mode, fs: &str) -> csi::VolumeCapability {
+    csi::VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume {
+            fs_type: fs.into(),
+            ..Default::default()
+        })),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
+}
+
+pub fn block_cap(mode: Mode) -> csi::VolumeCapability {
+    csi::VolumeCapability {
+        access_type: Some(AccessType::Block(BlockVolume {})),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
+}
+
+pub fn create_req(
+    name: &str,
+    size: i64,
+    cap: csi::VolumeCapability,
+    params: &[(&str, &str)],
+) -> csi::CreateVolumeRequest {
+    csi::CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: size,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![cap],
+        parameters: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Stage and publish on a node plugin; returns (staging, target).
+pub async fn stage_and_publish(
+    node: &Plugin,
+    cluster: &Cluster,
+    i: usize,
+    volume_id: &str,
+    publish_context: std::collections::HashMap<String, String>,
+    cap: csi::VolumeCapability,
+    pod: &str,
+) -> (PathBuf, PathBuf) {
+    let staging = cluster.staging_path(i, volume_id);
+    let target = cluster.target_path(i, pod, volume_id);
+    let mut n = node.node_rpc().await;
+    n.node_stage_volume(csi::NodeStageVolumeRequest {
+        volume_id: volume_id.into(),
+        publish_context: publish_context.clone(),
+        staging_target_path: staging.to_str().unwrap().into(),
+        volume_capability: Some(cap.clone()),
+        ..Default::default()
+    })
+    .await
+    .expect("NodeStageVolume");
+    n.node_publish_volume(csi::NodePublishVolumeRequest {
+        volume_id: volume_id.into(),
+        publish_context,
+        staging_target_path: staging.to_str().unwrap().into(),
+        target_path: target.to_str().unwrap().into(),
+        volume_capability: Some(cap),
+        readonly: false,
+        ..Default::default()
+    })
+    .await
+    .expect("NodePublishVolume");
+    (staging, target)
+}
+
+/// Unpublish and unstage (each twice, to check idempotency).
+pub async fn unpublish_and_unstage(node: &Plugin, volume_id: &str, staging: &Path, target: &Path) {
+    let mut n = node.node_rpc().await;
+    for _ in 0..2 {
+        n.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: volume_id.into(),
+            target_path: target.to_str().unwrap().into(),
+        })
+        .await
+        .expect("NodeUnpublishVolume");
+    }
+    assert!(
+        !target.exists(),
+        "NodeUnpublish must remove {}",
+        target.display()
+    );
+    for _ in 0..2 {
+        n.node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: volume_id.into(),
+            staging_target_path: staging.to_str().unwrap().into(),
+        })
+        .await
+        .expect("NodeUnstageVolume");
+    }
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// Run a shell command, asserting success; returns stdout.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether this process may grow a mounted ext4 (EXT4_IOC_RESIZE_FS needs CAP_SYS_RESOURCE).
+pub fn has_cap_sys_resource() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(eff, 16).unwrap() & (1 << CAP_SYS_RESOURCE) != 0
+}

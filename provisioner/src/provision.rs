@@ -1,0 +1,337 @@
+//! The provisioner: a pending claim of a Cairn class becomes CreateVolume `pvc-<uid>` and
+//! then a PV (CSI source, nodeAffinity, claimRef, reclaim policy, finalizer), as upstream.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cairn_proto::csi::v1::{
+    self as csi, CapacityRange, controller_service_capability::rpc::Type as Cap,
+};
+use k8s_openapi::api::core::v1::{
+    CSIPersistentVolumeSource, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim,
+    PersistentVolumeSpec,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::context::{Ctx, key};
+use crate::error::{Error, Result, is_api_code};
+use crate::names::*;
+use crate::{csi as csic, params, quantity, topology};
+
+const CONTROLLER: &str = "provisioner";
+
+/// Reconciles one claim.
+pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result<Action> {
+    let k = key("pvc", pvc.namespace().as_deref(), &pvc.name_any());
+    let res = provision(&pvc, &ctx).await;
+    ctx.finished(CONTROLLER, &k, &res);
+    res
+}
+
+/// Backoff after a failed reconcile.
+pub fn error_policy(pvc: Arc<PersistentVolumeClaim>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    let ns = pvc.namespace().unwrap_or_default();
+    warn!(pvc = %format!("{ns}/{}", pvc.name_any()), error = %err, "provisioning failed; will retry");
+    ctx.retry(&key("pvc", Some(&ns), &pvc.name_any()))
+}
+
+/// The claim's class name (spec, or the deprecated beta annotation).
+pub fn class_name(pvc: &PersistentVolumeClaim) -> Option<String> {
+    pvc.spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.clone())
+        .or_else(|| pvc.annotations().get(ANN_BETA_STORAGE_CLASS).cloned())
+        .filter(|c| !c.is_empty())
+}
+
+/// The claim's requested storage in bytes.
+pub fn requested_bytes(pvc: &PersistentVolumeClaim) -> Result<u64> {
+    let q = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .ok_or_else(|| Error::Invalid("claim has no storage request".into()))?;
+    let b = quantity::to_bytes(q)?;
+    if b == 0 {
+        return Err(Error::Invalid("claim requests 0 bytes".into()));
+    }
+    Ok(b)
+}
+
+async fn provision(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Action> {
+    let idle = Action::await_change();
+    let Some(spec) = pvc.spec.as_ref() else {
+        return Ok(idle);
+    };
+    if pvc.meta().deletion_timestamp.is_some()
+        || spec.volume_name.as_deref().is_some_and(|v| !v.is_empty())
+    {
+        return Ok(idle);
+    }
+    let (Some(uid), Some(ns)) = (pvc.uid(), pvc.namespace()) else {
+        return Ok(idle);
+    };
+    let name = pvc.name_any();
+    let ann = pvc.annotations();
+    let claimed_by = ann
+        .get(ANN_STORAGE_PROVISIONER)
+        .or_else(|| ann.get(ANN_BETA_STORAGE_PROVISIONER));
+    if claimed_by.is_some_and(|p| p != DRIVER) {
+        return Ok(idle);
+    }
+    let Some(class_name) = class_name(pvc) else {
+        return Ok(idle);
+    };
+    let reference = pvc.object_ref(&());
+    let class = match Api::<StorageClass>::all(ctx.client.clone())
+        .get_opt(&class_name)
+        .await?
+    {
+        Some(c) => c,
+        None if claimed_by.is_some() => {
+            let msg = format!("storageclass.storage.k8s.io {class_name:?} not found");
+            ctx.warn(&reference, "ProvisioningFailed", msg.clone())
+                .await;
+            return Err(Error::Waiting(msg));
+        }
+        None => return Ok(idle),
+    };
+    if class.provisioner != DRIVER {
+        return Ok(idle);
+    }
+    let wffc = class.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer");
+    let selected = ann.get(ANN_SELECTED_NODE).cloned();
+    if wffc && selected.is_none() {
+        return Ok(idle);
+    }
+    let pv_name = pv_name(&uid);
+    let pvs = Api::<PersistentVolume>::all(ctx.client.clone());
+    if pvs.get_opt(&pv_name).await?.is_some() {
+        return Ok(idle);
+    }
+
+    let req = match build_request(pvc, &class, &pv_name, ctx).await {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("failed to provision volume with StorageClass {class_name:?}: {e}");
+            ctx.warn(&reference, "ProvisioningFailed", msg).await;
+            return Err(e);
+        }
+    };
+    let (mut req, fs_type) = req;
+    if let Some(node_name) = &selected {
+        match Api::<Node>::all(ctx.client.clone())
+            .get_opt(node_name)
+            .await?
+        {
+            Some(node) => req.accessibility_requirements = Some(topology::for_selected_node(&node)),
+            None => {
+                let msg = format!(
+                    "selected node {node_name:?} not found; asking the scheduler to pick again"
+                );
+                ctx.warn(&reference, "ProvisioningFailed", msg).await;
+                remove_selected_node(ctx, &ns, &name).await?;
+                return Ok(idle);
+            }
+        }
+    } else {
+        req.accessibility_requirements = topology::from_allowed(class.allowed_topologies.as_ref());
+    }
+
+    info!(pvc = %format!("{ns}/{name}"), pv = %pv_name, node = ?selected, "provisioning");
+    ctx.normal(
+        &reference,
+        "Provisioning",
+        format!("External provisioner is provisioning volume for claim \"{ns}/{name}\""),
+    )
+    .await;
+    let requested = req
+        .capacity_range
+        .as_ref()
+        .map(|c| c.required_bytes)
+        .unwrap_or_default();
+    let volume = match ctx.csi.create_volume(req).await {
+        Ok(v) => v,
+        Err(e) if e.csi_code() == Some(tonic::Code::ResourceExhausted) && selected.is_some() => {
+            let msg = format!(
+                "failed to provision volume with StorageClass {class_name:?}: {e}; rescheduling"
+            );
+            ctx.warn(&reference, "ProvisioningFailed", msg).await;
+            remove_selected_node(ctx, &ns, &name).await?;
+            return Ok(idle);
+        }
+        Err(e) => {
+            let msg = format!("failed to provision volume with StorageClass {class_name:?}: {e}");
+            ctx.warn(&reference, "ProvisioningFailed", msg).await;
+            return Err(e);
+        }
+    };
+    let pv = build_pv(
+        pvc,
+        &class,
+        &pv_name,
+        &volume,
+        requested,
+        &fs_type,
+        &ctx.provisioner_identity,
+    );
+    match pvs.create(&PostParams::default(), &pv).await {
+        Ok(_) => {}
+        Err(e) if is_api_code(&e, 409) => {}
+        Err(e) => {
+            let msg = format!("failed to save PersistentVolume {pv_name:?}: {e}; will retry");
+            ctx.warn(&reference, "ProvisioningFailed", msg).await;
+            return Err(e.into());
+        }
+    }
+    info!(pvc = %format!("{ns}/{name}"), pv = %pv_name, volume_id = %volume.volume_id, "provisioned");
+    ctx.normal(
+        &reference,
+        "ProvisioningSucceeded",
+        format!("Successfully provisioned volume {pv_name}"),
+    )
+    .await;
+    ctx.capacity_trigger.notify_one();
+    Ok(idle)
+}
+
+/// CreateVolume for the claim (without topology) and the fsType to record on the PV.
+async fn build_request(
+    pvc: &PersistentVolumeClaim,
+    class: &StorageClass,
+    pv_name: &str,
+    ctx: &Ctx,
+) -> Result<(csi::CreateVolumeRequest, String)> {
+    let spec = pvc.spec.clone().unwrap_or_default();
+    if spec.data_source.is_some() || spec.data_source_ref.is_some() {
+        return Err(Error::Invalid(
+            "volume content sources (clones, snapshots) are not supported".into(),
+        ));
+    }
+    let p = params::parse(class.parameters.as_ref())?;
+    let required = requested_bytes(pvc)?;
+    let limit = match spec
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("storage"))
+    {
+        Some(q) => quantity::to_bytes(q)?,
+        None => 0,
+    };
+    let to_i64 =
+        |b: u64| i64::try_from(b).map_err(|_| Error::Invalid(format!("size {b} is too large")));
+    let block = spec.volume_mode.as_deref() == Some("Block");
+    let snmw = ctx.csi.has_capability(Cap::SingleNodeMultiWriter).await?;
+    let mount_options = class.mount_options.clone().unwrap_or_default();
+    let caps = csic::capabilities(
+        spec.access_modes.as_deref().unwrap_or_default(),
+        block,
+        &p.fs_type,
+        &mount_options,
+        snmw,
+    )?;
+    let fs_type = if block {
+        String::new()
+    } else {
+        p.fs_type.clone()
+    };
+    let req = csi::CreateVolumeRequest {
+        name: pv_name.to_string(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: to_i64(required)?,
+            limit_bytes: to_i64(limit)?,
+        }),
+        volume_capabilities: caps,
+        parameters: p.driver,
+        ..Default::default()
+    };
+    Ok((req, fs_type))
+}
+
+/// The PV external-provisioner would create for this claim and volume.
+pub fn build_pv(
+    pvc: &PersistentVolumeClaim,
+    class: &StorageClass,
+    pv_name: &str,
+    volume: &csi::Volume,
+    requested: i64,
+    fs_type: &str,
+    identity: &str,
+) -> PersistentVolume {
+    let spec = pvc.spec.clone().unwrap_or_default();
+    let bytes = if volume.capacity_bytes > 0 {
+        volume.capacity_bytes
+    } else {
+        requested
+    };
+    let mut attrs: BTreeMap<String, String> = volume.volume_context.clone().into_iter().collect();
+    attrs.insert(ATTR_PROVISIONER_IDENTITY.into(), identity.to_string());
+    PersistentVolume {
+        metadata: ObjectMeta {
+            name: Some(pv_name.to_string()),
+            annotations: Some([(ANN_PROVISIONED_BY.to_string(), DRIVER.to_string())].into()),
+            finalizers: Some(vec![PV_FINALIZER.to_string()]),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeSpec {
+            access_modes: spec.access_modes.clone(),
+            capacity: Some(
+                [(
+                    "storage".to_string(),
+                    quantity::from_bytes(bytes.max(0) as u64),
+                )]
+                .into(),
+            ),
+            claim_ref: Some(ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("PersistentVolumeClaim".into()),
+                namespace: pvc.namespace(),
+                name: Some(pvc.name_any()),
+                uid: pvc.uid(),
+                resource_version: pvc.resource_version(),
+                field_path: None,
+            }),
+            csi: Some(CSIPersistentVolumeSource {
+                driver: DRIVER.to_string(),
+                volume_handle: volume.volume_id.clone(),
+                fs_type: (!fs_type.is_empty()).then(|| fs_type.to_string()),
+                volume_attributes: Some(attrs),
+                ..Default::default()
+            }),
+            mount_options: class.mount_options.clone(),
+            node_affinity: topology::node_affinity(&volume.accessible_topology),
+            persistent_volume_reclaim_policy: Some(
+                class
+                    .reclaim_policy
+                    .clone()
+                    .unwrap_or_else(|| "Delete".to_string()),
+            ),
+            storage_class_name: Some(class.metadata.name.clone().unwrap_or_default()),
+            volume_mode: Some(
+                spec.volume_mode
+                    .clone()
+                    .unwrap_or_else(|| "Filesystem".to_string()),
+            ),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Drops `volume.kubernetes.io/selected-node` so the scheduler picks a node again.
+async fn remove_selected_node(ctx: &Ctx, ns: &str, name: &str) -> Result<()> {
+    let patch = json!({ "metadata": { "annotations": { ANN_SELECTED_NODE: null } } });
+    Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    info!(pvc = %format!("{ns}/{name}"), "removed selected-node for rescheduling");
+    Ok(())
+}

@@ -1,0 +1,343 @@
+//! Parses every manifest under `manifests/` into its k8s-openapi type, checks that nothing is
+//! lost on the round trip (no misspelt field), and checks the facts the install depends on.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+fn manifest_files() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    let mut out = Vec::new();
+    let mut dirs = vec![root];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("manifests dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every document of every file, as JSON values.
+fn documents() -> Vec<(PathBuf, Value)> {
+    let mut docs = Vec::new();
+    for f in manifest_files() {
+        let text = std::fs::read_to_string(&f).expect("read");
+        for d in serde_yaml::Deserializer::from_str(&text) {
+            let v: Value = serde::Deserialize::deserialize(d)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            if !v.is_null() {
+                docs.push((f.clone(), v));
+            }
+        }
+    }
+    docs
+}
+
+/// Drops nulls and empty maps so that a typed round trip compares equal.
+fn normalize(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), normalize(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(normalize).collect()),
+        other => other.clone(),
+    }
+}
+
+fn typed<T: DeserializeOwned + Serialize>(file: &Path, v: &Value) -> T {
+    let t: T =
+        serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let back = serde_json::to_value(&t).expect("serialize");
+    assert_eq!(
+        normalize(&back),
+        normalize(v),
+        "{}: a field was lost (misspelt?)",
+        file.display()
+    );
+    t
+}
+
+#[derive(Default)]
+struct Objects {
+    classes: BTreeMap<String, StorageClass>,
+    drivers: Vec<CSIDriver>,
+    daemonsets: Vec<DaemonSet>,
+    deployments: Vec<Deployment>,
+    statefulsets: Vec<StatefulSet>,
+    cluster_roles: BTreeMap<String, ClusterRole>,
+    roles: BTreeMap<String, Role>,
+}
+
+fn load() -> Objects {
+    let mut o = Objects::default();
+    let docs = documents();
+    assert!(
+        docs.len() >= 15,
+        "expected the whole install, got {} documents",
+        docs.len()
+    );
+    for (f, v) in &docs {
+        match v["kind"].as_str().unwrap_or_default() {
+            "Namespace" => drop(typed::<Namespace>(f, v)),
+            "ServiceAccount" => drop(typed::<ServiceAccount>(f, v)),
+            "Service" => drop(typed::<Service>(f, v)),
+            "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(f, v)),
+            "RoleBinding" => drop(typed::<RoleBinding>(f, v)),
+            "CSIDriver" => o.drivers.push(typed(f, v)),
+            "DaemonSet" => o.daemonsets.push(typed(f, v)),
+            "Deployment" => o.deployments.push(typed(f, v)),
+            "StatefulSet" => o.statefulsets.push(typed(f, v)),
+            "StorageClass" => {
+                let c: StorageClass = typed(f, v);
+                o.classes
+                    .insert(c.metadata.name.clone().unwrap_or_default(), c);
+            }
+            "ClusterRole" => {
+                let r: ClusterRole = typed(f, v);
+                o.cluster_roles
+                    .insert(r.metadata.name.clone().unwrap_or_default(), r);
+            }
+            "Role" => {
+                let r: Role = typed(f, v);
+                o.roles
+                    .insert(r.metadata.name.clone().unwrap_or_default(), r);
+            }
+            other => panic!("{}: unexpected kind {other:?}", f.display()),
+        }
+    }
+    o
+}
+
+#[test]
+fn csidriver_matches_the_design() {
+    let o = load();
+    assert_eq!(o.drivers.len(), 1);
+    let d = &o.drivers[0];
+    assert_eq!(d.metadata.name.as_deref(), Some("csi.cairn.dev"));
+    assert_eq!(d.spec.attach_required, Some(true));
+    assert_eq!(d.spec.pod_info_on_mount, Some(false));
+    assert_eq!(d.spec.storage_capacity, Some(true));
+    assert_eq!(d.spec.fs_group_policy.as_deref(), Some("File"));
+    assert_eq!(
+        d.spec.volume_lifecycle_modes.as_deref(),
+        Some(&["Persistent".to_string()][..])
+    );
+}
+
+#[test]
+fn the_four_storage_classes() {
+    let o = load();
+    let names: Vec<_> = o.classes.keys().cloned().collect();
+    assert_eq!(
+        names,
+        [
+            "cairn-local",
+            "cairn-replicated",
+            "cairn-replicated-wffc",
+            "local-storage"
+        ]
+    );
+    let r = &o.classes["cairn-replicated"];
+    assert_eq!(r.provisioner, "csi.cairn.dev");
+    assert_eq!(r.volume_binding_mode.as_deref(), Some("Immediate"));
+    assert_eq!(r.allow_volume_expansion, Some(true));
+    assert_eq!(
+        r.metadata.annotations.as_ref().unwrap()["storageclass.kubernetes.io/is-default-class"],
+        "true"
+    );
+    assert_eq!(
+        o.classes["cairn-replicated-wffc"]
+            .volume_binding_mode
+            .as_deref(),
+        Some("WaitForFirstConsumer")
+    );
+    let l = &o.classes["cairn-local"];
+    assert_eq!(
+        l.volume_binding_mode.as_deref(),
+        Some("WaitForFirstConsumer")
+    );
+    assert_eq!(l.parameters.as_ref().unwrap()["type"], "local");
+    let s = &o.classes["local-storage"];
+    assert_eq!(s.provisioner, "kubernetes.io/no-provisioner");
+    assert_eq!(
+        s.volume_binding_mode.as_deref(),
+        Some("WaitForFirstConsumer")
+    );
+    for c in o
+        .classes
+        .values()
+        .filter(|c| c.provisioner == "csi.cairn.dev")
+    {
+        // The provisioner accepts exactly these keys; anything else would be refused.
+        for k in c.parameters.iter().flatten().map(|(k, _)| k) {
+            assert!(
+                ["type", "replicas", "csi.storage.k8s.io/fstype"].contains(&k.as_str()),
+                "{k}"
+            );
+        }
+    }
+}
+
+#[test]
+fn node_plugin_registers_the_socket_with_bidirectional_kubelet_mount() {
+    let o = load();
+    let ds = o
+        .daemonsets
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some("cairn-csi-node"))
+        .expect("node daemonset");
+    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let csi = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "cairn-csi")
+        .unwrap();
+    assert_eq!(
+        csi.security_context.as_ref().unwrap().privileged,
+        Some(true)
+    );
+    let kubelet = csi
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == "/var/lib/kubelet")
+        .unwrap();
+    assert_eq!(kubelet.mount_propagation.as_deref(), Some("Bidirectional"));
+    let reg = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "node-driver-registrar")
+        .unwrap();
+    assert!(reg.args.iter().flatten().any(
+        |a| a == "--kubelet-registration-path=/var/lib/kubelet/plugins/csi.cairn.dev/csi.sock"
+    ));
+    let local = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "local-provisioner")
+        .unwrap();
+    assert!(
+        local
+            .args
+            .iter()
+            .flatten()
+            .any(|a| a.starts_with("--node-name="))
+    );
+}
+
+#[test]
+fn controller_runs_csi_and_provisioner_on_one_socket_with_leader_election() {
+    let o = load();
+    let d = o
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some("cairn-controller"))
+        .unwrap();
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let args = |name: &str| {
+        pod.containers
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap()
+            .args
+            .clone()
+            .unwrap()
+    };
+    assert!(args("cairn-csi").contains(&"--mode=controller".to_string()));
+    assert!(args("cairn-csi").contains(&"--endpoint=unix:///csi/csi.sock".to_string()));
+    let p = args("cairn-provisioner");
+    assert!(p.contains(&"--csi-endpoint=unix:///csi/csi.sock".to_string()));
+    assert!(p.contains(&"--leader-election".to_string()));
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("cairn-controller")
+    );
+    assert_eq!(o.statefulsets.len(), 1, "storaged");
+}
+
+fn grants(
+    rules: &[k8s_openapi::api::rbac::v1::PolicyRule],
+    group: &str,
+    resource: &str,
+    verb: &str,
+) -> bool {
+    rules.iter().any(|r| {
+        r.api_groups.iter().flatten().any(|g| g == group)
+            && r.resources.iter().flatten().any(|x| x == resource)
+            && r.verbs.iter().any(|v| v == verb)
+    })
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_controllers_call() {
+    let o = load();
+    let cr = o.cluster_roles["cairn-controller"].rules.clone().unwrap();
+    for (g, r, v) in [
+        ("", "persistentvolumeclaims", "list"),
+        ("", "persistentvolumeclaims", "watch"),
+        ("", "persistentvolumeclaims", "patch"),
+        ("", "persistentvolumeclaims/status", "patch"),
+        ("", "persistentvolumes", "create"),
+        ("", "persistentvolumes", "delete"),
+        ("", "persistentvolumes", "patch"),
+        ("", "persistentvolumes", "get"),
+        ("storage.k8s.io", "storageclasses", "get"),
+        ("storage.k8s.io", "storageclasses", "list"),
+        ("", "nodes", "get"),
+        ("", "nodes", "list"),
+        ("storage.k8s.io", "csinodes", "get"),
+        ("storage.k8s.io", "volumeattachments", "watch"),
+        ("storage.k8s.io", "volumeattachments/status", "patch"),
+        ("events.k8s.io", "events", "create"),
+    ] {
+        assert!(grants(&cr, g, r, v), "cairn-controller lacks {v} {g}/{r}");
+    }
+    let role = o.roles["cairn-controller"].rules.clone().unwrap();
+    assert!(grants(&role, "coordination.k8s.io", "leases", "update"));
+    assert!(grants(
+        &role,
+        "storage.k8s.io",
+        "csistoragecapacities",
+        "create"
+    ));
+    let all_rules = o
+        .cluster_roles
+        .values()
+        .flat_map(|r| r.rules.clone().unwrap_or_default())
+        .chain(
+            o.roles
+                .values()
+                .flat_map(|r| r.rules.clone().unwrap_or_default()),
+        );
+    {
+        for r in all_rules {
+            assert!(!r.verbs.iter().any(|v| v == "*"), "no wildcard verbs");
+            assert!(
+                !r.resources.iter().flatten().any(|x| x == "*"),
+                "no wildcard resources"
+            );
+        }
+    }
+    let node = o.cluster_roles["cairn-node"].rules.clone().unwrap();
+    assert!(grants(&node, "", "persistentvolumes", "create"));
+    assert!(
+        !grants(&node, "", "persistentvolumes", "patch"),
+        "the node role never patches PVs"
+    );
+}

@@ -1,0 +1,396 @@
+//! `cairn-bench`: measures storaged write/read throughput and latency (replicas 1
+//! and 3, queue depth 1 and 32) beside a 3-member etcd and an fsync baseline, same run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_client::VolumeClient;
+use cairn_proto::cairn::v1 as pb;
+use cairn_proto::etcd::PutRequest;
+use cairn_proto::etcd::kv_client::KvClient;
+use cairn_storaged::testkit::{ProcCluster, free_port, sibling_bin};
+use clap::Parser;
+use rand::{Rng, SeedableRng};
+
+#[derive(Parser)]
+#[command(
+    name = "cairn-bench",
+    about = "storaged vs etcd vs the disk, measured in one run"
+)]
+struct Args {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Skip the etcd comparison.
+    #[arg(long)]
+    skip_etcd: bool,
+    /// Skip the fio fsync baseline.
+    #[arg(long)]
+    skip_fio: bool,
+    /// Directory for data (default: a temp dir under /var/tmp, on the same disk as CI builds).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+struct Stats {
+    label: String,
+    ops: u64,
+    bytes: u64,
+    secs: f64,
+    p50_us: u64,
+    p99_us: u64,
+    errors: u64,
+}
+
+impl Stats {
+    fn iops(&self) -> f64 {
+        self.ops as f64 / self.secs
+    }
+    fn mbps(&self) -> f64 {
+        self.bytes as f64 / self.secs / 1e6
+    }
+    fn row(&self) -> String {
+        format!(
+            "{:<34} {:>10.0} {:>9.1} {:>9.2} {:>9.2} {:>6}",
+            self.label,
+            self.iops(),
+            self.mbps(),
+            self.p50_us as f64 / 1000.0,
+            self.p99_us as f64 / 1000.0,
+            self.errors
+        )
+    }
+}
+
+/// Runs `qd` concurrent loops of `op` for `secs`, collecting per-op latency.
+async fn drive<F, Fut>(label: String, qd: usize, secs: u64, bytes_per_op: u64, op: F) -> Stats
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let op = Arc::new(op);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..qd)
+        .map(|w| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0u64;
+                let mut i = w as u64 * 1_000_003;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    match op(i).await {
+                        Ok(()) => lat.push(t.elapsed().as_micros() as u64),
+                        Err(_) => errors += 1,
+                    }
+                    i += 1;
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.expect("bench worker");
+        all.extend(l);
+        errors += e;
+    }
+    let secs_taken = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    Stats {
+        label,
+        ops: all.len() as u64,
+        bytes: all.len() as u64 * bytes_per_op,
+        secs: secs_taken,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        errors,
+    }
+}
+
+struct Etcd {
+    children: Vec<Child>,
+    client_addrs: Vec<String>,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start_etcd(dir: &Path) -> std::io::Result<Etcd> {
+    let members: Vec<(String, u16, u16)> = (1..=3)
+        .map(|i| (format!("e{i}"), free_port(), free_port()))
+        .collect();
+    let initial = members
+        .iter()
+        .map(|(n, _, p)| format!("{n}=http://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children = Vec::new();
+    for (name, cport, pport) in &members {
+        let data = dir.join(name);
+        std::fs::create_dir_all(&data)?;
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+        children.push(
+            Command::new("etcd")
+                .args(["--name", name, "--data-dir"])
+                .arg(&data)
+                .args(["--listen-client-urls", &format!("http://127.0.0.1:{cport}")])
+                .args([
+                    "--advertise-client-urls",
+                    &format!("http://127.0.0.1:{cport}"),
+                ])
+                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pport}")])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{pport}"),
+                ])
+                .args([
+                    "--initial-cluster",
+                    &initial,
+                    "--initial-cluster-state",
+                    "new",
+                ])
+                .args([
+                    "--quota-backend-bytes",
+                    "8589934592",
+                    "--log-level",
+                    "error",
+                ])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()?,
+        );
+    }
+    Ok(Etcd {
+        children,
+        client_addrs: members
+            .iter()
+            .map(|(_, c, _)| format!("http://127.0.0.1:{c}"))
+            .collect(),
+    })
+}
+
+async fn bench_etcd(dir: &Path, secs: u64) -> Result<Vec<Stats>, String> {
+    let etcd = start_etcd(dir).map_err(|e| format!("starting etcd: {e}"))?;
+    let channel = tonic::transport::Endpoint::from_shared(etcd.client_addrs[0].clone())
+        .map_err(|e| e.to_string())?
+        .connect_lazy();
+    let client = KvClient::new(channel).max_encoding_message_size(8 << 20);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let req = PutRequest {
+            key: b"warmup".to_vec(),
+            value: b"x".to_vec(),
+            ..Default::default()
+        };
+        if client.clone().put(req).await.is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("etcd did not become ready within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut out = Vec::new();
+    for (size, qd) in [(4096usize, 1usize), (4096, 64), (65536, 1), (65536, 64)] {
+        let c = client.clone();
+        let value = Arc::new(vec![0x5au8; size]);
+        let label = format!("etcd put {}KiB @{qd}", size / 1024);
+        out.push(
+            drive(label, qd, secs, size as u64, move |i| {
+                let mut c = c.clone();
+                let v = value.clone();
+                async move {
+                    let req = PutRequest {
+                        key: format!("k{}", i % 10_000).into_bytes(),
+                        value: v.to_vec(),
+                        ..Default::default()
+                    };
+                    c.put(req).await.map(|_| ()).map_err(|e| e.to_string())
+                }
+            })
+            .await,
+        );
+    }
+    drop(etcd);
+    Ok(out)
+}
+
+fn fio_baseline(dir: &Path, secs: u64) -> Option<Stats> {
+    let out = Command::new("fio")
+        .args([
+            "--name=fsync4k",
+            "--rw=randwrite",
+            "--bs=4k",
+            "--fsync=1",
+            "--size=64m",
+            "--ioengine=psync",
+        ])
+        .arg(format!("--directory={}", dir.display()))
+        .args([
+            &format!("--runtime={secs}"),
+            "--time_based",
+            "--output-format=json",
+        ])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let w = &v["jobs"][0]["write"];
+    let iops = w["iops"].as_f64()?;
+    let pct = |k: &str| w["clat_ns"]["percentile"][k].as_u64().unwrap_or(0) / 1000;
+    Some(Stats {
+        label: "disk: fio 4KiB write+fsync @1".into(),
+        ops: (iops * secs as f64) as u64,
+        bytes: (iops * secs as f64) as u64 * 4096,
+        secs: secs as f64,
+        p50_us: pct("50.000000"),
+        p99_us: pct("99.000000"),
+        errors: 0,
+    })
+}
+
+async fn bench_storaged(secs: u64) -> Result<Vec<Stats>, String> {
+    let cluster = ProcCluster::start(&sibling_bin("storaged"), 3, &[])
+        .map_err(|e| format!("starting storaged: {e}"))?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let client: VolumeClient = cluster.client();
+    let size: u64 = 1 << 30;
+    let mut out = Vec::new();
+    for replicas in [1u32, 3] {
+        let name = format!("bench-r{replicas}");
+        client
+            .create_volume(pb::CreateVolumeRequest {
+                name: name.clone(),
+                size_bytes: size,
+                replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        cluster
+            .volume_leader(&name, Duration::from_secs(20))
+            .await?;
+        for (bs, qd) in [(4096u64, 1usize), (4096, 32), (65536, 1), (65536, 32)] {
+            let c = client.clone();
+            let n = name.clone();
+            let data = bytes::Bytes::from(vec![0xa5u8; bs as usize]);
+            let label = format!("storaged r{replicas} write {}KiB @{qd}", bs / 1024);
+            out.push(
+                drive(label, qd, secs, bs, move |i| {
+                    let c = c.clone();
+                    let n = n.clone();
+                    let d = data.clone();
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(i);
+                    let off = rng.random_range(0..size / bs) * bs;
+                    async move { c.write(&n, off, d).await.map_err(|e| e.to_string()) }
+                })
+                .await,
+            );
+        }
+        let c = client.clone();
+        let n = name.clone();
+        let label = format!("storaged r{replicas} read 4KiB @32");
+        out.push(
+            drive(label, 32, secs, 4096, move |i| {
+                let c = c.clone();
+                let n = n.clone();
+                let mut rng = rand::rngs::StdRng::seed_from_u64(i);
+                let off = rng.random_range(0..(64 << 20) / 4096) * 4096;
+                async move {
+                    c.read(&n, off, 4096)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await,
+        );
+    }
+    Ok(out)
+}
+
+fn find<'a>(all: &'a [Stats], label: &str) -> Option<&'a Stats> {
+    all.iter().find(|s| s.label == label)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    tracing_subscriber::fmt().with_env_filter("warn").init();
+    let args = Args::parse();
+    let root = match &args.dir {
+        Some(d) => tempfile::Builder::new()
+            .prefix("cairn-bench-")
+            .tempdir_in(d),
+        None => tempfile::Builder::new()
+            .prefix("cairn-bench-")
+            .tempdir_in("/var/tmp"),
+    }
+    .expect("bench temp dir");
+    let mut all = Vec::new();
+    if !args.skip_fio {
+        eprintln!("== fio fsync baseline ({} s)", args.seconds);
+        match fio_baseline(root.path(), args.seconds) {
+            Some(s) => all.push(s),
+            None => eprintln!("fio not available: baseline skipped"),
+        }
+    }
+    if !args.skip_etcd {
+        eprintln!(
+            "== etcd, 3 members on loopback ({} s per case)",
+            args.seconds
+        );
+        match bench_etcd(root.path(), args.seconds).await {
+            Ok(s) => all.extend(s),
+            Err(e) => eprintln!("etcd skipped: {e}"),
+        }
+    }
+    eprintln!(
+        "== storaged, 3 nodes on loopback ({} s per case)",
+        args.seconds
+    );
+    match bench_storaged(args.seconds).await {
+        Ok(s) => all.extend(s),
+        Err(e) => {
+            eprintln!("storaged benchmark failed: {e}");
+            std::process::exit(1);
+        }
+    }
+    println!(
+        "{:<34} {:>10} {:>9} {:>9} {:>9} {:>6}",
+        "case", "ops/s", "MB/s", "p50 ms", "p99 ms", "errors"
+    );
+    for s in &all {
+        println!("{}", s.row());
+    }
+    let pairs = [
+        ("storaged r3 write 4KiB @1", "etcd put 4KiB @1"),
+        ("storaged r3 write 4KiB @32", "etcd put 4KiB @64"),
+        ("storaged r3 write 64KiB @1", "etcd put 64KiB @1"),
+        ("storaged r3 write 64KiB @32", "etcd put 64KiB @64"),
+    ];
+    println!("\nratio of bytes/s, storaged (3 replicas) ÷ etcd (3 members), same run:");
+    for (a, b) in pairs {
+        if let (Some(x), Some(y)) = (find(&all, a), find(&all, b)) {
+            println!(
+                "  {a:<30} ÷ {b:<20} = {:.2}x",
+                x.mbps() / y.mbps().max(1e-9)
+            );
+        }
+    }
+}

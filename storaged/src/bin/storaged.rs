@@ -1,0 +1,153 @@
+//! `storaged`: runs one storage node (meta group member or learner, volume
+//! replicas, block I/O and node-local attach) until SIGINT/SIGTERM.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use cairn_storaged::node::NodeConfig;
+use cairn_storaged::server::{ServerOptions, start};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "storaged",
+    version,
+    about = "Cairn's Raft-replicated block storage node"
+)]
+struct Args {
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long)]
+    node_id: u64,
+    /// Address to listen on, e.g. 127.0.0.1:7001.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Address peers use to reach this node (defaults to --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Directory for the node's RocksDB and runtime state.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Initial meta voters: `1=ADDR,2=ADDR,3=ADDR`. Omit when joining with --join.
+    #[arg(long, value_delimiter = ',')]
+    initial_cluster: Vec<String>,
+    /// Addresses of a running cluster to join (the node registers itself as a learner).
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<String>,
+    /// Node name used for topology (`topology.cairn.dev/node`); defaults to `node-<id>`.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Node labels, e.g. `--label zone=a` (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Capacity offered to volumes, e.g. `100GiB` (default: the data directory's filesystem size).
+    #[arg(long)]
+    capacity: Option<String>,
+    /// Log format: `text` or `json`.
+    #[arg(long, default_value = "text")]
+    log_format: String,
+}
+
+fn parse_kv(field: &str, s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        .ok_or_else(|| format!("--{field}: `{s}` is not KEY=VALUE"))
+}
+
+fn fs_size(path: &std::path::Path) -> u64 {
+    nix::sys::statvfs::statvfs(path)
+        .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+        .unwrap_or(0)
+}
+
+fn run(args: Args) -> Result<(), String> {
+    if args.node_id == 0 {
+        return Err("--node-id: must be greater than 0".into());
+    }
+    let mut initial = BTreeMap::new();
+    for entry in &args.initial_cluster {
+        let (id, addr) = parse_kv("initial-cluster", entry)?;
+        let id: u64 = id
+            .parse()
+            .map_err(|_| format!("--initial-cluster: `{id}` is not a node id"))?;
+        addr.parse::<SocketAddr>()
+            .map_err(|_| format!("--initial-cluster: `{addr}` is not host:port"))?;
+        initial.insert(id, addr);
+    }
+    if initial.is_empty() && args.join.is_empty() {
+        return Err("one of --initial-cluster or --join is required".into());
+    }
+    let labels: BTreeMap<String, String> = args
+        .labels
+        .iter()
+        .map(|l| parse_kv("label", l))
+        .collect::<Result<_, _>>()?;
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| format!("--data-dir {}: {e}", args.data_dir.display()))?;
+    let capacity = match &args.capacity {
+        Some(c) => parse_size::parse_size(c).map_err(|e| format!("--capacity `{c}`: {e}"))?,
+        None => fs_size(&args.data_dir),
+    };
+    let addr = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| args.listen.to_string());
+    if let Some(expected) = initial.get(&args.node_id) {
+        if *expected != addr {
+            return Err(format!(
+                "--initial-cluster says node {} is at {expected}, but this node advertises {addr}",
+                args.node_id
+            ));
+        }
+    }
+    let cfg = NodeConfig {
+        id: args.node_id,
+        name: args
+            .node_name
+            .clone()
+            .unwrap_or_else(|| format!("node-{}", args.node_id)),
+        addr,
+        data_dir: args.data_dir.clone(),
+        initial_cluster: initial,
+        labels,
+        capacity_bytes: capacity,
+    };
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let running = start(ServerOptions {
+            node: cfg,
+            listen: args.listen,
+            join: args.join,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| e.to_string())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        running.stop().await;
+        Ok(())
+    })
+}
+
+fn main() {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    if args.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    if let Err(e) = run(args) {
+        eprintln!("storaged: {e}");
+        std::process::exit(2);
+    }
+}

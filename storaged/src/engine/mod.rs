@@ -1,0 +1,163 @@
+//! The storage engine trait: four column families, atomic batches, range scans.
+//! RocksDB (`rocks`) is the real engine; `mem` is an in-memory engine for tests.
+
+pub mod mem;
+#[cfg(feature = "rocks")]
+pub mod rocks;
+
+use crate::Result;
+
+pub use mem::MemEngine;
+#[cfg(feature = "rocks")]
+pub use rocks::RocksEngine;
+
+/// Column families shared by every Raft group on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cf {
+    RaftLog,
+    RaftState,
+    Data,
+    Meta,
+}
+
+impl Cf {
+    pub const ALL: [Cf; 4] = [Cf::RaftLog, Cf::RaftState, Cf::Data, Cf::Meta];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::RaftLog => "raft_log",
+            Cf::RaftState => "raft_state",
+            Cf::Data => "data",
+            Cf::Meta => "meta",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put(Cf, Vec<u8>, Vec<u8>),
+    Delete(Cf, Vec<u8>),
+    /// Deletes keys in `[start, end)`.
+    DeleteRange(Cf, Vec<u8>, Vec<u8>),
+}
+
+/// An atomic group of writes.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Put(cf, key.into(), value.into()));
+    }
+    pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Delete(cf, key.into()));
+    }
+    pub fn delete_range(&mut self, cf: Cf, start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) {
+        self.ops.push(Op::DeleteRange(cf, start.into(), end.into()));
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+pub type Kv = (Vec<u8>, Vec<u8>);
+
+/// What storaged needs from a key-value engine.
+pub trait Engine: Send + Sync + 'static {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Applies `batch` atomically; with `sync` it is durable (WAL fsynced) on return.
+    fn write(&self, batch: Batch, sync: bool) -> Result<()>;
+    /// Keys in `[start, end)` in order, at most `limit`.
+    fn scan(&self, cf: Cf, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Kv>>;
+    /// The last key-value in `[start, end)`.
+    fn last_in_range(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<Kv>>;
+    /// Makes every earlier write durable.
+    fn sync_wal(&self) -> Result<()>;
+    /// Approximate bytes stored under `[start, end)` (for capacity reporting).
+    fn approximate_size(&self, cf: Cf, start: &[u8], end: &[u8]) -> u64;
+}
+
+/// Big-endian key helpers: group id first, so every group owns a contiguous range.
+pub mod keys {
+    pub fn group_key(group: u64, suffix: u64) -> [u8; 16] {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&group.to_be_bytes());
+        k[8..].copy_from_slice(&suffix.to_be_bytes());
+        k
+    }
+
+    pub fn group_start(group: u64) -> [u8; 16] {
+        group_key(group, 0)
+    }
+
+    /// Exclusive end of a group's range.
+    pub fn group_end(group: u64) -> Vec<u8> {
+        let mut k = group.to_be_bytes().to_vec();
+        k.extend_from_slice(&[0xff; 9]);
+        k
+    }
+
+    pub fn suffix_of(key: &[u8]) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&key[8..16]);
+        u64::from_be_bytes(b)
+    }
+
+    pub fn named(group: u64, name: &str) -> Vec<u8> {
+        let mut k = group.to_be_bytes().to_vec();
+        k.extend_from_slice(name.as_bytes());
+        k
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod suite {
+    //! One engine test suite, run against every engine.
+    use super::*;
+
+    pub fn run(e: &dyn Engine) {
+        let mut b = Batch::default();
+        b.put(Cf::Data, keys::group_key(1, 1).to_vec(), b"a".to_vec());
+        b.put(Cf::Data, keys::group_key(1, 2).to_vec(), b"b".to_vec());
+        b.put(Cf::Data, keys::group_key(2, 1).to_vec(), b"c".to_vec());
+        b.put(Cf::Meta, b"m".to_vec(), b"x".to_vec());
+        e.write(b, true).unwrap();
+        assert_eq!(
+            e.get(Cf::Data, &keys::group_key(1, 2)).unwrap(),
+            Some(b"b".to_vec())
+        );
+        assert_eq!(
+            e.get(Cf::Meta, &keys::group_key(1, 2)).unwrap(),
+            None,
+            "column families are separate"
+        );
+        let all = e
+            .scan(Cf::Data, &keys::group_start(1), &keys::group_end(1), 100)
+            .unwrap();
+        assert_eq!(all.len(), 2);
+        let last = e
+            .last_in_range(Cf::Data, &keys::group_start(1), &keys::group_end(1))
+            .unwrap();
+        assert_eq!(last.unwrap().1, b"b".to_vec());
+        let mut b = Batch::default();
+        b.delete_range(Cf::Data, keys::group_start(1).to_vec(), keys::group_end(1));
+        e.write(b, false).unwrap();
+        assert!(
+            e.scan(Cf::Data, &keys::group_start(1), &keys::group_end(1), 100)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            e.get(Cf::Data, &keys::group_key(2, 1)).unwrap(),
+            Some(b"c".to_vec()),
+            "other group kept"
+        );
+        let mut b = Batch::default();
+        b.delete(Cf::Data, keys::group_key(2, 1).to_vec());
+        e.write(b, false).unwrap();
+        assert_eq!(e.get(Cf::Data, &keys::group_key(2, 1)).unwrap(), None);
+        e.sync_wal().unwrap();
+    }
+}

@@ -1,0 +1,620 @@
+//! The attach manager: exposes volumes to this node's kernel (FUSE + loop, NBD, or a loop device
+//! on a local-pool file), persists the attachment table, and serves the gRPC `NodeService`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cairn_proto::cairn::v1 as pb;
+use pb::Frontend;
+use pb::node_service_server::{NodeService, NodeServiceServer};
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Response, Status};
+
+use super::fuse::{self, FuseExport};
+use super::nbd::NbdServer;
+use super::{BlockDevice, Opened, VolumeOpener, loopdev};
+use crate::{Error, Result};
+
+/// File in the run directory holding the attachment table.
+pub const TABLE_FILE: &str = "attachments.json";
+
+/// Attaches and detaches volumes on this node. Operations on one volume are serialised by a
+/// per-volume lock; different volumes proceed in parallel.
+///
+/// The table is persisted to `<run_dir>/attachments.json` after every change. FUSE mounts and
+/// NBD servers live in this process, so they die with it; loop devices on local-pool files are
+/// kernel objects and survive. [`AttachManager::recover`] reconciles the two at startup.
+pub struct AttachManager {
+    opener: Arc<dyn VolumeOpener>,
+    run_dir: PathBuf,
+    table: Mutex<BTreeMap<String, Attached>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    persist_lock: tokio::sync::Mutex<()>,
+}
+
+struct Attached {
+    attachment: pb::NodeAttachment,
+    exposure: Exposure,
+}
+
+enum Exposure {
+    Fuse {
+        export: FuseExport,
+        loop_dev: PathBuf,
+    },
+    Nbd {
+        dev: Arc<dyn BlockDevice>,
+        server: NbdServer,
+    },
+    Local {
+        path: PathBuf,
+        loop_dev: PathBuf,
+    },
+}
+
+/// One row of `attachments.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    volume: String,
+    /// `fuse`, `nbd` or `local`.
+    kind: String,
+    device_path: String,
+    nbd_uri: String,
+    size_bytes: u64,
+    readonly: bool,
+    /// The file under the loop device: the FUSE `disk` file or the local-pool file.
+    backing: Option<PathBuf>,
+}
+
+/// What [`AttachManager::recover`] found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Local volumes whose loop device survived and is attached again.
+    pub adopted: Vec<String>,
+    /// Attachments of the previous process that could not survive it (FUSE, NBD, vanished loops).
+    pub dropped: Vec<String>,
+    /// Loop devices detached because their FUSE backing died with the previous process.
+    pub detached_loops: Vec<PathBuf>,
+    /// Stale FUSE mounts lazily unmounted.
+    pub unmounted: Vec<PathBuf>,
+}
+
+impl AttachManager {
+    /// `run_dir` is created if missing and canonicalised, so paths compare equal to the ones
+    /// the kernel reports for mounts and loop devices.
+    pub fn new(opener: Arc<dyn VolumeOpener>, run_dir: PathBuf) -> Self {
+        if let Err(e) = std::fs::create_dir_all(&run_dir) {
+            tracing::warn!(run_dir = %run_dir.display(), error = %e, "cannot create the run directory");
+        }
+        let run_dir = std::fs::canonicalize(&run_dir)
+            .or_else(|_| std::path::absolute(&run_dir))
+            .unwrap_or(run_dir);
+        AttachManager {
+            opener,
+            run_dir,
+            table: Mutex::new(BTreeMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            persist_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    fn fuse_dir(&self) -> PathBuf {
+        self.run_dir.join("fuse")
+    }
+
+    /// Exposes `volume` and returns how to reach it. An attachment that already exists with the
+    /// same frontend and mode is returned as is; one with a different frontend or mode is
+    /// `FailedPrecondition`. `Frontend::Unspecified` means FUSE. Local volumes always get a loop
+    /// device on their pool file and report `Frontend::Unspecified`; NBD is refused for them.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn attach(
+        &self,
+        volume: &str,
+        frontend: Frontend,
+        readonly: bool,
+    ) -> Result<pb::NodeAttachment> {
+        super::validate_volume(volume)?;
+        let frontend = if frontend == Frontend::Unspecified {
+            Frontend::Fuse
+        } else {
+            frontend
+        };
+        let lock = self.lock_for(volume);
+        let _guard = lock.lock().await;
+        if let Some(existing) = self.get(volume) {
+            let same_frontend = existing.frontend() == frontend
+                || (existing.frontend() == Frontend::Unspecified && frontend == Frontend::Fuse);
+            if same_frontend && existing.readonly == readonly {
+                return Ok(existing);
+            }
+            return Err(Error::FailedPrecondition(format!(
+                "volume `{volume}` is already attached with frontend {} readonly={}",
+                existing.frontend().as_str_name(),
+                existing.readonly
+            )));
+        }
+        let opened = self.opener.open(volume).await?;
+        let (attachment, exposure) = match opened {
+            Opened::Replicated(dev) if frontend == Frontend::Nbd => {
+                let server = NbdServer::start(volume, dev.clone(), readonly).await?;
+                let a = attachment(
+                    volume,
+                    Frontend::Nbd,
+                    "",
+                    &server.uri(),
+                    dev.size(),
+                    readonly,
+                );
+                (a, Exposure::Nbd { dev, server })
+            }
+            Opened::Replicated(dev) => self.attach_fuse(volume, dev, readonly).await?,
+            Opened::Local { .. } if frontend == Frontend::Nbd => {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume `{volume}` is a local volume: it is exposed with a loop device, not NBD"
+                )));
+            }
+            Opened::Local { path, size } => {
+                let loop_dev = loopdev::attach(&path, readonly).await?;
+                let dev_size = loopdev::size(&loop_dev)?;
+                if dev_size != size {
+                    tracing::warn!(
+                        volume,
+                        size,
+                        dev_size,
+                        "local volume file and volume size differ"
+                    );
+                }
+                let a = attachment(
+                    volume,
+                    Frontend::Unspecified,
+                    &loop_dev.to_string_lossy(),
+                    "",
+                    dev_size,
+                    readonly,
+                );
+                (a, Exposure::Local { path, loop_dev })
+            }
+        };
+        tracing::info!(volume, device = %attachment.device_path, nbd_uri = %attachment.nbd_uri, size = attachment.size_bytes, "attached");
+        self.table_lock().insert(
+            volume.to_string(),
+            Attached {
+                attachment: attachment.clone(),
+                exposure,
+            },
+        );
+        self.persist().await?;
+        Ok(attachment)
+    }
+
+    async fn attach_fuse(
+        &self,
+        volume: &str,
+        dev: Arc<dyn BlockDevice>,
+        readonly: bool,
+    ) -> Result<(pb::NodeAttachment, Exposure)> {
+        let mountpoint = self.fuse_dir().join(volume);
+        // Loop devices left on this path by a dead process would be adopted by `losetup`.
+        for stale in loopdev::find(&mountpoint.join(fuse::DISK_FILE)).await? {
+            tracing::warn!(volume, device = %stale.name.display(), "detaching a stale loop device");
+            loopdev::detach(&stale.name).await?;
+        }
+        let rt = tokio::runtime::Handle::current();
+        let (d, m, v) = (dev.clone(), mountpoint.clone(), volume.to_string());
+        let export =
+            tokio::task::spawn_blocking(move || FuseExport::mount(&v, d, &m, readonly, rt))
+                .await
+                .map_err(|e| Error::Internal(format!("FUSE mount task: {e}")))??;
+        let loop_dev = match loopdev::attach(&export.disk_path(), readonly).await {
+            Ok(l) => l,
+            Err(e) => {
+                unmount_blocking(export).await;
+                return Err(e);
+            }
+        };
+        let size = loopdev::size(&loop_dev)?;
+        let a = attachment(
+            volume,
+            Frontend::Fuse,
+            &loop_dev.to_string_lossy(),
+            "",
+            size,
+            readonly,
+        );
+        Ok((a, Exposure::Fuse { export, loop_dev }))
+    }
+
+    /// Removes `volume`'s exposure. Unknown volumes are success. A loop device still in use (a
+    /// mounted filesystem) is `FailedPrecondition` and the attachment stays.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn detach(&self, volume: &str) -> Result<()> {
+        super::validate_volume(volume)?;
+        let lock = self.lock_for(volume);
+        let _guard = lock.lock().await;
+        let Some(entry) = self.table_lock().remove(volume) else {
+            return Ok(());
+        };
+        let loop_dev = match &entry.exposure {
+            Exposure::Fuse { loop_dev, .. } | Exposure::Local { loop_dev, .. } => {
+                Some(loop_dev.clone())
+            }
+            Exposure::Nbd { .. } => None,
+        };
+        if let Some(loop_dev) = loop_dev
+            && let Err(e) = loopdev::detach(&loop_dev).await
+        {
+            self.table_lock().insert(volume.to_string(), entry);
+            return Err(e);
+        }
+        match entry.exposure {
+            Exposure::Fuse { export, .. } => unmount_blocking(export).await,
+            Exposure::Nbd { server, .. } => server.stop().await,
+            Exposure::Local { .. } => {}
+        }
+        tracing::info!(volume, device = %entry.attachment.device_path, "detached");
+        self.persist().await
+    }
+
+    /// Every attachment, sorted by volume.
+    pub fn list(&self) -> Vec<pb::NodeAttachment> {
+        self.table_lock()
+            .values()
+            .map(|a| a.attachment.clone())
+            .collect()
+    }
+
+    /// The attachment of `volume`, if attached.
+    pub fn get(&self, volume: &str) -> Option<pb::NodeAttachment> {
+        self.table_lock().get(volume).map(|a| a.attachment.clone())
+    }
+
+    /// After a resize: re-reads the volume's size and grows the exposed device to it.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn refresh_size(&self, volume: &str) -> Result<pb::NodeAttachment> {
+        super::validate_volume(volume)?;
+        let lock = self.lock_for(volume);
+        let _guard = lock.lock().await;
+        enum Kind {
+            Loop { loop_dev: PathBuf, backing: PathBuf },
+            Nbd(Arc<dyn BlockDevice>),
+        }
+        let kind = match self.table_lock().get(volume).map(|a| &a.exposure) {
+            None => return Err(Error::not_found("attachment", volume)),
+            Some(Exposure::Fuse {
+                export, loop_dev, ..
+            }) => Kind::Loop {
+                loop_dev: loop_dev.clone(),
+                backing: export.disk_path(),
+            },
+            Some(Exposure::Local { path, loop_dev }) => Kind::Loop {
+                loop_dev: loop_dev.clone(),
+                backing: path.clone(),
+            },
+            Some(Exposure::Nbd { dev, .. }) => Kind::Nbd(dev.clone()),
+        };
+        let size = match kind {
+            // New NBD connections see the new size; an open one keeps the size it negotiated.
+            Kind::Nbd(dev) => dev.size(),
+            Kind::Loop { loop_dev, backing } => {
+                // A stat makes the kernel re-read the FUSE file's size (attribute TTL is zero).
+                tokio::fs::metadata(&backing)
+                    .await
+                    .map_err(|e| Error::Internal(format!("stat {}: {e}", backing.display())))?;
+                loopdev::refresh_capacity(&loop_dev).await?
+            }
+        };
+        let attachment = {
+            let mut table = self.table_lock();
+            let entry = table
+                .get_mut(volume)
+                .ok_or_else(|| Error::not_found("attachment", volume))?;
+            entry.attachment.size_bytes = size;
+            entry.attachment.clone()
+        };
+        tracing::info!(volume, size, "refreshed size");
+        self.persist().await?;
+        Ok(attachment)
+    }
+
+    /// Reconciles with what a previous storaged process left behind; call once at startup,
+    /// before serving:
+    /// - loop devices whose backing file is under `<run_dir>/fuse/` are detached (their FUSE
+    ///   server died, so every I/O on them fails; a filesystem still mounted on one must be
+    ///   unstaged and staged again by the CSI node plugin);
+    /// - mounts under `<run_dir>/fuse/` are lazily unmounted;
+    /// - local-volume attachments whose loop device still backs the same pool file are adopted;
+    ///   the others, and all FUSE and NBD attachments, are dropped from the table.
+    ///
+    /// Attachments made by this process are left alone.
+    #[tracing::instrument(skip(self), err)]
+    pub async fn recover(&self) -> Result<RecoveryReport> {
+        let mut report = RecoveryReport::default();
+        let records = self.load().await;
+        let fuse_dir = std::path::absolute(self.fuse_dir())?;
+        let live: Vec<PathBuf> = self
+            .table_lock()
+            .values()
+            .filter_map(|a| match &a.exposure {
+                Exposure::Fuse { loop_dev, .. } | Exposure::Local { loop_dev, .. } => {
+                    Some(loop_dev.clone())
+                }
+                Exposure::Nbd { .. } => None,
+            })
+            .collect();
+        let loops = loopdev::list().await?;
+        for l in &loops {
+            let Some(backing) = l.backing_path() else {
+                continue;
+            };
+            if backing.starts_with(&fuse_dir) && !live.contains(&l.name) {
+                match loopdev::detach(&l.name).await {
+                    Ok(()) => report.detached_loops.push(l.name.clone()),
+                    Err(e) => {
+                        tracing::warn!(device = %l.name.display(), error = %e, "stale loop device not released yet")
+                    }
+                }
+            }
+        }
+        let live_mounts: Vec<PathBuf> = self
+            .table_lock()
+            .values()
+            .filter_map(|a| match &a.exposure {
+                Exposure::Fuse { export, .. } => Some(export.mountpoint().to_path_buf()),
+                _ => None,
+            })
+            .collect();
+        for m in fuse::mounts_under(&fuse_dir)? {
+            if !live_mounts
+                .iter()
+                .any(|l| std::path::absolute(l).ok().as_deref() == Some(&m))
+            {
+                fuse::lazy_unmount(&m)?;
+                report.unmounted.push(m);
+            }
+        }
+        for r in records {
+            if self.table_lock().contains_key(&r.volume) {
+                continue;
+            }
+            let found = match (&r.kind[..], &r.backing) {
+                ("local", Some(backing)) => loops
+                    .iter()
+                    .find(|l| l.backing_path().as_deref() == Some(backing.as_path())),
+                _ => None,
+            };
+            let (Some(l), Some(path)) = (found, r.backing.clone()) else {
+                report.dropped.push(r.volume);
+                continue;
+            };
+            let size = loopdev::size(&l.name)?;
+            let a = attachment(
+                &r.volume,
+                Frontend::Unspecified,
+                &l.name.to_string_lossy(),
+                "",
+                size,
+                l.ro,
+            );
+            let exposure = Exposure::Local {
+                path,
+                loop_dev: l.name.clone(),
+            };
+            self.table_lock().insert(
+                r.volume.clone(),
+                Attached {
+                    attachment: a,
+                    exposure,
+                },
+            );
+            report.adopted.push(r.volume);
+        }
+        tracing::info!(adopted = ?report.adopted, dropped = ?report.dropped, detached = report.detached_loops.len(), unmounted = report.unmounted.len(), "recovered attachments");
+        self.persist().await?;
+        Ok(report)
+    }
+
+    fn table_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Attached>> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_for(&self, volume: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        locks.retain(|_, l| Arc::strong_count(l) > 1 || l.try_lock().is_err());
+        locks.entry(volume.to_string()).or_default().clone()
+    }
+
+    async fn load(&self) -> Vec<Record> {
+        let path = self.run_dir.join(TABLE_FILE);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable attachment table");
+                Vec::new()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the attachment table");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Writes the table atomically (temporary file, fsync, rename, fsync of the directory).
+    async fn persist(&self) -> Result<()> {
+        let _guard = self.persist_lock.lock().await;
+        let records: Vec<Record> = self.table_lock().values().map(record).collect();
+        let json = serde_json::to_vec_pretty(&records)
+            .map_err(|e| Error::Internal(format!("encoding the attachment table: {e}")))?;
+        let dir = self.run_dir.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            std::fs::create_dir_all(&dir)?;
+            let tmp = dir.join(format!("{TABLE_FILE}.tmp"));
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, dir.join(TABLE_FILE))?;
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("persist task: {e}")))?
+        .map_err(|e| {
+            Error::Internal(format!(
+                "writing {}: {e}",
+                self.run_dir.join(TABLE_FILE).display()
+            ))
+        })
+    }
+}
+
+async fn unmount_blocking(export: FuseExport) {
+    let mountpoint = export.mountpoint().to_path_buf();
+    match tokio::task::spawn_blocking(move || export.unmount()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "FUSE unmount failed")
+        }
+        Err(e) => {
+            tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "FUSE unmount task failed")
+        }
+    }
+}
+
+fn attachment(
+    volume: &str,
+    frontend: Frontend,
+    device: &str,
+    nbd_uri: &str,
+    size: u64,
+    readonly: bool,
+) -> pb::NodeAttachment {
+    pb::NodeAttachment {
+        volume: volume.to_string(),
+        frontend: frontend as i32,
+        device_path: device.to_string(),
+        nbd_uri: nbd_uri.to_string(),
+        size_bytes: size,
+        readonly,
+    }
+}
+
+fn record(a: &Attached) -> Record {
+    let (kind, backing) = match &a.exposure {
+        Exposure::Fuse { export, .. } => ("fuse", Some(export.disk_path())),
+        Exposure::Nbd { .. } => ("nbd", None),
+        Exposure::Local { path, .. } => ("local", Some(path.clone())),
+    };
+    let at = &a.attachment;
+    Record {
+        volume: at.volume.clone(),
+        kind: kind.to_string(),
+        device_path: at.device_path.clone(),
+        nbd_uri: at.nbd_uri.clone(),
+        size_bytes: at.size_bytes,
+        readonly: at.readonly,
+        backing,
+    }
+}
+
+/// The gRPC face of the attach manager.
+#[derive(Clone)]
+pub struct NodeServiceImpl {
+    manager: Arc<AttachManager>,
+}
+
+impl NodeServiceImpl {
+    pub fn new(manager: Arc<AttachManager>) -> Self {
+        NodeServiceImpl { manager }
+    }
+
+    pub fn into_server(self) -> NodeServiceServer<Self> {
+        NodeServiceServer::new(self)
+    }
+}
+
+fn required_volume(volume: &str) -> Result<&str> {
+    if volume.is_empty() {
+        return Err(Error::invalid("volume", "must not be empty"));
+    }
+    Ok(volume)
+}
+
+#[tonic::async_trait]
+impl NodeService for NodeServiceImpl {
+    #[tracing::instrument(skip_all, err, fields(volume = %req.get_ref().volume, frontend = req.get_ref().frontend, readonly = req.get_ref().readonly, device))]
+    async fn attach_volume(
+        &self,
+        req: Request<pb::AttachVolumeRequest>,
+    ) -> Result<Response<pb::AttachVolumeResponse>, Status> {
+        let req = req.into_inner();
+        let volume = required_volume(&req.volume)?;
+        let frontend = Frontend::try_from(req.frontend).map_err(|_| {
+            Error::invalid("frontend", format!("unknown frontend {}", req.frontend))
+        })?;
+        let attachment = self.manager.attach(volume, frontend, req.readonly).await?;
+        tracing::Span::current().record("device", attachment.device_path.as_str());
+        Ok(Response::new(pb::AttachVolumeResponse {
+            attachment: Some(attachment),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, err, fields(volume = %req.get_ref().volume))]
+    async fn detach_volume(
+        &self,
+        req: Request<pb::DetachVolumeRequest>,
+    ) -> Result<Response<pb::DetachVolumeResponse>, Status> {
+        self.manager
+            .detach(required_volume(&req.get_ref().volume)?)
+            .await?;
+        Ok(Response::new(pb::DetachVolumeResponse {}))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_attachments(
+        &self,
+        _req: Request<pb::ListAttachmentsRequest>,
+    ) -> Result<Response<pb::ListAttachmentsResponse>, Status> {
+        Ok(Response::new(pb::ListAttachmentsResponse {
+            attachments: self.manager.list(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, err, fields(volume = %req.get_ref().volume, device))]
+    async fn refresh_size(
+        &self,
+        req: Request<pb::RefreshSizeRequest>,
+    ) -> Result<Response<pb::RefreshSizeResponse>, Status> {
+        let attachment = self
+            .manager
+            .refresh_size(required_volume(&req.get_ref().volume)?)
+            .await?;
+        tracing::Span::current().record("device", attachment.device_path.as_str());
+        Ok(Response::new(pb::RefreshSizeResponse {
+            attachment: Some(attachment),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_through_json() {
+        let r = Record {
+            volume: "v".into(),
+            kind: "local".into(),
+            device_path: "/dev/loop3".into(),
+            nbd_uri: String::new(),
+            size_bytes: 4096,
+            readonly: false,
+            backing: Some("/pool/v.img".into()),
+        };
+        let json = serde_json::to_string(std::slice::from_ref(&r)).unwrap();
+        assert_eq!(serde_json::from_str::<Vec<Record>>(&json).unwrap(), vec![r]);
+    }
+}

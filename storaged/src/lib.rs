@@ -1,0 +1,16 @@
+//! storaged: a Raft-replicated block storage service. One RocksDB per node holds
+//! every group's log, Raft state, block data and the meta catalogue.
+
+pub mod engine;
+pub mod error;
+pub mod frontend;
+pub mod meta;
+pub mod node;
+pub mod opener;
+pub mod raft;
+pub mod server;
+pub mod service;
+pub mod testkit;
+pub mod volume;
+
+pub use error::{Error, Result};

@@ -1,0 +1,397 @@
+//! Catalogue records and the deterministic apply of meta commands. Validation
+//! is repeated here (not only on the leader) so concurrent proposals stay safe.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+pub const ZONE_LABEL: &str = "zone";
+pub const NODE_KEY: &str = "topology.cairn.dev/node";
+pub const ZONE_KEY: &str = "topology.kubernetes.io/zone";
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VolumeKind {
+    Replicated,
+    Local,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AttachmentRecord {
+    pub node_name: String,
+    pub readonly: bool,
+    pub multi_node: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct VolumeRecord {
+    pub id: u64,
+    pub name: String,
+    pub size: u64,
+    pub replicas: u32,
+    pub kind: VolumeKind,
+    /// Node ids holding a replica (one for local volumes).
+    pub members: Vec<u64>,
+    pub attachments: Vec<AttachmentRecord>,
+    pub labels: BTreeMap<String, String>,
+    pub created_unix: i64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeRole {
+    Voter,
+    Learner,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub id: u64,
+    pub name: String,
+    pub addr: String,
+    pub labels: BTreeMap<String, String>,
+    pub capacity_bytes: u64,
+    pub role: NodeRole,
+}
+
+impl NodeRecord {
+    pub fn zone(&self) -> Option<&str> {
+        self.labels
+            .get(ZONE_LABEL)
+            .or_else(|| self.labels.get(ZONE_KEY))
+            .map(String::as_str)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Catalog {
+    pub next_volume_id: u64,
+    pub volumes: BTreeMap<String, VolumeRecord>,
+    pub nodes: BTreeMap<u64, NodeRecord>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum MetaCommand {
+    CreateVolume(VolumeRecord),
+    DeleteVolume {
+        name: String,
+    },
+    ResizeVolume {
+        name: String,
+        size: u64,
+    },
+    Publish {
+        name: String,
+        node_name: String,
+        readonly: bool,
+        multi_node: bool,
+    },
+    Unpublish {
+        name: String,
+        node_name: String,
+    },
+    RegisterNode(NodeRecord),
+    RemoveNode {
+        id: u64,
+    },
+}
+
+impl MetaCommand {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MetaCommand::CreateVolume(_) => "create_volume",
+            MetaCommand::DeleteVolume { .. } => "delete_volume",
+            MetaCommand::ResizeVolume { .. } => "resize_volume",
+            MetaCommand::Publish { .. } => "publish",
+            MetaCommand::Unpublish { .. } => "unpublish",
+            MetaCommand::RegisterNode(_) => "register_node",
+            MetaCommand::RemoveNode { .. } => "remove_node",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum MetaReply {
+    Volume(VolumeRecord),
+    Node(NodeRecord),
+    Done,
+}
+
+/// A rejected command, carried through the Raft response and turned back into `Error`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum CommandError {
+    NotFound { what: String, name: String },
+    AlreadyExists(String),
+    InvalidArgument { field: String, reason: String },
+    FailedPrecondition(String),
+}
+
+impl From<CommandError> for Error {
+    fn from(e: CommandError) -> Error {
+        match e {
+            CommandError::NotFound { what, name } => Error::NotFound {
+                what: if what == "node" { "node" } else { "volume" },
+                name,
+            },
+            CommandError::AlreadyExists(m) => Error::AlreadyExists(m),
+            CommandError::InvalidArgument { field, reason } => Error::InvalidArgument {
+                field: match field.as_str() {
+                    "size_bytes" => "size_bytes",
+                    "name" => "name",
+                    _ => "request",
+                },
+                reason,
+            },
+            CommandError::FailedPrecondition(m) => Error::FailedPrecondition(m),
+        }
+    }
+}
+
+fn not_found(what: &str, name: &str) -> CommandError {
+    CommandError::NotFound {
+        what: what.into(),
+        name: name.into(),
+    }
+}
+
+impl Catalog {
+    pub fn node_by_name(&self, name: &str) -> Option<&NodeRecord> {
+        self.nodes.values().find(|n| n.name == name)
+    }
+
+    /// Bytes promised to volumes with a replica on `node`.
+    pub fn allocated(&self, node: u64) -> u64 {
+        self.volumes
+            .values()
+            .filter(|v| v.members.contains(&node))
+            .map(|v| v.size)
+            .sum()
+    }
+
+    pub fn volume_by_id(&self, id: u64) -> Option<&VolumeRecord> {
+        self.volumes.values().find(|v| v.id == id)
+    }
+
+    pub fn apply(&mut self, cmd: MetaCommand) -> Result<MetaReply, CommandError> {
+        match cmd {
+            MetaCommand::CreateVolume(mut rec) => {
+                if let Some(existing) = self.volumes.get(&rec.name) {
+                    if existing.size == rec.size
+                        && existing.replicas == rec.replicas
+                        && existing.kind == rec.kind
+                    {
+                        return Ok(MetaReply::Volume(existing.clone()));
+                    }
+                    return Err(CommandError::AlreadyExists(format!(
+                        "volume `{}` exists with size {} and {} replicas",
+                        rec.name, existing.size, existing.replicas
+                    )));
+                }
+                if let Some(missing) = rec.members.iter().find(|m| !self.nodes.contains_key(m)) {
+                    return Err(not_found("node", &missing.to_string()));
+                }
+                self.next_volume_id = self.next_volume_id.max(1);
+                rec.id = self.next_volume_id;
+                self.next_volume_id += 1;
+                self.volumes.insert(rec.name.clone(), rec.clone());
+                Ok(MetaReply::Volume(rec))
+            }
+            MetaCommand::DeleteVolume { name } => {
+                let Some(v) = self.volumes.get(&name) else {
+                    return Err(not_found("volume", &name));
+                };
+                if let Some(a) = v.attachments.first() {
+                    return Err(CommandError::FailedPrecondition(format!(
+                        "volume `{name}` is still published to node `{}`",
+                        a.node_name
+                    )));
+                }
+                self.volumes.remove(&name);
+                Ok(MetaReply::Done)
+            }
+            MetaCommand::ResizeVolume { name, size } => {
+                let Some(v) = self.volumes.get_mut(&name) else {
+                    return Err(not_found("volume", &name));
+                };
+                if size < v.size {
+                    return Err(CommandError::InvalidArgument {
+                        field: "size_bytes".into(),
+                        reason: format!(
+                            "{size} is smaller than the current size {}: volumes only grow",
+                            v.size
+                        ),
+                    });
+                }
+                v.size = size;
+                Ok(MetaReply::Volume(v.clone()))
+            }
+            MetaCommand::Publish {
+                name,
+                node_name,
+                readonly,
+                multi_node,
+            } => {
+                if self.node_by_name(&node_name).is_none() {
+                    return Err(not_found("node", &node_name));
+                }
+                let Some(v) = self.volumes.get_mut(&name) else {
+                    return Err(not_found("volume", &name));
+                };
+                if let Some(a) = v.attachments.iter().find(|a| a.node_name == node_name) {
+                    if a.readonly == readonly {
+                        return Ok(MetaReply::Volume(v.clone()));
+                    }
+                    return Err(CommandError::AlreadyExists(format!(
+                        "volume `{name}` is already published to `{node_name}` with readonly={}",
+                        a.readonly
+                    )));
+                }
+                if let Some(other) = v.attachments.iter().find(|a| !(a.multi_node && multi_node)) {
+                    return Err(CommandError::FailedPrecondition(format!(
+                        "volume `{name}` is attached to node `{}` with a single-node access mode",
+                        other.node_name
+                    )));
+                }
+                v.attachments.push(AttachmentRecord {
+                    node_name,
+                    readonly,
+                    multi_node,
+                });
+                Ok(MetaReply::Volume(v.clone()))
+            }
+            MetaCommand::Unpublish { name, node_name } => {
+                if let Some(v) = self.volumes.get_mut(&name) {
+                    v.attachments.retain(|a| a.node_name != node_name);
+                }
+                Ok(MetaReply::Done)
+            }
+            MetaCommand::RegisterNode(rec) => {
+                if let Some(other) = self
+                    .nodes
+                    .values()
+                    .find(|n| n.name == rec.name && n.id != rec.id)
+                {
+                    return Err(CommandError::AlreadyExists(format!(
+                        "node name `{}` is taken by node {}",
+                        rec.name, other.id
+                    )));
+                }
+                self.nodes.insert(rec.id, rec.clone());
+                Ok(MetaReply::Node(rec))
+            }
+            MetaCommand::RemoveNode { id } => {
+                if !self.nodes.contains_key(&id) {
+                    return Err(not_found("node", &id.to_string()));
+                }
+                if let Some(v) = self.volumes.values().find(|v| v.members.contains(&id)) {
+                    return Err(CommandError::FailedPrecondition(format!(
+                        "node {id} still holds a replica of volume `{}`",
+                        v.name
+                    )));
+                }
+                self.nodes.remove(&id);
+                Ok(MetaReply::Done)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64) -> NodeRecord {
+        NodeRecord {
+            id,
+            name: format!("node-{id}"),
+            addr: format!("127.0.0.1:{id}"),
+            labels: BTreeMap::new(),
+            capacity_bytes: 1 << 30,
+            role: NodeRole::Voter,
+        }
+    }
+
+    fn vol(name: &str, size: u64) -> VolumeRecord {
+        VolumeRecord {
+            id: 0,
+            name: name.into(),
+            size,
+            replicas: 1,
+            kind: VolumeKind::Replicated,
+            members: vec![1],
+            attachments: vec![],
+            labels: BTreeMap::new(),
+            created_unix: 0,
+        }
+    }
+
+    #[test]
+    fn create_is_idempotent_and_mismatch_is_already_exists() {
+        let mut c = Catalog::default();
+        c.apply(MetaCommand::RegisterNode(node(1))).unwrap();
+        let a = c
+            .apply(MetaCommand::CreateVolume(vol("a", 1 << 20)))
+            .unwrap();
+        let b = c
+            .apply(MetaCommand::CreateVolume(vol("a", 1 << 20)))
+            .unwrap();
+        match (a, b) {
+            (MetaReply::Volume(a), MetaReply::Volume(b)) => assert_eq!(a, b),
+            other => panic!("unexpected {other:?}"),
+        }
+        let before = c.clone();
+        assert!(matches!(
+            c.apply(MetaCommand::CreateVolume(vol("a", 2 << 20))),
+            Err(CommandError::AlreadyExists(_))
+        ));
+        assert_eq!(c, before, "a rejected command changes nothing");
+    }
+
+    #[test]
+    fn shrink_is_refused_and_publish_fences_single_node_modes() {
+        let mut c = Catalog::default();
+        c.apply(MetaCommand::RegisterNode(node(1))).unwrap();
+        c.apply(MetaCommand::RegisterNode(node(2))).unwrap();
+        c.apply(MetaCommand::CreateVolume(vol("a", 2 << 20)))
+            .unwrap();
+        let before = c.clone();
+        assert!(matches!(
+            c.apply(MetaCommand::ResizeVolume {
+                name: "a".into(),
+                size: 1 << 20
+            }),
+            Err(CommandError::InvalidArgument { .. })
+        ));
+        assert_eq!(c, before);
+        let publish = |n: &str| MetaCommand::Publish {
+            name: "a".into(),
+            node_name: n.into(),
+            readonly: false,
+            multi_node: false,
+        };
+        c.apply(publish("node-1")).unwrap();
+        c.apply(publish("node-1")).unwrap();
+        assert!(matches!(
+            c.apply(publish("node-2")),
+            Err(CommandError::FailedPrecondition(_))
+        ));
+        assert!(matches!(
+            c.apply(publish("node-9")),
+            Err(CommandError::NotFound { .. })
+        ));
+        assert!(matches!(
+            c.apply(MetaCommand::DeleteVolume { name: "a".into() }),
+            Err(CommandError::FailedPrecondition(_))
+        ));
+        c.apply(MetaCommand::Unpublish {
+            name: "a".into(),
+            node_name: "node-1".into(),
+        })
+        .unwrap();
+        c.apply(publish("node-2")).unwrap();
+        assert!(matches!(
+            c.apply(MetaCommand::RemoveNode { id: 1 }),
+            Err(CommandError::FailedPrecondition(_))
+        ));
+    }
+}

@@ -1,0 +1,5 @@
+//! The meta group's catalogue: volumes, placements, nodes with capacity and
+//! labels, and controller attachments; plus the placement policy.
+
+pub mod catalog;
+pub mod placement;

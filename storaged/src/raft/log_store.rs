@@ -1,0 +1,181 @@
+//! Raft log storage for one group in the shared engine: entries in `raft_log`,
+//! vote/committed/last-purged in `raft_state`. Appends complete after the WAL fsync.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::OptionalSend;
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+
+use super::wal_sync::WalSyncer;
+use super::{Entry, LogId, TypeConfig, Vote, decode, encode, io_err};
+use crate::engine::{Batch, Cf, Engine, keys};
+
+#[derive(Clone)]
+pub struct LogStore {
+    engine: Arc<dyn Engine>,
+    group: u64,
+    syncer: WalSyncer,
+}
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const PURGED: &str = "purged";
+
+impl LogStore {
+    pub fn new(engine: Arc<dyn Engine>, group: u64, syncer: WalSyncer) -> Self {
+        LogStore {
+            engine,
+            group,
+            syncer,
+        }
+    }
+
+    fn get_state<T: for<'de> serde::Deserialize<'de>>(&self, name: &str) -> io::Result<Option<T>> {
+        match self
+            .engine
+            .get(Cf::RaftState, &keys::named(self.group, name))
+            .map_err(io_err)?
+        {
+            Some(b) => Ok(Some(decode(&b)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_state<T: serde::Serialize>(&self, name: &str, v: &T, sync: bool) -> io::Result<()> {
+        let mut b = Batch::default();
+        b.put(Cf::RaftState, keys::named(self.group, name), encode(v)?);
+        self.engine.write(b, sync).map_err(io_err)
+    }
+
+    /// Removes every trace of this group's log and Raft state.
+    pub fn destroy(engine: &dyn Engine, group: u64) -> crate::Result<()> {
+        let mut b = Batch::default();
+        b.delete_range(
+            Cf::RaftLog,
+            keys::group_start(group).to_vec(),
+            keys::group_end(group),
+        );
+        for name in [VOTE, COMMITTED, PURGED] {
+            b.delete(Cf::RaftState, keys::named(group, name));
+        }
+        engine.write(b, true)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> io::Result<Vec<Entry>> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(x) => keys::group_key(self.group, x + 1).to_vec(),
+            Bound::Excluded(x) => keys::group_key(self.group, *x).to_vec(),
+            Bound::Unbounded => keys::group_end(self.group),
+        };
+        let kvs = self
+            .engine
+            .scan(
+                Cf::RaftLog,
+                &keys::group_key(self.group, start),
+                &end,
+                usize::MAX,
+            )
+            .map_err(io_err)?;
+        kvs.iter().map(|(_, v)| decode::<Entry>(v)).collect()
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        self.get_state(VOTE)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        let last = self
+            .engine
+            .last_in_range(
+                Cf::RaftLog,
+                &keys::group_start(self.group),
+                &keys::group_end(self.group),
+            )
+            .map_err(io_err)?;
+        let last_purged_log_id: Option<LogId> = self.get_state(PURGED)?;
+        let last_log_id = match last {
+            Some((_, v)) => Some(decode::<Entry>(&v)?.log_id()),
+            None => last_purged_log_id.clone(),
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        // Durable before returning: a vote must never be forgotten.
+        self.put_state(VOTE, vote, true)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        self.put_state(COMMITTED, &committed, false)
+    }
+
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        Ok(self.get_state::<Option<LogId>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+    {
+        let mut b = Batch::default();
+        for e in entries {
+            b.put(
+                Cf::RaftLog,
+                keys::group_key(self.group, e.index()).to_vec(),
+                encode(&e)?,
+            );
+        }
+        // Readable on return; durable when the shared syncer's fsync completes.
+        self.engine.write(b, false).map_err(io_err)?;
+        self.syncer.after_sync(callback);
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
+        let mut b = Batch::default();
+        b.delete_range(
+            Cf::RaftLog,
+            keys::group_key(self.group, from).to_vec(),
+            keys::group_end(self.group),
+        );
+        self.engine.write(b, false).map_err(io_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
+        // Record last-purged first: entries at or before it are ignored from then on.
+        self.put_state(PURGED, &log_id, false)?;
+        let mut b = Batch::default();
+        b.delete_range(
+            Cf::RaftLog,
+            keys::group_start(self.group).to_vec(),
+            keys::group_key(self.group, log_id.index() + 1).to_vec(),
+        );
+        self.engine.write(b, false).map_err(io_err)
+    }
+}

@@ -1,0 +1,93 @@
+//! Raft type declarations shared by every group (meta and volumes), the Raft
+//! configuration, and the bincode codec used for log entries and the transport.
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod wal_sync;
+
+use std::io;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::meta::catalog::{CommandError, MetaCommand, MetaReply};
+
+/// Group 0 is the meta group; a volume's group id is its volume id (>= 1).
+pub const META_GROUP: u64 = 0;
+
+/// A proposal: block writes for volume groups, catalogue commands for the meta group.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum Request {
+    Write { offset: u64, data: bytes::Bytes },
+    Discard { offset: u64, len: u64 },
+    Meta(MetaCommand),
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Write { offset, data } => write!(f, "write@{offset}+{}", data.len()),
+            Request::Discard { offset, len } => write!(f, "discard@{offset}+{len}"),
+            Request::Meta(c) => write!(f, "meta:{}", c.kind()),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub enum Response {
+    #[default]
+    Done,
+    Meta(Result<MetaReply, CommandError>),
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+);
+
+pub type NodeId = u64;
+pub type Node = openraft::BasicNode;
+pub type SnapshotData = io::Cursor<Vec<u8>>;
+pub type Raft = openraft::Raft<TypeConfig, state_machine::GroupStateMachine>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+
+/// Timing shared by all groups: a leader change completes well within 3 s.
+pub fn config(meta: bool) -> Arc<openraft::Config> {
+    let cfg = openraft::Config {
+        cluster_name: if meta {
+            "cairn-meta".into()
+        } else {
+            "cairn-volume".into()
+        },
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        max_payload_entries: 64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(if meta { 1000 } else { 20_000 }),
+        max_in_snapshot_log_to_keep: if meta { 100 } else { 1000 },
+        ..Default::default()
+    };
+    Arc::new(cfg.validate().expect("static raft config is valid"))
+}
+
+pub fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> io::Result<T> {
+    bincode::serde::decode_from_slice(b, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+pub(crate) fn io_err(e: crate::Error) -> io::Error {
+    io::Error::other(e.to_string())
+}

@@ -1,0 +1,180 @@
+//! Outbound Raft transport: one tonic `RaftService` client per peer address,
+//! channels cached and shared by every group; each message carries its group id.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_proto::cairn::v1::RaftMessage;
+use cairn_proto::cairn::v1::raft_service_client::RaftServiceClient;
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, OptionalSend};
+use tonic::transport::{Channel, Endpoint};
+
+use super::{Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote, decode, encode};
+
+/// Lazily connected channels keyed by peer address.
+#[derive(Clone, Default)]
+pub struct ChannelCache {
+    inner: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl ChannelCache {
+    pub fn get(&self, addr: &str) -> Result<Channel, String> {
+        let mut m = self.inner.lock().expect("channel cache poisoned");
+        if let Some(c) = m.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad peer address `{addr}`: {e}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_adaptive_window(true)
+            .connect_lazy();
+        m.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    pub fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
+        Ok(RaftServiceClient::new(self.get(addr)?)
+            .max_decoding_message_size(512 << 20)
+            .max_encoding_message_size(512 << 20))
+    }
+}
+
+pub struct NetworkFactory {
+    pub group: u64,
+    pub channels: ChannelCache,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerConn;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConn {
+        PeerConn {
+            group: self.group,
+            target,
+            addr: node.addr.clone(),
+            channels: self.channels.clone(),
+        }
+    }
+}
+
+pub struct PeerConn {
+    group: u64,
+    target: NodeId,
+    addr: String,
+    channels: ChannelCache,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Msg(String);
+
+fn unreachable(m: impl Into<String>) -> Unreachable<TypeConfig> {
+    Unreachable::new(&Msg(m.into()))
+}
+
+enum Kind {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl PeerConn {
+    /// Sends one encoded message; the reply is the remote Raft's encoded `Result`.
+    async fn call<Resp>(
+        &self,
+        kind: Kind,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Resp: for<'de> serde::Deserialize<'de>,
+    {
+        let mut client = self
+            .channels
+            .client(&self.addr)
+            .map_err(|e| RPCError::Unreachable(unreachable(e)))?;
+        let msg = RaftMessage {
+            group_id: self.group,
+            payload: payload.into(),
+        };
+        let fut = async {
+            match kind {
+                Kind::Append => client.append_entries(msg).await,
+                Kind::Vote => client.vote(msg).await,
+                Kind::Snapshot => client.install_snapshot(msg).await,
+            }
+        };
+        let reply = match tokio::time::timeout(ttl, fut).await {
+            Err(_) => {
+                return Err(RPCError::Network(NetworkError::new(&Msg(format!(
+                    "no reply from node {} in {ttl:?}",
+                    self.target
+                )))));
+            }
+            Ok(Err(status)) => {
+                return Err(RPCError::Unreachable(unreachable(format!(
+                    "node {}: {}",
+                    self.target,
+                    status.message()
+                ))));
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        if !reply.error.is_empty() {
+            // The peer does not host the group yet, or its Raft refused: back off and retry.
+            return Err(RPCError::Unreachable(unreachable(reply.error)));
+        }
+        decode::<Resp>(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConn {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let payload = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.call(Kind::Append, payload, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let payload = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.call(Kind::Vote, payload, option.hard_ttl()).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let wire = (vote, snapshot.meta, snapshot.snapshot.into_inner());
+        let payload = encode(&wire).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        // Snapshots can be large: allow a generous bound.
+        self.call(Kind::Snapshot, payload, Duration::from_secs(120))
+            .await
+            .map_err(|e| match e {
+                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                RPCError::Network(n) => StreamingError::Network(n),
+                other => {
+                    StreamingError::Network(NetworkError::new(&AnyError::error(other.to_string())))
+                }
+            })
+    }
+}

@@ -1,0 +1,138 @@
+//! Process wiring for `storaged`: opens the engine, starts the node, serves the
+//! gRPC services, registers the node in the catalogue and shuts down on signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::cairn::v1 as pb;
+use tokio::sync::oneshot;
+
+use crate::engine::Engine;
+use crate::frontend::attach::{AttachManager, NodeServiceImpl};
+use crate::frontend::local_pool::LocalPool;
+use crate::node::{NodeConfig, StorageNode};
+use crate::opener::NodeOpener;
+use crate::service::block_api::BlockApi;
+use crate::service::raft_api::RaftApi;
+use crate::service::volume_api::VolumeApi;
+use crate::{Error, Result};
+
+pub struct ServerOptions {
+    pub node: NodeConfig,
+    pub listen: SocketAddr,
+    /// Extra addresses to register through (a running cluster when joining).
+    pub join: Vec<String>,
+}
+
+pub struct Running {
+    pub node: Arc<StorageNode>,
+    pub attach: Arc<AttachManager>,
+    stop: Option<oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = self.served.await;
+        // Detach what this process exposed: its FUSE exports die with it anyway.
+        for a in self.attach.list() {
+            if let Err(e) = self.attach.detach(&a.volume).await {
+                tracing::warn!(volume = %a.volume, error = %e, "detach at shutdown failed");
+            }
+        }
+        self.node.shutdown().await;
+    }
+}
+
+pub fn open_engine(data_dir: &std::path::Path) -> Result<Arc<dyn Engine>> {
+    std::fs::create_dir_all(data_dir)?;
+    let db: PathBuf = data_dir.join("db");
+    #[cfg(feature = "rocks")]
+    return Ok(Arc::new(crate::engine::RocksEngine::open(&db)?));
+    #[cfg(not(feature = "rocks"))]
+    Err(Error::Engine(format!(
+        "built without the rocks feature: cannot open {}",
+        db.display()
+    )))
+}
+
+/// Starts a node and serves it until `Running::stop`.
+pub async fn start(opts: ServerOptions) -> Result<Running> {
+    let engine = open_engine(&opts.node.data_dir)?;
+    let node = StorageNode::start(opts.node.clone(), engine).await?;
+    let pool = Arc::new(LocalPool::new(opts.node.data_dir.join("local-pool")));
+    let opener = Arc::new(NodeOpener {
+        node: node.clone(),
+        pool,
+    });
+    let attach = Arc::new(AttachManager::new(opener, opts.node.data_dir.join("run")));
+    match attach.recover().await {
+        Ok(report) => tracing::info!(?report, "attachments recovered"),
+        Err(e) => tracing::warn!(error = %e, "attachment recovery failed"),
+    }
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", opts.listen)))?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            pb::raft_service_server::RaftServiceServer::new(RaftApi { node: node.clone() })
+                .max_decoding_message_size(512 << 20)
+                .max_encoding_message_size(512 << 20),
+        )
+        .add_service(pb::volume_service_server::VolumeServiceServer::new(
+            VolumeApi { node: node.clone() },
+        ))
+        .add_service(
+            pb::block_service_server::BlockServiceServer::new(BlockApi { node: node.clone() })
+                .max_decoding_message_size(8 << 20)
+                .max_encoding_message_size(8 << 20),
+        )
+        .add_service(NodeServiceImpl::new(attach.clone()).into_server());
+    let served = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = stop_rx.await;
+    }));
+    tokio::spawn(register_loop(node.clone(), opts.join.clone()));
+    tracing::info!(node = node.cfg.id, name = %node.cfg.name, addr = %node.cfg.addr, "storaged serving");
+    Ok(Running {
+        node,
+        attach,
+        stop: Some(stop_tx),
+        served,
+    })
+}
+
+/// Registers (or refreshes) this node's catalogue record until it succeeds.
+async fn register_loop(node: Arc<StorageNode>, join: Vec<String>) {
+    let mut endpoints: Vec<String> = node.cfg.initial_cluster.values().cloned().collect();
+    endpoints.extend(join);
+    endpoints.push(node.cfg.addr.clone());
+    let Ok(client) = cairn_client::VolumeClient::new(endpoints) else {
+        return;
+    };
+    let me = node.self_record();
+    let req = pb::AddNodeRequest {
+        id: me.id,
+        addr: me.addr.clone(),
+        name: me.name.clone(),
+        labels: me.labels.clone().into_iter().collect(),
+        capacity_bytes: me.capacity_bytes,
+    };
+    loop {
+        match client.add_node(req.clone()).await {
+            Ok(_) => {
+                tracing::info!(node = me.id, name = %me.name, "registered in the catalogue");
+                return;
+            }
+            Err(e) => tracing::debug!(node = me.id, error = %e.message(), "registration pending"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

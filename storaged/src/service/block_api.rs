@@ -1,0 +1,64 @@
+//! Block I/O service: read, write, discard and flush on a replicated volume,
+//! served by the volume group's leader (others answer with a leader hint).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cairn_proto::cairn::v1 as pb;
+use pb::block_service_server::BlockService;
+use tonic::{Request, Response, Status};
+
+use crate::node::StorageNode;
+use crate::service::validate;
+
+pub struct BlockApi {
+    pub node: Arc<StorageNode>,
+}
+
+#[tonic::async_trait]
+impl BlockService for BlockApi {
+    async fn read(
+        &self,
+        req: Request<pb::ReadRequest>,
+    ) -> Result<Response<pb::ReadResponse>, Status> {
+        let r = req.into_inner();
+        validate::name("volume", &r.volume)?;
+        let start = Instant::now();
+        let data = self.node.read(&r.volume, r.offset, r.length as u64).await?;
+        tracing::trace!(volume = %r.volume, offset = r.offset, len = r.length, us = start.elapsed().as_micros() as u64, "read");
+        Ok(Response::new(pb::ReadResponse { data: data.into() }))
+    }
+
+    async fn write(
+        &self,
+        req: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let r = req.into_inner();
+        validate::name("volume", &r.volume)?;
+        let start = Instant::now();
+        let len = r.data.len();
+        self.node.write(&r.volume, r.offset, r.data).await?;
+        tracing::trace!(volume = %r.volume, offset = r.offset, len, us = start.elapsed().as_micros() as u64, "write");
+        Ok(Response::new(pb::WriteResponse {}))
+    }
+
+    async fn discard(
+        &self,
+        req: Request<pb::DiscardRequest>,
+    ) -> Result<Response<pb::DiscardResponse>, Status> {
+        let r = req.into_inner();
+        validate::name("volume", &r.volume)?;
+        self.node.discard(&r.volume, r.offset, r.length).await?;
+        Ok(Response::new(pb::DiscardResponse {}))
+    }
+
+    async fn flush(
+        &self,
+        req: Request<pb::FlushRequest>,
+    ) -> Result<Response<pb::FlushResponse>, Status> {
+        let r = req.into_inner();
+        validate::name("volume", &r.volume)?;
+        self.node.flush(&r.volume).await?;
+        Ok(Response::new(pb::FlushResponse {}))
+    }
+}

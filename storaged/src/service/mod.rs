@@ -1,0 +1,8 @@
+//! gRPC services served by every storaged: the Raft transport, the volume and
+//! node catalogue API, block I/O, and (from `frontend`) the node-local attach API.
+
+pub mod block_api;
+pub mod raft_api;
+pub mod validate;
+pub mod view;
+pub mod volume_api;

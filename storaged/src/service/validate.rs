@@ -1,0 +1,116 @@
+//! Request validation for the volume API: every malformed field is rejected
+//! with INVALID_ARGUMENT naming it, before any state is touched.
+
+use std::collections::BTreeMap;
+
+use cairn_proto::cairn::v1 as pb;
+
+use crate::meta::catalog::VolumeKind;
+use crate::meta::placement::{Term, validate_term};
+use crate::volume::blocks::SECTOR;
+use crate::{Error, Result};
+
+pub const DEFAULT_REPLICAS: u32 = 3;
+pub const MAX_REPLICAS: u32 = 5;
+
+pub fn name(field: &'static str, v: &str) -> Result<()> {
+    if v.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    if v.len() > 253 {
+        return Err(Error::invalid(field, "is longer than 253 characters"));
+    }
+    if !v
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(Error::invalid(
+            field,
+            format!("`{v}` may contain only letters, digits, '-', '_' and '.'"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn size(v: u64) -> Result<()> {
+    if v == 0 {
+        return Err(Error::invalid(
+            "size_bytes",
+            "is required and must be greater than 0",
+        ));
+    }
+    if v % SECTOR != 0 {
+        return Err(Error::invalid(
+            "size_bytes",
+            format!("{v} is not a multiple of {SECTOR}"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn kind(v: i32) -> Result<VolumeKind> {
+    match pb::VolumeKind::try_from(v) {
+        Ok(pb::VolumeKind::Unspecified) | Ok(pb::VolumeKind::Replicated) => {
+            Ok(VolumeKind::Replicated)
+        }
+        Ok(pb::VolumeKind::Local) => Ok(VolumeKind::Local),
+        Err(_) => Err(Error::invalid("kind", format!("unknown volume kind {v}"))),
+    }
+}
+
+pub fn replicas(v: u32, kind: VolumeKind) -> Result<u32> {
+    match (kind, v) {
+        (VolumeKind::Local, 0 | 1) => Ok(1),
+        (VolumeKind::Local, n) => Err(Error::invalid(
+            "replicas",
+            format!("local volumes have exactly 1 replica, not {n}"),
+        )),
+        (VolumeKind::Replicated, 0) => Ok(DEFAULT_REPLICAS),
+        (VolumeKind::Replicated, n) if n <= MAX_REPLICAS => Ok(n),
+        (VolumeKind::Replicated, n) => Err(Error::invalid(
+            "replicas",
+            format!("{n} is out of range 1..={MAX_REPLICAS}"),
+        )),
+    }
+}
+
+pub fn terms(field: &'static str, v: &[pb::TopologyTerm]) -> Result<Vec<Term>> {
+    v.iter()
+        .map(|t| {
+            let term: Term = t
+                .segments
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<BTreeMap<_, _>>();
+            validate_term(field, &term)?;
+            Ok(term)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_fields_are_named() {
+        let field = |r: Result<()>| match r {
+            Err(Error::InvalidArgument { field, .. }) => field,
+            other => panic!("expected invalid argument, got {other:?}"),
+        };
+        assert_eq!(field(name("name", "")), "name");
+        assert_eq!(field(name("name", "a/b")), "name");
+        assert_eq!(field(size(0)), "size_bytes");
+        assert_eq!(field(size(1000)), "size_bytes");
+        assert_eq!(
+            field(replicas(6, VolumeKind::Replicated).map(|_| ())),
+            "replicas"
+        );
+        assert_eq!(
+            field(replicas(2, VolumeKind::Local).map(|_| ())),
+            "replicas"
+        );
+        assert_eq!(replicas(0, VolumeKind::Replicated).unwrap(), 3);
+        assert_eq!(field(kind(42).map(|_| ())), "kind");
+    }
+}

@@ -1,0 +1,142 @@
+//! Catalogue records → API messages, including each replica's live state as
+//! reported by the volume group's members (asked in parallel, with a short bound).
+
+use std::time::Duration;
+
+use cairn_proto::cairn::v1 as pb;
+
+use crate::meta::catalog::{Catalog, NodeRecord, NodeRole, VolumeKind, VolumeRecord};
+use crate::node::{GroupStatus, StorageNode};
+use crate::raft::decode;
+
+/// A member further behind the leader than this is reported as lagging.
+const LAG_ENTRIES: u64 = 1000;
+
+pub fn kind(k: VolumeKind) -> i32 {
+    match k {
+        VolumeKind::Replicated => pb::VolumeKind::Replicated as i32,
+        VolumeKind::Local => pb::VolumeKind::Local as i32,
+    }
+}
+
+pub fn node(cat: &Catalog, n: &NodeRecord, reachable: bool) -> pb::Node {
+    pb::Node {
+        id: n.id,
+        name: n.name.clone(),
+        addr: n.addr.clone(),
+        labels: n.labels.clone().into_iter().collect(),
+        capacity_bytes: n.capacity_bytes,
+        allocated_bytes: cat.allocated(n.id),
+        role: match n.role {
+            NodeRole::Voter => "voter".into(),
+            NodeRole::Learner => "learner".into(),
+        },
+        reachable,
+    }
+}
+
+async fn status_of(node: &StorageNode, addr: &str, group: u64) -> Option<GroupStatus> {
+    let mut client = node.channels.client(addr).ok()?;
+    let msg = cairn_proto::cairn::v1::RaftMessage {
+        group_id: group,
+        payload: Default::default(),
+    };
+    let reply = tokio::time::timeout(Duration::from_millis(400), client.group_status(msg))
+        .await
+        .ok()?
+        .ok()?;
+    decode(&reply.into_inner().payload).ok()
+}
+
+/// Builds the API view; `live` asks the members for replica states.
+pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: bool) -> pb::Volume {
+    let mut out = pb::Volume {
+        id: v.id,
+        name: v.name.clone(),
+        size_bytes: v.size,
+        replicas: v.replicas,
+        kind: kind(v.kind),
+        members: Vec::new(),
+        leader_node_id: 0,
+        health: "unknown".into(),
+        attachments: v
+            .attachments
+            .iter()
+            .map(|a| pb::Attachment {
+                node_name: a.node_name.clone(),
+                readonly: a.readonly,
+                multi_node: a.multi_node,
+            })
+            .collect(),
+        labels: v.labels.clone().into_iter().collect(),
+        created_unix: v.created_unix,
+    };
+    let name_of = |id: u64| {
+        cat.nodes
+            .get(&id)
+            .map(|n| n.name.clone())
+            .unwrap_or_default()
+    };
+    if v.kind == VolumeKind::Local || !live {
+        out.members = v
+            .members
+            .iter()
+            .map(|m| pb::Replica {
+                node_id: *m,
+                node_name: name_of(*m),
+                state: "unknown".into(),
+                matched_index: 0,
+            })
+            .collect();
+        if v.kind == VolumeKind::Local {
+            out.health = "healthy".into();
+        }
+        return out;
+    }
+    let asks = v.members.iter().map(|m| {
+        let addr = cat.nodes.get(m).map(|n| n.addr.clone()).unwrap_or_default();
+        async move { (*m, status_of(node, &addr, v.id).await) }
+    });
+    let statuses: Vec<(u64, Option<GroupStatus>)> = futures::future::join_all(asks).await;
+    let leader = statuses
+        .iter()
+        .find(|(id, s)| s.as_ref().is_some_and(|s| s.leader == Some(*id)))
+        .and_then(|(id, s)| s.clone().map(|s| (*id, s)));
+    let mut healthy = leader.is_some();
+    for (id, s) in &statuses {
+        let (state, matched) = match (&leader, s) {
+            (_, None) => ("unreachable", 0),
+            (Some((lid, _)), Some(_)) if lid == id => ("leader", 0),
+            (Some((_, ls)), Some(_)) => {
+                let m = ls.matched.get(id).copied().flatten();
+                let last = ls.last_log_index.unwrap_or(0);
+                match m {
+                    Some(m) if last.saturating_sub(m) <= LAG_ENTRIES => ("follower", m),
+                    Some(m) => ("lagging", m),
+                    None => ("lagging", 0),
+                }
+            }
+            (None, Some(_)) => ("follower", 0),
+        };
+        healthy &= state == "leader" || state == "follower";
+        out.members.push(pb::Replica {
+            node_id: *id,
+            node_name: name_of(*id),
+            state: state.into(),
+            matched_index: matched,
+        });
+    }
+    if let Some((lid, ls)) = &leader {
+        out.leader_node_id = *lid;
+        if let Some(r) = out.members.iter_mut().find(|r| r.node_id == *lid) {
+            r.matched_index = ls.last_log_index.unwrap_or(0);
+        }
+    }
+    out.health = match (leader.is_some(), healthy) {
+        (false, _) => "unavailable",
+        (true, true) => "healthy",
+        (true, false) => "degraded",
+    }
+    .into();
+    out
+}

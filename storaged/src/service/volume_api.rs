@@ -1,0 +1,469 @@
+//! The volume and node catalogue API. Mutations and consistent reads run on the
+//! meta leader; other nodes answer UNAVAILABLE with a `cairn-leader` hint.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use cairn_proto::cairn::v1 as pb;
+use openraft::ChangeMembers;
+use openraft::async_runtime::WatchReceiver;
+use pb::volume_service_server::VolumeService;
+use tonic::{Request, Response, Status};
+
+use crate::meta::catalog::{
+    Catalog, MetaCommand, MetaReply, NodeRecord, NodeRole, VolumeKind, VolumeRecord,
+};
+use crate::meta::placement::{self, Term, Want};
+use crate::node::StorageNode;
+use crate::raft::Node;
+use crate::service::{validate, view};
+use crate::{Error, Result};
+
+const TOKEN_PREFIX: &str = "v1:";
+
+pub struct VolumeApi {
+    pub node: Arc<StorageNode>,
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl VolumeApi {
+    fn volume_reply(r: MetaReply) -> Result<VolumeRecord> {
+        match r {
+            MetaReply::Volume(v) => Ok(v),
+            other => Err(Error::Internal(format!("unexpected meta reply {other:?}"))),
+        }
+    }
+
+    async fn lookup(&self, name: &str) -> Result<(Catalog, VolumeRecord)> {
+        validate::name("name", name)?;
+        let cat = self.node.read_catalog().await?;
+        let v = cat
+            .volumes
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::not_found("volume", name))?;
+        Ok((cat, v))
+    }
+
+    async fn create(&self, r: pb::CreateVolumeRequest) -> Result<pb::Volume> {
+        validate::name("name", &r.name)?;
+        validate::size(r.size_bytes)?;
+        let kind = validate::kind(r.kind)?;
+        let replicas = validate::replicas(r.replicas, kind)?;
+        let requisite: Vec<Term> = validate::terms("requisite", &r.requisite)?;
+        let preferred: Vec<Term> = validate::terms("preferred", &r.preferred)?;
+        let cat = self.node.read_catalog().await?;
+        if let Some(existing) = cat.volumes.get(&r.name) {
+            if existing.size != r.size_bytes
+                || existing.replicas != replicas
+                || existing.kind != kind
+            {
+                return Err(Error::AlreadyExists(format!(
+                    "volume `{}` exists with size {} and {} replicas",
+                    r.name, existing.size, existing.replicas
+                )));
+            }
+            return Ok(view::volume(&self.node, &cat, existing, false).await);
+        }
+        let want = Want {
+            size: r.size_bytes,
+            replicas,
+            kind,
+            requisite: &requisite,
+            preferred: &preferred,
+        };
+        let members = placement::place(&cat, &want)?;
+        let rec = VolumeRecord {
+            id: 0,
+            name: r.name.clone(),
+            size: r.size_bytes,
+            replicas,
+            kind,
+            members,
+            attachments: Vec::new(),
+            labels: r.labels.into_iter().collect(),
+            created_unix: now_unix(),
+        };
+        let v = Self::volume_reply(
+            self.node
+                .propose_meta(MetaCommand::CreateVolume(rec))
+                .await?,
+        )?;
+        tracing::info!(volume = %v.name, group = v.id, size = v.size, replicas = v.replicas, members = ?v.members, "volume created");
+        Ok(view::volume(&self.node, &self.node.catalog(), &v, false).await)
+    }
+
+    async fn resize(&self, r: pb::ResizeVolumeRequest) -> Result<pb::Volume> {
+        validate::size(r.size_bytes)?;
+        let (cat, v) = self.lookup(&r.name).await?;
+        if r.size_bytes < v.size {
+            return Err(Error::invalid(
+                "size_bytes",
+                format!(
+                    "{} is smaller than the current size {}: volumes only grow",
+                    r.size_bytes, v.size
+                ),
+            ));
+        }
+        let delta = r.size_bytes - v.size;
+        for m in &v.members {
+            if let Some(n) = cat.nodes.get(m) {
+                if placement::free(&cat, n) < delta {
+                    return Err(Error::ResourceExhausted(format!(
+                        "node `{}` has less than {delta} bytes free to grow `{}`",
+                        n.name, v.name
+                    )));
+                }
+            }
+        }
+        let v = Self::volume_reply(
+            self.node
+                .propose_meta(MetaCommand::ResizeVolume {
+                    name: r.name,
+                    size: r.size_bytes,
+                })
+                .await?,
+        )?;
+        Ok(view::volume(&self.node, &self.node.catalog(), &v, false).await)
+    }
+
+    fn capacity(cat: &Catalog, r: &pb::GetCapacityRequest) -> Result<pb::GetCapacityResponse> {
+        let kind = validate::kind(r.kind)?;
+        let replicas = validate::replicas(r.replicas, kind)? as usize;
+        let term: Term = r
+            .topology
+            .as_ref()
+            .map(|t| t.segments.clone().into_iter().collect())
+            .unwrap_or_default();
+        placement::validate_term("topology", &term)?;
+        let matching: Vec<&NodeRecord> = cat
+            .nodes
+            .values()
+            .filter(|n| placement::matches(n, &term))
+            .collect();
+        let best_local = matching
+            .iter()
+            .map(|n| placement::free(cat, n))
+            .max()
+            .unwrap_or(0);
+        let available = match kind {
+            VolumeKind::Local => best_local,
+            VolumeKind::Replicated => {
+                let mut frees: Vec<u64> = cat
+                    .nodes
+                    .values()
+                    .map(|n| placement::free(cat, n))
+                    .collect();
+                frees.sort_unstable_by(|a, b| b.cmp(a));
+                let rth = if frees.len() >= replicas {
+                    frees[replicas - 1]
+                } else {
+                    0
+                };
+                best_local.min(rth)
+            }
+        };
+        Ok(pb::GetCapacityResponse {
+            available_bytes: available,
+            maximum_volume_size: available,
+            nodes: matching.iter().map(|n| view::node(cat, n, true)).collect(),
+        })
+    }
+
+    async fn add_node(&self, r: pb::AddNodeRequest) -> Result<pb::Node> {
+        if r.id == 0 {
+            return Err(Error::invalid(
+                "id",
+                "is required and must be greater than 0",
+            ));
+        }
+        if r.addr.is_empty() || r.addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Error::invalid(
+                "addr",
+                format!("`{}` is not a host:port socket address", r.addr),
+            ));
+        }
+        let name = if r.name.is_empty() {
+            format!("node-{}", r.id)
+        } else {
+            r.name.clone()
+        };
+        validate::name("name", &name)?;
+        let cat = self.node.read_catalog().await?;
+        let voters: BTreeSet<u64> = self.node.meta.voter_ids().collect();
+        let learners: BTreeSet<u64> = self.node.meta.learner_ids().collect();
+        let role = if voters.contains(&r.id) {
+            NodeRole::Voter
+        } else {
+            NodeRole::Learner
+        };
+        if !voters.contains(&r.id) && !learners.contains(&r.id) {
+            self.node
+                .meta
+                .add_learner(
+                    r.id,
+                    Node {
+                        addr: r.addr.clone(),
+                    },
+                    false,
+                )
+                .await
+                .map_err(|e| Error::Unavailable(format!("adding learner {}: {e}", r.id)))?;
+        }
+        let capacity = if r.capacity_bytes > 0 {
+            r.capacity_bytes
+        } else {
+            cat.nodes.get(&r.id).map(|n| n.capacity_bytes).unwrap_or(0)
+        };
+        let rec = NodeRecord {
+            id: r.id,
+            name,
+            addr: r.addr,
+            labels: r.labels.into_iter().collect(),
+            capacity_bytes: capacity,
+            role,
+        };
+        match self
+            .node
+            .propose_meta(MetaCommand::RegisterNode(rec))
+            .await?
+        {
+            MetaReply::Node(n) => Ok(view::node(&self.node.catalog(), &n, true)),
+            other => Err(Error::Internal(format!("unexpected meta reply {other:?}"))),
+        }
+    }
+
+    async fn remove_node(&self, id: u64) -> Result<()> {
+        if id == 0 {
+            return Err(Error::invalid("id", "is required"));
+        }
+        if id == self.node.cfg.id && self.node.meta.is_leader() {
+            return Err(Error::FailedPrecondition(format!(
+                "node {id} leads the meta group; remove it from another node after a leader change"
+            )));
+        }
+        self.node
+            .propose_meta(MetaCommand::RemoveNode { id })
+            .await?;
+        let voters: BTreeSet<u64> = self.node.meta.voter_ids().collect();
+        let change = if voters.contains(&id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        if let Err(e) = self.node.meta.change_membership(change, false).await {
+            tracing::warn!(node = id, error = %e, "meta membership change after node removal failed");
+        }
+        Ok(())
+    }
+
+    fn reachable(&self) -> BTreeMap<u64, bool> {
+        let m = self.node.meta.metrics().borrow_watched().clone();
+        let mut out = BTreeMap::new();
+        if let Some(rep) = &m.replication {
+            for (id, matched) in rep {
+                out.insert(*id, matched.is_some());
+            }
+        }
+        out.insert(self.node.cfg.id, true);
+        out
+    }
+}
+
+#[tonic::async_trait]
+impl VolumeService for VolumeApi {
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().name))]
+    async fn create_volume(
+        &self,
+        req: Request<pb::CreateVolumeRequest>,
+    ) -> Result<Response<pb::CreateVolumeResponse>, Status> {
+        let v = self.create(req.into_inner()).await?;
+        Ok(Response::new(pb::CreateVolumeResponse { volume: Some(v) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().name))]
+    async fn delete_volume(
+        &self,
+        req: Request<pb::DeleteVolumeRequest>,
+    ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
+        let r = req.into_inner();
+        validate::name("name", &r.name)?;
+        self.node
+            .propose_meta(MetaCommand::DeleteVolume {
+                name: r.name.clone(),
+            })
+            .await?;
+        tracing::info!(volume = %r.name, "volume deleted");
+        Ok(Response::new(pb::DeleteVolumeResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().name))]
+    async fn resize_volume(
+        &self,
+        req: Request<pb::ResizeVolumeRequest>,
+    ) -> Result<Response<pb::ResizeVolumeResponse>, Status> {
+        let v = self.resize(req.into_inner()).await?;
+        Ok(Response::new(pb::ResizeVolumeResponse { volume: Some(v) }))
+    }
+
+    async fn get_volume(
+        &self,
+        req: Request<pb::GetVolumeRequest>,
+    ) -> Result<Response<pb::GetVolumeResponse>, Status> {
+        let (cat, v) = self.lookup(&req.into_inner().name).await?;
+        let v = view::volume(&self.node, &cat, &v, true).await;
+        Ok(Response::new(pb::GetVolumeResponse { volume: Some(v) }))
+    }
+
+    async fn list_volumes(
+        &self,
+        req: Request<pb::ListVolumesRequest>,
+    ) -> Result<Response<pb::ListVolumesResponse>, Status> {
+        let r = req.into_inner();
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                r.page_token
+                    .strip_prefix(TOKEN_PREFIX)
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "page_token",
+                            format!("`{}` was not issued by storaged", r.page_token),
+                        )
+                    })?
+                    .to_string(),
+            )
+        };
+        let size = match r.page_size {
+            0 => 100,
+            n => n.min(1000),
+        } as usize;
+        let cat = self.node.read_catalog().await?;
+        let page: Vec<VolumeRecord> = match &after {
+            Some(a) => cat
+                .volumes
+                .range::<String, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+                .map(|(_, v)| v.clone())
+                .take(size + 1)
+                .collect(),
+            None => cat.volumes.values().take(size + 1).cloned().collect(),
+        };
+        let more = page.len() > size;
+        let mut volumes = Vec::new();
+        for v in page.iter().take(size) {
+            volumes.push(view::volume(&self.node, &cat, v, false).await);
+        }
+        let next_page_token = match (more, volumes.last()) {
+            (true, Some(last)) => format!("{TOKEN_PREFIX}{}", last.name),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListVolumesResponse {
+            volumes,
+            next_page_token,
+        }))
+    }
+
+    async fn get_capacity(
+        &self,
+        req: Request<pb::GetCapacityRequest>,
+    ) -> Result<Response<pb::GetCapacityResponse>, Status> {
+        let cat = self.node.read_catalog().await?;
+        Ok(Response::new(Self::capacity(&cat, req.get_ref())?))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().name, node = %req.get_ref().node_name))]
+    async fn publish_volume(
+        &self,
+        req: Request<pb::PublishVolumeRequest>,
+    ) -> Result<Response<pb::PublishVolumeResponse>, Status> {
+        let r = req.into_inner();
+        validate::name("name", &r.name)?;
+        validate::name("node_name", &r.node_name)?;
+        let cmd = MetaCommand::Publish {
+            name: r.name,
+            node_name: r.node_name,
+            readonly: r.readonly,
+            multi_node: r.multi_node,
+        };
+        let v = Self::volume_reply(self.node.propose_meta(cmd).await?)?;
+        let v = view::volume(&self.node, &self.node.catalog(), &v, false).await;
+        Ok(Response::new(pb::PublishVolumeResponse { volume: Some(v) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().name, node = %req.get_ref().node_name))]
+    async fn unpublish_volume(
+        &self,
+        req: Request<pb::UnpublishVolumeRequest>,
+    ) -> Result<Response<pb::UnpublishVolumeResponse>, Status> {
+        let r = req.into_inner();
+        validate::name("name", &r.name)?;
+        validate::name("node_name", &r.node_name)?;
+        self.node
+            .propose_meta(MetaCommand::Unpublish {
+                name: r.name,
+                node_name: r.node_name,
+            })
+            .await?;
+        Ok(Response::new(pb::UnpublishVolumeResponse {}))
+    }
+
+    async fn cluster_status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let cat = self.node.read_catalog().await?;
+        let m = self.node.meta.metrics().borrow_watched().clone();
+        let reach = self.reachable();
+        Ok(Response::new(pb::ClusterStatusResponse {
+            meta_leader_id: m.current_leader.unwrap_or(0),
+            term: m.current_term,
+            commit_index: m.last_applied.map(|l| l.index()).unwrap_or(0),
+            nodes: cat
+                .nodes
+                .values()
+                .map(|n| view::node(&cat, n, reach.get(&n.id).copied().unwrap_or(false)))
+                .collect(),
+            volume_count: cat.volumes.len() as u32,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = req.get_ref().id))]
+    async fn add_node(
+        &self,
+        req: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::AddNodeResponse>, Status> {
+        let n = self.add_node(req.into_inner()).await?;
+        Ok(Response::new(pb::AddNodeResponse { node: Some(n) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = req.get_ref().id))]
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        self.remove_node(req.into_inner().id).await?;
+        Ok(Response::new(pb::RemoveNodeResponse {}))
+    }
+
+    async fn list_nodes(
+        &self,
+        _req: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let cat = self.node.read_catalog().await?;
+        let reach = self.reachable();
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes: cat
+                .nodes
+                .values()
+                .map(|n| view::node(&cat, n, reach.get(&n.id).copied().unwrap_or(false)))
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,213 @@
+//! Process-level cluster fixture for tests and benchmarks: spawns real `storaged`
+//! processes on loopback, kills (-9), pauses and restarts them, and cleans up on drop.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_client::VolumeClient;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+pub struct ProcNode {
+    pub id: u64,
+    pub addr: String,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct ProcCluster {
+    pub nodes: Vec<ProcNode>,
+    bin: PathBuf,
+    initial: String,
+    _root: tempfile::TempDir,
+    extra_args: Vec<String>,
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+/// Finds a workspace binary next to the current executable (`target/<profile>/NAME`).
+pub fn sibling_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join(name)
+}
+
+impl ProcCluster {
+    /// Starts `n` nodes (ids 1..=n) as the initial meta voters.
+    pub fn start(bin: &Path, n: usize, extra_args: &[&str]) -> std::io::Result<Self> {
+        let root = tempfile::Builder::new()
+            .prefix("cairn-cluster-")
+            .tempdir()?;
+        let nodes: Vec<ProcNode> = (1..=n as u64)
+            .map(|id| ProcNode {
+                id,
+                addr: format!("127.0.0.1:{}", free_port()),
+                dir: root.path().join(format!("node-{id}")),
+                child: None,
+            })
+            .collect();
+        let initial = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = ProcCluster {
+            nodes,
+            bin: bin.to_path_buf(),
+            initial,
+            _root: root,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 0..n {
+            c.spawn(i)?;
+        }
+        Ok(c)
+    }
+
+    fn spawn(&mut self, i: usize) -> std::io::Result<()> {
+        let node = &mut self.nodes[i];
+        std::fs::create_dir_all(&node.dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.dir.join("storaged.log"))?;
+        let child = Command::new(&self.bin)
+            .args([
+                "--node-id",
+                &node.id.to_string(),
+                "--listen",
+                &node.addr,
+                "--data-dir",
+            ])
+            .arg(&node.dir)
+            .args(["--initial-cluster", &self.initial, "--capacity", "64GiB"])
+            .args(&self.extra_args)
+            .env(
+                "RUST_LOG",
+                std::env::var("CAIRN_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    pub fn client(&self) -> VolumeClient {
+        VolumeClient::new(self.addrs()).expect("cluster addresses are valid")
+    }
+
+    pub fn index_of(&self, id: u64) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.id == id)
+            .expect("known node id")
+    }
+
+    /// `kill -9` node `id` and reap it.
+    pub fn kill9(&mut self, id: u64) {
+        let i = self.index_of(id);
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self, id: u64) -> std::io::Result<()> {
+        self.kill9(id);
+        let i = self.index_of(id);
+        self.spawn(i)
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.nodes[self.index_of(id)].child.is_some()
+    }
+
+    /// SIGSTOP / SIGCONT a node (a "paused" process keeps its sockets open).
+    pub fn pause(&self, id: u64, paused: bool) {
+        if let Some(c) = &self.nodes[self.index_of(id)].child {
+            let sig = if paused {
+                Signal::SIGSTOP
+            } else {
+                Signal::SIGCONT
+            };
+            let _ = kill(Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
+    /// Waits until every running node is registered and a meta leader answers.
+    pub async fn wait_ready(&self, within: Duration) -> Result<(), String> {
+        let client = self.client();
+        let deadline = Instant::now() + within;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match client.cluster_status().await {
+                Ok(s) if s.meta_leader_id != 0 && s.nodes.len() >= self.nodes.len() => {
+                    return Ok(());
+                }
+                Ok(s) => {
+                    last = format!(
+                        "leader {} with {} nodes registered",
+                        s.meta_leader_id,
+                        s.nodes.len()
+                    )
+                }
+                Err(e) => last = e.message().to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!("cluster not ready within {within:?}: {last}"))
+    }
+
+    /// The node id that leads volume `name`'s group, as reported by GetVolume.
+    pub async fn volume_leader(&self, name: &str, within: Duration) -> Result<u64, String> {
+        let client = self.client();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(v) = client.get_volume(name).await {
+                if v.leader_node_id != 0 {
+                    return Ok(v.leader_node_id);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!("volume {name} has no leader within {within:?}"))
+    }
+
+    pub fn log_of(&self, id: u64) -> String {
+        std::fs::read_to_string(self.nodes[self.index_of(id)].dir.join("storaged.log"))
+            .unwrap_or_default()
+    }
+
+    pub fn node_addrs(&self) -> BTreeMap<u64, String> {
+        self.nodes.iter().map(|n| (n.id, n.addr.clone())).collect()
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}

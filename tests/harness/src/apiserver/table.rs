@@ -1,0 +1,271 @@
+//! Server-side printing: `meta.k8s.io/v1` Table responses for `kubectl get`,
+//! with the columns upstream prints for the storage kinds.
+
+use serde_json::{Value, json};
+
+use crate::resources::ResourceType;
+
+fn age(obj: &Value) -> String {
+    let Some(ts) = obj["metadata"]["creationTimestamp"].as_str() else {
+        return "<unknown>".into();
+    };
+    let Ok(t) = chrono::DateTime::parse_from_rfc3339(ts) else {
+        return "<unknown>".into();
+    };
+    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+        .num_seconds()
+        .max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 600 => format!("{}m{}s", s / 60, s % 60),
+        s if s < 3 * 3600 => format!("{}m", s / 60),
+        s if s < 48 * 3600 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "<none>".into(),
+        Value::String(x) if x.is_empty() => "<none>".into(),
+        Value::String(x) => x.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn modes(v: &Value) -> String {
+    let short: Vec<&str> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m.as_str()? {
+            "ReadWriteOnce" => Some("RWO"),
+            "ReadOnlyMany" => Some("ROX"),
+            "ReadWriteMany" => Some("RWX"),
+            "ReadWriteOncePod" => Some("RWOP"),
+            _ => None,
+        })
+        .collect();
+    short.join(",")
+}
+
+/// The pod STATUS column: the reason a user would see (ContainerCreating, Terminating...).
+pub fn pod_status(pod: &Value) -> String {
+    if !pod["metadata"]["deletionTimestamp"].is_null() {
+        return "Terminating".into();
+    }
+    for cs in pod["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(r) = cs["state"]["waiting"]["reason"].as_str() {
+            return r.into();
+        }
+        if let Some(r) = cs["state"]["terminated"]["reason"].as_str()
+            && pod["status"]["phase"] == "Running"
+        {
+            return r.into();
+        }
+    }
+    pod["status"]["phase"].as_str().unwrap_or("Pending").into()
+}
+
+fn columns(rt: &ResourceType) -> Vec<(&'static str, i32)> {
+    match rt.kind {
+        "Pod" => vec![
+            ("Name", 0),
+            ("Ready", 0),
+            ("Status", 0),
+            ("Restarts", 0),
+            ("Age", 0),
+            ("IP", 1),
+            ("Node", 1),
+        ],
+        "PersistentVolumeClaim" => {
+            vec![
+                ("Name", 0),
+                ("Status", 0),
+                ("Volume", 0),
+                ("Capacity", 0),
+                ("Access Modes", 0),
+                ("StorageClass", 0),
+                ("Age", 0),
+            ]
+        }
+        "PersistentVolume" => vec![
+            ("Name", 0),
+            ("Capacity", 0),
+            ("Access Modes", 0),
+            ("Reclaim Policy", 0),
+            ("Status", 0),
+            ("Claim", 0),
+            ("StorageClass", 0),
+            ("Age", 0),
+        ],
+        "StatefulSet" => vec![("Name", 0), ("Ready", 0), ("Age", 0)],
+        "Node" => vec![
+            ("Name", 0),
+            ("Status", 0),
+            ("Roles", 0),
+            ("Age", 0),
+            ("Version", 0),
+        ],
+        "StorageClass" => vec![
+            ("Name", 0),
+            ("Provisioner", 0),
+            ("ReclaimPolicy", 0),
+            ("VolumeBindingMode", 0),
+            ("AllowVolumeExpansion", 0),
+            ("Age", 0),
+        ],
+        "VolumeAttachment" => vec![
+            ("Name", 0),
+            ("Attacher", 0),
+            ("PV", 0),
+            ("Node", 0),
+            ("Attached", 0),
+            ("Age", 0),
+        ],
+        "Event" => vec![
+            ("Last Seen", 0),
+            ("Type", 0),
+            ("Reason", 0),
+            ("Object", 0),
+            ("Message", 0),
+        ],
+        "Namespace" => vec![("Name", 0), ("Status", 0), ("Age", 0)],
+        _ => vec![("Name", 0), ("Age", 0)],
+    }
+}
+
+fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
+    let name = json!(o["metadata"]["name"]);
+    let (spec, st) = (&o["spec"], &o["status"]);
+    match rt.kind {
+        "Pod" => {
+            let statuses = st["containerStatuses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let ready = statuses.iter().filter(|c| c["ready"] == true).count();
+            let total = spec["containers"].as_array().map_or(0, Vec::len);
+            let restarts: i64 = statuses
+                .iter()
+                .filter_map(|c| c["restartCount"].as_i64())
+                .sum();
+            vec![
+                name,
+                json!(format!("{ready}/{total}")),
+                json!(pod_status(o)),
+                json!(restarts),
+                json!(age(o)),
+                json!(s(&st["podIP"])),
+                json!(s(&spec["nodeName"])),
+            ]
+        }
+        "PersistentVolumeClaim" => vec![
+            name,
+            json!(s(&st["phase"])),
+            json!(spec["volumeName"].as_str().unwrap_or("")),
+            json!(st["capacity"]["storage"].as_str().unwrap_or("")),
+            json!(modes(&st["accessModes"])),
+            json!(s(&spec["storageClassName"])),
+            json!(age(o)),
+        ],
+        "PersistentVolume" => {
+            let claim = match spec["claimRef"]["name"].as_str() {
+                Some(n) => format!(
+                    "{}/{n}",
+                    spec["claimRef"]["namespace"].as_str().unwrap_or_default()
+                ),
+                None => String::new(),
+            };
+            vec![
+                name,
+                json!(s(&spec["capacity"]["storage"])),
+                json!(modes(&spec["accessModes"])),
+                json!(s(&spec["persistentVolumeReclaimPolicy"])),
+                json!(s(&st["phase"])),
+                json!(claim),
+                json!(spec["storageClassName"].as_str().unwrap_or("")),
+                json!(age(o)),
+            ]
+        }
+        "StatefulSet" => {
+            let ready = st["readyReplicas"].as_i64().unwrap_or(0);
+            vec![
+                name,
+                json!(format!(
+                    "{ready}/{}",
+                    spec["replicas"].as_i64().unwrap_or(0)
+                )),
+                json!(age(o)),
+            ]
+        }
+        "Node" => {
+            let ready = st["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            vec![
+                name,
+                json!(if ready { "Ready" } else { "NotReady" }),
+                json!("<none>"),
+                json!(age(o)),
+                json!(s(&st["nodeInfo"]["kubeletVersion"])),
+            ]
+        }
+        "StorageClass" => vec![
+            name,
+            json!(s(&o["provisioner"])),
+            json!(s(&o["reclaimPolicy"])),
+            json!(s(&o["volumeBindingMode"])),
+            json!(o["allowVolumeExpansion"].as_bool().unwrap_or(false)),
+            json!(age(o)),
+        ],
+        "VolumeAttachment" => vec![
+            name,
+            json!(s(&spec["attacher"])),
+            json!(s(&spec["source"]["persistentVolumeName"])),
+            json!(s(&spec["nodeName"])),
+            json!(st["attached"].as_bool().unwrap_or(false)),
+            json!(age(o)),
+        ],
+        "Event" => {
+            let io = &o["involvedObject"];
+            let obj = format!(
+                "{}/{}",
+                io["kind"].as_str().unwrap_or_default().to_lowercase(),
+                io["name"].as_str().unwrap_or_default()
+            );
+            vec![
+                json!(age(o)),
+                json!(s(&o["type"])),
+                json!(s(&o["reason"])),
+                json!(obj),
+                json!(s(&o["message"])),
+            ]
+        }
+        "Namespace" => vec![name, json!(s(&st["phase"])), json!(age(o))],
+        _ => vec![name, json!(age(o))],
+    }
+}
+
+/// A Table of `items`; each row carries the object's metadata as upstream does.
+pub fn table(rt: &ResourceType, items: &[Value], rv: u64) -> Value {
+    let defs: Vec<Value> = columns(rt)
+        .into_iter()
+        .map(|(n, p)| json!({"name": n, "type": "string", "format": if n == "Name" {"name"} else {""}, "description": "", "priority": p}))
+        .collect();
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|o| {
+            json!({"cells": cells(rt, o), "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                "metadata": o["metadata"]}})
+        })
+        .collect();
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv.to_string()},
+        "columnDefinitions": defs, "rows": rows})
+}

@@ -1,0 +1,68 @@
+//! The controllers (PV binder, StatefulSet, attach/detach, garbage collector)
+//! and the level-triggered loop that drives each of them.
+
+pub mod attach_detach;
+pub mod events;
+pub mod gc;
+pub mod pv_binder;
+pub mod statefulset;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+
+use crate::resources::ResourceType;
+use crate::store::Store;
+
+/// Signals shutdown to every loop in the harness.
+pub type Shutdown = watch::Receiver<bool>;
+
+/// Runs `reconcile` now, after every change to one of `interests`, and every
+/// `resync` (for time-based transitions such as grace periods), until shutdown.
+pub async fn run_loop<F>(
+    name: &'static str,
+    store: Arc<Store>,
+    interests: Vec<ResourceType>,
+    resync: Duration,
+    mut shutdown: Shutdown,
+    mut reconcile: F,
+) where
+    F: FnMut() + Send,
+{
+    let qualified: Vec<String> = interests.iter().map(ResourceType::qualified).collect();
+    let mut rx = store.subscribe();
+    let mut tick = tokio::time::interval(resync);
+    tracing::debug!(controller = name, "started");
+    let mut due = true;
+    loop {
+        if due {
+            reconcile();
+        }
+        due = true;
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tick.tick() => {}
+            msg = rx.recv() => {
+                let mut relevant = match &msg {
+                    Ok(c) => qualified.contains(&c.key.res),
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                // Coalesce a burst of changes into one pass.
+                loop {
+                    match rx.try_recv() {
+                        Ok(c) => relevant |= qualified.contains(&c.key.res),
+                        Err(broadcast::error::TryRecvError::Lagged(_)) => relevant = true,
+                        Err(_) => break,
+                    }
+                }
+                due = relevant;
+            }
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    tracing::debug!(controller = name, "stopped");
+}

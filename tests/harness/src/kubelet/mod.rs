@@ -1,0 +1,320 @@
+//! One kubelet per simulated node: registers its Node, heartbeats a Lease,
+//! and runs a worker per pod bound to it; reports volumesInUse.
+
+pub mod csi;
+mod env;
+mod pod_worker;
+pub mod runtime;
+mod volumes;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::client::Client;
+use crate::controllers::events::Recorder;
+use crate::controllers::{Shutdown, run_loop};
+use crate::registry::selectors::{FieldSelector, LabelSelector};
+use crate::registry::{WriteOptions, now, now_micro};
+use crate::resources;
+
+#[derive(Debug, Clone)]
+pub struct KubeletConfig {
+    pub node: String,
+    /// The kubelet root directory (`/var/lib/kubelet` on a real node).
+    pub root: PathBuf,
+    pub cpu: String,
+    pub memory: String,
+    pub pods: i64,
+    pub labels: BTreeMap<String, String>,
+    /// Extra CSI node plugin sockets besides those discovered under `<root>/plugins/*/csi.sock`.
+    pub csi_sockets: Vec<PathBuf>,
+}
+
+impl KubeletConfig {
+    pub fn new(node: &str, root: PathBuf) -> Self {
+        let mut labels = BTreeMap::new();
+        labels.insert("kubernetes.io/hostname".into(), node.to_string());
+        labels.insert("kubernetes.io/os".into(), "linux".into());
+        labels.insert("kubernetes.io/arch".into(), "amd64".into());
+        labels.insert("topology.cairn.dev/node".into(), node.to_string());
+        KubeletConfig {
+            node: node.into(),
+            root,
+            cpu: "4".into(),
+            memory: "8Gi".into(),
+            pods: 110,
+            labels,
+            csi_sockets: Vec::new(),
+        }
+    }
+}
+
+struct Worker {
+    tx: watch::Sender<Option<Pod>>,
+    task: JoinHandle<()>,
+}
+
+pub struct Kubelet {
+    pub(crate) node: String,
+    pub(crate) root: PathBuf,
+    pub(crate) client: Client,
+    pub(crate) events: Recorder,
+    cfg: KubeletConfig,
+    workers: Mutex<HashMap<String, Worker>>,
+    /// CSI unique volume names staged on this node (node.status.volumesInUse).
+    pub(crate) volumes_in_use: Mutex<BTreeSet<String>>,
+    pub(crate) csi: csi::Plugins,
+    stop: watch::Sender<bool>,
+}
+
+impl Kubelet {
+    pub fn new(client: Client, cfg: KubeletConfig) -> Arc<Kubelet> {
+        let events = Recorder::new(client.clone(), "kubelet", Some(&cfg.node));
+        let (stop, _) = watch::channel(false);
+        Arc::new(Kubelet {
+            node: cfg.node.clone(),
+            root: cfg.root.clone(),
+            csi: csi::Plugins::new(cfg.root.clone(), cfg.csi_sockets.clone()),
+            client,
+            events,
+            cfg,
+            workers: Mutex::new(HashMap::new()),
+            volumes_in_use: Mutex::new(BTreeSet::new()),
+            stop,
+        })
+    }
+
+    /// Where a container's log lives.
+    pub fn log_path(root: &std::path::Path, uid: &str, container: &str) -> PathBuf {
+        root.join("pods")
+            .join(uid)
+            .join("logs")
+            .join(format!("{container}.log"))
+    }
+
+    fn node_object(&self) -> Value {
+        let cap = json!({"cpu": self.cfg.cpu, "memory": self.cfg.memory, "pods": self.cfg.pods.to_string(), "ephemeral-storage": "100Gi"});
+        let ts = now();
+        let cond = |t: &str, s: &str, r: &str, m: &str| json!({"type": t, "status": s, "reason": r, "message": m, "lastHeartbeatTime": ts, "lastTransitionTime": ts});
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": self.node, "labels": self.cfg.labels},
+            "spec": {},
+            "status": {
+                "capacity": cap, "allocatable": cap,
+                "conditions": [
+                    cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                    cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                    cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+                    cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+                ],
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": self.node}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+                "nodeInfo": {"machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "", "osImage": "cairn-harness",
+                    "containerRuntimeVersion": "cairn://0.1.0", "kubeletVersion": "v1.33.0-cairn", "kubeProxyVersion": "",
+                    "operatingSystem": "linux", "architecture": "amd64"},
+            }
+        })
+    }
+
+    /// Creates or refreshes the Node object and its Lease.
+    pub fn register(&self) -> crate::Result<()> {
+        let reg = self.client.registry();
+        let node = self.node_object();
+        match reg.create(
+            &resources::NODES,
+            None,
+            node.clone(),
+            WriteOptions::default(),
+        ) {
+            Ok(_) => tracing::info!(node = %self.node, "node registered"),
+            Err(e) if e.is_already_exists() => {
+                let patch = json!({"metadata": {"labels": self.cfg.labels}});
+                self.client
+                    .patch_rt(&resources::NODES, None, &self.node, &patch)?;
+                let status = json!({"status": node["status"]});
+                reg.patch(
+                    &resources::NODES,
+                    None,
+                    &self.node,
+                    crate::registry::patch::PatchType::Merge,
+                    &status,
+                    crate::registry::Sub::Status,
+                    WriteOptions::default(),
+                )?;
+            }
+            Err(e) => return Err(e),
+        }
+        self.heartbeat();
+        Ok(())
+    }
+
+    fn heartbeat(&self) {
+        let reg = self.client.registry();
+        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": self.node, "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": self.node, "leaseDurationSeconds": 40, "renewTime": now_micro()}});
+        if let Err(e) = reg.create(
+            &resources::LEASES,
+            Some("kube-node-lease"),
+            lease,
+            WriteOptions::default(),
+        ) && e.is_already_exists()
+        {
+            let patch = json!({"spec": {"renewTime": now_micro(), "holderIdentity": self.node}});
+            let _ = self.client.patch_rt(
+                &resources::LEASES,
+                Some("kube-node-lease"),
+                &self.node,
+                &patch,
+            );
+        }
+    }
+
+    /// Runs until shutdown, then stops every container and unmounts every volume.
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+        if let Err(e) = self.register() {
+            tracing::error!(node = %self.node, error = %e, "node registration failed");
+        }
+        let me = self.clone();
+        let mut hb_shutdown = shutdown.clone();
+        let hb = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            let mut expand = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { me.heartbeat(); me.csi.refresh(&me).await; }
+                    _ = expand.tick() => me.csi_expand_pending().await,
+                    _ = hb_shutdown.changed() => break,
+                }
+            }
+        });
+        let store = self.client.registry().store().clone();
+        let interests = vec![
+            resources::PODS,
+            resources::PVCS,
+            resources::PVS,
+            resources::VOLUMEATTACHMENTS,
+            resources::CONFIGMAPS,
+            resources::SECRETS,
+        ];
+        let me = self.clone();
+        run_loop(
+            "kubelet",
+            store,
+            interests,
+            Duration::from_secs(1),
+            shutdown,
+            move || me.sync(),
+        )
+        .await;
+        hb.abort();
+        self.stop_all().await;
+    }
+
+    fn my_pods(&self) -> Vec<Pod> {
+        let fs = FieldSelector::parse(&format!("spec.nodeName={}", self.node)).unwrap_or_default();
+        self.client
+            .list_selected::<Pod>(None, &LabelSelector::default(), &fs)
+    }
+
+    /// Starts, updates and forgets pod workers to match the pods bound here.
+    fn sync(self: &Arc<Self>) {
+        let pods = self.my_pods();
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let live: BTreeSet<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+        workers.retain(|uid, w| {
+            if w.task.is_finished() {
+                return false;
+            }
+            if !live.contains(uid) {
+                let _ = w.tx.send(None);
+            }
+            true
+        });
+        for pod in pods {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            if let Some(w) = workers.get(&uid) {
+                w.tx.send_if_modified(|cur| {
+                    let changed = cur.as_ref().map(|c| &c.metadata.resource_version)
+                        != Some(&pod.metadata.resource_version);
+                    if changed {
+                        *cur = Some(pod.clone());
+                    }
+                    changed
+                });
+                continue;
+            }
+            let terminal = matches!(
+                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            );
+            if terminal && pod.metadata.deletion_timestamp.is_none() {
+                continue;
+            }
+            let (tx, rx) = watch::channel(Some(pod.clone()));
+            let task = tokio::spawn(pod_worker::run(self.clone(), rx, self.stop.subscribe()));
+            workers.insert(uid, Worker { tx, task });
+        }
+        drop(workers);
+        self.report_volumes_in_use();
+    }
+
+    fn report_volumes_in_use(&self) {
+        let want: Vec<String> = self
+            .volumes_in_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        let Ok(node) = self
+            .client
+            .registry()
+            .get(&resources::NODES, None, &self.node)
+        else {
+            return;
+        };
+        let cur: Vec<String> = node["status"]["volumesInUse"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        if cur != want {
+            let reg = self.client.registry();
+            let patch = json!({"status": {"volumesInUse": want}});
+            let _ = reg.patch(
+                &resources::NODES,
+                None,
+                &self.node,
+                crate::registry::patch::PatchType::Merge,
+                &patch,
+                crate::registry::Sub::Status,
+                WriteOptions::default(),
+            );
+        }
+    }
+
+    async fn stop_all(&self) {
+        let _ = self.stop.send(true);
+        let tasks: Vec<JoinHandle<()>> = self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, w)| w.task)
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        tracing::info!(node = %self.node, "kubelet stopped");
+    }
+}

@@ -1,0 +1,619 @@
+//! One pod's lifecycle on a kubelet: volumes, init and app containers as
+//! processes, restarts, status, graceful termination and final deletion.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+use super::runtime::{self, ContainerSpec, Mount};
+use super::volumes::Prepared;
+use super::{Kubelet, env};
+use crate::controllers::Shutdown;
+use crate::registry::now;
+
+#[derive(Debug, Clone)]
+enum State {
+    Waiting(String, Option<String>),
+    Running(String),
+    Terminated {
+        code: i32,
+        reason: String,
+        started: String,
+        finished: String,
+    },
+}
+
+struct Ctr {
+    c: Container,
+    pid: Option<u32>,
+    state: State,
+    last: Option<State>,
+    restarts: i32,
+    restart_at: Option<Instant>,
+}
+
+enum Outcome {
+    /// The pod object is gone or finished deleting: nothing more to do.
+    Done,
+    /// The harness is shutting down.
+    Shutdown,
+}
+
+fn state_json(s: &State) -> Value {
+    match s {
+        State::Waiting(r, m) => json!({"waiting": {"reason": r, "message": m}}),
+        State::Running(at) => json!({"running": {"startedAt": at}}),
+        State::Terminated {
+            code,
+            reason,
+            started,
+            finished,
+        } => {
+            json!({"terminated": {"exitCode": code, "reason": reason, "startedAt": started, "finishedAt": finished}})
+        }
+    }
+}
+
+fn pod_key(p: &Pod) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or_default(),
+        p.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+struct Worker {
+    kl: Arc<Kubelet>,
+    pod: Pod,
+    uid: String,
+    ctrs: Vec<Ctr>,
+    exits: (
+        mpsc::UnboundedSender<(usize, u32, i32)>,
+        mpsc::UnboundedReceiver<(usize, u32, i32)>,
+    ),
+    last_status: Value,
+    start_time: String,
+}
+
+pub(crate) async fn run(
+    kl: Arc<Kubelet>,
+    mut rx: watch::Receiver<Option<Pod>>,
+    mut stop: Shutdown,
+) {
+    let Some(pod) = rx.borrow().clone() else {
+        return;
+    };
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let ctrs = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| Ctr {
+            c,
+            pid: None,
+            state: State::Waiting("ContainerCreating".into(), None),
+            last: None,
+            restarts: 0,
+            restart_at: None,
+        })
+        .collect();
+    let mut w = Worker {
+        kl,
+        pod,
+        uid,
+        ctrs,
+        exits: mpsc::unbounded_channel(),
+        last_status: Value::Null,
+        start_time: now(),
+    };
+    let outcome = w.lifecycle(&mut rx, &mut stop).await;
+    if let Outcome::Shutdown = outcome {
+        w.kill_all(Duration::from_secs(2)).await;
+        w.kl.teardown_volumes(&w.pod).await;
+    }
+}
+
+impl Worker {
+    fn deleting(&self) -> bool {
+        self.pod.metadata.deletion_timestamp.is_some()
+    }
+
+    /// Waits for a pod update, a timer, or shutdown. Returns false when the pod is gone.
+    async fn wait(
+        &mut self,
+        rx: &mut watch::Receiver<Option<Pod>>,
+        stop: &mut Shutdown,
+        d: Duration,
+    ) -> Result<bool, Outcome> {
+        tokio::select! {
+            r = rx.changed() => {
+                let cur = rx.borrow().clone();
+                match (r, cur) {
+                    (Ok(()), Some(p)) => { self.pod = p; Ok(true) }
+                    _ => Ok(false),
+                }
+            }
+            _ = stop.changed() => Err(Outcome::Shutdown),
+            _ = tokio::time::sleep(d) => Ok(true),
+        }
+    }
+
+    async fn lifecycle(
+        &mut self,
+        rx: &mut watch::Receiver<Option<Pod>>,
+        stop: &mut Shutdown,
+    ) -> Outcome {
+        let terminal = matches!(self.phase_of_pod().as_str(), "Succeeded" | "Failed");
+        // Phase 1: volumes. A failure leaves the pod ContainerCreating with an event.
+        let volumes = loop {
+            if self.deleting() || terminal {
+                return self.finish_deletion(rx, stop).await;
+            }
+            match self.kl.setup_volumes(&self.pod).await {
+                Ok(v) => break v,
+                Err(e) => {
+                    tracing::warn!(node = %self.kl.node, pod = %pod_key(&self.pod), error = %e, "volume setup failed");
+                    self.kl.events.record_typed(
+                        &self.pod,
+                        "Warning",
+                        "FailedMount",
+                        &e.to_string(),
+                    );
+                    self.push_status();
+                }
+            }
+            match self.wait(rx, stop, Duration::from_secs(1)).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.kl.teardown_volumes(&self.pod).await;
+                    return Outcome::Done;
+                }
+                Err(o) => return o,
+            }
+        };
+        // Phase 2: init containers, to completion, in order.
+        let inits = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.clone())
+            .unwrap_or_default();
+        for c in inits {
+            loop {
+                let Some(spec) = self.container_spec(&c, &volumes) else {
+                    return self.finish_deletion(rx, stop).await;
+                };
+                let code = match runtime::spawn(&spec) {
+                    Ok(mut child) => {
+                        tokio::select! {
+                            s = child.wait() => s.ok().and_then(|s| s.code()).unwrap_or(1),
+                            _ = stop.changed() => { if let Some(pid) = child.id() { runtime::signal(pid, Signal::SIGKILL); } return Outcome::Shutdown }
+                        }
+                    }
+                    Err(_) => 128,
+                };
+                if code == 0 {
+                    break;
+                }
+                if self.restart_policy() == "Never" {
+                    self.push_terminal("Failed");
+                    return self.finish_deletion(rx, stop).await;
+                }
+                match self.wait(rx, stop, Duration::from_secs(1)).await {
+                    Ok(true) if !self.deleting() => {}
+                    Ok(_) => return self.finish_deletion(rx, stop).await,
+                    Err(o) => return o,
+                }
+            }
+        }
+        // Phase 3: app containers.
+        for i in 0..self.ctrs.len() {
+            self.start(i, &volumes);
+        }
+        self.push_status();
+        loop {
+            let next_restart = self.ctrs.iter().filter_map(|c| c.restart_at).min();
+            let sleep = next_restart.map_or(Duration::from_secs(3600), |t| {
+                t.saturating_duration_since(Instant::now())
+            });
+            tokio::select! {
+                r = rx.changed() => {
+                    let cur = rx.borrow().clone();
+                    match (r, cur) {
+                        (Ok(()), Some(p)) => self.pod = p,
+                        _ => {
+                            self.kill_all(Duration::ZERO).await;
+                            self.kl.teardown_volumes(&self.pod).await;
+                            return Outcome::Done;
+                        }
+                    }
+                    if self.deleting() {
+                        return self.finish_deletion(rx, stop).await;
+                    }
+                }
+                Some((i, pid, code)) = self.exits.1.recv() => self.exited(i, pid, code),
+                _ = tokio::time::sleep(sleep) => {
+                    for i in 0..self.ctrs.len() {
+                        if self.ctrs[i].restart_at.is_some_and(|t| t <= Instant::now()) {
+                            self.ctrs[i].restart_at = None;
+                            self.ctrs[i].restarts += 1;
+                            self.start(i, &volumes);
+                        }
+                    }
+                }
+                _ = stop.changed() => return Outcome::Shutdown,
+            }
+            self.push_status();
+        }
+    }
+
+    fn restart_policy(&self) -> String {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into())
+    }
+
+    fn phase_of_pod(&self) -> String {
+        self.pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default()
+    }
+
+    fn container_spec(&self, c: &Container, volumes: &[Prepared]) -> Option<ContainerSpec> {
+        let env = match env::build(&self.kl.client, &self.pod, c) {
+            Ok(e) => e,
+            Err(msg) => {
+                self.kl.events.record_typed(
+                    &self.pod,
+                    "Warning",
+                    "Failed",
+                    &format!("Error: {msg}"),
+                );
+                return None;
+            }
+        };
+        let mut mounts = Vec::new();
+        for m in c.volume_mounts.iter().flatten() {
+            let Some(v) = volumes.iter().find(|v| v.name == m.name) else {
+                continue;
+            };
+            let mut source = v.host_path.clone();
+            if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                source = source.join(sub);
+                let _ = std::fs::create_dir_all(&source);
+            }
+            mounts.push(Mount {
+                source,
+                target: m.mount_path.clone(),
+                read_only: m.read_only.unwrap_or(false),
+            });
+        }
+        let dir = self.kl.pod_dir(&self.uid);
+        Some(ContainerSpec {
+            argv: env::argv(c, &env),
+            env,
+            working_dir: c.working_dir.clone(),
+            mounts,
+            log_path: Kubelet::log_path(&self.kl.root, &self.uid, &c.name),
+            rootfs: dir.join("containers").join(&c.name).join("rootfs"),
+        })
+    }
+
+    fn start(&mut self, i: usize, volumes: &[Prepared]) {
+        let c = self.ctrs[i].c.clone();
+        let Some(spec) = self.container_spec(&c, volumes) else {
+            self.ctrs[i].state = State::Waiting("CreateContainerConfigError".into(), None);
+            self.ctrs[i].restart_at = Some(Instant::now() + Duration::from_secs(2));
+            return;
+        };
+        match runtime::spawn(&spec) {
+            Ok(mut child) => {
+                let pid = child.id().unwrap_or_default();
+                let at = now();
+                tracing::info!(node = %self.kl.node, pod = %pod_key(&self.pod), container = %c.name, pid, "container started");
+                self.kl.events.record_typed(
+                    &self.pod,
+                    "Normal",
+                    "Started",
+                    &format!("Started container {}", c.name),
+                );
+                self.ctrs[i].pid = Some(pid);
+                self.ctrs[i].state = State::Running(at);
+                let tx = self.exits.0.clone();
+                tokio::spawn(async move {
+                    let code = match child.wait().await {
+                        Ok(s) => s.code().unwrap_or_else(|| {
+                            128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(9)
+                        }),
+                        Err(_) => 128,
+                    };
+                    let _ = tx.send((i, pid, code));
+                });
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.kl.node, pod = %pod_key(&self.pod), container = %c.name, error = %e, "container start failed");
+                self.kl.events.record_typed(
+                    &self.pod,
+                    "Warning",
+                    "Failed",
+                    &format!("Error: failed to start container \"{}\": {e}", c.name),
+                );
+                self.ctrs[i].state =
+                    State::Waiting("RunContainerError".into(), Some(e.to_string()));
+                self.ctrs[i].restart_at = Some(Instant::now() + Duration::from_secs(2));
+            }
+        }
+    }
+
+    fn exited(&mut self, i: usize, pid: u32, code: i32) {
+        // Whatever the container left behind in its process group goes too.
+        runtime::signal(pid, Signal::SIGKILL);
+        let ctr = &mut self.ctrs[i];
+        if ctr.pid != Some(pid) {
+            return;
+        }
+        ctr.pid = None;
+        let started = match &ctr.state {
+            State::Running(at) => at.clone(),
+            _ => now(),
+        };
+        let reason = if code == 0 { "Completed" } else { "Error" };
+        ctr.state = State::Terminated {
+            code,
+            reason: reason.into(),
+            started,
+            finished: now(),
+        };
+        tracing::info!(node = %self.kl.node, pod = %pod_key(&self.pod), container = %ctr.c.name, code, "container exited");
+        let policy = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into());
+        let restart = self.pod.metadata.deletion_timestamp.is_none()
+            && (policy == "Always" || (policy == "OnFailure" && code != 0));
+        if restart {
+            let backoff = Duration::from_secs(1 << ctr.restarts.clamp(0, 3) as u64);
+            ctr.last = Some(ctr.state.clone());
+            ctr.state = State::Waiting(
+                "CrashLoopBackOff".into(),
+                Some(format!(
+                    "back-off restarting failed container {}",
+                    ctr.c.name
+                )),
+            );
+            ctr.restart_at = Some(Instant::now() + backoff);
+        }
+    }
+
+    /// SIGTERM every running container, SIGKILL after `grace`, and wait for the exits.
+    async fn kill_all(&mut self, grace: Duration) {
+        let running: Vec<(usize, u32)> = self
+            .ctrs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.pid.map(|p| (i, p)))
+            .collect();
+        for (_, pid) in &running {
+            runtime::signal(
+                *pid,
+                if grace.is_zero() {
+                    Signal::SIGKILL
+                } else {
+                    Signal::SIGTERM
+                },
+            );
+        }
+        let deadline = Instant::now() + grace;
+        let mut killed = grace.is_zero();
+        while self.ctrs.iter().any(|c| c.pid.is_some()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::select! {
+                Some((i, pid, code)) = self.exits.1.recv() => {
+                    self.ctrs[i].restart_at = None;
+                    if self.ctrs[i].pid == Some(pid) {
+                        self.exited(i, pid, code);
+                        self.ctrs[i].restart_at = None;
+                    }
+                }
+                _ = tokio::time::sleep(left), if !killed => {
+                    for c in &self.ctrs {
+                        if let Some(pid) = c.pid { runtime::signal(pid, Signal::SIGKILL); }
+                    }
+                    killed = true;
+                }
+            }
+        }
+        for c in &mut self.ctrs {
+            c.restart_at = None;
+        }
+    }
+
+    /// Graceful deletion: stop containers within the grace period, unmount,
+    /// then confirm the deletion with a zero grace period.
+    async fn finish_deletion(
+        &mut self,
+        _rx: &mut watch::Receiver<Option<Pod>>,
+        _stop: &mut Shutdown,
+    ) -> Outcome {
+        let grace = self
+            .pod
+            .metadata
+            .deletion_grace_period_seconds
+            .unwrap_or(30)
+            .max(0) as u64;
+        if self.ctrs.iter().any(|c| c.pid.is_some()) {
+            for c in &self.ctrs {
+                if c.pid.is_some() {
+                    self.kl.events.record_typed(
+                        &self.pod,
+                        "Normal",
+                        "Killing",
+                        &format!("Stopping container {}", c.c.name),
+                    );
+                }
+            }
+            self.kill_all(Duration::from_secs(grace)).await;
+            self.push_status();
+        }
+        self.kl.teardown_volumes(&self.pod).await;
+        if self.deleting() {
+            let (ns, name) = (
+                self.pod.metadata.namespace.clone(),
+                self.pod.metadata.name.clone().unwrap_or_default(),
+            );
+            let opts = crate::registry::DeleteOptions {
+                grace_period_seconds: Some(0),
+                precondition_uid: Some(self.uid.clone()),
+                ..Default::default()
+            };
+            match self
+                .kl
+                .client
+                .delete_rt(&crate::resources::PODS, ns.as_deref(), &name, &opts)
+            {
+                Ok(()) => {
+                    tracing::info!(node = %self.kl.node, pod = %pod_key(&self.pod), "pod deleted after teardown")
+                }
+                Err(e) => {
+                    tracing::warn!(node = %self.kl.node, pod = %pod_key(&self.pod), error = %e, "final delete failed")
+                }
+            }
+        }
+        Outcome::Done
+    }
+
+    fn push_terminal(&mut self, phase: &str) {
+        let status = json!({"phase": phase});
+        let (ns, name) = (
+            self.pod.metadata.namespace.clone(),
+            self.pod.metadata.name.clone().unwrap_or_default(),
+        );
+        let _ =
+            self.kl
+                .client
+                .patch_status::<Pod>(ns.as_deref(), &name, &json!({"status": status}));
+    }
+
+    /// Computes the pod status as Kubernetes reports it and writes it if it changed.
+    fn push_status(&mut self) {
+        let statuses: Vec<Value> = self
+            .ctrs
+            .iter()
+            .map(|c| {
+                let running = matches!(c.state, State::Running(_));
+                let mut s = json!({"name": c.c.name, "image": c.c.image.clone().unwrap_or_default(), "imageID": "",
+                    "containerID": c.pid.map(|p| format!("cairn://{p}")), "ready": running, "started": running,
+                    "restartCount": c.restarts, "state": state_json(&c.state)});
+                if let Some(l) = &c.last {
+                    s["lastState"] = state_json(l);
+                }
+                s
+            })
+            .collect();
+        let all_running = self
+            .ctrs
+            .iter()
+            .all(|c| matches!(c.state, State::Running(_)));
+        let any_running = self
+            .ctrs
+            .iter()
+            .any(|c| matches!(c.state, State::Running(_)));
+        let all_done = self
+            .ctrs
+            .iter()
+            .all(|c| matches!(c.state, State::Terminated { .. }) && c.restart_at.is_none());
+        let started = self.ctrs.iter().any(|c| {
+            c.pid.is_some()
+                || !matches!(c.state, State::Waiting(ref r, _) if r == "ContainerCreating")
+        });
+        let phase = if all_done && !self.ctrs.is_empty() {
+            if self
+                .ctrs
+                .iter()
+                .all(|c| matches!(c.state, State::Terminated { code: 0, .. }))
+            {
+                "Succeeded"
+            } else {
+                "Failed"
+            }
+        } else if any_running || started {
+            "Running"
+        } else {
+            "Pending"
+        };
+        let ready = if all_running && !self.deleting() {
+            "True"
+        } else {
+            "False"
+        };
+        let prev: Vec<Value> = self
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .map(|c| serde_json::to_value(c).unwrap_or_default())
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default();
+        let cond = |t: &str, s: &str, reason: Option<&str>| {
+            let since = prev
+                .iter()
+                .find(|c| c["type"] == t && c["status"] == s)
+                .map(|c| c["lastTransitionTime"].clone())
+                .unwrap_or_else(|| json!(now()));
+            let mut c =
+                json!({"type": t, "status": s, "lastProbeTime": null, "lastTransitionTime": since});
+            if let Some(r) = reason {
+                c["reason"] = json!(r);
+            }
+            c
+        };
+        let not_ready = (ready == "False").then_some("ContainersNotReady");
+        let conditions = json!([
+            cond(
+                "PodReadyToStartContainers",
+                if started { "True" } else { "False" },
+                None
+            ),
+            cond("Initialized", "True", None),
+            cond("Ready", ready, not_ready),
+            cond("ContainersReady", ready, not_ready),
+            cond("PodScheduled", "True", None),
+        ]);
+        let status = json!({"phase": phase, "conditions": conditions, "containerStatuses": statuses, "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}], "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}], "startTime": self.start_time,
+            "qosClass": "BestEffort"});
+        // Compare without timestamps that only move when something real changes.
+        if status == self.last_status {
+            return;
+        }
+        let (ns, name) = (
+            self.pod.metadata.namespace.clone(),
+            self.pod.metadata.name.clone().unwrap_or_default(),
+        );
+        match self
+            .kl
+            .client
+            .patch_status::<Pod>(ns.as_deref(), &name, &json!({"status": status}))
+        {
+            Ok(p) => {
+                self.pod.status = p.status;
+                self.last_status = status;
+            }
+            Err(e) => {
+                tracing::debug!(pod = %pod_key(&self.pod), error = %e, "status update failed")
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The container runtime: each container is a real process in its own session
+//! and private mount namespace, chrooted into a per-container view of `/`.
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// One volume as the container sees it.
+#[derive(Debug, Clone)]
+pub struct Mount {
+    pub source: PathBuf,
+    pub target: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub mounts: Vec<Mount>,
+    pub log_path: PathBuf,
+    /// An empty directory on the host that becomes the container's `/`.
+    pub rootfs: PathBuf,
+}
+
+/// The command a container without one runs: idle until told to stop.
+pub const PLACEHOLDER: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
+
+/// A step of the mount plan, run in the child between fork and exec.
+#[derive(Debug)]
+enum Op {
+    Tmpfs(CString),
+    Mkdir(CString),
+    Touch(CString),
+    Symlink(CString, CString),
+    Bind(CString, CString, bool),
+    ReadOnly(CString),
+}
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+/// Replicates the host directory `dir`'s entries under `root + dir` (already a tmpfs).
+fn replicate(root: &Path, dir: &Path, ops: &mut Vec<Op>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let host = e.path();
+        let inside = root.join(host.strip_prefix("/").unwrap_or(&host));
+        let ft = e.file_type()?;
+        if ft.is_symlink() {
+            ops.push(Op::Symlink(c(&std::fs::read_link(&host)?), c(&inside)));
+        } else if ft.is_dir() {
+            ops.push(Op::Mkdir(c(&inside)));
+            ops.push(Op::Bind(c(&host), c(&inside), true));
+        } else {
+            ops.push(Op::Touch(c(&inside)));
+            ops.push(Op::Bind(c(&host), c(&inside), false));
+        }
+    }
+    Ok(())
+}
+
+/// Plans the container's root: a tmpfs holding binds of the host's top-level
+/// entries, with each mount target created on tmpfs (never on the host) and
+/// the volume bound over it.
+fn plan(spec: &ContainerSpec) -> std::io::Result<Vec<Op>> {
+    let root = &spec.rootfs;
+    let mut ops = vec![Op::Tmpfs(c(root))];
+    replicate(root, Path::new("/"), &mut ops)?;
+    // Directories (container paths) that live on a tmpfs of ours: safe to mkdir in.
+    let mut owned: BTreeSet<PathBuf> = BTreeSet::from([PathBuf::from("/")]);
+    let mut mounts = spec.mounts.clone();
+    mounts.sort_by_key(|m| m.target.matches('/').count());
+    for m in &mounts {
+        let target: PathBuf = Path::new(&m.target)
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+            .collect();
+        let mut cur = PathBuf::from("/");
+        for comp in target.components() {
+            let next = cur.join(comp);
+            if !owned.contains(&next) && !next.exists() {
+                if !owned.contains(&cur) {
+                    // Shadow the host directory with a tmpfs holding binds of its entries.
+                    let inside = root.join(cur.strip_prefix("/").unwrap_or(&cur));
+                    ops.push(Op::Tmpfs(c(&inside)));
+                    replicate(root, &cur, &mut ops)?;
+                    owned.insert(cur.clone());
+                }
+                ops.push(Op::Mkdir(c(
+                    &root.join(next.strip_prefix("/").unwrap_or(&next))
+                )));
+                owned.insert(next.clone());
+            }
+            cur = next;
+        }
+        let inside = root.join(cur.strip_prefix("/").unwrap_or(&cur));
+        ops.push(Op::Bind(c(&m.source), c(&inside), true));
+        if m.read_only {
+            ops.push(Op::ReadOnly(c(&inside)));
+        }
+    }
+    Ok(ops)
+}
+
+fn run_ops(ops: &[Op], root: &CString, workdir: &CString) -> nix::Result<()> {
+    unshare(CloneFlags::CLONE_NEWNS)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    for op in ops {
+        match op {
+            Op::Tmpfs(p) => mount(
+                Some("tmpfs"),
+                p.as_c_str(),
+                Some("tmpfs"),
+                MsFlags::empty(),
+                Some("mode=755"),
+            )?,
+            Op::Mkdir(p) => match nix::unistd::mkdir(
+                p.as_c_str(),
+                nix::sys::stat::Mode::from_bits_truncate(0o755),
+            ) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(e),
+            },
+            Op::Touch(p) => {
+                let fd = nix::fcntl::open(
+                    p.as_c_str(),
+                    nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY,
+                    nix::sys::stat::Mode::from_bits_truncate(0o644),
+                )?;
+                drop(fd);
+            }
+            Op::Symlink(target, link) => match nix::unistd::symlinkat(
+                target.as_c_str(),
+                nix::fcntl::AT_FDCWD,
+                link.as_c_str(),
+            ) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(e),
+            },
+            Op::Bind(src, dst, rec) => {
+                let flags = if *rec {
+                    MsFlags::MS_BIND | MsFlags::MS_REC
+                } else {
+                    MsFlags::MS_BIND
+                };
+                mount(
+                    Some(src.as_c_str()),
+                    dst.as_c_str(),
+                    None::<&str>,
+                    flags,
+                    None::<&str>,
+                )?;
+            }
+            Op::ReadOnly(p) => mount(
+                None::<&str>,
+                p.as_c_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )?,
+        }
+    }
+    nix::unistd::chroot(root.as_c_str())?;
+    nix::unistd::chdir(workdir.as_c_str())?;
+    Ok(())
+}
+
+/// Starts the container's process; it leads its own process group.
+pub fn spawn(spec: &ContainerSpec) -> std::io::Result<tokio::process::Child> {
+    std::fs::create_dir_all(&spec.rootfs)?;
+    if let Some(dir) = spec.log_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log_path)?;
+    let ops = plan(spec)?;
+    let root = c(&spec.rootfs);
+    let workdir =
+        CString::new(spec.working_dir.clone().unwrap_or_else(|| "/".into())).unwrap_or_default();
+    let argv = if spec.argv.is_empty() {
+        vec!["/bin/sh".to_string(), "-c".into(), PLACEHOLDER.into()]
+    } else {
+        spec.argv.clone()
+    };
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(spec.env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: the closure only makes syscalls on data prepared before fork
+    // (no allocation, no locks), as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            run_ops(&ops, &root, &workdir).map_err(std::io::Error::from)
+        });
+    }
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(false);
+    cmd.spawn()
+}
+
+/// Signals a container's whole process group.
+pub fn signal(pid: u32, sig: Signal) {
+    let _ = killpg(Pid::from_raw(pid as i32), sig);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn volumes_appear_at_absolute_paths_without_touching_the_host() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = tmp.path().join("vol");
+        std::fs::create_dir_all(&vol).unwrap();
+        let target = format!("/cairn-test-{}/data", std::process::id());
+        assert!(!Path::new(&target).exists());
+        let spec = ContainerSpec {
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("echo hi > {target}/f && echo $GREETING"),
+            ],
+            env: vec![
+                ("GREETING".into(), "hello".into()),
+                ("PATH".into(), "/usr/bin:/bin".into()),
+            ],
+            working_dir: None,
+            mounts: vec![Mount {
+                source: vol.clone(),
+                target: target.clone(),
+                read_only: false,
+            }],
+            log_path: tmp.path().join("log"),
+            rootfs: tmp.path().join("rootfs"),
+        };
+        let status = spawn(&spec).unwrap().wait().await.unwrap();
+        assert!(status.success());
+        assert_eq!(std::fs::read_to_string(vol.join("f")).unwrap(), "hi\n");
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("log")).unwrap(),
+            "hello\n"
+        );
+        assert!(
+            !Path::new(&target).exists(),
+            "the host must not see the mount target"
+        );
+    }
+
+    #[tokio::test]
+    async fn read_only_mounts_refuse_writes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = tmp.path().join("vol");
+        std::fs::create_dir_all(&vol).unwrap();
+        let spec = ContainerSpec {
+            argv: vec!["/bin/sh".into(), "-c".into(), "echo x > /ro/f".into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            working_dir: None,
+            mounts: vec![Mount {
+                source: vol.clone(),
+                target: "/ro".into(),
+                read_only: true,
+            }],
+            log_path: tmp.path().join("log"),
+            rootfs: tmp.path().join("rootfs"),
+        };
+        let status = spawn(&spec).unwrap().wait().await.unwrap();
+        assert!(!status.success());
+        assert!(!vol.join("f").exists());
+    }
+}

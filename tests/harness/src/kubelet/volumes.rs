@@ -1,0 +1,220 @@
+//! The kubelet's volume manager: turns each pod volume into a host directory
+//! (emptyDir, hostPath, configMap, secret, local/hostPath PVs, CSI) and back.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Volume,
+};
+
+use super::Kubelet;
+use crate::error::{Error, Result};
+
+/// A volume ready to be bound into containers.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub name: String,
+    pub host_path: PathBuf,
+    /// Set for CSI volumes: (driver, volumeHandle, pv name).
+    pub csi: Option<(String, String, String)>,
+}
+
+fn mount_error(volume: &str, msg: impl std::fmt::Display) -> Error {
+    Error::BadRequest(format!(
+        "MountVolume.SetUp failed for volume \"{volume}\" : {msg}"
+    ))
+}
+
+impl Kubelet {
+    pub(crate) fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.root.join("pods").join(uid)
+    }
+
+    /// Sets up every volume of the pod; the first failure is returned.
+    pub(crate) async fn setup_volumes(&self, pod: &Pod) -> Result<Vec<Prepared>> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let mut out = Vec::new();
+        for v in pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default()
+        {
+            out.push(self.setup_volume(&ns, &uid, pod, &v).await?);
+        }
+        Ok(out)
+    }
+
+    async fn setup_volume(&self, ns: &str, uid: &str, pod: &Pod, v: &Volume) -> Result<Prepared> {
+        let plugin_dir =
+            |plugin: &str| self.pod_dir(uid).join("volumes").join(plugin).join(&v.name);
+        let prepared = |p: PathBuf| Prepared {
+            name: v.name.clone(),
+            host_path: p,
+            csi: None,
+        };
+        if v.empty_dir.is_some() {
+            let dir = plugin_dir("kubernetes.io~empty-dir");
+            std::fs::create_dir_all(&dir).map_err(|e| mount_error(&v.name, e))?;
+            return Ok(prepared(dir));
+        }
+        if let Some(hp) = &v.host_path {
+            return host_path(&v.name, &hp.path, hp.type_.as_deref().unwrap_or_default())
+                .map(prepared);
+        }
+        if let Some(cm) = &v.config_map {
+            let obj = self
+                .client
+                .get::<ConfigMap>(Some(ns), &cm.name)
+                .ok()
+                .flatten();
+            let Some(obj) = obj else {
+                if cm.optional == Some(true) {
+                    let dir = plugin_dir("kubernetes.io~configmap");
+                    std::fs::create_dir_all(&dir).map_err(|e| mount_error(&v.name, e))?;
+                    return Ok(prepared(dir));
+                }
+                return Err(mount_error(
+                    &v.name,
+                    format!("configmap \"{}\" not found", cm.name),
+                ));
+            };
+            let files: Vec<(String, Vec<u8>)> = obj
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect();
+            return write_files(&plugin_dir("kubernetes.io~configmap"), &files)
+                .map(prepared)
+                .map_err(|e| mount_error(&v.name, e));
+        }
+        if let Some(sec) = &v.secret {
+            let name = sec.secret_name.clone().unwrap_or_default();
+            let obj = self.client.get::<Secret>(Some(ns), &name).ok().flatten();
+            let Some(obj) = obj else {
+                return Err(mount_error(&v.name, format!("secret \"{name}\" not found")));
+            };
+            let files: Vec<(String, Vec<u8>)> = obj
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            return write_files(&plugin_dir("kubernetes.io~secret"), &files)
+                .map(prepared)
+                .map_err(|e| mount_error(&v.name, e));
+        }
+        if let Some(src) = &v.persistent_volume_claim {
+            let claim = self
+                .client
+                .get::<PersistentVolumeClaim>(Some(ns), &src.claim_name)
+                .ok()
+                .flatten();
+            let claim = claim.ok_or_else(|| {
+                mount_error(
+                    &v.name,
+                    format!("persistentvolumeclaim \"{}\" not found", src.claim_name),
+                )
+            })?;
+            let pv_name = claim
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.clone())
+                .unwrap_or_default();
+            if claim.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound")
+                || pv_name.is_empty()
+            {
+                return Err(mount_error(
+                    &v.name,
+                    format!("persistentvolumeclaim \"{}\" is not bound", src.claim_name),
+                ));
+            }
+            let pv = self
+                .client
+                .get::<PersistentVolume>(None, &pv_name)
+                .ok()
+                .flatten();
+            let pv = pv.ok_or_else(|| {
+                mount_error(&v.name, format!("persistentvolume \"{pv_name}\" not found"))
+            })?;
+            let spec = pv.spec.clone().unwrap_or_default();
+            if let Some(local) = &spec.local {
+                let p = PathBuf::from(&local.path);
+                if !p.is_dir() {
+                    return Err(mount_error(
+                        &v.name,
+                        format!("local volume path \"{}\" does not exist", local.path),
+                    ));
+                }
+                return Ok(prepared(p));
+            }
+            if let Some(hp) = &spec.host_path {
+                return host_path(&v.name, &hp.path, hp.type_.as_deref().unwrap_or_default())
+                    .map(prepared);
+            }
+            if let Some(csi) = &spec.csi {
+                let target = self
+                    .csi_publish(pod, &pv, csi, src.read_only.unwrap_or(false))
+                    .await
+                    .map_err(|e| mount_error(&v.name, e))?;
+                return Ok(Prepared {
+                    name: v.name.clone(),
+                    host_path: target,
+                    csi: Some((csi.driver.clone(), csi.volume_handle.clone(), pv_name)),
+                });
+            }
+            return Err(mount_error(&v.name, "unsupported persistent volume source"));
+        }
+        Err(mount_error(&v.name, "unsupported volume type"))
+    }
+
+    /// Reverses setup: CSI unpublish (and unstage when unused), pod directory removal.
+    pub(crate) async fn teardown_volumes(&self, pod: &Pod) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let csi_dir = self.pod_dir(&uid).join("volumes").join("kubernetes.io~csi");
+        if let Ok(entries) = std::fs::read_dir(&csi_dir) {
+            for e in entries.flatten() {
+                let pv = e.file_name().to_string_lossy().to_string();
+                if let Err(err) = self.csi_unpublish(&uid, &pv).await {
+                    tracing::warn!(node = %self.node, pod_uid = %uid, pv = %pv, error = %err, "unpublish failed");
+                    return;
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.pod_dir(&uid));
+    }
+}
+
+fn host_path(volume: &str, path: &str, ty: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(path);
+    match ty {
+        "DirectoryOrCreate" => std::fs::create_dir_all(&p).map_err(|e| mount_error(volume, e))?,
+        "Directory" if !p.is_dir() => {
+            return Err(mount_error(
+                volume,
+                format!("hostPath type check failed: {path} is not a directory"),
+            ));
+        }
+        "FileOrCreate" if !p.exists() => {
+            std::fs::File::create(&p).map_err(|e| mount_error(volume, e))?;
+        }
+        "File" if !p.is_file() => {
+            return Err(mount_error(
+                volume,
+                format!("hostPath type check failed: {path} is not a file"),
+            ));
+        }
+        _ => {}
+    }
+    Ok(p)
+}
+
+fn write_files(dir: &Path, files: &[(String, Vec<u8>)]) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    for (k, v) in files {
+        std::fs::write(dir.join(k), v)?;
+    }
+    Ok(dir.to_path_buf())
+}

@@ -1,0 +1,91 @@
+//! The `cairn-harness` binary: `up` runs a whole cluster, `apiserver` runs the
+//! API server alone; both stay up until SIGINT or SIGTERM, then tear down.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use cairn_harness::{Cluster, ClusterConfig};
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Parser)]
+#[command(
+    name = "cairn-harness",
+    version,
+    about = "A minimal Kubernetes control plane and kubelets on one machine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// API server, controllers, scheduler and N kubelets.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Also start storaged and cairn-csi per node and cairn-provisioner.
+        #[arg(long)]
+        with_cairn: bool,
+    },
+    /// The API server alone.
+    Apiserver {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let cfg = match cli.cmd {
+        Cmd::Up {
+            nodes,
+            data_dir,
+            listen,
+            with_cairn,
+        } => ClusterConfig {
+            listen,
+            with_cairn,
+            ..ClusterConfig::new(data_dir, nodes)
+        },
+        Cmd::Apiserver { data_dir, listen } => ClusterConfig {
+            listen,
+            api_only: true,
+            ..ClusterConfig::new(data_dir, 0)
+        },
+    };
+    let cluster = Cluster::start(cfg).await?;
+    println!("api-server: {}", cluster.api.url());
+    println!("kubeconfig: {}", cluster.kubeconfig.display());
+    for n in &cluster.nodes {
+        println!("node: {n}");
+    }
+    println!("ready");
+    wait_for_signal().await?;
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! Shared helpers for the harness's integration tests: a cluster in a temp
+//! dir, the real kubectl, bounded polling, and stray process/mount checks.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use cairn_harness::{Cluster, ClusterConfig};
+
+pub const KUBECTL: &str = "/usr/bin/kubectl";
+
+pub struct TestCluster {
+    pub cluster: Option<Cluster>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    pub async fn start(nodes: usize) -> TestCluster {
+        Self::start_with(|c| ClusterConfig { nodes, ..c }).await
+    }
+
+    pub async fn start_with(f: impl FnOnce(ClusterConfig) -> ClusterConfig) -> TestCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-harness-test")
+            .tempdir()
+            .unwrap();
+        let cluster = Cluster::start(f(ClusterConfig::new(dir.path().join("data"), 0)))
+            .await
+            .unwrap();
+        TestCluster {
+            cluster: Some(cluster),
+            dir,
+        }
+    }
+
+    pub async fn kube(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig()).unwrap();
+        let cfg =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .unwrap();
+        kube::Client::try_from(cfg).unwrap()
+    }
+
+    pub fn c(&self) -> &Cluster {
+        self.cluster.as_ref().unwrap()
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.c().kubeconfig.clone()
+    }
+
+    pub async fn kubectl(&self, args: &[&str]) -> Output {
+        kubectl(&self.kubeconfig(), args, None).await
+    }
+
+    pub async fn kubectl_stdin(&self, args: &[&str], input: &str) -> Output {
+        kubectl(&self.kubeconfig(), args, Some(input)).await
+    }
+
+    /// kubectl that must succeed; returns stdout.
+    pub async fn must(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args).await;
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(c) = self.cluster.take() {
+            c.shutdown().await;
+        }
+    }
+}
+
+pub async fn kubectl(kubeconfig: &Path, args: &[&str], input: Option<&str>) -> Output {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new(KUBECTL);
+    cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl runs");
+    let mut stdin = child.stdin.take().unwrap();
+    if let Some(i) = input {
+        stdin.write_all(i.as_bytes()).await.unwrap();
+    }
+    drop(stdin);
+    tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("kubectl finished in time")
+        .unwrap()
+}
+
+/// Polls `f` every 200ms until it returns Some, failing after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// PIDs of processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let hit = ["cmdline", "environ"].iter().any(|f| {
+            std::fs::read(e.path().join(f))
+                .is_ok_and(|b| String::from_utf8_lossy(&b).contains(marker))
+        });
+        if hit {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Host mounts (in our own mount namespace) under `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let d = dir.to_string_lossy().to_string();
+    info.lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&d)))
+        .map(String::from)
+        .collect()
+}

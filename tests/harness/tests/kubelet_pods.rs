@@ -1,0 +1,186 @@
+//! Kubelet behaviour through kubectl: logs, env, restart policy, a volume that
+//! cannot be set up (ContainerCreating plus an Event), graceful deletion.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+async fn phase(t: &TestCluster, pod: &str) -> String {
+    let out = t
+        .kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.phase}"])
+        .await;
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pod_runs_to_completion_with_env_and_logs() {
+    let t = TestCluster::start(1).await;
+    let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: hello
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "echo greeting=$GREETING node=$NODE; echo scratch > /scratch/f; cat /scratch/f"]
+    env:
+    - name: GREETING
+      value: hi-$(NODE)
+    - name: NODE
+      valueFrom:
+        fieldRef:
+          fieldPath: spec.nodeName
+    volumeMounts:
+    - name: scratch
+      mountPath: /scratch
+  volumes:
+  - name: scratch
+    emptyDir: {}
+"#;
+    t.kubectl_stdin(&["apply", "-f", "-"], pod).await;
+    eventually("hello Succeeded", Duration::from_secs(30), || async {
+        (phase(&t, "hello").await == "Succeeded").then_some(())
+    })
+    .await;
+    let logs = t.must(&["logs", "hello"]).await;
+    assert_eq!(logs, "greeting=hi-$(NODE) node=node-1\nscratch\n");
+    let code = t
+        .must(&[
+            "get",
+            "pod",
+            "hello",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.terminated.exitCode}",
+        ])
+        .await;
+    assert_eq!(code, "0");
+    t.must(&["delete", "pod", "hello", "--wait=true"]).await;
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_volume_that_cannot_be_set_up_keeps_the_pod_container_creating() {
+    let t = TestCluster::start(1).await;
+    let missing = t.dir.path().join("does-not-exist");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: stuck\nspec:\n  containers:\n  - name: c\n    image: busybox\n    volumeMounts:\n    - name: v\n      mountPath: /v\n  volumes:\n  - name: v\n    hostPath:\n      path: {}\n      type: Directory\n",
+        missing.display()
+    );
+    t.kubectl_stdin(&["apply", "-f", "-"], &pod).await;
+    let events = eventually("FailedMount event", Duration::from_secs(30), || async {
+        let out = t
+            .must(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=stuck,reason=FailedMount",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ])
+            .await;
+        (!out.is_empty()).then_some(out)
+    })
+    .await;
+    assert!(
+        events.contains("MountVolume.SetUp failed for volume \"v\""),
+        "{events}"
+    );
+    let reason = t
+        .must(&[
+            "get",
+            "pod",
+            "stuck",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+        ])
+        .await;
+    assert_eq!(reason, "ContainerCreating");
+    assert_eq!(phase(&t, "stuck").await, "Pending");
+    // Fixing the cause lets the same pod start; the kubelet kept retrying.
+    std::fs::create_dir_all(&missing).unwrap();
+    eventually("stuck Running", Duration::from_secs(30), || async {
+        (phase(&t, "stuck").await == "Running").then_some(())
+    })
+    .await;
+    t.must(&["delete", "pod", "stuck", "--wait=true"]).await;
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletion_is_graceful_and_restarts_follow_the_policy() {
+    let t = TestCluster::start(1).await;
+    let marker = format!("cairn-kubelet-{}", std::process::id());
+    let out_dir = t.dir.path().join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let pod = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: graceful
+spec:
+  terminationGracePeriodSeconds: 20
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "trap 'echo term > /out/term; exit 0' TERM; echo up >> /out/starts; while :; do sleep 0.1; done"]
+    env:
+    - name: MARKER
+      value: {marker}
+    volumeMounts:
+    - name: out
+      mountPath: /out
+  volumes:
+  - name: out
+    hostPath:
+      path: {}
+"#,
+        out_dir.display()
+    );
+    t.kubectl_stdin(&["apply", "-f", "-"], &pod).await;
+    eventually("graceful Running", Duration::from_secs(30), || async {
+        (phase(&t, "graceful").await == "Running").then_some(())
+    })
+    .await;
+    assert!(!processes_with(&marker).is_empty());
+    // restartPolicy Always: killing the process brings it back with restartCount 1.
+    for pid in processes_with(&marker) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    eventually("restarted", Duration::from_secs(30), || async {
+        let n = t
+            .must(&[
+                "get",
+                "pod",
+                "graceful",
+                "-o",
+                "jsonpath={.status.containerStatuses[0].restartCount}",
+            ])
+            .await;
+        (n == "1"
+            && std::fs::read_to_string(out_dir.join("starts"))
+                .is_ok_and(|s| s.lines().count() == 2))
+        .then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    t.must(&["delete", "pod", "graceful", "--wait=true"]).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "SIGTERM was honoured well before the grace period"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("term")).unwrap(),
+        "term\n"
+    );
+    assert!(processes_with(&marker).is_empty());
+    t.shutdown().await;
+}

@@ -1,0 +1,2 @@
+// Intentionally empty: the build-dependencies exist only for feature unification.
+fn main() {}
