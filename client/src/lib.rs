@@ -195,12 +195,12 @@ impl VolumeClient {
                     return Err(status);
                 }
                 tracing::debug!(addr = %addr, code = ?status.code(), msg = status.message(), "storaged call retry");
-                if let Some(hint) = leader_hint(&status) {
-                    if hint != addr {
-                        next_hint = Some(hint);
-                        last_err = Some(status);
-                        break;
-                    }
+                if let Some(hint) = leader_hint(&status)
+                    && hint != addr
+                {
+                    next_hint = Some(hint);
+                    last_err = Some(status);
+                    break;
                 }
                 last_err = Some(status);
             }

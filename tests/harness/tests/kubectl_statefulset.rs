@@ -230,7 +230,7 @@ async fn statefulset_on_static_local_pvs_through_kubectl() {
     );
 
     // Delete web-0: it comes back on the same node and sees the same data.
-    t.must(&["delete", "pod", "web-0", "-n", "e2e", "--wait=true"])
+    t.must(&["delete", "pod", "web-0", "-n", "e2e", "--wait=false"])
         .await;
     let (node0b, uid0b) = ready_on(&t, "web-0").await;
     assert_ne!(uid0, uid0b, "a new pod object");

@@ -30,13 +30,6 @@ fn phase_pv(pv: &PersistentVolume) -> String {
         .unwrap_or_else(|| "Pending".into())
 }
 
-fn phase_pvc(pvc: &PersistentVolumeClaim) -> String {
-    pvc.status
-        .as_ref()
-        .and_then(|s| s.phase.clone())
-        .unwrap_or_else(|| "Pending".into())
-}
-
 fn key(ns: &Option<String>, name: &Option<String>) -> String {
     format!(
         "{}/{}",

@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 pub struct Prepared {
     pub name: String,
     pub host_path: PathBuf,
-    /// Set for CSI volumes: (driver, volumeHandle, pv name).
+    /// Set for CSI volumes: (driver, volumeHandle, pv name); kept for diagnostics.
+    #[allow(dead_code)]
     pub csi: Option<(String, String, String)>,
 }
 
