@@ -96,9 +96,10 @@ impl GroupStateMachine {
         engine.write(b, true)
     }
 
-    fn snapshot_now(&self) -> io::Result<Option<Snapshot>> {
+    /// The applied state as a snapshot; `None` if nothing is applied and `allow_empty` is false.
+    fn snapshot_now(&self, allow_empty: bool) -> io::Result<Option<Snapshot>> {
         let (last_log_id, last_membership) = self.read_applied()?;
-        if last_log_id.is_none() {
+        if last_log_id.is_none() && !allow_empty {
             return Ok(None);
         }
         let payload = if self.group == META_GROUP {
@@ -133,8 +134,8 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
-        self.snapshot_now()?
-            .ok_or_else(|| io::Error::other("nothing applied yet: no snapshot to build"))
+        self.snapshot_now(true)?
+            .ok_or_else(|| io::Error::other("no snapshot could be built"))
     }
 }
 
@@ -263,7 +264,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
         // Built on demand from the applied state: always at or after the last purge point.
-        self.snapshot_now()
+        self.snapshot_now(false)
     }
 }
 
