@@ -212,8 +212,14 @@ impl StorageNode {
 
     /// Resolves a volume for I/O on this node: its record and local leader Raft, or a redirect.
     fn io_target(&self, name: &str) -> Result<(VolumeRecord, Raft)> {
-        let cat = self.catalog();
-        let Some(vol) = cat.volumes.get(name).cloned() else {
+        // On every I/O: look up one record, never clone the whole catalogue.
+        let found = self.meta_shared.with_catalog(|cat| {
+            cat.volumes.get(name).cloned().map(|v| {
+                let first = v.members.first().and_then(|m| self.addr_of(cat, *m));
+                (v, first)
+            })
+        });
+        let Some((vol, first_member)) = found else {
             if self.meta.is_leader() {
                 return Err(Error::not_found("volume", name));
             }
@@ -228,13 +234,10 @@ impl StorageNode {
         match self.group(vol.id) {
             Some(raft) if raft.is_leader() => Ok((vol, raft)),
             Some(raft) => Err(self.not_leader(&raft, vol.id)),
-            None => {
-                let hint = vol.members.first().and_then(|m| self.addr_of(&cat, *m));
-                Err(Error::NotLeader {
-                    group: vol.id,
-                    leader: hint,
-                })
-            }
+            None => Err(Error::NotLeader {
+                group: vol.id,
+                leader: first_member,
+            }),
         }
     }
 

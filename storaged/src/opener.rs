@@ -44,10 +44,8 @@ impl RaftVolume {
 impl BlockDevice for RaftVolume {
     fn size(&self) -> u64 {
         self.node
-            .catalog()
-            .volumes
-            .get(&self.name)
-            .map(|v| v.size)
+            .meta_shared
+            .with_catalog(|cat| cat.volumes.get(&self.name).map(|v| v.size))
             .unwrap_or(0)
     }
 

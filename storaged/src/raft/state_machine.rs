@@ -40,6 +40,11 @@ impl Shared {
     pub fn catalog(&self) -> Catalog {
         self.catalog.read().expect("catalog lock poisoned").clone()
     }
+
+    /// Reads the catalogue in place, without cloning it (for per-I/O lookups).
+    pub fn with_catalog<R>(&self, f: impl FnOnce(&Catalog) -> R) -> R {
+        f(&self.catalog.read().expect("catalog lock poisoned"))
+    }
 }
 
 #[derive(Serialize, Deserialize)]
