@@ -145,10 +145,9 @@ pub async fn node_id(ctx: &Ctx, node: &str) -> Result<String> {
     if let Some(csinode) = Api::<CSINode>::all(ctx.client.clone())
         .get_opt(node)
         .await?
+        && let Some(d) = csinode.spec.drivers.iter().find(|d| d.name == DRIVER)
     {
-        if let Some(d) = csinode.spec.drivers.iter().find(|d| d.name == DRIVER) {
-            return Ok(d.node_id.clone());
-        }
+        return Ok(d.node_id.clone());
     }
     if let Some(n) = Api::<Node>::all(ctx.client.clone()).get_opt(node).await? {
         let ids = n

@@ -142,11 +142,11 @@ impl CsiClient {
                 Ok::<_, Error>(
                     r.capabilities
                         .into_iter()
-                        .filter_map(|c| match c.r#type {
-                            Some(csi::controller_service_capability::Type::Rpc(rpc)) => {
-                                Some(rpc.r#type)
-                            }
-                            None => None,
+                        .filter_map(|c| {
+                            c.r#type
+                                .map(|csi::controller_service_capability::Type::Rpc(rpc)| {
+                                    rpc.r#type
+                                })
                         })
                         .collect(),
                 )

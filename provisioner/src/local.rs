@@ -99,7 +99,7 @@ pub fn discover(dir: &Path) -> Result<Vec<Disk>> {
                 path: path.display().to_string(),
                 source: e.into(),
             })?;
-            let bytes = u64::from(st.blocks()).saturating_mul(u64::from(st.fragment_size()));
+            let bytes = st.blocks().saturating_mul(st.fragment_size());
             out.push(Disk {
                 path,
                 block: false,

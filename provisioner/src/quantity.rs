@@ -80,7 +80,7 @@ pub fn from_bytes(bytes: u64) -> Quantity {
         return Quantity("0".into());
     }
     for (suffix, unit) in UNITS {
-        if bytes % unit == 0 {
+        if bytes.is_multiple_of(unit) {
             return Quantity(format!("{}{suffix}", bytes / unit));
         }
     }

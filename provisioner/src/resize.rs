@@ -92,9 +92,9 @@ async fn resize(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Action> {
     let class = Api::<StorageClass>::all(ctx.client.clone())
         .get_opt(&cn)
         .await?;
-    if !class
+    if class
         .as_ref()
-        .is_some_and(|c| c.allow_volume_expansion == Some(true))
+        .is_none_or(|c| c.allow_volume_expansion != Some(true))
     {
         return Ok(idle);
     }

@@ -124,10 +124,10 @@ pub async fn run(cfg: Config) -> Result<()> {
         _ = gate(ctx, rx, cfg.capacity_namespace.clone(), cfg.capacity_interval) => {}
         _ = shutdown_signal() => info!("shutting down"),
     }
-    if cfg.leader_election {
-        if let Err(e) = Elector::new(client, lease).release().await {
-            warn!(error = %e, "could not release the lease");
-        }
+    if cfg.leader_election
+        && let Err(e) = Elector::new(client, lease).release().await
+    {
+        warn!(error = %e, "could not release the lease");
     }
     Ok(())
 }

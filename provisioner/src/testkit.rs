@@ -55,10 +55,10 @@ impl ApiServer {
         // A Null answer echoes the request body, naming a generateName object as the server would.
         let resp = if resp.is_null() && !body.is_null() {
             let mut echo = body.clone();
-            if echo["metadata"]["name"].is_null() {
-                if let Some(g) = echo["metadata"]["generateName"].as_str() {
-                    echo["metadata"]["name"] = Value::String(format!("{g}x1"));
-                }
+            if echo["metadata"]["name"].is_null()
+                && let Some(g) = echo["metadata"]["generateName"].as_str()
+            {
+                echo["metadata"]["name"] = Value::String(format!("{g}x1"));
             }
             echo
         } else {

@@ -180,10 +180,10 @@ impl ProcCluster {
         let client = self.client();
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if let Ok(v) = client.get_volume(name).await {
-                if v.leader_node_id != 0 {
-                    return Ok(v.leader_node_id);
-                }
+            if let Ok(v) = client.get_volume(name).await
+                && v.leader_node_id != 0
+            {
+                return Ok(v.leader_node_id);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -20,7 +20,7 @@ fn bin() -> &'static Path {
 }
 
 /// Per 64 KiB slot: the contents a correct store may return (CRCs).
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Model {
     slots: HashMap<(String, u64), BTreeSet<u32>>,
 }
@@ -177,7 +177,8 @@ async fn leader_kill9_during_writes_loses_no_acknowledged_write() {
         acked > 900,
         "most writes should succeed across leader changes, got {acked}"
     );
-    verify(&client, &model.lock().unwrap()).await;
+    let snapshot = model.lock().unwrap().clone();
+    verify(&client, &snapshot).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -223,8 +224,8 @@ async fn power_loss_of_every_node_keeps_acknowledged_writes() {
     }
     cluster.wait_ready(Duration::from_secs(30)).await.unwrap();
     // Writes in flight at the kill were recorded as ambiguous before they were sent.
-    let m = model.lock().unwrap();
-    verify(&cluster.client(), &m).await;
+    let snapshot = model.lock().unwrap().clone();
+    verify(&cluster.client(), &snapshot).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

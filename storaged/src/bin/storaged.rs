@@ -57,7 +57,7 @@ fn parse_kv(field: &str, s: &str) -> Result<(String, String), String> {
 
 fn fs_size(path: &std::path::Path) -> u64 {
     nix::sys::statvfs::statvfs(path)
-        .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks() * s.fragment_size())
         .unwrap_or(0)
 }
 
@@ -93,13 +93,13 @@ fn run(args: Args) -> Result<(), String> {
         .advertise
         .clone()
         .unwrap_or_else(|| args.listen.to_string());
-    if let Some(expected) = initial.get(&args.node_id) {
-        if *expected != addr {
-            return Err(format!(
-                "--initial-cluster says node {} is at {expected}, but this node advertises {addr}",
-                args.node_id
-            ));
-        }
+    if let Some(expected) = initial.get(&args.node_id)
+        && *expected != addr
+    {
+        return Err(format!(
+            "--initial-cluster says node {} is at {expected}, but this node advertises {addr}",
+            args.node_id
+        ));
     }
     let cfg = NodeConfig {
         id: args.node_id,

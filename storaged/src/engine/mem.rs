@@ -8,9 +8,11 @@ use std::sync::RwLock;
 use super::{Batch, Cf, Engine, Kv, Op};
 use crate::Result;
 
+type Table = BTreeMap<Vec<u8>, Vec<u8>>;
+
 #[derive(Default)]
 pub struct MemEngine {
-    cfs: RwLock<BTreeMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>>>,
+    cfs: RwLock<BTreeMap<Cf, Table>>,
 }
 
 impl MemEngine {

@@ -113,7 +113,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged_log_id: Option<LogId> = self.get_state(PURGED)?;
         let last_log_id = match last {
             Some((_, v)) => Some(decode::<Entry>(&v)?.log_id()),
-            None => last_purged_log_id.clone(),
+            None => last_purged_log_id,
         };
         Ok(LogState {
             last_purged_log_id,

@@ -63,13 +63,12 @@ pub struct GroupStateMachine {
 impl GroupStateMachine {
     /// Opens the group's state; the meta group also loads its catalogue.
     pub fn open(engine: Arc<dyn Engine>, group: u64, shared: Arc<Shared>) -> io::Result<Self> {
-        if group == META_GROUP {
-            if let Some(b) = engine
+        if group == META_GROUP
+            && let Some(b) = engine
                 .get(Cf::Meta, &keys::named(group, CATALOG))
                 .map_err(io_err)?
-            {
-                *shared.catalog.write().expect("catalog lock poisoned") = decode(&b)?;
-            }
+        {
+            *shared.catalog.write().expect("catalog lock poisoned") = decode(&b)?;
         }
         Ok(GroupStateMachine {
             engine,
@@ -167,7 +166,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         };
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
-            last_applied = Some(log_id.clone());
+            last_applied = Some(log_id);
             let resp = match entry.payload {
                 EntryPayload::Blank => Response::Done,
                 EntryPayload::Membership(m) => {
@@ -208,10 +207,8 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             keys::named(self.group, APPLIED),
             encode(&(last_applied, membership))?,
         );
-        if catalog_changed {
-            if let Some(c) = &catalog {
-                batch.put(Cf::Meta, keys::named(self.group, CATALOG), encode(c)?);
-            }
+        if catalog_changed && let Some(c) = &catalog {
+            batch.put(Cf::Meta, keys::named(self.group, CATALOG), encode(c)?);
         }
         // Not synced: the Raft log is the durable record; a crash replays from `applied`.
         self.engine.write(batch, false).map_err(io_err)?;
@@ -256,7 +253,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         batch.put(
             Cf::Meta,
             keys::named(self.group, APPLIED),
-            encode(&(meta.last_log_id.clone(), meta.last_membership.clone()))?,
+            encode(&(meta.last_log_id, meta.last_membership.clone()))?,
         );
         self.engine.write(batch, true).map_err(io_err)?;
         if let Some(c) = new_catalog {

@@ -39,7 +39,7 @@ pub fn size(v: u64) -> Result<()> {
             "is required and must be greater than 0",
         ));
     }
-    if v % SECTOR != 0 {
+    if !v.is_multiple_of(SECTOR) {
         return Err(Error::invalid(
             "size_bytes",
             format!("{v} is not a multiple of {SECTOR}"),

@@ -113,13 +113,13 @@ impl VolumeApi {
         }
         let delta = r.size_bytes - v.size;
         for m in &v.members {
-            if let Some(n) = cat.nodes.get(m) {
-                if placement::free(&cat, n) < delta {
-                    return Err(Error::ResourceExhausted(format!(
-                        "node `{}` has less than {delta} bytes free to grow `{}`",
-                        n.name, v.name
-                    )));
-                }
+            if let Some(n) = cat.nodes.get(m)
+                && placement::free(&cat, n) < delta
+            {
+                return Err(Error::ResourceExhausted(format!(
+                    "node `{}` has less than {delta} bytes free to grow `{}`",
+                    n.name, v.name
+                )));
             }
         }
         let v = Self::volume_reply(

@@ -31,13 +31,13 @@ pub fn check_range(
     size: u64,
     cap_field: Option<&'static str>,
 ) -> Result<()> {
-    if offset % SECTOR != 0 {
+    if !offset.is_multiple_of(SECTOR) {
         return Err(Error::invalid(
             "offset",
             format!("{offset} is not a multiple of {SECTOR}"),
         ));
     }
-    if len % SECTOR != 0 {
+    if !len.is_multiple_of(SECTOR) {
         return Err(Error::invalid(
             "length",
             format!("{len} is not a multiple of {SECTOR}"),
@@ -46,13 +46,13 @@ pub fn check_range(
     if len == 0 {
         return Err(Error::invalid("length", "must be greater than 0"));
     }
-    if let Some(field) = cap_field {
-        if len > MAX_IO {
-            return Err(Error::invalid(
-                field,
-                format!("{len} bytes exceeds the {MAX_IO}-byte request limit"),
-            ));
-        }
+    if let Some(field) = cap_field
+        && len > MAX_IO
+    {
+        return Err(Error::invalid(
+            field,
+            format!("{len} bytes exceeds the {MAX_IO}-byte request limit"),
+        ));
     }
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),

@@ -296,8 +296,8 @@ mod tests {
 
     #[test]
     fn scope_matches_upstream() {
-        assert!(!PVS.namespaced && PVCS.namespaced && !STORAGECLASSES.namespaced);
-        assert!(CSISTORAGECAPACITIES.namespaced && !VOLUMEATTACHMENTS.namespaced);
+        const { assert!(!PVS.namespaced && PVCS.namespaced && !STORAGECLASSES.namespaced) };
+        const { assert!(CSISTORAGECAPACITIES.namespaced && !VOLUMEATTACHMENTS.namespaced) };
         assert_eq!(for_kind("apps/v1", "StatefulSet"), Some(STATEFULSETS));
         assert_eq!(lookup("", "v1", "pods"), Some(PODS));
     }

@@ -63,7 +63,7 @@ pub async fn serve(
         }
         text = joined.into_bytes();
     }
-    if !q.get("follow").is_some_and(|f| f == "true") {
+    if q.get("follow").is_none_or(|f| f != "true") {
         return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], text).into_response());
     }
     let (tx, rx) = mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(16);

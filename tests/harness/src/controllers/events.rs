@@ -11,12 +11,15 @@ use crate::registry::patch::PatchType;
 use crate::registry::{Sub, WriteOptions, now};
 use crate::resources;
 
+/// Last emission per event key: (reason, message, count, when).
+type Seen = HashMap<String, (String, String, i64, std::time::Instant)>;
+
 #[derive(Clone)]
 pub struct Recorder {
     client: Client,
     component: String,
     host: Option<String>,
-    seen: Arc<Mutex<HashMap<String, (String, String, i64, std::time::Instant)>>>,
+    seen: Arc<Mutex<Seen>>,
 }
 
 impl Recorder {

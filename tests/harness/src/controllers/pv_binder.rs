@@ -271,7 +271,7 @@ impl PvBinder {
             // Capacity follows the PV, except while an expansion is in flight.
             status["capacity"] = match cur {
                 Some(c)
-                    if c.get("storage").is_some()
+                    if c.contains_key("storage")
                         && pvc
                             .status
                             .as_ref()

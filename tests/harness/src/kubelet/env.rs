@@ -14,9 +14,9 @@ pub fn expand(s: &str, env: &[(String, String)]) -> String {
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
-        if tail.starts_with("$$") {
+        if let Some(after) = tail.strip_prefix("$$") {
             out.push('$');
-            rest = &tail[2..];
+            rest = after;
         } else if let Some(end) = tail.strip_prefix("$(").and_then(|t| t.find(')')) {
             let name = &tail[2..2 + end];
             match env.iter().rev().find(|(k, _)| k == name) {

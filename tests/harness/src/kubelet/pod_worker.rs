@@ -13,6 +13,9 @@ use super::runtime::{self, ContainerSpec, Mount};
 use super::volumes::Prepared;
 use super::{Kubelet, env};
 use crate::controllers::Shutdown;
+
+/// A container exit: (container index, pid, exit code).
+type Exit = (usize, u32, i32);
 use crate::registry::now;
 
 #[derive(Debug, Clone)]
@@ -71,10 +74,7 @@ struct Worker {
     pod: Pod,
     uid: String,
     ctrs: Vec<Ctr>,
-    exits: (
-        mpsc::UnboundedSender<(usize, u32, i32)>,
-        mpsc::UnboundedReceiver<(usize, u32, i32)>,
-    ),
+    exits: (mpsc::UnboundedSender<Exit>, mpsc::UnboundedReceiver<Exit>),
     last_status: Value,
     start_time: String,
 }

@@ -382,10 +382,8 @@ pub fn validate_update(
                 }
             }
         }
-        ("storage.k8s.io", "VolumeAttachment") => {
-            if os != ns {
-                causes.push(Cause::invalid("spec", "field is immutable"));
-            }
+        ("storage.k8s.io", "VolumeAttachment") if os != ns => {
+            causes.push(Cause::invalid("spec", "field is immutable"));
         }
         _ => {}
     }

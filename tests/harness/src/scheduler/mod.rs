@@ -15,6 +15,9 @@ use crate::controllers::events::Recorder;
 use crate::pvutil::{ANN_BOUND_BY_CONTROLLER, ANN_SELECTED_NODE};
 use volume_binding::{ClaimPlan, VolumeCtx};
 
+/// The volume plan for each of a pod's claims on one node.
+type Plans = Vec<(PersistentVolumeClaim, ClaimPlan)>;
+
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 
 /// A decision waiting for its claims to be bound.
@@ -135,7 +138,7 @@ impl Scheduler {
             }
         };
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-        let mut best: Option<(i64, String, Vec<(PersistentVolumeClaim, ClaimPlan)>)> = None;
+        let mut best: Option<(i64, String, Plans)> = None;
         for node in nodes {
             let name = node.metadata.name.clone().unwrap_or_default();
             let verdict = filters::node_ready(node)

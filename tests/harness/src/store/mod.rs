@@ -13,6 +13,9 @@ use tokio::sync::broadcast;
 use crate::error::{Error, Result};
 use crate::resources::ResourceType;
 
+/// Changes still in history after a resourceVersion, plus a receiver for later ones.
+type Backlog = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
+
 /// Where an object lives: `res` is the qualified plural (`pods`, `statefulsets.apps`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
@@ -214,10 +217,7 @@ impl Store {
 
     /// Changes after `rv` still in history, plus a receiver for everything later.
     /// Errors with Gone when `rv` is older than the history reaches.
-    pub fn subscribe_from(
-        &self,
-        rv: u64,
-    ) -> Result<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>)> {
+    pub fn subscribe_from(&self, rv: u64) -> Result<Backlog> {
         let inner = self.lock();
         if rv < inner.oldest {
             return Err(Error::Gone {
