@@ -290,9 +290,13 @@ async fn statefulset_on_static_local_pvs_through_kubectl() {
     )
     .await;
 
-    // Delete everything: no stray process or mount.
+    // Delete everything: no stray process or mount. The namespace controller may
+    // remove the StatefulSet before kubectl reaches it, as on a real cluster.
     let out = t
-        .kubectl_stdin(&["delete", "-f", "-", "--wait=true"], &m)
+        .kubectl_stdin(
+            &["delete", "-f", "-", "--wait=true", "--ignore-not-found"],
+            &m,
+        )
         .await;
     assert!(
         out.status.success(),
