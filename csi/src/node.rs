@@ -24,6 +24,8 @@ use crate::storaged::{NodeBackend, VolumeBackend};
 
 /// Bound on a statvfs that might hang on a broken mount.
 const STAT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on waiting for the local storaged to see a resize the cluster has committed.
+const SIZE_CONVERGE: Duration = Duration::from_secs(15);
 
 /// Static configuration of the node plugin.
 #[derive(Debug, Clone)]
@@ -442,6 +444,45 @@ impl NodeService {
         })
     }
 
+    /// Has the local storaged grow the device to at least `required` bytes and returns its
+    /// size. The local storaged learns a resize when its copy of the catalogue applies it,
+    /// which may lag the controller's (linearizable) ControllerExpandVolume; so while the
+    /// cluster already has the size, poll with a bound. A volume that really is smaller is
+    /// OUT_OF_RANGE at once.
+    async fn grown_device(&self, volume_id: &str, required: u64) -> Result<u64> {
+        let start = std::time::Instant::now();
+        loop {
+            let size = self
+                .node
+                .refresh_size(volume_id)
+                .await
+                .map_err(not_found_volume(volume_id))?
+                .size_bytes;
+            if size >= required {
+                return Ok(size);
+            }
+            let cluster_size = self
+                .cluster
+                .get_volume(volume_id)
+                .await
+                .map_err(not_found_volume(volume_id))?
+                .size_bytes;
+            if cluster_size < required {
+                return Err(CsiError::OutOfRange(format!(
+                    "volume {volume_id} is {cluster_size} bytes, below the required {required}"
+                )));
+            }
+            if start.elapsed() >= SIZE_CONVERGE {
+                return Err(CsiError::Unavailable(format!(
+                    "volume {volume_id} is {cluster_size} bytes but this node's device is still \
+                     {size} bytes after {SIZE_CONVERGE:?}"
+                )));
+            }
+            tracing::debug!(volume_id, size, cluster_size, "waiting for the local size");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn expand(
         &self,
         req: csi::NodeExpandVolumeRequest,
@@ -456,21 +497,11 @@ impl NodeService {
             .mounted_volume(&req.volume_id, &req.volume_path)
             .await?;
         let _guard = self.limiter.try_acquire(&req.volume_id)?;
-        let grown = self
-            .node
-            .refresh_size(&req.volume_id)
-            .await
-            .map_err(not_found_volume(&req.volume_id))?;
-        let size = grown.size_bytes;
-        if let Some(r) = &req.capacity_range
-            && r.required_bytes > 0
-            && size < r.required_bytes as u64
-        {
-            return Err(CsiError::OutOfRange(format!(
-                "volume {} is {size} bytes, below the required {}",
-                req.volume_id, r.required_bytes
-            )));
-        }
+        let required = req
+            .capacity_range
+            .as_ref()
+            .map_or(0, |r| r.required_bytes.max(0) as u64);
+        let size = self.grown_device(&req.volume_id, required).await?;
         let is_block =
             cap.as_ref().is_some_and(Capability::is_block) || block_vol::is_block_device(&path);
         if !is_block {

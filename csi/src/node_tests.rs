@@ -13,6 +13,9 @@ struct LoopNode {
     dir: PathBuf,
     cluster: Arc<FakeVolumes>,
     table: Mutex<BTreeMap<String, pb::NodeAttachment>>,
+    /// RefreshSize calls still to answer with the old size, as a storaged whose copy of the
+    /// catalogue lags the resize does.
+    stale_refreshes: std::sync::atomic::AtomicU32,
 }
 
 fn losetup(args: &[&str]) -> std::result::Result<String, Status> {
@@ -76,6 +79,18 @@ impl NodeBackend for LoopNode {
         Ok(self.table.lock().unwrap().values().cloned().collect())
     }
     async fn refresh_size(&self, volume: &str) -> std::result::Result<pb::NodeAttachment, Status> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self
+            .stale_refreshes
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            let t = self.table.lock().unwrap();
+            return t
+                .get(volume)
+                .cloned()
+                .ok_or_else(|| Status::not_found("not attached"));
+        }
         let v = self.cluster.get_volume(volume).await?;
         let mut t = self.table.lock().unwrap();
         let a = t
@@ -116,6 +131,7 @@ impl Env {
             dir: dir.path().join("pool"),
             cluster: cluster.clone(),
             table: Mutex::default(),
+            stale_refreshes: Default::default(),
         });
         let svc = Env::service(dir.path(), &backend, &cluster);
         Env {
@@ -578,9 +594,19 @@ async fn online_expansion_and_stats() {
     assert!(!before.volume_condition.as_ref().unwrap().abnormal);
     let total_before = before.usage[0].total;
     env.cluster.resize_volume("pvc-g", 448 << 20).await.unwrap();
+    // The node's storaged sees the new size only on the third RefreshSize: NodeExpand waits.
+    env.backend
+        .stale_refreshes
+        .store(2, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(
         expand(&env, "pvc-g", &target, 448 << 20).await.unwrap(),
         448 << 20
+    );
+    assert_eq!(
+        env.backend
+            .stale_refreshes
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
     );
     let after = stats(&target).await.unwrap().into_inner();
     assert!(
