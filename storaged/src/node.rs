@@ -32,6 +32,8 @@ pub struct NodeConfig {
     pub initial_cluster: BTreeMap<u64, String>,
     pub labels: BTreeMap<String, String>,
     pub capacity_bytes: u64,
+    /// Log entries after which a volume group snapshots and purges its log.
+    pub snapshot_logs: u64,
 }
 
 /// One node's view of a group, answered to `GroupStatus`.
@@ -112,9 +114,15 @@ impl StorageNode {
             group,
             channels: channels.clone(),
         };
-        Raft::new(cfg.id, config(group == META_GROUP), net, log, sm)
-            .await
-            .map_err(fatal)
+        Raft::new(
+            cfg.id,
+            config(group == META_GROUP, cfg.snapshot_logs),
+            net,
+            log,
+            sm,
+        )
+        .await
+        .map_err(fatal)
     }
 
     pub fn group(&self, group: u64) -> Option<Raft> {

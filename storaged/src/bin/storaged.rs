@@ -43,6 +43,9 @@ struct Args {
     /// Capacity offered to volumes, e.g. `100GiB` (default: the data directory's filesystem size).
     #[arg(long)]
     capacity: Option<String>,
+    /// Log entries after which a volume's Raft group snapshots and purges its log.
+    #[arg(long, default_value_t = 20_000)]
+    snapshot_logs: u64,
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -112,6 +115,7 @@ fn run(args: Args) -> Result<(), String> {
         initial_cluster: initial,
         labels,
         capacity_bytes: capacity,
+        snapshot_logs: args.snapshot_logs,
     };
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     rt.block_on(async move {

@@ -75,6 +75,15 @@ pub trait Engine: Send + Sync + 'static {
     fn last_in_range(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<Kv>>;
     /// Makes every earlier write durable.
     fn sync_wal(&self) -> Result<()>;
+    /// Applies `batch` atomically without logging it: it is lost by a crash until
+    /// `persist` runs. Only for state a replay rebuilds (applied Raft entries).
+    fn write_unlogged(&self, batch: Batch) -> Result<()> {
+        self.write(batch, false)
+    }
+    /// Makes every earlier write durable, unlogged ones included (flushes memtables).
+    fn persist(&self) -> Result<()> {
+        self.sync_wal()
+    }
     /// Approximate bytes stored under `[start, end)` (for capacity reporting).
     fn approximate_size(&self, cf: Cf, start: &[u8], end: &[u8]) -> u64;
 }

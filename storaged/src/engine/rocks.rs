@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use rocksdb::{
-    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
-    WriteOptions,
+    ColumnFamilyDescriptor, DB, DBCompressionType, Direction, FlushOptions, IteratorMode, Options,
+    ReadOptions, WriteBatch, WriteOptions,
 };
 
 use super::{Batch, Cf, Engine, Kv, Op};
@@ -23,18 +23,35 @@ impl RocksEngine {
         opts.set_max_background_jobs(2);
         opts.set_bytes_per_sync(1 << 20);
         opts.increase_parallelism(2);
+        // Applied state is written without the WAL (the Raft log is the record), so the
+        // column families must flush together to stay mutually consistent.
+        opts.set_atomic_flush(true);
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut o = Options::default();
             if *cf == Cf::Data {
                 o.set_write_buffer_size(64 << 20);
             }
             if *cf == Cf::RaftLog {
+                // Entries are short-lived: compressing them only costs CPU.
                 o.set_write_buffer_size(64 << 20);
+                o.set_compression_type(DBCompressionType::None);
             }
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(RocksEngine { db })
+    }
+
+    fn batch(&self, batch: Batch) -> WriteBatch {
+        let mut wb = WriteBatch::default();
+        for op in &batch.ops {
+            match op {
+                Op::Put(cf, k, v) => wb.put_cf(self.cf(*cf), k, v),
+                Op::Delete(cf, k) => wb.delete_cf(self.cf(*cf), k),
+                Op::DeleteRange(cf, s, e) => wb.delete_range_cf(self.cf(*cf), s, e),
+            }
+        }
+        wb
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -50,17 +67,25 @@ impl Engine for RocksEngine {
     }
 
     fn write(&self, batch: Batch, sync: bool) -> Result<()> {
-        let mut wb = WriteBatch::default();
-        for op in &batch.ops {
-            match op {
-                Op::Put(cf, k, v) => wb.put_cf(self.cf(*cf), k, v),
-                Op::Delete(cf, k) => wb.delete_cf(self.cf(*cf), k),
-                Op::DeleteRange(cf, s, e) => wb.delete_range_cf(self.cf(*cf), s, e),
-            }
-        }
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
-        self.db.write_opt(wb, &wo)?;
+        self.db.write_opt(self.batch(batch), &wo)?;
+        Ok(())
+    }
+
+    fn write_unlogged(&self, batch: Batch) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db.write_opt(self.batch(batch), &wo)?;
+        Ok(())
+    }
+
+    fn persist(&self) -> Result<()> {
+        let cfs: Vec<&rocksdb::ColumnFamily> = Cf::ALL.iter().map(|cf| self.cf(*cf)).collect();
+        let mut fo = FlushOptions::default();
+        fo.set_wait(true);
+        self.db.flush_cfs_opt(&cfs, &fo)?;
+        self.db.flush_wal(true)?;
         Ok(())
     }
 

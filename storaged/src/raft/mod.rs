@@ -59,7 +59,8 @@ pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
 /// Timing shared by all groups: a leader change completes well within 3 s.
-pub fn config(meta: bool) -> Arc<openraft::Config> {
+/// Volume groups snapshot (and purge their log) every `snapshot_logs` entries.
+pub fn config(meta: bool, snapshot_logs: u64) -> Arc<openraft::Config> {
     let cfg = openraft::Config {
         cluster_name: if meta {
             "cairn-meta".into()
@@ -69,9 +70,17 @@ pub fn config(meta: bool) -> Arc<openraft::Config> {
         heartbeat_interval: 100,
         election_timeout_min: 500,
         election_timeout_max: 1000,
-        max_payload_entries: 64,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(if meta { 1000 } else { 20_000 }),
-        max_in_snapshot_log_to_keep: if meta { 100 } else { 1000 },
+        max_payload_entries: 256,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(if meta {
+            1000
+        } else {
+            snapshot_logs.max(16)
+        }),
+        max_in_snapshot_log_to_keep: if meta {
+            100
+        } else {
+            (snapshot_logs / 20).clamp(8, 1000)
+        },
         ..Default::default()
     };
     Arc::new(cfg.validate().expect("static raft config is valid"))

@@ -138,8 +138,14 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
-        self.snapshot_now(true)?
-            .ok_or_else(|| io::Error::other("no snapshot could be built"))
+        // openraft purges the log up to this snapshot: persist the unlogged applied
+        // state first, so no purged entry's effect lives only in memory.
+        self.engine.persist().map_err(io_err)?;
+        let snap = self
+            .snapshot_now(true)?
+            .ok_or_else(|| io::Error::other("no snapshot could be built"))?;
+        tracing::info!(group = self.group, last_log_id = ?snap.meta.last_log_id, "built snapshot");
+        Ok(snap)
     }
 }
 
@@ -210,8 +216,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         if catalog_changed && let Some(c) = &catalog {
             batch.put(Cf::Meta, keys::named(self.group, CATALOG), encode(c)?);
         }
-        // Not synced: the Raft log is the durable record; a crash replays from `applied`.
-        self.engine.write(batch, false).map_err(io_err)?;
+        // Unlogged: the Raft log is the durable record, and a crash replays it from the
+        // last persisted `applied` (written atomically with the data it covers).
+        self.engine.write_unlogged(batch).map_err(io_err)?;
         if let (true, Some(c)) = (catalog_changed, catalog) {
             *self.shared.catalog.write().expect("catalog lock poisoned") = c;
             self.shared.changed.send_modify(|v| *v += 1);
