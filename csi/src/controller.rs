@@ -12,7 +12,7 @@ use crate::error::{CsiError, Result};
 use crate::limiter::Limiter;
 use crate::params::{
     self, Capability, TOPOLOGY_NODE_KEY, VolumeType, parse_capabilities, parse_capability,
-    parse_parameters, size_fits, size_for_range, unsupported_reason,
+    parse_parameters, size_fits, size_for_range, unsupported_reason, volume_name,
 };
 use crate::rpclog::rpc;
 use crate::storaged::{VolumeBackend, is_local};
@@ -26,6 +26,9 @@ pub const CTX_VOLUME: &str = "cairn.dev/volume";
 pub struct ControllerService {
     backend: Arc<dyn VolumeBackend>,
     limiter: Limiter,
+    /// Volumes one node may have published at once (the node plugin reports the same number in
+    /// NodeGetInfo); 0 means no limit.
+    max_volumes_per_node: usize,
 }
 
 type RpcResult<T> = std::result::Result<Response<T>, Status>;
@@ -88,6 +91,34 @@ impl ControllerService {
         ControllerService {
             backend,
             limiter: Limiter::new(),
+            max_volumes_per_node: 0,
+        }
+    }
+
+    /// Refuse (RESOURCE_EXHAUSTED) a publish that would put more than `n` volumes on a node.
+    pub fn with_max_volumes_per_node(mut self, n: usize) -> Self {
+        self.max_volumes_per_node = n;
+        self
+    }
+
+    /// How many volumes are published to `node` now, read from storaged's catalogue.
+    async fn published_to(&self, node: &str) -> Result<usize> {
+        let (mut count, mut token) = (0, String::new());
+        loop {
+            let page = self
+                .backend
+                .list_volumes(0, &token)
+                .await
+                .map_err(|s| CsiError::storaged("list volumes", s))?;
+            count += page
+                .volumes
+                .iter()
+                .filter(|v| v.attachments.iter().any(|a| a.node_name == node))
+                .count();
+            if page.next_page_token.is_empty() {
+                return Ok(count);
+            }
+            token = page.next_page_token;
         }
     }
 
@@ -149,7 +180,8 @@ impl ControllerService {
             ));
         }
         let size = size_for_range(req.capacity_range.as_ref())?;
-        let _guard = self.limiter.try_acquire(&req.name)?;
+        let name = volume_name(&req.name);
+        let _guard = self.limiter.try_acquire(&name)?;
         let topo = req.accessibility_requirements.unwrap_or_default();
         let kind = match p.kind {
             VolumeType::Replicated => pb::VolumeKind::Replicated,
@@ -158,7 +190,7 @@ impl ControllerService {
         let v = self
             .backend
             .create_volume(pb::CreateVolumeRequest {
-                name: req.name.clone(),
+                name: name.clone(),
                 size_bytes: size,
                 replicas: p.replicas,
                 kind: kind as i32,
@@ -167,7 +199,7 @@ impl ControllerService {
                 labels: HashMap::new(),
             })
             .await
-            .map_err(|s| CsiError::storaged(format!("create volume {}", req.name), s))?;
+            .map_err(|s| CsiError::storaged(format!("create volume {name}"), s))?;
         if kind_of(&v) != p.kind
             || v.replicas != p.replicas
             || !size_fits(v.size_bytes, req.capacity_range.as_ref())
@@ -229,6 +261,16 @@ impl ControllerService {
                 req.volume_id,
                 v.members.iter().map(|m| &m.node_name).collect::<Vec<_>>(),
                 req.node_id
+            )));
+        }
+        let already = v.attachments.iter().any(|a| a.node_name == req.node_id);
+        if self.max_volumes_per_node > 0
+            && !already
+            && self.published_to(&req.node_id).await? >= self.max_volumes_per_node
+        {
+            return Err(CsiError::ResourceExhausted(format!(
+                "node {} already has {} volumes published, its limit",
+                req.node_id, self.max_volumes_per_node
             )));
         }
         self.backend

@@ -110,6 +110,32 @@ async fn create_is_idempotent_and_refuses_mismatches() {
 }
 
 #[tokio::test]
+async fn names_storaged_refuses_map_to_a_stable_volume_id() {
+    let (fake, s) = svc();
+    let a = create(&s, create_req("vol+1 of/2", 4 << 20, &[]))
+        .await
+        .unwrap();
+    assert_eq!(a.volume_id, crate::params::volume_name("vol+1 of/2"));
+    assert!(a.volume_id.starts_with("csi-"));
+    assert_eq!(
+        create(&s, create_req("vol+1 of/2", 4 << 20, &[])).await,
+        Ok(a.clone()),
+        "idempotent by the CSI name"
+    );
+    assert!(fake.get_volume(&a.volume_id).await.is_ok());
+    s.delete_volume(Request::new(csi::DeleteVolumeRequest {
+        volume_id: a.volume_id.clone(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    assert_eq!(
+        fake.get_volume(&a.volume_id).await.unwrap_err().code(),
+        Code::NotFound
+    );
+}
+
+#[tokio::test]
 async fn create_validation_codes() {
     let (_, s) = svc();
     assert_eq!(
@@ -546,4 +572,29 @@ fn tokens_round_trip() {
             "{bad}"
         );
     }
+}
+
+#[tokio::test]
+async fn publish_enforces_the_per_node_volume_limit() {
+    let (fake, _) = svc();
+    let s = ControllerService::new(fake).with_max_volumes_per_node(2);
+    for id in ["pvc-a", "pvc-b", "pvc-c"] {
+        create(&s, create_req(id, 1 << 20, &[])).await.unwrap();
+    }
+    for id in ["pvc-a", "pvc-b"] {
+        publish(&s, publish_req(id, "node-1", Mode::SingleNodeWriter))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        publish(&s, publish_req("pvc-c", "node-1", Mode::SingleNodeWriter)).await,
+        Err(Code::ResourceExhausted)
+    );
+    // Re-publishing what is already there is not a new attachment; other nodes have room.
+    publish(&s, publish_req("pvc-a", "node-1", Mode::SingleNodeWriter))
+        .await
+        .unwrap();
+    publish(&s, publish_req("pvc-c", "node-2", Mode::SingleNodeWriter))
+        .await
+        .unwrap();
 }

@@ -21,6 +21,9 @@ pub enum CsiError {
     /// The capacity range cannot be satisfied.
     #[error("{0}")]
     OutOfRange(String),
+    /// A limit is reached (volumes per node).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Another operation on the same volume is in flight, or a page token is stale.
     #[error("{0}")]
     Aborted(String),
@@ -80,6 +83,7 @@ impl CsiError {
             CsiError::AlreadyExists(_) => Code::AlreadyExists,
             CsiError::FailedPrecondition(_) => Code::FailedPrecondition,
             CsiError::OutOfRange(_) => Code::OutOfRange,
+            CsiError::ResourceExhausted(_) => Code::ResourceExhausted,
             CsiError::Aborted(_) => Code::Aborted,
             CsiError::Unimplemented(_) => Code::Unimplemented,
             CsiError::Unavailable(_) => Code::Unavailable,

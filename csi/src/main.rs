@@ -62,7 +62,8 @@ struct Cli {
     /// More directories under which staging and target paths are allowed (repeatable).
     #[arg(long = "allowed-path-prefix")]
     allowed_path_prefix: Vec<PathBuf>,
-    /// Reported by NodeGetInfo.
+    /// Reported by NodeGetInfo, and enforced by ControllerPublishVolume (RESOURCE_EXHAUSTED);
+    /// give the controller the same value as the node plugins. 0 = no limit.
     #[arg(long, default_value_t = 64)]
     max_volumes_per_node: i64,
     /// Log as JSON lines instead of text.
@@ -138,8 +139,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         node: node_backend.clone(),
         controller: serve_controller,
     };
-    let controller =
-        serve_controller.then(|| ControllerServer::new(ControllerService::new(volumes.clone())));
+    let controller = serve_controller.then(|| {
+        ControllerServer::new(
+            ControllerService::new(volumes.clone())
+                .with_max_volumes_per_node(cli.max_volumes_per_node.max(0) as usize),
+        )
+    });
     let node = node_backend.map(|nb| {
         let roots =
             std::iter::once(cli.kubelet_root.clone()).chain(cli.allowed_path_prefix.clone());

@@ -299,6 +299,30 @@ pub fn size_fits(size: u64, range: Option<&CapacityRange>) -> bool {
     }
 }
 
+/// Longest volume name storaged accepts.
+const MAX_STORAGED_NAME: usize = 253;
+
+/// The storaged volume name (and so the CSI `volume_id`) for a CreateVolume `name`.
+/// A name storaged accepts (1–253 of `[A-Za-z0-9._-]`; Kubernetes' `pvc-<uid>` always is)
+/// is used as it is; any other name, which the CSI spec allows, becomes
+/// `csi-<sha256(name) in hex>`, so the same name always maps to the same volume.
+pub fn volume_name(csi_name: &str) -> String {
+    let plain = !csi_name.is_empty()
+        && csi_name.len() <= MAX_STORAGED_NAME
+        && csi_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if plain {
+        csi_name.to_string()
+    } else {
+        use sha2::Digest;
+        format!(
+            "csi-{}",
+            hex::encode(sha2::Sha256::digest(csi_name.as_bytes()))
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,5 +516,19 @@ mod tests {
             4 * MIB,
             Some(&range(MIB as i64, 2 * MIB as i64))
         ));
+    }
+
+    #[test]
+    fn volume_names_storaged_accepts_are_kept_others_are_hashed() {
+        assert_eq!(volume_name("pvc-0b7e1c2a-9d"), "pvc-0b7e1c2a-9d");
+        assert_eq!(volume_name("a.b_c-D9"), "a.b_c-D9");
+        let odd = volume_name("sanity-vol+1 x/y");
+        assert!(odd.starts_with("csi-") && odd.len() == 4 + 64, "{odd}");
+        assert_eq!(odd, volume_name("sanity-vol+1 x/y"), "deterministic");
+        assert_ne!(odd, volume_name("sanity-vol+2 x/y"));
+        let long = "a".repeat(254);
+        assert_eq!(volume_name(&long).len(), 68);
+        assert_eq!(volume_name(&"a".repeat(253)), "a".repeat(253));
+        assert!(volume_name("é").starts_with("csi-"));
     }
 }
