@@ -78,10 +78,13 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", opts.listen)))?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Our own listener: set TCP_NODELAY on accepted sockets here (the builder's
+    // `tcp_nodelay` only covers listeners tonic binds), or replies wait ~40 ms on Nagle.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .http2_adaptive_window(Some(true))
         .add_service(
             pb::raft_service_server::RaftServiceServer::new(RaftApi { node: node.clone() })
                 .max_decoding_message_size(512 << 20)
