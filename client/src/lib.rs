@@ -15,6 +15,9 @@ use tonic::{Code, Status};
 
 /// Metadata key carrying the leader's address on a not-leader reply (see storaged's error.rs).
 pub const LEADER_HINT_KEY: &str = "cairn-leader";
+/// Metadata key storaged sets on replies to requests it refused before executing
+/// anything (not the leader), so any request may be resent elsewhere.
+pub const NOT_EXECUTED_KEY: &str = "cairn-not-executed";
 
 /// Default bound on one logical call, retries included.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(8);
@@ -64,9 +67,10 @@ fn leader_hint(status: &Status) -> Option<String> {
 /// Transport-level failure before the request reached a server (safe to resend anything).
 fn unexecuted(status: &Status) -> bool {
     leader_hint(status).is_some()
+        || status.metadata().get(NOT_EXECUTED_KEY).is_some()
+        // Connection failures are reported by the client's own transport, in text only.
         || (status.code() == Code::Unavailable
-            && (status.message().contains("not the leader")
-                || status.message().contains("transport error")
+            && (status.message().contains("transport error")
                 || status.message().contains("tcp connect")
                 || status.message().contains("Connection refused")))
 }
@@ -558,6 +562,13 @@ mod tests {
             .insert(LEADER_HINT_KEY, "127.0.0.1:9".parse().unwrap());
         assert!(retryable(&hinted, Retry::OnlyUnexecuted));
         assert_eq!(leader_hint(&hinted).as_deref(), Some("127.0.0.1:9"));
+        // Leaderless refusal: flagged as not executed, with no hint.
+        let mut refused = Status::unavailable("no leader");
+        assert!(!retryable(&refused, Retry::OnlyUnexecuted));
+        refused
+            .metadata_mut()
+            .insert(NOT_EXECUTED_KEY, "1".parse().unwrap());
+        assert!(retryable(&refused, Retry::OnlyUnexecuted));
         assert!(!retryable(
             &Status::invalid_argument("x"),
             Retry::Idempotent

@@ -3,8 +3,7 @@
 
 use tonic::{Code, Status};
 
-/// Metadata key carrying the current leader's address on a not-leader reply.
-pub const LEADER_HINT_KEY: &str = "cairn-leader";
+pub use cairn_client::{LEADER_HINT_KEY, NOT_EXECUTED_KEY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -72,6 +71,12 @@ impl Error {
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let mut status = Status::new(e.code(), e.to_string());
+        if matches!(e, Error::NotLeader { .. }) {
+            status.metadata_mut().insert(
+                NOT_EXECUTED_KEY,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
         if let Error::NotLeader {
             leader: Some(addr), ..
         } = &e
