@@ -19,8 +19,14 @@ for i in 1 2 3; do
   PIDS+=($!)
 done
 CTL=("$BIN/cairnctl" --endpoint "127.0.0.1:${P[0]},127.0.0.1:${P[1]},127.0.0.1:${P[2]}")
-echo "== waiting for the cluster"
-for _ in $(seq 1 100); do "${CTL[@]}" cluster status >/dev/null 2>&1 && break; sleep 0.2; done
+echo "== waiting for the cluster: a meta leader and all three nodes registered"
+ready=0
+for _ in $(seq 1 150); do
+  n=$("${CTL[@]}" -o json node ls 2>/dev/null | grep -o '"reachable": *true' | wc -l || true)
+  if [[ "$n" -ge 3 ]]; then ready=1; break; fi
+  sleep 0.2
+done
+((ready)) || { echo "cluster not ready after 30 s; logs in $DIR" >&2; exit 1; }
 "${CTL[@]}" cluster status
 echo "== create a 1 GiB volume with 3 replicas"
 "${CTL[@]}" volume create demo --size 1GiB --replicas 3

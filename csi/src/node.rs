@@ -24,8 +24,9 @@ use crate::storaged::{NodeBackend, VolumeBackend};
 
 /// Bound on a statvfs that might hang on a broken mount.
 const STAT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on waiting for the local storaged to see a resize the cluster has committed.
-const SIZE_CONVERGE: Duration = Duration::from_secs(15);
+/// Bound on waiting for the local storaged's catalogue to catch up with a committed change
+/// (a new volume, a resize).
+const CATALOGUE_CONVERGE: Duration = Duration::from_secs(15);
 
 /// Static configuration of the node plugin.
 #[derive(Debug, Clone)]
@@ -175,15 +176,14 @@ impl NodeService {
         };
         let att = match existing {
             Some(a) => a,
-            None => self
-                .node
-                .attach_volume(pb::AttachVolumeRequest {
+            None => {
+                self.attach(pb::AttachVolumeRequest {
                     volume: id.to_string(),
                     frontend: frontend as i32,
                     readonly,
                 })
-                .await
-                .map_err(not_found_volume(id))?,
+                .await?
+            }
         };
         let result = self.stage_device(&att, &staging, &cap, readonly).await;
         if let Err(e) = &result {
@@ -444,6 +444,35 @@ impl NodeService {
         })
     }
 
+    /// AttachVolume on the local storaged. Its copy of the catalogue may not have applied a
+    /// CreateVolume the controller just committed, so a NOT_FOUND for a volume the cluster
+    /// (linearizable GetVolume) has is retried every 100 ms for up to [`CATALOGUE_CONVERGE`].
+    async fn attach(&self, req: pb::AttachVolumeRequest) -> Result<pb::NodeAttachment> {
+        let start = std::time::Instant::now();
+        loop {
+            match self.node.attach_volume(req.clone()).await {
+                Ok(a) => return Ok(a),
+                Err(s) if s.code() == Code::NotFound => {
+                    self.cluster
+                        .get_volume(&req.volume)
+                        .await
+                        .map_err(not_found_volume(&req.volume))?;
+                    if start.elapsed() >= CATALOGUE_CONVERGE {
+                        return Err(CsiError::Unavailable(format!(
+                            "volume {} exists but this node's storaged has not seen it after \
+                             {CATALOGUE_CONVERGE:?}: {}",
+                            req.volume,
+                            s.message()
+                        )));
+                    }
+                    tracing::debug!(volume_id = req.volume, "waiting for the local catalogue");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(s) => return Err(not_found_volume(&req.volume)(s)),
+            }
+        }
+    }
+
     /// Has the local storaged grow the device to at least `required` bytes and returns its
     /// size. The local storaged learns a resize when its copy of the catalogue applies it,
     /// which may lag the controller's (linearizable) ControllerExpandVolume; so while the
@@ -472,10 +501,10 @@ impl NodeService {
                     "volume {volume_id} is {cluster_size} bytes, below the required {required}"
                 )));
             }
-            if start.elapsed() >= SIZE_CONVERGE {
+            if start.elapsed() >= CATALOGUE_CONVERGE {
                 return Err(CsiError::Unavailable(format!(
                     "volume {volume_id} is {cluster_size} bytes but this node's device is still \
-                     {size} bytes after {SIZE_CONVERGE:?}"
+                     {size} bytes after {CATALOGUE_CONVERGE:?}"
                 )));
             }
             tracing::debug!(volume_id, size, cluster_size, "waiting for the local size");

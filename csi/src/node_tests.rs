@@ -16,6 +16,9 @@ struct LoopNode {
     /// RefreshSize calls still to answer with the old size, as a storaged whose copy of the
     /// catalogue lags the resize does.
     stale_refreshes: std::sync::atomic::AtomicU32,
+    /// AttachVolume calls still to answer NOT_FOUND, as a storaged that has not yet applied
+    /// the CreateVolume does.
+    missing_attaches: std::sync::atomic::AtomicU32,
 }
 
 fn losetup(args: &[&str]) -> std::result::Result<String, Status> {
@@ -37,6 +40,17 @@ impl NodeBackend for LoopNode {
         &self,
         req: pb::AttachVolumeRequest,
     ) -> std::result::Result<pb::NodeAttachment, Status> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self
+            .missing_attaches
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(Status::not_found(format!(
+                "volume `{}` not found",
+                req.volume
+            )));
+        }
         let v = self.cluster.get_volume(&req.volume).await?;
         if let Some(a) = self.table.lock().unwrap().get(&req.volume) {
             return if a.readonly == req.readonly {
@@ -132,6 +146,7 @@ impl Env {
             cluster: cluster.clone(),
             table: Mutex::default(),
             stale_refreshes: Default::default(),
+            missing_attaches: Default::default(),
         });
         let svc = Env::service(dir.path(), &backend, &cluster);
         Env {
@@ -343,7 +358,17 @@ async fn block_cycle_round_trips_data() {
         env.path("plugins/b/staging"),
         env.path("pods/p/volumeDevices/pvc-blk"),
     );
+    // The node's storaged has not applied the CreateVolume yet: NodeStage waits for it.
+    env.backend
+        .missing_attaches
+        .store(2, std::sync::atomic::Ordering::SeqCst);
     env.stage("pvc-blk", &staging, block_cap()).await.unwrap();
+    assert_eq!(
+        env.backend
+            .missing_attaches
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
     env.stage("pvc-blk", &staging, block_cap()).await.unwrap();
     env.publish("pvc-blk", &staging, &target, block_cap(), false)
         .await
