@@ -276,7 +276,7 @@ async fn run(cli: Cli) -> Result<(), Status> {
                     println!("{}", volume_json(&v))
                 } else {
                     println!(
-                        "volume/{} created ({} , {} replicas)",
+                        "volume/{} created ({}, {} replicas)",
                         v.name,
                         human(v.size_bytes),
                         v.replicas
