@@ -21,7 +21,7 @@ pub const STARTUP: Duration = Duration::from_secs(90);
 /// Directory holding the workspace binaries (`target/<profile>`), from this test's path.
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test>-<hash>
+    // target/<profile>/deps/<test>-<hash>, or target/<profile>/examples/<name>
     exe.parent()
         .and_then(Path::parent)
         .expect("target dir")
@@ -43,8 +43,16 @@ pub fn storaged_bin() -> PathBuf {
     p
 }
 
+/// The cairn-csi binary: `$CAIRN_CSI_BIN`, else the one cargo built for this test, else (in an
+/// example, which cargo gives no `CARGO_BIN_EXE_*`) the one next to the workspace binaries.
 pub fn csi_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_cairn-csi"))
+    if let Ok(p) = std::env::var("CAIRN_CSI_BIN") {
+        return PathBuf::from(p);
+    }
+    match option_env!("CARGO_BIN_EXE_cairn-csi") {
+        Some(p) => PathBuf::from(p),
+        None => bin_dir().join("cairn-csi"),
+    }
 }
 
 fn free_port() -> u16 {

@@ -1,0 +1,295 @@
+//! fio through volumes staged and published by the real cairn-csi over its Unix sockets (ext4 on
+//! 3- and 1-replica volumes, a `type: local` volume) against ext4 on a loop device (the limit).
+//!
+//! Run by `scripts/bench-csi.sh`; prints IOPS/MB/s per workload and the ratio to the limit.
+//! Environment: `BENCH_SECONDS` (per fio job, default 10), `BENCH_FILE_MIB` (default 256).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cairn_proto::csi::v1 as csi;
+use common::*;
+use csi::volume_capability::access_mode::Mode;
+
+const MIB: i64 = 1 << 20;
+const VOLUME_BYTES: i64 = 1024 * MIB;
+
+/// One timed fio job.
+struct Workload {
+    name: &'static str,
+    rw: &'static str,
+    bs: &'static str,
+    iodepth: u32,
+}
+
+const WORKLOADS: [Workload; 3] = [
+    Workload {
+        name: "4k randread",
+        rw: "randread",
+        bs: "4k",
+        iodepth: 32,
+    },
+    Workload {
+        name: "4k randwrite",
+        rw: "randwrite",
+        bs: "4k",
+        iodepth: 32,
+    },
+    Workload {
+        name: "1M seq write",
+        rw: "write",
+        bs: "1M",
+        iodepth: 8,
+    },
+];
+
+/// What fio measured for one workload.
+#[derive(Clone, Copy, Default)]
+struct Figure {
+    iops: f64,
+    mib_s: f64,
+}
+
+struct Settings {
+    seconds: u64,
+    file_mib: u64,
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs `fio` with `args`, asserting success; returns its terse (v3) line.
+fn fio(args: &[String]) -> String {
+    let out = Command::new("fio").args(args).output().expect("run fio");
+    assert!(
+        out.status.success(),
+        "fio {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("3;"))
+        .expect("a terse v3 line from fio")
+        .to_string()
+}
+
+/// Lays out the test file in `dir`, then runs every workload on it.
+fn run_fio(dir: &Path, s: &Settings) -> Vec<Figure> {
+    let file = dir.join("fio.dat");
+    let common = |name: &str| {
+        vec![
+            format!("--name={name}"),
+            format!("--filename={}", file.display()),
+            format!("--size={}M", s.file_mib),
+            "--direct=1".to_string(),
+            "--ioengine=libaio".to_string(),
+            "--output-format=terse".to_string(),
+            "--terse-version=3".to_string(),
+        ]
+    };
+    // Untimed layout, so the read job reads written blocks and no job pays for allocation.
+    let mut prep = common("layout");
+    prep.extend(["--rw=write", "--bs=1M", "--iodepth=8", "--end_fsync=1"].map(String::from));
+    fio(&prep);
+    WORKLOADS
+        .iter()
+        .map(|w| {
+            let mut args = common(w.rw);
+            args.extend([
+                format!("--rw={}", w.rw),
+                format!("--bs={}", w.bs),
+                format!("--iodepth={}", w.iodepth),
+                "--time_based".to_string(),
+                format!("--runtime={}", s.seconds),
+                "--randrepeat=0".to_string(),
+            ]);
+            let line = fio(&args);
+            let f: Vec<&str> = line.split(';').collect();
+            // Terse v3: field 7/8 = read KiB/s / IOPS, 48/49 = write KiB/s / IOPS (1-based).
+            let (bw, iops) = if w.rw.contains("read") {
+                (f[6], f[7])
+            } else {
+                (f[47], f[48])
+            };
+            Figure {
+                iops: iops.parse().unwrap(),
+                mib_s: bw.parse::<f64>().unwrap() / 1024.0,
+            }
+        })
+        .collect()
+}
+
+/// Creates, publishes to node-1, stages and publishes `id`; runs fio; tears it all down.
+async fn through_csi(
+    cluster: &Cluster,
+    ctrl: &Plugin,
+    node: &Plugin,
+    id: &str,
+    params: &[(&str, &str)],
+    s: &Settings,
+) -> Vec<Figure> {
+    let cap = mount_cap(Mode::SingleNodeWriter, "ext4");
+    let mut req = create_req(id, VOLUME_BYTES, cap.clone(), params);
+    // Place the volume (its single replica, or its leader's first member) on node-1.
+    req.accessibility_requirements = Some(csi::TopologyRequirement {
+        requisite: vec![],
+        preferred: vec![csi::Topology {
+            segments: [("topology.cairn.dev/node".to_string(), "node-1".to_string())].into(),
+        }],
+    });
+    let mut c = ctrl.ctrl().await;
+    c.create_volume(req).await.expect("CreateVolume");
+    let ctx = c
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+            volume_id: id.into(),
+            node_id: "node-1".into(),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect("ControllerPublishVolume")
+        .into_inner()
+        .publish_context;
+    let (staging, target) = stage_and_publish(node, cluster, 0, id, ctx, cap, "bench").await;
+    let att = cluster
+        .node_client(0)
+        .list_attachments()
+        .await
+        .expect("ListAttachments")
+        .into_iter()
+        .find(|a| a.volume == id)
+        .expect("attached on node-1");
+    eprintln!(
+        "bench-csi: {id} on {}, loop direct I/O = {}",
+        att.device_path,
+        loop_dio(&att.device_path)
+    );
+    let figures = run_fio(&target, s);
+    unpublish_and_unstage(node, id, &staging, &target).await;
+    c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+        volume_id: id.into(),
+        node_id: "node-1".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("ControllerUnpublishVolume");
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: id.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("DeleteVolume");
+    figures
+}
+
+/// `/sys/block/loopN/loop/dio` of a loop device ("1" = direct I/O on the backing file).
+fn loop_dio(dev: &str) -> String {
+    std::fs::read_to_string(format!(
+        "/sys/block/{}/loop/dio",
+        dev.trim_start_matches("/dev/")
+    ))
+    .map(|s| s.trim().to_string())
+    .unwrap_or_else(|_| "?".into())
+}
+
+/// ext4 on a loop device over a sparse file in `dir`: what the kernel alone gives.
+fn loop_limit(dir: &Path, s: &Settings) -> Vec<Figure> {
+    let img = dir.join("limit.img");
+    let mnt = dir.join("limit-mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(VOLUME_BYTES as u64)
+        .unwrap();
+    // Direct I/O on the backing file, as storaged's own loop devices use when they can; a
+    // buffered loop device would measure the page cache, not the disk.
+    let img_s = img.display();
+    let dev = sh(&format!(
+        "losetup -f --show --direct-io=on {img_s} 2>/dev/null || losetup -f --show {img_s}"
+    ))
+    .trim()
+    .to_string();
+    eprintln!(
+        "bench-csi: limit on {dev}, loop direct I/O = {}",
+        loop_dio(&dev)
+    );
+    sh(&format!(
+        "mkfs.ext4 -q {dev} && mount {dev} {}",
+        mnt.display()
+    ));
+    let figures = run_fio(&mnt, s);
+    sh(&format!("umount {} && losetup -d {dev}", mnt.display()));
+    std::fs::remove_file(&img).unwrap();
+    figures
+}
+
+fn print_table(rows: &[(&str, Vec<Figure>)]) {
+    let limit = &rows.last().expect("the limit row").1;
+    println!();
+    println!(
+        "{:<28} {:<13} {:>10} {:>9} {:>10}",
+        "volume", "workload", "IOPS", "MiB/s", "vs limit"
+    );
+    for (name, figs) in rows {
+        for (w, (f, l)) in WORKLOADS.iter().zip(figs.iter().zip(limit)) {
+            println!(
+                "{:<28} {:<13} {:>10.0} {:>9.1} {:>9.3}x",
+                name,
+                w.name,
+                f.iops,
+                f.mib_s,
+                if l.iops > 0.0 { f.iops / l.iops } else { 0.0 }
+            );
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let s = Settings {
+        seconds: env_u64("BENCH_SECONDS", 10),
+        file_mib: env_u64("BENCH_FILE_MIB", 256),
+    };
+    eprintln!(
+        "bench-csi: fio {} s per job on a {} MiB file, direct=1, libaio",
+        s.seconds, s.file_mib
+    );
+    let cluster = Cluster::start(3).await;
+    let ctrl = Plugin::controller(&cluster).await;
+    let node = Plugin::node(&cluster, 0).await;
+    let mut rows: Vec<(&str, Vec<Figure>)> = Vec::new();
+    for (label, id, params) in [
+        (
+            "ext4, 3 replicas (fuse)",
+            "bench-r3",
+            &[("replicas", "3")][..],
+        ),
+        ("ext4, 1 replica (fuse)", "bench-r1", &[("replicas", "1")]),
+        (
+            "ext4, type: local (loop)",
+            "bench-local",
+            &[("type", "local")],
+        ),
+    ] {
+        eprintln!("bench-csi: {label}");
+        rows.push((
+            label,
+            through_csi(&cluster, &ctrl, &node, id, params, &s).await,
+        ));
+    }
+    eprintln!("bench-csi: limit");
+    let limit_dir: PathBuf = cluster.dir.path().join("limit");
+    std::fs::create_dir_all(&limit_dir).unwrap();
+    rows.push(("ext4, loop on a file (limit)", loop_limit(&limit_dir, &s)));
+    print_table(&rows);
+    drop(node);
+    drop(ctrl);
+    drop(cluster);
+}
