@@ -1,5 +1,5 @@
 //! `cairn-bench`: measures storaged write/read throughput and latency (replicas 1
-//! and 3, queue depth 1 and 32) beside a 3-member etcd and an fsync baseline, same run.
+//! and 3, queue depth 1, 32 and 64) beside a 3-member etcd and an fsync baseline, same run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -286,7 +286,14 @@ async fn bench_storaged(secs: u64) -> Result<Vec<Stats>, String> {
         cluster
             .volume_leader(&name, Duration::from_secs(20))
             .await?;
-        for (bs, qd) in [(4096u64, 1usize), (4096, 32), (65536, 1), (65536, 32)] {
+        for (bs, qd) in [
+            (4096u64, 1usize),
+            (4096, 32),
+            (4096, 64),
+            (65536, 1),
+            (65536, 32),
+            (65536, 64),
+        ] {
             let c = client.clone();
             let n = name.clone();
             let data = bytes::Bytes::from(vec![0xa5u8; bs as usize]);
@@ -380,9 +387,9 @@ async fn main() {
     }
     let pairs = [
         ("storaged r3 write 4KiB @1", "etcd put 4KiB @1"),
-        ("storaged r3 write 4KiB @32", "etcd put 4KiB @64"),
+        ("storaged r3 write 4KiB @64", "etcd put 4KiB @64"),
         ("storaged r3 write 64KiB @1", "etcd put 64KiB @1"),
-        ("storaged r3 write 64KiB @32", "etcd put 64KiB @64"),
+        ("storaged r3 write 64KiB @64", "etcd put 64KiB @64"),
     ];
     println!("\nratio of bytes/s, storaged (3 replicas) ÷ etcd (3 members), same run:");
     for (a, b) in pairs {
