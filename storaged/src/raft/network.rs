@@ -164,7 +164,12 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let wire = (vote, snapshot.meta, snapshot.snapshot.into_inner());
+        // `Bytes` is encoded as one byte string (a `Vec<u8>` would go byte by byte).
+        let wire = (
+            vote,
+            snapshot.meta,
+            bytes::Bytes::from(snapshot.snapshot.into_inner()),
+        );
         let payload = encode(&wire).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         // Snapshots can be large: allow a generous bound.
         self.call(Kind::Snapshot, payload, Duration::from_secs(120))

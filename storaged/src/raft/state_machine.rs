@@ -49,7 +49,8 @@ impl Shared {
 
 #[derive(Serialize, Deserialize)]
 enum SnapshotPayload {
-    Volume(Vec<(u64, Vec<u8>)>),
+    /// (chunk index, contents); `Bytes` serialises as one byte string, not a sequence.
+    Volume(Vec<(u64, bytes::Bytes)>),
     Meta(Catalog),
 }
 
@@ -120,7 +121,7 @@ impl GroupStateMachine {
                 .map_err(io_err)?;
             SnapshotPayload::Volume(
                 kvs.into_iter()
-                    .map(|(k, v)| (keys::suffix_of(&k), v))
+                    .map(|(k, v)| (keys::suffix_of(&k), bytes::Bytes::from(v)))
                     .collect(),
             )
         };
@@ -249,7 +250,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     keys::group_end(self.group),
                 );
                 for (idx, data) in chunks {
-                    batch.put(Cf::Data, keys::group_key(self.group, idx).to_vec(), data);
+                    batch.put(
+                        Cf::Data,
+                        keys::group_key(self.group, idx).to_vec(),
+                        data.to_vec(),
+                    );
                 }
             }
             SnapshotPayload::Meta(c) => {

@@ -75,12 +75,13 @@ impl RaftService for RaftApi {
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftReply>, Status> {
         let m = req.into_inner();
-        let (vote, meta, data): (Vote, SnapshotMeta, Vec<u8>) = decode(&m.payload).map_err(bad)?;
+        let (vote, meta, data): (Vote, SnapshotMeta, bytes::Bytes) =
+            decode(&m.payload).map_err(bad)?;
         match self.raft(m.group_id) {
             Ok(raft) => {
                 let snap = Snapshot {
                     meta,
-                    snapshot: Cursor::new(data),
+                    snapshot: Cursor::new(data.to_vec()),
                 };
                 reply(raft.install_full_snapshot(vote, snap).await)
             }
