@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::apiserver::{self, ApiServer, ApiServerConfig};
 use crate::client::Client;
-use crate::components::{self, Components, NodeContext};
+use crate::components::{self, CairnLayout, Components};
 use crate::controllers::{attach_detach, gc, pv_binder, run_loop, statefulset};
 use crate::error::{Error, Result};
 use crate::kubelet::{Kubelet, KubeletConfig};
@@ -51,9 +51,12 @@ pub struct Cluster {
     pub registry: Arc<Registry>,
     pub kubeconfig: PathBuf,
     pub nodes: Vec<String>,
+    /// Where Cairn's components live, with `with_cairn`.
+    pub cairn: Option<CairnLayout>,
+    /// Cairn's processes (empty without `with_cairn`); tests stop and restart them.
+    pub components: Components,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    components: Components,
 }
 
 /// The kubelet root of a node inside the data directory.
@@ -178,31 +181,29 @@ impl Cluster {
                 stop_rx.clone(),
                 move || scheduler.reconcile(),
             )));
-            if cfg.with_cairn {
-                for spec in components::cairn_cluster_plan(&data_dir, &kubeconfig) {
-                    components.start(spec)?;
-                }
-            }
             for i in 1..=cfg.nodes {
                 let node = format!("node-{i}");
                 let root = kubelet_root(&data_dir, &node);
                 std::fs::create_dir_all(root.join("plugins")).map_err(Error::internal)?;
                 std::fs::create_dir_all(root.join("plugins_registry")).map_err(Error::internal)?;
-                if cfg.with_cairn {
-                    let ctx = NodeContext {
-                        node: node.clone(),
-                        kubelet_root: root.clone(),
-                        data_dir: data_dir.join("nodes").join(&node),
-                        kubeconfig: kubeconfig.clone(),
-                    };
-                    for spec in components::cairn_node_plan(&ctx) {
-                        components.start(spec)?;
-                    }
-                }
                 let kubelet = Kubelet::new(client.clone(), KubeletConfig::new(&node, root));
                 tasks.push(tokio::spawn(kubelet.run(stop_rx.clone())));
                 nodes.push(node);
             }
+        }
+        let mut cairn = None;
+        if cfg.with_cairn && !cfg.api_only {
+            let layout = CairnLayout::new(&data_dir, &kubeconfig, &nodes)?;
+            if let Err(e) = components::start_cairn(&layout, &mut components, &registry).await {
+                let _ = stop.send(true);
+                for t in tasks.drain(..) {
+                    let _ = t.await;
+                }
+                components.stop_all().await;
+                api.stop().await;
+                return Err(e);
+            }
+            cairn = Some(layout);
         }
         tracing::info!(api = %api.url(), kubeconfig = %kubeconfig.display(), nodes = nodes.len(), "cluster up");
         Ok(Cluster {
@@ -210,9 +211,10 @@ impl Cluster {
             registry,
             kubeconfig,
             nodes,
+            cairn,
+            components,
             stop,
             tasks,
-            components,
         })
     }
 

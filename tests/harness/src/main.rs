@@ -29,7 +29,9 @@ enum Cmd {
         data_dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
-        /// Also start storaged and cairn-csi per node and cairn-provisioner.
+        /// Also run Cairn: a storaged per node (the first three form the Raft voters), a
+        /// cairn-csi node plugin per node, the controller cairn-csi and cairn-provisioner,
+        /// a node-local cairn-provisioner per node, and the CSIDriver and StorageClasses.
         #[arg(long)]
         with_cairn: bool,
     },
@@ -83,6 +85,14 @@ async fn main() -> anyhow::Result<()> {
     println!("kubeconfig: {}", cluster.kubeconfig.display());
     for n in &cluster.nodes {
         println!("node: {n}");
+    }
+    if let Some(c) = &cluster.cairn {
+        println!("storaged: {}", c.storaged.join(","));
+        println!("csi-controller: unix://{}", c.controller_socket().display());
+        for n in &c.nodes {
+            println!("local-disks: {n} {}", c.discovery_dir(n).display());
+        }
+        println!("logs: {}", c.data_dir.join("logs").display());
     }
     println!("ready");
     wait_for_signal().await?;
