@@ -268,7 +268,13 @@ fn controller_runs_csi_and_provisioner_on_one_socket_with_leader_election() {
         pod.service_account_name.as_deref(),
         Some("cairn-controller")
     );
-    assert_eq!(o.statefulsets.len(), 1, "storaged");
+    // One storaged StatefulSet in the install (examples/ may hold application ones).
+    let storaged = o
+        .statefulsets
+        .iter()
+        .filter(|s| s.metadata.namespace.as_deref() == Some("cairn-system"))
+        .count();
+    assert_eq!(storaged, 1, "storaged");
 }
 
 fn grants(

@@ -1,0 +1,492 @@
+//! End to end: cairn-harness with real storaged, cairn-csi and cairn-provisioner processes
+//! (the `up --with-cairn` wiring), driven by the real kubectl and cairnctl.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cairn_harness::components::{PROVISIONER, SYSTEM_NAMESPACE};
+use common::{Env, pod, poll, pvc, run};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const BIND: Duration = Duration::from_secs(60);
+const POD: Duration = Duration::from_secs(90);
+const GONE: Duration = Duration::from_secs(60);
+const RESIZE: Duration = Duration::from_secs(150);
+const LEASE: &str = "csi-cairn-dev-provisioner";
+
+/// The node names a PV's required nodeAffinity admits for `key`.
+fn affinity_values(pv: &Value, key: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for term in pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        for e in term["matchExpressions"].as_array().into_iter().flatten() {
+            if e["key"] == key {
+                out.extend(
+                    e["values"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str().map(str::to_string)),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Checks, for `during`, that a claim stays Pending and no volume or PV appears.
+async fn stays_pending(env: &Env, pvc: &str, during: Duration) {
+    let until = std::time::Instant::now() + during;
+    while std::time::Instant::now() < until {
+        assert_eq!(env.phase("pvc", pvc).await.as_deref(), Some("Pending"));
+        assert!(env.volume_names().await.is_empty(), "a volume appeared");
+        assert!(env.pv_handles().await.is_empty(), "a CSI PV appeared");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Deletes pods and claims, then waits until storaged holds no volume and no PV is left.
+async fn delete_all(env: &Env, pods: &[&str], pvcs: &[&str]) {
+    for p in pods {
+        env.must(&["delete", "pod", p, "--wait=false"]).await;
+    }
+    for p in pods {
+        env.wait_gone("pod", p, POD).await;
+    }
+    for c in pvcs {
+        env.must(&["delete", "pvc", c, "--wait=false"]).await;
+    }
+    poll("storaged has no volumes left", GONE, || async {
+        env.volume_names().await.is_empty().then_some(())
+    })
+    .await;
+    poll("no PersistentVolume left", GONE, || async {
+        env.list("pv", &[]).await.is_empty().then_some(())
+    })
+    .await;
+}
+
+/// Immediate class: Bound at once; one pod writes, another on another node reads the
+/// same data; deleting the PVC deletes the volume in storaged and the PV.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immediate_class_write_read_delete() {
+    run(|env| async move {
+        env.apply(&pvc("data", "cairn-replicated", "1Gi")).await;
+        let pv_name = env.bound_pv("data", BIND).await;
+        let pv = env.get("pv", &pv_name).await.expect("pv");
+        let handle = pv["spec"]["csi"]["volumeHandle"].as_str().expect("handle");
+        assert_eq!(pv["spec"]["csi"]["driver"], "csi.cairn.dev");
+        assert!(env.volume_names().await.contains(handle));
+
+        let writer = pod(
+            "writer",
+            "data",
+            Some("node-1"),
+            "Never",
+            "echo cairn-e2e > /data/hello && sync && cat /data/hello",
+        );
+        env.apply(&writer).await;
+        env.wait_phase("pod", "writer", "Succeeded", POD).await;
+        assert_eq!(env.logs("writer").await.trim(), "cairn-e2e");
+        env.must(&["delete", "pod", "writer"]).await;
+        env.wait_gone("pod", "writer", POD).await;
+
+        let reader = pod("reader", "data", Some("node-2"), "Never", "cat /data/hello");
+        env.apply(&reader).await;
+        env.wait_phase("pod", "reader", "Succeeded", POD).await;
+        assert_eq!(env.logs("reader").await.trim(), "cairn-e2e");
+
+        delete_all(&env, &["reader"], &["data"]).await;
+    })
+    .await;
+}
+
+/// cairn-local (WaitForFirstConsumer): Pending with no pod; with a pod, provisioned on the
+/// pod's node, and the PV's nodeAffinity names that node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_class_waits_for_first_consumer() {
+    run(|env| async move {
+        env.apply(&pvc("local", "cairn-local", "512Mi")).await;
+        stays_pending(&env, "local", Duration::from_secs(6)).await;
+        env.apply(&pod(
+            "user",
+            "local",
+            Some("node-2"),
+            "Always",
+            "echo local > /data/f && cat /data/f && sleep 3600",
+        ))
+        .await;
+        let pv_name = env.bound_pv("local", BIND).await;
+        let pv = env.get("pv", &pv_name).await.expect("pv");
+        assert_eq!(
+            affinity_values(&pv, "topology.cairn.dev/node"),
+            vec!["node-2".to_string()],
+            "PV nodeAffinity: {}",
+            pv["spec"]["nodeAffinity"]
+        );
+        let claim = env.get("pvc", "local").await.expect("pvc");
+        assert_eq!(
+            claim["metadata"]["annotations"]["volume.kubernetes.io/selected-node"],
+            "node-2"
+        );
+        let vols = env.volumes().await;
+        assert_eq!(vols.len(), 1, "{vols:?}");
+        assert_eq!(vols[0]["type"], "local");
+        assert_eq!(vols[0]["members"][0]["node"], "node-2");
+        let p = env.wait_phase("pod", "user", "Running", POD).await;
+        assert_eq!(p["spec"]["nodeName"], "node-2");
+        poll("pod wrote to its local volume", POD, || async {
+            (env.logs("user").await.trim() == "local").then_some(())
+        })
+        .await;
+        delete_all(&env, &["user"], &["local"]).await;
+    })
+    .await;
+}
+
+/// The size of /data in KiB, from the last `df` line a pod logged.
+fn df_kib(log: &str) -> Option<u64> {
+    log.lines()
+        .rev()
+        .find(|l| l.ends_with("/data"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+}
+
+/// An expandable replicated class on xfs: this sandbox's kernel refuses ext4 online resize
+/// (`resize2fs: Permission denied to resize filesystem`), xfs_growfs works.
+const XFS_CLASS: &str = "apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: cairn-replicated-xfs
+provisioner: csi.cairn.dev
+parameters:
+  type: replicated
+  replicas: \"3\"
+  csi.storage.k8s.io/fstype: xfs
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
+allowVolumeExpansion: true
+";
+
+/// Online expansion of a mounted PVC: ControllerExpand, then NodeExpand by the kubelet,
+/// and `df` inside the running pod sees the new size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_expansion_seen_by_df() {
+    run(|env| async move {
+        env.apply(XFS_CLASS).await;
+        env.apply(&pvc("grow", "cairn-replicated-xfs", "1Gi")).await;
+        env.bound_pv("grow", BIND).await;
+        env.apply(&pod(
+            "df",
+            "grow",
+            None,
+            "Always",
+            "while true; do df -k /data | tail -n 1; sleep 1; done",
+        ))
+        .await;
+        env.wait_phase("pod", "df", "Running", POD).await;
+        let before = poll("df output in the pod's log", POD, || async {
+            df_kib(&env.logs("df").await)
+        })
+        .await;
+        assert!(before < 1024 * 1024, "1Gi filesystem reports {before} KiB");
+        env.must(&[
+            "patch",
+            "pvc",
+            "grow",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}"#,
+        ])
+        .await;
+        let after = poll(
+            "df in the pod sees the expanded filesystem",
+            RESIZE,
+            || async { df_kib(&env.logs("df").await).filter(|k| *k > 3 * 512 * 1024) },
+        )
+        .await;
+        assert!(after <= 2 * 1024 * 1024, "{after} KiB");
+        poll("PVC status capacity 2Gi", BIND, || async {
+            let c = env.get("pvc", "grow").await?;
+            (c["status"]["capacity"]["storage"] == "2Gi").then_some(())
+        })
+        .await;
+        let vols = env.volumes().await;
+        assert_eq!(vols[0]["size_bytes"], 2u64 << 30);
+        delete_all(&env, &["df"], &["grow"]).await;
+    })
+    .await;
+}
+
+/// Restarts mid-provision, with no duplicate volume: (1) the provisioner is SIGKILLed while
+/// its CreateVolume is in flight (the controller plugin is frozen with SIGSTOP meanwhile);
+/// (2) a volume was created but the provisioner died before writing the PV (the state is
+/// made with cairnctl while the provisioner is down). Each time the restarted provisioner
+/// binds the claim to exactly one volume named after the claim's uid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioner_restart_mid_provision_no_duplicate() {
+    run(|env| async move {
+        let csi_pid = env
+            .components
+            .lock()
+            .await
+            .pid("cairn-csi-controller")
+            .expect("controller plugin pid") as i32;
+        let csi = nix::unistd::Pid::from_raw(csi_pid);
+        // A first claim, so that the provisioner leads, is connected and knows the
+        // controller's capabilities before the plugin is frozen.
+        env.apply(&pvc("warm", "cairn-replicated", "256Mi")).await;
+        let warm = env.bound_pv("warm", BIND).await;
+
+        // (1) Killed with CreateVolume in flight.
+        nix::sys::signal::kill(csi, Signal::SIGSTOP).expect("SIGSTOP");
+        env.apply(&pvc("inflight", "cairn-replicated", "1Gi")).await;
+        let log = format!("{PROVISIONER}.log");
+        poll("provisioner sends CreateVolume", BIND, || async {
+            env.component_log(&log)
+                .contains("provisioning pvc=default/inflight")
+                .then_some(())
+        })
+        .await;
+        let killed = env
+            .components
+            .lock()
+            .await
+            .stop(PROVISIONER, Signal::SIGKILL)
+            .await;
+        nix::sys::signal::kill(csi, Signal::SIGCONT).expect("SIGCONT");
+        killed.expect("kill provisioner");
+        assert_eq!(env.pv_handles().await, BTreeSet::from([warm.clone()]));
+        let spec = env.layout.provisioner_spec(PROVISIONER);
+        env.components
+            .lock()
+            .await
+            .start(spec.clone())
+            .expect("restart");
+        let inflight = env.bound_pv("inflight", BIND).await;
+        let uid = |v: Value| v["metadata"]["uid"].as_str().expect("uid").to_string();
+        let pvc_uid = uid(env.get("pvc", "inflight").await.expect("pvc"));
+        assert_eq!(inflight, format!("pvc-{pvc_uid}"));
+        let mut want = BTreeSet::from([warm, inflight]);
+        assert_eq!(env.volume_names().await, want);
+        assert_eq!(env.pv_handles().await, want);
+
+        // (2) A volume without a PV, as left by a crash after CreateVolume returned.
+        env.components
+            .lock()
+            .await
+            .stop(PROVISIONER, Signal::SIGKILL)
+            .await
+            .expect("kill provisioner");
+        env.apply(&pvc("orphan", "cairn-replicated", "1Gi")).await;
+        let orphan = format!("pvc-{}", uid(env.get("pvc", "orphan").await.expect("pvc")));
+        env.cairnctl(&[
+            "volume",
+            "create",
+            &orphan,
+            "--size",
+            "1GiB",
+            "--replicas",
+            "3",
+        ])
+        .await;
+        env.components.lock().await.start(spec).expect("restart");
+        assert_eq!(env.bound_pv("orphan", BIND).await, orphan);
+        want.insert(orphan);
+        assert_eq!(env.volume_names().await, want);
+        assert_eq!(env.pv_handles().await, want);
+        delete_all(&env, &[], &["warm", "inflight", "orphan"]).await;
+    })
+    .await;
+}
+
+async fn lease_holder(env: &Env) -> Option<String> {
+    let l = env
+        .kubectl(&["get", "lease", LEASE, "-n", SYSTEM_NAMESPACE, "-o", "json"])
+        .await;
+    if !l.ok {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&l.stdout).ok()?;
+    v["spec"]["holderIdentity"].as_str().map(str::to_string)
+}
+
+/// Two provisioner replicas: only the Lease holder provisions; SIGKILL it and the other
+/// takes the Lease and provisions the next claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_failover() {
+    run(|env| async move {
+        poll("first replica holds the lease", BIND, || async {
+            lease_holder(&env)
+                .await
+                .filter(|h| h == PROVISIONER)
+                .map(|_| ())
+        })
+        .await;
+        let second = "cairn-provisioner-1";
+        let spec = env.layout.provisioner_spec(second);
+        env.components
+            .lock()
+            .await
+            .start(spec)
+            .expect("second replica");
+        let second_log = format!("{second}.log");
+        poll("second replica is up and waiting", BIND, || async {
+            env.component_log(&second_log)
+                .contains("leader election on")
+                .then_some(())
+        })
+        .await;
+
+        env.apply(&pvc("one", "cairn-replicated", "256Mi")).await;
+        env.bound_pv("one", BIND).await;
+        let first_log = env.component_log(&format!("{PROVISIONER}.log"));
+        assert!(first_log.contains("provisioning pvc=default/one"));
+        assert!(
+            !env.component_log(&second_log).contains("provisioning pvc="),
+            "the standby replica provisioned"
+        );
+        assert_eq!(lease_holder(&env).await.as_deref(), Some(PROVISIONER));
+
+        env.components
+            .lock()
+            .await
+            .stop(PROVISIONER, Signal::SIGKILL)
+            .await
+            .expect("kill leader");
+        poll("the second replica takes the lease", BIND, || async {
+            lease_holder(&env).await.filter(|h| h == second).map(|_| ())
+        })
+        .await;
+        env.apply(&pvc("two", "cairn-replicated", "256Mi")).await;
+        env.bound_pv("two", BIND).await;
+        assert!(
+            env.component_log(&second_log)
+                .contains("provisioning pvc=default/two")
+        );
+        delete_all(&env, &[], &["one", "two"]).await;
+    })
+    .await;
+}
+
+/// Static local PVs: a directory in node-3's discovery directory becomes a `local-storage`
+/// PV pinned to node-3; a claim on that class binds by WaitForFirstConsumer and the pod
+/// lands on node-3 and writes into that directory; released, the PV is wiped and offered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_local_pv_binds_by_first_consumer() {
+    run(|env| async move {
+        let disk = env.layout.discovery_dir("node-3").join("disk-a");
+        std::fs::create_dir_all(&disk).expect("disk dir");
+        let path = disk.display().to_string();
+        let pv = poll("a local PV for the discovered directory", BIND, || async {
+            env.list("pv", &[])
+                .await
+                .into_iter()
+                .find(|pv| pv["spec"]["local"]["path"] == path.as_str())
+        })
+        .await;
+        let pv_name = pv["metadata"]["name"].as_str().expect("name").to_string();
+        assert_eq!(pv["spec"]["storageClassName"], "local-storage");
+        assert_eq!(
+            affinity_values(&pv, "kubernetes.io/hostname"),
+            vec!["node-3".to_string()],
+            "{}",
+            pv["spec"]["nodeAffinity"]
+        );
+        env.wait_phase("pv", &pv_name, "Available", BIND).await;
+
+        env.apply(&pvc("static", "local-storage", "1Mi")).await;
+        stays_pending(&env, "static", Duration::from_secs(3)).await;
+        env.apply(&pod(
+            "static-user",
+            "static",
+            None,
+            "Never",
+            "echo static > /data/f",
+        ))
+        .await;
+        assert_eq!(env.bound_pv("static", BIND).await, pv_name);
+        let p = env.wait_phase("pod", "static-user", "Succeeded", POD).await;
+        assert_eq!(p["spec"]["nodeName"], "node-3");
+        assert_eq!(
+            std::fs::read_to_string(disk.join("f")).expect("file on the disk"),
+            "static\n"
+        );
+        env.must(&["delete", "pod", "static-user"]).await;
+        env.must(&["delete", "pvc", "static"]).await;
+        poll("released PV wiped and Available again", BIND, || async {
+            let pv = env.get("pv", &pv_name).await?;
+            (pv["status"]["phase"] == "Available" && !disk.join("f").exists()).then_some(())
+        })
+        .await;
+    })
+    .await;
+}
+
+/// A storm of creates and deletes with a provisioner restart in the middle: storaged's
+/// volume list equals the PV list whenever things settle, and both end empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_list_matches_pv_list_after_storm() {
+    run(|env| async move {
+        let names: Vec<String> = (0..6).map(|i| format!("storm-{i}")).collect();
+        let all: String = names
+            .iter()
+            .map(|n| pvc(n, "cairn-replicated", "128Mi"))
+            .collect::<Vec<_>>()
+            .join("---\n");
+        env.apply(&all).await;
+        // Delete half while they are being provisioned, and restart the provisioner.
+        for n in &names[..3] {
+            env.must(&["delete", "pvc", n, "--wait=false"]).await;
+        }
+        env.components
+            .lock()
+            .await
+            .restart(PROVISIONER, Signal::SIGTERM)
+            .await
+            .expect("restart provisioner");
+        for n in &names[3..] {
+            env.bound_pv(n, BIND).await;
+        }
+        let settled = poll("storaged volumes == PV handles (3)", GONE, || async {
+            let vols = env.volume_names().await;
+            let pvs = env.pv_handles().await;
+            (vols == pvs && vols.len() == 3).then_some(vols)
+        })
+        .await;
+        let mut bound = BTreeSet::new();
+        for n in &names[3..] {
+            bound.insert(
+                env.get("pvc", n).await.expect("pvc")["spec"]["volumeName"]
+                    .as_str()
+                    .expect("volumeName")
+                    .to_string(),
+            );
+        }
+        assert_eq!(settled, bound);
+        // And again: recreate two of the deleted names, then delete everything.
+        let again: String = names[..2]
+            .iter()
+            .map(|n| pvc(n, "cairn-replicated", "128Mi"))
+            .collect::<Vec<_>>()
+            .join("---\n");
+        env.apply(&again).await;
+        for n in &names[..2] {
+            env.bound_pv(n, BIND).await;
+        }
+        let refs: Vec<&str> = names[..2]
+            .iter()
+            .chain(&names[3..])
+            .map(String::as_str)
+            .collect();
+        delete_all(&env, &[], &refs).await;
+    })
+    .await;
+}
