@@ -262,6 +262,20 @@ async fn main() {
         s.seconds, s.file_mib
     );
     let cluster = Cluster::start(3).await;
+    // The cluster's directory (and its logs) goes away when a panic unwinds: keep the logs.
+    let dir = cluster.dir.path().to_path_buf();
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let keep = dir.with_extension("logs");
+        let _ = std::fs::create_dir_all(&keep);
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
+            }
+        }
+        eprintln!("bench-csi: logs kept in {}", keep.display());
+        default_hook(info);
+    }));
     let ctrl = Plugin::controller(&cluster).await;
     let node = Plugin::node(&cluster, 0).await;
     let mut rows: Vec<(&str, Vec<Figure>)> = Vec::new();

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use cairn_proto::csi::v1 as csi;
@@ -178,7 +178,8 @@ impl Cluster {
                     &format!("zone=zone-{}", if id == 1 { "a" } else { "b" }),
                 ])
                 .args(["--capacity", "20GiB"])
-                .stdout(Stdio::null())
+                // storaged logs to stdout; keep both streams.
+                .stdout(log.try_clone().unwrap())
                 .stderr(log)
                 .spawn()
                 .expect("spawn storaged");
@@ -298,7 +299,7 @@ impl Plugin {
             .arg(format!("unix://{}", self.socket.display()))
             .args(&self.args)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("spawn cairn-csi");
