@@ -12,7 +12,7 @@ use cairn_proto::etcd::PutRequest;
 use cairn_proto::etcd::kv_client::KvClient;
 use cairn_storaged::testkit::{ProcCluster, free_port, sibling_bin};
 use clap::Parser;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 
 #[derive(Parser)]
 #[command(
@@ -210,7 +210,7 @@ async fn bench_etcd(dir: &Path, secs: u64) -> Result<Vec<Stats>, String> {
     let mut out = Vec::new();
     for (size, qd) in [(4096usize, 1usize), (4096, 64), (65536, 1), (65536, 64)] {
         let c = client.clone();
-        let value = Arc::new(vec![0x5au8; size]);
+        let value = Arc::new(random_bytes(size));
         let label = format!("etcd put {}KiB @{qd}", size / 1024);
         out.push(
             drive(label, qd, secs, size as u64, move |i| {
@@ -296,7 +296,7 @@ async fn bench_storaged(secs: u64) -> Result<Vec<Stats>, String> {
         ] {
             let c = client.clone();
             let n = name.clone();
-            let data = bytes::Bytes::from(vec![0xa5u8; bs as usize]);
+            let data = bytes::Bytes::from(random_bytes(bs as usize));
             let label = format!("storaged r{replicas} write {}KiB @{qd}", bs / 1024);
             out.push(
                 drive(label, qd, secs, bs, move |i| {
@@ -330,6 +330,13 @@ async fn bench_storaged(secs: u64) -> Result<Vec<Stats>, String> {
         );
     }
     Ok(out)
+}
+
+/// Incompressible payloads, so neither store gains from compression.
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::rng().fill_bytes(&mut v);
+    v
 }
 
 fn find<'a>(all: &'a [Stats], label: &str) -> Option<&'a Stats> {
