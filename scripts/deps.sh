@@ -19,4 +19,6 @@ fi
 modprobe loop 2>/dev/null || true
 modprobe fuse 2>/dev/null || true
 command -v cargo >/dev/null || { echo "deps: cargo (rustup) is required" >&2; exit 1; }
-rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy >/dev/null 2>&1 || true
+for c in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c" >/dev/null 2>&1 || true
+done
