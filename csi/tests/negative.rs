@@ -507,3 +507,88 @@ async fn refusals_have_the_spec_codes() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_limit_per_node_and_names_storaged_refuses() {
+    let cluster = Cluster::start(3).await;
+    let sock = cluster.dir.path().join("csi-limited.sock");
+    let log = cluster.dir.path().join("csi-limited.log");
+    let eps = cluster.endpoints().join(",");
+    let ctrl = Plugin::start(
+        &sock,
+        &[
+            "--mode",
+            "controller",
+            "--storaged",
+            &eps,
+            "--max-volumes-per-node",
+            "1",
+        ],
+        &log,
+    )
+    .await;
+    let mut c = ctrl.ctrl().await;
+    let cap = mount_cap(Mode::SingleNodeWriter, "");
+
+    // Any CSI name is accepted; one storaged refuses maps to a stable id.
+    let odd = c
+        .create_volume(create_req("sanity vol+1/x", MIB, cap.clone(), &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert!(odd.volume_id.starts_with("csi-"), "{}", odd.volume_id);
+    let again = c
+        .create_volume(create_req("sanity vol+1/x", MIB, cap.clone(), &[]))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(again.volume_id, odd.volume_id);
+    c.create_volume(create_req("pvc-second", MIB, cap.clone(), &[]))
+        .await
+        .unwrap();
+
+    let publish = |id: &str, node: &str| csi::ControllerPublishVolumeRequest {
+        volume_id: id.into(),
+        node_id: node.into(),
+        volume_capability: Some(cap.clone()),
+        ..Default::default()
+    };
+    c.controller_publish_volume(publish(&odd.volume_id, "node-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            c.controller_publish_volume(publish("pvc-second", "node-1"))
+                .await
+        ),
+        Code::ResourceExhausted,
+        "node-1 already has its one volume"
+    );
+    // The same attachment again is not a new one; another node has room.
+    c.controller_publish_volume(publish(&odd.volume_id, "node-1"))
+        .await
+        .unwrap();
+    c.controller_publish_volume(publish("pvc-second", "node-2"))
+        .await
+        .unwrap();
+
+    for (id, node) in [(odd.volume_id.as_str(), "node-1"), ("pvc-second", "node-2")] {
+        c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+            volume_id: id.into(),
+            node_id: node.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        c.delete_volume(csi::DeleteVolumeRequest {
+            volume_id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+}
