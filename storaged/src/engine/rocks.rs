@@ -29,7 +29,10 @@ impl RocksEngine {
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut o = Options::default();
             if *cf == Cf::Data {
+                // Block payloads: usually filesystem data that is already dense or
+                // encrypted; compression costs CPU on every flush and read for little gain.
                 o.set_write_buffer_size(64 << 20);
+                o.set_compression_type(DBCompressionType::None);
             }
             if *cf == Cf::RaftLog {
                 // Entries are short-lived: compressing them only costs CPU.
