@@ -531,22 +531,20 @@ async fn volume_limit_per_node_and_names_storaged_refuses() {
     let cap = mount_cap(Mode::SingleNodeWriter, "");
 
     // Any CSI name is accepted; one storaged refuses maps to a stable id.
-    let odd = c
-        .create_volume(create_req("sanity vol+1/x", MIB, cap.clone(), &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
-    assert!(odd.volume_id.starts_with("csi-"), "{}", odd.volume_id);
-    let again = c
-        .create_volume(create_req("sanity vol+1/x", MIB, cap.clone(), &[]))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
-    assert_eq!(again.volume_id, odd.volume_id);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let v = c
+            .create_volume(create_req("sanity vol+1/x", MIB, cap.clone(), &[]))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        ids.push(v.volume_id);
+    }
+    assert!(ids[0].starts_with("csi-"), "{}", ids[0]);
+    assert_eq!(ids[0], ids[1], "idempotent by name");
+    let odd = ids[0].clone();
     c.create_volume(create_req("pvc-second", MIB, cap.clone(), &[]))
         .await
         .unwrap();
@@ -557,7 +555,7 @@ async fn volume_limit_per_node_and_names_storaged_refuses() {
         volume_capability: Some(cap.clone()),
         ..Default::default()
     };
-    c.controller_publish_volume(publish(&odd.volume_id, "node-1"))
+    c.controller_publish_volume(publish(&odd, "node-1"))
         .await
         .unwrap();
     assert_eq!(
@@ -569,14 +567,14 @@ async fn volume_limit_per_node_and_names_storaged_refuses() {
         "node-1 already has its one volume"
     );
     // The same attachment again is not a new one; another node has room.
-    c.controller_publish_volume(publish(&odd.volume_id, "node-1"))
+    c.controller_publish_volume(publish(&odd, "node-1"))
         .await
         .unwrap();
     c.controller_publish_volume(publish("pvc-second", "node-2"))
         .await
         .unwrap();
 
-    for (id, node) in [(odd.volume_id.as_str(), "node-1"), ("pvc-second", "node-2")] {
+    for (id, node) in [(odd.as_str(), "node-1"), ("pvc-second", "node-2")] {
         c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
             volume_id: id.into(),
             node_id: node.into(),
