@@ -490,3 +490,78 @@ async fn volume_list_matches_pv_list_after_storm() {
     })
     .await;
 }
+
+/// Bytes of a Kubernetes quantity in the binary or plain form the provisioner writes.
+fn quantity_bytes(q: &str) -> Option<u64> {
+    let units = [("Ki", 10), ("Mi", 20), ("Gi", 30), ("Ti", 40), ("Pi", 50)];
+    for (suffix, shift) in units {
+        if let Some(n) = q.strip_suffix(suffix) {
+            return n.parse::<u64>().ok().map(|n| n << shift);
+        }
+    }
+    q.parse().ok()
+}
+
+/// A node with too little capacity is skipped: local volumes made with cairnctl leave node-1
+/// and node-2 with 5GiB of their 20GiB, the published CSIStorageCapacity says so, and a pod
+/// whose 8Gi `cairn-local` claim waits for its first consumer lands on node-3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_capacity_skips_full_nodes() {
+    run(|env| async move {
+        for n in ["node-1", "node-2"] {
+            env.cairnctl(&[
+                "volume",
+                "create",
+                &format!("fill-{n}"),
+                "--size",
+                "15GiB",
+                "--type",
+                "local",
+                "--node",
+                n,
+            ])
+            .await;
+        }
+        let want = 8u64 << 30;
+        poll(
+            "cairn-local capacity: node-1 and node-2 short, node-3 not",
+            BIND,
+            || async {
+                let caps = env.list("csistoragecapacities", &["-A"]).await;
+                let free = |node: &str| {
+                    caps.iter()
+                        .filter(|c| c["storageClassName"] == "cairn-local")
+                        .filter(|c| {
+                            c["nodeTopology"]["matchLabels"]["topology.cairn.dev/node"] == node
+                        })
+                        .find_map(|c| c["capacity"].as_str().and_then(quantity_bytes))
+                };
+                let (a, b, c) = (free("node-1")?, free("node-2")?, free("node-3")?);
+                (a < want && b < want && c >= want).then_some(())
+            },
+        )
+        .await;
+        env.apply(&pvc("big", "cairn-local", "8Gi")).await;
+        env.apply(&pod(
+            "big-user",
+            "big",
+            None,
+            "Always",
+            "echo big > /data/f && cat /data/f && sleep 3600",
+        ))
+        .await;
+        let pv_name = env.bound_pv("big", BIND).await;
+        let pv = env.get("pv", &pv_name).await.expect("pv");
+        assert_eq!(
+            affinity_values(&pv, "topology.cairn.dev/node"),
+            vec!["node-3".to_string()]
+        );
+        let p = env.wait_phase("pod", "big-user", "Running", POD).await;
+        assert_eq!(p["spec"]["nodeName"], "node-3");
+        for n in ["node-1", "node-2"] {
+            env.cairnctl(&["volume", "rm", &format!("fill-{n}")]).await;
+        }
+        delete_all(&env, &["big-user"], &["big"]).await;
+    })
+    .await;
+}

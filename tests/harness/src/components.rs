@@ -283,8 +283,42 @@ async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
     Ok(())
 }
 
+/// The node names storaged's catalogue lists, asked of the first address that answers.
+async fn storaged_nodes(addrs: &[String]) -> Vec<String> {
+    use cairn_proto::cairn::v1 as pb;
+    for a in addrs {
+        let Ok(mut c) =
+            pb::volume_service_client::VolumeServiceClient::connect(format!("http://{a}")).await
+        else {
+            continue;
+        };
+        if let Ok(r) = c.list_nodes(pb::ListNodesRequest {}).await {
+            return r.into_inner().nodes.into_iter().map(|n| n.name).collect();
+        }
+    }
+    Vec::new()
+}
+
+/// Waits until every storaged has registered in the catalogue (so volumes can be placed).
+async fn wait_registered(layout: &CairnLayout) -> Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let names = storaged_nodes(&layout.storaged).await;
+        if layout.nodes.iter().all(|n| names.contains(n)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Internal(format!(
+                "storaged nodes not all registered after {START_TIMEOUT:?}: {names:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Starts everything of `--with-cairn` in dependency order: storaged (waiting until each
-/// listens), the CSI plugins (waiting for their sockets), then the provisioners.
+/// listens and all are in the catalogue), the CSI plugins (waiting for their sockets),
+/// then the provisioners.
 pub async fn start_cairn(
     layout: &CairnLayout,
     components: &mut Components,
@@ -301,6 +335,7 @@ pub async fn start_cairn(
         })
         .await?;
     }
+    wait_registered(layout).await?;
     let mut sockets = vec![layout.controller_socket()];
     components.start(layout.controller_plugin_spec())?;
     for node in &layout.nodes {
