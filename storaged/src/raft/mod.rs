@@ -70,7 +70,7 @@ pub fn config(meta: bool, snapshot_logs: u64) -> Arc<openraft::Config> {
         heartbeat_interval: 100,
         election_timeout_min: 500,
         election_timeout_max: 1000,
-        max_payload_entries: 256,
+        max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(if meta {
             1000
         } else {

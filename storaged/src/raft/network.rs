@@ -136,6 +136,14 @@ impl PeerConn {
     }
 }
 
+/// How long one AppendEntries may take. openraft suggests its heartbeat interval,
+/// but a batch of block writes (up to `max_payload_entries` × 1 MiB) must also be
+/// sent, decoded and fsynced by the follower: too short a bound makes every retry
+/// time out and the group stalls. Allow 0.5 s plus 20 MB/s of payload.
+fn append_ttl(suggested: Duration, payload_bytes: usize) -> Duration {
+    suggested.max(Duration::from_millis(500)) + Duration::from_nanos(payload_bytes as u64 * 50)
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerConn {
     type SnapshotData = SnapshotData;
 
@@ -145,7 +153,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let payload = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.call(Kind::Append, payload, option.hard_ttl()).await
+        let ttl = append_ttl(option.hard_ttl(), payload.len());
+        self.call(Kind::Append, payload, ttl).await
     }
 
     async fn vote(
@@ -181,5 +190,22 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
                     StreamingError::Network(NetworkError::new(&AnyError::error(other.to_string())))
                 }
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_ttl_grows_with_the_payload() {
+        let hb = Duration::from_millis(100);
+        assert_eq!(append_ttl(hb, 0), Duration::from_millis(500));
+        // 64 entries of 1 MiB: several seconds, not the heartbeat interval.
+        assert!(append_ttl(hb, 64 << 20) > Duration::from_secs(3));
+        assert_eq!(
+            append_ttl(Duration::from_secs(2), 0),
+            Duration::from_secs(2)
+        );
     }
 }
