@@ -75,10 +75,12 @@ async fn attach(va: &VolumeAttachment, ctx: &Ctx) -> Result<Action> {
             json!({ "attached": false, "attachmentMetadata": null, "detachError": null }),
         )
         .await?;
-        patch_finalizers(&Api::<VolumeAttachment>::all(ctx.client.clone()), va, false).await?;
-        if let (Some(pv), Some(pv_name)) = (&pv, &pv_name) {
-            release_pv(ctx, pv, pv_name, &name).await?;
+        // The PV first: once the VA's finalizer is gone the VA may vanish, and a failed
+        // PV patch would then never be retried (the PV would keep our finalizer forever).
+        if let Some(pv_name) = &pv_name {
+            release_pv(ctx, pv_name, &name).await?;
         }
+        patch_finalizers(&Api::<VolumeAttachment>::all(ctx.client.clone()), va, false).await?;
         return Ok(idle);
     }
 
@@ -240,10 +242,8 @@ where
 }
 
 /// Drops the PV finalizer once no other VolumeAttachment of ours references the PV.
-async fn release_pv(ctx: &Ctx, pv: &PersistentVolume, pv_name: &str, this_va: &str) -> Result<()> {
-    if !pv.finalizers().iter().any(|f| f == ATTACHER_FINALIZER) {
-        return Ok(());
-    }
+/// Reads the PV afresh and retries a few conflicts (the deleter patches it concurrently).
+async fn release_pv(ctx: &Ctx, pv_name: &str, this_va: &str) -> Result<()> {
     let vas = Api::<VolumeAttachment>::all(ctx.client.clone())
         .list(&ListParams::default())
         .await?;
@@ -252,8 +252,21 @@ async fn release_pv(ctx: &Ctx, pv: &PersistentVolume, pv_name: &str, this_va: &s
             && v.spec.attacher == DRIVER
             && v.spec.source.persistent_volume_name.as_deref() == Some(pv_name)
     });
-    if !others {
-        patch_finalizers(&Api::<PersistentVolume>::all(ctx.client.clone()), pv, false).await?;
+    if others {
+        return Ok(());
     }
-    Ok(())
+    let pvs = Api::<PersistentVolume>::all(ctx.client.clone());
+    let mut attempts = 0;
+    loop {
+        let Some(pv) = pvs.get_opt(pv_name).await? else {
+            return Ok(());
+        };
+        if !pv.finalizers().iter().any(|f| f == ATTACHER_FINALIZER) {
+            return Ok(());
+        }
+        match patch_finalizers(&pvs, &pv, false).await {
+            Err(Error::Kube(e)) if is_api_code(&e, 409) && attempts < 5 => attempts += 1,
+            other => return other,
+        }
+    }
 }
