@@ -151,9 +151,19 @@ async fn leader_kill9_during_writes_loses_no_acknowledged_write() {
                     .await
                     .unwrap();
                 cluster.lock().await.kill9(leader);
+                let killed_at = Instant::now();
                 kills += 1;
-                // Let the remaining majority elect a leader and take writes, then bring it back.
+                // The client finds the new leader and I/O resumes within 3 s.
                 let c = cluster.lock().await.client();
+                c.read(v, 0, 4096)
+                    .await
+                    .unwrap_or_else(|e| panic!("{v}: no I/O after the leader died: {e}"));
+                let resumed = killed_at.elapsed();
+                assert!(
+                    resumed < Duration::from_secs(3),
+                    "{v}: I/O resumed only {resumed:?} after the leader was killed"
+                );
+                // Let the remaining majority take writes, then bring the old leader back.
                 let deadline = Instant::now() + Duration::from_secs(20);
                 while Instant::now() < deadline {
                     if matches!(c.get_volume(v).await, Ok(vol) if vol.leader_node_id != 0 && vol.leader_node_id != leader)

@@ -98,12 +98,20 @@ async fn detach_unpublishes_and_drops_finalizers() {
                 })).await;
                 let st = api.expect("PATCH", "/apis/storage.k8s.io/v1/volumeattachments/csi-abc/status", 200, va_json.clone()).await;
                 assert_eq!(st.body["status"]["attached"], false);
-                let p = api.expect("PATCH", "/apis/storage.k8s.io/v1/volumeattachments/csi-abc", 200, va_json).await;
-                assert_eq!(p.body["metadata"]["finalizers"], json!([]));
+                // The PV is released first, from a fresh read; a conflict is retried.
                 api.expect("GET", "/apis/storage.k8s.io/v1/volumeattachments", 200, json!({
                     "apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachmentList", "metadata": {}, "items": []
                 })).await;
+                api.expect("GET", &format!("/api/v1/persistentvolumes/{PV}"), 200, pv_json.clone()).await;
+                api.expect("PATCH", &format!("/api/v1/persistentvolumes/{PV}"), 409, json!({
+                    "apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "Conflict",
+                    "message": "the object has been modified", "code": 409
+                })).await;
+                api.expect("GET", &format!("/api/v1/persistentvolumes/{PV}"), 200, pv_json.clone()).await;
                 let p = api.expect("PATCH", &format!("/api/v1/persistentvolumes/{PV}"), 200, pv_json).await;
+                assert_eq!(p.body["metadata"]["finalizers"], json!([]));
+                // Only then does the VolumeAttachment lose its finalizer.
+                let p = api.expect("PATCH", "/apis/storage.k8s.io/v1/volumeattachments/csi-abc", 200, va_json).await;
                 assert_eq!(p.body["metadata"]["finalizers"], json!([]));
                 api
             },
