@@ -502,6 +502,100 @@ fn quantity_bytes(q: &str) -> Option<u64> {
     q.parse().ok()
 }
 
+/// A forced RESOURCE_EXHAUSTED leads to a re-pick. Every node really has 5GiB of its 20GiB
+/// free, but a stale CSIStorageCapacity (what a capacity race leaves behind) says node-1 has
+/// room, so the scheduler picks node-1 for an 8Gi `cairn-local` claim. storaged refuses, the
+/// provisioner drops `selected-node` with a ProvisioningFailed event, and once the stale object
+/// is gone and node-3 has room the claim is provisioned on node-3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_exhausted_leads_to_a_re_pick() {
+    run(|env| async move {
+        for n in ["node-1", "node-2", "node-3"] {
+            env.cairnctl(&[
+                "volume",
+                "create",
+                &format!("fill-{n}"),
+                "--size",
+                "15GiB",
+                "--type",
+                "local",
+                "--node",
+                n,
+            ])
+            .await;
+        }
+        let want = 8u64 << 30;
+        let free = |caps: &[Value], node: &str| {
+            caps.iter()
+                .filter(|c| c["storageClassName"] == "cairn-local")
+                .filter(|c| c["nodeTopology"]["matchLabels"]["topology.cairn.dev/node"] == node)
+                .find_map(|c| c["capacity"].as_str().and_then(quantity_bytes))
+        };
+        poll("cairn-local capacity: every node short", BIND, || async {
+            let caps = env.list("csistoragecapacities", &["-A"]).await;
+            let all: Option<Vec<u64>> = ["node-1", "node-2", "node-3"]
+                .iter()
+                .map(|n| free(&caps, n))
+                .collect();
+            all.filter(|v| v.iter().all(|f| *f < want)).map(|_| ())
+        })
+        .await;
+        env.apply(
+            "apiVersion: storage.k8s.io/v1\nkind: CSIStorageCapacity\nmetadata:\n  name: stale-node-1\n  namespace: default\nstorageClassName: cairn-local\nnodeTopology:\n  matchLabels:\n    topology.cairn.dev/node: node-1\ncapacity: 100Gi\n",
+        )
+        .await;
+        env.apply(&pvc("big", "cairn-local", "8Gi")).await;
+        env.apply(&pod(
+            "big-user",
+            "big",
+            None,
+            "Always",
+            "echo big > /data/f && cat /data/f && sleep 3600",
+        ))
+        .await;
+        let refused = poll(
+            "a ProvisioningFailed event that reschedules the claim",
+            BIND,
+            || async {
+                // The provisioner records through events.k8s.io/v1 (kube-rs' Recorder).
+                env.list("events.events.k8s.io", &[])
+                    .await
+                    .into_iter()
+                    .filter(|e| e["regarding"]["name"] == "big")
+                    .filter(|e| e["reason"] == "ProvisioningFailed")
+                    .find_map(|e| e["note"].as_str().map(str::to_string))
+                    .filter(|m| m.contains("rescheduling"))
+            },
+        )
+        .await;
+        // Only the RESOURCE_EXHAUSTED path reschedules (provision.rs); nothing was provisioned.
+        eprintln!("refusal: {refused}");
+        assert!(
+            env.list("pv", &[])
+                .await
+                .iter()
+                .all(|pv| pv["spec"]["claimRef"]["name"] != "big"),
+            "nothing may be provisioned on node-1"
+        );
+        env.must(&["delete", "csistoragecapacity", "stale-node-1", "-n", "default"])
+            .await;
+        env.cairnctl(&["volume", "rm", "fill-node-3"]).await;
+        let pv_name = env.bound_pv("big", POD).await;
+        let pv = env.get("pv", &pv_name).await.expect("pv");
+        assert_eq!(
+            affinity_values(&pv, "topology.cairn.dev/node"),
+            vec!["node-3".to_string()]
+        );
+        let p = env.wait_phase("pod", "big-user", "Running", POD).await;
+        assert_eq!(p["spec"]["nodeName"], "node-3");
+        for n in ["node-1", "node-2"] {
+            env.cairnctl(&["volume", "rm", &format!("fill-{n}")]).await;
+        }
+        delete_all(&env, &["big-user"], &["big"]).await;
+    })
+    .await;
+}
+
 /// A node with too little capacity is skipped: local volumes made with cairnctl leave node-1
 /// and node-2 with 5GiB of their 20GiB, the published CSIStorageCapacity says so, and a pod
 /// whose 8Gi `cairn-local` claim waits for its first consumer lands on node-3.
