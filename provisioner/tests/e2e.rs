@@ -502,6 +502,32 @@ fn quantity_bytes(q: &str) -> Option<u64> {
     q.parse().ok()
 }
 
+/// Fills each node's local pool with a 15GiB local volume `fill-<node>` (of its 20GiB).
+async fn fill_nodes(env: &Env, nodes: &[&str]) {
+    for n in nodes {
+        env.cairnctl(&[
+            "volume",
+            "create",
+            &format!("fill-{n}"),
+            "--size",
+            "15GiB",
+            "--type",
+            "local",
+            "--node",
+            n,
+        ])
+        .await;
+    }
+}
+
+/// The `cairn-local` capacity published for `node`, in bytes.
+fn local_free(caps: &[Value], node: &str) -> Option<u64> {
+    caps.iter()
+        .filter(|c| c["storageClassName"] == "cairn-local")
+        .filter(|c| c["nodeTopology"]["matchLabels"]["topology.cairn.dev/node"] == node)
+        .find_map(|c| c["capacity"].as_str().and_then(quantity_bytes))
+}
+
 /// A forced RESOURCE_EXHAUSTED leads to a re-pick. Every node really has 5GiB of its 20GiB
 /// free, but a stale CSIStorageCapacity (what a capacity race leaves behind) says node-1 has
 /// room, so the scheduler picks node-1 for an 8Gi `cairn-local` claim. storaged refuses, the
@@ -510,32 +536,13 @@ fn quantity_bytes(q: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_exhausted_leads_to_a_re_pick() {
     run(|env| async move {
-        for n in ["node-1", "node-2", "node-3"] {
-            env.cairnctl(&[
-                "volume",
-                "create",
-                &format!("fill-{n}"),
-                "--size",
-                "15GiB",
-                "--type",
-                "local",
-                "--node",
-                n,
-            ])
-            .await;
-        }
+        fill_nodes(&env, &["node-1", "node-2", "node-3"]).await;
         let want = 8u64 << 30;
-        let free = |caps: &[Value], node: &str| {
-            caps.iter()
-                .filter(|c| c["storageClassName"] == "cairn-local")
-                .filter(|c| c["nodeTopology"]["matchLabels"]["topology.cairn.dev/node"] == node)
-                .find_map(|c| c["capacity"].as_str().and_then(quantity_bytes))
-        };
         poll("cairn-local capacity: every node short", BIND, || async {
             let caps = env.list("csistoragecapacities", &["-A"]).await;
             let all: Option<Vec<u64>> = ["node-1", "node-2", "node-3"]
                 .iter()
-                .map(|n| free(&caps, n))
+                .map(|n| local_free(&caps, n))
                 .collect();
             all.filter(|v| v.iter().all(|f| *f < want)).map(|_| ())
         })
@@ -602,34 +609,14 @@ async fn resource_exhausted_leads_to_a_re_pick() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_capacity_skips_full_nodes() {
     run(|env| async move {
-        for n in ["node-1", "node-2"] {
-            env.cairnctl(&[
-                "volume",
-                "create",
-                &format!("fill-{n}"),
-                "--size",
-                "15GiB",
-                "--type",
-                "local",
-                "--node",
-                n,
-            ])
-            .await;
-        }
+        fill_nodes(&env, &["node-1", "node-2"]).await;
         let want = 8u64 << 30;
         poll(
             "cairn-local capacity: node-1 and node-2 short, node-3 not",
             BIND,
             || async {
                 let caps = env.list("csistoragecapacities", &["-A"]).await;
-                let free = |node: &str| {
-                    caps.iter()
-                        .filter(|c| c["storageClassName"] == "cairn-local")
-                        .filter(|c| {
-                            c["nodeTopology"]["matchLabels"]["topology.cairn.dev/node"] == node
-                        })
-                        .find_map(|c| c["capacity"].as_str().and_then(quantity_bytes))
-                };
+                let free = |node: &str| local_free(&caps, node);
                 let (a, b, c) = (free("node-1")?, free("node-2")?, free("node-3")?);
                 (a < want && b < want && c >= want).then_some(())
             },
