@@ -577,6 +577,12 @@ async fn resource_exhausted_leads_to_a_re_pick() {
         .await;
         // Only the RESOURCE_EXHAUSTED path reschedules (provision.rs); nothing was provisioned.
         eprintln!("refusal: {refused}");
+        // As on a real API server, the events.k8s.io event is also a core Event for describe.
+        let described = env.must(&["describe", "pvc", "big"]).await;
+        assert!(
+            described.contains("ProvisioningFailed") && described.contains("rescheduling"),
+            "kubectl describe pvc shows the provisioner's warning:\n{described}"
+        );
         assert!(
             env.list("pv", &[])
                 .await

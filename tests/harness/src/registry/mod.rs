@@ -62,6 +62,35 @@ pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// The core/v1 view of an events.k8s.io/v1 Event (the API server stores both as one).
+fn core_event_of(e: &Value) -> Value {
+    let when = e["eventTime"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| {
+            t.with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        })
+        .unwrap_or_else(now);
+    let count = e["series"]["count"].as_i64().unwrap_or(1);
+    json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": e["metadata"]["name"], "namespace": e["metadata"]["namespace"]},
+        "involvedObject": e["regarding"],
+        "reason": e["reason"],
+        "message": e["note"],
+        "type": e["type"],
+        "action": e["action"],
+        "source": {"component": e["reportingController"]},
+        "reportingComponent": e["reportingController"],
+        "reportingInstance": e["reportingInstance"],
+        "firstTimestamp": when,
+        "lastTimestamp": when,
+        "count": count,
+    })
+}
+
 pub fn now_micro() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
@@ -274,7 +303,14 @@ impl Registry {
             }
             Ok(Mutation::Put(obj))
         })?;
-        Ok(out.unwrap_or_default())
+        let out = out.unwrap_or_default();
+        if rt.group == resources::EVENTS_V1.group && rt.kind == "Event" {
+            // One store on a real API server: `kubectl describe` must show these too.
+            if let Err(e) = self.create(&resources::EVENTS, ns, core_event_of(&out), opts) {
+                tracing::debug!(event = %name, error = %e, "events.k8s.io event not mirrored");
+            }
+        }
+        Ok(out)
     }
 
     /// The shared update path: `f` turns the current object into the desired one.
