@@ -528,6 +528,36 @@ fn local_free(caps: &[Value], node: &str) -> Option<u64> {
         .find_map(|c| c["capacity"].as_str().and_then(quantity_bytes))
 }
 
+/// An 8Gi `cairn-local` claim `big` and a pod `big-user` that writes to it.
+async fn start_big_claim(env: &Env) {
+    env.apply(&pvc("big", "cairn-local", "8Gi")).await;
+    env.apply(&pod(
+        "big-user",
+        "big",
+        None,
+        "Always",
+        "echo big > /data/f && cat /data/f && sleep 3600",
+    ))
+    .await;
+}
+
+/// `big` is provisioned on node-3 (within `bind`) and its pod runs there; then the
+/// fill volumes of node-1 and node-2 and the claim and pod are removed.
+async fn big_claim_lands_on_node_3(env: &Env, bind: Duration) {
+    let pv_name = env.bound_pv("big", bind).await;
+    let pv = env.get("pv", &pv_name).await.expect("pv");
+    assert_eq!(
+        affinity_values(&pv, "topology.cairn.dev/node"),
+        vec!["node-3".to_string()]
+    );
+    let p = env.wait_phase("pod", "big-user", "Running", POD).await;
+    assert_eq!(p["spec"]["nodeName"], "node-3");
+    for n in ["node-1", "node-2"] {
+        env.cairnctl(&["volume", "rm", &format!("fill-{n}")]).await;
+    }
+    delete_all(env, &["big-user"], &["big"]).await;
+}
+
 /// A forced RESOURCE_EXHAUSTED leads to a re-pick. Every node really has 5GiB of its 20GiB
 /// free, but a stale CSIStorageCapacity (what a capacity race leaves behind) says node-1 has
 /// room, so the scheduler picks node-1 for an 8Gi `cairn-local` claim. storaged refuses, the
@@ -551,15 +581,7 @@ async fn resource_exhausted_leads_to_a_re_pick() {
             "apiVersion: storage.k8s.io/v1\nkind: CSIStorageCapacity\nmetadata:\n  name: stale-node-1\n  namespace: default\nstorageClassName: cairn-local\nnodeTopology:\n  matchLabels:\n    topology.cairn.dev/node: node-1\ncapacity: 100Gi\n",
         )
         .await;
-        env.apply(&pvc("big", "cairn-local", "8Gi")).await;
-        env.apply(&pod(
-            "big-user",
-            "big",
-            None,
-            "Always",
-            "echo big > /data/f && cat /data/f && sleep 3600",
-        ))
-        .await;
+        start_big_claim(&env).await;
         let refused = poll(
             "a ProvisioningFailed event that reschedules the claim",
             BIND,
@@ -593,18 +615,7 @@ async fn resource_exhausted_leads_to_a_re_pick() {
         env.must(&["delete", "csistoragecapacity", "stale-node-1", "-n", "default"])
             .await;
         env.cairnctl(&["volume", "rm", "fill-node-3"]).await;
-        let pv_name = env.bound_pv("big", POD).await;
-        let pv = env.get("pv", &pv_name).await.expect("pv");
-        assert_eq!(
-            affinity_values(&pv, "topology.cairn.dev/node"),
-            vec!["node-3".to_string()]
-        );
-        let p = env.wait_phase("pod", "big-user", "Running", POD).await;
-        assert_eq!(p["spec"]["nodeName"], "node-3");
-        for n in ["node-1", "node-2"] {
-            env.cairnctl(&["volume", "rm", &format!("fill-{n}")]).await;
-        }
-        delete_all(&env, &["big-user"], &["big"]).await;
+        big_claim_lands_on_node_3(&env, POD).await;
     })
     .await;
 }
@@ -628,27 +639,8 @@ async fn storage_capacity_skips_full_nodes() {
             },
         )
         .await;
-        env.apply(&pvc("big", "cairn-local", "8Gi")).await;
-        env.apply(&pod(
-            "big-user",
-            "big",
-            None,
-            "Always",
-            "echo big > /data/f && cat /data/f && sleep 3600",
-        ))
-        .await;
-        let pv_name = env.bound_pv("big", BIND).await;
-        let pv = env.get("pv", &pv_name).await.expect("pv");
-        assert_eq!(
-            affinity_values(&pv, "topology.cairn.dev/node"),
-            vec!["node-3".to_string()]
-        );
-        let p = env.wait_phase("pod", "big-user", "Running", POD).await;
-        assert_eq!(p["spec"]["nodeName"], "node-3");
-        for n in ["node-1", "node-2"] {
-            env.cairnctl(&["volume", "rm", &format!("fill-{n}")]).await;
-        }
-        delete_all(&env, &["big-user"], &["big"]).await;
+        start_big_claim(&env).await;
+        big_claim_lands_on_node_3(&env, BIND).await;
     })
     .await;
 }
