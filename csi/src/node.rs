@@ -24,9 +24,6 @@ use crate::storaged::{NodeBackend, VolumeBackend};
 
 /// Bound on a statvfs that might hang on a broken mount.
 const STAT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on waiting for the local storaged's catalogue to catch up with a committed change
-/// (a new volume, a resize).
-const CATALOGUE_CONVERGE: Duration = Duration::from_secs(15);
 
 /// Static configuration of the node plugin.
 #[derive(Debug, Clone)]
@@ -444,72 +441,30 @@ impl NodeService {
         })
     }
 
-    /// AttachVolume on the local storaged. Its copy of the catalogue may not have applied a
-    /// CreateVolume the controller just committed, so a NOT_FOUND for a volume the cluster
-    /// (linearizable GetVolume) has is retried every 100 ms for up to [`CATALOGUE_CONVERGE`].
+    /// AttachVolume on the local storaged, which reads the catalogue fresh (a follower
+    /// read), so a volume the controller created a moment ago is found.
     async fn attach(&self, req: pb::AttachVolumeRequest) -> Result<pb::NodeAttachment> {
-        let start = std::time::Instant::now();
-        loop {
-            match self.node.attach_volume(req.clone()).await {
-                Ok(a) => return Ok(a),
-                Err(s) if s.code() == Code::NotFound => {
-                    self.cluster
-                        .get_volume(&req.volume)
-                        .await
-                        .map_err(not_found_volume(&req.volume))?;
-                    if start.elapsed() >= CATALOGUE_CONVERGE {
-                        return Err(CsiError::Unavailable(format!(
-                            "volume {} exists but this node's storaged has not seen it after \
-                             {CATALOGUE_CONVERGE:?}: {}",
-                            req.volume,
-                            s.message()
-                        )));
-                    }
-                    tracing::debug!(volume_id = req.volume, "waiting for the local catalogue");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(s) => return Err(not_found_volume(&req.volume)(s)),
-            }
-        }
+        self.node
+            .attach_volume(req.clone())
+            .await
+            .map_err(not_found_volume(&req.volume))
     }
 
-    /// Has the local storaged grow the device to at least `required` bytes and returns its
-    /// size. The local storaged learns a resize when its copy of the catalogue applies it,
-    /// which may lag the controller's (linearizable) ControllerExpandVolume; so while the
-    /// cluster already has the size, poll with a bound. A volume that really is smaller is
-    /// OUT_OF_RANGE at once.
+    /// Has the local storaged grow the device to the volume's committed size (storaged
+    /// catches up with the catalogue first) and returns it; below `required` is OUT_OF_RANGE.
     async fn grown_device(&self, volume_id: &str, required: u64) -> Result<u64> {
-        let start = std::time::Instant::now();
-        loop {
-            let size = self
-                .node
-                .refresh_size(volume_id)
-                .await
-                .map_err(not_found_volume(volume_id))?
-                .size_bytes;
-            if size >= required {
-                return Ok(size);
-            }
-            let cluster_size = self
-                .cluster
-                .get_volume(volume_id)
-                .await
-                .map_err(not_found_volume(volume_id))?
-                .size_bytes;
-            if cluster_size < required {
-                return Err(CsiError::OutOfRange(format!(
-                    "volume {volume_id} is {cluster_size} bytes, below the required {required}"
-                )));
-            }
-            if start.elapsed() >= CATALOGUE_CONVERGE {
-                return Err(CsiError::Unavailable(format!(
-                    "volume {volume_id} is {cluster_size} bytes but this node's device is still \
-                     {size} bytes after {CATALOGUE_CONVERGE:?}"
-                )));
-            }
-            tracing::debug!(volume_id, size, cluster_size, "waiting for the local size");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let size = self
+            .node
+            .refresh_size(volume_id)
+            .await
+            .map_err(not_found_volume(volume_id))?
+            .size_bytes;
+        if size < required {
+            return Err(CsiError::OutOfRange(format!(
+                "volume {volume_id} is {size} bytes, below the required {required}"
+            )));
         }
+        Ok(size)
     }
 
     async fn expand(

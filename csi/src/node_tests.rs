@@ -13,12 +13,6 @@ struct LoopNode {
     dir: PathBuf,
     cluster: Arc<FakeVolumes>,
     table: Mutex<BTreeMap<String, pb::NodeAttachment>>,
-    /// RefreshSize calls still to answer with the old size, as a storaged whose copy of the
-    /// catalogue lags the resize does.
-    stale_refreshes: std::sync::atomic::AtomicU32,
-    /// AttachVolume calls still to answer NOT_FOUND, as a storaged that has not yet applied
-    /// the CreateVolume does.
-    missing_attaches: std::sync::atomic::AtomicU32,
 }
 
 fn losetup(args: &[&str]) -> std::result::Result<String, Status> {
@@ -40,17 +34,6 @@ impl NodeBackend for LoopNode {
         &self,
         req: pb::AttachVolumeRequest,
     ) -> std::result::Result<pb::NodeAttachment, Status> {
-        use std::sync::atomic::Ordering::SeqCst;
-        if self
-            .missing_attaches
-            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(Status::not_found(format!(
-                "volume `{}` not found",
-                req.volume
-            )));
-        }
         let v = self.cluster.get_volume(&req.volume).await?;
         if let Some(a) = self.table.lock().unwrap().get(&req.volume) {
             return if a.readonly == req.readonly {
@@ -93,18 +76,6 @@ impl NodeBackend for LoopNode {
         Ok(self.table.lock().unwrap().values().cloned().collect())
     }
     async fn refresh_size(&self, volume: &str) -> std::result::Result<pb::NodeAttachment, Status> {
-        use std::sync::atomic::Ordering::SeqCst;
-        if self
-            .stale_refreshes
-            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            let t = self.table.lock().unwrap();
-            return t
-                .get(volume)
-                .cloned()
-                .ok_or_else(|| Status::not_found("not attached"));
-        }
         let v = self.cluster.get_volume(volume).await?;
         let mut t = self.table.lock().unwrap();
         let a = t
@@ -145,8 +116,6 @@ impl Env {
             dir: dir.path().join("pool"),
             cluster: cluster.clone(),
             table: Mutex::default(),
-            stale_refreshes: Default::default(),
-            missing_attaches: Default::default(),
         });
         let svc = Env::service(dir.path(), &backend, &cluster);
         Env {
@@ -358,17 +327,7 @@ async fn block_cycle_round_trips_data() {
         env.path("plugins/b/staging"),
         env.path("pods/p/volumeDevices/pvc-blk"),
     );
-    // The node's storaged has not applied the CreateVolume yet: NodeStage waits for it.
-    env.backend
-        .missing_attaches
-        .store(2, std::sync::atomic::Ordering::SeqCst);
     env.stage("pvc-blk", &staging, block_cap()).await.unwrap();
-    assert_eq!(
-        env.backend
-            .missing_attaches
-            .load(std::sync::atomic::Ordering::SeqCst),
-        0
-    );
     env.stage("pvc-blk", &staging, block_cap()).await.unwrap();
     env.publish("pvc-blk", &staging, &target, block_cap(), false)
         .await
@@ -619,19 +578,9 @@ async fn online_expansion_and_stats() {
     assert!(!before.volume_condition.as_ref().unwrap().abnormal);
     let total_before = before.usage[0].total;
     env.cluster.resize_volume("pvc-g", 448 << 20).await.unwrap();
-    // The node's storaged sees the new size only on the third RefreshSize: NodeExpand waits.
-    env.backend
-        .stale_refreshes
-        .store(2, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(
         expand(&env, "pvc-g", &target, 448 << 20).await.unwrap(),
         448 << 20
-    );
-    assert_eq!(
-        env.backend
-            .stale_refreshes
-            .load(std::sync::atomic::Ordering::SeqCst),
-        0
     );
     let after = stats(&target).await.unwrap().into_inner();
     assert!(

@@ -36,6 +36,9 @@ pub struct NodeConfig {
     pub snapshot_logs: u64,
 }
 
+/// How long a follower read waits for the meta leader's read index and for applying it.
+const FOLLOWER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// One node's view of a group, answered to `GroupStatus`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct GroupStatus {
@@ -109,12 +112,15 @@ impl StorageNode {
         shared: Arc<Shared>,
     ) -> Result<Raft> {
         let log = LogStore::new(engine.clone(), group, syncer.clone());
-        let sm = GroupStateMachine::open(engine.clone(), group, shared).map_err(Error::Io)?;
+        let (want_snapshot, mut snapshot_requests) = tokio::sync::mpsc::channel(1);
+        let sm = GroupStateMachine::open(engine.clone(), group, shared)
+            .map_err(Error::Io)?
+            .with_snapshot_requests(want_snapshot);
         let net = NetworkFactory {
             group,
             channels: channels.clone(),
         };
-        Raft::new(
+        let raft = Raft::new(
             cfg.id,
             config(group == META_GROUP, cfg.snapshot_logs),
             net,
@@ -122,7 +128,17 @@ impl StorageNode {
             sm,
         )
         .await
-        .map_err(fatal)
+        .map_err(fatal)?;
+        // Ends when the group shuts down and its state machine (the sender) is dropped.
+        let trigger = raft.clone();
+        tokio::spawn(async move {
+            while snapshot_requests.recv().await.is_some() {
+                if let Err(e) = trigger.trigger().snapshot().await {
+                    tracing::debug!(group, error = %e, "snapshot request not taken");
+                }
+            }
+        });
+        Ok(raft)
     }
 
     pub fn group(&self, group: u64) -> Option<Raft> {
@@ -204,18 +220,66 @@ impl StorageNode {
         Ok(self.catalog())
     }
 
-    async fn linearize(&self, raft: &Raft, group: u64) -> Result<()> {
-        if raft
-            .ensure_linearizable(ReadPolicy::LeaseRead)
-            .await
-            .is_ok()
-        {
-            return Ok(());
+    /// On the leader of `group`: waits until a read there is linearizable (lease, else
+    /// read index) and returns the index it had to see applied.
+    pub async fn linearize(&self, raft: &Raft, group: u64) -> Result<u64> {
+        if let Ok(r) = raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
+            return Ok(r.index());
         }
         match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-            Ok(_) => Ok(()),
+            Ok(r) => Ok(r.index()),
             Err(_) => Err(self.not_leader(raft, group)),
         }
+    }
+
+    /// A catalogue that reflects every change committed before this call, on any node:
+    /// linearizable on the meta leader; elsewhere, once the local catalogue has applied
+    /// the leader's read index (a follower read). Attach and resize use it, so a volume
+    /// created or grown a moment ago is seen with its new size on every node.
+    pub async fn fresh_catalog(&self) -> Result<Catalog> {
+        if self.meta.is_leader() {
+            return self.read_catalog().await;
+        }
+        let no_leader = || {
+            Error::Unavailable(
+                "the meta group has no leader (election in progress or no quorum)".into(),
+            )
+        };
+        let leader = self.meta.metrics().borrow_watched().current_leader;
+        let addr = leader
+            .and_then(|id| self.addr_of(&self.catalog(), id))
+            .ok_or_else(no_leader)?;
+        let mut client = self.channels.client(&addr).map_err(Error::Internal)?;
+        let req = cairn_proto::cairn::v1::RaftMessage {
+            group_id: META_GROUP,
+            payload: Default::default(),
+        };
+        let reply = tokio::time::timeout(FOLLOWER_READ_TIMEOUT, client.read_index(req))
+            .await
+            .map_err(|_| {
+                Error::Unavailable(format!(
+                    "meta leader {addr} gave no read index within {FOLLOWER_READ_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(|s| Error::Unavailable(format!("meta leader {addr}: {}", s.message())))?
+            .into_inner();
+        if !reply.error.is_empty() {
+            return Err(Error::Unavailable(format!(
+                "meta leader {addr}: {}",
+                reply.error
+            )));
+        }
+        let index: u64 = crate::raft::decode(&reply.payload)?;
+        self.meta
+            .wait(Some(FOLLOWER_READ_TIMEOUT))
+            .applied_index_at_least(Some(index), "catalogue follower read")
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!(
+                    "the local catalogue did not reach the leader's index {index}: {e}"
+                ))
+            })?;
+        Ok(self.catalog())
     }
 
     /// Resolves a volume for I/O on this node: its record and local leader Raft, or a redirect.
@@ -278,7 +342,7 @@ impl StorageNode {
     /// only has to confirm that this node still leads the group.
     pub async fn flush(&self, name: &str) -> Result<()> {
         let (vol, raft) = self.io_target(name)?;
-        self.linearize(&raft, vol.id).await
+        self.linearize(&raft, vol.id).await.map(|_| ())
     }
 
     pub fn group_status(&self, group: u64) -> GroupStatus {

@@ -101,10 +101,15 @@ impl BlockDevice for RaftVolume {
 }
 
 impl VolumeOpener for NodeOpener {
+    fn catch_up(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move { self.node.fresh_catalog().await.map(|_| ()) })
+    }
+
     fn open(&self, volume: &str) -> BoxFuture<'_, Result<Opened>> {
         let volume = volume.to_string();
         Box::pin(async move {
-            let cat = self.node.catalog();
+            // Fresh, not the local copy: the volume may have been created a moment ago.
+            let cat = self.node.fresh_catalog().await?;
             let vol = cat
                 .volumes
                 .get(&volume)

@@ -350,3 +350,39 @@ async fn cairnctl_volumes_io_and_node_join_leave() {
     let _ = n4.kill();
     let _ = n4.wait();
 }
+
+/// AttachVolume and RefreshSize read the catalogue fresh on every node (a follower read
+/// through the meta leader's read index), so a volume created or grown a moment ago is
+/// found, at its new size, on followers as well as on the meta leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_sees_a_create_and_a_resize_at_once() {
+    let cluster = ProcCluster::start(bin(), 3, &[]).unwrap();
+    cluster.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let c = cluster.client();
+    let nodes: Vec<cairn_client::NodeClient> = cluster
+        .addrs()
+        .iter()
+        .map(|a| cairn_client::NodeClient::connect(a).unwrap())
+        .collect();
+    for round in 0..4 {
+        let name = format!("fresh-{round}");
+        c.create_volume(create(&name, 8 << 20, 3)).await.unwrap();
+        for (i, node) in nodes.iter().enumerate() {
+            let a = node
+                .attach_volume(pb::AttachVolumeRequest {
+                    volume: name.clone(),
+                    frontend: pb::Frontend::Nbd as i32,
+                    readonly: false,
+                })
+                .await
+                .unwrap_or_else(|s| panic!("attach {name} on node index {i}: {s:?}"));
+            assert_eq!(a.size_bytes, 8 << 20, "node index {i}");
+        }
+        c.resize_volume(&name, 24 << 20).await.unwrap();
+        for (i, node) in nodes.iter().enumerate() {
+            let a = node.refresh_size(&name).await.unwrap();
+            assert_eq!(a.size_bytes, 24 << 20, "{name} on node index {i}");
+            node.detach_volume(&name).await.unwrap();
+        }
+    }
+}

@@ -32,6 +32,9 @@ struct Args {
     /// Directory for data (default: a temp dir under /var/tmp, on the same disk as CI builds).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Run only the storaged cases whose label contains this text (e.g. "r3 write 64KiB").
+    #[arg(long)]
+    only: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -265,7 +268,8 @@ fn fio_baseline(dir: &Path, secs: u64) -> Option<Stats> {
     })
 }
 
-async fn bench_storaged(secs: u64) -> Result<Vec<Stats>, String> {
+async fn bench_storaged(secs: u64, only: Option<&str>) -> Result<Vec<Stats>, String> {
+    let wanted = |label: &str| only.is_none_or(|o| label.contains(o));
     let cluster = ProcCluster::start(&sibling_bin("storaged"), 3, &[])
         .map_err(|e| format!("starting storaged: {e}"))?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
@@ -298,6 +302,9 @@ async fn bench_storaged(secs: u64) -> Result<Vec<Stats>, String> {
             let n = name.clone();
             let data = bytes::Bytes::from(random_bytes(bs as usize));
             let label = format!("storaged r{replicas} write {}KiB @{qd}", bs / 1024);
+            if !wanted(&label) {
+                continue;
+            }
             out.push(
                 drive(label, qd, secs, bs, move |i| {
                     let c = c.clone();
@@ -313,6 +320,9 @@ async fn bench_storaged(secs: u64) -> Result<Vec<Stats>, String> {
         let c = client.clone();
         let n = name.clone();
         let label = format!("storaged r{replicas} read 4KiB @32");
+        if !wanted(&label) {
+            continue;
+        }
         out.push(
             drive(label, 32, secs, 4096, move |i| {
                 let c = c.clone();
@@ -378,7 +388,7 @@ async fn main() {
         "== storaged, 3 nodes on loopback ({} s per case)",
         args.seconds
     );
-    match bench_storaged(args.seconds).await {
+    match bench_storaged(args.seconds, args.only.as_deref()).await {
         Ok(s) => all.extend(s),
         Err(e) => {
             eprintln!("storaged benchmark failed: {e}");

@@ -43,8 +43,9 @@ struct Args {
     /// Capacity offered to volumes, e.g. `100GiB` (default: the data directory's filesystem size).
     #[arg(long)]
     capacity: Option<String>,
-    /// Log entries after which a volume's Raft group snapshots and purges its log.
-    #[arg(long, default_value_t = 20_000)]
+    /// Log entries after which a volume's Raft group snapshots and purges its log (it also
+    /// does so after every 32 MiB of writes).
+    #[arg(long, default_value_t = 4_096)]
     snapshot_logs: u64,
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text")]

@@ -277,6 +277,8 @@ impl AttachManager {
     #[tracing::instrument(skip(self), err)]
     pub async fn refresh_size(&self, volume: &str) -> Result<pb::NodeAttachment> {
         super::validate_volume(volume)?;
+        // A resize committed a moment ago may not be in this node's catalogue yet.
+        self.opener.catch_up().await?;
         let lock = self.lock_for(volume);
         let _guard = lock.lock().await;
         enum Kind {

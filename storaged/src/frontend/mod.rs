@@ -35,6 +35,10 @@ pub trait BlockDevice: Send + Sync + 'static {
 pub trait VolumeOpener: Send + Sync + 'static {
     /// Look up a volume by name; returns how to expose it.
     fn open(&self, volume: &str) -> BoxFuture<'_, crate::Result<Opened>>;
+    /// Returns once sizes seen through opened volumes reflect every committed resize.
+    fn catch_up(&self) -> BoxFuture<'_, crate::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 pub enum Opened {

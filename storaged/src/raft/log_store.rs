@@ -10,6 +10,7 @@ use openraft::OptionalSend;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 
+use super::log_cache::{DEFAULT_BUDGET, LogCache};
 use super::wal_sync::WalSyncer;
 use super::{Entry, LogId, TypeConfig, Vote, decode, encode, io_err};
 use crate::engine::{Batch, Cf, Engine, keys};
@@ -19,6 +20,7 @@ pub struct LogStore {
     engine: Arc<dyn Engine>,
     group: u64,
     syncer: WalSyncer,
+    cache: LogCache,
 }
 
 const VOTE: &str = "vote";
@@ -31,6 +33,7 @@ impl LogStore {
             engine,
             group,
             syncer,
+            cache: LogCache::new(DEFAULT_BUDGET),
         }
     }
 
@@ -76,6 +79,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => x + 1,
             Bound::Unbounded => 0,
         };
+        let end_index = match range.end_bound() {
+            Bound::Included(x) => Some(x + 1),
+            Bound::Excluded(x) => Some(*x),
+            Bound::Unbounded => None,
+        };
+        if let Some(hit) = end_index.and_then(|end| self.cache.get(start, end)) {
+            return Ok(hit);
+        }
         let end = match range.end_bound() {
             Bound::Included(x) => keys::group_key(self.group, x + 1).to_vec(),
             Bound::Excluded(x) => keys::group_key(self.group, *x).to_vec(),
@@ -142,21 +153,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     where
         I: IntoIterator<Item = Entry> + Send,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let mut b = Batch::default();
-        for e in entries {
+        for e in &entries {
             b.put(
                 Cf::RaftLog,
                 keys::group_key(self.group, e.index()).to_vec(),
-                encode(&e)?,
+                encode(e)?,
             );
         }
         // Readable on return; durable when the shared syncer's fsync completes.
         self.engine.write(b, false).map_err(io_err)?;
+        self.cache.append(&entries);
         self.syncer.after_sync(callback);
         Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        self.cache
+            .truncate_after(last_log_id.as_ref().map(|l| l.index()));
         let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
         let mut b = Batch::default();
         b.delete_range(
@@ -168,6 +183,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
+        self.cache.purge(log_id.index());
         // Record last-purged first: entries at or before it are ignored from then on.
         self.put_state(PURGED, &log_id, false)?;
         let mut b = Batch::default();

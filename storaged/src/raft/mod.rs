@@ -1,6 +1,7 @@
 //! Raft type declarations shared by every group (meta and volumes), the Raft
 //! configuration, and the bincode codec used for log entries and the transport.
 
+pub mod log_cache;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
@@ -79,7 +80,9 @@ pub fn config(meta: bool, snapshot_logs: u64) -> Arc<openraft::Config> {
         max_in_snapshot_log_to_keep: if meta {
             100
         } else {
-            (snapshot_logs / 20).clamp(8, 1000)
+            // Snapshots come often (every 32 MiB applied): keep a window of entries so a
+            // briefly lagging follower catches up from the log, not from a snapshot.
+            (snapshot_logs / 4).clamp(8, 1024)
         },
         ..Default::default()
     };

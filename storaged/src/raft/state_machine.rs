@@ -2,6 +2,7 @@
 //! catalogue for the meta group; applied state is written atomically with the data.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, TryStreamExt};
@@ -9,7 +10,7 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::{
     LogId, META_GROUP, Request, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
@@ -54,11 +55,17 @@ enum SnapshotPayload {
     Meta(Catalog),
 }
 
+/// Bytes applied since the last snapshot after which the group asks for one, so the
+/// log is purged while its entries are still in RocksDB's memtable (never flushed).
+pub const SNAPSHOT_BYTES: u64 = 32 << 20;
+
 #[derive(Clone)]
 pub struct GroupStateMachine {
     engine: Arc<dyn Engine>,
     group: u64,
     shared: Arc<Shared>,
+    since_snapshot: Arc<AtomicU64>,
+    want_snapshot: Option<mpsc::Sender<()>>,
 }
 
 impl GroupStateMachine {
@@ -75,7 +82,25 @@ impl GroupStateMachine {
             engine,
             group,
             shared,
+            since_snapshot: Arc::new(AtomicU64::new(0)),
+            want_snapshot: None,
         })
+    }
+
+    /// Asks for a snapshot on `tx` once `SNAPSHOT_BYTES` of writes are applied.
+    pub fn with_snapshot_requests(mut self, tx: mpsc::Sender<()>) -> Self {
+        self.want_snapshot = Some(tx);
+        self
+    }
+
+    fn count_applied(&self, bytes: u64) {
+        let total = self.since_snapshot.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if total >= SNAPSHOT_BYTES
+            && let Some(tx) = &self.want_snapshot
+        {
+            // Full means a request is already pending.
+            let _ = tx.try_send(());
+        }
     }
 
     fn read_applied(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
@@ -139,14 +164,21 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
-        // openraft purges the log up to this snapshot: persist the unlogged applied
-        // state first, so no purged entry's effect lives only in memory.
+        // openraft only keeps the meta of a built snapshot, then purges the log up to it;
+        // the data is produced on demand by `get_current_snapshot`. So building is just
+        // making the applied state durable: read what is applied, then flush, so every
+        // entry up to `last_log_id` has its effect on disk before its log entry goes.
+        self.since_snapshot.store(0, Ordering::Relaxed);
+        let (last_log_id, last_membership) = self.read_applied()?;
         self.engine.persist().map_err(io_err)?;
-        let snap = self
-            .snapshot_now(true)?
-            .ok_or_else(|| io::Error::other("no snapshot could be built"))?;
-        tracing::info!(group = self.group, last_log_id = ?snap.meta.last_log_id, "built snapshot");
-        Ok(snap)
+        tracing::info!(group = self.group, ?last_log_id, "built snapshot");
+        Ok(Snapshot {
+            meta: SnapshotMeta {
+                last_log_id,
+                last_membership,
+            },
+            snapshot: io::Cursor::new(Vec::new()),
+        })
     }
 }
 
@@ -166,6 +198,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         let mut overlay = Overlay::default();
         let mut responses = Vec::new();
         let mut catalog_changed = false;
+        let mut written = 0u64;
         let mut catalog = if self.group == META_GROUP {
             Some(self.shared.catalog())
         } else {
@@ -182,6 +215,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                 }
                 EntryPayload::Normal(req) => match req {
                     Request::Write { offset, data } => {
+                        written += data.len() as u64;
                         overlay
                             .write(self.engine.as_ref(), self.group, offset, &data)
                             .map_err(io_err)?;
@@ -227,6 +261,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         for (r, resp) in responses {
             r.send(resp);
         }
+        self.count_applied(written);
         Ok(())
     }
 

@@ -93,4 +93,12 @@ impl RaftService for RaftApi {
         let m = req.into_inner();
         reply::<_, String>(Ok(self.node.group_status(m.group_id)))
     }
+
+    async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        let m = req.into_inner();
+        match self.raft(m.group_id) {
+            Ok(raft) => reply(self.node.linearize(&raft, m.group_id).await),
+            Err(e) => reply::<u64, _>(Err(e)),
+        }
+    }
 }
