@@ -17,13 +17,19 @@ pub struct WalSyncer {
 impl WalSyncer {
     pub fn start(engine: Arc<dyn Engine>) -> Self {
         let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
+        // Weak: the engine closes when its owners drop it, not later on this detached
+        // thread (a RocksDB still closing while the process exits aborts it).
+        let engine = Arc::downgrade(&engine);
         std::thread::Builder::new()
             .name("wal-sync".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
-                    let res = engine.sync_wal().map_err(|e| e.to_string());
+                    let res = match engine.upgrade() {
+                        Some(e) => e.sync_wal().map_err(|e| e.to_string()),
+                        None => Err("the storage engine is closed".to_string()),
+                    };
                     for cb in waiting {
                         cb.io_completed(res.clone().map_err(std::io::Error::other));
                     }
