@@ -313,9 +313,28 @@ impl StorageNode {
         }
     }
 
+    /// Bounds-checks an I/O against the local catalogue; a range past the end is checked
+    /// again against a fresh catalogue, since a resize may be committed but not yet applied
+    /// here. The hot path never leaves the node.
+    async fn check_bounds(
+        &self,
+        vol: &VolumeRecord,
+        check: impl Fn(u64) -> Result<()>,
+    ) -> Result<()> {
+        match check(vol.size) {
+            Err(Error::OutOfRange(_)) => {
+                let cat = self.fresh_catalog().await?;
+                check(cat.volumes.get(&vol.name).map_or(vol.size, |v| v.size))
+            }
+            other => other,
+        }
+    }
+
     pub async fn write(&self, name: &str, offset: u64, data: bytes::Bytes) -> Result<()> {
         let (vol, raft) = self.io_target(name)?;
-        blocks::check_io(offset, data.len() as u64, vol.size, true)?;
+        let len = data.len() as u64;
+        self.check_bounds(&vol, |size| blocks::check_io(offset, len, size, true))
+            .await?;
         raft.client_write(Request::Write { offset, data })
             .await
             .map_err(|e| self.map_write_err(&raft, vol.id, e))?;
@@ -324,7 +343,8 @@ impl StorageNode {
 
     pub async fn discard(&self, name: &str, offset: u64, len: u64) -> Result<()> {
         let (vol, raft) = self.io_target(name)?;
-        blocks::check_range(offset, len, vol.size, None)?;
+        self.check_bounds(&vol, |size| blocks::check_range(offset, len, size, None))
+            .await?;
         raft.client_write(Request::Discard { offset, len })
             .await
             .map_err(|e| self.map_write_err(&raft, vol.id, e))?;
@@ -333,7 +353,8 @@ impl StorageNode {
 
     pub async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let (vol, raft) = self.io_target(name)?;
-        blocks::check_io(offset, len, vol.size, false)?;
+        self.check_bounds(&vol, |size| blocks::check_io(offset, len, size, false))
+            .await?;
         self.linearize(&raft, vol.id).await?;
         blocks::read(self.engine.as_ref(), vol.id, offset, len)
     }
