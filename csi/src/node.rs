@@ -174,12 +174,16 @@ impl NodeService {
         let att = match existing {
             Some(a) => a,
             None => {
-                self.attach(pb::AttachVolumeRequest {
-                    volume: id.to_string(),
-                    frontend: frontend as i32,
-                    readonly,
-                })
-                .await?
+                // storaged reads its catalogue fresh (a follower read), so a volume the
+                // controller created a moment ago is found.
+                self.node
+                    .attach_volume(pb::AttachVolumeRequest {
+                        volume: id.to_string(),
+                        frontend: frontend as i32,
+                        readonly,
+                    })
+                    .await
+                    .map_err(not_found_volume(id))?
             }
         };
         let result = self.stage_device(&att, &staging, &cap, readonly).await;
@@ -439,15 +443,6 @@ impl NodeService {
                 },
             }),
         })
-    }
-
-    /// AttachVolume on the local storaged, which reads the catalogue fresh (a follower
-    /// read), so a volume the controller created a moment ago is found.
-    async fn attach(&self, req: pb::AttachVolumeRequest) -> Result<pb::NodeAttachment> {
-        self.node
-            .attach_volume(req.clone())
-            .await
-            .map_err(not_found_volume(&req.volume))
     }
 
     /// Has the local storaged grow the device to the volume's committed size (storaged

@@ -87,10 +87,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if let Some(hit) = end_index.and_then(|end| self.cache.get(start, end)) {
             return Ok(hit);
         }
-        let end = match range.end_bound() {
-            Bound::Included(x) => keys::group_key(self.group, x + 1).to_vec(),
-            Bound::Excluded(x) => keys::group_key(self.group, *x).to_vec(),
-            Bound::Unbounded => keys::group_end(self.group),
+        let end = match end_index {
+            Some(e) => keys::group_key(self.group, e).to_vec(),
+            None => keys::group_end(self.group),
         };
         let kvs = self
             .engine

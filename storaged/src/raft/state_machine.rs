@@ -126,10 +126,10 @@ impl GroupStateMachine {
         engine.write(b, true)
     }
 
-    /// The applied state as a snapshot; `None` if nothing is applied and `allow_empty` is false.
-    fn snapshot_now(&self, allow_empty: bool) -> io::Result<Option<Snapshot>> {
+    /// The applied state as a snapshot; `None` if nothing is applied yet.
+    fn snapshot_now(&self) -> io::Result<Option<Snapshot>> {
         let (last_log_id, last_membership) = self.read_applied()?;
-        if last_log_id.is_none() && !allow_empty {
+        if last_log_id.is_none() {
             return Ok(None);
         }
         let payload = if self.group == META_GROUP {
@@ -313,7 +313,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
         // Built on demand from the applied state: always at or after the last purge point.
-        self.snapshot_now(false)
+        self.snapshot_now()
     }
 }
 
