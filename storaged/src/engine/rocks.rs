@@ -36,6 +36,9 @@ impl RocksEngine {
                 // encrypted; compression costs CPU on every flush and read for little gain.
                 o.set_write_buffer_size(64 << 20);
                 o.set_compression_type(DBCompressionType::None);
+                o.set_enable_blob_files(true);
+                o.set_min_blob_size(1024);
+                o.set_enable_blob_gc(true);
             }
             if *cf == Cf::RaftLog {
                 // Entries are short-lived: compressing them only costs CPU. The memtable

@@ -82,7 +82,7 @@ pub fn config(meta: bool, snapshot_logs: u64) -> Arc<openraft::Config> {
         } else {
             // Snapshots come often (every 32 MiB applied): keep a window of entries so a
             // briefly lagging follower catches up from the log, not from a snapshot.
-            (snapshot_logs / 4).clamp(8, 1024)
+            (snapshot_logs / 16).clamp(8, 256)
         },
         ..Default::default()
     };
