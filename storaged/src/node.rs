@@ -36,6 +36,11 @@ pub struct NodeConfig {
     pub snapshot_logs: u64,
 }
 
+/// Where a node spools snapshots it receives.
+fn spool_dir(cfg: &NodeConfig) -> PathBuf {
+    cfg.data_dir.join("snapshots")
+}
+
 /// How long a follower read waits for the meta leader's read index and for applying it.
 const FOLLOWER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -115,7 +120,8 @@ impl StorageNode {
         let (want_snapshot, mut snapshot_requests) = tokio::sync::mpsc::channel(1);
         let sm = GroupStateMachine::open(engine.clone(), group, shared)
             .map_err(Error::Io)?
-            .with_snapshot_requests(want_snapshot);
+            .with_snapshot_requests(want_snapshot)
+            .with_spool_dir(spool_dir(cfg));
         let net = NetworkFactory {
             group,
             channels: channels.clone(),
@@ -139,6 +145,10 @@ impl StorageNode {
             }
         });
         Ok(raft)
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        spool_dir(&self.cfg)
     }
 
     pub fn group(&self, group: u64) -> Option<Raft> {

@@ -319,3 +319,90 @@ async fn large_concurrent_writes_replicate_and_read_back() {
         assert!(got[..] == b[..], "block {i} differs after replication");
     }
 }
+
+/// Writes `count` random 64 KiB slots from `first` on, one at a time; returns them.
+async fn write_slots(
+    client: &VolumeClient,
+    vol: &str,
+    first: u64,
+    count: u64,
+    rng: &mut rand::rngs::StdRng,
+) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for slot in first..first + count {
+        let mut data = vec![0u8; SLOT as usize];
+        rng.fill(&mut data[..]);
+        client
+            .write(vol, slot * SLOT, data.clone().into())
+            .await
+            .unwrap_or_else(|e| panic!("write of slot {slot}: {e}"));
+        out.push((slot, data));
+    }
+    out
+}
+
+/// A follower that misses far more than the kept log catches up from a snapshot that
+/// is streamed in pages and spooled; then it alone holds the newest writes, becomes
+/// leader, and serves every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_far_behind_catches_up_from_a_streamed_snapshot() {
+    // Snapshots every 32 entries, 8 entries kept after each: a node down for 24 MiB
+    // of writes cannot catch up from the log.
+    let mut cluster = ProcCluster::start(bin(), 3, &["--snapshot-logs", "32"]).unwrap();
+    cluster.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let client = cluster.client().with_deadline(Duration::from_secs(30));
+    create_volumes(&client, &["behind"]).await;
+    let leader = cluster
+        .volume_leader("behind", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let lagging = (1..=3).find(|id| *id != leader).unwrap();
+    let other = (1..=3).find(|id| *id != leader && *id != lagging).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+
+    cluster.kill9(lagging);
+    let mut written = write_slots(&client, "behind", 0, 384, &mut rng).await;
+    cluster.restart(lagging).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cluster.log_of(lagging).contains("installed snapshot") {
+        assert!(
+            Instant::now() < deadline,
+            "node {lagging} installed no snapshot in 60 s:\n{}",
+            cluster.log_of(lagging)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = cluster.log_of(lagging);
+    let pages: u64 = log
+        .split("pages=")
+        .skip(1)
+        .filter_map(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .max()
+        .expect("the received snapshot's page count is logged");
+    assert!(
+        pages >= 4,
+        "24 MiB should arrive in several pages, got {pages}"
+    );
+
+    // With `other` down, these commit only if the caught-up node takes part.
+    cluster.kill9(other);
+    written.extend(write_slots(&client, "behind", 384, 16, &mut rng).await);
+    // Only `lagging` has the newest entries now, so it is the one `other` votes for.
+    cluster.kill9(leader);
+    cluster.restart(other).unwrap();
+    let new_leader = cluster
+        .volume_leader("behind", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        new_leader, lagging,
+        "the only node with the newest writes leads"
+    );
+    for (slot, data) in &written {
+        let got = client
+            .read("behind", slot * SLOT, SLOT as u32)
+            .await
+            .expect("read back");
+        assert!(got[..] == data[..], "slot {slot} differs on node {lagging}");
+    }
+}

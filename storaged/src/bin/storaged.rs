@@ -149,7 +149,11 @@ fn main() {
             .with_env_filter(filter)
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        // Colour only on a terminal: log files and journald get plain `key=value` text.
+        tracing_subscriber::fmt()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_env_filter(filter)
+            .init();
     }
     if let Err(e) = run(args) {
         eprintln!("storaged: {e}");

@@ -64,6 +64,9 @@ impl Batch {
 
 pub type Kv = (Vec<u8>, Vec<u8>);
 
+/// Pages of key-values produced in the background (see `Engine::scan_pages`).
+pub type Pages = tokio::sync::mpsc::Receiver<Result<Vec<Kv>>>;
+
 /// What storaged needs from a key-value engine.
 pub trait Engine: Send + Sync + 'static {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
@@ -86,6 +89,56 @@ pub trait Engine: Send + Sync + 'static {
     }
     /// Approximate bytes stored under `[start, end)` (for capacity reporting).
     fn approximate_size(&self, cf: Cf, start: &[u8], end: &[u8]) -> u64;
+    /// `[start, end)` as it is now, in pages of about `page_bytes`, read while later
+    /// writes go on. Returns once the point-in-time view is taken; dropping the
+    /// receiver stops the reader. The default reads everything up front (test engines).
+    fn scan_pages(
+        self: std::sync::Arc<Self>,
+        cf: Cf,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        page_bytes: usize,
+    ) -> Result<Pages> {
+        let all = self.scan(cf, &start, &end, usize::MAX)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+        std::thread::spawn(move || send_pages(all.into_iter().map(Ok), page_bytes, &tx));
+        Ok(rx)
+    }
+}
+
+/// Pages a reader may produce ahead of its consumer.
+pub const PAGES_AHEAD: usize = 2;
+
+/// Cuts an ordered key-value stream into pages of about `page_bytes` and sends them;
+/// stops early (returning) when the receiver is gone. For engine reader threads.
+pub fn send_pages(
+    items: impl Iterator<Item = Result<Kv>>,
+    page_bytes: usize,
+    tx: &tokio::sync::mpsc::Sender<Result<Vec<Kv>>>,
+) {
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        match item {
+            Ok(kv) => {
+                bytes += kv.0.len() + kv.1.len();
+                page.push(kv);
+                if bytes >= page_bytes {
+                    if tx.blocking_send(Ok(std::mem::take(&mut page))).is_err() {
+                        return;
+                    }
+                    bytes = 0;
+                }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
+    }
+    if !page.is_empty() {
+        let _ = tx.blocking_send(Ok(page));
+    }
 }
 
 /// Big-endian key helpers: group id first, so every group owns a contiguous range.

@@ -2,13 +2,14 @@
 //! Synced writes fsync the WAL, so concurrent synced writes share one fsync (group commit).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rocksdb::{
     ColumnFamilyDescriptor, DB, DBCompressionType, Direction, FlushOptions, IteratorMode, Options,
     ReadOptions, WriteBatch, WriteOptions,
 };
 
-use super::{Batch, Cf, Engine, Kv, Op};
+use super::{Batch, Cf, Engine, Kv, Op, PAGES_AHEAD, Pages, send_pages};
 use crate::Result;
 
 /// The column families that `write_unlogged` may touch.
@@ -156,6 +157,44 @@ impl Engine for RocksEngine {
             .first()
             .copied()
             .unwrap_or(0)
+    }
+
+    fn scan_pages(
+        self: Arc<Self>,
+        cf: Cf,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        page_bytes: usize,
+    ) -> Result<Pages> {
+        let (tx, rx) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+        let (taken_tx, taken_rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("cairn-scan-pages".into())
+            .spawn(move || {
+                // A RocksDB snapshot: the pages show the range as of this moment.
+                let snap = self.db.snapshot();
+                let _ = taken_tx.send(());
+                let mut ro = ReadOptions::default();
+                ro.set_snapshot(&snap);
+                ro.set_iterate_upper_bound(end);
+                // A one-off full read: keep the block cache for the hot set.
+                ro.fill_cache(false);
+                let it = self.db.iterator_cf_opt(
+                    self.cf(cf),
+                    ro,
+                    IteratorMode::From(&start, Direction::Forward),
+                );
+                let items = it.map(|r| {
+                    r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                        .map_err(crate::Error::from)
+                });
+                send_pages(items, page_bytes, &tx);
+            })
+            .map_err(crate::Error::Io)?;
+        taken_rx.recv().map_err(|_| {
+            crate::Error::Internal("snapshot reader thread ended before its view".into())
+        })?;
+        Ok(rx)
     }
 }
 

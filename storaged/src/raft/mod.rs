@@ -4,6 +4,7 @@
 pub mod log_cache;
 pub mod log_store;
 pub mod network;
+pub mod snapshot;
 pub mod state_machine;
 pub mod wal_sync;
 
@@ -50,7 +51,7 @@ openraft::declare_raft_types!(
 
 pub type NodeId = u64;
 pub type Node = openraft::BasicNode;
-pub type SnapshotData = io::Cursor<Vec<u8>>;
+pub use snapshot::SnapshotData;
 pub type Raft = openraft::Raft<TypeConfig, state_machine::GroupStateMachine>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
@@ -82,6 +83,8 @@ pub fn config(meta: bool, snapshot_logs: u64) -> Arc<openraft::Config> {
         } else {
             // Snapshots come often (every 32 MiB applied): keep a window of entries so a
             // briefly lagging follower catches up from the log, not from a snapshot.
+            // Every kept entry is written out again when the raft_log memtable flushes,
+            // so the window is small; a follower further behind gets a streamed snapshot.
             (snapshot_logs / 16).clamp(8, 256)
         },
         ..Default::default()

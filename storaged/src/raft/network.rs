@@ -6,14 +6,15 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cairn_proto::cairn::v1::RaftMessage;
 use cairn_proto::cairn::v1::raft_service_client::RaftServiceClient;
+use cairn_proto::cairn::v1::{RaftMessage, RaftReply, SnapshotChunk};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, OptionalSend};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote, decode, encode};
@@ -83,7 +84,6 @@ fn unreachable(m: impl Into<String>) -> Unreachable<TypeConfig> {
 enum Kind {
     Append,
     Vote,
-    Snapshot,
 }
 
 impl PeerConn {
@@ -109,30 +109,81 @@ impl PeerConn {
             match kind {
                 Kind::Append => client.append_entries(msg).await,
                 Kind::Vote => client.vote(msg).await,
-                Kind::Snapshot => client.install_snapshot(msg).await,
             }
         };
-        let reply = match tokio::time::timeout(ttl, fut).await {
-            Err(_) => {
-                return Err(RPCError::Network(NetworkError::new(&Msg(format!(
-                    "no reply from node {} in {ttl:?}",
-                    self.target
-                )))));
-            }
-            Ok(Err(status)) => {
+        match tokio::time::timeout(ttl, fut).await {
+            Err(_) => Err(RPCError::Network(NetworkError::new(&Msg(format!(
+                "no reply from node {} in {ttl:?}",
+                self.target
+            ))))),
+            Ok(r) => self.reply(r),
+        }
+    }
+
+    /// The remote Raft's encoded `Result`, or why there is none.
+    fn reply<Resp>(
+        &self,
+        r: Result<tonic::Response<RaftReply>, tonic::Status>,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Resp: for<'de> serde::Deserialize<'de>,
+    {
+        let reply = match r {
+            Err(status) => {
                 return Err(RPCError::Unreachable(unreachable(format!(
                     "node {}: {}",
                     self.target,
                     status.message()
                 ))));
             }
-            Ok(Ok(r)) => r.into_inner(),
+            Ok(r) => r.into_inner(),
         };
         if !reply.error.is_empty() {
             // The peer does not host the group yet, or its Raft refused: back off and retry.
             return Err(RPCError::Unreachable(unreachable(reply.error)));
         }
         decode::<Resp>(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+
+    /// Streams a snapshot page by page; only a stream whose final message says `last`
+    /// is installed, so a read error here ends it early and the receiver drops it.
+    async fn stream_snapshot(
+        &self,
+        vote: Vote,
+        snapshot: Snapshot,
+    ) -> Result<SnapshotResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self
+            .channels
+            .client(&self.addr)
+            .map_err(|e| RPCError::Unreachable(unreachable(e)))?;
+        let net = |e: std::io::Error| RPCError::Network(NetworkError::new(&e));
+        let mut header = Some(encode(&(vote, snapshot.meta)).map_err(net)?);
+        let mut data = snapshot.snapshot;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let group = self.group;
+        let produce = async move {
+            loop {
+                let page = data.next_page().await?;
+                let last = page.is_none();
+                let msg = SnapshotChunk {
+                    group_id: group,
+                    header: header.take().unwrap_or_default().into(),
+                    page: match page {
+                        Some(p) => encode(&p)?.into(),
+                        None => Default::default(),
+                    },
+                    last,
+                };
+                // A closed stream means the call has already ended; it reports why.
+                if tx.send(msg).await.is_err() || last {
+                    return Ok::<_, std::io::Error>(());
+                }
+            }
+        };
+        let (reply, produced) =
+            tokio::join!(client.install_snapshot(ReceiverStream::new(rx)), produce);
+        produced.map_err(net)?;
+        self.reply(reply)
     }
 }
 
@@ -170,26 +221,21 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         &mut self,
         vote: Vote,
         snapshot: Snapshot,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        // `Bytes` is encoded as one byte string (a `Vec<u8>` would go byte by byte).
-        let wire = (
-            vote,
-            snapshot.meta,
-            bytes::Bytes::from(snapshot.snapshot.into_inner()),
-        );
-        let payload = encode(&wire).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-        // Snapshots can be large: allow a generous bound.
-        self.call(Kind::Snapshot, payload, Duration::from_secs(120))
-            .await
-            .map_err(|e| match e {
+        // No overall deadline: a large volume takes as long as it takes, page by page
+        // under HTTP/2 flow control. openraft cancels a transfer it no longer wants.
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = self.stream_snapshot(vote, snapshot) => r.map_err(|e| match e {
                 RPCError::Unreachable(u) => StreamingError::Unreachable(u),
                 RPCError::Network(n) => StreamingError::Network(n),
                 other => {
                     StreamingError::Network(NetworkError::new(&AnyError::error(other.to_string())))
                 }
-            })
+            }),
+        }
     }
 }
 

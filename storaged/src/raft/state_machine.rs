@@ -2,6 +2,7 @@
 //! catalogue for the meta group; applied state is written atomically with the data.
 
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -9,9 +10,9 @@ use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
+use super::snapshot::{PAGE_BYTES, Page, SpoolReader, spool_prefix};
 use super::{
     LogId, META_GROUP, Request, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
     TypeConfig,
@@ -23,6 +24,9 @@ use crate::volume::blocks::Overlay;
 
 const APPLIED: &str = "applied";
 const CATALOG: &str = "catalog";
+/// Set (durably) while a snapshot is installed from a spool file: the group's state
+/// is a mix until the install finishes, so opening the group finishes it first.
+const INSTALLING: &str = "installing";
 
 /// State visible outside the Raft worker: the catalogue (meta group) and a change signal.
 pub struct Shared {
@@ -48,13 +52,6 @@ impl Shared {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-enum SnapshotPayload {
-    /// (chunk index, contents); `Bytes` serialises as one byte string, not a sequence.
-    Volume(Vec<(u64, bytes::Bytes)>),
-    Meta(Catalog),
-}
-
 /// Bytes applied since the last snapshot after which the group asks for one, so the
 /// log is purged while its entries are still in RocksDB's memtable (never flushed).
 pub const SNAPSHOT_BYTES: u64 = 32 << 20;
@@ -66,6 +63,8 @@ pub struct GroupStateMachine {
     shared: Arc<Shared>,
     since_snapshot: Arc<AtomicU64>,
     want_snapshot: Option<mpsc::Sender<()>>,
+    /// Where snapshots are spooled before they are installed.
+    spool_dir: PathBuf,
 }
 
 impl GroupStateMachine {
@@ -78,13 +77,39 @@ impl GroupStateMachine {
         {
             *shared.catalog.write().expect("catalog lock poisoned") = decode(&b)?;
         }
-        Ok(GroupStateMachine {
+        let sm = GroupStateMachine {
             engine,
             group,
             shared,
             since_snapshot: Arc::new(AtomicU64::new(0)),
             want_snapshot: None,
-        })
+            spool_dir: std::env::temp_dir().join("cairn-snapshots"),
+        };
+        if let Some(m) = sm
+            .engine
+            .get(Cf::Meta, &keys::named(group, INSTALLING))
+            .map_err(io_err)?
+        {
+            let (last_log_id, membership, path): (Option<LogId>, StoredMembership, PathBuf) =
+                decode(&m)?;
+            tracing::warn!(group, path = %path.display(), "finishing a snapshot install a crash interrupted");
+            sm.install_from(last_log_id, membership, &path)?;
+        }
+        Ok(sm)
+    }
+
+    /// Spools snapshots under `dir`, and removes what a crash left there for this group.
+    pub fn with_spool_dir(mut self, dir: PathBuf) -> Self {
+        let prefix = spool_prefix(self.group);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        self.spool_dir = dir;
+        self
     }
 
     /// Asks for a snapshot on `tx` once `SNAPSHOT_BYTES` of writes are applied.
@@ -126,28 +151,27 @@ impl GroupStateMachine {
         engine.write(b, true)
     }
 
-    /// The applied state as a snapshot; `None` if nothing is applied yet.
+    /// The applied state as a snapshot; `None` if nothing is applied yet. Volume chunks
+    /// are paged from a point-in-time view taken now (no apply runs meanwhile: this
+    /// holds the state machine), so later applies do not stall behind the transfer.
     fn snapshot_now(&self) -> io::Result<Option<Snapshot>> {
         let (last_log_id, last_membership) = self.read_applied()?;
         if last_log_id.is_none() {
             return Ok(None);
         }
-        let payload = if self.group == META_GROUP {
-            SnapshotPayload::Meta(self.shared.catalog())
+        let data = if self.group == META_GROUP {
+            SnapshotData::Catalog(self.shared.catalog())
         } else {
-            let kvs = self
-                .engine
-                .scan(
-                    Cf::Data,
-                    &keys::group_start(self.group),
-                    &keys::group_end(self.group),
-                    usize::MAX,
-                )
-                .map_err(io_err)?;
-            SnapshotPayload::Volume(
-                kvs.into_iter()
-                    .map(|(k, v)| (keys::suffix_of(&k), bytes::Bytes::from(v)))
-                    .collect(),
+            SnapshotData::Chunks(
+                self.engine
+                    .clone()
+                    .scan_pages(
+                        Cf::Data,
+                        keys::group_start(self.group).to_vec(),
+                        keys::group_end(self.group),
+                        PAGE_BYTES,
+                    )
+                    .map_err(io_err)?,
             )
         };
         Ok(Some(Snapshot {
@@ -155,8 +179,86 @@ impl GroupStateMachine {
                 last_log_id,
                 last_membership,
             },
-            snapshot: io::Cursor::new(encode(&payload)?),
+            snapshot: data,
         }))
+    }
+
+    /// Replaces the group's state with a spooled snapshot's, then drops the install
+    /// marker and the file. Idempotent: a crash part-way is finished by `open`.
+    fn install_from(
+        &self,
+        last_log_id: Option<LogId>,
+        membership: StoredMembership,
+        path: &Path,
+    ) -> io::Result<()> {
+        let mut reader = SpoolReader::open(path)?;
+        let mut batch = Batch::default();
+        batch.delete_range(
+            Cf::Data,
+            keys::group_start(self.group).to_vec(),
+            keys::group_end(self.group),
+        );
+        let mut pending = 0;
+        let mut chunks = 0u64;
+        let mut new_catalog = None;
+        while let Some(page) = reader.next_page()? {
+            match page {
+                Page::Chunks(cs) if self.group != META_GROUP => {
+                    for (idx, data) in cs {
+                        pending += data.len();
+                        chunks += 1;
+                        batch.put(
+                            Cf::Data,
+                            keys::group_key(self.group, idx).to_vec(),
+                            data.to_vec(),
+                        );
+                    }
+                }
+                Page::Catalog(c) if self.group == META_GROUP => {
+                    batch.put(Cf::Meta, keys::named(self.group, CATALOG), encode(&c)?);
+                    new_catalog = Some(c);
+                }
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("snapshot page of the wrong kind for group {}", self.group),
+                    ));
+                }
+            }
+            if pending >= PAGE_BYTES {
+                self.engine
+                    .write_unlogged(std::mem::take(&mut batch))
+                    .map_err(io_err)?;
+                pending = 0;
+            }
+        }
+        batch.put(
+            Cf::Meta,
+            keys::named(self.group, APPLIED),
+            encode(&(last_log_id, membership))?,
+        );
+        self.engine.write_unlogged(batch).map_err(io_err)?;
+        // Durable before the marker goes: from then on nothing would redo the install.
+        self.engine.persist().map_err(io_err)?;
+        let mut done = Batch::default();
+        done.delete(Cf::Meta, keys::named(self.group, INSTALLING));
+        self.engine.write(done, true).map_err(io_err)?;
+        if let Err(e) = std::fs::remove_file(path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(group = self.group, path = %path.display(), error = %e, "could not remove an installed snapshot spool");
+        }
+        if let Some(c) = new_catalog {
+            *self.shared.catalog.write().expect("catalog lock poisoned") = c;
+            self.shared.changed.send_modify(|v| *v += 1);
+        }
+        tracing::info!(
+            group = self.group,
+            ?last_log_id,
+            chunks,
+            "installed snapshot"
+        );
+        Ok(())
     }
 }
 
@@ -177,7 +279,7 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
                 last_log_id,
                 last_membership,
             },
-            snapshot: io::Cursor::new(Vec::new()),
+            snapshot: SnapshotData::Empty,
         })
     }
 }
@@ -274,41 +376,21 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> io::Result<()> {
-        let payload: SnapshotPayload = decode(snapshot.get_ref())?;
-        let mut batch = Batch::default();
-        let mut new_catalog = None;
-        match payload {
-            SnapshotPayload::Volume(chunks) => {
-                batch.delete_range(
-                    Cf::Data,
-                    keys::group_start(self.group).to_vec(),
-                    keys::group_end(self.group),
-                );
-                for (idx, data) in chunks {
-                    batch.put(
-                        Cf::Data,
-                        keys::group_key(self.group, idx).to_vec(),
-                        data.to_vec(),
-                    );
-                }
-            }
-            SnapshotPayload::Meta(c) => {
-                batch.put(Cf::Meta, keys::named(self.group, CATALOG), encode(&c)?);
-                new_catalog = Some(c);
-            }
-        }
-        batch.put(
+        // Spooled already when it came over the network; a local one is spooled here.
+        let spool = snapshot.spool(&self.spool_dir, self.group).await?;
+        let mut marker = Batch::default();
+        marker.put(
             Cf::Meta,
-            keys::named(self.group, APPLIED),
-            encode(&(meta.last_log_id, meta.last_membership.clone()))?,
+            keys::named(self.group, INSTALLING),
+            encode(&(
+                meta.last_log_id,
+                meta.last_membership.clone(),
+                spool.path().to_path_buf(),
+            ))?,
         );
-        self.engine.write(batch, true).map_err(io_err)?;
-        if let Some(c) = new_catalog {
-            *self.shared.catalog.write().expect("catalog lock poisoned") = c;
-            self.shared.changed.send_modify(|v| *v += 1);
-        }
-        tracing::info!(group = self.group, last_log_id = ?meta.last_log_id, "installed snapshot");
-        Ok(())
+        self.engine.write(marker, true).map_err(io_err)?;
+        let path = spool.keep();
+        self.install_from(meta.last_log_id, meta.last_membership.clone(), &path)
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
@@ -374,5 +456,71 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn openraft_suite_on_rocks_engine() {
         Suite::test_all(RocksBuilder).await.unwrap();
+    }
+
+    /// A crash after the install marker was written, with the group's data half
+    /// replaced: opening the group finishes the install from the spool file.
+    #[cfg(feature = "rocks")]
+    #[tokio::test]
+    async fn an_interrupted_snapshot_install_is_finished_at_open() {
+        use crate::raft::snapshot::{Page, SpoolWriter};
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("snapshots");
+        let group = 9;
+        let chunk = |idx: u64| keys::group_key(group, idx).to_vec();
+        let last = openraft::testing::log_id::<TypeConfig>(3, 1, 77);
+        let path = {
+            let engine: Arc<dyn Engine> =
+                Arc::new(RocksEngine::open(&dir.path().join("db")).unwrap());
+            // The old state: chunks 1 and 50.
+            let mut b = Batch::default();
+            b.put(Cf::Data, chunk(1), vec![0xaa; 4096]);
+            b.put(Cf::Data, chunk(50), vec![0xbb; 4096]);
+            engine.write(b, true).unwrap();
+            // The snapshot: chunks 1 and 2, spooled.
+            let mut w = SpoolWriter::create(&spool_dir, group).await.unwrap();
+            let page = Page::Chunks(vec![
+                (1, bytes::Bytes::from(vec![0x11; 4096])),
+                (2, bytes::Bytes::from(vec![0x22; 4096])),
+            ]);
+            w.page(&encode(&page).unwrap()).await.unwrap();
+            let path = w.finish().await.unwrap().keep();
+            // The marker, then the crash part-way: chunk 1 replaced, 50 not yet gone.
+            let mut b = Batch::default();
+            b.put(
+                Cf::Meta,
+                keys::named(group, INSTALLING),
+                encode(&(Some(last), StoredMembership::default(), path.clone())).unwrap(),
+            );
+            b.put(Cf::Data, chunk(1), vec![0x11; 4096]);
+            engine.write(b, true).unwrap();
+            path
+        };
+        // An orphan spool of the same group (a transfer cut by the crash) is cleared too.
+        let orphan = spool_dir.join(format!("{}orphan.snap", spool_prefix(group)));
+        std::fs::write(&orphan, b"partial").unwrap();
+
+        let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open(&dir.path().join("db")).unwrap());
+        let mut sm = GroupStateMachine::open(engine.clone(), group, Shared::new())
+            .unwrap()
+            .with_spool_dir(spool_dir.clone());
+        assert_eq!(
+            engine.get(Cf::Data, &chunk(1)).unwrap(),
+            Some(vec![0x11; 4096])
+        );
+        assert_eq!(
+            engine.get(Cf::Data, &chunk(2)).unwrap(),
+            Some(vec![0x22; 4096])
+        );
+        assert_eq!(engine.get(Cf::Data, &chunk(50)).unwrap(), None);
+        assert_eq!(
+            engine
+                .get(Cf::Meta, &keys::named(group, INSTALLING))
+                .unwrap(),
+            None
+        );
+        assert_eq!(sm.applied_state().await.unwrap().0, Some(last));
+        assert!(!path.exists(), "the installed spool is removed");
+        assert!(!orphan.exists(), "an orphaned spool is removed");
     }
 }

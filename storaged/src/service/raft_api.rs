@@ -1,15 +1,15 @@
 //! Inbound Raft transport: decodes a group's message and hands it to the local
 //! Raft of that group; a group not hosted here answers an error the sender backs off on.
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use cairn_proto::cairn::v1::raft_service_server::RaftService;
-use cairn_proto::cairn::v1::{RaftMessage, RaftReply};
-use tonic::{Request, Response, Status};
+use cairn_proto::cairn::v1::{RaftMessage, RaftReply, SnapshotChunk};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::StorageNode;
-use crate::raft::{Raft, Snapshot, SnapshotMeta, Vote, decode, encode};
+use crate::raft::snapshot::SpoolWriter;
+use crate::raft::{Raft, Snapshot, SnapshotData, SnapshotMeta, Vote, decode, encode};
 
 pub struct RaftApi {
     pub node: Arc<StorageNode>,
@@ -72,21 +72,51 @@ impl RaftService for RaftApi {
 
     async fn install_snapshot(
         &self,
-        req: Request<RaftMessage>,
+        req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftReply>, Status> {
-        let m = req.into_inner();
-        let (vote, meta, data): (Vote, SnapshotMeta, bytes::Bytes) =
-            decode(&m.payload).map_err(bad)?;
-        match self.raft(m.group_id) {
-            Ok(raft) => {
-                let snap = Snapshot {
-                    meta,
-                    snapshot: Cursor::new(data.to_vec()),
-                };
-                reply(raft.install_full_snapshot(vote, snap).await)
+        let mut stream = req.into_inner();
+        let Some(mut msg) = stream.message().await? else {
+            return Err(Status::invalid_argument("header: empty snapshot stream"));
+        };
+        let group = msg.group_id;
+        let (vote, meta): (Vote, SnapshotMeta) =
+            decode(&msg.header).map_err(|e| Status::invalid_argument(format!("header: {e}")))?;
+        let raft = match self.raft(group) {
+            Ok(r) => r,
+            Err(e) => return reply::<(), _>(Err(e)),
+        };
+        // Spool every page to disk first: the install replaces the group's state, so
+        // it starts only once the whole snapshot is here.
+        let spool_err = |e: std::io::Error| Status::internal(format!("snapshot spool: {e}"));
+        let mut spool = SpoolWriter::create(&self.node.spool_dir(), group)
+            .await
+            .map_err(spool_err)?;
+        let mut pages = 0u64;
+        loop {
+            if !msg.page.is_empty() {
+                spool.page(&msg.page).await.map_err(|e| match e.kind() {
+                    std::io::ErrorKind::InvalidData => {
+                        Status::invalid_argument(format!("page: {e}"))
+                    }
+                    _ => spool_err(e),
+                })?;
+                pages += 1;
             }
-            Err(e) => reply::<(), _>(Err(e)),
+            if msg.last {
+                break;
+            }
+            msg = stream
+                .message()
+                .await?
+                .ok_or_else(|| Status::aborted("snapshot stream ended before its last page"))?;
         }
+        let spool = spool.finish().await.map_err(spool_err)?;
+        tracing::info!(group, pages, last_log_id = ?meta.last_log_id, "received snapshot");
+        let snap = Snapshot {
+            meta,
+            snapshot: SnapshotData::Spooled(spool),
+        };
+        reply(raft.install_full_snapshot(vote, snap).await)
     }
 
     async fn group_status(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
