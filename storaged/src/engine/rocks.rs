@@ -55,7 +55,16 @@ impl RocksEngine {
     }
 
     fn batch(&self, batch: Batch) -> WriteBatch {
-        let mut wb = WriteBatch::default();
+        // Reserved up front: RocksDB's batch is one string, grown by copying otherwise.
+        let bytes: usize = batch
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(_, k, v) | Op::DeleteRange(_, k, v) => k.len() + v.len() + 16,
+                Op::Delete(_, k) => k.len() + 16,
+            })
+            .sum();
+        let mut wb = WriteBatch::with_capacity_bytes(bytes + 16);
         for op in &batch.ops {
             match op {
                 Op::Put(cf, k, v) => wb.put_cf(self.cf(*cf), k, v),

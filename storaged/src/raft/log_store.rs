@@ -12,7 +12,9 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 
 use super::log_cache::{DEFAULT_BUDGET, LogCache};
 use super::wal_sync::WalSyncer;
-use super::{Entry, LogId, TypeConfig, Vote, decode, encode, io_err};
+use super::{
+    Entry, LogId, TypeConfig, Vote, decode, encode, encode_sized, entry_size_hint, io_err,
+};
 use crate::engine::{Batch, Cf, Engine, keys};
 
 #[derive(Clone)]
@@ -158,7 +160,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             b.put(
                 Cf::RaftLog,
                 keys::group_key(self.group, e.index()).to_vec(),
-                encode(e)?,
+                encode_sized(e, entry_size_hint(e))?,
             );
         }
         // Readable on return; durable when the shared syncer's fsync completes.

@@ -97,6 +97,23 @@ pub fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// Like `encode`, into a buffer of `hint` bytes reserved up front: a large entry is
+/// then copied once, not through a series of doubling reallocations.
+pub fn encode_sized<T: Serialize>(v: &T, hint: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(hint);
+    bincode::serde::encode_into_std_write(v, &mut out, bincode::config::standard())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(out)
+}
+
+/// About how many bytes an entry encodes to: its block payload plus framing.
+pub fn entry_size_hint(e: &Entry) -> usize {
+    64 + match &e.payload {
+        openraft::EntryPayload::Normal(Request::Write { data, .. }) => data.len(),
+        _ => 0,
+    }
+}
+
 pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> io::Result<T> {
     bincode::serde::decode_from_slice(b, bincode::config::standard())
         .map(|(v, _)| v)

@@ -17,7 +17,10 @@ use openraft::{AnyError, OptionalSend};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote, decode, encode};
+use super::{
+    Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote, decode, encode, encode_sized,
+    entry_size_hint,
+};
 
 /// Lazily connected channels keyed by peer address.
 #[derive(Clone, Default)]
@@ -203,7 +206,9 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let payload = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let hint = 256 + rpc.entries.iter().map(entry_size_hint).sum::<usize>();
+        let payload =
+            encode_sized(&rpc, hint).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let ttl = append_ttl(option.hard_ttl(), payload.len());
         self.call(Kind::Append, payload, ttl).await
     }

@@ -417,19 +417,24 @@ mod tests {
     #[cfg(feature = "rocks")]
     struct RocksBuilder;
 
-    fn build(engine: Arc<dyn Engine>, group: u64) -> (LogStore, GroupStateMachine) {
+    /// A log store and state machine of `group`; snapshots spool under `dir`.
+    fn build(engine: Arc<dyn Engine>, group: u64, dir: &Path) -> (LogStore, GroupStateMachine) {
         let syncer = WalSyncer::start(engine.clone());
         let ls = LogStore::new(engine.clone(), group, syncer);
-        let sm = GroupStateMachine::open(engine, group, Shared::new()).unwrap();
+        let sm = GroupStateMachine::open(engine, group, Shared::new())
+            .unwrap()
+            .with_spool_dir(dir.join("snapshots"));
         (ls, sm)
     }
 
-    impl StoreBuilder<TypeConfig, LogStore, GroupStateMachine, ()> for MemBuilder {
+    impl StoreBuilder<TypeConfig, LogStore, GroupStateMachine, tempfile::TempDir> for MemBuilder {
         async fn build(
             &self,
-        ) -> Result<((), LogStore, GroupStateMachine), StorageError<TypeConfig>> {
-            let (l, s) = build(Arc::new(MemEngine::new()), 5);
-            Ok(((), l, s))
+        ) -> Result<(tempfile::TempDir, LogStore, GroupStateMachine), StorageError<TypeConfig>>
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let (l, s) = build(Arc::new(MemEngine::new()), 5, dir.path());
+            Ok((dir, l, s))
         }
     }
 
@@ -440,9 +445,9 @@ mod tests {
         ) -> Result<(tempfile::TempDir, LogStore, GroupStateMachine), StorageError<TypeConfig>>
         {
             let dir = tempfile::tempdir().unwrap();
-            let engine = Arc::new(RocksEngine::open(dir.path()).unwrap());
+            let engine = Arc::new(RocksEngine::open(&dir.path().join("db")).unwrap());
             // Use a non-zero group on a shared engine, as storaged does.
-            let (l, s) = build(engine, 9);
+            let (l, s) = build(engine, 9, dir.path());
             Ok((dir, l, s))
         }
     }
