@@ -155,9 +155,18 @@ async fn leader_kill9_during_writes_loses_no_acknowledged_write() {
                 kills += 1;
                 // The client finds the new leader and I/O resumes within 3 s.
                 let c = cluster.lock().await.client();
-                c.read(v, 0, 4096)
-                    .await
-                    .unwrap_or_else(|e| panic!("{v}: no I/O after the leader died: {e}"));
+                if let Err(e) = c.read(v, 0, 4096).await {
+                    let cl = cluster.lock().await;
+                    let tails: String = (1..=3)
+                        .map(|id| {
+                            let log = cl.log_of(id);
+                            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+                            let tail: Vec<&str> = tail.into_iter().rev().collect();
+                            format!("--- node {id}\n{}\n", tail.join("\n"))
+                        })
+                        .collect();
+                    panic!("{v}: no I/O after the leader (node {leader}) died: {e}\n{tails}");
+                }
                 let resumed = killed_at.elapsed();
                 assert!(
                     resumed < Duration::from_secs(3),

@@ -82,10 +82,11 @@ pub fn config(meta: bool, snapshot_logs: u64) -> Arc<openraft::Config> {
             100
         } else {
             // Snapshots come often (every 32 MiB applied): keep a window of entries so a
-            // briefly lagging follower catches up from the log, not from a snapshot.
-            // Every kept entry is written out again when the raft_log memtable flushes,
-            // so the window is small; a follower further behind gets a streamed snapshot.
-            (snapshot_logs / 16).clamp(8, 256)
+            // briefly lagging follower (a node restarting) catches up from the log, not
+            // from a whole-volume snapshot. Kept entries are written out again when the
+            // raft_log memtable flushes; 256 halved that but made restarted nodes need
+            // snapshots, stalling the group's first commits after a leader change.
+            (snapshot_logs / 4).clamp(8, 1024)
         },
         ..Default::default()
     };
