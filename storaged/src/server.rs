@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use crate::engine::Engine;
 use crate::frontend::attach::{AttachManager, NodeServiceImpl};
 use crate::frontend::local_pool::LocalPool;
+use crate::meta::catalog::VolumeKind;
 use crate::node::{NodeConfig, StorageNode};
 use crate::opener::NodeOpener;
 use crate::service::block_api::BlockApi;
@@ -66,6 +67,7 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
     let engine = open_engine(&opts.node.data_dir)?;
     let node = StorageNode::start(opts.node.clone(), engine).await?;
     let pool = Arc::new(LocalPool::new(opts.node.data_dir.join("local-pool")));
+    tokio::spawn(local_pool_gc(node.clone(), pool.clone()));
     let opener = Arc::new(NodeOpener {
         node: node.clone(),
         pool,
@@ -113,6 +115,48 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
 }
 
 /// Registers (or refreshes) this node's catalogue record until it succeeds.
+/// Removes pool files whose local volume is gone: deleted just now (the catalogue
+/// changed) or while this node was down. Runs on every catalogue change and every 30 s.
+async fn local_pool_gc(node: Arc<StorageNode>, pool: Arc<LocalPool>) {
+    let mut changed = node.meta_shared.changed.subscribe();
+    loop {
+        match pool.list().await {
+            Ok(listed) if !listed.is_empty() => {
+                // Fresh, not the local copy: right after a restart the local catalogue
+                // can be older than files created before the crash.
+                match node.fresh_catalog().await {
+                    Ok(cat) => {
+                        let keep = |v: &str| {
+                            cat.volumes.get(v).is_some_and(|r| {
+                                r.kind == VolumeKind::Local && r.members.contains(&node.cfg.id)
+                            })
+                        };
+                        match pool.remove_unless(listed, keep).await {
+                            Ok(removed) if !removed.is_empty() => {
+                                tracing::info!(
+                                    ?removed,
+                                    "removed pool files of deleted local volumes"
+                                );
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "local pool clean-up failed"),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "local pool clean-up waits for the catalogue")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot list the local pool"),
+        }
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    }
+}
+
 async fn register_loop(node: Arc<StorageNode>, join: Vec<String>) {
     let mut endpoints: Vec<String> = node.cfg.initial_cluster.values().cloned().collect();
     endpoints.extend(join);

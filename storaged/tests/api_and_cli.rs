@@ -386,3 +386,58 @@ async fn every_node_sees_a_create_and_a_resize_at_once() {
         }
     }
 }
+
+/// A deleted local volume's pool file is removed on its node, and so is a file no
+/// volume owns (a volume deleted while the node was down); a live volume's file stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_local_volumes_leave_no_pool_files() {
+    let cluster = ProcCluster::start(bin(), 3, &[]).unwrap();
+    cluster.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let c = cluster.client();
+    let local = |name: &str| pb::CreateVolumeRequest {
+        kind: pb::VolumeKind::Local as i32,
+        ..create(name, 4 << 20, 1)
+    };
+    let gone = c.create_volume(local("local-gone")).await.unwrap();
+    let owner = gone.members[0].node_id;
+    let pool = cluster.nodes[cluster.index_of(owner)]
+        .dir
+        .join("local-pool");
+    // What an attach leaves: the volume's sparse file in its node's pool.
+    std::fs::create_dir_all(&pool).unwrap();
+    let file = |v: &str| pool.join(format!("{v}.img"));
+    std::fs::write(file("local-gone"), b"old contents").unwrap();
+    std::fs::write(file("ghost"), b"deleted while the node was down").unwrap();
+    // Placed on the same node by its name.
+    let kept = c
+        .create_volume(pb::CreateVolumeRequest {
+            requisite: vec![pb::TopologyTerm {
+                segments: [(
+                    cairn_storaged::meta::catalog::NODE_KEY.to_string(),
+                    gone.members[0].node_name.clone(),
+                )]
+                .into(),
+            }],
+            ..local("local-kept")
+        })
+        .await
+        .unwrap();
+    assert_eq!(kept.members[0].node_id, owner);
+    std::fs::write(file("local-kept"), b"live").unwrap();
+    c.delete_volume("local-gone").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while file("local-gone").exists() || file("ghost").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "pool files of deleted volumes are still there after 40 s:\n{}",
+            cluster.log_of(owner)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(file("local-kept").exists(), "a live volume's file is kept");
+    assert_eq!(
+        std::fs::read(file("local-kept")).unwrap(),
+        b"live",
+        "and untouched"
+    );
+}

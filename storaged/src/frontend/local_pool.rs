@@ -160,6 +160,24 @@ impl LocalPool {
         Ok(out)
     }
 
+    /// Deletes the files of every volume in `listed` that `keep` refuses; returns them.
+    /// List first (`list`), decide on a catalogue read after the listing: a file is only
+    /// created once its volume is in the catalogue, so a live volume is always kept.
+    pub async fn remove_unless(
+        &self,
+        listed: Vec<String>,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for volume in listed {
+            if !keep(&volume) {
+                self.delete(&volume).await?;
+                removed.push(volume);
+            }
+        }
+        Ok(removed)
+    }
+
     /// Total and available bytes of the filesystem holding the pool.
     pub fn capacity(&self) -> Result<PoolCapacity> {
         let st = nix::sys::statvfs::statvfs(&self.dir)
