@@ -114,41 +114,17 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
     })
 }
 
-/// Registers (or refreshes) this node's catalogue record until it succeeds.
 /// Removes pool files whose local volume is gone: deleted just now (the catalogue
 /// changed) or while this node was down. Runs on every catalogue change and every 30 s.
 async fn local_pool_gc(node: Arc<StorageNode>, pool: Arc<LocalPool>) {
     let mut changed = node.meta_shared.changed.subscribe();
     loop {
-        match pool.list().await {
-            Ok(listed) if !listed.is_empty() => {
-                // Fresh, not the local copy: right after a restart the local catalogue
-                // can be older than files created before the crash.
-                match node.fresh_catalog().await {
-                    Ok(cat) => {
-                        let keep = |v: &str| {
-                            cat.volumes.get(v).is_some_and(|r| {
-                                r.kind == VolumeKind::Local && r.members.contains(&node.cfg.id)
-                            })
-                        };
-                        match pool.remove_unless(listed, keep).await {
-                            Ok(removed) if !removed.is_empty() => {
-                                tracing::info!(
-                                    ?removed,
-                                    "removed pool files of deleted local volumes"
-                                );
-                            }
-                            Ok(_) => {}
-                            Err(e) => tracing::warn!(error = %e, "local pool clean-up failed"),
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "local pool clean-up waits for the catalogue")
-                    }
-                }
+        match clean_local_pool(&node, &pool).await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(?removed, "removed pool files of deleted local volumes");
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot list the local pool"),
+            Err(e) => tracing::warn!(error = %e, "local pool clean-up failed; will retry"),
         }
         tokio::select! {
             r = changed.changed() => if r.is_err() { return },
@@ -157,6 +133,24 @@ async fn local_pool_gc(node: Arc<StorageNode>, pool: Arc<LocalPool>) {
     }
 }
 
+/// One clean-up pass; returns the volumes whose files it removed.
+async fn clean_local_pool(node: &StorageNode, pool: &LocalPool) -> Result<Vec<String>> {
+    let listed = pool.list().await?;
+    if listed.is_empty() {
+        return Ok(listed);
+    }
+    // Fresh, not the local copy: right after a restart the local catalogue can be
+    // older than files created before the crash.
+    let cat = node.fresh_catalog().await?;
+    pool.remove_unless(listed, |v| {
+        cat.volumes
+            .get(v)
+            .is_some_and(|r| r.kind == VolumeKind::Local && r.members.contains(&node.cfg.id))
+    })
+    .await
+}
+
+/// Registers (or refreshes) this node's catalogue record until it succeeds.
 async fn register_loop(node: Arc<StorageNode>, join: Vec<String>) {
     let mut endpoints: Vec<String> = node.cfg.initial_cluster.values().cloned().collect();
     endpoints.extend(join);

@@ -160,8 +160,8 @@ async fn leader_kill9_during_writes_loses_no_acknowledged_write() {
                     let tails: String = (1..=3)
                         .map(|id| {
                             let log = cl.log_of(id);
-                            let tail: Vec<&str> = log.lines().rev().take(25).collect();
-                            let tail: Vec<&str> = tail.into_iter().rev().collect();
+                            let lines: Vec<&str> = log.lines().collect();
+                            let tail = &lines[lines.len().saturating_sub(25)..];
                             format!("--- node {id}\n{}\n", tail.join("\n"))
                         })
                         .collect();

@@ -21,6 +21,17 @@ pub const PAGE_BYTES: usize = 4 << 20;
 /// framing, or a catalogue).
 const MAX_PAGE: usize = 64 << 20;
 
+/// Refuses a page over `MAX_PAGE` before anything is allocated or written for it.
+fn check_page_len(len: usize) -> io::Result<()> {
+    if len > MAX_PAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("snapshot page of {len} bytes is over {MAX_PAGE}"),
+        ));
+    }
+    Ok(())
+}
+
 /// One unit of a snapshot, on the wire and in a spool file.
 #[derive(Serialize, Deserialize, Debug)]
 pub enum Page {
@@ -142,15 +153,7 @@ impl SpoolWriter {
 
     /// Appends one encoded page, after checking that it decodes.
     pub async fn page(&mut self, encoded: &[u8]) -> io::Result<()> {
-        if encoded.len() > MAX_PAGE {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "snapshot page of {} bytes is over {MAX_PAGE}",
-                    encoded.len()
-                ),
-            ));
-        }
+        check_page_len(encoded.len())?;
         decode::<Page>(encoded)?;
         self.file
             .write_all(&(encoded.len() as u32).to_le_bytes())
@@ -189,12 +192,7 @@ impl SpoolReader {
             Err(e) => return Err(e),
         }
         let len = u32::from_le_bytes(len) as usize;
-        if len > MAX_PAGE {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("snapshot spool page of {len} bytes is over {MAX_PAGE}"),
-            ));
-        }
+        check_page_len(len)?;
         let mut buf = vec![0u8; len];
         self.file.read_exact(&mut buf)?;
         decode(&buf).map(Some)
