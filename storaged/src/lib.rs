@@ -4,6 +4,7 @@
 pub mod engine;
 pub mod error;
 pub mod frontend;
+pub mod leadership;
 pub mod meta;
 pub mod node;
 pub mod opener;

@@ -105,6 +105,7 @@ impl StorageNode {
             groups: RwLock::new(HashMap::new()),
         });
         tokio::spawn(node.clone().reconcile_loop());
+        tokio::spawn(crate::leadership::run(node.clone()));
         Ok(node)
     }
 
@@ -145,6 +146,12 @@ impl StorageNode {
             }
         });
         Ok(raft)
+    }
+
+    /// The volume groups this node runs now.
+    pub fn volume_groups(&self) -> Vec<(u64, Raft)> {
+        let groups = self.groups.read().expect("groups lock poisoned");
+        groups.iter().map(|(id, r)| (*id, r.clone())).collect()
     }
 
     pub fn spool_dir(&self) -> PathBuf {

@@ -415,3 +415,76 @@ async fn a_follower_far_behind_catches_up_from_a_streamed_snapshot() {
         assert!(got[..] == data[..], "slot {slot} differs on node {lagging}");
     }
 }
+
+/// Waits until GetVolume reports `want` as the leader of `vol`.
+async fn wait_for_leader(cluster: &ProcCluster, vol: &str, want: u64, within: Duration) {
+    let client = cluster.client().with_deadline(Duration::from_secs(2));
+    let deadline = Instant::now() + within;
+    let mut seen = 0;
+    while Instant::now() < deadline {
+        if let Ok(v) = client.get_volume(vol).await {
+            seen = v.leader_node_id;
+            if seen == want {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "volume {vol}: leader is {seen}, not the attached node {want}, after {within:?}:\n{}",
+        cluster.log_of(want)
+    );
+}
+
+/// A volume's Raft leader moves to the node it is attached to (so that node's frontend
+/// does I/O locally), keeps every write across the move, fails over when that node dies,
+/// and comes back to it once it returns and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leadership_follows_the_attachment() {
+    let mut cluster = ProcCluster::start(bin(), 3, &[]).unwrap();
+    cluster.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let client = cluster.client().with_deadline(Duration::from_secs(20));
+    create_volumes(&client, &["follow"]).await;
+    let first = cluster
+        .volume_leader("follow", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let attached = (1..=3).find(|id| *id != first).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut written = write_slots(&client, "follow", 0, 16, &mut rng).await;
+
+    client
+        .publish_volume(pb::PublishVolumeRequest {
+            name: "follow".into(),
+            node_name: format!("node-{attached}"),
+            ..Default::default()
+        })
+        .await
+        .expect("publish");
+    wait_for_leader(&cluster, "follow", attached, Duration::from_secs(15)).await;
+    let log = cluster.log_of(first);
+    assert!(
+        log.contains("handing leadership to the attached node"),
+        "node {first} should have handed over:\n{log}"
+    );
+    written.extend(write_slots(&client, "follow", 16, 16, &mut rng).await);
+
+    // The attached node dies: another member leads, and writes go on.
+    cluster.kill9(attached);
+    written.extend(write_slots(&client, "follow", 32, 16, &mut rng).await);
+    let interim = cluster
+        .volume_leader("follow", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_ne!(interim, attached);
+    // It returns, catches up, and leads again.
+    cluster.restart(attached).unwrap();
+    wait_for_leader(&cluster, "follow", attached, Duration::from_secs(30)).await;
+    for (slot, data) in &written {
+        let got = client
+            .read("follow", slot * SLOT, SLOT as u32)
+            .await
+            .expect("read back");
+        assert!(got[..] == data[..], "slot {slot} differs after the moves");
+    }
+}

@@ -11,7 +11,8 @@ use cairn_proto::cairn::v1::{RaftMessage, RaftReply, SnapshotChunk};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, OptionalSend};
 use tokio_stream::wrappers::ReceiverStream;
@@ -87,6 +88,7 @@ fn unreachable(m: impl Into<String>) -> Unreachable<TypeConfig> {
 enum Kind {
     Append,
     Vote,
+    TransferLeader,
 }
 
 impl PeerConn {
@@ -112,6 +114,7 @@ impl PeerConn {
             match kind {
                 Kind::Append => client.append_entries(msg).await,
                 Kind::Vote => client.vote(msg).await,
+                Kind::TransferLeader => client.transfer_leader(msg).await,
             }
         };
         match tokio::time::timeout(ttl, fut).await {
@@ -198,6 +201,10 @@ fn append_ttl(suggested: Duration, payload_bytes: usize) -> Duration {
     suggested.max(Duration::from_millis(500)) + Duration::from_nanos(payload_bytes as u64 * 50)
 }
 
+/// How long a TransferLeader may take: the new leader first waits (up to openraft's
+/// `election_timeout_min`, 500 ms here) until its log holds the old leader's last entry.
+const TRANSFER_TTL: Duration = Duration::from_millis(1500);
+
 impl RaftNetworkV2<TypeConfig> for PeerConn {
     type SnapshotData = SnapshotData;
 
@@ -220,6 +227,17 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let payload = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         self.call(Kind::Vote, payload, option.hard_ttl()).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let payload = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // The named node waits up to an election timeout for its log to be flushed.
+        let ttl = option.hard_ttl().max(TRANSFER_TTL);
+        self.call(Kind::TransferLeader, payload, ttl).await
     }
 
     async fn full_snapshot(

@@ -124,6 +124,18 @@ impl RaftService for RaftApi {
         reply::<_, String>(Ok(self.node.group_status(m.group_id)))
     }
 
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let m = req.into_inner();
+        let rpc = decode(&m.payload).map_err(bad)?;
+        match self.raft(m.group_id) {
+            Ok(raft) => reply(raft.handle_transfer_leader(rpc).await),
+            Err(e) => reply::<(), _>(Err(e)),
+        }
+    }
+
     async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
         let m = req.into_inner();
         match self.raft(m.group_id) {

@@ -1,0 +1,204 @@
+//! Leader placement: each volume group's leader hands leadership to the member its volume
+//! is attached to, so that node's frontend reads and writes locally, with no gRPC hop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::WatchReceiver;
+
+use crate::meta::catalog::{Catalog, VolumeKind, VolumeRecord};
+use crate::node::StorageNode;
+use crate::raft::LogId;
+
+/// How often a leader re-checks where its group should be led from.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// After asking for a transfer, how long before asking again (a failed transfer costs the
+/// group an election timeout without writes; this bounds how often that can happen).
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// How far behind the leader's last entry the target may be. During the transfer the
+/// leader proposes nothing new, so the target only has to catch up with this many.
+const MAX_LAG: u64 = 64;
+
+/// The member a replicated volume should be led from: the node it is attached to (the
+/// first attachment, for a volume attached to several), when that node holds a replica.
+pub fn preferred_leader(cat: &Catalog, vol: &VolumeRecord) -> Option<u64> {
+    if vol.kind != VolumeKind::Replicated {
+        return None;
+    }
+    let attached = &vol.attachments.first()?.node_name;
+    cat.nodes
+        .values()
+        .find(|n| &n.name == attached)
+        .map(|n| n.id)
+        .filter(|id| vol.members.contains(id))
+}
+
+/// What a group's leader `me` sees: the preferred member and each member's matched entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaderView {
+    pub me: u64,
+    pub preferred: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub matched: BTreeMap<u64, Option<LogId>>,
+}
+
+/// The member to hand leadership to now, if any: the preferred one, when it is not this
+/// node and its log is within `MAX_LAG` entries of the leader's.
+pub fn transfer_target(v: &LeaderView) -> Option<u64> {
+    let to = v.preferred.filter(|p| *p != v.me)?;
+    let matched = v.matched.get(&to)?.as_ref().map(|l| l.index())?;
+    let last = v.last_log_index.unwrap_or(0);
+    (matched + MAX_LAG >= last).then_some(to)
+}
+
+/// Runs until the node's catalogue watch closes: on every catalogue change and every
+/// `CHECK_EVERY`, each group this node leads is handed to its preferred member if needed.
+pub async fn run(node: Arc<StorageNode>) {
+    let mut changed = node.meta_shared.changed.subscribe();
+    let mut asked: HashMap<u64, Instant> = HashMap::new();
+    loop {
+        check(&node, &mut asked).await;
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(CHECK_EVERY) => {}
+        }
+    }
+}
+
+async fn check(node: &StorageNode, asked: &mut HashMap<u64, Instant>) {
+    let cat = node.catalog();
+    let by_id: HashMap<u64, &VolumeRecord> = cat.volumes.values().map(|v| (v.id, v)).collect();
+    asked.retain(|_, at| at.elapsed() < RETRY_AFTER);
+    for (group, raft) in node.volume_groups() {
+        let Some(vol) = by_id.get(&group) else {
+            continue;
+        };
+        let m = raft.metrics().borrow_watched().clone();
+        if m.current_leader != Some(node.cfg.id) || asked.contains_key(&group) {
+            continue;
+        }
+        let view = LeaderView {
+            me: node.cfg.id,
+            preferred: preferred_leader(&cat, vol),
+            last_log_index: m.last_log_index,
+            matched: m.replication.clone().unwrap_or_default(),
+        };
+        let Some(to) = transfer_target(&view) else {
+            continue;
+        };
+        asked.insert(group, Instant::now());
+        tracing::info!(volume = %vol.name, group, from = node.cfg.id, to, "handing leadership to the attached node");
+        if let Err(e) = raft.trigger().transfer_leader(to).await {
+            tracing::warn!(volume = %vol.name, group, to, error = %e, "leadership transfer not started");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::catalog::{AttachmentRecord, NodeRecord, NodeRole};
+
+    fn catalog(attached: &[&str], members: Vec<u64>, kind: VolumeKind) -> (Catalog, VolumeRecord) {
+        let mut cat = Catalog::default();
+        for id in 1..=4 {
+            cat.nodes.insert(
+                id,
+                NodeRecord {
+                    id,
+                    name: format!("node-{id}"),
+                    addr: format!("127.0.0.1:{id}"),
+                    labels: Default::default(),
+                    capacity_bytes: 1 << 30,
+                    role: NodeRole::Voter,
+                },
+            );
+        }
+        let vol = VolumeRecord {
+            id: 7,
+            name: "v".into(),
+            size: 1 << 20,
+            replicas: members.len() as u32,
+            kind,
+            members,
+            attachments: attached
+                .iter()
+                .map(|n| AttachmentRecord {
+                    node_name: n.to_string(),
+                    readonly: false,
+                    multi_node: attached.len() > 1,
+                })
+                .collect(),
+            labels: Default::default(),
+            created_unix: 0,
+        };
+        cat.volumes.insert("v".into(), vol.clone());
+        (cat, vol)
+    }
+
+    #[test]
+    fn the_preferred_leader_is_the_attached_member() {
+        let (cat, vol) = catalog(&["node-2"], vec![1, 2, 3], VolumeKind::Replicated);
+        assert_eq!(preferred_leader(&cat, &vol), Some(2));
+        let (cat, vol) = catalog(&["node-3", "node-1"], vec![1, 2, 3], VolumeKind::Replicated);
+        assert_eq!(preferred_leader(&cat, &vol), Some(3), "first attachment");
+        let (cat, vol) = catalog(&["node-4"], vec![1, 2, 3], VolumeKind::Replicated);
+        assert_eq!(preferred_leader(&cat, &vol), None, "no replica there");
+        let (cat, vol) = catalog(&["kube-node-9"], vec![1, 2, 3], VolumeKind::Replicated);
+        assert_eq!(preferred_leader(&cat, &vol), None, "not a storaged node");
+        let (cat, vol) = catalog(&[], vec![1, 2, 3], VolumeKind::Replicated);
+        assert_eq!(preferred_leader(&cat, &vol), None, "not attached");
+        let (cat, vol) = catalog(&["node-1"], vec![1], VolumeKind::Local);
+        assert_eq!(
+            preferred_leader(&cat, &vol),
+            None,
+            "local volumes have no Raft group"
+        );
+    }
+
+    #[test]
+    fn leadership_moves_only_to_a_caught_up_preferred_member() {
+        let log = |i: u64| {
+            Some(openraft::testing::log_id::<crate::raft::TypeConfig>(
+                1, 1, i,
+            ))
+        };
+        let view = |preferred, matched2| LeaderView {
+            me: 1,
+            preferred,
+            last_log_index: Some(1000),
+            matched: [(1, log(1000)), (2, matched2), (3, log(1000))].into(),
+        };
+        assert_eq!(transfer_target(&view(Some(2), log(1000))), Some(2));
+        assert_eq!(
+            transfer_target(&view(Some(2), log(1000 - MAX_LAG))),
+            Some(2)
+        );
+        assert_eq!(
+            transfer_target(&view(Some(2), log(999 - MAX_LAG))),
+            None,
+            "lagging"
+        );
+        assert_eq!(
+            transfer_target(&view(Some(2), None)),
+            None,
+            "nothing matched yet"
+        );
+        assert_eq!(
+            transfer_target(&view(Some(1), log(1000))),
+            None,
+            "already here"
+        );
+        assert_eq!(
+            transfer_target(&view(None, log(1000))),
+            None,
+            "no preference"
+        );
+        assert_eq!(
+            transfer_target(&view(Some(4), log(1000))),
+            None,
+            "not replicating to it"
+        );
+    }
+}
