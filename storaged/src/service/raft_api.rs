@@ -43,6 +43,29 @@ impl RaftApi {
     }
 }
 
+impl RaftApi {
+    /// Decodes a group's message and hands it to that group's Raft through `f`.
+    async fn deliver<Req, T, E, F, Fut>(
+        &self,
+        req: Request<RaftMessage>,
+        f: F,
+    ) -> Result<Response<RaftReply>, Status>
+    where
+        Req: for<'de> serde::Deserialize<'de>,
+        T: serde::Serialize,
+        E: std::fmt::Display,
+        F: FnOnce(Raft, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let m = req.into_inner();
+        let rpc = decode(&m.payload).map_err(bad)?;
+        match self.raft(m.group_id) {
+            Ok(raft) => reply(f(raft, rpc).await),
+            Err(e) => reply::<(), _>(Err(e)),
+        }
+    }
+}
+
 fn bad(e: std::io::Error) -> Status {
     Status::invalid_argument(format!("payload: {e}"))
 }
@@ -53,21 +76,16 @@ impl RaftService for RaftApi {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftReply>, Status> {
-        let m = req.into_inner();
-        let rpc = decode(&m.payload).map_err(bad)?;
-        match self.raft(m.group_id) {
-            Ok(raft) => reply(raft.append_entries(rpc).await),
-            Err(e) => reply::<(), _>(Err(e)),
-        }
+        self.deliver(
+            req,
+            |raft, rpc| async move { raft.append_entries(rpc).await },
+        )
+        .await
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
-        let m = req.into_inner();
-        let rpc = decode(&m.payload).map_err(bad)?;
-        match self.raft(m.group_id) {
-            Ok(raft) => reply(raft.vote(rpc).await),
-            Err(e) => reply::<(), _>(Err(e)),
-        }
+        self.deliver(req, |raft, rpc| async move { raft.vote(rpc).await })
+            .await
     }
 
     async fn install_snapshot(
@@ -128,12 +146,10 @@ impl RaftService for RaftApi {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftReply>, Status> {
-        let m = req.into_inner();
-        let rpc = decode(&m.payload).map_err(bad)?;
-        match self.raft(m.group_id) {
-            Ok(raft) => reply(raft.handle_transfer_leader(rpc).await),
-            Err(e) => reply::<(), _>(Err(e)),
-        }
+        self.deliver(req, |raft, rpc| async move {
+            raft.handle_transfer_leader(rpc).await
+        })
+        .await
     }
 
     async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
