@@ -7,7 +7,7 @@ use bytes::Bytes;
 use cairn_client::VolumeClient;
 use futures::future::BoxFuture;
 
-use crate::frontend::local_pool::LocalPool;
+use crate::frontend::local_pool::{LocalPool, PoolKey};
 use crate::frontend::{BlockDevice, Opened, VolumeOpener};
 use crate::meta::catalog::VolumeKind;
 use crate::node::StorageNode;
@@ -123,13 +123,18 @@ impl VolumeOpener for NodeOpener {
                             vol.members, self.node.cfg.name
                         )));
                     }
-                    let path = match self.pool.size(&volume).await? {
-                        Some(s) if s >= vol.size => self.pool.path_for(&volume)?,
+                    let key = PoolKey {
+                        id: vol.id,
+                        name: &volume,
+                    };
+                    self.pool.adopt_legacy(key).await?;
+                    let path = match self.pool.size(key).await? {
+                        Some(s) if s >= vol.size => self.pool.path_for(key)?,
                         Some(_) => {
-                            self.pool.grow(&volume, vol.size).await?;
-                            self.pool.path_for(&volume)?
+                            self.pool.grow(key, vol.size).await?;
+                            self.pool.path_for(key)?
                         }
-                        None => self.pool.create(&volume, vol.size).await?,
+                        None => self.pool.create(key, vol.size).await?,
                     };
                     Ok(Opened::Local {
                         path,

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::engine::Engine;
 use crate::frontend::attach::{AttachManager, NodeServiceImpl};
-use crate::frontend::local_pool::LocalPool;
+use crate::frontend::local_pool::{LocalPool, PoolFile};
 use crate::meta::catalog::VolumeKind;
 use crate::node::{NodeConfig, StorageNode};
 use crate::opener::NodeOpener;
@@ -134,7 +134,7 @@ async fn local_pool_gc(node: Arc<StorageNode>, pool: Arc<LocalPool>) {
 }
 
 /// One clean-up pass; returns the volumes whose files it removed.
-async fn clean_local_pool(node: &StorageNode, pool: &LocalPool) -> Result<Vec<String>> {
+async fn clean_local_pool(node: &StorageNode, pool: &LocalPool) -> Result<Vec<PoolFile>> {
     let listed = pool.list().await?;
     if listed.is_empty() {
         return Ok(listed);
@@ -142,10 +142,15 @@ async fn clean_local_pool(node: &StorageNode, pool: &LocalPool) -> Result<Vec<St
     // Fresh, not the local copy: right after a restart the local catalogue can be
     // older than files created before the crash.
     let cat = node.fresh_catalog().await?;
-    pool.remove_unless(listed, |v| {
+    let mine = |name: &str| {
         cat.volumes
-            .get(v)
-            .is_some_and(|r| r.kind == VolumeKind::Local && r.members.contains(&node.cfg.id))
+            .get(name)
+            .filter(|r| r.kind == VolumeKind::Local && r.members.contains(&node.cfg.id))
+    };
+    pool.remove_unless(listed, |f| match f {
+        PoolFile::Current { id, name } => mine(name).is_some_and(|r| r.id == *id),
+        // Kept for its volume to adopt at the next attach.
+        PoolFile::Legacy { name } => mine(name).is_some(),
     })
     .await
 }

@@ -387,46 +387,59 @@ async fn every_node_sees_a_create_and_a_resize_at_once() {
     }
 }
 
-/// A deleted local volume's pool file is removed on its node, and so is a file no
-/// volume owns (a volume deleted while the node was down); a live volume's file stays.
+/// A deleted local volume's pool file is removed on its node, also when a volume of the
+/// same name exists again (files are named by volume id), and so is a file no volume owns
+/// (a volume deleted while the node was down); a live volume's file stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_local_volumes_leave_no_pool_files() {
     let cluster = ProcCluster::start(bin(), 3, &[]).unwrap();
     cluster.wait_ready(Duration::from_secs(30)).await.unwrap();
     let c = cluster.client();
-    let local = |name: &str| pb::CreateVolumeRequest {
+    let gone = c
+        .create_volume(pb::CreateVolumeRequest {
+            kind: pb::VolumeKind::Local as i32,
+            ..create("local-gone", 4 << 20, 1)
+        })
+        .await
+        .unwrap();
+    let owner = gone.members[0].node_id;
+    // Later volumes are placed on the same node by its name.
+    let on_owner = |name: &str| pb::CreateVolumeRequest {
         kind: pb::VolumeKind::Local as i32,
+        requisite: vec![pb::TopologyTerm {
+            segments: [(
+                cairn_storaged::meta::catalog::NODE_KEY.to_string(),
+                gone.members[0].node_name.clone(),
+            )]
+            .into(),
+        }],
         ..create(name, 4 << 20, 1)
     };
-    let gone = c.create_volume(local("local-gone")).await.unwrap();
-    let owner = gone.members[0].node_id;
     let pool = cluster.nodes[cluster.index_of(owner)]
         .dir
         .join("local-pool");
     // What an attach leaves: the volume's sparse file in its node's pool.
-    std::fs::create_dir_all(&pool).unwrap();
-    let file = |v: &str| pool.join(format!("{v}.img"));
-    std::fs::write(file("local-gone"), b"old contents").unwrap();
-    std::fs::write(file("ghost"), b"deleted while the node was down").unwrap();
-    // Placed on the same node by its name.
-    let kept = c
-        .create_volume(pb::CreateVolumeRequest {
-            requisite: vec![pb::TopologyTerm {
-                segments: [(
-                    cairn_storaged::meta::catalog::NODE_KEY.to_string(),
-                    gone.members[0].node_name.clone(),
-                )]
-                .into(),
-            }],
-            ..local("local-kept")
-        })
-        .await
-        .unwrap();
+    std::fs::create_dir_all(pool.join("volumes")).unwrap();
+    let file = |v: &pb::Volume| pool.join(format!("volumes/{}-{}.img", v.id, v.name));
+    let kept = c.create_volume(on_owner("local-kept")).await.unwrap();
     assert_eq!(kept.members[0].node_id, owner);
-    std::fs::write(file("local-kept"), b"live").unwrap();
+    std::fs::write(file(&kept), b"live").unwrap();
     c.delete_volume("local-gone").await.unwrap();
+    // The same name again, on the same node: it must not inherit the old file.
+    let again = c.create_volume(on_owner("local-gone")).await.unwrap();
+    assert_eq!(again.members[0].node_id, owner);
+    assert_ne!(again.id, gone.id);
+    // Files the clean-up has not seen yet (as if the node had been down meanwhile): the
+    // first `local-gone`'s, and two that no volume owns.
+    std::fs::write(file(&gone), b"old contents").unwrap();
+    let ghosts = [pool.join("volumes/999-ghost.img"), pool.join("ghost.img")];
+    for g in &ghosts {
+        std::fs::write(g, b"deleted while the node was down").unwrap();
+    }
+    // A catalogue change runs the clean-up at once.
+    c.create_volume(on_owner("local-trigger")).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(40);
-    while file("local-gone").exists() || file("ghost").exists() {
+    while file(&gone).exists() || ghosts.iter().any(|g| g.exists()) {
         assert!(
             Instant::now() < deadline,
             "pool files of deleted volumes are still there after 40 s:\n{}",
@@ -434,9 +447,13 @@ async fn deleted_local_volumes_leave_no_pool_files() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(file("local-kept").exists(), "a live volume's file is kept");
+    assert!(
+        !file(&again).exists(),
+        "the new volume starts without a file"
+    );
+    assert!(file(&kept).exists(), "a live volume's file is kept");
     assert_eq!(
-        std::fs::read(file("local-kept")).unwrap(),
+        std::fs::read(file(&kept)).unwrap(),
         b"live",
         "and untouched"
     );

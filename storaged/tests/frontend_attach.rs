@@ -12,7 +12,7 @@ use cairn_proto::cairn::v1::{
 };
 use cairn_storaged::Error;
 use cairn_storaged::frontend::attach::{AttachManager, NodeServiceImpl};
-use cairn_storaged::frontend::local_pool::LocalPool;
+use cairn_storaged::frontend::local_pool::{LocalPool, PoolKey};
 use frontend_support::{Cleanup, FakeOpener, MemDevice, sh};
 use tonic::Code;
 
@@ -216,6 +216,11 @@ async fn node_service_over_grpc_validates_and_attaches() {
     server.abort();
 }
 
+const LOCAL: PoolKey<'static> = PoolKey {
+    id: 1,
+    name: "vol-local",
+};
+
 /// Not a test on its own: the body of the child process of `recovery_after_the_process_dies`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_child() {
@@ -225,7 +230,8 @@ async fn recovery_child() {
     let dir = PathBuf::from(dir);
     let opener = Arc::new(FakeOpener::default());
     opener.add_replicated("vol-fuse", MemDevice::new(8 * MIB));
-    opener.add_local("vol-local", dir.join("pool/vol-local.img"), 8 * MIB);
+    let pool = LocalPool::new(dir.join("pool"));
+    opener.add_local("vol-local", pool.path_for(LOCAL).unwrap(), 8 * MIB);
     let mgr = AttachManager::new(opener, dir.join("run"));
     mgr.attach("vol-fuse", Frontend::Fuse, false).await.unwrap();
     mgr.attach("vol-local", Frontend::Fuse, false)
@@ -241,7 +247,7 @@ async fn recovery_after_the_process_dies() {
     let _cleanup = Cleanup::new(tmp.path());
     let dir = tmp.path().canonicalize().unwrap();
     let pool = LocalPool::new(dir.join("pool"));
-    let local_path = pool.create("vol-local", 8 * MIB).await.unwrap();
+    let local_path = pool.create(LOCAL, 8 * MIB).await.unwrap();
     let status = tokio::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",

@@ -7,7 +7,12 @@ use std::sync::Arc;
 use cairn_proto::cairn::v1::Frontend;
 use cairn_storaged::Error;
 use cairn_storaged::frontend::attach::AttachManager;
-use cairn_storaged::frontend::local_pool::LocalPool;
+use cairn_storaged::frontend::local_pool::{LocalPool, PoolFile, PoolKey};
+
+const VOL: PoolKey<'static> = PoolKey {
+    id: 1,
+    name: "vol-local",
+};
 use frontend_support::{Cleanup, FakeOpener, random_bytes, sh};
 
 const MIB: u64 = 1 << 20;
@@ -16,7 +21,7 @@ const MIB: u64 = 1 << 20;
 async fn local_volume_is_a_loop_device_on_the_pool_file() {
     let tmp = tempfile::tempdir().unwrap();
     let pool = LocalPool::new(tmp.path().join("pool"));
-    let path = pool.create("vol-local", 16 * MIB).await.unwrap();
+    let path = pool.create(VOL, 16 * MIB).await.unwrap();
     let opener = Arc::new(FakeOpener::default());
     opener.add_local("vol-local", path.clone(), 16 * MIB);
     let mgr = AttachManager::new(opener.clone(), tmp.path().join("run"));
@@ -69,7 +74,7 @@ async fn local_volume_is_a_loop_device_on_the_pool_file() {
     );
     assert!(file[..2 * MIB as usize].iter().all(|&b| b == 0));
 
-    pool.grow("vol-local", 32 * MIB).await.unwrap();
+    pool.grow(VOL, 32 * MIB).await.unwrap();
     let b = mgr.refresh_size("vol-local").await.unwrap();
     assert_eq!(b.size_bytes, 32 * MIB);
     assert_eq!(
@@ -85,14 +90,28 @@ async fn local_volume_is_a_loop_device_on_the_pool_file() {
         "",
         "loop device left behind"
     );
-    pool.delete("vol-local").await.unwrap();
+    pool.delete(&PoolFile::Current {
+        id: VOL.id,
+        name: VOL.name.into(),
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_readonly_attach() {
     let tmp = tempfile::tempdir().unwrap();
     let pool = LocalPool::new(tmp.path().join("pool"));
-    let path = pool.create("vol-local-ro", 4 * MIB).await.unwrap();
+    let path = pool
+        .create(
+            PoolKey {
+                id: 2,
+                name: "vol-local-ro",
+            },
+            4 * MIB,
+        )
+        .await
+        .unwrap();
     let opener = Arc::new(FakeOpener::default());
     opener.add_local("vol-local-ro", path.clone(), 4 * MIB);
     let mgr = AttachManager::new(opener.clone(), tmp.path().join("run"));
