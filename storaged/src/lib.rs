@@ -6,6 +6,7 @@ pub mod error;
 pub mod frontend;
 pub mod leadership;
 pub mod meta;
+pub mod metrics;
 pub mod node;
 pub mod opener;
 pub mod raft;

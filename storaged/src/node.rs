@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
@@ -63,6 +63,7 @@ pub struct StorageNode {
     pub meta_shared: Arc<Shared>,
     pub meta: Raft,
     groups: RwLock<HashMap<u64, Raft>>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 fn fatal(e: impl std::fmt::Display) -> Error {
@@ -103,6 +104,7 @@ impl StorageNode {
             meta_shared,
             meta,
             groups: RwLock::new(HashMap::new()),
+            metrics: Default::default(),
         });
         tokio::spawn(node.clone().reconcile_loop());
         tokio::spawn(crate::leadership::run(node.clone()));
@@ -348,6 +350,13 @@ impl StorageNode {
     }
 
     pub async fn write(&self, name: &str, offset: u64, data: bytes::Bytes) -> Result<()> {
+        let (started, len) = (Instant::now(), data.len() as u64);
+        let r = self.write_inner(name, offset, data).await;
+        self.metrics.io("write", len, started, &r);
+        r
+    }
+
+    async fn write_inner(&self, name: &str, offset: u64, data: bytes::Bytes) -> Result<()> {
         let (vol, raft) = self.io_target(name)?;
         let len = data.len() as u64;
         self.check_bounds(&vol, |size| blocks::check_io(offset, len, size, true))
@@ -359,6 +368,13 @@ impl StorageNode {
     }
 
     pub async fn discard(&self, name: &str, offset: u64, len: u64) -> Result<()> {
+        let started = Instant::now();
+        let r = self.discard_inner(name, offset, len).await;
+        self.metrics.io("discard", len, started, &r);
+        r
+    }
+
+    async fn discard_inner(&self, name: &str, offset: u64, len: u64) -> Result<()> {
         let (vol, raft) = self.io_target(name)?;
         self.check_bounds(&vol, |size| blocks::check_range(offset, len, size, None))
             .await?;
@@ -369,6 +385,13 @@ impl StorageNode {
     }
 
     pub async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let started = Instant::now();
+        let r = self.read_inner(name, offset, len).await;
+        self.metrics.io("read", len, started, &r);
+        r
+    }
+
+    async fn read_inner(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let (vol, raft) = self.io_target(name)?;
         self.check_bounds(&vol, |size| blocks::check_io(offset, len, size, false))
             .await?;
@@ -379,8 +402,14 @@ impl StorageNode {
     /// Every acknowledged write is already committed (fsynced on a majority), so a flush
     /// only has to confirm that this node still leads the group.
     pub async fn flush(&self, name: &str) -> Result<()> {
-        let (vol, raft) = self.io_target(name)?;
-        self.linearize(&raft, vol.id).await.map(|_| ())
+        let started = Instant::now();
+        let r = async {
+            let (vol, raft) = self.io_target(name)?;
+            self.linearize(&raft, vol.id).await.map(|_| ())
+        }
+        .await;
+        self.metrics.io("flush", 0, started, &r);
+        r
     }
 
     pub fn group_status(&self, group: u64) -> GroupStatus {

@@ -25,6 +25,8 @@ pub struct ServerOptions {
     pub listen: SocketAddr,
     /// Extra addresses to register through (a running cluster when joining).
     pub join: Vec<String>,
+    /// Where to serve Prometheus `/metrics` and `/healthz`; none when `None`.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 pub struct Running {
@@ -66,6 +68,9 @@ pub fn open_engine(data_dir: &std::path::Path) -> Result<Arc<dyn Engine>> {
 pub async fn start(opts: ServerOptions) -> Result<Running> {
     let engine = open_engine(&opts.node.data_dir)?;
     let node = StorageNode::start(opts.node.clone(), engine).await?;
+    if let Some(addr) = opts.metrics_addr {
+        crate::metrics::serve(addr, node.clone()).await?;
+    }
     let pool = Arc::new(LocalPool::new(opts.node.data_dir.join("local-pool")));
     tokio::spawn(local_pool_gc(node.clone(), pool.clone()));
     let opener = Arc::new(NodeOpener {

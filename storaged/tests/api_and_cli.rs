@@ -458,3 +458,80 @@ async fn deleted_local_volumes_leave_no_pool_files() {
         "and untouched"
     );
 }
+
+/// `GET /metrics` on the address a node logged for `--metrics-addr 127.0.0.1:0`.
+async fn scrape(cluster: &ProcCluster, id: u64) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr = loop {
+        let log = cluster.log_of(id);
+        if let Some(rest) = log.split("serving metrics addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {id} logged no metrics address:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: storaged\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    out
+}
+
+/// `--metrics-addr` serves Prometheus metrics: I/O bytes and latency by operation and
+/// result on the node that served it, and each hosted Raft group's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_report_io_and_raft_state() {
+    let cluster = ProcCluster::start(bin(), 3, &["--metrics-addr", "127.0.0.1:0"]).unwrap();
+    cluster.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let c = cluster.client();
+    let vol = c
+        .create_volume(create("metered", 1 << 20, 3))
+        .await
+        .unwrap();
+    let leader = cluster
+        .volume_leader("metered", Duration::from_secs(20))
+        .await
+        .unwrap();
+    c.write("metered", 0, vec![1u8; 8192].into()).await.unwrap();
+    c.read("metered", 0, 4096).await.unwrap();
+    let err = c.read("metered", 1 << 20, 4096).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+
+    let text = scrape(&cluster, leader).await;
+    for want in [
+        "cairn_storaged_io_bytes_total{op=\"write\"} 8192".to_string(),
+        "cairn_storaged_io_bytes_total{op=\"read\"} 4096".to_string(),
+        "cairn_storaged_io_seconds_count{op=\"write\",result=\"ok\"} 1".to_string(),
+        "cairn_storaged_io_seconds_count{op=\"read\",result=\"OutOfRange\"} 1".to_string(),
+        format!(
+            "cairn_storaged_raft_leader{{volume=\"metered\",group=\"{}\"}} 1",
+            vol.id
+        ),
+    ] {
+        assert!(
+            text.contains(&want),
+            "leader {leader} lacks `{want}`:\n{text}"
+        );
+    }
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let text = scrape(&cluster, follower).await;
+    let want = format!(
+        "cairn_storaged_raft_leader{{volume=\"metered\",group=\"{}\"}} 0",
+        vol.id
+    );
+    assert!(
+        text.contains(&want),
+        "follower {follower} lacks `{want}`:\n{text}"
+    );
+    assert!(
+        !text.contains("cairn_storaged_io_bytes_total{op=\"write\"}"),
+        "the follower served no I/O:\n{text}"
+    );
+}

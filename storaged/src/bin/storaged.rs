@@ -47,6 +47,10 @@ struct Args {
     /// does so after every 32 MiB of writes).
     #[arg(long, default_value_t = 4_096)]
     snapshot_logs: u64,
+    /// Serve Prometheus metrics (`/metrics`) and `/healthz` on this address, e.g.
+    /// 0.0.0.0:9810. Off by default.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -124,6 +128,7 @@ fn run(args: Args) -> Result<(), String> {
             node: cfg,
             listen: args.listen,
             join: args.join,
+            metrics_addr: args.metrics_addr,
         })
         .await
         .map_err(|e| e.to_string())?;

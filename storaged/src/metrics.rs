@@ -1,0 +1,211 @@
+//! Prometheus metrics of a storaged node: block I/O by operation and outcome (counted on the
+//! node that serves it, the group's leader), each hosted Raft group's state, and `/metrics`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
+use openraft::async_runtime::WatchReceiver;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::node::StorageNode;
+use crate::{Error, Result};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IoLabels {
+    /// read, write, discard or flush.
+    pub op: String,
+    /// `ok`, `not_leader` (redirected; the leader serves it) or the gRPC code's name.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    /// The volume's name; `meta` for the catalogue group.
+    pub volume: String,
+    pub group: u64,
+}
+
+fn io_histogram() -> Histogram {
+    // 50 µs to about 1.6 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+/// Every metric of the process, registered once.
+pub struct Metrics {
+    registry: Registry,
+    io_seconds: Family<IoLabels, Histogram>,
+    io_bytes: Family<OpLabels, Counter>,
+    is_leader: Family<GroupLabels, Gauge>,
+    term: Family<GroupLabels, Gauge>,
+    last_log_index: Family<GroupLabels, Gauge>,
+    applied_index: Family<GroupLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("cairn_storaged");
+        let io_seconds =
+            Family::<IoLabels, Histogram>::new_with_constructor(io_histogram as fn() -> Histogram);
+        let io_bytes = Family::<OpLabels, Counter>::default();
+        registry.register(
+            "io_seconds",
+            "Block I/O served by this node, by operation and result",
+            io_seconds.clone(),
+        );
+        registry.register(
+            "io_bytes",
+            "Bytes read, written or discarded successfully by this node",
+            io_bytes.clone(),
+        );
+        let group = |registry: &mut Registry, name: &str, help: &str| {
+            let f = Family::<GroupLabels, Gauge>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let is_leader = group(
+            &mut registry,
+            "raft_leader",
+            "1 if this node leads the Raft group",
+        );
+        let term = group(&mut registry, "raft_term", "The Raft group's current term");
+        let last_log_index = group(
+            &mut registry,
+            "raft_last_log_index",
+            "The last log index on this node",
+        );
+        let applied_index = group(
+            &mut registry,
+            "raft_applied_index",
+            "The last log index applied on this node",
+        );
+        Metrics {
+            registry,
+            io_seconds,
+            io_bytes,
+            is_leader,
+            term,
+            last_log_index,
+            applied_index,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one block operation that started at `started`.
+    pub fn io<T>(&self, op: &str, bytes: u64, started: Instant, r: &Result<T>) {
+        let result = match r {
+            Ok(_) => {
+                self.io_bytes
+                    .get_or_create(&OpLabels { op: op.into() })
+                    .inc_by(bytes);
+                "ok".to_string()
+            }
+            Err(Error::NotLeader { .. }) => "not_leader".into(),
+            Err(e) => format!("{:?}", e.code()),
+        };
+        self.io_seconds
+            .get_or_create(&IoLabels {
+                op: op.into(),
+                result,
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The text exposition, with the group gauges read from `node` now.
+    pub fn encode(&self, node: &StorageNode) -> String {
+        let families = [
+            &self.is_leader,
+            &self.term,
+            &self.last_log_index,
+            &self.applied_index,
+        ];
+        // Groups come and go: start from nothing so a removed group's series disappear.
+        for f in families {
+            f.clear();
+        }
+        let cat = node.catalog();
+        let name_of = |group: u64| {
+            cat.volumes
+                .values()
+                .find(|v| v.id == group)
+                .map_or_else(|| format!("group-{group}"), |v| v.name.clone())
+        };
+        let mut groups = vec![(crate::raft::META_GROUP, node.meta.clone(), "meta".into())];
+        groups.extend(
+            node.volume_groups()
+                .into_iter()
+                .map(|(id, raft)| (id, raft, name_of(id))),
+        );
+        for (group, raft, volume) in groups {
+            let m = raft.metrics().borrow_watched().clone();
+            let labels = GroupLabels { volume, group };
+            let set = |f: &Family<GroupLabels, Gauge>, v: u64| {
+                f.get_or_create(&labels).set(v as i64);
+            };
+            set(
+                &self.is_leader,
+                u64::from(m.current_leader == Some(node.cfg.id)),
+            );
+            set(&self.term, m.current_term);
+            set(&self.last_log_index, m.last_log_index.unwrap_or(0));
+            set(
+                &self.applied_index,
+                m.last_applied.as_ref().map_or(0, |l| l.index()),
+            );
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// `/metrics` (Prometheus text exposition) and `/healthz`.
+pub fn router(node: Arc<StorageNode>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let node = node.clone();
+                async move {
+                    (
+                        [(
+                            CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        node.metrics.encode(&node),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+}
+
+/// Binds `addr` and serves the metrics endpoint in the background; returns the bound address.
+pub async fn serve(addr: SocketAddr, node: Arc<StorageNode>) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot listen on {addr} for metrics: {e}")))?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(node)).await {
+            tracing::warn!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    tracing::info!(addr = %local, "serving metrics");
+    Ok(local)
+}
