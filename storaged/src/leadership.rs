@@ -13,9 +13,12 @@ use crate::raft::LogId;
 
 /// How often a leader re-checks where its group should be led from.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
-/// After asking for a transfer, how long before asking again (a failed transfer costs the
-/// group an election timeout without writes; this bounds how often that can happen).
+/// After asking for a transfer, how long before asking again; doubled after each attempt
+/// that did not leave the group led by its preferred member, up to `MAX_RETRY_AFTER`. A
+/// failed transfer costs the group up to an election timeout without writes, so a member
+/// that keeps failing to take over costs less and less often.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(320);
 /// How far behind the leader's last entry the target may be. During the transfer the
 /// leader proposes nothing new, so the target only has to catch up with this many.
 const MAX_LAG: u64 = 64;
@@ -52,13 +55,24 @@ pub fn transfer_target(v: &LeaderView) -> Option<u64> {
     (matched + MAX_LAG >= last).then_some(to)
 }
 
+/// The wait before the next transfer attempt, given the wait after the previous one.
+pub fn next_wait(previous: Option<Duration>) -> Duration {
+    previous.map_or(RETRY_AFTER, |w| (w * 2).min(MAX_RETRY_AFTER))
+}
+
+/// The last transfer this node asked for in a group, and how long to wait after it.
+struct Attempt {
+    at: Instant,
+    wait: Duration,
+}
+
 /// Runs until the node's catalogue watch closes: on every catalogue change and every
 /// `CHECK_EVERY`, each group this node leads is handed to its preferred member if needed.
 pub async fn run(node: Arc<StorageNode>) {
     let mut changed = node.meta_shared.changed.subscribe();
-    let mut asked: HashMap<u64, Instant> = HashMap::new();
+    let mut attempts: HashMap<u64, Attempt> = HashMap::new();
     loop {
-        check(&node, &mut asked).await;
+        check(&node, &mut attempts).await;
         tokio::select! {
             r = changed.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(CHECK_EVERY) => {}
@@ -66,29 +80,47 @@ pub async fn run(node: Arc<StorageNode>) {
     }
 }
 
-async fn check(node: &StorageNode, asked: &mut HashMap<u64, Instant>) {
+async fn check(node: &StorageNode, attempts: &mut HashMap<u64, Attempt>) {
     let cat = node.catalog();
     let by_id: HashMap<u64, &VolumeRecord> = cat.volumes.values().map(|v| (v.id, v)).collect();
-    asked.retain(|_, at| at.elapsed() < RETRY_AFTER);
-    for (group, raft) in node.volume_groups() {
+    let groups = node.volume_groups();
+    attempts.retain(|g, _| groups.iter().any(|(id, _)| id == g));
+    for (group, raft) in groups {
         let Some(vol) = by_id.get(&group) else {
             continue;
         };
         let m = raft.metrics().borrow_watched().clone();
-        if m.current_leader != Some(node.cfg.id) || asked.contains_key(&group) {
+        let preferred = preferred_leader(&cat, vol);
+        if m.current_leader.is_some() && m.current_leader == preferred {
+            // Led where it should be: a later move starts from the shortest wait again.
+            attempts.remove(&group);
+            continue;
+        }
+        if m.current_leader != Some(node.cfg.id)
+            || attempts
+                .get(&group)
+                .is_some_and(|a| a.at.elapsed() < a.wait)
+        {
             continue;
         }
         let view = LeaderView {
             me: node.cfg.id,
-            preferred: preferred_leader(&cat, vol),
+            preferred,
             last_log_index: m.last_log_index,
             matched: m.replication.clone().unwrap_or_default(),
         };
         let Some(to) = transfer_target(&view) else {
             continue;
         };
-        asked.insert(group, Instant::now());
-        tracing::info!(volume = %vol.name, group, from = node.cfg.id, to, "handing leadership to the attached node");
+        let wait = next_wait(attempts.get(&group).map(|a| a.wait));
+        attempts.insert(
+            group,
+            Attempt {
+                at: Instant::now(),
+                wait,
+            },
+        );
+        tracing::info!(volume = %vol.name, group, from = node.cfg.id, to, retry_after = ?wait, "handing leadership to the attached node");
         if let Err(e) = raft.trigger().transfer_leader(to).await {
             tracing::warn!(volume = %vol.name, group, to, error = %e, "leadership transfer not started");
         }
@@ -155,6 +187,18 @@ mod tests {
             None,
             "local volumes have no Raft group"
         );
+    }
+
+    #[test]
+    fn failed_transfers_are_retried_less_and_less_often() {
+        let mut waits = vec![next_wait(None)];
+        for _ in 0..8 {
+            waits.push(next_wait(waits.last().copied()));
+        }
+        assert_eq!(waits[0], RETRY_AFTER);
+        assert_eq!(waits[1], RETRY_AFTER * 2);
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*waits.last().unwrap(), MAX_RETRY_AFTER);
     }
 
     #[test]
