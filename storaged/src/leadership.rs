@@ -62,8 +62,20 @@ pub fn next_wait(previous: Option<Duration>) -> Duration {
 
 /// The last transfer this node asked for in a group, and how long to wait after it.
 struct Attempt {
+    to: u64,
     at: Instant,
     wait: Duration,
+}
+
+/// Whether a transfer to `to` may be asked for at `now`, given the group's last attempt; if
+/// so, the wait to keep after it. Backing off applies to the same target only: a volume
+/// attached somewhere new is handed over at once.
+fn due(last: Option<&Attempt>, to: u64, now: Instant) -> Option<Duration> {
+    let previous = last.filter(|a| a.to == to);
+    if previous.is_some_and(|a| now.saturating_duration_since(a.at) < a.wait) {
+        return None;
+    }
+    Some(next_wait(previous.map(|a| a.wait)))
 }
 
 /// Runs until the node's catalogue watch closes: on every catalogue change and every
@@ -91,16 +103,12 @@ async fn check(node: &StorageNode, attempts: &mut HashMap<u64, Attempt>) {
         };
         let m = raft.metrics().borrow_watched().clone();
         let preferred = preferred_leader(&cat, vol);
-        if m.current_leader.is_some() && m.current_leader == preferred {
-            // Led where it should be: a later move starts from the shortest wait again.
+        if preferred.is_none() || m.current_leader.is_some() && m.current_leader == preferred {
+            // Nowhere to move, or led where it should be: a later move starts afresh.
             attempts.remove(&group);
             continue;
         }
-        if m.current_leader != Some(node.cfg.id)
-            || attempts
-                .get(&group)
-                .is_some_and(|a| a.at.elapsed() < a.wait)
-        {
+        if m.current_leader != Some(node.cfg.id) {
             continue;
         }
         let view = LeaderView {
@@ -112,10 +120,13 @@ async fn check(node: &StorageNode, attempts: &mut HashMap<u64, Attempt>) {
         let Some(to) = transfer_target(&view) else {
             continue;
         };
-        let wait = next_wait(attempts.get(&group).map(|a| a.wait));
+        let Some(wait) = due(attempts.get(&group), to, Instant::now()) else {
+            continue;
+        };
         attempts.insert(
             group,
             Attempt {
+                to,
                 at: Instant::now(),
                 wait,
             },
@@ -199,6 +210,32 @@ mod tests {
         assert_eq!(waits[1], RETRY_AFTER * 2);
         assert!(waits.windows(2).all(|w| w[0] <= w[1]));
         assert_eq!(*waits.last().unwrap(), MAX_RETRY_AFTER);
+    }
+
+    #[test]
+    fn a_transfer_is_due_after_the_wait_or_for_a_new_target() {
+        let t0 = Instant::now();
+        assert_eq!(due(None, 2, t0), Some(RETRY_AFTER));
+        let last = Attempt {
+            to: 2,
+            at: t0,
+            wait: RETRY_AFTER,
+        };
+        assert_eq!(
+            due(Some(&last), 2, t0 + RETRY_AFTER / 2),
+            None,
+            "backing off"
+        );
+        assert_eq!(
+            due(Some(&last), 2, t0 + RETRY_AFTER),
+            Some(RETRY_AFTER * 2),
+            "retried, and the next wait is longer"
+        );
+        assert_eq!(
+            due(Some(&last), 3, t0 + RETRY_AFTER / 2),
+            Some(RETRY_AFTER),
+            "attached elsewhere: at once"
+        );
     }
 
     #[test]
