@@ -1,6 +1,8 @@
 //! Prometheus metrics of a storaged node: block I/O by operation and outcome (counted on the
 //! node that serves it, the group's leader), each hosted Raft group's state, and `/metrics`.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,14 +24,15 @@ use crate::{Error, Result};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IoLabels {
     /// read, write, discard or flush.
-    pub op: String,
+    pub op: &'static str,
     /// `ok`, `not_leader` (redirected; the leader serves it) or the gRPC code's name.
-    pub result: String,
+    /// Borrowed on the hot path: recording a served I/O allocates nothing.
+    pub result: Cow<'static, str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabels {
-    pub op: String,
+    pub op: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -106,22 +109,17 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Records one block operation that started at `started`.
-    pub fn io<T>(&self, op: &str, bytes: u64, started: Instant, r: &Result<T>) {
+    pub fn io<T>(&self, op: &'static str, bytes: u64, started: Instant, r: &Result<T>) {
         let result = match r {
             Ok(_) => {
-                self.io_bytes
-                    .get_or_create(&OpLabels { op: op.into() })
-                    .inc_by(bytes);
-                "ok".to_string()
+                self.io_bytes.get_or_create(&OpLabels { op }).inc_by(bytes);
+                Cow::Borrowed("ok")
             }
-            Err(Error::NotLeader { .. }) => "not_leader".into(),
-            Err(e) => format!("{:?}", e.code()),
+            Err(Error::NotLeader { .. }) => Cow::Borrowed("not_leader"),
+            Err(e) => Cow::Owned(format!("{:?}", e.code())),
         };
         self.io_seconds
-            .get_or_create(&IoLabels {
-                op: op.into(),
-                result,
-            })
+            .get_or_create(&IoLabels { op, result })
             .observe(started.elapsed().as_secs_f64());
     }
 
@@ -137,12 +135,17 @@ impl Metrics {
         for f in families {
             f.clear();
         }
-        let cat = node.catalog();
-        let name_of = |group: u64| {
+        let names: HashMap<u64, String> = node.meta_shared.with_catalog(|cat| {
             cat.volumes
                 .values()
-                .find(|v| v.id == group)
-                .map_or_else(|| format!("group-{group}"), |v| v.name.clone())
+                .map(|v| (v.id, v.name.clone()))
+                .collect()
+        });
+        let name_of = |group: u64| {
+            names
+                .get(&group)
+                .cloned()
+                .unwrap_or_else(|| format!("group-{group}"))
         };
         let mut groups = vec![(crate::raft::META_GROUP, node.meta.clone(), "meta".into())];
         groups.extend(
