@@ -165,8 +165,12 @@ async fn register_loop(node: Arc<StorageNode>, join: Vec<String>) {
     let mut endpoints: Vec<String> = node.cfg.initial_cluster.values().cloned().collect();
     endpoints.extend(join);
     endpoints.push(node.cfg.addr.clone());
-    let Ok(client) = cairn_client::VolumeClient::new(endpoints) else {
-        return;
+    let client = match cairn_client::VolumeClient::new(endpoints) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e.message(), "cannot register in the catalogue: bad endpoint");
+            return;
+        }
     };
     let me = node.self_record();
     let req = pb::AddNodeRequest {
@@ -176,11 +180,15 @@ async fn register_loop(node: Arc<StorageNode>, join: Vec<String>) {
         labels: me.labels.clone().into_iter().collect(),
         capacity_bytes: me.capacity_bytes,
     };
-    loop {
+    for attempt in 1u64.. {
         match client.add_node(req.clone()).await {
             Ok(_) => {
-                tracing::info!(node = me.id, name = %me.name, "registered in the catalogue");
+                tracing::info!(node = me.id, name = %me.name, attempt, "registered in the catalogue");
                 return;
+            }
+            // Quiet while the cluster forms; loud once it takes longer than a start should.
+            Err(e) if attempt % 20 == 0 => {
+                tracing::warn!(node = me.id, attempt, code = ?e.code(), error = %e.message(), "registration still pending")
             }
             Err(e) => tracing::debug!(node = me.id, error = %e.message(), "registration pending"),
         }

@@ -190,6 +190,42 @@ impl ProcCluster {
         Err(format!("volume {name} has no leader within {within:?}"))
     }
 
+    /// Waits until every replica of each volume in `names` is a live, caught-up member
+    /// ("leader" or "follower" in GetVolume), e.g. after a restart, before the next fault.
+    pub async fn wait_replicas_healthy(
+        &self,
+        names: &[&str],
+        within: Duration,
+    ) -> Result<(), String> {
+        let client = self.client();
+        let deadline = Instant::now() + within;
+        let mut last = String::new();
+        'poll: while Instant::now() < deadline {
+            for name in names {
+                match client.get_volume(name).await {
+                    Ok(v) => {
+                        if let Some(r) = v
+                            .members
+                            .iter()
+                            .find(|r| r.state != "leader" && r.state != "follower")
+                        {
+                            last = format!("{name}: node {} is {}", r.node_id, r.state);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue 'poll;
+                        }
+                    }
+                    Err(e) => {
+                        last = format!("{name}: {}", e.message());
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue 'poll;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        Err(format!("replicas not healthy within {within:?}: {last}"))
+    }
+
     pub fn log_of(&self, id: u64) -> String {
         std::fs::read_to_string(self.nodes[self.index_of(id)].dir.join("storaged.log"))
             .unwrap_or_default()

@@ -155,23 +155,24 @@ async fn leader_kill9_during_writes_loses_no_acknowledged_write() {
                 kills += 1;
                 // The client finds the new leader and I/O resumes within 3 s.
                 let c = cluster.lock().await.client();
-                if let Err(e) = c.read(v, 0, 4096).await {
+                let read = c.read(v, 0, 4096).await;
+                let resumed = killed_at.elapsed();
+                eprintln!("{v}: leader node {leader} killed; I/O resumed after {resumed:?}");
+                if read.is_err() || resumed >= Duration::from_secs(3) {
                     let cl = cluster.lock().await;
                     let tails: String = (1..=3)
                         .map(|id| {
                             let log = cl.log_of(id);
                             let lines: Vec<&str> = log.lines().collect();
-                            let tail = &lines[lines.len().saturating_sub(25)..];
+                            let tail = &lines[lines.len().saturating_sub(40)..];
                             format!("--- node {id}\n{}\n", tail.join("\n"))
                         })
                         .collect();
-                    panic!("{v}: no I/O after the leader (node {leader}) died: {e}\n{tails}");
+                    panic!(
+                        "{v}: I/O after the leader (node {leader}) was killed: {:?} after {resumed:?} (bound 3 s)\n{tails}",
+                        read.err()
+                    );
                 }
-                let resumed = killed_at.elapsed();
-                assert!(
-                    resumed < Duration::from_secs(3),
-                    "{v}: I/O resumed only {resumed:?} after the leader was killed"
-                );
                 // Let the remaining majority take writes, then bring the old leader back.
                 let deadline = Instant::now() + Duration::from_secs(20);
                 while Instant::now() < deadline {
@@ -182,6 +183,14 @@ async fn leader_kill9_during_writes_loses_no_acknowledged_write() {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 cluster.lock().await.restart(leader).unwrap();
+                // One fault at a time: the next kill must leave a majority, so the restarted
+                // node has to be back in every group first.
+                cluster
+                    .lock()
+                    .await
+                    .wait_replicas_healthy(&vols, Duration::from_secs(30))
+                    .await
+                    .unwrap();
             }
             kills
         })

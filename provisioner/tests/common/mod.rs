@@ -52,7 +52,10 @@ where
         ..ClusterConfig::new(&data, 3)
     })
     .await
-    .expect("cluster with Cairn starts");
+    .unwrap_or_else(|e| {
+        dump_logs(&data.join("logs"));
+        panic!("cluster with Cairn starts: {e:?}")
+    });
     let env = Arc::new(Env {
         dir: data.clone(),
         kubeconfig: cluster.kubeconfig.clone(),

@@ -70,8 +70,8 @@ pub fn config(meta: bool, snapshot_logs: u64) -> Arc<openraft::Config> {
             "cairn-volume".into()
         },
         heartbeat_interval: 100,
-        election_timeout_min: 500,
-        election_timeout_max: 1000,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
         max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(if meta {
             1000

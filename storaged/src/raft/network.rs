@@ -202,7 +202,7 @@ fn append_ttl(suggested: Duration, payload_bytes: usize) -> Duration {
 }
 
 /// How long a TransferLeader may take: the new leader first waits (up to openraft's
-/// `election_timeout_min`, 500 ms here) until its log holds the old leader's last entry.
+/// `election_timeout_min`, 300 ms here) until its log holds the old leader's last entry.
 const TRANSFER_TTL: Duration = Duration::from_millis(1500);
 
 impl RaftNetworkV2<TypeConfig> for PeerConn {
