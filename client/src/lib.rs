@@ -13,6 +13,9 @@ use pb::volume_service_client::VolumeServiceClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+mod port;
+pub use port::unused_loopback_port;
+
 /// Metadata key carrying the leader's address on a not-leader reply (see storaged's error.rs).
 pub const LEADER_HINT_KEY: &str = "cairn-leader";
 /// Metadata key storaged sets on replies to requests it refused before executing

@@ -25,12 +25,9 @@ pub struct ProcCluster {
     extra_args: Vec<String>,
 }
 
-/// A free loopback port (bound then released).
+/// A free loopback port outside the ephemeral range (see `cairn_client::unused_loopback_port`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral loopback port")
+    cairn_client::unused_loopback_port().expect("a free loopback port")
 }
 
 /// Finds a workspace binary next to the current executable (`target/<profile>/NAME`).

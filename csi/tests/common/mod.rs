@@ -56,11 +56,7 @@ pub fn csi_bin() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    cairn_client::unused_loopback_port().expect("a free loopback port")
 }
 
 /// Poll `f` until it returns Some, failing the test after `limit`.

@@ -1,7 +1,7 @@
 //! Cairn's own processes under the harness (`up --with-cairn`): a storaged Raft cluster, a
 //! cairn-csi node plugin per node, the controller plugin and provisioners; started, signalled, stopped.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -64,8 +64,7 @@ fn plain_logs() -> Vec<(String, String)> {
 }
 
 fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(Error::internal)?;
-    Ok(l.local_addr().map_err(Error::internal)?.port())
+    cairn_client::unused_loopback_port().map_err(Error::internal)
 }
 
 impl CairnLayout {
@@ -299,17 +298,34 @@ async fn storaged_nodes(addrs: &[String]) -> Vec<String> {
     Vec::new()
 }
 
+/// Fails at once if a storaged process has exited (a start that cannot succeed).
+fn ensure_storaged_alive(layout: &CairnLayout, components: &mut Components) -> Result<()> {
+    for node in &layout.nodes {
+        let name = format!("storaged@{node}");
+        if !components.is_running(&name) {
+            return Err(Error::Internal(format!(
+                "{name} exited during start; see {}",
+                layout.log(&name).display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Waits until every storaged has registered in the catalogue (so volumes can be placed).
-async fn wait_registered(layout: &CairnLayout) -> Result<()> {
+async fn wait_registered(layout: &CairnLayout, components: &mut Components) -> Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         let names = storaged_nodes(&layout.storaged).await;
         if layout.nodes.iter().all(|n| names.contains(n)) {
             return Ok(());
         }
+        ensure_storaged_alive(layout, components)?;
         if Instant::now() > deadline {
+            let missing: Vec<&String> =
+                layout.nodes.iter().filter(|n| !names.contains(n)).collect();
             return Err(Error::Internal(format!(
-                "storaged nodes not all registered after {START_TIMEOUT:?}: {names:?}"
+                "storaged nodes {missing:?} not registered after {START_TIMEOUT:?} (registered: {names:?})"
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -335,7 +351,7 @@ pub async fn start_cairn(
         })
         .await?;
     }
-    wait_registered(layout).await?;
+    wait_registered(layout, components).await?;
     let mut sockets = vec![layout.controller_socket()];
     components.start(layout.controller_plugin_spec())?;
     for node in &layout.nodes {
