@@ -1,8 +1,9 @@
-//! RocksDB engine: one database per node with the four column families.
-//! Synced writes fsync the WAL, so concurrent synced writes share one fsync (group commit).
+//! RocksDB engine: two databases per node, the Raft log and vote in a logged one whose
+//! WAL files are recycled, applied state in another that apply writes without the WAL.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rocksdb::{
     ColumnFamilyDescriptor, DB, DBCompressionType, Direction, FlushOptions, IteratorMode, Options,
@@ -10,48 +11,177 @@ use rocksdb::{
 };
 
 use super::{Batch, Cf, Engine, Kv, Op, PAGES_AHEAD, Pages, send_pages};
-use crate::Result;
+use crate::{Error, Result};
 
-/// The column families that `write_unlogged` may touch.
-const UNLOGGED: [Cf; 2] = [Cf::Data, Cf::Meta];
+/// Column families of the logged (Raft log) database.
+const LOG_CFS: [Cf; 2] = [Cf::RaftLog, Cf::RaftState];
+/// Column families of the state database, written without the WAL by apply.
+const STATE_CFS: [Cf; 2] = [Cf::Data, Cf::Meta];
+/// WAL files kept for reuse in the log database.
+const RECYCLED_WALS: usize = 4;
 
+/// Why two databases: RocksDB refuses `disableWAL` writes (how apply writes) once WAL
+/// files are recycled, and recycling is what makes a group-commit fdatasync cheap (a
+/// reused, already sized file needs no size update in the journal). Apart, the log's
+/// memtable also no longer flushes whenever `data` does (atomic flush). Batches never
+/// span the two (the log store and the state machine own disjoint column families);
+/// `write` refuses one that does.
 pub struct RocksEngine {
-    db: DB,
+    log: DB,
+    state: DB,
+    /// A logged, unsynced write went to the state database since its WAL was last synced.
+    state_wal_dirty: AtomicBool,
+}
+
+fn cf_options(cf: Cf) -> Options {
+    let mut o = Options::default();
+    match cf {
+        Cf::Data => {
+            // Block payloads: usually filesystem data that is already dense or
+            // encrypted; compression costs CPU on every flush and read for little gain.
+            o.set_write_buffer_size(64 << 20);
+            o.set_compression_type(DBCompressionType::None);
+            o.set_enable_blob_files(true);
+            o.set_min_blob_size(1024);
+            o.set_enable_blob_gc(true);
+        }
+        Cf::RaftLog => {
+            // Entries are short-lived: compressing them only costs CPU. The memtable
+            // is several times what a group applies between snapshots (32 MiB), so
+            // most entries are purged before a flush would write them out again.
+            o.set_write_buffer_size(256 << 20);
+            o.set_compression_type(DBCompressionType::None);
+        }
+        Cf::RaftState | Cf::Meta => {}
+    }
+    o
+}
+
+fn db_options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_max_background_jobs(2);
+    opts.set_bytes_per_sync(1 << 20);
+    opts.increase_parallelism(2);
+    opts
+}
+
+fn descriptors(cfs: &[Cf]) -> Vec<ColumnFamilyDescriptor> {
+    cfs.iter()
+        .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf)))
+        .collect()
+}
+
+fn open_log_db(path: &Path) -> Result<DB> {
+    let mut opts = db_options();
+    opts.set_recycle_log_file_num(RECYCLED_WALS);
+    Ok(DB::open_cf_descriptors(&opts, path, descriptors(&LOG_CFS))?)
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Where the log database lives for a state database at `path` (`<data>/db.raftlog`).
+fn log_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".raftlog");
+    path.with_file_name(name)
 }
 
 impl RocksEngine {
+    /// Opens (creating if missing) the state database at `path` and the log database
+    /// next to it. A data dir from before the split (one database with all four column
+    /// families) is migrated: the log column families are copied into a new log
+    /// database, which appears atomically by rename, and then dropped from the old one.
     pub fn open(path: &Path) -> Result<Self> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_max_background_jobs(2);
-        opts.set_bytes_per_sync(1 << 20);
-        opts.increase_parallelism(2);
-        // Applied state is written without the WAL (the Raft log is the record), so the
-        // column families must flush together to stay mutually consistent.
-        opts.set_atomic_flush(true);
-        let cfs = Cf::ALL.iter().map(|cf| {
-            let mut o = Options::default();
-            if *cf == Cf::Data {
-                // Block payloads: usually filesystem data that is already dense or
-                // encrypted; compression costs CPU on every flush and read for little gain.
-                o.set_write_buffer_size(64 << 20);
-                o.set_compression_type(DBCompressionType::None);
-                o.set_enable_blob_files(true);
-                o.set_min_blob_size(1024);
-                o.set_enable_blob_gc(true);
+        let mut state_opts = db_options();
+        // Applied state is written without the WAL, so its column families must flush
+        // together to stay mutually consistent.
+        state_opts.set_atomic_flush(true);
+        let existing = DB::list_cf(&Options::default(), path).unwrap_or_default();
+        let legacy: Vec<Cf> = LOG_CFS
+            .into_iter()
+            .filter(|cf| existing.iter().any(|n| n == cf.name()))
+            .collect();
+        let mut cfs = descriptors(&STATE_CFS);
+        cfs.extend(descriptors(&legacy));
+        let mut state = DB::open_cf_descriptors(&state_opts, path, cfs)?;
+        let log_dir = log_path(path);
+        if !log_dir.exists() {
+            if legacy.is_empty() {
+                // A new node: nothing to migrate. Created under a temporary name too, so
+                // a half-created log database is never mistaken for a migrated one.
+                Self::create_log_db(&log_dir, |_| Ok(0))?;
+            } else {
+                let copied = Self::create_log_db(&log_dir, |log| copy_log_cfs(&state, log))?;
+                tracing::info!(entries = copied, path = %log_dir.display(), "moved the Raft log into its own database");
             }
-            if *cf == Cf::RaftLog {
-                // Entries are short-lived: compressing them only costs CPU. The memtable
-                // is several times what a group applies between snapshots (32 MiB), so
-                // most entries are purged before a flush would write them out again.
-                o.set_write_buffer_size(256 << 20);
-                o.set_compression_type(DBCompressionType::None);
+        }
+        for cf in legacy {
+            state.drop_cf(cf.name())?;
+        }
+        let log = open_log_db(&log_dir)?;
+        Ok(RocksEngine {
+            log,
+            state,
+            state_wal_dirty: AtomicBool::new(false),
+        })
+    }
+
+    /// Builds the log database in `<dir>.tmp` with `fill`, makes it durable, and renames
+    /// it to `dir`. Returns what `fill` returns.
+    fn create_log_db(dir: &Path, fill: impl FnOnce(&DB) -> Result<u64>) -> Result<u64> {
+        let mut tmp = dir.as_os_str().to_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        let n = {
+            let log = open_log_db(&tmp)?;
+            let n = fill(&log)?;
+            log.flush_wal(true)?;
+            n
+        };
+        fsync_dir(&tmp)?;
+        std::fs::rename(&tmp, dir)?;
+        if let Some(parent) = dir.parent() {
+            fsync_dir(parent)?;
+        }
+        Ok(n)
+    }
+
+    fn db(&self, cf: Cf) -> &DB {
+        if LOG_CFS.contains(&cf) {
+            &self.log
+        } else {
+            &self.state
+        }
+    }
+
+    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        self.db(cf)
+            .cf_handle(cf.name())
+            .expect("column families are created at open")
+    }
+
+    /// The database every op of `batch` targets; an error if they span both.
+    fn target(&self, batch: &Batch) -> Result<Option<&DB>> {
+        let mut target: Option<bool> = None;
+        for op in &batch.ops {
+            let (Op::Put(cf, ..) | Op::Delete(cf, ..) | Op::DeleteRange(cf, ..)) = op;
+            let is_log = LOG_CFS.contains(cf);
+            if target.is_some_and(|t| t != is_log) {
+                return Err(Error::Internal(
+                    "a write batch spans the Raft log and the applied state".into(),
+                ));
             }
-            ColumnFamilyDescriptor::new(cf.name(), o)
-        });
-        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(RocksEngine { db })
+            target = Some(is_log);
+        }
+        Ok(target.map(|is_log| if is_log { &self.log } else { &self.state }))
     }
 
     fn batch(&self, batch: Batch) -> WriteBatch {
@@ -74,60 +204,79 @@ impl RocksEngine {
         }
         wb
     }
+}
 
-    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(cf.name())
-            .expect("column families are created at open")
+/// Copies every key of the old database's log column families into `log`, in batches.
+fn copy_log_cfs(old: &DB, log: &DB) -> Result<u64> {
+    let mut n = 0;
+    for cf in LOG_CFS {
+        let (Some(from), Some(to)) = (old.cf_handle(cf.name()), log.cf_handle(cf.name())) else {
+            continue;
+        };
+        let mut wb = WriteBatch::default();
+        for item in old.iterator_cf(from, IteratorMode::Start) {
+            let (k, v) = item?;
+            wb.put_cf(to, k, v);
+            n += 1;
+            if wb.size_in_bytes() >= 8 << 20 {
+                log.write(std::mem::take(&mut wb))?;
+            }
+        }
+        log.write(wb)?;
     }
+    Ok(n)
 }
 
 impl Engine for RocksEngine {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get_cf(self.cf(cf), key)?)
+        Ok(self.db(cf).get_cf(self.cf(cf), key)?)
     }
 
     fn write(&self, batch: Batch, sync: bool) -> Result<()> {
+        let Some(db) = self.target(&batch)? else {
+            return Ok(());
+        };
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
-        self.db.write_opt(self.batch(batch), &wo)?;
+        db.write_opt(self.batch(batch), &wo)?;
+        if !sync && std::ptr::eq(db, &self.state) {
+            self.state_wal_dirty.store(true, Ordering::Release);
+        }
         Ok(())
     }
 
     fn write_unlogged(&self, batch: Batch) -> Result<()> {
-        let outside = batch.ops.iter().find_map(|op| match op {
-            Op::Put(cf, ..) | Op::Delete(cf, ..) | Op::DeleteRange(cf, ..) => {
-                (!UNLOGGED.contains(cf)).then_some(*cf)
-            }
-        });
-        if let Some(cf) = outside {
-            // `persist` would not flush it: the write could be lost after a purge.
-            return Err(crate::Error::Internal(format!(
-                "unlogged write to column family {}",
-                cf.name()
-            )));
+        if batch.ops.iter().any(|op| {
+            let (Op::Put(cf, ..) | Op::Delete(cf, ..) | Op::DeleteRange(cf, ..)) = op;
+            !STATE_CFS.contains(cf)
+        }) {
+            // The log database recycles its WAL and refuses unlogged writes; they would
+            // also not be flushed by `persist`.
+            return Err(Error::Internal(
+                "unlogged write outside the applied state".into(),
+            ));
         }
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
-        self.db.write_opt(self.batch(batch), &wo)?;
+        self.state.write_opt(self.batch(batch), &wo)?;
         Ok(())
     }
 
     fn persist(&self) -> Result<()> {
-        // Unlogged writes only ever touch data and meta; the Raft log and state are in
-        // the WAL. Flushing the log too would write every live entry out to an SST.
-        let cfs: Vec<&rocksdb::ColumnFamily> = UNLOGGED.iter().map(|cf| self.cf(*cf)).collect();
+        // Only the state database holds unlogged writes; the log's memtable stays put.
+        let cfs: Vec<&rocksdb::ColumnFamily> = STATE_CFS.iter().map(|cf| self.cf(*cf)).collect();
         let mut fo = FlushOptions::default();
         fo.set_wait(true);
-        self.db.flush_cfs_opt(&cfs, &fo)?;
-        self.db.flush_wal(true)?;
+        self.state.flush_cfs_opt(&cfs, &fo)?;
+        self.state.flush_wal(true)?;
+        self.log.flush_wal(true)?;
         Ok(())
     }
 
     fn scan(&self, cf: Cf, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Kv>> {
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(end.to_vec());
-        let it = self.db.iterator_cf_opt(
+        let it = self.db(cf).iterator_cf_opt(
             self.cf(cf),
             ro,
             IteratorMode::From(start, Direction::Forward),
@@ -144,7 +293,9 @@ impl Engine for RocksEngine {
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(start.to_vec());
         ro.set_iterate_upper_bound(end.to_vec());
-        let mut it = self.db.iterator_cf_opt(self.cf(cf), ro, IteratorMode::End);
+        let mut it = self
+            .db(cf)
+            .iterator_cf_opt(self.cf(cf), ro, IteratorMode::End);
         match it.next() {
             Some(item) => {
                 let (k, v) = item?;
@@ -155,13 +306,16 @@ impl Engine for RocksEngine {
     }
 
     fn sync_wal(&self) -> Result<()> {
-        self.db.flush_wal(true)?;
+        self.log.flush_wal(true)?;
+        if self.state_wal_dirty.swap(false, Ordering::AcqRel) {
+            self.state.flush_wal(true)?;
+        }
         Ok(())
     }
 
     fn approximate_size(&self, cf: Cf, start: &[u8], end: &[u8]) -> u64 {
         let r = rocksdb::Range::new(start, end);
-        self.db
+        self.db(cf)
             .get_approximate_sizes_cf(self.cf(cf), &[r])
             .first()
             .copied()
@@ -180,15 +334,16 @@ impl Engine for RocksEngine {
         std::thread::Builder::new()
             .name("cairn-scan-pages".into())
             .spawn(move || {
+                let db = self.db(cf);
                 // A RocksDB snapshot: the pages show the range as of this moment.
-                let snap = self.db.snapshot();
+                let snap = db.snapshot();
                 let _ = taken_tx.send(());
                 let mut ro = ReadOptions::default();
                 ro.set_snapshot(&snap);
                 ro.set_iterate_upper_bound(end);
                 // A one-off full read: keep the block cache for the hot set.
                 ro.fill_cache(false);
-                let it = self.db.iterator_cf_opt(
+                let it = db.iterator_cf_opt(
                     self.cf(cf),
                     ro,
                     IteratorMode::From(&start, Direction::Forward),
@@ -209,16 +364,93 @@ impl Engine for RocksEngine {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Engine;
+    use super::*;
+    use crate::engine::keys;
 
     #[test]
     fn rocks_engine_passes_the_engine_suite() {
         let dir = tempfile::tempdir().unwrap();
-        let e = super::RocksEngine::open(dir.path()).unwrap();
-        super::super::suite::run(&e);
+        let path = dir.path().join("db");
+        let e = RocksEngine::open(&path).unwrap();
+        crate::engine::suite::run(&e);
         drop(e);
         // Reopen: column families and data survive.
-        let e = super::RocksEngine::open(dir.path()).unwrap();
-        assert!(e.get(super::Cf::Meta, b"m").unwrap().is_some());
+        let e = RocksEngine::open(&path).unwrap();
+        assert!(e.get(Cf::Meta, b"m").unwrap().is_some());
+    }
+
+    #[test]
+    fn batches_spanning_log_and_state_are_refused_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = RocksEngine::open(&dir.path().join("db")).unwrap();
+        let mut b = Batch::default();
+        b.put(
+            Cf::RaftLog,
+            keys::group_key(1, 1).to_vec(),
+            b"entry".to_vec(),
+        );
+        b.put(Cf::Data, keys::group_key(1, 1).to_vec(), b"block".to_vec());
+        assert!(e.write(b, true).is_err());
+        assert_eq!(e.get(Cf::RaftLog, &keys::group_key(1, 1)).unwrap(), None);
+        assert_eq!(e.get(Cf::Data, &keys::group_key(1, 1)).unwrap(), None);
+        let mut b = Batch::default();
+        b.put(Cf::RaftState, b"vote".to_vec(), b"v".to_vec());
+        assert!(
+            e.write_unlogged(b).is_err(),
+            "the log is never written unlogged"
+        );
+    }
+
+    #[test]
+    fn a_single_database_data_dir_is_migrated_once_and_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            // The layout before the split: one database, four column families.
+            let mut opts = db_options();
+            opts.set_atomic_flush(true);
+            let db = DB::open_cf_descriptors(&opts, &path, descriptors(&Cf::ALL)).unwrap();
+            for i in 0..1000u64 {
+                let cf = db.cf_handle(Cf::RaftLog.name()).unwrap();
+                db.put_cf(cf, keys::group_key(3, i), vec![i as u8; 100])
+                    .unwrap();
+            }
+            let cf = db.cf_handle(Cf::RaftState.name()).unwrap();
+            db.put_cf(cf, keys::named(3, "vote"), b"term-7").unwrap();
+            let cf = db.cf_handle(Cf::Data.name()).unwrap();
+            db.put_cf(cf, keys::group_key(3, 9), b"block").unwrap();
+            db.flush_wal(true).unwrap();
+        }
+        // A crash during an earlier migration left a partial copy behind.
+        std::fs::create_dir_all(dir.path().join("db.raftlog.tmp")).unwrap();
+        std::fs::write(dir.path().join("db.raftlog.tmp/junk"), b"x").unwrap();
+        for round in 0..2 {
+            let e = RocksEngine::open(&path).unwrap();
+            let log = e
+                .scan(
+                    Cf::RaftLog,
+                    &keys::group_start(3),
+                    &keys::group_end(3),
+                    usize::MAX,
+                )
+                .unwrap();
+            assert_eq!(log.len(), 1000, "round {round}: every log entry is kept");
+            assert_eq!(log[999].1, vec![231u8; 100]);
+            assert_eq!(
+                e.get(Cf::RaftState, &keys::named(3, "vote")).unwrap(),
+                Some(b"term-7".to_vec())
+            );
+            assert_eq!(
+                e.get(Cf::Data, &keys::group_key(3, 9)).unwrap(),
+                Some(b"block".to_vec())
+            );
+            drop(e);
+            let left = DB::list_cf(&Options::default(), &path).unwrap();
+            assert!(
+                !left.iter().any(|n| n == "raft_log" || n == "raft_state"),
+                "round {round}: the old database keeps no log column family: {left:?}"
+            );
+            assert!(!dir.path().join("db.raftlog.tmp").exists());
+        }
     }
 }
