@@ -644,3 +644,52 @@ async fn storage_capacity_skips_full_nodes() {
     })
     .await;
 }
+
+/// The example StatefulSet of `manifests/examples` (two pods, a replicated claim each):
+/// a recreated pod finds its data; scaled to zero with its claims deleted, every volume,
+/// PV and loop device goes. Regression: a pod started while another pod's volume was
+/// staged held a copy of that mount, so the volume could not be unstaged and leaked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_statefulset_keeps_data_and_cleans_up() {
+    run(|env| async move {
+        env.apply(include_str!("../../manifests/examples/statefulset.yaml"))
+            .await;
+        let boots = |pod: &'static str, n: usize| {
+            let env = env.clone();
+            async move {
+                poll(&format!("{pod} has logged {n} boots"), POD, || async {
+                    let l = env.logs(pod).await;
+                    (l.lines().count() == n).then_some(l)
+                })
+                .await
+            }
+        };
+        let first = boots("web-0", 1).await;
+        boots("web-1", 1).await;
+        let uid = |v: Value| {
+            v["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        let old_uid = uid(env.get("pod", "web-0").await.expect("web-0"));
+        env.must(&["delete", "pod", "web-0"]).await;
+        poll("web-0 recreated", POD, || async {
+            env.get("pod", "web-0")
+                .await
+                .filter(|p| uid(p.clone()) != old_uid)
+        })
+        .await;
+        let again = boots("web-0", 2).await;
+        assert!(again.starts_with(&first), "{first:?} then {again:?}");
+
+        env.must(&["scale", "statefulset", "web", "--replicas=0"])
+            .await;
+        env.wait_gone("pod", "web-1", POD).await;
+        env.wait_gone("pod", "web-0", POD).await;
+        env.must(&["delete", "statefulset", "web"]).await;
+        env.must(&["delete", "service", "web"]).await;
+        delete_all(&env, &[], &["data-web-0", "data-web-1"]).await;
+    })
+    .await;
+}

@@ -418,12 +418,14 @@ impl Kubelet {
             .node_unpublish_volume(req)
             .await
             .map_err(|e| e.message().to_string())?;
-        let _ = std::fs::remove_dir_all(&parent);
         tracing::info!(node = %self.node, pv = %pv, pod_uid = %pod_uid, "volume unpublished");
+        // This pod's record (vol_data.json) stays until the unstage below succeeds, so a
+        // failed unstage is retried by the next teardown.
         let still_used = std::fs::read_dir(self.root.join("pods"))
             .into_iter()
             .flatten()
             .flatten()
+            .filter(|e| e.file_name().to_str() != Some(pod_uid))
             .any(|e| {
                 e.path()
                     .join("volumes/kubernetes.io~csi")
@@ -432,6 +434,7 @@ impl Kubelet {
                     .exists()
             });
         if still_used {
+            let _ = std::fs::remove_dir_all(&parent);
             return Ok(());
         }
         if let Some(staging) = &data.staging {
@@ -448,6 +451,7 @@ impl Kubelet {
             }
             tracing::info!(node = %self.node, pv = %pv, "volume unstaged");
         }
+        let _ = std::fs::remove_dir_all(&parent);
         self.volumes_in_use
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -115,7 +115,7 @@ pub(crate) async fn run(
     let outcome = w.lifecycle(&mut rx, &mut stop).await;
     if let Outcome::Shutdown = outcome {
         w.kill_all(Duration::from_secs(2)).await;
-        w.kl.teardown_volumes(&w.pod).await;
+        let _ = w.kl.teardown_volumes(&w.pod).await;
     }
 }
 
@@ -170,10 +170,7 @@ impl Worker {
             }
             match self.wait(rx, stop, Duration::from_secs(1)).await {
                 Ok(true) => {}
-                Ok(false) => {
-                    self.kl.teardown_volumes(&self.pod).await;
-                    return Outcome::Done;
-                }
+                Ok(false) => return self.teardown_until_done(stop).await,
                 Err(o) => return o,
             }
         };
@@ -229,8 +226,7 @@ impl Worker {
                         (Ok(()), Some(p)) => self.pod = p,
                         _ => {
                             self.kill_all(Duration::ZERO).await;
-                            self.kl.teardown_volumes(&self.pod).await;
-                            return Outcome::Done;
+                            return self.teardown_until_done(stop).await;
                         }
                     }
                     if self.deleting() {
@@ -440,12 +436,30 @@ impl Worker {
         }
     }
 
+    /// Unmounts the pod's volumes, retrying with backoff until every one is done, as
+    /// the kubelet does: the pod stays Terminating meanwhile, and its volumes are not
+    /// reported unused (so not detached) before they are unmounted.
+    async fn teardown_until_done(&mut self, stop: &mut Shutdown) -> Outcome {
+        let mut backoff = Duration::from_millis(500);
+        while let Err(e) = self.kl.teardown_volumes(&self.pod).await {
+            self.kl
+                .events
+                .record_typed(&self.pod, "Warning", "FailedUnMount", &e);
+            tokio::select! {
+                _ = stop.changed() => return Outcome::Shutdown,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+        Outcome::Done
+    }
+
     /// Graceful deletion: stop containers within the grace period, unmount,
     /// then confirm the deletion with a zero grace period.
     async fn finish_deletion(
         &mut self,
         _rx: &mut watch::Receiver<Option<Pod>>,
-        _stop: &mut Shutdown,
+        stop: &mut Shutdown,
     ) -> Outcome {
         let grace = self
             .pod
@@ -467,7 +481,9 @@ impl Worker {
             self.kill_all(Duration::from_secs(grace)).await;
             self.push_status();
         }
-        self.kl.teardown_volumes(&self.pod).await;
+        if let Outcome::Shutdown = self.teardown_until_done(stop).await {
+            return Outcome::Shutdown;
+        }
         if self.deleting() {
             let (ns, name) = (
                 self.pod.metadata.namespace.clone(),

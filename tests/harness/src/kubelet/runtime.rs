@@ -1,5 +1,5 @@
 //! The container runtime: each container is a real process in its own session
-//! and private mount namespace, chrooted into a per-container view of `/`.
+//! and private mount namespace, pivoted into a per-container view of `/`.
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 
-use nix::mount::{MsFlags, mount};
+use nix::mount::{MntFlags, MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -45,6 +45,8 @@ enum Op {
     Symlink(CString, CString),
     Bind(CString, CString, bool),
     ReadOnly(CString),
+    /// Lazily detaches the copy of a host mount (gone already is fine).
+    Detach(CString),
 }
 
 fn c(p: &Path) -> CString {
@@ -71,13 +73,85 @@ fn replicate(root: &Path, dir: &Path, ops: &mut Vec<Op>) -> std::io::Result<()> 
     Ok(())
 }
 
+/// Decodes a mount point as `/proc/self/mountinfo` escapes it (`\040` for a space).
+fn unescape_mountinfo(field: &str) -> PathBuf {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (b[i], octal) {
+            (b'\\', Some(v)) => {
+                out.push(v);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsStr::from_bytes(&out))
+}
+
+/// Host mounts a container must not hold a copy of: every mount below the top level
+/// outside /dev, /proc and /sys (other pods' volumes, staging mounts, FUSE exports).
+/// A copy in the container's private namespace keeps that filesystem alive after the
+/// host unmounts it, so a volume staged before this container started could not be
+/// unstaged (its loop device stays busy) until the container exits. A real runtime
+/// starts from an image and binds only the declared mounts, so it never holds them.
+fn hidden_host_mounts(mountinfo: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .filter(|p| {
+            let mut comps = p.components().filter(|c| matches!(c, Component::Normal(_)));
+            let top = comps.next();
+            comps.next().is_some()
+                && !matches!(
+                    top.and_then(|t| t.as_os_str().to_str()),
+                    Some("dev" | "proc" | "sys")
+                )
+        })
+        .collect();
+    out.sort_by_key(|p| p.components().count());
+    out.dedup();
+    out
+}
+
+/// Detaches the copies, made by replicating the host directory `under`, of hidden
+/// host mounts, except one holding a declared mount's target.
+fn hide(root: &Path, under: &Path, hidden: &[PathBuf], targets: &[PathBuf], ops: &mut Vec<Op>) {
+    for h in hidden
+        .iter()
+        .filter(|h| h.starts_with(under) && *h != under)
+    {
+        if targets.iter().any(|t| t.starts_with(h)) {
+            continue;
+        }
+        ops.push(Op::Detach(c(&root.join(h.strip_prefix("/").unwrap_or(h)))));
+    }
+}
+
 /// Plans the container's root: a tmpfs holding binds of the host's top-level
-/// entries, with each mount target created on tmpfs (never on the host) and
-/// the volume bound over it.
+/// entries (less other mounts below them), with each mount target created on
+/// tmpfs (never on the host) and the volume bound over it.
 fn plan(spec: &ContainerSpec) -> std::io::Result<Vec<Op>> {
     let root = &spec.rootfs;
+    let hidden = hidden_host_mounts(&std::fs::read_to_string("/proc/self/mountinfo")?);
+    let targets: Vec<PathBuf> = spec
+        .mounts
+        .iter()
+        .map(|m| Path::new("/").join(&m.target))
+        .collect();
     let mut ops = vec![Op::Tmpfs(c(root))];
     replicate(root, Path::new("/"), &mut ops)?;
+    hide(root, Path::new("/"), &hidden, &targets, &mut ops);
     // Directories (container paths) that live on a tmpfs of ours: safe to mkdir in.
     let mut owned: BTreeSet<PathBuf> = BTreeSet::from([PathBuf::from("/")]);
     let mut mounts = spec.mounts.clone();
@@ -96,6 +170,7 @@ fn plan(spec: &ContainerSpec) -> std::io::Result<Vec<Op>> {
                     let inside = root.join(cur.strip_prefix("/").unwrap_or(&cur));
                     ops.push(Op::Tmpfs(c(&inside)));
                     replicate(root, &cur, &mut ops)?;
+                    hide(root, &cur, &hidden, &targets, &mut ops);
                     owned.insert(cur.clone());
                 }
                 ops.push(Op::Mkdir(c(
@@ -176,9 +251,19 @@ fn run_ops(ops: &[Op], root: &CString, workdir: &CString) -> nix::Result<()> {
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
                 None::<&str>,
             )?,
+            Op::Detach(p) => match nix::mount::umount2(p.as_c_str(), MntFlags::MNT_DETACH) {
+                // Not there: under a mount detached already, or not replicated.
+                Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            },
         }
     }
-    nix::unistd::chroot(root.as_c_str())?;
+    // pivot_root, not chroot: a chroot would leave the namespace's copy of the whole
+    // host tree mounted (out of sight) for the container's lifetime, holding every
+    // filesystem mounted on the host at start, as the hidden copies above would.
+    nix::unistd::chdir(root.as_c_str())?;
+    nix::unistd::pivot_root(c".", c".")?;
+    nix::mount::umount2(c".", MntFlags::MNT_DETACH)?;
     nix::unistd::chdir(workdir.as_c_str())?;
     Ok(())
 }
@@ -268,6 +353,100 @@ mod tests {
             !Path::new(&target).exists(),
             "the host must not see the mount target"
         );
+    }
+
+    #[test]
+    fn mountinfo_paths_are_unescaped_and_only_nested_host_mounts_are_hidden() {
+        let info = "\
+22 1 8:1 / / rw - ext4 /dev/vda rw
+23 22 0:5 / /dev rw - devtmpfs udev rw
+24 23 0:6 / /dev/pts rw - devpts devpts rw
+25 22 0:7 / /sys/fs/cgroup rw - cgroup2 cgroup rw
+26 22 0:8 / /run rw - tmpfs tmpfs rw
+27 22 7:1 / /tmp/k/plugins/staging\\040dir rw - ext4 /dev/loop1 rw
+28 22 0:9 / /run/user/0 rw - tmpfs tmpfs rw
+";
+        assert_eq!(
+            hidden_host_mounts(info),
+            vec![
+                PathBuf::from("/run/user/0"),
+                PathBuf::from("/tmp/k/plugins/staging dir")
+            ]
+        );
+    }
+
+    /// A volume staged on the host before a container starts must not be held by that
+    /// container: once the host unmounts it and detaches its loop device, the device
+    /// goes while the container still runs (else the volume could not be unstaged).
+    #[tokio::test]
+    async fn containers_do_not_pin_filesystems_mounted_on_the_host() {
+        let sh = |cmd: String| {
+            let o = std::process::Command::new("sh")
+                .args(["-c", &cmd])
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{cmd}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let img = tmp.path().join("img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        sh(format!("mkfs.ext4 -q -F {}", img.display()));
+        let dev = sh(format!("losetup -f --show {}", img.display()));
+        let other = tmp.path().join("other-pod-volume");
+        std::fs::create_dir_all(&other).unwrap();
+        sh(format!("mount {dev} {}", other.display()));
+        let log = tmp.path().join("log");
+        let spec = ContainerSpec {
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo up; exec sleep 60".into(),
+            ],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            working_dir: None,
+            mounts: vec![],
+            log_path: log.clone(),
+            rootfs: tmp.path().join("rootfs"),
+        };
+        let mut child = spawn(&spec).unwrap();
+        let pid = child.id().unwrap();
+        let bound = |d: &str| {
+            sh("losetup -l -n -O NAME".into())
+                .lines()
+                .any(|l| l.trim() == d)
+        };
+        let mut started = false;
+        for _ in 0..200 {
+            started = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("up");
+            if started {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        sh(format!("umount {}", other.display()));
+        sh(format!("losetup -d {dev}"));
+        let mut released = false;
+        for _ in 0..100 {
+            released = !bound(&dev);
+            if released {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        signal(pid, Signal::SIGKILL);
+        let _ = child.wait().await;
+        assert!(started, "the container did not start");
+        assert!(released, "{dev} stayed in use while the container ran");
     }
 
     #[tokio::test]

@@ -172,19 +172,29 @@ impl Kubelet {
     }
 
     /// Reverses setup: CSI unpublish (and unstage when unused), pod directory removal.
-    pub(crate) async fn teardown_volumes(&self, pod: &Pod) {
+    /// A volume that fails stays recorded in the pod directory, so calling this again
+    /// retries it (the caller does, as the kubelet's reconciler does).
+    pub(crate) async fn teardown_volumes(&self, pod: &Pod) -> Result<(), String> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let csi_dir = self.pod_dir(&uid).join("volumes").join("kubernetes.io~csi");
+        let mut first_err = None;
         if let Ok(entries) = std::fs::read_dir(&csi_dir) {
             for e in entries.flatten() {
                 let pv = e.file_name().to_string_lossy().to_string();
                 if let Err(err) = self.csi_unpublish(&uid, &pv).await {
                     tracing::warn!(node = %self.node, pod_uid = %uid, pv = %pv, error = %err, "unpublish failed");
-                    return;
+                    first_err
+                        .get_or_insert(format!("UnmountVolume failed for volume {pv:?}: {err}"));
                 }
             }
         }
-        let _ = std::fs::remove_dir_all(self.pod_dir(&uid));
+        match first_err {
+            Some(e) => Err(e),
+            None => {
+                let _ = std::fs::remove_dir_all(self.pod_dir(&uid));
+                Ok(())
+            }
+        }
     }
 }
 
