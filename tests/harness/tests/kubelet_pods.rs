@@ -1,5 +1,5 @@
 //! Kubelet behaviour through kubectl: logs, env, restart policy, a volume that
-//! cannot be set up (ContainerCreating plus an Event), graceful deletion.
+//! cannot be set up (ContainerCreating plus an Event), graceful deletion, exec.
 
 mod common;
 
@@ -182,5 +182,88 @@ spec:
         "term\n"
     );
     assert!(processes_with(&marker).is_empty());
+    t.shutdown().await;
+}
+
+/// `kubectl exec` (the WebSocket channel protocol): the command runs in the container
+/// (its hostname, its volumes), stdin is passed with `-i`, stdout and stderr come back
+/// apart, and the command's exit code is kubectl's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exec_runs_in_the_container_with_stdin_and_exit_code() {
+    let t = TestCluster::start(1).await;
+    let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: execpod
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "echo started; exec sleep 3600"]
+    volumeMounts:
+    - name: scratch
+      mountPath: /scratch
+  volumes:
+  - name: scratch
+    emptyDir: {}
+"#;
+    t.kubectl_stdin(&["apply", "-f", "-"], pod).await;
+    eventually("execpod started", Duration::from_secs(30), || async {
+        let logs = t.kubectl(&["logs", "execpod"]).await;
+        (String::from_utf8_lossy(&logs.stdout) == "started\n").then_some(())
+    })
+    .await;
+    let out = t
+        .kubectl(&[
+            "exec",
+            "execpod",
+            "--",
+            "sh",
+            "-c",
+            "hostname; echo oops >&2; echo kept > /scratch/f; exit 3",
+        ])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "execpod\n",
+        "{stderr}"
+    );
+    assert!(stderr.starts_with("oops\n"), "{stderr}");
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+
+    let piped = t
+        .kubectl_stdin(
+            &[
+                "exec",
+                "-i",
+                "execpod",
+                "--",
+                "sh",
+                "-c",
+                "cat; cat /scratch/f",
+            ],
+            "piped\n",
+        )
+        .await;
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&piped.stdout), "piped\nkept\n");
+
+    let bad = t
+        .kubectl(&["exec", "execpod", "-c", "nope", "--", "true"])
+        .await;
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr)
+            .contains("container nope is not valid for pod execpod"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    t.must(&["delete", "pod", "execpod", "--wait=true"]).await;
     t.shutdown().await;
 }

@@ -18,6 +18,31 @@ use crate::error::{Error, Result};
 use crate::registry::Registry;
 use crate::resources;
 
+/// The container a `log` or `exec` request means: the one named, or the pod's only one.
+pub fn pick_container(
+    pod: &serde_json::Value,
+    requested: Option<&str>,
+    name: &str,
+) -> Result<String> {
+    let containers: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    match requested {
+        Some(c) if containers.contains(&c) => Ok(c.to_string()),
+        Some(c) => Err(Error::BadRequest(format!(
+            "container {c} is not valid for pod {name}"
+        ))),
+        None if containers.len() == 1 => Ok(containers[0].to_string()),
+        None => Err(Error::BadRequest(format!(
+            "a container name must be specified for pod {name}, choose one of: [{}]",
+            containers.join(" ")
+        ))),
+    }
+}
+
 pub async fn serve(
     reg: &Registry,
     locator: Option<&LogLocator>,
@@ -26,27 +51,7 @@ pub async fn serve(
     q: &HashMap<String, String>,
 ) -> Result<Response> {
     let pod = reg.get(&resources::PODS, Some(ns), name)?;
-    let containers: Vec<String> = pod["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["name"].as_str().map(String::from))
-        .collect();
-    let container = match q.get("container") {
-        Some(c) if containers.contains(c) => c.clone(),
-        Some(c) => {
-            return Err(Error::BadRequest(format!(
-                "container {c} is not valid for pod {name}"
-            )));
-        }
-        None if containers.len() == 1 => containers[0].clone(),
-        None => {
-            return Err(Error::BadRequest(format!(
-                "a container name must be specified for pod {name}, choose one of: [{}]",
-                containers.join(" ")
-            )));
-        }
-    };
+    let container = pick_container(&pod, q.get("container").map(String::as_str), name)?;
     let path = locator.and_then(|l| l(&pod, &container)).ok_or_else(|| {
         Error::BadRequest(format!(
             "container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating"

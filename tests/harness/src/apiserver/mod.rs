@@ -2,6 +2,7 @@
 //! list/watch/get and the write verbs; errors leave as `Status` objects.
 
 mod discovery;
+mod exec;
 mod logs;
 mod openapi;
 pub mod table;
@@ -120,9 +121,23 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    ws: std::result::Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
+    if let Some((ns, name)) = exec::target(&path) {
+        let query = uri.query().unwrap_or_default();
+        return match exec::serve(&st.registry, &ns, &name, query, ws) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(%method, %path, code = e.code(), error = %e, "exec refused");
+                error_response(&e)
+            }
+        };
+    }
     let q: HashMap<String, String> =
         form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
             .into_owned()

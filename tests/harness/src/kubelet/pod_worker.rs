@@ -302,6 +302,7 @@ impl Worker {
             mounts,
             log_path: Kubelet::log_path(&self.kl.root, &self.uid, &c.name),
             rootfs: dir.join("containers").join(&c.name).join("rootfs"),
+            hostname: pod_hostname(&self.pod),
         })
     }
 
@@ -326,6 +327,8 @@ impl Worker {
                 self.ctrs[i].pid = Some(pid);
                 self.ctrs[i].state = State::Running(at);
                 let tx = self.exits.0.clone();
+                runtime::remember(&self.uid, &c.name, pid, &spec);
+                let (uid, name) = (self.uid.clone(), c.name.clone());
                 tokio::spawn(async move {
                     let code = match child.wait().await {
                         Ok(s) => s.code().unwrap_or_else(|| {
@@ -333,6 +336,7 @@ impl Worker {
                         }),
                         Err(_) => 128,
                     };
+                    runtime::forget(&uid, &name, pid);
                     let _ = tx.send((i, pid, code));
                 });
             }
@@ -632,4 +636,15 @@ impl Worker {
             }
         }
     }
+}
+
+/// A pod's hostname: `spec.hostname`, else its name, cut to 63 characters as the kubelet does.
+fn pod_hostname(pod: &Pod) -> String {
+    let spec = pod.spec.as_ref().and_then(|s| s.hostname.clone());
+    let name = spec.unwrap_or_else(|| pod.metadata.name.clone().unwrap_or_default());
+    name.chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches(['-', '.'])
+        .to_string()
 }

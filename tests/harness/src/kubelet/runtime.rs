@@ -1,7 +1,7 @@
 //! The container runtime: each container is a real process in its own session
 //! and private mount namespace, pivoted into a per-container view of `/`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::os::unix::ffi::OsStrExt;
@@ -31,6 +31,8 @@ pub struct ContainerSpec {
     pub log_path: PathBuf,
     /// An empty directory on the host that becomes the container's `/`.
     pub rootfs: PathBuf,
+    /// The pod's hostname (its own UTS namespace, as in a real pod).
+    pub hostname: String,
 }
 
 /// The command a container without one runs: idle until told to stop.
@@ -189,8 +191,12 @@ fn plan(spec: &ContainerSpec) -> std::io::Result<Vec<Op>> {
     Ok(ops)
 }
 
-fn run_ops(ops: &[Op], root: &CString, workdir: &CString) -> nix::Result<()> {
-    unshare(CloneFlags::CLONE_NEWNS)?;
+fn run_ops(ops: &[Op], root: &CString, workdir: &CString, hostname: &[u8]) -> nix::Result<()> {
+    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)?;
+    // SAFETY: a plain syscall on a buffer that outlives it.
+    nix::errno::Errno::result(unsafe {
+        nix::libc::sethostname(hostname.as_ptr().cast(), hostname.len())
+    })?;
     mount(
         None::<&str>,
         "/",
@@ -282,6 +288,7 @@ pub fn spawn(spec: &ContainerSpec) -> std::io::Result<tokio::process::Child> {
     let root = c(&spec.rootfs);
     let workdir =
         CString::new(spec.working_dir.clone().unwrap_or_else(|| "/".into())).unwrap_or_default();
+    let hostname = spec.hostname.clone().into_bytes();
     let argv = if spec.argv.is_empty() {
         vec!["/bin/sh".to_string(), "-c".into(), PLACEHOLDER.into()]
     } else {
@@ -299,7 +306,7 @@ pub fn spawn(spec: &ContainerSpec) -> std::io::Result<tokio::process::Child> {
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
-            run_ops(&ops, &root, &workdir).map_err(std::io::Error::from)
+            run_ops(&ops, &root, &workdir, &hostname).map_err(std::io::Error::from)
         });
     }
     let mut cmd = tokio::process::Command::from(cmd);
@@ -310,6 +317,92 @@ pub fn spawn(spec: &ContainerSpec) -> std::io::Result<tokio::process::Child> {
 /// Signals a container's whole process group.
 pub fn signal(pid: u32, sig: Signal) {
     let _ = killpg(Pid::from_raw(pid as i32), sig);
+}
+
+/// A running container, as `kubectl exec` needs it: the process whose mount namespace
+/// (root and volumes) a command joins, and the container's environment and directory.
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub pid: u32,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+}
+
+type RunningKey = (String, String);
+
+/// Running containers of every kubelet in this process, by (pod uid, container name).
+static RUNNING: std::sync::LazyLock<std::sync::Mutex<HashMap<RunningKey, Running>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn running_map() -> std::sync::MutexGuard<'static, HashMap<RunningKey, Running>> {
+    RUNNING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Records a started container until `forget` with the same pid.
+pub fn remember(pod_uid: &str, container: &str, pid: u32, spec: &ContainerSpec) {
+    let r = Running {
+        pid,
+        env: spec.env.clone(),
+        working_dir: spec.working_dir.clone(),
+    };
+    running_map().insert((pod_uid.to_string(), container.to_string()), r);
+}
+
+pub fn forget(pod_uid: &str, container: &str, pid: u32) {
+    let mut m = running_map();
+    let key = (pod_uid.to_string(), container.to_string());
+    if m.get(&key).is_some_and(|r| r.pid == pid) {
+        m.remove(&key);
+    }
+}
+
+pub fn running(pod_uid: &str, container: &str) -> Option<Running> {
+    running_map()
+        .get(&(pod_uid.to_string(), container.to_string()))
+        .cloned()
+}
+
+/// Starts `argv` inside the running container `target` (its mount namespace, so its
+/// root and volumes; its environment and working directory), in a session of its own.
+pub fn exec_in(target: &Running, argv: &[String]) -> std::io::Result<tokio::process::Child> {
+    let Some(program) = argv.first() else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "you must specify at least one command for the container",
+        ));
+    };
+    let ns = std::fs::File::open(format!("/proc/{}/ns/mnt", target.pid))?;
+    let uts = std::fs::File::open(format!("/proc/{}/ns/uts", target.pid))?;
+    let (ns_fd, uts_fd) = (
+        std::os::fd::AsRawFd::as_raw_fd(&ns),
+        std::os::fd::AsRawFd::as_raw_fd(&uts),
+    );
+    let workdir =
+        CString::new(target.working_dir.clone().unwrap_or_else(|| "/".into())).unwrap_or_default();
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(target.env.iter().cloned())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: only syscalls on data prepared before fork, as pre_exec requires; `ns`
+    // stays open until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            let uts = std::os::fd::BorrowedFd::borrow_raw(uts_fd);
+            nix::sched::setns(uts, CloneFlags::CLONE_NEWUTS).map_err(std::io::Error::from)?;
+            let fd = std::os::fd::BorrowedFd::borrow_raw(ns_fd);
+            nix::sched::setns(fd, CloneFlags::CLONE_NEWNS).map_err(std::io::Error::from)?;
+            nix::unistd::chdir(workdir.as_c_str()).map_err(std::io::Error::from)
+        });
+    }
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    let child = cmd.spawn();
+    drop((ns, uts));
+    child
 }
 
 #[cfg(test)]
@@ -341,6 +434,7 @@ mod tests {
             }],
             log_path: tmp.path().join("log"),
             rootfs: tmp.path().join("rootfs"),
+            hostname: "test-pod".into(),
         };
         let status = spawn(&spec).unwrap().wait().await.unwrap();
         assert!(status.success());
@@ -415,6 +509,7 @@ mod tests {
             mounts: vec![],
             log_path: log.clone(),
             rootfs: tmp.path().join("rootfs"),
+            hostname: "test-pod".into(),
         };
         let mut child = spawn(&spec).unwrap();
         let pid = child.id().unwrap();
@@ -465,6 +560,7 @@ mod tests {
             }],
             log_path: tmp.path().join("log"),
             rootfs: tmp.path().join("rootfs"),
+            hostname: "test-pod".into(),
         };
         let status = spawn(&spec).unwrap().wait().await.unwrap();
         assert!(!status.success());
