@@ -254,6 +254,25 @@ spec:
     );
     assert_eq!(String::from_utf8_lossy(&piped.stdout), "piped\nkept\n");
 
+    // The session ends with the command, not with a background process it leaves behind.
+    let bg = t
+        .kubectl(&["exec", "execpod", "--", "sh", "-c", "sleep 30719 & echo bg"])
+        .await;
+    let left = processes_with("30719");
+    for pid in &left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        bg.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bg.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&bg.stdout), "bg\n");
+    assert_eq!(left.len(), 1, "the background process ran in the container");
+
     let bad = t
         .kubectl(&["exec", "execpod", "-c", "nope", "--", "true"])
         .await;

@@ -23,6 +23,8 @@ const STDERR: u8 = 2;
 const STATUS: u8 = 3;
 /// v5: the client closed the stream named in the next byte.
 const CLOSE: u8 = 255;
+/// How long output may still arrive after the command exits.
+const DRAIN: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// `(namespace, pod)` when `path` is a pod's exec subresource.
 pub fn target(path: &str) -> Option<(String, String)> {
@@ -149,13 +151,25 @@ async fn run(socket: WebSocket, target: Running, argv: Vec<String>, want_stdin: 
         pump(err, STDERR, tx.clone());
     }
     drop(tx);
+    let mut client_open = true;
+    let mut exited = None;
     loop {
         tokio::select! {
             m = rx.recv() => match m {
-                Some(m) => if sink.send(m).await.is_err() { break },
+                Some(m) if client_open => {
+                    if sink.send(m).await.is_err() {
+                        client_open = false;
+                        let _ = child.start_kill();
+                    }
+                }
+                Some(_) => {}
                 None => break,
             },
-            m = source.next() => match m {
+            s = child.wait(), if exited.is_none() => exited = Some(s),
+            // Once the command has exited, what its pipes still hold is sent; a background
+            // process it left holding them does not keep the session open (as with CRI exec).
+            _ = tokio::time::sleep(DRAIN), if exited.is_some() => break,
+            m = source.next(), if client_open => match m {
                 Some(Ok(Message::Binary(b))) => match (b.first(), b.get(1)) {
                     (Some(&STDIN), _) => {
                         if let Some(w) = stdin.as_mut()
@@ -169,6 +183,7 @@ async fn run(socket: WebSocket, target: Running, argv: Vec<String>, want_stdin: 
                 },
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
                     // The client went away: stop the command.
+                    client_open = false;
                     let _ = child.start_kill();
                     stdin = None;
                 }
@@ -176,7 +191,14 @@ async fn run(socket: WebSocket, target: Running, argv: Vec<String>, want_stdin: 
             },
         }
     }
-    let code = match child.wait().await {
+    if !client_open {
+        return;
+    }
+    let exited = match exited {
+        Some(s) => s,
+        None => child.wait().await,
+    };
+    let code = match exited {
         Ok(s) => s.code().unwrap_or_else(|| {
             128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(9)
         }),
