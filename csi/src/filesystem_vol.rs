@@ -46,6 +46,10 @@ pub async fn stage(
             )));
         }
     };
+    if !readonly {
+        let bytes = crate::block_vol::device_size(device)?;
+        format::grow_offline(&fs_type, device, bytes).await?;
+    }
     let created = !staging.exists();
     std::fs::create_dir_all(staging)
         .map_err(|e| CsiError::io(format!("create {}", staging.display()), e))?;

@@ -133,6 +133,54 @@ pub async fn grow(fs_type: &str, device: &Path, mount_point: &Path) -> Result<()
     }
 }
 
+/// Bytes an ext2/3/4 filesystem spans, from its superblock (`dumpe2fs -h`).
+fn ext_fs_bytes(dumpe2fs: &str) -> Option<u64> {
+    let field = |name: &str| {
+        dumpe2fs
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Some(field("Block count:")? * field("Block size:")?)
+}
+
+/// Grows an unmounted ext2/3/4 filesystem that is smaller than `device_bytes` (its volume
+/// was expanded while unstaged, or the online grow was refused: the kernel's online resize
+/// needs CAP_SYS_RESOURCE, the offline one does not). `e2fsck -f -p` first, as resize2fs
+/// requires; a filesystem with errors fsck cannot fix is refused, not resized. Returns
+/// whether it grew.
+pub async fn grow_offline(fs_type: &str, device: &Path, device_bytes: u64) -> Result<bool> {
+    if !matches!(fs_type, "ext2" | "ext3" | "ext4") {
+        return Ok(false);
+    }
+    let dev = device.to_string_lossy();
+    let info = run("dumpe2fs", &["-h", dev.as_ref()]).await?;
+    let Some(fs_bytes) = ext_fs_bytes(&String::from_utf8_lossy(&info.stdout)) else {
+        return Err(failed("dumpe2fs", &["-h", dev.as_ref()], &info));
+    };
+    // resize2fs rounds down to whole blocks (and ext4 to its flex groups' needs): a gap
+    // under 1 MiB is not worth a fsck.
+    if fs_bytes + (1 << 20) > device_bytes {
+        return Ok(false);
+    }
+    let fsck_args = ["-f", "-p", dev.as_ref()];
+    let fsck = run("e2fsck", &fsck_args).await?;
+    // 0: clean, 1: errors corrected; anything else needs a person.
+    if !matches!(fsck.status.code(), Some(0 | 1)) {
+        return Err(CsiError::FailedPrecondition(format!(
+            "{} needs growing but e2fsck found errors it could not fix: {}",
+            device.display(),
+            String::from_utf8_lossy(&fsck.stdout).trim()
+        )));
+    }
+    let out = run("resize2fs", &[dev.as_ref()]).await?;
+    if !out.status.success() {
+        return Err(failed("resize2fs", &[dev.as_ref()], &out));
+    }
+    tracing::info!(device = %device.display(), from = fs_bytes, to = device_bytes, "filesystem grown offline");
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +218,30 @@ mod tests {
         assert_eq!(probe(&img).await.unwrap(), Probe::Filesystem("ext4".into()));
         let e = mkfs(&img, "btrfs").await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    }
+
+    /// An ext4 smaller than its (grown) device is grown offline, once; other
+    /// filesystems and a filesystem that already fills its device are left alone.
+    #[tokio::test]
+    async fn a_smaller_ext4_is_grown_offline_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        let f = std::fs::File::create(&img).unwrap();
+        f.set_len(32 << 20).unwrap();
+        mkfs(&img, "ext4").await.unwrap();
+        let size = |img: &Path| {
+            let o = std::process::Command::new("dumpe2fs")
+                .args(["-h", img.to_str().unwrap()])
+                .output()
+                .unwrap();
+            ext_fs_bytes(&String::from_utf8_lossy(&o.stdout)).unwrap()
+        };
+        assert_eq!(size(&img), 32 << 20);
+        assert!(!grow_offline("ext4", &img, 32 << 20).await.unwrap());
+        assert!(!grow_offline("xfs", &img, 64 << 20).await.unwrap());
+        f.set_len(64 << 20).unwrap();
+        assert!(grow_offline("ext4", &img, 64 << 20).await.unwrap());
+        assert_eq!(size(&img), 64 << 20);
+        assert!(!grow_offline("ext4", &img, 64 << 20).await.unwrap());
     }
 }
