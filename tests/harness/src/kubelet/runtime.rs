@@ -75,31 +75,6 @@ fn replicate(root: &Path, dir: &Path, ops: &mut Vec<Op>) -> std::io::Result<()> 
     Ok(())
 }
 
-/// Decodes a mount point as `/proc/self/mountinfo` escapes it (`\040` for a space).
-fn unescape_mountinfo(field: &str) -> PathBuf {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b.get(i + 1..i + 4).and_then(|d| {
-            std::str::from_utf8(d)
-                .ok()
-                .and_then(|d| u8::from_str_radix(d, 8).ok())
-        });
-        match (b[i], octal) {
-            (b'\\', Some(v)) => {
-                out.push(v);
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(std::ffi::OsStr::from_bytes(&out))
-}
-
 /// Host mounts a container must not hold a copy of: every mount below the top level
 /// outside /dev, /proc and /sys (other pods' volumes, staging mounts, FUSE exports).
 /// A copy in the container's private namespace keeps that filesystem alive after the
@@ -107,10 +82,9 @@ fn unescape_mountinfo(field: &str) -> PathBuf {
 /// unstaged (its loop device stays busy) until the container exits. A real runtime
 /// starts from an image and binds only the declared mounts, so it never holds them.
 fn hidden_host_mounts(mountinfo: &str) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
+    let mut out: Vec<PathBuf> = cairn_csi::mount::parse_mountinfo(mountinfo)
+        .into_iter()
+        .map(|m| m.mount_point)
         .filter(|p| {
             let mut comps = p.components().filter(|c| matches!(c, Component::Normal(_)));
             let top = comps.next();
@@ -121,7 +95,8 @@ fn hidden_host_mounts(mountinfo: &str) -> Vec<PathBuf> {
                 )
         })
         .collect();
-    out.sort_by_key(|p| p.components().count());
+    // Parents sort before their children, so detaching them first leaves less to do.
+    out.sort();
     out.dedup();
     out
 }
