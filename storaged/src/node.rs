@@ -43,6 +43,9 @@ fn spool_dir(cfg: &NodeConfig) -> PathBuf {
 
 /// How long a follower read waits for the meta leader's read index and for applying it.
 const FOLLOWER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a catalogue read waits for a meta leader to be elected (an election takes
+/// 300–600 ms, longer under load).
+const LEADER_WAIT: Duration = Duration::from_secs(3);
 
 /// One node's view of a group, answered to `GroupStatus`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
@@ -256,17 +259,26 @@ impl StorageNode {
     /// the leader's read index (a follower read). Attach and resize use it, so a volume
     /// created or grown a moment ago is seen with its new size on every node.
     pub async fn fresh_catalog(&self) -> Result<Catalog> {
-        if self.meta.is_leader() {
+        let no_leader = || {
+            Error::Unavailable(format!(
+                "the meta group has no leader after {LEADER_WAIT:?} (election in progress or no quorum)"
+            ))
+        };
+        // During an election there is briefly no leader: wait for one (bounded) rather
+        // than fail a request that would succeed a moment later.
+        let leader = self
+            .meta
+            .wait(Some(LEADER_WAIT))
+            .metrics(|m| m.current_leader.is_some(), "a meta leader")
+            .await
+            .ok()
+            .and_then(|m| m.current_leader)
+            .ok_or_else(no_leader)?;
+        if leader == self.cfg.id {
             return self.read_catalog().await;
         }
-        let no_leader = || {
-            Error::Unavailable(
-                "the meta group has no leader (election in progress or no quorum)".into(),
-            )
-        };
-        let leader = self.meta.metrics().borrow_watched().current_leader;
-        let addr = leader
-            .and_then(|id| self.addr_of(&self.catalog(), id))
+        let addr = self
+            .addr_of(&self.catalog(), leader)
             .ok_or_else(no_leader)?;
         let mut client = self.channels.client(&addr).map_err(Error::Internal)?;
         let req = cairn_proto::cairn::v1::RaftMessage {
