@@ -178,8 +178,17 @@ async fn block_semantics_and_bad_input() {
         Code::InvalidArgument
     );
 
-    // Health from the members.
-    let v = c.get_volume("vol1").await.unwrap();
+    // Health from the members: "healthy" once every replica answers as leader or
+    // caught-up follower. Right after the writes a member may briefly be neither (a
+    // status call timing out on the busy cores, an election), so wait for it, bounded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = c.get_volume("vol1").await.unwrap();
+        if v.health == "healthy" || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(v.health, "healthy", "{v:?}");
     assert!(v.members.iter().any(|m| m.state == "leader"));
 

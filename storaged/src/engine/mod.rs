@@ -64,8 +64,47 @@ impl Batch {
 
 pub type Kv = (Vec<u8>, Vec<u8>);
 
-/// Pages of key-values produced in the background (see `Engine::scan_pages`).
-pub type Pages = tokio::sync::mpsc::Receiver<Result<Vec<Kv>>>;
+/// The sending side a page reader thread writes to (see `send_pages`).
+pub type PageSender = tokio::sync::mpsc::Sender<Result<Vec<Kv>>>;
+
+/// Pages of key-values produced by a reader thread (see `Engine::scan_pages`).
+/// Dropping it stops the reader and waits for it to end, so the thread never outlives
+/// its consumer: an engine last released on a detached thread could still be closing
+/// RocksDB while the process exits, which aborts the process.
+pub struct Pages {
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<Kv>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pages {
+    /// Runs `read` on a new thread called `name`; it sends the pages.
+    pub fn spawn(name: &str, read: impl FnOnce(PageSender) + Send + 'static) -> Result<Pages> {
+        let (tx, rx) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+        let reader = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || read(tx))
+            .map_err(crate::Error::Io)?;
+        Ok(Pages {
+            rx,
+            reader: Some(reader),
+        })
+    }
+
+    /// The next page; `None` once the reader is done.
+    pub async fn recv(&mut self) -> Option<Result<Vec<Kv>>> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        // A reader waiting for room gets an error at once and returns.
+        self.rx.close();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
 
 /// What storaged needs from a key-value engine.
 pub trait Engine: Send + Sync + 'static {
@@ -100,9 +139,9 @@ pub trait Engine: Send + Sync + 'static {
         page_bytes: usize,
     ) -> Result<Pages> {
         let all = self.scan(cf, &start, &end, usize::MAX)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(PAGES_AHEAD);
-        std::thread::spawn(move || send_pages(all.into_iter().map(Ok), page_bytes, &tx));
-        Ok(rx)
+        Pages::spawn("cairn-scan-pages", move |tx| {
+            send_pages(all.into_iter().map(Ok), page_bytes, &tx)
+        })
     }
 }
 
@@ -111,11 +150,7 @@ pub const PAGES_AHEAD: usize = 2;
 
 /// Cuts an ordered key-value stream into pages of about `page_bytes` and sends them;
 /// stops early (returning) when the receiver is gone. For engine reader threads.
-pub fn send_pages(
-    items: impl Iterator<Item = Result<Kv>>,
-    page_bytes: usize,
-    tx: &tokio::sync::mpsc::Sender<Result<Vec<Kv>>>,
-) {
+pub fn send_pages(items: impl Iterator<Item = Result<Kv>>, page_bytes: usize, tx: &PageSender) {
     let mut page = Vec::new();
     let mut bytes = 0;
     for item in items {

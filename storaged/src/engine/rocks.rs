@@ -10,7 +10,7 @@ use rocksdb::{
     ReadOptions, WriteBatch, WriteOptions,
 };
 
-use super::{Batch, Cf, Engine, Kv, Op, PAGES_AHEAD, Pages, send_pages};
+use super::{Batch, Cf, Engine, Kv, Op, Pages, send_pages};
 use crate::{Error, Result};
 
 /// Column families of the logged (Raft log) database.
@@ -206,6 +206,15 @@ impl RocksEngine {
     }
 }
 
+impl Drop for RocksEngine {
+    fn drop(&mut self) {
+        // Wait for flushes and compactions before the databases close: RocksDB's
+        // background threads must not be left working while the process exits.
+        self.state.cancel_all_background_work(true);
+        self.log.cancel_all_background_work(true);
+    }
+}
+
 /// Copies every key of the old database's log column families into `log`, in batches.
 fn copy_log_cfs(old: &DB, log: &DB) -> Result<u64> {
     let mut n = 0;
@@ -329,36 +338,32 @@ impl Engine for RocksEngine {
         end: Vec<u8>,
         page_bytes: usize,
     ) -> Result<Pages> {
-        let (tx, rx) = tokio::sync::mpsc::channel(PAGES_AHEAD);
         let (taken_tx, taken_rx) = std::sync::mpsc::sync_channel(1);
-        std::thread::Builder::new()
-            .name("cairn-scan-pages".into())
-            .spawn(move || {
-                let db = self.db(cf);
-                // A RocksDB snapshot: the pages show the range as of this moment.
-                let snap = db.snapshot();
-                let _ = taken_tx.send(());
-                let mut ro = ReadOptions::default();
-                ro.set_snapshot(&snap);
-                ro.set_iterate_upper_bound(end);
-                // A one-off full read: keep the block cache for the hot set.
-                ro.fill_cache(false);
-                let it = db.iterator_cf_opt(
-                    self.cf(cf),
-                    ro,
-                    IteratorMode::From(&start, Direction::Forward),
-                );
-                let items = it.map(|r| {
-                    r.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                        .map_err(crate::Error::from)
-                });
-                send_pages(items, page_bytes, &tx);
-            })
-            .map_err(crate::Error::Io)?;
+        let pages = Pages::spawn("cairn-scan-pages", move |tx| {
+            let db = self.db(cf);
+            // A RocksDB snapshot: the pages show the range as of this moment.
+            let snap = db.snapshot();
+            let _ = taken_tx.send(());
+            let mut ro = ReadOptions::default();
+            ro.set_snapshot(&snap);
+            ro.set_iterate_upper_bound(end);
+            // A one-off full read: keep the block cache for the hot set.
+            ro.fill_cache(false);
+            let it = db.iterator_cf_opt(
+                self.cf(cf),
+                ro,
+                IteratorMode::From(&start, Direction::Forward),
+            );
+            let items = it.map(|r| {
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(crate::Error::from)
+            });
+            send_pages(items, page_bytes, &tx);
+        })?;
         taken_rx.recv().map_err(|_| {
             crate::Error::Internal("snapshot reader thread ended before its view".into())
         })?;
-        Ok(rx)
+        Ok(pages)
     }
 }
 

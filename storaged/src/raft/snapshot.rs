@@ -63,7 +63,7 @@ impl SnapshotData {
                 *self = SnapshotData::Empty;
                 Ok(Some(Page::Catalog(c)))
             }
-            SnapshotData::Chunks(rx) => match rx.recv().await {
+            SnapshotData::Chunks(pages) => match pages.recv().await {
                 None => Ok(None),
                 Some(Err(e)) => Err(io_err(e)),
                 Some(Ok(kvs)) => Ok(Some(Page::Chunks(

@@ -11,16 +11,31 @@ use crate::engine::Engine;
 
 #[derive(Clone)]
 pub struct WalSyncer {
-    tx: mpsc::Sender<IOFlushed<TypeConfig>>,
+    inner: Arc<Inner>,
+}
+
+/// The thread and its queue; the last syncer handle to go stops the thread and waits
+/// for it, so it never outlives the node (nor syncs a closing engine at exit).
+struct Inner {
+    tx: Option<mpsc::Sender<IOFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl WalSyncer {
     pub fn start(engine: Arc<dyn Engine>) -> Self {
         let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
-        // Weak: the engine closes when its owners drop it, not later on this detached
-        // thread (a RocksDB still closing while the process exits aborts it).
+        // Weak: the engine closes when its owners drop it, not on this thread.
         let engine = Arc::downgrade(&engine);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("wal-sync".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
@@ -36,12 +51,22 @@ impl WalSyncer {
                 }
             })
             .expect("spawn wal-sync thread");
-        WalSyncer { tx }
+        WalSyncer {
+            inner: Arc::new(Inner {
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
+        }
     }
 
     /// Completes `cb` once every write issued before this call is durable.
     pub fn after_sync(&self, cb: IOFlushed<TypeConfig>) {
-        if let Err(mpsc::SendError(cb)) = self.tx.send(cb) {
+        let tx = self
+            .inner
+            .tx
+            .as_ref()
+            .expect("set until the last handle drops");
+        if let Err(mpsc::SendError(cb)) = tx.send(cb) {
             cb.io_completed(Err(std::io::Error::other("wal-sync thread stopped")));
         }
     }
