@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Part 1: a 3-node storaged cluster on loopback, driven by cairnctl: create a 3-replica
-# volume, write and read it back, kill a node, read again.
+# volume, write and read it back, snapshot and restore it, kill a node, read again.
 # Part 2: the whole stack on one machine (cairn-harness up --with-cairn: API server,
 # scheduler, kubelets, storaged, cairn-csi, cairn-provisioner), driven by the real kubectl:
 # the example StatefulSet gets its volumes, a recreated pod finds its data, and scaling
@@ -41,10 +41,18 @@ head -c 1048576 /dev/urandom >"$DIR/payload"
 "${CTL[@]}" volume read demo --offset 4096 --length 1048576 --file "$DIR/readback"
 cmp "$DIR/payload" "$DIR/readback" && echo "read back 1 MiB: identical"
 "${CTL[@]}" volume get demo
+echo "== snapshot it, overwrite the volume, restore the snapshot into a new volume"
+"${CTL[@]}" snapshot create demo-snap --volume demo
+head -c 1048576 /dev/urandom >"$DIR/payload2"
+"${CTL[@]}" volume write demo --offset 4096 --file "$DIR/payload2"
+"${CTL[@]}" volume create demo-restored --size 1GiB --replicas 3 --from-snapshot demo-snap
+"${CTL[@]}" volume read demo-restored --offset 4096 --length 1048576 --file "$DIR/restored"
+cmp "$DIR/payload" "$DIR/restored" && echo "restored from the snapshot: identical to the data before the overwrite"
+"${CTL[@]}" snapshot ls
 echo "== kill -9 node 1, read again through the survivors"
 kill -9 "${PIDS[0]}"
 "${CTL[@]}" volume read demo --offset 4096 --length 1048576 --file "$DIR/readback2"
-cmp "$DIR/payload" "$DIR/readback2" && echo "after losing a node: identical"
+cmp "$DIR/payload2" "$DIR/readback2" && echo "after losing a node: identical (the overwrite)"
 "${CTL[@]}" volume ls
 cleanup
 PIDS=()

@@ -49,6 +49,7 @@ pub struct VolumeClient {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     leaders: Arc<Mutex<Leaders>>,
     deadline: Duration,
+    attempt: Duration,
 }
 
 fn normalise(addr: &str) -> String {
@@ -111,12 +112,20 @@ impl VolumeClient {
             channels: Arc::default(),
             leaders: Arc::default(),
             deadline: DEFAULT_DEADLINE,
+            attempt: ATTEMPT_TIMEOUT,
         })
     }
 
     /// Overrides the bound on one logical call (retries included).
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
+        self
+    }
+
+    /// Bounds each attempt by `attempt` instead of `ATTEMPT_TIMEOUT`, for long calls
+    /// (a volume copy). Dead peers are still noticed by HTTP/2 keep-alives.
+    pub fn with_attempt_timeout(mut self, attempt: Duration) -> Self {
+        self.attempt = attempt;
         self
     }
 
@@ -132,7 +141,9 @@ impl VolumeClient {
         let ch = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| Status::invalid_argument(format!("endpoint `{addr}`: {e}")))?
             .connect_timeout(Duration::from_millis(800))
-            .timeout(ATTEMPT_TIMEOUT)
+            .timeout(self.attempt)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
             .tcp_nodelay(true)
             .http2_adaptive_window(true)
             .connect_lazy();
@@ -180,7 +191,7 @@ impl VolumeClient {
                 let remaining = self
                     .deadline
                     .saturating_sub(start.elapsed())
-                    .min(ATTEMPT_TIMEOUT);
+                    .min(self.attempt);
                 let res = tokio::time::timeout(remaining, op(ch)).await;
                 let status = match res {
                     Ok(Ok(v)) => {
@@ -317,6 +328,65 @@ impl VolumeClient {
         self.call(None, Retry::Idempotent, |ch| {
             let req = req.clone();
             async move { Ok(Self::vol(ch).list_volumes(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn create_snapshot(
+        &self,
+        name: &str,
+        source_volume: &str,
+    ) -> Result<pb::Snapshot, Status> {
+        let req = pb::CreateSnapshotRequest {
+            name: name.to_string(),
+            source_volume: source_volume.to_string(),
+        };
+        self.call(None, Retry::Idempotent, |ch| {
+            let req = req.clone();
+            async move {
+                Ok(Self::vol(ch)
+                    .create_snapshot(req)
+                    .await?
+                    .into_inner()
+                    .snapshot
+                    .unwrap_or_default())
+            }
+        })
+        .await
+    }
+
+    pub async fn delete_snapshot(&self, name: &str) -> Result<(), Status> {
+        let req = pb::DeleteSnapshotRequest {
+            name: name.to_string(),
+        };
+        self.call(None, Retry::Idempotent, |ch| {
+            let req = req.clone();
+            async move { Self::vol(ch).delete_snapshot(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    pub async fn list_snapshots(
+        &self,
+        req: pb::ListSnapshotsRequest,
+    ) -> Result<pb::ListSnapshotsResponse, Status> {
+        self.call(None, Retry::Idempotent, |ch| {
+            let req = req.clone();
+            async move { Ok(Self::vol(ch).list_snapshots(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Copies `volume`'s written data into `target` (on `volume`'s leader). Long for a
+    /// large volume: use a client `with_attempt_timeout`. Re-running it is harmless.
+    pub async fn copy_to(&self, volume: &str, target: &str) -> Result<u64, Status> {
+        let req = pb::CopyToRequest {
+            volume: volume.to_string(),
+            target: target.to_string(),
+        };
+        self.call(Some(volume), Retry::Idempotent, |ch| {
+            let req = req.clone();
+            async move { Ok(Self::blk(ch).copy_to(req).await?.into_inner().bytes_copied) }
         })
         .await
     }

@@ -24,8 +24,8 @@ pub const CTX_VOLUME: &str = "cairn.dev/volume";
 
 /// The controller plugin.
 pub struct ControllerService {
-    backend: Arc<dyn VolumeBackend>,
-    limiter: Limiter,
+    pub(crate) backend: Arc<dyn VolumeBackend>,
+    pub(crate) limiter: Limiter,
     /// Volumes one node may have published at once (the node plugin reports the same number in
     /// NodeGetInfo); 0 means no limit.
     max_volumes_per_node: usize,
@@ -158,7 +158,7 @@ impl ControllerService {
             capacity_bytes: v.size_bytes as i64,
             volume_id: v.name.clone(),
             volume_context: ctx_of(v),
-            content_source: None,
+            content_source: crate::snapshots::content_source(v),
             accessible_topology: self.topology(v, nodes).await?,
         })
     }
@@ -174,11 +174,8 @@ impl ControllerService {
         require(&req.name, "name")?;
         let p = parse_parameters(&req.parameters)?;
         parse_capabilities(&req.volume_capabilities, p.kind)?;
-        if req.volume_content_source.is_some() {
-            return Err(CsiError::InvalidArgument(
-                "volume_content_source (snapshot or clone) is not supported yet".into(),
-            ));
-        }
+        let (source_snapshot, source_volume) =
+            crate::snapshots::source_fields(req.volume_content_source.as_ref())?;
         let size = size_for_range(req.capacity_range.as_ref())?;
         let name = volume_name(&req.name);
         let _guard = self.limiter.try_acquire(&name)?;
@@ -197,6 +194,8 @@ impl ControllerService {
                 requisite: to_terms(&topo.requisite),
                 preferred: to_terms(&topo.preferred),
                 labels: HashMap::new(),
+                source_snapshot,
+                source_volume,
             })
             .await
             .map_err(|s| CsiError::storaged(format!("create volume {name}"), s))?;
@@ -535,7 +534,7 @@ fn capability(
     }
 }
 
-/// The capabilities issue 3 asks for: no snapshots, no clones, no modify.
+/// Every controller capability but ModifyVolume.
 pub fn capabilities() -> Vec<csi::ControllerServiceCapability> {
     use csi::controller_service_capability::rpc::Type;
     [
@@ -548,14 +547,15 @@ pub fn capabilities() -> Vec<csi::ControllerServiceCapability> {
         Type::GetVolume,
         Type::VolumeCondition,
         Type::SingleNodeMultiWriter,
+        Type::CreateDeleteSnapshot,
+        Type::ListSnapshots,
+        Type::CloneVolume,
+        // GET_SNAPSHOT (CSI 1.12, alpha) is served but not advertised: sidecars and
+        // csi-sanity v5 reject capabilities they do not know.
     ]
     .into_iter()
     .map(capability)
     .collect()
-}
-
-fn no_snapshots<T>() -> RpcResult<T> {
-    Err(Status::unimplemented("snapshots are not supported yet"))
 }
 
 #[tonic::async_trait]
@@ -625,27 +625,39 @@ impl Controller for ControllerService {
     }
     async fn create_snapshot(
         &self,
-        _: Request<csi::CreateSnapshotRequest>,
+        r: Request<csi::CreateSnapshotRequest>,
     ) -> RpcResult<csi::CreateSnapshotResponse> {
-        no_snapshots()
+        let r = r.into_inner();
+        let src = r.source_volume_id.clone();
+        rpc("CreateSnapshot", &src, "", self.create_snapshot_impl(r)).await
     }
     async fn delete_snapshot(
         &self,
-        _: Request<csi::DeleteSnapshotRequest>,
+        r: Request<csi::DeleteSnapshotRequest>,
     ) -> RpcResult<csi::DeleteSnapshotResponse> {
-        no_snapshots()
+        let r = r.into_inner();
+        let id = r.snapshot_id.clone();
+        rpc("DeleteSnapshot", &id, "", self.delete_snapshot_impl(r)).await
     }
     async fn list_snapshots(
         &self,
-        _: Request<csi::ListSnapshotsRequest>,
+        r: Request<csi::ListSnapshotsRequest>,
     ) -> RpcResult<csi::ListSnapshotsResponse> {
-        no_snapshots()
+        rpc(
+            "ListSnapshots",
+            "",
+            "",
+            self.list_snapshots_impl(r.into_inner()),
+        )
+        .await
     }
     async fn get_snapshot(
         &self,
-        _: Request<csi::GetSnapshotRequest>,
+        r: Request<csi::GetSnapshotRequest>,
     ) -> RpcResult<csi::GetSnapshotResponse> {
-        no_snapshots()
+        let r = r.into_inner();
+        let id = r.snapshot_id.clone();
+        rpc("GetSnapshot", &id, "", self.get_snapshot_impl(r)).await
     }
     async fn controller_expand_volume(
         &self,

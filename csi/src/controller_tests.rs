@@ -507,32 +507,64 @@ async fn expand_grows_and_never_shrinks() {
 }
 
 #[tokio::test]
-async fn snapshots_unimplemented_and_not_advertised() {
+async fn snapshot_calls_check_their_fields_and_snapshots_are_advertised() {
     let (_, s) = svc();
-    let e = s
-        .create_snapshot(Request::new(csi::CreateSnapshotRequest::default()))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
-    let e = s
-        .list_snapshots(Request::new(csi::ListSnapshotsRequest::default()))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
+    let code = |r: Result<(), Status>| r.unwrap_err().code();
+    let no_name = csi::CreateSnapshotRequest {
+        source_volume_id: "pvc-1".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(s.create_snapshot(Request::new(no_name)).await.map(|_| ())),
+        Code::InvalidArgument
+    );
+    let no_source = csi::CreateSnapshotRequest {
+        name: "snap".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(s.create_snapshot(Request::new(no_source)).await.map(|_| ())),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            s.delete_snapshot(Request::new(csi::DeleteSnapshotRequest::default()))
+                .await
+                .map(|_| ())
+        ),
+        Code::InvalidArgument
+    );
+    let bad_token = csi::ListSnapshotsRequest {
+        starting_token: "7".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(s.list_snapshots(Request::new(bad_token)).await.map(|_| ())),
+        Code::Aborted
+    );
+    let negative = csi::ListSnapshotsRequest {
+        max_entries: -1,
+        ..Default::default()
+    };
+    assert_eq!(
+        code(s.list_snapshots(Request::new(negative)).await.map(|_| ())),
+        Code::InvalidArgument
+    );
     let caps = s
         .controller_get_capabilities(Request::new(csi::ControllerGetCapabilitiesRequest {}))
         .await
         .unwrap()
         .into_inner()
         .capabilities;
-    assert_eq!(caps.len(), 9);
+    assert_eq!(caps.len(), 12);
     use csi::controller_service_capability::{Type, rpc::Type as T};
     let has = |t: T| {
         caps.iter()
             .any(|c| matches!(&c.r#type, Some(Type::Rpc(r)) if r.r#type == t as i32))
     };
     assert!(has(T::CreateDeleteVolume) && has(T::GetVolume) && has(T::SingleNodeMultiWriter));
-    assert!(!has(T::CreateDeleteSnapshot) && !has(T::ListSnapshots) && !has(T::CloneVolume));
+    assert!(has(T::CreateDeleteSnapshot) && has(T::ListSnapshots) && has(T::CloneVolume));
+    assert!(!has(T::ModifyVolume) && !has(T::GetSnapshot));
 }
 
 #[tokio::test]

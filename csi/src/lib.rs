@@ -13,4 +13,5 @@ pub mod node;
 pub mod params;
 pub mod paths;
 pub mod rpclog;
+pub mod snapshots;
 pub mod storaged;

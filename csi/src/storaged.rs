@@ -24,6 +24,21 @@ pub trait VolumeBackend: Send + Sync + 'static {
     async fn unpublish_volume(&self, name: &str, node_name: &str) -> Result<(), Status>;
     async fn list_nodes(&self) -> Result<Vec<pb::Node>, Status>;
     async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, Status>;
+    async fn create_snapshot(&self, name: &str, source: &str) -> Result<pb::Snapshot, Status> {
+        let _ = (name, source);
+        Err(Status::unimplemented("snapshots"))
+    }
+    async fn delete_snapshot(&self, name: &str) -> Result<(), Status> {
+        let _ = name;
+        Err(Status::unimplemented("snapshots"))
+    }
+    async fn list_snapshots(
+        &self,
+        req: pb::ListSnapshotsRequest,
+    ) -> Result<pb::ListSnapshotsResponse, Status> {
+        let _ = req;
+        Err(Status::unimplemented("snapshots"))
+    }
 }
 
 /// Node-local calls on this node's storaged.
@@ -76,6 +91,18 @@ impl VolumeBackend for cairn_client::VolumeClient {
     }
     async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, Status> {
         cairn_client::VolumeClient::cluster_status(self).await
+    }
+    async fn create_snapshot(&self, name: &str, source: &str) -> Result<pb::Snapshot, Status> {
+        cairn_client::VolumeClient::create_snapshot(self, name, source).await
+    }
+    async fn delete_snapshot(&self, name: &str) -> Result<(), Status> {
+        cairn_client::VolumeClient::delete_snapshot(self, name).await
+    }
+    async fn list_snapshots(
+        &self,
+        req: pb::ListSnapshotsRequest,
+    ) -> Result<pb::ListSnapshotsResponse, Status> {
+        cairn_client::VolumeClient::list_snapshots(self, req).await
     }
 }
 

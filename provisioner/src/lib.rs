@@ -17,6 +17,7 @@ pub mod provision;
 pub mod quantity;
 pub mod resize;
 pub mod run;
+pub mod source;
 pub mod topology;
 
 #[cfg(test)]

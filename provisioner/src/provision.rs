@@ -210,11 +210,7 @@ async fn build_request(
     ctx: &Ctx,
 ) -> Result<(csi::CreateVolumeRequest, String)> {
     let spec = pvc.spec.clone().unwrap_or_default();
-    if spec.data_source.is_some() || spec.data_source_ref.is_some() {
-        return Err(Error::Invalid(
-            "volume content sources (clones, snapshots) are not supported".into(),
-        ));
-    }
+    let volume_content_source = crate::source::content_source(pvc, ctx).await?;
     let p = params::parse(class.parameters.as_ref())?;
     let required = requested_bytes(pvc)?;
     let limit = match spec
@@ -251,6 +247,7 @@ async fn build_request(
         }),
         volume_capabilities: caps,
         parameters: p.driver,
+        volume_content_source,
         ..Default::default()
     };
     Ok((req, fs_type))

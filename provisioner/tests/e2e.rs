@@ -693,3 +693,65 @@ async fn example_statefulset_keeps_data_and_cleans_up() {
     })
     .await;
 }
+
+/// A claim whose dataSource is another claim starts as a copy of it (a CSI clone made by
+/// storaged), larger than its source; afterwards the two are independent volumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_cloned_from_another_holds_its_data() {
+    run(|env| async move {
+        env.apply(&pvc("origin", "cairn-replicated", "1Gi")).await;
+        let origin_pv = env.bound_pv("origin", BIND).await;
+        let writer = pod(
+            "writer",
+            "origin",
+            Some("node-1"),
+            "Never",
+            "echo cloned-data > /data/f && sync && cat /data/f",
+        );
+        env.apply(&writer).await;
+        env.wait_phase("pod", "writer", "Succeeded", POD).await;
+        env.must(&["delete", "pod", "writer"]).await;
+        env.wait_gone("pod", "writer", POD).await;
+
+        let clone = format!(
+            "{}  dataSource:\n    kind: PersistentVolumeClaim\n    name: origin\n",
+            pvc("copy", "cairn-replicated", "2Gi")
+        );
+        env.apply(&clone).await;
+        let copy_pv = env.bound_pv("copy", BIND).await;
+        let vols = env.volumes().await;
+        let copy = vols
+            .iter()
+            .find(|v| v["name"] == copy_pv.as_str())
+            .expect("the clone's volume in storaged");
+        assert_eq!(copy["source"], format!("volume:{origin_pv}"));
+
+        // The copy has the data and the size asked for (its ext4 grown when staged), and
+        // writing it leaves the origin as it was.
+        let reader = pod(
+            "reader",
+            "copy",
+            Some("node-2"),
+            "Never",
+            "cat /data/f && df -k /data | tail -1 && echo changed > /data/f && sync",
+        );
+        env.apply(&reader).await;
+        env.wait_phase("pod", "reader", "Succeeded", POD).await;
+        let out = env.logs("reader").await;
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some("cloned-data"), "{out}");
+        let kib: u64 = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("df output: {out}"));
+        assert!(kib > 1_500_000, "the clone's filesystem spans 2Gi: {out}");
+        let check = pod("check", "origin", Some("node-3"), "Never", "cat /data/f");
+        env.apply(&check).await;
+        env.wait_phase("pod", "check", "Succeeded", POD).await;
+        assert_eq!(env.logs("check").await.trim(), "cloned-data");
+
+        delete_all(&env, &["reader", "check"], &["copy", "origin"]).await;
+    })
+    .await;
+}

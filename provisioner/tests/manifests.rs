@@ -82,6 +82,7 @@ struct Objects {
     statefulsets: Vec<StatefulSet>,
     cluster_roles: BTreeMap<String, ClusterRole>,
     roles: BTreeMap<String, Role>,
+    snapshot_class_drivers: Vec<String>,
 }
 
 fn load() -> Objects {
@@ -118,6 +119,11 @@ fn load() -> Objects {
                 o.roles
                     .insert(r.metadata.name.clone().unwrap_or_default(), r);
             }
+            "VolumeSnapshotClass" => o
+                .snapshot_class_drivers
+                .push(v["driver"].as_str().unwrap_or_default().to_string()),
+            // Application objects of examples/.
+            "VolumeSnapshot" | "PersistentVolumeClaim" => {}
             other => panic!("{}: unexpected kind {other:?}", f.display()),
         }
     }
@@ -264,6 +270,10 @@ fn controller_runs_csi_and_provisioner_on_one_socket_with_leader_election() {
     let p = args("cairn-provisioner");
     assert!(p.contains(&"--csi-endpoint=unix:///csi/csi.sock".to_string()));
     assert!(p.contains(&"--leader-election".to_string()));
+    let snapshotter = args("csi-snapshotter");
+    assert!(snapshotter.contains(&"--csi-address=/csi/csi.sock".to_string()));
+    assert!(snapshotter.contains(&"--leader-election".to_string()));
+    assert_eq!(o.snapshot_class_drivers, vec!["csi.cairn.dev".to_string()]);
     assert_eq!(
         pod.service_account_name.as_deref(),
         Some("cairn-controller")
@@ -298,6 +308,20 @@ fn rbac_grants_exactly_what_the_controllers_call() {
         ("", "persistentvolumeclaims", "list"),
         ("", "persistentvolumeclaims", "watch"),
         ("", "persistentvolumeclaims", "patch"),
+        ("", "persistentvolumeclaims", "get"),
+        ("snapshot.storage.k8s.io", "volumesnapshots", "get"),
+        ("snapshot.storage.k8s.io", "volumesnapshotcontents", "get"),
+        (
+            "snapshot.storage.k8s.io",
+            "volumesnapshotcontents",
+            "update",
+        ),
+        (
+            "snapshot.storage.k8s.io",
+            "volumesnapshotcontents/status",
+            "patch",
+        ),
+        ("snapshot.storage.k8s.io", "volumesnapshotclasses", "list"),
         ("", "persistentvolumeclaims/status", "patch"),
         ("", "persistentvolumes", "create"),
         ("", "persistentvolumes", "delete"),

@@ -34,6 +34,9 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("internal: {0}")]
     Internal(String),
+    /// Another storaged's answer to a call made on the client's behalf, code kept.
+    #[error("{message}")]
+    Peer { code: Code, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -64,6 +67,16 @@ impl Error {
             Error::NotLeader { .. } | Error::Unavailable(_) => Code::Unavailable,
             Error::Aborted(_) => Code::Aborted,
             Error::Engine(_) | Error::Io(_) | Error::Internal(_) => Code::Internal,
+            Error::Peer { code, .. } => *code,
+        }
+    }
+}
+
+impl From<Status> for Error {
+    fn from(s: Status) -> Error {
+        Error::Peer {
+            code: s.code(),
+            message: s.message().to_string(),
         }
     }
 }

@@ -12,7 +12,10 @@ use openraft::errors::{ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
-use crate::meta::catalog::{Catalog, MetaCommand, MetaReply, NodeRecord, VolumeKind, VolumeRecord};
+use crate::meta::catalog::{
+    Catalog, MetaCommand, MetaReply, NodeRecord, POPULATING_LABEL, SNAPSHOT_OF_LABEL, VolumeKind,
+    VolumeRecord,
+};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{ChannelCache, NetworkFactory};
 use crate::raft::state_machine::{GroupStateMachine, Shared};
@@ -67,6 +70,17 @@ pub struct StorageNode {
     pub meta: Raft,
     groups: RwLock<HashMap<u64, Raft>>,
     pub metrics: crate::metrics::Metrics,
+}
+
+/// A snapshot is written only by the copy that makes it; after that it is read-only.
+fn refuse_sealed_snapshot(vol: &VolumeRecord) -> Result<()> {
+    if vol.labels.contains_key(SNAPSHOT_OF_LABEL) && !vol.labels.contains_key(POPULATING_LABEL) {
+        return Err(Error::FailedPrecondition(format!(
+            "`{}` holds a snapshot and is read-only",
+            vol.name
+        )));
+    }
+    Ok(())
 }
 
 fn fatal(e: impl std::fmt::Display) -> Error {
@@ -314,7 +328,7 @@ impl StorageNode {
     }
 
     /// Resolves a volume for I/O on this node: its record and local leader Raft, or a redirect.
-    fn io_target(&self, name: &str) -> Result<(VolumeRecord, Raft)> {
+    pub(crate) fn io_target(&self, name: &str) -> Result<(VolumeRecord, Raft)> {
         // On every I/O: look up one record, never clone the whole catalogue.
         let found = self.meta_shared.with_catalog(|cat| {
             cat.volumes.get(name).cloned().map(|v| {
@@ -370,6 +384,7 @@ impl StorageNode {
 
     async fn write_inner(&self, name: &str, offset: u64, data: bytes::Bytes) -> Result<()> {
         let (vol, raft) = self.io_target(name)?;
+        refuse_sealed_snapshot(&vol)?;
         let len = data.len() as u64;
         self.check_bounds(&vol, |size| blocks::check_io(offset, len, size, true))
             .await?;
@@ -388,6 +403,7 @@ impl StorageNode {
 
     async fn discard_inner(&self, name: &str, offset: u64, len: u64) -> Result<()> {
         let (vol, raft) = self.io_target(name)?;
+        refuse_sealed_snapshot(&vol)?;
         self.check_bounds(&vol, |size| blocks::check_range(offset, len, size, None))
             .await?;
         raft.client_write(Request::Discard { offset, len })

@@ -98,7 +98,10 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
                 .max_encoding_message_size(512 << 20),
         )
         .add_service(pb::volume_service_server::VolumeServiceServer::new(
-            VolumeApi { node: node.clone() },
+            VolumeApi {
+                node: node.clone(),
+                copies: Default::default(),
+            },
         ))
         .add_service(
             pb::block_service_server::BlockServiceServer::new(BlockApi { node: node.clone() })

@@ -44,6 +44,29 @@ enum Cmd {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
+    /// Point-in-time snapshots of replicated volumes.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: SnapshotCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Snapshots --volume now and waits until the copy is complete.
+    Create {
+        name: String,
+        #[arg(long)]
+        volume: String,
+    },
+    /// Lists snapshots (of one --volume if given).
+    Ls {
+        #[arg(long)]
+        volume: Option<String>,
+    },
+    Rm {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -70,6 +93,12 @@ enum VolumeCmd {
         /// Required zone.
         #[arg(long)]
         zone: Option<String>,
+        /// Start as a copy of this snapshot.
+        #[arg(long, conflicts_with = "from_volume")]
+        from_snapshot: Option<String>,
+        /// Start as a copy of this volume as it is now.
+        #[arg(long)]
+        from_volume: Option<String>,
     },
     Ls,
     Get {
@@ -164,7 +193,92 @@ fn volume_json(v: &pb::Volume) -> serde_json::Value {
         "type": kind_name(v.kind), "health": v.health, "leader_node_id": v.leader_node_id,
         "members": v.members.iter().map(|m| json!({"node_id": m.node_id, "node": m.node_name, "state": m.state, "matched_index": m.matched_index})).collect::<Vec<_>>(),
         "attachments": v.attachments.iter().map(|a| json!({"node": a.node_name, "readonly": a.readonly})).collect::<Vec<_>>(),
+        "source": v.source,
     })
+}
+
+fn snapshot_json(s: &pb::Snapshot) -> serde_json::Value {
+    json!({"name": s.name, "volume": s.source_volume, "size_bytes": s.size_bytes,
+           "ready": s.ready, "stored_bytes": s.stored_bytes, "created_unix": s.created_unix})
+}
+
+async fn snapshot_cmd(
+    client: &VolumeClient,
+    json_out: bool,
+    cmd: SnapshotCmd,
+) -> Result<(), Status> {
+    match cmd {
+        SnapshotCmd::Create { name, volume } => {
+            let started = std::time::Instant::now();
+            let s = loop {
+                let s = client.create_snapshot(&name, &volume).await?;
+                if s.ready {
+                    break s;
+                }
+                eprintln!("copying snapshot/{name} … {}s", started.elapsed().as_secs());
+            };
+            if json_out {
+                println!("{}", snapshot_json(&s));
+            } else {
+                println!(
+                    "snapshot/{} of volume/{} ready ({} written of {})",
+                    s.name,
+                    s.source_volume,
+                    human(s.stored_bytes),
+                    human(s.size_bytes)
+                );
+            }
+        }
+        SnapshotCmd::Ls { volume } => {
+            let mut all = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = client
+                    .list_snapshots(pb::ListSnapshotsRequest {
+                        page_size: 500,
+                        page_token: token,
+                        name: String::new(),
+                        source_volume: volume.clone().unwrap_or_default(),
+                    })
+                    .await?;
+                all.extend(page.snapshots);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            if json_out {
+                println!(
+                    "{}",
+                    serde_json::Value::Array(all.iter().map(snapshot_json).collect())
+                );
+            } else {
+                println!(
+                    "{:<40} {:<30} {:>10} {:>10} {:<6}",
+                    "NAME", "VOLUME", "SIZE", "WRITTEN", "READY"
+                );
+                for s in all {
+                    println!(
+                        "{:<40} {:<30} {:>10} {:>10} {:<6}",
+                        s.name,
+                        s.source_volume,
+                        human(s.size_bytes),
+                        human(s.stored_bytes),
+                        s.ready
+                    );
+                }
+            }
+        }
+        SnapshotCmd::Rm { name } => {
+            client.delete_snapshot(&name).await?;
+            if json_out {
+                println!("{}", json!({"deleted": name}));
+            } else {
+                println!("snapshot/{name} deleted");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn node_json(n: &pb::Node) -> serde_json::Value {
@@ -236,6 +350,8 @@ async fn run(cli: Cli) -> Result<(), Status> {
                 r#type,
                 node,
                 zone,
+                from_snapshot,
+                from_volume,
             } => {
                 let kind = match r#type.as_str() {
                     "replicated" => pb::VolumeKind::Replicated,
@@ -258,20 +374,32 @@ async fn run(cli: Cli) -> Result<(), Status> {
                 } else {
                     vec![pb::TopologyTerm { segments }]
                 };
-                let v = client
-                    .create_volume(pb::CreateVolumeRequest {
-                        name,
-                        size_bytes: size("size", &sz)?,
-                        replicas: if kind == pb::VolumeKind::Local {
-                            1
-                        } else {
-                            replicas
-                        },
-                        kind: kind as i32,
-                        requisite,
-                        ..Default::default()
-                    })
-                    .await?;
+                let req = pb::CreateVolumeRequest {
+                    name,
+                    size_bytes: size("size", &sz)?,
+                    replicas: if kind == pb::VolumeKind::Local {
+                        1
+                    } else {
+                        replicas
+                    },
+                    kind: kind as i32,
+                    requisite,
+                    source_snapshot: from_snapshot.unwrap_or_default(),
+                    source_volume: from_volume.unwrap_or_default(),
+                    ..Default::default()
+                };
+                // A copy from a source answers ABORTED while it goes on: ask again.
+                let started = std::time::Instant::now();
+                let v = loop {
+                    match client.create_volume(req.clone()).await {
+                        Err(e) if e.code() == Code::Aborted => eprintln!(
+                            "copying into volume/{} … {}s",
+                            req.name,
+                            started.elapsed().as_secs()
+                        ),
+                        other => break other?,
+                    }
+                };
                 if json_out {
                     println!("{}", volume_json(&v))
                 } else {
@@ -406,6 +534,7 @@ async fn run(cli: Cli) -> Result<(), Status> {
                     .map_err(|e| Status::internal(format!("output: {e}")))?;
             }
         },
+        Cmd::Snapshot { cmd } => snapshot_cmd(&client, json_out, cmd).await?,
         Cmd::Node { cmd } => match cmd {
             NodeCmd::Ls => print_nodes(json_out, &client.list_nodes().await?),
             NodeCmd::Add { id, addr, name } => {

@@ -11,6 +11,17 @@ pub const ZONE_LABEL: &str = "zone";
 pub const NODE_KEY: &str = "topology.cairn.dev/node";
 pub const ZONE_KEY: &str = "topology.kubernetes.io/zone";
 
+/// Snapshots are volumes named `snapshot.<name>`; user volumes may not use the prefix.
+pub const SNAPSHOT_PREFIX: &str = "snapshot.";
+/// On a snapshot's volume: the volume it is a copy of.
+pub const SNAPSHOT_OF_LABEL: &str = "cairn.dev/snapshot-of";
+/// On a volume made from a content source: `snapshot:NAME` or `volume:NAME`.
+pub const SOURCE_LABEL: &str = "cairn.dev/source";
+/// Present while a snapshot or a volume made from a source is still being copied.
+pub const POPULATING_LABEL: &str = "cairn.dev/populating";
+/// Bytes of written data copied in (set when the copy completes).
+pub const COPIED_LABEL: &str = "cairn.dev/bytes-copied";
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VolumeKind {
     Replicated,
@@ -94,6 +105,12 @@ pub enum MetaCommand {
     RemoveNode {
         id: u64,
     },
+    /// Sets and removes labels of a volume (appended last: older entries still decode).
+    SetLabels {
+        name: String,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+    },
 }
 
 impl MetaCommand {
@@ -106,6 +123,7 @@ impl MetaCommand {
             MetaCommand::Unpublish { .. } => "unpublish",
             MetaCommand::RegisterNode(_) => "register_node",
             MetaCommand::RemoveNode { .. } => "remove_node",
+            MetaCommand::SetLabels { .. } => "set_labels",
         }
     }
 }
@@ -291,6 +309,16 @@ impl Catalog {
                 }
                 self.nodes.remove(&id);
                 Ok(MetaReply::Done)
+            }
+            MetaCommand::SetLabels { name, set, remove } => {
+                let Some(v) = self.volumes.get_mut(&name) else {
+                    return Err(not_found("volume", &name));
+                };
+                for k in remove {
+                    v.labels.remove(&k);
+                }
+                v.labels.extend(set);
+                Ok(MetaReply::Volume(v.clone()))
             }
         }
     }

@@ -61,4 +61,19 @@ impl BlockService for BlockApi {
         self.node.flush(&r.volume).await?;
         Ok(Response::new(pb::FlushResponse {}))
     }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume, target = %req.get_ref().target))]
+    async fn copy_to(
+        &self,
+        req: Request<pb::CopyToRequest>,
+    ) -> Result<Response<pb::CopyToResponse>, Status> {
+        let r = req.into_inner();
+        validate::name("volume", &r.volume)?;
+        validate::name("target", &r.target)?;
+        if r.volume == r.target {
+            return Err(crate::Error::invalid("target", "must differ from `volume`").into());
+        }
+        let bytes_copied = crate::volume::copy::copy_to(&self.node, &r.volume, &r.target).await?;
+        Ok(Response::new(pb::CopyToResponse { bytes_copied }))
+    }
 }

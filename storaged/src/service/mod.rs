@@ -3,6 +3,7 @@
 
 pub mod block_api;
 pub mod raft_api;
+pub mod snapshots;
 pub mod validate;
 pub mod view;
 pub mod volume_api;

@@ -70,6 +70,11 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
             .collect(),
         labels: v.labels.clone().into_iter().collect(),
         created_unix: v.created_unix,
+        source: v
+            .labels
+            .get(crate::meta::catalog::SOURCE_LABEL)
+            .cloned()
+            .unwrap_or_default(),
     };
     let name_of = |id: u64| {
         cat.nodes

@@ -13,19 +13,22 @@ use tonic::{Request, Response, Status};
 use crate::meta::catalog::{
     Catalog, MetaCommand, MetaReply, NodeRecord, NodeRole, VolumeKind, VolumeRecord,
 };
+use crate::meta::catalog::{POPULATING_LABEL, SOURCE_LABEL};
 use crate::meta::placement::{self, Term, Want};
 use crate::node::StorageNode;
 use crate::raft::Node;
-use crate::service::{validate, view};
+use crate::service::{snapshots, validate, view};
 use crate::{Error, Result};
 
 const TOKEN_PREFIX: &str = "v1:";
 
 pub struct VolumeApi {
     pub node: Arc<StorageNode>,
+    /// Snapshot and content-source copies started by this node.
+    pub copies: snapshots::Copies,
 }
 
-fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -53,11 +56,13 @@ impl VolumeApi {
 
     async fn create(&self, r: pb::CreateVolumeRequest) -> Result<pb::Volume> {
         validate::name("name", &r.name)?;
+        snapshots::refuse_reserved("name", &r.name)?;
         validate::size(r.size_bytes)?;
         let kind = validate::kind(r.kind)?;
         let replicas = validate::replicas(r.replicas, kind)?;
         let requisite: Vec<Term> = validate::terms("requisite", &r.requisite)?;
         let preferred: Vec<Term> = validate::terms("preferred", &r.preferred)?;
+        let source = snapshots::requested(&r)?.map(|(label, ..)| label);
         let cat = self.node.read_catalog().await?;
         if let Some(existing) = cat.volumes.get(&r.name) {
             if existing.size != r.size_bytes
@@ -69,7 +74,26 @@ impl VolumeApi {
                     r.name, existing.size, existing.replicas
                 )));
             }
-            return Ok(view::volume(&self.node, &cat, existing, false).await);
+            if existing.labels.get(SOURCE_LABEL) != source.as_ref() {
+                return Err(Error::AlreadyExists(format!(
+                    "volume `{}` exists with content source `{}`",
+                    r.name,
+                    existing
+                        .labels
+                        .get(SOURCE_LABEL)
+                        .map_or("none", |s| s.as_str())
+                )));
+            }
+            if let Some(from) = snapshots::copy_from_label(existing) {
+                snapshots::finish_populating(&self.node, &self.copies, existing, &from).await?;
+            }
+            return Ok(view::volume(&self.node, &self.node.catalog(), existing, false).await);
+        }
+        let source = snapshots::check_source(&cat, &r, kind)?;
+        let mut labels: BTreeMap<String, String> = r.labels.into_iter().collect();
+        if let Some((label, _)) = &source {
+            labels.insert(SOURCE_LABEL.to_string(), label.clone());
+            labels.insert(POPULATING_LABEL.to_string(), "1".to_string());
         }
         let want = Want {
             size: r.size_bytes,
@@ -87,7 +111,7 @@ impl VolumeApi {
             kind,
             members,
             attachments: Vec::new(),
-            labels: r.labels.into_iter().collect(),
+            labels,
             created_unix: now_unix(),
         };
         let v = Self::volume_reply(
@@ -96,11 +120,15 @@ impl VolumeApi {
                 .await?,
         )?;
         tracing::info!(volume = %v.name, group = v.id, size = v.size, replicas = v.replicas, members = ?v.members, "volume created");
+        if let Some((_, from)) = &source {
+            snapshots::finish_populating(&self.node, &self.copies, &v, from).await?;
+        }
         Ok(view::volume(&self.node, &self.node.catalog(), &v, false).await)
     }
 
     async fn resize(&self, r: pb::ResizeVolumeRequest) -> Result<pb::Volume> {
         validate::size(r.size_bytes)?;
+        snapshots::refuse_reserved("name", &r.name)?;
         let (cat, v) = self.lookup(&r.name).await?;
         if r.size_bytes < v.size {
             return Err(Error::invalid(
@@ -294,6 +322,7 @@ impl VolumeService for VolumeApi {
     ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
         let r = req.into_inner();
         validate::name("name", &r.name)?;
+        snapshots::refuse_reserved("name", &r.name)?;
         self.node
             .propose_meta(MetaCommand::DeleteVolume {
                 name: r.name.clone(),
@@ -350,10 +379,18 @@ impl VolumeService for VolumeApi {
             Some(a) => cat
                 .volumes
                 .range::<String, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| v)
+                .filter(|v| !snapshots::is_snapshot(v))
                 .take(size + 1)
+                .cloned()
                 .collect(),
-            None => cat.volumes.values().take(size + 1).cloned().collect(),
+            None => cat
+                .volumes
+                .values()
+                .filter(|v| !snapshots::is_snapshot(v))
+                .take(size + 1)
+                .cloned()
+                .collect(),
         };
         let more = page.len() > size;
         let mut volumes = Vec::new();
@@ -465,5 +502,34 @@ impl VolumeService for VolumeApi {
                 .map(|n| view::node(&cat, n, reach.get(&n.id).copied().unwrap_or(false)))
                 .collect(),
         }))
+    }
+
+    #[tracing::instrument(skip_all, fields(snapshot = %req.get_ref().name, volume = %req.get_ref().source_volume))]
+    async fn create_snapshot(
+        &self,
+        req: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
+        let s = snapshots::create(&self.node, &self.copies, req.into_inner()).await?;
+        Ok(Response::new(pb::CreateSnapshotResponse {
+            snapshot: Some(s),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(snapshot = %req.get_ref().name))]
+    async fn delete_snapshot(
+        &self,
+        req: Request<pb::DeleteSnapshotRequest>,
+    ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        snapshots::delete(&self.node, &req.into_inner().name).await?;
+        Ok(Response::new(pb::DeleteSnapshotResponse {}))
+    }
+
+    async fn list_snapshots(
+        &self,
+        req: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        Ok(Response::new(
+            snapshots::list(&self.node, req.into_inner()).await?,
+        ))
     }
 }

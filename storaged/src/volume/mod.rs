@@ -2,3 +2,4 @@
 //! family, read-modify-write for sub-chunk writes, zeros for holes, discard deletes.
 
 pub mod blocks;
+pub mod copy;
