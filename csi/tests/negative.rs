@@ -275,17 +275,37 @@ async fn refusals_have_the_spec_codes() {
         ),
         Code::InvalidArgument
     );
+    // Snapshots: missing fields, an unknown source volume or snapshot.
     assert_eq!(
         code(
             c.create_snapshot(csi::CreateSnapshotRequest {
-                source_volume_id: "pvc-x".into(),
                 name: "s".into(),
                 ..Default::default()
             })
             .await
         ),
-        Code::Unimplemented
+        Code::InvalidArgument
     );
+    assert_eq!(
+        code(
+            c.create_snapshot(csi::CreateSnapshotRequest {
+                source_volume_id: "pvc-none".into(),
+                name: "s".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    let mut from_missing = create_req("pvc-restored", MIB, cap.clone(), &[]);
+    from_missing.volume_content_source = Some(csi::VolumeContentSource {
+        r#type: Some(csi::volume_content_source::Type::Snapshot(
+            csi::volume_content_source::SnapshotSource {
+                snapshot_id: "no-such-snapshot".into(),
+            },
+        )),
+    });
+    assert_eq!(code(c.create_volume(from_missing).await), Code::NotFound);
 
     // Node: missing fields.
     let staging = cluster.staging_path(0, "pvc-x");

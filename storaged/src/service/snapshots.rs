@@ -85,7 +85,21 @@ async fn copy_and_seal(
         let client = cairn_client::VolumeClient::new(addrs)?
             .with_deadline(COPY_DEADLINE)
             .with_attempt_timeout(COPY_DEADLINE);
-        let copied = client.copy_to(&source, &target).await?;
+        // Only the meta leader copies: when leadership moves, the copy is dropped (which
+        // cancels the RPC, and the copy on the source's leader with it) and the new
+        // leader starts over when the create is retried, so two copies from different
+        // moments do not interleave in the target (but for the last writes in flight).
+        let me = node.cfg.id;
+        let wait = node.meta.wait(None);
+        let lost = wait.metrics(move |m| m.current_leader != Some(me), "meta leadership lost");
+        let copied = tokio::select! {
+            r = client.copy_to(&source, &target) => r?,
+            _ = lost => {
+                return Err(Error::Unavailable(format!(
+                    "the meta leadership moved while copying into `{target}`; retry on the new leader"
+                )));
+            }
+        };
         node.propose_meta(MetaCommand::SetLabels {
             name: target.clone(),
             set: BTreeMap::from([(COPIED_LABEL.to_string(), copied.to_string())]),
