@@ -79,16 +79,14 @@ fn unexecuted(status: &Status) -> bool {
                 || status.message().contains("Connection refused")))
 }
 
+/// ABORTED ("still copying into that volume; ask again") is not retried here: the caller
+/// decides how long to wait, with progress (cairnctl) or its own backoff (a CO).
 fn retryable(status: &Status, retry: Retry) -> bool {
     match retry {
         Retry::OnlyUnexecuted => unexecuted(status),
         Retry::Idempotent => matches!(
             status.code(),
-            Code::Unavailable
-                | Code::DeadlineExceeded
-                | Code::Aborted
-                | Code::Cancelled
-                | Code::Unknown
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
         ),
     }
 }

@@ -13,7 +13,7 @@ const PAGE_BYTES: usize = 4 << 20;
 /// Writes into the target kept in flight.
 const IN_FLIGHT: usize = 8;
 /// Progress is logged every this many bytes.
-const PROGRESS_EVERY: u64 = 256 << 20;
+const PROGRESS_EVERY: u64 = 64 << 20;
 
 /// Copies every written chunk of `name` (this node must lead its group) into `target`.
 /// The view is taken after a linearizable barrier, so it holds every write acknowledged
