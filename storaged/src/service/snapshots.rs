@@ -19,7 +19,7 @@ use crate::service::validate;
 use crate::{Error, Result};
 
 /// How long a create call waits for its copy before answering "not yet" (snapshots:
-/// `ready: false`; volumes: ABORTED, retried). The copy itself goes on regardless.
+/// `ready: false`; volumes: ABORTED, and the caller asks again). The copy goes on regardless.
 const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 /// Bound on one copy; HTTP/2 keep-alives notice a dead peer long before.
 const COPY_DEADLINE: Duration = Duration::from_secs(6 * 3600);
