@@ -550,6 +550,9 @@ pub fn capabilities() -> Vec<csi::ControllerServiceCapability> {
         Type::CreateDeleteSnapshot,
         Type::ListSnapshots,
         Type::CloneVolume,
+        // ControllerPublishVolume's `readonly` is recorded in storaged (a second publish
+        // with another value is ALREADY_EXISTS) and makes the node stage read-only.
+        Type::PublishReadonly,
         // GET_SNAPSHOT (CSI 1.12, alpha) is served but not advertised: sidecars and
         // csi-sanity v5 reject capabilities they do not know.
     ]

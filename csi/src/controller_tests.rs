@@ -556,7 +556,7 @@ async fn snapshot_calls_check_their_fields_and_snapshots_are_advertised() {
         .unwrap()
         .into_inner()
         .capabilities;
-    assert_eq!(caps.len(), 12);
+    assert_eq!(caps.len(), 13);
     use csi::controller_service_capability::{Type, rpc::Type as T};
     let has = |t: T| {
         caps.iter()
@@ -564,6 +564,7 @@ async fn snapshot_calls_check_their_fields_and_snapshots_are_advertised() {
     };
     assert!(has(T::CreateDeleteVolume) && has(T::GetVolume) && has(T::SingleNodeMultiWriter));
     assert!(has(T::CreateDeleteSnapshot) && has(T::ListSnapshots) && has(T::CloneVolume));
+    assert!(has(T::PublishReadonly));
     assert!(!has(T::ModifyVolume) && !has(T::GetSnapshot));
 }
 
