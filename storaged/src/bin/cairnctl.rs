@@ -453,6 +453,9 @@ async fn run(cli: Cli) -> Result<(), Status> {
                         v.health,
                         v.leader_node_id
                     );
+                    if !v.source.is_empty() {
+                        println!("source: {}", v.source);
+                    }
                     for m in &v.members {
                         println!(
                             "  replica node {} ({}): {} matched={}",
