@@ -10,12 +10,13 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
 use crate::meta::catalog::{
-    COPIED_LABEL, Catalog, MetaCommand, MetaReply, POPULATING_LABEL, SNAPSHOT_OF_LABEL,
-    SNAPSHOT_PREFIX, SOURCE_LABEL, VolumeKind, VolumeRecord,
+    COPIED_LABEL, Catalog, MetaCommand, POPULATING_LABEL, SNAPSHOT_OF_LABEL, SNAPSHOT_PREFIX,
+    VolumeKind, VolumeRecord,
 };
 use crate::meta::placement::{self, Want};
 use crate::node::StorageNode;
 use crate::service::validate;
+use crate::service::volume_api::VolumeApi;
 use crate::{Error, Result};
 
 /// How long a create call waits for its copy before answering "not yet" (snapshots:
@@ -25,7 +26,8 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 const COPY_DEADLINE: Duration = Duration::from_secs(6 * 3600);
 const TOKEN_PREFIX: &str = "s1:";
 
-type CopyResult = std::result::Result<u64, (tonic::Code, String)>;
+/// The sealed target record, or the error's code and message (`Shared` needs `Clone`).
+type CopyResult = std::result::Result<VolumeRecord, (tonic::Code, String)>;
 
 /// Copies running on this node, by target volume: a retried create joins the copy in
 /// progress instead of starting a second one into the same target.
@@ -36,8 +38,13 @@ pub struct Copies {
 
 impl Copies {
     /// Waits up to `ANSWER_WITHIN` for the copy of `source` into `target` (started in its
-    /// own task unless one is running); `Ok(false)` if it is still going.
-    async fn populate(&self, node: &Arc<StorageNode>, source: &str, target: &str) -> Result<bool> {
+    /// own task unless one is running): the sealed target, or `None` if it is still going.
+    async fn populate(
+        &self,
+        node: &Arc<StorageNode>,
+        source: &str,
+        target: &str,
+    ) -> Result<Option<VolumeRecord>> {
         let copy = {
             let mut running = self.running.lock().expect("copies poisoned");
             match running.get(target) {
@@ -61,8 +68,8 @@ impl Copies {
             }
         };
         match tokio::time::timeout(ANSWER_WITHIN, copy).await {
-            Err(_) => Ok(false),
-            Ok(Ok(_)) => Ok(true),
+            Err(_) => Ok(None),
+            Ok(Ok(sealed)) => Ok(Some(sealed)),
             Ok(Err((code, message))) => Err(Error::Peer { code, message }),
         }
     }
@@ -100,13 +107,14 @@ async fn copy_and_seal(
                 )));
             }
         };
-        node.propose_meta(MetaCommand::SetLabels {
-            name: target.clone(),
-            set: BTreeMap::from([(COPIED_LABEL.to_string(), copied.to_string())]),
-            remove: vec![POPULATING_LABEL.to_string()],
-        })
-        .await?;
-        Ok::<u64, Error>(copied)
+        let sealed = node
+            .propose_meta(MetaCommand::SetLabels {
+                name: target.clone(),
+                set: BTreeMap::from([(COPIED_LABEL.to_string(), copied.to_string())]),
+                remove: vec![POPULATING_LABEL.to_string()],
+            })
+            .await?;
+        VolumeApi::volume_reply(sealed)
     }
     .await;
     copies
@@ -115,7 +123,9 @@ async fn copy_and_seal(
         .expect("copies poisoned")
         .remove(&target);
     match &r {
-        Ok(n) => tracing::info!(source = %source, target = %target, copied_bytes = n, "populated"),
+        Ok(v) => {
+            tracing::info!(source = %source, target = %target, copied_bytes = v.labels.get(COPIED_LABEL).map(String::as_str), "populated")
+        }
         Err(e) => tracing::warn!(source = %source, target = %target, error = %e, "copy failed"),
     }
     r.map_err(|e| (e.code(), e.to_string()))
@@ -168,13 +178,6 @@ fn replicated(cat: &Catalog, field: &'static str, name: &str) -> Result<VolumeRe
     Ok(v.clone())
 }
 
-fn volume_reply(r: MetaReply) -> Result<VolumeRecord> {
-    match r {
-        MetaReply::Volume(v) => Ok(v),
-        other => Err(Error::Internal(format!("unexpected meta reply {other:?}"))),
-    }
-}
-
 /// Creates (or finds) snapshot `name` of `source`; `ready` once its copy is done.
 pub async fn create(
     node: &Arc<StorageNode>,
@@ -214,7 +217,8 @@ pub async fn create(
                 ]),
                 created_unix: super::volume_api::now_unix(),
             };
-            let v = volume_reply(node.propose_meta(MetaCommand::CreateVolume(rec)).await?)?;
+            let v =
+                VolumeApi::volume_reply(node.propose_meta(MetaCommand::CreateVolume(rec)).await?)?;
             tracing::info!(snapshot = %r.name, volume = %r.source_volume, group = v.id, "snapshot created");
             v
         }
@@ -229,12 +233,9 @@ pub async fn create(
         )));
     }
     if rec.labels.contains_key(POPULATING_LABEL)
-        && copies.populate(node, &r.source_volume, &hidden).await?
+        && let Some(sealed) = copies.populate(node, &r.source_volume, &hidden).await?
     {
-        let cat = node.read_catalog().await?;
-        if let Some(v) = cat.volumes.get(&hidden) {
-            return Ok(view(v));
-        }
+        return Ok(view(&sealed));
     }
     Ok(view(&rec))
 }
@@ -261,76 +262,67 @@ pub async fn list(
     node: &StorageNode,
     r: pb::ListSnapshotsRequest,
 ) -> Result<pb::ListSnapshotsResponse> {
-    let after = match r.page_token.as_str() {
-        "" => None,
-        t => Some(
-            t.strip_prefix(TOKEN_PREFIX)
-                .map(hidden_name)
-                .ok_or_else(|| {
-                    Error::invalid("page_token", format!("`{t}` was not issued by storaged"))
-                })?,
-        ),
-    };
-    let size = match r.page_size {
-        0 => 100,
-        n => n.min(1000),
-    } as usize;
+    let (after, size) = validate::page(&r.page_token, TOKEN_PREFIX, r.page_size)?;
     let cat = node.read_catalog().await?;
-    let matching = cat
+    // Snapshot volumes sort together, under their prefix.
+    let start = match after.map(|a| hidden_name(&a)) {
+        Some(a) => std::ops::Bound::Excluded(a),
+        None => std::ops::Bound::Included(SNAPSHOT_PREFIX.to_string()),
+    };
+    let mut snapshots: Vec<pb::Snapshot> = cat
         .volumes
-        .range::<String, _>((
-            after
-                .as_ref()
-                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
-            std::ops::Bound::Unbounded,
-        ))
+        .range((start, std::ops::Bound::Unbounded))
+        .take_while(|(name, _)| name.starts_with(SNAPSHOT_PREFIX))
         .map(|(_, v)| v)
         .filter(|v| is_snapshot(v))
         .map(view)
         .filter(|s| r.name.is_empty() || s.name == r.name)
-        .filter(|s| r.source_volume.is_empty() || s.source_volume == r.source_volume);
-    let mut snapshots: Vec<pb::Snapshot> = matching.take(size + 1).collect();
+        .filter(|s| r.source_volume.is_empty() || s.source_volume == r.source_volume)
+        .take(size + 1)
+        .collect();
     let more = snapshots.len() > size;
     snapshots.truncate(size);
-    let next_page_token = match (more, snapshots.last()) {
-        (true, Some(last)) => format!("{TOKEN_PREFIX}{}", last.name),
-        _ => String::new(),
-    };
+    let next_page_token = validate::next_page(
+        TOKEN_PREFIX,
+        more,
+        snapshots.last().map(|s| s.name.as_str()),
+    );
     Ok(pb::ListSnapshotsResponse {
         snapshots,
         next_page_token,
     })
 }
 
-/// A create request's content source: the `cairn.dev/source` label it implies and the
-/// volume to copy from (a snapshot's hidden volume, or the source volume itself).
+/// A create request's content source, validated.
 pub struct Source {
+    /// The `cairn.dev/source` label it implies: `snapshot:NAME` or `volume:NAME`.
     pub label: String,
-    pub copy_from: String,
+    /// The volume to copy from: a snapshot's hidden volume, or the source volume itself.
+    copy_from: String,
+    /// The request field that named it.
+    field: &'static str,
 }
 
-/// The validated content source of a create request: the `cairn.dev/source` label it
-/// implies, the volume to copy from (a snapshot's hidden volume or the volume itself),
-/// and the request field that named it. `None` without a source.
-pub fn requested(r: &pb::CreateVolumeRequest) -> Result<Option<(String, String, &'static str)>> {
+/// The content source of a create request; `None` without one.
+pub fn requested(r: &pb::CreateVolumeRequest) -> Result<Option<Source>> {
     match (r.source_snapshot.as_str(), r.source_volume.as_str()) {
         ("", "") => Ok(None),
         (s, "") => {
             validate::name("source_snapshot", s)?;
-            Ok(Some((
-                format!("snapshot:{s}"),
-                hidden_name(s),
-                "source_snapshot",
-            )))
+            Ok(Some(Source {
+                label: format!("snapshot:{s}"),
+                copy_from: hidden_name(s),
+                field: "source_snapshot",
+            }))
         }
         ("", v) => {
             validate::name("source_volume", v)?;
             refuse_reserved("source_volume", v)?;
-            Ok(Some((
-                format!("volume:{v}"),
-                v.to_string(),
-                "source_volume",
-            )))
+            Ok(Some(Source {
+                label: format!("volume:{v}"),
+                copy_from: v.to_string(),
+                field: "source_volume",
+            }))
         }
         _ => Err(Error::invalid(
             "source_volume",
@@ -339,27 +331,25 @@ pub fn requested(r: &pb::CreateVolumeRequest) -> Result<Option<(String, String, 
     }
 }
 
-/// Checks a new volume's content source against the catalogue; returns the label to
-/// record and the volume to copy from.
+/// Checks a new volume's content source against the catalogue.
 pub fn check_source(
     cat: &Catalog,
+    source: &Source,
     r: &pb::CreateVolumeRequest,
     kind: VolumeKind,
-) -> Result<Option<(String, String)>> {
-    let Some((label, copy_from, field)) = requested(r)? else {
-        return Ok(None);
-    };
+) -> Result<()> {
     if kind == VolumeKind::Local {
         return Err(Error::invalid(
             "kind",
             "a local volume cannot start from a content source",
         ));
     }
-    let src = match cat.volumes.get(&copy_from) {
-        None if field == "source_snapshot" => {
+    let copy_from = &source.copy_from;
+    let src = match cat.volumes.get(copy_from) {
+        None if source.field == "source_snapshot" => {
             return Err(Error::not_found("snapshot", &r.source_snapshot));
         }
-        _ => replicated(cat, field, &copy_from)?,
+        _ => replicated(cat, source.field, copy_from)?,
     };
     if src.labels.contains_key(POPULATING_LABEL) {
         return Err(Error::Aborted(format!(
@@ -372,35 +362,29 @@ pub fn check_source(
             r.size_bytes, src.size
         )));
     }
-    Ok(Some((label, copy_from)))
+    Ok(())
 }
 
-/// Fills `v` from its source if it is still populating; ABORTED (retried by clients)
+/// Fills `v` from `source` if it is still populating; ABORTED (the caller asks again)
 /// while the copy goes on past `ANSWER_WITHIN`.
 pub async fn finish_populating(
     node: &Arc<StorageNode>,
     copies: &Copies,
     v: &VolumeRecord,
-    copy_from: &str,
+    source: &Source,
 ) -> Result<()> {
     if !v.labels.contains_key(POPULATING_LABEL) {
         return Ok(());
     }
-    if copies.populate(node, copy_from, &v.name).await? {
+    if copies
+        .populate(node, &source.copy_from, &v.name)
+        .await?
+        .is_some()
+    {
         return Ok(());
     }
     Err(Error::Aborted(format!(
-        "volume `{}` is still being copied from `{copy_from}`; retry",
-        v.name
+        "volume `{}` is still being copied from `{}`; retry",
+        v.name, source.copy_from
     )))
-}
-
-/// The copy source recorded on a populating volume (from its `cairn.dev/source` label).
-pub fn copy_from_label(v: &VolumeRecord) -> Option<String> {
-    let s = v.labels.get(SOURCE_LABEL)?;
-    match s.split_once(':')? {
-        ("snapshot", n) => Some(hidden_name(n)),
-        ("volume", n) => Some(n.to_string()),
-        _ => None,
-    }
 }

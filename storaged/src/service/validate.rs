@@ -10,6 +10,34 @@ use crate::meta::placement::{Term, validate_term};
 use crate::volume::blocks::SECTOR;
 use crate::{Error, Result};
 
+/// Page size when a list request gives none, and the most one page holds.
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// A list request's page: the key to start after (`None`: from the beginning), read from a
+/// `page_token` this server issued with `prefix`, and how many entries to return.
+pub fn page(token: &str, prefix: &str, size: u32) -> Result<(Option<String>, usize)> {
+    let after = match token {
+        "" => None,
+        t => Some(t.strip_prefix(prefix).map(str::to_string).ok_or_else(|| {
+            Error::invalid("page_token", format!("`{t}` was not issued by storaged"))
+        })?),
+    };
+    let size = match size as usize {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    };
+    Ok((after, size))
+}
+
+/// The `next_page_token` after a page ending at `last`; empty when nothing follows.
+pub fn next_page(prefix: &str, more: bool, last: Option<&str>) -> String {
+    match (more, last) {
+        (true, Some(last)) => format!("{prefix}{last}"),
+        _ => String::new(),
+    }
+}
+
 pub const DEFAULT_REPLICAS: u32 = 3;
 pub const MAX_REPLICAS: u32 = 5;
 

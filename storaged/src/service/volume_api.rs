@@ -36,7 +36,7 @@ pub(crate) fn now_unix() -> i64 {
 }
 
 impl VolumeApi {
-    fn volume_reply(r: MetaReply) -> Result<VolumeRecord> {
+    pub(crate) fn volume_reply(r: MetaReply) -> Result<VolumeRecord> {
         match r {
             MetaReply::Volume(v) => Ok(v),
             other => Err(Error::Internal(format!("unexpected meta reply {other:?}"))),
@@ -62,7 +62,7 @@ impl VolumeApi {
         let replicas = validate::replicas(r.replicas, kind)?;
         let requisite: Vec<Term> = validate::terms("requisite", &r.requisite)?;
         let preferred: Vec<Term> = validate::terms("preferred", &r.preferred)?;
-        let source = snapshots::requested(&r)?.map(|(label, ..)| label);
+        let source = snapshots::requested(&r)?;
         let cat = self.node.read_catalog().await?;
         if let Some(existing) = cat.volumes.get(&r.name) {
             if existing.size != r.size_bytes
@@ -74,7 +74,7 @@ impl VolumeApi {
                     r.name, existing.size, existing.replicas
                 )));
             }
-            if existing.labels.get(SOURCE_LABEL) != source.as_ref() {
+            if existing.labels.get(SOURCE_LABEL) != source.as_ref().map(|s| &s.label) {
                 return Err(Error::AlreadyExists(format!(
                     "volume `{}` exists with content source `{}`",
                     r.name,
@@ -84,15 +84,18 @@ impl VolumeApi {
                         .map_or("none", |s| s.as_str())
                 )));
             }
-            if let Some(from) = snapshots::copy_from_label(existing) {
-                snapshots::finish_populating(&self.node, &self.copies, existing, &from).await?;
+            // Same source label, so a volume still populating is filled from `source`.
+            if let Some(source) = &source {
+                snapshots::finish_populating(&self.node, &self.copies, existing, source).await?;
             }
-            return Ok(view::volume(&self.node, &self.node.catalog(), existing, false).await);
+            return Ok(view::volume(&self.node, &cat, existing, false).await);
         }
-        let source = snapshots::check_source(&cat, &r, kind)?;
+        if let Some(source) = &source {
+            snapshots::check_source(&cat, source, &r, kind)?;
+        }
         let mut labels: BTreeMap<String, String> = r.labels.into_iter().collect();
-        if let Some((label, _)) = &source {
-            labels.insert(SOURCE_LABEL.to_string(), label.clone());
+        if let Some(source) = &source {
+            labels.insert(SOURCE_LABEL.to_string(), source.label.clone());
             labels.insert(POPULATING_LABEL.to_string(), "1".to_string());
         }
         let want = Want {
@@ -120,8 +123,8 @@ impl VolumeApi {
                 .await?,
         )?;
         tracing::info!(volume = %v.name, group = v.id, size = v.size, replicas = v.replicas, members = ?v.members, "volume created");
-        if let Some((_, from)) = &source {
-            snapshots::finish_populating(&self.node, &self.copies, &v, from).await?;
+        if let Some(source) = &source {
+            snapshots::finish_populating(&self.node, &self.copies, &v, source).await?;
         }
         Ok(view::volume(&self.node, &self.node.catalog(), &v, false).await)
     }
@@ -355,25 +358,7 @@ impl VolumeService for VolumeApi {
         req: Request<pb::ListVolumesRequest>,
     ) -> Result<Response<pb::ListVolumesResponse>, Status> {
         let r = req.into_inner();
-        let after = if r.page_token.is_empty() {
-            None
-        } else {
-            Some(
-                r.page_token
-                    .strip_prefix(TOKEN_PREFIX)
-                    .ok_or_else(|| {
-                        Error::invalid(
-                            "page_token",
-                            format!("`{}` was not issued by storaged", r.page_token),
-                        )
-                    })?
-                    .to_string(),
-            )
-        };
-        let size = match r.page_size {
-            0 => 100,
-            n => n.min(1000),
-        } as usize;
+        let (after, size) = validate::page(&r.page_token, TOKEN_PREFIX, r.page_size)?;
         let cat = self.node.read_catalog().await?;
         let page: Vec<VolumeRecord> = match &after {
             Some(a) => cat
@@ -397,10 +382,8 @@ impl VolumeService for VolumeApi {
         for v in page.iter().take(size) {
             volumes.push(view::volume(&self.node, &cat, v, false).await);
         }
-        let next_page_token = match (more, volumes.last()) {
-            (true, Some(last)) => format!("{TOKEN_PREFIX}{}", last.name),
-            _ => String::new(),
-        };
+        let next_page_token =
+            validate::next_page(TOKEN_PREFIX, more, volumes.last().map(|v| v.name.as_str()));
         Ok(Response::new(pb::ListVolumesResponse {
             volumes,
             next_page_token,
