@@ -2,12 +2,12 @@
 //! WAL files are recycled, applied state in another that apply writes without the WAL.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use rocksdb::{
-    ColumnFamilyDescriptor, DB, DBCompressionType, Direction, FlushOptions, IteratorMode, Options,
-    ReadOptions, WriteBatch, WriteOptions,
+    Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, FlushOptions, IteratorMode,
+    Options, ReadOptions, WriteBatch, WriteOptions,
 };
 
 use super::{Batch, Cf, Engine, Kv, Op, Pages, send_pages};
@@ -31,6 +31,38 @@ pub struct RocksEngine {
     state: DB,
     /// A logged, unsynced write went to the state database since its WAL was last synced.
     state_wal_dirty: AtomicBool,
+    /// Whether blob GC is on for `data` now (see `blob_gc_wanted`).
+    blob_gc: AtomicBool,
+}
+
+/// Garbage share of the live blob bytes at which blob GC is switched on, and below which
+/// it is switched off again: overwritten and deleted chunks are reclaimed once they
+/// are a third of what is stored, and data that is merely old is not rewritten.
+const BLOB_GC_ON: f64 = 0.33;
+const BLOB_GC_OFF: f64 = 0.15;
+
+/// Whether blob GC should run, given the live blob bytes, the garbage among them, and
+/// whether it runs now (hysteresis between `BLOB_GC_OFF` and `BLOB_GC_ON`).
+pub fn blob_gc_wanted(live: u64, garbage: u64, on: bool) -> bool {
+    if live == 0 {
+        return false;
+    }
+    let share = garbage as f64 / live as f64;
+    if on {
+        share > BLOB_GC_OFF
+    } else {
+        share >= BLOB_GC_ON
+    }
+}
+
+/// Memory for recently written and read block chunks, shared by every engine in the
+/// process. Flushes put what they write in it, so reads of recent writes stay off disk
+/// even though flushes bypass the page cache.
+const BLOB_CACHE_BYTES: usize = 256 << 20;
+
+fn blob_cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(|| Cache::new_lru_cache(BLOB_CACHE_BYTES))
 }
 
 fn cf_options(cf: Cf) -> Options {
@@ -43,7 +75,16 @@ fn cf_options(cf: Cf) -> Options {
             o.set_compression_type(DBCompressionType::None);
             o.set_enable_blob_files(true);
             o.set_min_blob_size(1024);
-            o.set_enable_blob_gc(true);
+            o.set_blob_cache(blob_cache());
+            // Blob GC relocates every live blob of the oldest blob files that a
+            // compaction meets, garbage or not: always on, it rewrote about a quarter of
+            // all stored data at each compaction. It is switched on only while there is
+            // garbage to reclaim (`tune_blob_gc`); whole-garbage files go without it.
+            o.set_enable_blob_gc(false);
+            // While on: the oldest half of the blob files are relocated, and compactions
+            // are forced for them once half their bytes are garbage.
+            o.set_blob_gc_age_cutoff(0.5);
+            o.set_blob_gc_force_threshold(0.5);
         }
         Cf::RaftLog => {
             // Entries are short-lived: compressing them only costs CPU. The memtable
@@ -51,20 +92,55 @@ fn cf_options(cf: Cf) -> Options {
             // most entries are purged before a flush would write them out again.
             o.set_write_buffer_size(256 << 20);
             o.set_compression_type(DBCompressionType::None);
+            // Entries that outlive the memtable (the window kept after a snapshot is
+            // 1024 entries: up to 1 GiB of 1 MiB writes) are flushed once, into blob
+            // files, so compaction moves only keys: with values inline it rewrote the
+            // kept log again and again (hundreds of MB per compaction, most of the CPU
+            // under sustained writes). The log is purged in order, so whole blob files
+            // become garbage and are deleted without blob GC.
+            o.set_enable_blob_files(true);
+            o.set_min_blob_size(1024);
+            o.set_blob_file_size(64 << 20);
         }
         Cf::RaftState | Cf::Meta => {}
     }
     o
 }
 
-fn db_options() -> Options {
+/// Options shared by both databases. `direct`: flushes and compactions write their
+/// files with O_DIRECT (see `direct_io_works`).
+fn db_options(direct: bool) -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_max_background_jobs(2);
     opts.set_bytes_per_sync(1 << 20);
     opts.increase_parallelism(2);
+    // Copying flushed files into the page cache cost more CPU than anything else under
+    // sustained writes (fresh page-cache pages are dear to fault in on a VM), and
+    // nothing reads them soon: recent chunks are read from the blob cache, which
+    // flushes fill (`BLOB_CACHE_BYTES`).
+    opts.set_use_direct_io_for_flush_and_compaction(direct);
     opts
+}
+
+/// Whether files in `dir` can be opened with O_DIRECT (not on every filesystem, e.g.
+/// older tmpfs); probed with a scratch file, which is removed.
+fn direct_io_works(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join(".direct-io-probe");
+    let ok = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+        .open(&probe)
+        .is_ok();
+    let _ = std::fs::remove_file(&probe);
+    if !ok {
+        tracing::warn!(dir = %dir.display(), "O_DIRECT is not supported here: flushes go through the page cache");
+    }
+    ok
 }
 
 fn descriptors(cfs: &[Cf]) -> Vec<ColumnFamilyDescriptor> {
@@ -73,8 +149,8 @@ fn descriptors(cfs: &[Cf]) -> Vec<ColumnFamilyDescriptor> {
         .collect()
 }
 
-fn open_log_db(path: &Path) -> Result<DB> {
-    let mut opts = db_options();
+fn open_log_db(path: &Path, direct: bool) -> Result<DB> {
+    let mut opts = db_options(direct);
     opts.set_recycle_log_file_num(RECYCLED_WALS);
     Ok(DB::open_cf_descriptors(&opts, path, descriptors(&LOG_CFS))?)
 }
@@ -97,7 +173,10 @@ impl RocksEngine {
     /// families) is migrated: the log column families are copied into a new log
     /// database, which appears atomically by rename, and then dropped from the old one.
     pub fn open(path: &Path) -> Result<Self> {
-        let mut state_opts = db_options();
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let direct = direct_io_works(dir);
+        let mut state_opts = db_options(direct);
         // Applied state is written without the WAL, so its column families must flush
         // together to stay mutually consistent.
         state_opts.set_atomic_flush(true);
@@ -114,26 +193,69 @@ impl RocksEngine {
             if legacy.is_empty() {
                 // A new node: nothing to migrate. Created under a temporary name too, so
                 // a half-created log database is never mistaken for a migrated one.
-                Self::create_log_db(&log_dir, |_| Ok(0))?;
+                Self::create_log_db(&log_dir, direct, |_| Ok(0))?;
             } else {
-                let copied = Self::create_log_db(&log_dir, |log| copy_log_cfs(&state, log))?;
+                let copied =
+                    Self::create_log_db(&log_dir, direct, |log| copy_log_cfs(&state, log))?;
                 tracing::info!(entries = copied, path = %log_dir.display(), "moved the Raft log into its own database");
             }
         }
         for cf in legacy {
             state.drop_cf(cf.name())?;
         }
-        let log = open_log_db(&log_dir)?;
-        Ok(RocksEngine {
+        let log = open_log_db(&log_dir, direct)?;
+        let engine = RocksEngine {
             log,
             state,
             state_wal_dirty: AtomicBool::new(false),
-        })
+            blob_gc: AtomicBool::new(false),
+        };
+        // Not settable through `Options` in this binding; a mutable option, so set here.
+        engine.state.set_options_cf(
+            engine.cf(Cf::Data),
+            &[("prepopulate_blob_cache", "kFlushOnly")],
+        )?;
+        engine.tune_blob_gc()?;
+        Ok(engine)
+    }
+
+    /// Switches blob GC of `data` on or off by its garbage share (`blob_gc_wanted`).
+    fn tune_blob_gc(&self) -> Result<()> {
+        let cf = self.cf(Cf::Data);
+        let prop = |name: &str| -> Result<u64> {
+            Ok(self.state.property_int_value_cf(cf, name)?.unwrap_or(0))
+        };
+        let live = prop("rocksdb.live-blob-file-size")?;
+        let garbage = prop("rocksdb.live-blob-file-garbage-size")?;
+        let on = self.blob_gc.load(Ordering::Acquire);
+        let want = blob_gc_wanted(live, garbage, on);
+        if want != on {
+            let v = if want { "true" } else { "false" };
+            self.state
+                .set_options_cf(cf, &[("enable_blob_garbage_collection", v)])?;
+            self.blob_gc.store(want, Ordering::Release);
+            tracing::info!(
+                live_bytes = live,
+                garbage_bytes = garbage,
+                enabled = want,
+                "blob garbage collection switched"
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether blob GC runs on `data` now.
+    pub fn blob_gc_enabled(&self) -> bool {
+        self.blob_gc.load(Ordering::Acquire)
     }
 
     /// Builds the log database in `<dir>.tmp` with `fill`, makes it durable, and renames
     /// it to `dir`. Returns what `fill` returns.
-    fn create_log_db(dir: &Path, fill: impl FnOnce(&DB) -> Result<u64>) -> Result<u64> {
+    fn create_log_db(
+        dir: &Path,
+        direct: bool,
+        fill: impl FnOnce(&DB) -> Result<u64>,
+    ) -> Result<u64> {
         let mut tmp = dir.as_os_str().to_os_string();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
@@ -141,7 +263,7 @@ impl RocksEngine {
             std::fs::remove_dir_all(&tmp)?;
         }
         let n = {
-            let log = open_log_db(&tmp)?;
+            let log = open_log_db(&tmp, direct)?;
             let n = fill(&log)?;
             log.flush_wal(true)?;
             n
@@ -279,7 +401,8 @@ impl Engine for RocksEngine {
         self.state.flush_cfs_opt(&cfs, &fo)?;
         self.state.flush_wal(true)?;
         self.log.flush_wal(true)?;
-        Ok(())
+        // Snapshots (the callers) come every 32 MiB applied: a cadence that follows writes.
+        self.tune_blob_gc()
     }
 
     fn scan(&self, cf: Cf, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<Kv>> {
@@ -385,6 +508,58 @@ mod tests {
     }
 
     #[test]
+    fn blob_gc_runs_only_while_garbage_is_a_third_of_the_stored_bytes() {
+        assert!(!blob_gc_wanted(0, 0, false), "nothing stored");
+        assert!(!blob_gc_wanted(1000, 320, false), "below the on mark");
+        assert!(blob_gc_wanted(1000, 330, false), "at the on mark");
+        assert!(
+            blob_gc_wanted(1000, 200, true),
+            "stays on down to the off mark"
+        );
+        assert!(!blob_gc_wanted(1000, 150, true), "off at the off mark");
+        assert!(
+            !blob_gc_wanted(1000, 200, false),
+            "no flapping between the marks"
+        );
+    }
+
+    /// Overwritten chunks turn blob GC on at the next `persist`; once a compaction has
+    /// relocated the live blobs and dropped the old file, it turns off again, and the
+    /// data reads back unchanged throughout.
+    #[test]
+    fn blob_gc_follows_the_garbage_of_overwritten_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = RocksEngine::open(&dir.path().join("db")).unwrap();
+        let write = |keys: std::ops::Range<u64>, fill: u8| {
+            let mut b = Batch::default();
+            for k in keys {
+                b.put(Cf::Data, keys::group_key(1, k).to_vec(), vec![fill; 4096]);
+            }
+            e.write_unlogged(b).unwrap();
+            e.persist().unwrap();
+        };
+        let compact = || {
+            let mut o = rocksdb::CompactOptions::default();
+            o.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+            e.state
+                .compact_range_cf_opt(e.cf(Cf::Data), None::<&[u8]>, None::<&[u8]>, &o);
+        };
+        write(0..256, 1);
+        assert!(!e.blob_gc_enabled(), "no garbage yet");
+        write(0..192, 2);
+        compact();
+        e.persist().unwrap();
+        assert!(e.blob_gc_enabled(), "3/4 of the first file is garbage");
+        compact();
+        e.persist().unwrap();
+        assert!(!e.blob_gc_enabled(), "the garbage was reclaimed");
+        for (k, want) in [(0, 2u8), (191, 2), (192, 1), (255, 1)] {
+            let got = e.get(Cf::Data, &keys::group_key(1, k)).unwrap().unwrap();
+            assert_eq!(got, vec![want; 4096], "chunk {k}");
+        }
+    }
+
+    #[test]
     fn batches_spanning_log_and_state_are_refused_and_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let e = RocksEngine::open(&dir.path().join("db")).unwrap();
@@ -412,7 +587,7 @@ mod tests {
         let path = dir.path().join("db");
         {
             // The layout before the split: one database, four column families.
-            let mut opts = db_options();
+            let mut opts = db_options(false);
             opts.set_atomic_flush(true);
             let db = DB::open_cf_descriptors(&opts, &path, descriptors(&Cf::ALL)).unwrap();
             for i in 0..1000u64 {
