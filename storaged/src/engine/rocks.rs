@@ -56,13 +56,20 @@ pub fn blob_gc_wanted(live: u64, garbage: u64, on: bool) -> bool {
 }
 
 /// Memory for recently written and read block chunks, shared by every engine in the
-/// process. Flushes put what they write in it, so reads of recent writes stay off disk
-/// even though flushes bypass the page cache.
-const BLOB_CACHE_BYTES: usize = 256 << 20;
+/// process, unless `set_blob_cache_bytes` says otherwise. Flushes put what they write
+/// in it, so reads of recent writes stay off disk even though flushes bypass the page
+/// cache.
+pub const BLOB_CACHE_BYTES: usize = 256 << 20;
+
+static BLOB_CACHE: OnceLock<Cache> = OnceLock::new();
 
 fn blob_cache() -> &'static Cache {
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    CACHE.get_or_init(|| Cache::new_lru_cache(BLOB_CACHE_BYTES))
+    BLOB_CACHE.get_or_init(|| Cache::new_lru_cache(BLOB_CACHE_BYTES))
+}
+
+/// Sizes the process's blob cache; only before the first engine opens (`false` after).
+pub fn set_blob_cache_bytes(bytes: usize) -> bool {
+    BLOB_CACHE.set(Cache::new_lru_cache(bytes)).is_ok()
 }
 
 fn cf_options(cf: Cf) -> Options {

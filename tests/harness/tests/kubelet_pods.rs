@@ -254,16 +254,14 @@ spec:
     );
     assert_eq!(String::from_utf8_lossy(&piped.stdout), "piped\nkept\n");
 
-    // The session ends with the command, not with a background process it leaves behind.
+    // The session ends with the command, not with a background process it leaves behind;
+    // that process runs on in the container until the container exits.
     let bg = t
         .kubectl(&["exec", "execpod", "--", "sh", "-c", "sleep 30719 & echo bg"])
         .await;
     let left = processes_with("30719");
-    for pid in &left {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+    if !bg.status.success() || left.len() != 1 {
+        kill_all(&left);
     }
     assert!(
         bg.status.success(),
@@ -271,7 +269,24 @@ spec:
         String::from_utf8_lossy(&bg.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&bg.stdout), "bg\n");
-    assert_eq!(left.len(), 1, "the background process ran in the container");
+    assert_eq!(
+        left.len(),
+        1,
+        "the background process runs in the container"
+    );
+    // A session still open when the pod goes (kubectl plus the command in the container).
+    let session = {
+        let kc = t.kubeconfig();
+        tokio::spawn(async move {
+            kubectl(&kc, &["exec", "execpod", "--", "sleep", "30720"], None).await
+        })
+    };
+    eventually(
+        "the exec session's command runs",
+        Duration::from_secs(30),
+        || async { (processes_with("30720").len() >= 2).then_some(()) },
+    )
+    .await;
 
     let bad = t
         .kubectl(&["exec", "execpod", "-c", "nope", "--", "true"])
@@ -284,5 +299,32 @@ spec:
         String::from_utf8_lossy(&bad.stderr)
     );
     t.must(&["delete", "pod", "execpod", "--wait=true"]).await;
+    // What the container left running, and the open session, went with it.
+    let ours = || [processes_with("30719"), processes_with("30720")].concat();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut left = ours();
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = ours();
+    }
+    kill_all(&left);
+    assert!(
+        left.is_empty(),
+        "processes of the deleted pod still ran 30 s later: {left:?}"
+    );
+    let session = session.await.unwrap();
+    assert!(
+        !session.status.success(),
+        "the open session ended when the container went"
+    );
     t.shutdown().await;
+}
+
+fn kill_all(pids: &[u32]) {
+    for pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }

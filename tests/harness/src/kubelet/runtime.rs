@@ -301,6 +301,8 @@ pub struct Running {
     pub pid: u32,
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
+    /// The container's mount namespace (`mnt:[inode]`), read when it started.
+    pub mnt_ns: Option<String>,
 }
 
 type RunningKey = (String, String);
@@ -319,15 +321,54 @@ pub fn remember(pod_uid: &str, container: &str, pid: u32, spec: &ContainerSpec) 
         pid,
         env: spec.env.clone(),
         working_dir: spec.working_dir.clone(),
+        mnt_ns: mnt_ns_of(&pid.to_string()),
     };
     running_map().insert((pod_uid.to_string(), container.to_string()), r);
 }
 
+fn mnt_ns_of(pid: &str) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+        .ok()
+        .map(|l| l.to_string_lossy().into_owned())
+}
+
+/// Called once a container's main process has exited: forgets it, and kills what is
+/// still running in its mount namespace (processes it left behind, `kubectl exec`
+/// sessions). A container runtime does the same: when a container's init exits, the
+/// kernel kills the rest of its PID namespace.
 pub fn forget(pod_uid: &str, container: &str, pid: u32) {
-    let mut m = running_map();
-    let key = (pod_uid.to_string(), container.to_string());
-    if m.get(&key).is_some_and(|r| r.pid == pid) {
-        m.remove(&key);
+    let gone = {
+        let mut m = running_map();
+        let key = (pod_uid.to_string(), container.to_string());
+        if m.get(&key).is_some_and(|r| r.pid == pid) {
+            m.remove(&key)
+        } else {
+            None
+        }
+    };
+    if let Some(ns) = gone.and_then(|r| r.mnt_ns) {
+        kill_namespace(&ns);
+    }
+}
+
+/// SIGKILLs every process in mount namespace `ns`, unless it is this process's own or
+/// PID 1's (the host's): containers always have one of their own.
+fn kill_namespace(ns: &str) {
+    if mnt_ns_of("self").as_deref() == Some(ns) || mnt_ns_of("1").as_deref() == Some(ns) {
+        return;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let name = p.file_name().to_string_lossy().into_owned();
+        let Ok(pid) = name.parse::<i32>() else {
+            continue;
+        };
+        if mnt_ns_of(&name).as_deref() == Some(ns) {
+            tracing::info!(pid, ns, "killing a process left in an exited container");
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
     }
 }
 
