@@ -1,5 +1,5 @@
 //! Leader placement: each volume group's leader hands leadership to the member its volume
-//! is attached to (local I/O, no gRPC hop), and spreads unattached volumes' leaders.
+//! is attached to, so that node's frontend reads and writes locally, with no gRPC hop.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -23,34 +23,18 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(320);
 /// leader proposes nothing new, so the target only has to catch up with this many.
 const MAX_LAG: u64 = 64;
 
-/// The member a replicated volume should be led from:
-/// - the node it is attached to (the first attachment, for a volume attached to
-///   several), when that node holds a replica;
-/// - otherwise one member picked by the volume id, so that the leaders of unattached
-///   volumes (new volumes, snapshots, copy targets) are spread over their members rather
-///   than all left on whichever node won the first election. It depends on the catalogue
-///   alone, so every member agrees on it and leadership never flaps.
+/// The member a replicated volume should be led from: the node it is attached to (the
+/// first attachment, for a volume attached to several), when that node holds a replica.
 pub fn preferred_leader(cat: &Catalog, vol: &VolumeRecord) -> Option<u64> {
     if vol.kind != VolumeKind::Replicated {
         return None;
     }
-    let attached = vol.attachments.first().and_then(|a| {
-        cat.nodes
-            .values()
-            .find(|n| n.name == a.node_name)
-            .map(|n| n.id)
-            .filter(|id| vol.members.contains(id))
-    });
-    attached.or_else(|| spread_leader(vol.id, &vol.members))
-}
-
-/// The member an unattached volume `id` with `members` is led from: the members in
-/// order of node id, taken in turn by volume id.
-pub fn spread_leader(id: u64, members: &[u64]) -> Option<u64> {
-    let mut members = members.to_vec();
-    members.sort_unstable();
-    let n = members.len() as u64;
-    (n > 0).then(|| members[(id % n) as usize])
+    let attached = &vol.attachments.first()?.node_name;
+    cat.nodes
+        .values()
+        .find(|n| &n.name == attached)
+        .map(|n| n.id)
+        .filter(|id| vol.members.contains(id))
 }
 
 /// What a group's leader `me` sees: the preferred member and each member's matched entry.
@@ -147,11 +131,7 @@ async fn check(node: &StorageNode, attempts: &mut HashMap<u64, Attempt>) {
                 wait,
             },
         );
-        if vol.attachments.is_empty() {
-            tracing::info!(volume = %vol.name, group, from = node.cfg.id, to, retry_after = ?wait, "spreading leadership: handing an unattached volume to its member");
-        } else {
-            tracing::info!(volume = %vol.name, group, from = node.cfg.id, to, retry_after = ?wait, "handing leadership to the attached node");
-        }
+        tracing::info!(volume = %vol.name, group, from = node.cfg.id, to, retry_after = ?wait, "handing leadership to the attached node");
         if let Err(e) = raft.trigger().transfer_leader(to).await {
             tracing::warn!(volume = %vol.name, group, to, error = %e, "leadership transfer not started");
         }
@@ -206,33 +186,18 @@ mod tests {
         assert_eq!(preferred_leader(&cat, &vol), Some(2));
         let (cat, vol) = catalog(&["node-3", "node-1"], vec![1, 2, 3], VolumeKind::Replicated);
         assert_eq!(preferred_leader(&cat, &vol), Some(3), "first attachment");
-        // Volume id 7 over members [1, 2, 3] picks 2 when attachment does not decide.
-        let (cat, vol) = catalog(&["node-4"], vec![1, 3, 4], VolumeKind::Replicated);
-        assert_eq!(preferred_leader(&cat, &vol), Some(4), "attached member");
         let (cat, vol) = catalog(&["node-4"], vec![1, 2, 3], VolumeKind::Replicated);
-        assert_eq!(preferred_leader(&cat, &vol), Some(2), "no replica there");
+        assert_eq!(preferred_leader(&cat, &vol), None, "no replica there");
         let (cat, vol) = catalog(&["kube-node-9"], vec![1, 2, 3], VolumeKind::Replicated);
-        assert_eq!(preferred_leader(&cat, &vol), Some(2), "not a storaged node");
+        assert_eq!(preferred_leader(&cat, &vol), None, "not a storaged node");
+        let (cat, vol) = catalog(&[], vec![1, 2, 3], VolumeKind::Replicated);
+        assert_eq!(preferred_leader(&cat, &vol), None, "not attached");
         let (cat, vol) = catalog(&["node-1"], vec![1], VolumeKind::Local);
         assert_eq!(
             preferred_leader(&cat, &vol),
             None,
             "local volumes have no Raft group"
         );
-    }
-
-    #[test]
-    fn unattached_volumes_are_led_from_members_spread_by_volume_id() {
-        let (cat, mut vol) = catalog(&[], vec![3, 1, 2], VolumeKind::Replicated);
-        let mut leaders = Vec::new();
-        for id in 0..6 {
-            vol.id = id;
-            leaders.push(preferred_leader(&cat, &vol).expect("a member"));
-        }
-        assert_eq!(leaders, [1, 2, 3, 1, 2, 3], "each member in turn");
-        let (cat, mut vol) = catalog(&[], vec![2, 4], VolumeKind::Replicated);
-        vol.id = 9;
-        assert_eq!(preferred_leader(&cat, &vol), Some(4), "only members");
     }
 
     #[test]

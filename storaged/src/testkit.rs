@@ -187,32 +187,6 @@ impl ProcCluster {
         Err(format!("volume {name} has no leader within {within:?}"))
     }
 
-    /// Waits until an unattached volume is led from the member that leadership spreading
-    /// picks for it (`leadership::spread_leader`), and returns that member: a test that
-    /// acts on "the leader" then does not race a transfer made just after creation.
-    pub async fn settled_leader(&self, name: &str, within: Duration) -> Result<u64, String> {
-        let client = self.client();
-        let deadline = Instant::now() + within;
-        let mut last = String::from("no answer");
-        while Instant::now() < deadline {
-            match client.get_volume(name).await {
-                Ok(v) => {
-                    let members: Vec<u64> = v.members.iter().map(|m| m.node_id).collect();
-                    let want = crate::leadership::spread_leader(v.id, &members);
-                    if want.is_some_and(|w| w == v.leader_node_id) {
-                        return Ok(v.leader_node_id);
-                    }
-                    last = format!("led by {}, spread to {want:?}", v.leader_node_id);
-                }
-                Err(e) => last = e.to_string(),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(format!(
-            "volume {name} not settled within {within:?}: {last}"
-        ))
-    }
-
     /// Waits until every replica of each volume in `names` is a live, caught-up member
     /// ("leader" or "follower" in GetVolume), e.g. after a restart, before the next fault.
     pub async fn wait_replicas_healthy(

@@ -505,7 +505,7 @@ async fn metrics_report_io_and_raft_state() {
         .await
         .unwrap();
     let leader = cluster
-        .settled_leader("metered", Duration::from_secs(20))
+        .volume_leader("metered", Duration::from_secs(20))
         .await
         .unwrap();
     c.write("metered", 0, vec![1u8; 8192].into()).await.unwrap();

@@ -373,7 +373,7 @@ async fn a_follower_far_behind_catches_up_from_a_streamed_snapshot() {
     let client = cluster.client().with_deadline(Duration::from_secs(30));
     create_volumes(&client, &["behind"]).await;
     let leader = cluster
-        .settled_leader("behind", Duration::from_secs(20))
+        .volume_leader("behind", Duration::from_secs(20))
         .await
         .unwrap();
     let lagging = (1..=3).find(|id| *id != leader).unwrap();
@@ -457,7 +457,7 @@ async fn leadership_follows_the_attachment() {
     let client = cluster.client().with_deadline(Duration::from_secs(20));
     create_volumes(&client, &["follow"]).await;
     let first = cluster
-        .settled_leader("follow", Duration::from_secs(20))
+        .volume_leader("follow", Duration::from_secs(20))
         .await
         .unwrap();
     let attached = (1..=3).find(|id| *id != first).unwrap();

@@ -287,7 +287,7 @@ async fn a_snapshot_survives_a_kill9_of_the_source_leader_mid_copy() {
             .expect("write");
     }
     let leader = cluster
-        .settled_leader("src", Duration::from_secs(10))
+        .volume_leader("src", Duration::from_secs(10))
         .await
         .unwrap();
     let snap = {
