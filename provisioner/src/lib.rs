@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod capacity;
+pub mod cloning;
 pub mod context;
 pub mod csi;
 pub mod delete;

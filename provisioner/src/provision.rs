@@ -18,12 +18,15 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::cloning::{self, CLONE_FINALIZER};
 use crate::context::{Ctx, key};
 use crate::error::{Error, Result, is_api_code};
 use crate::names::*;
 use crate::{csi as csic, params, quantity, topology};
 
 const CONTROLLER: &str = "provisioner";
+/// How often a source claim being deleted checks again for pending clones of it.
+const CLONE_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Reconciles one claim.
 pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result<Action> {
@@ -67,6 +70,16 @@ pub fn requested_bytes(pvc: &PersistentVolumeClaim) -> Result<u64> {
 
 async fn provision(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Action> {
     let idle = Action::await_change();
+    if pvc.meta().deletion_timestamp.is_some()
+        && pvc.finalizers().iter().any(|f| f == CLONE_FINALIZER)
+    {
+        // A source claim being deleted: it goes once no pending claim clones it.
+        let ns = pvc.namespace().unwrap_or_default();
+        if !cloning::release(ctx, &ns, &pvc.name_any(), None).await? {
+            return Ok(Action::requeue(CLONE_RECHECK));
+        }
+        return Ok(idle);
+    }
     let Some(spec) = pvc.spec.as_ref() else {
         return Ok(idle);
     };
@@ -190,6 +203,12 @@ async fn provision(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Action> {
             ctx.warn(&reference, "ProvisioningFailed", msg).await;
             return Err(e.into());
         }
+    }
+    if let Some(source) = cloning::clone_source(pvc)
+        && let Err(e) = cloning::release(ctx, &ns, &source, Some(&uid)).await
+    {
+        // Retried when the source claim is deleted (it is reconciled then).
+        warn!(pvc = %format!("{ns}/{source}"), error = %e, "cloning protection not removed yet");
     }
     info!(pvc = %format!("{ns}/{name}"), pv = %pv_name, volume_id = %volume.volume_id, "provisioned");
     ctx.normal(

@@ -18,7 +18,9 @@ use crate::{provision, quantity};
 const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
 
 /// What the claim names as its source (`dataSourceRef` wins over `dataSource`).
-fn reference(pvc: &PersistentVolumeClaim) -> Option<(String, String, String, Option<String>)> {
+pub(crate) fn reference(
+    pvc: &PersistentVolumeClaim,
+) -> Option<(String, String, String, Option<String>)> {
     let spec = pvc.spec.as_ref()?;
     if let Some(r) = &spec.data_source_ref {
         return Some((
@@ -65,19 +67,24 @@ pub async fn content_source(
                 .get_opt(&name)
                 .await?
                 .ok_or_else(|| Error::Waiting(format!("source claim {ns}/{name} not found")))?;
-            let pv_name = src
-                .spec
-                .as_ref()
-                .and_then(|s| s.volume_name.clone())
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| Error::Waiting(format!("source claim {ns}/{name} is not bound")))?;
-            let pv = Api::<PersistentVolume>::all(ctx.client.clone())
-                .get_opt(&pv_name)
-                .await?
-                .ok_or_else(|| Error::Waiting(format!("source volume {pv_name} not found")))?;
-            Type::Volume(VolumeSource {
-                volume_id: clone_handle(pvc, &src, &pv)?,
-            })
+            // Checked before the source is protected, so a mismatch changes nothing.
+            let handle = {
+                let pv_name = src
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.volume_name.clone())
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| {
+                        Error::Waiting(format!("source claim {ns}/{name} is not bound"))
+                    })?;
+                let pv = Api::<PersistentVolume>::all(ctx.client.clone())
+                    .get_opt(&pv_name)
+                    .await?
+                    .ok_or_else(|| Error::Waiting(format!("source volume {pv_name} not found")))?;
+                clone_handle(pvc, &src, &pv)?
+            };
+            crate::cloning::protect(ctx, &src).await?;
+            Type::Volume(VolumeSource { volume_id: handle })
         }
         (SNAPSHOT_GROUP, "VolumeSnapshot") => {
             let ar = |kind: &str| {

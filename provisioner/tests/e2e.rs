@@ -719,6 +719,25 @@ async fn a_claim_cloned_from_another_holds_its_data() {
         );
         env.apply(&clone).await;
         let copy_pv = env.bound_pv("copy", BIND).await;
+        // The origin carried upstream's cloning protection while it was cloned, and is
+        // free of it once no claim waits for a clone of it.
+        poll("the origin's cloning protection removed", BIND, || async {
+            let o = env.get("pvc", "origin").await?;
+            let fin = o["metadata"]["finalizers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            (!fin
+                .iter()
+                .any(|f| f == "provisioner.storage.kubernetes.io/cloning-protection"))
+            .then_some(())
+        })
+        .await;
+        let log = env.component_log(&format!("{PROVISIONER}.log"));
+        assert!(
+            log.contains("cloning protection added") && log.contains("cloning protection removed"),
+            "{log}"
+        );
         let vols = env.volumes().await;
         let copy = vols
             .iter()
