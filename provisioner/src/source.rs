@@ -67,22 +67,18 @@ pub async fn content_source(
                 .get_opt(&name)
                 .await?
                 .ok_or_else(|| Error::Waiting(format!("source claim {ns}/{name} not found")))?;
-            // Checked before the source is protected, so a mismatch changes nothing.
-            let handle = {
-                let pv_name = src
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.volume_name.clone())
-                    .filter(|v| !v.is_empty())
-                    .ok_or_else(|| {
-                        Error::Waiting(format!("source claim {ns}/{name} is not bound"))
-                    })?;
-                let pv = Api::<PersistentVolume>::all(ctx.client.clone())
-                    .get_opt(&pv_name)
-                    .await?
-                    .ok_or_else(|| Error::Waiting(format!("source volume {pv_name} not found")))?;
-                clone_handle(pvc, &src, &pv)?
-            };
+            let pv_name = src
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.clone())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| Error::Waiting(format!("source claim {ns}/{name} is not bound")))?;
+            let pv = Api::<PersistentVolume>::all(ctx.client.clone())
+                .get_opt(&pv_name)
+                .await?
+                .ok_or_else(|| Error::Waiting(format!("source volume {pv_name} not found")))?;
+            let handle = clone_handle(pvc, &src, &pv)?;
+            // Only a source that passed the checks is protected: a mismatch changes nothing.
             crate::cloning::protect(ctx, &src).await?;
             Type::Volume(VolumeSource { volume_id: handle })
         }

@@ -43,9 +43,10 @@ struct Args {
     /// Capacity offered to volumes, e.g. `100GiB` (default: the data directory's filesystem size).
     #[arg(long)]
     capacity: Option<String>,
-    /// Memory for recently written and read block data (RocksDB blob cache), e.g. `1GiB`.
-    #[arg(long, default_value = "256MiB")]
-    cache_size: String,
+    /// Memory for recently written and read block data (RocksDB blob cache), e.g. `1GiB`
+    /// (default: 256MiB).
+    #[arg(long)]
+    cache_size: Option<String>,
     /// Log entries after which a volume's Raft group snapshots and purges its log (it also
     /// does so after every 32 MiB of writes).
     #[arg(long, default_value_t = 4_096)]
@@ -96,13 +97,16 @@ fn run(args: Args) -> Result<(), String> {
         .collect::<Result<_, _>>()?;
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| format!("--data-dir {}: {e}", args.data_dir.display()))?;
-    let cache = parse_size::parse_size(&args.cache_size)
-        .map_err(|e| format!("--cache-size `{}`: {e}", args.cache_size))?;
-    #[cfg(feature = "rocks")]
-    cairn_storaged::engine::rocks::set_blob_cache_bytes(
-        usize::try_from(cache)
-            .map_err(|_| format!("--cache-size `{}`: too large", args.cache_size))?,
-    );
+    if let Some(c) = &args.cache_size {
+        let bytes = parse_size::parse_size(c)
+            .ok()
+            .and_then(|b| usize::try_from(b).ok())
+            .ok_or_else(|| format!("--cache-size `{c}`: not a size such as 1GiB"))?;
+        #[cfg(feature = "rocks")]
+        cairn_storaged::engine::rocks::set_blob_cache_bytes(bytes);
+        #[cfg(not(feature = "rocks"))]
+        let _ = bytes;
+    }
     let capacity = match &args.capacity {
         Some(c) => parse_size::parse_size(c).map_err(|e| format!("--capacity `{c}`: {e}"))?,
         None => fs_size(&args.data_dir),

@@ -56,10 +56,10 @@ pub fn blob_gc_wanted(live: u64, garbage: u64, on: bool) -> bool {
 }
 
 /// Memory for recently written and read block chunks, shared by every engine in the
-/// process, unless `set_blob_cache_bytes` says otherwise. Flushes put what they write
-/// in it, so reads of recent writes stay off disk even though flushes bypass the page
-/// cache.
-pub const BLOB_CACHE_BYTES: usize = 256 << 20;
+/// process, unless `set_blob_cache_bytes` says otherwise (`storaged --cache-size`, whose
+/// help states this default). Flushes put what they write in it, so reads of recent
+/// writes stay off disk even though flushes bypass the page cache.
+const BLOB_CACHE_BYTES: usize = 256 << 20;
 
 static BLOB_CACHE: OnceLock<Cache> = OnceLock::new();
 
