@@ -56,6 +56,7 @@ pub struct Metrics {
     term: Family<GroupLabels, Gauge>,
     last_log_index: Family<GroupLabels, Gauge>,
     applied_index: Family<GroupLabels, Gauge>,
+    purged_index: Family<GroupLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -95,6 +96,11 @@ impl Default for Metrics {
             "raft_applied_index",
             "The last log index applied on this node",
         );
+        let purged_index = group(
+            &mut registry,
+            "raft_purged_index",
+            "The last log index purged on this node (its effect is in a snapshot)",
+        );
         Metrics {
             registry,
             io_seconds,
@@ -103,6 +109,7 @@ impl Default for Metrics {
             term,
             last_log_index,
             applied_index,
+            purged_index,
         }
     }
 }
@@ -168,6 +175,10 @@ impl Metrics {
             set(
                 &self.applied_index,
                 m.last_applied.as_ref().map_or(0, |l| l.index()),
+            );
+            set(
+                &self.purged_index,
+                m.purged.as_ref().map_or(0, |l| l.index()),
             );
         }
         let mut out = String::new();

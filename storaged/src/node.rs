@@ -17,6 +17,7 @@ use crate::meta::catalog::{
     VolumeRecord,
 };
 use crate::raft::log_store::LogStore;
+use crate::raft::log_window::LogWindow;
 use crate::raft::network::{ChannelCache, NetworkFactory};
 use crate::raft::state_machine::{GroupStateMachine, Shared};
 use crate::raft::wal_sync::WalSyncer;
@@ -138,9 +139,10 @@ impl StorageNode {
     ) -> Result<Raft> {
         let log = LogStore::new(engine.clone(), group, syncer.clone());
         let (want_snapshot, mut snapshot_requests) = tokio::sync::mpsc::channel(1);
+        let window = Arc::new(LogWindow::default());
         let sm = GroupStateMachine::open(engine.clone(), group, shared)
             .map_err(Error::Io)?
-            .with_snapshot_requests(want_snapshot)
+            .with_snapshot_requests(want_snapshot, window.clone())
             .with_spool_dir(spool_dir(cfg));
         let net = NetworkFactory {
             group,
@@ -159,6 +161,13 @@ impl StorageNode {
         let trigger = raft.clone();
         tokio::spawn(async move {
             while snapshot_requests.recv().await.is_some() {
+                // What the last snapshot left beyond `KEEP_BYTES` goes first; openraft's
+                // own purge keeps entries by count, 1 GiB of 1 MiB writes.
+                if let Some(upto) = window.take_purge()
+                    && let Err(e) = trigger.trigger().purge_log(upto).await
+                {
+                    tracing::debug!(group, upto, error = %e, "log purge not taken");
+                }
                 if let Err(e) = trigger.trigger().snapshot().await {
                     tracing::debug!(group, error = %e, "snapshot request not taken");
                 }

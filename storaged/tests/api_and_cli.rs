@@ -544,3 +544,65 @@ async fn metrics_report_io_and_raft_state() {
         "the follower served no I/O:\n{text}"
     );
 }
+
+/// The value of `metric{volume="<volume>",...}` in a scrape, if present.
+fn group_gauge(text: &str, metric: &str, volume: &str) -> Option<u64> {
+    let prefix = format!("{metric}{{volume=\"{volume}\",");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// 1 MiB writes: openraft alone keeps 1024 entries behind each snapshot (1 GiB per group on
+/// every node); the log window purges all but the newest `KEEP_BYTES` (64 MiB) of writes, so
+/// after 192 MiB every node has purged its log and holds at most about 64 + 2 × 32 MiB of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_writes_keep_a_bounded_raft_log() {
+    use futures::StreamExt;
+    const MIB: u64 = 1 << 20;
+    let cluster = ProcCluster::start(bin(), 3, &["--metrics-addr", "127.0.0.1:0"]).unwrap();
+    cluster.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let c = cluster.client().with_deadline(Duration::from_secs(30));
+    c.create_volume(create("big", 256 * MIB, 3)).await.unwrap();
+    let written: Vec<_> = futures::stream::iter(0..192u64)
+        .map(|i| {
+            let c = c.clone();
+            async move {
+                c.write("big", i * MIB, vec![i as u8; MIB as usize].into())
+                    .await
+            }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    assert!(written.iter().all(|r| r.is_ok()), "every write succeeds");
+    for id in 1..=3 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = scrape(&cluster, id).await;
+            let last = group_gauge(&text, "cairn_storaged_raft_last_log_index", "big");
+            let purged = group_gauge(&text, "cairn_storaged_raft_purged_index", "big");
+            if let (Some(last), Some(purged)) = (last, purged)
+                && last >= 192
+                && purged > 0
+            {
+                assert!(
+                    last - purged <= 140,
+                    "node {id} holds {} entries of 1 MiB (last {last}, purged {purged})",
+                    last - purged
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} purged nothing in 30 s (last {last:?}, purged {purged:?}):\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let back = c.read("big", 191 * MIB, 4096).await.unwrap();
+    assert!(back.iter().all(|b| *b == 191), "the last write reads back");
+}

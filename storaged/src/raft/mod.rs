@@ -3,6 +3,7 @@
 
 pub mod log_cache;
 pub mod log_store;
+pub mod log_window;
 pub mod network;
 pub mod snapshot;
 pub mod state_machine;

@@ -12,6 +12,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use tokio::sync::{mpsc, watch};
 
+use super::log_window::{KEEP_BYTES, LogWindow};
 use super::snapshot::{PAGE_BYTES, Page, SpoolReader, spool_prefix};
 use super::{
     LogId, META_GROUP, Request, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
@@ -63,6 +64,8 @@ pub struct GroupStateMachine {
     shared: Arc<Shared>,
     since_snapshot: Arc<AtomicU64>,
     want_snapshot: Option<mpsc::Sender<()>>,
+    /// Applied bytes by log index, to keep the log behind a snapshot to `KEEP_BYTES`.
+    window: Option<Arc<LogWindow>>,
     /// Where snapshots are spooled before they are installed.
     spool_dir: PathBuf,
 }
@@ -83,6 +86,7 @@ impl GroupStateMachine {
             shared,
             since_snapshot: Arc::new(AtomicU64::new(0)),
             want_snapshot: None,
+            window: None,
             spool_dir: std::env::temp_dir().join("cairn-snapshots"),
         };
         if let Some(m) = sm
@@ -112,9 +116,11 @@ impl GroupStateMachine {
         self
     }
 
-    /// Asks for a snapshot on `tx` once `SNAPSHOT_BYTES` of writes are applied.
-    pub fn with_snapshot_requests(mut self, tx: mpsc::Sender<()>) -> Self {
+    /// Asks for a snapshot on `tx` once `SNAPSHOT_BYTES` of writes are applied, and at
+    /// each snapshot notes in `window` how far the log may be purged.
+    pub fn with_snapshot_requests(mut self, tx: mpsc::Sender<()>, window: Arc<LogWindow>) -> Self {
         self.want_snapshot = Some(tx);
+        self.window = Some(window);
         self
     }
 
@@ -273,6 +279,9 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
         self.since_snapshot.store(0, Ordering::Relaxed);
         let (last_log_id, last_membership) = self.read_applied()?;
         self.engine.persist().map_err(io_err)?;
+        if let (Some(w), Some(l)) = (&self.window, &last_log_id) {
+            w.snapshot_at(l.index(), KEEP_BYTES);
+        }
         tracing::info!(group = self.group, ?last_log_id, "built snapshot");
         Ok(Snapshot {
             meta: SnapshotMeta {
@@ -364,6 +373,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             r.send(resp);
         }
         self.count_applied(written);
+        if let (Some(w), Some(l)) = (&self.window, &last_applied) {
+            w.applied(l.index(), written);
+        }
         Ok(())
     }
 
