@@ -499,3 +499,81 @@ async fn leadership_follows_the_attachment() {
         assert!(got[..] == data[..], "slot {slot} differs after the moves");
     }
 }
+
+/// Node `id`'s view of Raft group `group` (`RaftService.GroupStatus`).
+async fn group_status(
+    cluster: &ProcCluster,
+    id: u64,
+    group: u64,
+) -> cairn_storaged::node::GroupStatus {
+    let addr = cluster.node_addrs()[&id].clone();
+    let mut c = pb::raft_service_client::RaftServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to the node");
+    let reply = c
+        .group_status(pb::RaftMessage {
+            group_id: group,
+            payload: Default::default(),
+        })
+        .await
+        .expect("group status")
+        .into_inner();
+    cairn_storaged::raft::decode(&reply.payload).expect("decode group status")
+}
+
+/// Pre-Vote: a follower cut off from the other two (both paused) keeps asking whether it
+/// would be elected, and never is, so its term stays; once the others are back, the same
+/// leader leads at the same term. Without Pre-Vote its term climbs with every election
+/// timeout (300–600 ms), and its first reply to the leader unseats it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_follower_keeps_its_term_and_unseats_no_leader() {
+    let cluster = ProcCluster::start(bin(), 3, &[]).unwrap();
+    cluster.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let client = cluster.client().with_deadline(Duration::from_secs(30));
+    create_volumes(&client, &["prevote"]).await;
+    let group = client.get_volume("prevote").await.unwrap().id;
+    let leader = cluster
+        .volume_leader("prevote", Duration::from_secs(20))
+        .await
+        .unwrap();
+    client
+        .write("prevote", 0, vec![1u8; 4096].into())
+        .await
+        .unwrap();
+    let lone = (1..=3).find(|id| *id != leader).unwrap();
+    let other = (1..=3).find(|id| *id != leader && *id != lone).unwrap();
+    let term = group_status(&cluster, lone, group).await.term;
+
+    cluster.pause(leader, true);
+    cluster.pause(other, true);
+    // The fault lasts 3 s, five to ten of the lone follower's election timeouts; its term
+    // is watched throughout.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let now = group_status(&cluster, lone, group).await.term;
+        assert_eq!(now, term, "node {lone}, cut off, moved its term");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The leader first: a write it commits with the lone follower refreshes that
+    // follower's lease, so `other`, resumed next, cannot win a Pre-Vote either.
+    cluster.pause(leader, false);
+    client
+        .write("prevote", 4096, vec![2u8; 4096].into())
+        .await
+        .expect("leader and the lone follower commit");
+    cluster.pause(other, false);
+    client
+        .write("prevote", 8192, vec![3u8; 4096].into())
+        .await
+        .expect("all three back");
+    for id in 1..=3 {
+        let s = group_status(&cluster, id, group).await;
+        assert_eq!(
+            (s.leader, s.term),
+            (Some(leader), term),
+            "node {id}: the leader and term after the fault"
+        );
+    }
+    let back = client.read("prevote", 4096, 8192).await.unwrap();
+    assert!(back[..4096].iter().all(|b| *b == 2) && back[4096..].iter().all(|b| *b == 3));
+}

@@ -74,6 +74,10 @@ pub fn config(meta: bool, snapshot_logs: u64) -> Arc<openraft::Config> {
         election_timeout_min: 300,
         election_timeout_max: 600,
         max_payload_entries: 64,
+        // A node that cannot win an election (cut off from the others, or behind) asks
+        // first whether it would be elected, so it never inflates its term and, back in
+        // touch, makes a healthy leader step down (`RaftService.PreVote`).
+        enable_pre_vote: Some(true),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(if meta {
             1000
         } else {

@@ -88,6 +88,7 @@ fn unreachable(m: impl Into<String>) -> Unreachable<TypeConfig> {
 enum Kind {
     Append,
     Vote,
+    PreVote,
     TransferLeader,
 }
 
@@ -102,6 +103,18 @@ impl PeerConn {
     where
         Resp: for<'de> serde::Deserialize<'de>,
     {
+        let r = self.send(kind, payload, ttl).await?;
+        self.reply(r)
+    }
+
+    /// Sends one encoded message and returns the gRPC outcome; only no answer within
+    /// `ttl` (or no channel) is an error here.
+    async fn send(
+        &self,
+        kind: Kind,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<Result<tonic::Response<RaftReply>, tonic::Status>, RPCError<TypeConfig>> {
         let mut client = self
             .channels
             .client(&self.addr)
@@ -114,6 +127,7 @@ impl PeerConn {
             match kind {
                 Kind::Append => client.append_entries(msg).await,
                 Kind::Vote => client.vote(msg).await,
+                Kind::PreVote => client.pre_vote(msg).await,
                 Kind::TransferLeader => client.transfer_leader(msg).await,
             }
         };
@@ -122,7 +136,7 @@ impl PeerConn {
                 "no reply from node {} in {ttl:?}",
                 self.target
             ))))),
-            Ok(r) => self.reply(r),
+            Ok(r) => Ok(r),
         }
     }
 
@@ -227,6 +241,23 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         let payload = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         self.call(Kind::Vote, payload, option.hard_ttl()).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let payload = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        match self.send(Kind::PreVote, payload, option.hard_ttl()).await? {
+            // A peer running a storaged from before Pre-Vote: count it as granting, as
+            // openraft does for a network without the call, so a rolling upgrade stays
+            // live. An unreachable peer is an error, never a grant.
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                Ok(VoteResponse::new(rpc.vote, None, true))
+            }
+            r => self.reply(r),
+        }
     }
 
     async fn transfer_leader(

@@ -88,6 +88,11 @@ impl RaftService for RaftApi {
             .await
     }
 
+    async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        self.deliver(req, |raft, rpc| async move { raft.pre_vote(rpc).await })
+            .await
+    }
+
     async fn install_snapshot(
         &self,
         req: Request<Streaming<SnapshotChunk>>,
