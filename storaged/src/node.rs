@@ -84,6 +84,35 @@ fn refuse_sealed_snapshot(vol: &VolumeRecord) -> Result<()> {
     Ok(())
 }
 
+/// Purges `group`'s log up to `upto` once openraft has taken in the snapshot that
+/// covers it (it purges nothing past its newest snapshot), within 10 s.
+async fn purge_behind_snapshot(raft: &Raft, group: u64, upto: u64) {
+    let mut metrics = raft.metrics();
+    let covered = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let snapshot = metrics
+                .borrow_watched()
+                .snapshot
+                .as_ref()
+                .map(|l| l.index());
+            if snapshot.is_some_and(|s| s >= upto) {
+                return true;
+            }
+            if metrics.changed().await.is_err() {
+                return false;
+            }
+        }
+    })
+    .await;
+    if covered != Ok(true) {
+        tracing::debug!(group, upto, "log purge dropped: no snapshot covers it yet");
+        return;
+    }
+    if let Err(e) = raft.trigger().purge_log(upto).await {
+        tracing::debug!(group, upto, error = %e, "log purge not taken");
+    }
+}
+
 fn fatal(e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("raft: {e}"))
 }
@@ -160,16 +189,23 @@ impl StorageNode {
         // Ends when the group shuts down and its state machine (the sender) is dropped.
         let trigger = raft.clone();
         tokio::spawn(async move {
-            while snapshot_requests.recv().await.is_some() {
-                // What the last snapshot left beyond `KEEP_BYTES` goes first; openraft's
-                // own purge keeps entries by count, 1 GiB of 1 MiB writes.
-                if let Some(upto) = window.take_purge()
-                    && let Err(e) = trigger.trigger().purge_log(upto).await
-                {
-                    tracing::debug!(group, upto, error = %e, "log purge not taken");
-                }
-                if let Err(e) = trigger.trigger().snapshot().await {
-                    tracing::debug!(group, error = %e, "snapshot request not taken");
+            loop {
+                tokio::select! {
+                    req = snapshot_requests.recv() => {
+                        if req.is_none() {
+                            break;
+                        }
+                        if let Err(e) = trigger.trigger().snapshot().await {
+                            tracing::debug!(group, error = %e, "snapshot request not taken");
+                        }
+                    }
+                    // A snapshot was built: what it left beyond `KEEP_BYTES` goes now
+                    // (openraft's own purge keeps entries by count, 1 GiB of 1 MiB writes).
+                    _ = window.built.notified() => {
+                        if let Some(upto) = window.take_purge() {
+                            purge_behind_snapshot(&trigger, group, upto).await;
+                        }
+                    }
                 }
             }
         });

@@ -558,7 +558,8 @@ fn group_gauge(text: &str, metric: &str, volume: &str) -> Option<u64> {
 
 /// 1 MiB writes: openraft alone keeps 1024 entries behind each snapshot (1 GiB per group on
 /// every node); the log window purges all but the newest `KEEP_BYTES` (64 MiB) of writes, so
-/// after 192 MiB every node has purged its log and holds at most about 64 + 2 × 32 MiB of it.
+/// after 192 MiB every node has purged its log and holds about 64 + 32 MiB of it (at most
+/// 140 entries are allowed; it briefly holds more until the last snapshot's purge is taken).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_writes_keep_a_bounded_raft_log() {
     use futures::StreamExt;
@@ -585,20 +586,19 @@ async fn large_writes_keep_a_bounded_raft_log() {
             let text = scrape(&cluster, id).await;
             let last = group_gauge(&text, "cairn_storaged_raft_last_log_index", "big");
             let purged = group_gauge(&text, "cairn_storaged_raft_purged_index", "big");
+            // The purge follows each snapshot (it waits for openraft to take it in), so
+            // a node may briefly hold more; with the window alone it would hold 1024.
             if let (Some(last), Some(purged)) = (last, purged)
                 && last >= 192
                 && purged > 0
+                && last - purged <= 140
             {
-                assert!(
-                    last - purged <= 140,
-                    "node {id} holds {} entries of 1 MiB (last {last}, purged {purged})",
-                    last - purged
-                );
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "node {id} purged nothing in 30 s (last {last:?}, purged {purged:?}):\n{text}"
+                "node {id} did not cut its log to 140 entries of 1 MiB in 30 s (last {last:?}, \
+                 purged {purged:?}):\n{text}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -12,6 +12,8 @@ pub const KEEP_BYTES: u64 = 64 << 20;
 #[derive(Debug, Default)]
 pub struct LogWindow {
     inner: Mutex<Marks>,
+    /// Signalled when a snapshot leaves a purge to take.
+    pub built: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +58,7 @@ impl LogWindow {
         m.marks.retain(|(i, _)| *i >= upto);
         if m.purge_upto.is_none_or(|p| p < upto) {
             m.purge_upto = Some(upto);
+            self.built.notify_one();
         }
     }
 
