@@ -87,24 +87,14 @@ fn refuse_sealed_snapshot(vol: &VolumeRecord) -> Result<()> {
 /// Purges `group`'s log up to `upto` once openraft has taken in the snapshot that
 /// covers it (it purges nothing past its newest snapshot), within 10 s.
 async fn purge_behind_snapshot(raft: &Raft, group: u64, upto: u64) {
-    let mut metrics = raft.metrics();
-    let covered = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let snapshot = metrics
-                .borrow_watched()
-                .snapshot
-                .as_ref()
-                .map(|l| l.index());
-            if snapshot.is_some_and(|s| s >= upto) {
-                return true;
-            }
-            if metrics.changed().await.is_err() {
-                return false;
-            }
-        }
-    })
-    .await;
-    if covered != Ok(true) {
+    let covered = raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| m.snapshot.as_ref().is_some_and(|s| s.index() >= upto),
+            "a snapshot covering the purge",
+        )
+        .await;
+    if covered.is_err() {
         tracing::debug!(group, upto, "log purge dropped: no snapshot covers it yet");
         return;
     }
