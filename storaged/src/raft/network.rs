@@ -1,27 +1,35 @@
 //! Outbound Raft transport: one tonic `RaftService` client per peer address,
 //! channels cached and shared by every group; each message carries its group id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
+use openraft::base::{BoxFuture, BoxStream};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
 use cairn_proto::cairn::v1::raft_service_client::RaftServiceClient;
 use cairn_proto::cairn::v1::{RaftMessage, RaftReply, SnapshotChunk};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2, stream_append_sequential};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, OptionalSend};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{
-    Node, NodeId, Snapshot, SnapshotData, TypeConfig, Vote, decode, encode, encode_sized,
-    entry_size_hint,
+    AppendEntriesRequest, Node, NodeId, Snapshot, SnapshotData, StreamAppendResult, TypeConfig,
+    Vote, decode, encode, encode_sized, entry_size_hint,
 };
+
+/// Metadata naming the group of an `AppendStream`.
+pub const GROUP_METADATA: &str = "x-cairn-group";
 
 /// Lazily connected channels keyed by peer address.
 #[derive(Clone, Default)]
@@ -66,6 +74,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.addr.clone(),
             channels: self.channels.clone(),
+            streams: true,
         }
     }
 }
@@ -75,6 +84,9 @@ pub struct PeerConn {
     target: NodeId,
     addr: String,
     channels: ChannelCache,
+    /// Whether the peer has `AppendStream` (false once it answered UNIMPLEMENTED: a
+    /// storaged from before it, during a rolling upgrade).
+    streams: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +219,160 @@ impl PeerConn {
     }
 }
 
+/// Deadlines of the requests of an `AppendStream` sent and not yet answered, oldest
+/// first; `sent` wakes a reader waiting with none outstanding.
+#[derive(Default)]
+struct Outstanding {
+    deadlines: Mutex<VecDeque<Instant>>,
+    sent: Notify,
+}
+
+impl Outstanding {
+    fn push(&self, deadline: Instant) {
+        self.deadlines
+            .lock()
+            .expect("outstanding lock poisoned")
+            .push_back(deadline);
+        self.sent.notify_one();
+    }
+    fn oldest(&self) -> Option<Instant> {
+        self.deadlines
+            .lock()
+            .expect("outstanding lock poisoned")
+            .front()
+            .copied()
+    }
+    fn answered(&self) {
+        self.deadlines
+            .lock()
+            .expect("outstanding lock poisoned")
+            .pop_front();
+    }
+}
+
+impl PeerConn {
+    /// Opens a pipelined `AppendStream`: openraft's requests are sent as it makes them,
+    /// without waiting for replies, and the replies come back in order. Each request must
+    /// be answered within `append_ttl` of being sent, or the stream ends with an error.
+    async fn open_stream<S>(
+        &mut self,
+        input: S,
+        option: RPCOption,
+    ) -> Result<
+        BoxStream<'static, Result<StreamAppendResult, RPCError<TypeConfig>>>,
+        RPCError<TypeConfig>,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest> + Send + Unpin + 'static,
+    {
+        let mut client = self
+            .channels
+            .client(&self.addr)
+            .map_err(|e| RPCError::Unreachable(unreachable(e)))?;
+        let (group, target, base) = (self.group, self.target, option.hard_ttl());
+        let outstanding = Arc::new(Outstanding::default());
+        // Dropping the reply stream (openraft ends the session) ends the request stream
+        // too, so openraft's request generator is never polled for a session that is over.
+        let (closed_tx, closed_rx) = oneshot::channel::<()>();
+        let sent = outstanding.clone();
+        let requests = tokio_stream::StreamExt::map_while(
+            input.take_until(closed_rx),
+            move |rpc: AppendEntriesRequest| {
+                let hint = 256 + rpc.entries.iter().map(entry_size_hint).sum::<usize>();
+                match encode_sized(&rpc, hint) {
+                    Ok(payload) => {
+                        sent.push(Instant::now() + append_ttl(base, payload.len()));
+                        Some(RaftMessage {
+                            group_id: group,
+                            payload: payload.into(),
+                        })
+                    }
+                    Err(e) => {
+                        tracing::error!(group, target, error = %e, "cannot encode AppendEntries");
+                        None
+                    }
+                }
+            },
+        );
+        let mut req = tonic::Request::new(requests);
+        req.metadata_mut().insert(
+            GROUP_METADATA,
+            group
+                .to_string()
+                .parse()
+                .expect("a number is valid metadata"),
+        );
+        let opened = tokio::time::timeout(append_ttl(base, 0), client.append_stream(req)).await;
+        let replies = match opened {
+            Err(_) => {
+                return Err(RPCError::Network(NetworkError::new(&Msg(format!(
+                    "node {target} did not open an append stream in time"
+                )))));
+            }
+            Ok(Err(status)) => {
+                if status.code() == tonic::Code::Unimplemented {
+                    tracing::info!(
+                        group,
+                        target,
+                        "peer has no AppendStream: sending AppendEntries"
+                    );
+                    self.streams = false;
+                }
+                return Err(RPCError::Unreachable(unreachable(format!(
+                    "node {target}: {}",
+                    status.message()
+                ))));
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let state = Some((replies, outstanding, closed_tx));
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            move |state| async move {
+                let (mut replies, outstanding, closed_tx) = state?;
+                let next = loop {
+                    match outstanding.oldest() {
+                        Some(deadline) => {
+                            match tokio::time::timeout_at(deadline, replies.message()).await {
+                                Ok(r) => break r,
+                                Err(_) => {
+                                    let e = NetworkError::new(&Msg(format!(
+                                        "no reply from node {target} in time (append stream)"
+                                    )));
+                                    return Some((Err(RPCError::Network(e)), None));
+                                }
+                            }
+                        }
+                        // Nothing outstanding: wait for a reply or for the next request to go.
+                        None => tokio::select! {
+                            r = replies.message() => break r,
+                            _ = outstanding.sent.notified() => {}
+                        },
+                    }
+                };
+                let item = match next {
+                    Ok(None) => return None,
+                    Err(status) => Err(RPCError::Unreachable(unreachable(format!(
+                        "node {target}: {}",
+                        status.message()
+                    )))),
+                    Ok(Some(reply)) if !reply.error.is_empty() => {
+                        Err(RPCError::Unreachable(unreachable(reply.error)))
+                    }
+                    Ok(Some(reply)) => match decode::<StreamAppendResult>(&reply.payload) {
+                        Ok(r) => {
+                            outstanding.answered();
+                            return Some((Ok(r), Some((replies, outstanding, closed_tx))));
+                        }
+                        Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+                    },
+                };
+                Some((item, None))
+            },
+        )))
+    }
+}
+
 /// How long one AppendEntries may take. openraft suggests its heartbeat interval,
 /// but a batch of block writes (up to `max_payload_entries` × 1 MiB) must also be
 /// sent, decoded and fsynced by the follower: too short a bound makes every retry
@@ -224,7 +390,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let hint = 256 + rpc.entries.iter().map(entry_size_hint).sum::<usize>();
@@ -232,6 +398,28 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
             encode_sized(&rpc, hint).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let ttl = append_ttl(option.hard_ttl(), payload.len());
         self.call(Kind::Append, payload, ttl).await
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest> + OptionalSend + Unpin + 'static,
+    {
+        // A stream of one request (openraft's heartbeats, every 100 ms per follower)
+        // goes as a unary AppendEntries: opening an HTTP/2 stream for it costs more.
+        if !self.streams || input.size_hint().1 == Some(1) {
+            return stream_append_sequential(self, input, option);
+        }
+        Box::pin(async move { self.open_stream(input, option).await })
     }
 
     async fn vote(
@@ -296,6 +484,159 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_proto::cairn::v1::raft_service_server::{RaftService, RaftServiceServer};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tonic::{Request, Response, Status, Streaming};
+
+    /// A peer for the transport tests: `stream` false answers `AppendStream` with
+    /// UNIMPLEMENTED (a storaged from before it); true opens it and never answers.
+    struct Peer {
+        stream: bool,
+        unary: AtomicU64,
+    }
+
+    type Replies = crate::service::raft_api::ReplyStream;
+
+    #[tonic::async_trait]
+    impl RaftService for Peer {
+        type AppendStreamStream = Replies;
+        async fn append_stream(
+            &self,
+            _: Request<Streaming<RaftMessage>>,
+        ) -> Result<Response<Replies>, Status> {
+            if !self.stream {
+                return Err(Status::unimplemented("AppendStream"));
+            }
+            Ok(Response::new(Box::pin(futures::stream::pending())))
+        }
+        async fn append_entries(
+            &self,
+            r: Request<RaftMessage>,
+        ) -> Result<Response<RaftReply>, Status> {
+            let _: AppendEntriesRequest = decode(&r.into_inner().payload).unwrap();
+            self.unary.fetch_add(1, Ordering::SeqCst);
+            let ok = AppendEntriesResponse::<TypeConfig>::Success;
+            Ok(Response::new(RaftReply {
+                payload: encode(&ok).unwrap().into(),
+                error: String::new(),
+            }))
+        }
+        async fn vote(&self, _: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+            Err(Status::unimplemented("vote"))
+        }
+        async fn pre_vote(&self, _: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+            Err(Status::unimplemented("pre_vote"))
+        }
+        async fn install_snapshot(
+            &self,
+            _: Request<Streaming<SnapshotChunk>>,
+        ) -> Result<Response<RaftReply>, Status> {
+            Err(Status::unimplemented("install_snapshot"))
+        }
+        async fn group_status(
+            &self,
+            _: Request<RaftMessage>,
+        ) -> Result<Response<RaftReply>, Status> {
+            Err(Status::unimplemented("group_status"))
+        }
+        async fn read_index(&self, _: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+            Err(Status::unimplemented("read_index"))
+        }
+        async fn transfer_leader(
+            &self,
+            _: Request<RaftMessage>,
+        ) -> Result<Response<RaftReply>, Status> {
+            Err(Status::unimplemented("transfer_leader"))
+        }
+    }
+
+    /// Serves `peer` on a loopback port; a connection to it from group 7 as node 2.
+    async fn serve(peer: Arc<Peer>) -> PeerConn {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftServiceServer::from_arc(peer))
+                .serve_with_incoming(incoming),
+        );
+        PeerConn {
+            group: 7,
+            target: 2,
+            addr,
+            channels: ChannelCache::default(),
+            streams: true,
+        }
+    }
+
+    fn heartbeat() -> AppendEntriesRequest {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_append_stream_gets_append_entries() {
+        let peer = Arc::new(Peer {
+            stream: false,
+            unary: AtomicU64::new(0),
+        });
+        let mut conn = serve(peer.clone()).await;
+        let opt = RPCOption::new(Duration::from_millis(100));
+        let two = || futures::stream::iter(vec![heartbeat(), heartbeat()]);
+        let first = conn.stream_append(two(), opt.clone()).await.err();
+        assert!(
+            matches!(first, Some(RPCError::Unreachable(_))),
+            "UNIMPLEMENTED is an error the first time"
+        );
+        assert!(!conn.streams, "and the peer is then sent AppendEntries");
+        let replies: Vec<_> = conn
+            .stream_append(two(), opt)
+            .await
+            .expect("the fallback opens")
+            .collect()
+            .await;
+        assert_eq!(replies.len(), 2);
+        assert!(
+            replies.iter().all(|r| matches!(r, Ok(Ok(_)))),
+            "{replies:?}"
+        );
+        assert_eq!(peer.unary.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_append_stream_without_replies_ends_with_an_error() {
+        let peer = Arc::new(Peer {
+            stream: true,
+            unary: AtomicU64::new(0),
+        });
+        let mut conn = serve(peer).await;
+        let opt = RPCOption::new(Duration::from_millis(100));
+        // Two requests and an open end: openraft's replication keeps its stream open.
+        let input =
+            futures::stream::iter(vec![heartbeat(), heartbeat()]).chain(futures::stream::pending());
+        let started = Instant::now();
+        let mut replies = conn.stream_append(input, opt).await.expect("stream opens");
+        let first = tokio::time::timeout(Duration::from_secs(10), replies.next())
+            .await
+            .expect("a silent follower must not hang replication");
+        assert!(
+            matches!(first, Some(Err(RPCError::Network(_)))),
+            "no reply in time is a network error: {first:?}"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= append_ttl(Duration::from_millis(100), 0),
+            "not before the deadline: {waited:?}"
+        );
+        assert!(
+            replies.next().await.is_none(),
+            "the stream ends after the error"
+        );
+    }
 
     #[test]
     fn append_ttl_grows_with_the_payload() {

@@ -1,24 +1,30 @@
 //! Inbound Raft transport: decodes a group's message and hands it to the local
 //! Raft of that group; a group not hosted here answers an error the sender backs off on.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use cairn_proto::cairn::v1::raft_service_server::RaftService;
 use cairn_proto::cairn::v1::{RaftMessage, RaftReply, SnapshotChunk};
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::StorageNode;
+use crate::raft::network::GROUP_METADATA;
 use crate::raft::snapshot::SpoolWriter;
-use crate::raft::{Raft, Snapshot, SnapshotData, SnapshotMeta, Vote, decode, encode};
+use crate::raft::{
+    AppendEntriesRequest, Raft, Snapshot, SnapshotData, SnapshotMeta, Vote, decode, encode,
+};
 
 pub struct RaftApi {
     pub node: Arc<StorageNode>,
 }
 
-fn reply<T: serde::Serialize, E: std::fmt::Display>(
+/// A Raft outcome on the wire: the encoded value, or the error's text.
+fn raft_reply<T: serde::Serialize, E: std::fmt::Display>(
     r: Result<T, E>,
-) -> Result<Response<RaftReply>, Status> {
-    Ok(Response::new(match r {
+) -> Result<RaftReply, Status> {
+    Ok(match r {
         Ok(v) => RaftReply {
             payload: encode(&v)
                 .map_err(|e| Status::internal(e.to_string()))?
@@ -29,7 +35,13 @@ fn reply<T: serde::Serialize, E: std::fmt::Display>(
             payload: Default::default(),
             error: e.to_string(),
         },
-    }))
+    })
+}
+
+fn reply<T: serde::Serialize, E: std::fmt::Display>(
+    r: Result<T, E>,
+) -> Result<Response<RaftReply>, Status> {
+    raft_reply(r).map(Response::new)
 }
 
 impl RaftApi {
@@ -70,8 +82,53 @@ fn bad(e: std::io::Error) -> Status {
     Status::invalid_argument(format!("payload: {e}"))
 }
 
+/// The replies of one `AppendStream`, in the order of its requests.
+pub type ReplyStream = Pin<Box<dyn Stream<Item = Result<RaftReply, Status>> + Send + 'static>>;
+
+/// The group an `AppendStream` is for, from its metadata: the stream is answered (and
+/// its first entries sent) before any message of it arrives.
+fn stream_group<T>(req: &Request<T>) -> Result<u64, Status> {
+    req.metadata()
+        .get(GROUP_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            Status::invalid_argument(format!("{GROUP_METADATA}: a group id is required"))
+        })
+}
+
 #[tonic::async_trait]
 impl RaftService for RaftApi {
+    type AppendStreamStream = ReplyStream;
+
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let group = stream_group(&req)?;
+        // The sender backs off and retries while this node does not host the group.
+        let raft = self.raft(group).map_err(Status::unavailable)?;
+        // A request that does not decode (or a broken stream) ends the input; openraft
+        // then answers what came before it, and the sender starts a new stream.
+        let input = tokio_stream::StreamExt::map_while(req.into_inner(), move |m| {
+            let m = m.ok()?;
+            match decode::<AppendEntriesRequest>(&m.payload) {
+                Ok(rpc) if m.group_id == group => Some(rpc),
+                Ok(_) => {
+                    tracing::warn!(group, other = m.group_id, "append stream mixes groups");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(group, error = %e, "undecodable append in stream");
+                    None
+                }
+            }
+        });
+        // An `Err` is Raft stopping here (the group is being removed): the last reply.
+        let out = Box::pin(raft.stream_append(input)).map(raft_reply);
+        Ok(Response::new(Box::pin(out)))
+    }
+
     async fn append_entries(
         &self,
         req: Request<RaftMessage>,
