@@ -41,11 +41,21 @@ pub fn sibling_bin(name: &str) -> PathBuf {
 }
 
 impl ProcCluster {
-    /// Starts `n` nodes (ids 1..=n) as the initial meta voters.
+    /// Starts `n` nodes (ids 1..=n) as the initial meta voters, in a temp dir.
     pub fn start(bin: &Path, n: usize, extra_args: &[&str]) -> std::io::Result<Self> {
+        Self::start_in(&std::env::temp_dir(), bin, n, extra_args)
+    }
+
+    /// Like `start`, with the nodes' data dirs in a new directory under `parent`.
+    pub fn start_in(
+        parent: &Path,
+        bin: &Path,
+        n: usize,
+        extra_args: &[&str],
+    ) -> std::io::Result<Self> {
         let root = tempfile::Builder::new()
             .prefix("cairn-cluster-")
-            .tempdir()?;
+            .tempdir_in(parent)?;
         let nodes: Vec<ProcNode> = (1..=n as u64)
             .map(|id| ProcNode {
                 id,

@@ -29,7 +29,8 @@ struct Args {
     /// Skip the fio fsync baseline.
     #[arg(long)]
     skip_fio: bool,
-    /// Directory for data (default: a temp dir under /var/tmp, on the same disk as CI builds).
+    /// Directory for the data of fio, etcd and the storaged nodes (default: a temp dir
+    /// under /var/tmp, on the same disk as CI builds).
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Run only the storaged cases whose label contains this text (e.g. "r3 write 64KiB").
@@ -268,9 +269,9 @@ fn fio_baseline(dir: &Path, secs: u64) -> Option<Stats> {
     })
 }
 
-async fn bench_storaged(secs: u64, only: Option<&str>) -> Result<Vec<Stats>, String> {
+async fn bench_storaged(dir: &Path, secs: u64, only: Option<&str>) -> Result<Vec<Stats>, String> {
     let wanted = |label: &str| only.is_none_or(|o| label.contains(o));
-    let cluster = ProcCluster::start(&sibling_bin("storaged"), 3, &[])
+    let cluster = ProcCluster::start_in(dir, &sibling_bin("storaged"), 3, &[])
         .map_err(|e| format!("starting storaged: {e}"))?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let client: VolumeClient = cluster.client();
@@ -388,7 +389,7 @@ async fn main() {
         "== storaged, 3 nodes on loopback ({} s per case)",
         args.seconds
     );
-    match bench_storaged(args.seconds, args.only.as_deref()).await {
+    match bench_storaged(root.path(), args.seconds, args.only.as_deref()).await {
         Ok(s) => all.extend(s),
         Err(e) => {
             eprintln!("storaged benchmark failed: {e}");
