@@ -228,11 +228,18 @@ struct Outstanding {
 }
 
 impl Outstanding {
-    fn push(&self, deadline: Instant) {
-        self.deadlines
-            .lock()
-            .expect("outstanding lock poisoned")
-            .push_back(deadline);
+    /// A request of `bytes` sent at `at`, with `ttl` (`append_ttl`) for it alone. Replies
+    /// come in order, so it is also due no sooner than the request before it plus the
+    /// time for its own payload: the follower handles them one after the other.
+    fn push(&self, at: Instant, ttl: Duration, bytes: usize) {
+        let mut d = self.deadlines.lock().expect("outstanding lock poisoned");
+        let own = at + ttl;
+        let due = match d.back() {
+            Some(prev) => own.max(*prev + payload_time(bytes)),
+            None => own,
+        };
+        d.push_back(due);
+        drop(d);
         self.sent.notify_one();
     }
     fn oldest(&self) -> Option<Instant> {
@@ -281,7 +288,8 @@ impl PeerConn {
                 let hint = 256 + rpc.entries.iter().map(entry_size_hint).sum::<usize>();
                 match encode_sized(&rpc, hint) {
                     Ok(payload) => {
-                        sent.push(Instant::now() + append_ttl(base, payload.len()));
+                        let len = payload.len();
+                        sent.push(Instant::now(), append_ttl(base, len), len);
                         Some(RaftMessage {
                             group_id: group,
                             payload: payload.into(),
@@ -378,7 +386,12 @@ impl PeerConn {
 /// sent, decoded and fsynced by the follower: too short a bound makes every retry
 /// time out and the group stalls. Allow 0.5 s plus 20 MB/s of payload.
 fn append_ttl(suggested: Duration, payload_bytes: usize) -> Duration {
-    suggested.max(Duration::from_millis(500)) + Duration::from_nanos(payload_bytes as u64 * 50)
+    suggested.max(Duration::from_millis(500)) + payload_time(payload_bytes)
+}
+
+/// The time allowed for a payload to be sent, decoded and fsynced: 20 MB/s.
+fn payload_time(bytes: usize) -> Duration {
+    Duration::from_nanos(bytes as u64 * 50)
 }
 
 /// How long a TransferLeader may take: the new leader first waits (up to openraft's
@@ -636,6 +649,25 @@ mod tests {
             replies.next().await.is_none(),
             "the stream ends after the error"
         );
+    }
+
+    #[test]
+    fn queued_appends_are_due_one_after_the_other() {
+        let o = Outstanding::default();
+        let t0 = Instant::now();
+        let hb = Duration::from_millis(100);
+        let big = 64 << 20;
+        // Two large batches sent at once: the second is answered after the first is
+        // handled, so it is due its own payload's time after the first.
+        o.push(t0, append_ttl(hb, big), big);
+        o.push(t0, append_ttl(hb, big), big);
+        // A small one sent much later is due by its own deadline.
+        let later = t0 + Duration::from_secs(60);
+        o.push(later, append_ttl(hb, 0), 0);
+        let d: Vec<_> = o.deadlines.lock().unwrap().iter().copied().collect();
+        assert_eq!(d[0], t0 + append_ttl(hb, big));
+        assert_eq!(d[1], d[0] + payload_time(big));
+        assert_eq!(d[2], later + append_ttl(hb, 0));
     }
 
     #[test]
