@@ -260,7 +260,7 @@ impl Outstanding {
 impl PeerConn {
     /// Opens a pipelined `AppendStream`: openraft's requests are sent as it makes them,
     /// without waiting for replies, and the replies come back in order. Each request must
-    /// be answered within `append_ttl` of being sent, or the stream ends with an error.
+    /// be answered by its deadline (`Outstanding::push`), or the stream ends with an error.
     async fn open_stream<S>(
         &mut self,
         input: S,
