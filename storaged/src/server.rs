@@ -33,15 +33,24 @@ pub struct Running {
     pub node: Arc<StorageNode>,
     pub attach: Arc<AttachManager>,
     stop: Option<oneshot::Sender<()>>,
+    /// Ends the `AppendStream`s peers keep open to this node.
+    closing: tokio::sync::watch::Sender<bool>,
     served: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
 }
+
+/// How long a stop waits for in-flight calls to finish before going on without them.
+const DRAIN: Duration = Duration::from_secs(10);
 
 impl Running {
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        let _ = self.served.await;
+        self.closing.send_replace(true);
+        if tokio::time::timeout(DRAIN, &mut self.served).await.is_err() {
+            tracing::warn!(after = ?DRAIN, "calls still in flight at shutdown: stopping without them");
+            self.served.abort();
+        }
         // Detach what this process exposed: its FUSE exports die with it anyway.
         for a in self.attach.list() {
             if let Err(e) = self.attach.detach(&a.volume).await {
@@ -89,13 +98,17 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
     // `tcp_nodelay` only covers listeners tonic binds), or replies wait ~40 ms on Nagle.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_adaptive_window(Some(true))
         .add_service(
-            pb::raft_service_server::RaftServiceServer::new(RaftApi { node: node.clone() })
-                .max_decoding_message_size(512 << 20)
-                .max_encoding_message_size(512 << 20),
+            pb::raft_service_server::RaftServiceServer::new(RaftApi {
+                node: node.clone(),
+                closing: closing_rx,
+            })
+            .max_decoding_message_size(512 << 20)
+            .max_encoding_message_size(512 << 20),
         )
         .add_service(pb::volume_service_server::VolumeServiceServer::new(
             VolumeApi {
@@ -118,6 +131,7 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
         node,
         attach,
         stop: Some(stop_tx),
+        closing: closing_tx,
         served,
     })
 }

@@ -136,6 +136,24 @@ impl ProcCluster {
         }
     }
 
+    /// SIGTERM node `id` and wait up to `within` for it to exit; how long it took, or
+    /// `None` (it is then killed).
+    pub async fn terminate(&mut self, id: u64, within: Duration) -> Option<Duration> {
+        let i = self.index_of(id);
+        let mut c = self.nodes[i].child.take()?;
+        let started = Instant::now();
+        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+        while started.elapsed() < within {
+            if let Ok(Some(_)) = c.try_wait() {
+                return Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
     pub fn restart(&mut self, id: u64) -> std::io::Result<()> {
         self.kill9(id);
         let i = self.index_of(id);

@@ -587,3 +587,32 @@ async fn a_cut_off_follower_keeps_its_term_and_unseats_no_leader() {
     let back = client.read("prevote", 4096, 8192).await.unwrap();
     assert!(back[..4096].iter().all(|b| *b == 2) && back[4096..].iter().all(|b| *b == 3));
 }
+
+/// SIGTERM stops every node promptly, followers first, then the leader: a leader keeps its
+/// replication stream (`AppendStream`) to each follower open for as long as it leads, and
+/// a graceful stop that waited for it to end never ended (the follower lingered until
+/// SIGKILL). storaged's own safety net gives up waiting after 10 s; 5 s is asked here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_followers_and_the_leader_promptly() {
+    let mut cluster = ProcCluster::start(bin(), 3, &[]).unwrap();
+    cluster.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let client = cluster.client().with_deadline(Duration::from_secs(30));
+    create_volumes(&client, &["term"]).await;
+    client
+        .write("term", 0, vec![7u8; 65536].into())
+        .await
+        .expect("write with all three up");
+    let leader = cluster
+        .volume_leader("term", Duration::from_secs(20))
+        .await
+        .unwrap();
+    let mut order: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    order.push(leader);
+    for id in order {
+        let took = cluster.terminate(id, Duration::from_secs(30)).await;
+        assert!(
+            took.is_some_and(|t| t < Duration::from_secs(5)),
+            "node {id} (the volume's leader is {leader}) took {took:?} to stop on SIGTERM"
+        );
+    }
+}

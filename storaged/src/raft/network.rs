@@ -48,6 +48,11 @@ impl ChannelCache {
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_adaptive_window(true)
+            // A peer that vanished without closing (power loss, partition) is found within
+            // 15 s even on a connection carrying only a long-lived `AppendStream`.
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
             .connect_lazy();
         m.insert(addr.to_string(), ch.clone());
         Ok(ch)
@@ -249,6 +254,12 @@ impl Outstanding {
             .front()
             .copied()
     }
+    fn unanswered(&self) -> usize {
+        self.deadlines
+            .lock()
+            .expect("outstanding lock poisoned")
+            .len()
+    }
     fn answered(&self) {
         self.deadlines
             .lock()
@@ -280,10 +291,33 @@ impl PeerConn {
         let outstanding = Arc::new(Outstanding::default());
         // Dropping the reply stream (openraft ends the session) ends the request stream
         // too, so openraft's request generator is never polled for a session that is over.
-        let (closed_tx, closed_rx) = oneshot::channel::<()>();
+        // A task of its own pulls openraft's requests: hyper stops polling a body it cannot
+        // send (a follower not reading), and openraft's generator may be parked holding its
+        // replication state's lock, which must be released as soon as the session is over,
+        // not when the connection next has room.
+        let (closed_tx, mut closed_rx) = oneshot::channel::<()>();
+        let (tx, rx) = tokio::sync::mpsc::channel::<AppendEntriesRequest>(1);
+        tokio::spawn(async move {
+            let mut input = input;
+            loop {
+                let rpc = tokio::select! {
+                    biased;
+                    _ = &mut closed_rx => return,
+                    r = input.next() => match r {
+                        Some(rpc) => rpc,
+                        None => return,
+                    },
+                };
+                tokio::select! {
+                    biased;
+                    _ = &mut closed_rx => return,
+                    r = tx.send(rpc) => if r.is_err() { return },
+                }
+            }
+        });
         let sent = outstanding.clone();
         let requests = tokio_stream::StreamExt::map_while(
-            input.take_until(closed_rx),
+            ReceiverStream::new(rx),
             move |rpc: AppendEntriesRequest| {
                 let hint = 256 + rpc.entries.iter().map(entry_size_hint).sum::<usize>();
                 match encode_sized(&rpc, hint) {
@@ -359,7 +393,13 @@ impl PeerConn {
                     }
                 };
                 let item = match next {
-                    Ok(None) => return None,
+                    // The follower ended the stream: a clean end only if all was answered.
+                    Ok(None) => match outstanding.unanswered() {
+                        0 => return None,
+                        n => Err(RPCError::Unreachable(unreachable(format!(
+                            "node {target} ended the append stream with {n} unanswered"
+                        )))),
+                    },
                     Err(status) => Err(RPCError::Unreachable(unreachable(format!(
                         "node {target}: {}",
                         status.message()
@@ -501,10 +541,19 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use tonic::{Request, Response, Status, Streaming};
 
-    /// A peer for the transport tests: `stream` false answers `AppendStream` with
-    /// UNIMPLEMENTED (a storaged from before it); true opens it and never answers.
+    /// How the test peer answers `AppendStream`.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        /// UNIMPLEMENTED: a storaged from before it.
+        Old,
+        /// Opens it and never answers.
+        Silent,
+        /// Takes a request and ends the stream, answering nothing.
+        Ends,
+    }
+
     struct Peer {
-        stream: bool,
+        mode: Mode,
         unary: AtomicU64,
     }
 
@@ -515,12 +564,17 @@ mod tests {
         type AppendStreamStream = Replies;
         async fn append_stream(
             &self,
-            _: Request<Streaming<RaftMessage>>,
+            r: Request<Streaming<RaftMessage>>,
         ) -> Result<Response<Replies>, Status> {
-            if !self.stream {
-                return Err(Status::unimplemented("AppendStream"));
+            if self.mode == Mode::Ends {
+                // Take a request first: it is then outstanding at the sender.
+                r.into_inner().message().await?;
             }
-            Ok(Response::new(Box::pin(futures::stream::pending())))
+            match self.mode {
+                Mode::Old => Err(Status::unimplemented("AppendStream")),
+                Mode::Silent => Ok(Response::new(Box::pin(futures::stream::pending()))),
+                Mode::Ends => Ok(Response::new(Box::pin(futures::stream::empty()))),
+            }
         }
         async fn append_entries(
             &self,
@@ -594,7 +648,7 @@ mod tests {
     #[tokio::test]
     async fn a_peer_without_append_stream_gets_append_entries() {
         let peer = Arc::new(Peer {
-            stream: false,
+            mode: Mode::Old,
             unary: AtomicU64::new(0),
         });
         let mut conn = serve(peer.clone()).await;
@@ -620,22 +674,34 @@ mod tests {
         assert_eq!(peer.unary.load(Ordering::SeqCst), 2);
     }
 
-    #[tokio::test]
-    async fn an_append_stream_without_replies_ends_with_an_error() {
-        let peer = Arc::new(Peer {
-            stream: true,
+    /// An `AppendStream` to a peer answering in `mode`, sent two requests and left open
+    /// (openraft's replication keeps its stream open), and the first thing it yields.
+    async fn first_reply(mode: Mode) -> Option<Result<StreamAppendResult, RPCError<TypeConfig>>> {
+        let mut conn = serve(Arc::new(Peer {
+            mode,
             unary: AtomicU64::new(0),
-        });
-        let mut conn = serve(peer).await;
-        let opt = RPCOption::new(Duration::from_millis(100));
-        // Two requests and an open end: openraft's replication keeps its stream open.
+        }))
+        .await;
         let input =
             futures::stream::iter(vec![heartbeat(), heartbeat()]).chain(futures::stream::pending());
-        let started = Instant::now();
-        let mut replies = conn.stream_append(input, opt).await.expect("stream opens");
+        let opt = RPCOption::new(Duration::from_millis(100));
+        let mut replies = conn.open_stream(input, opt).await.expect("stream opens");
         let first = tokio::time::timeout(Duration::from_secs(10), replies.next())
             .await
-            .expect("a silent follower must not hang replication");
+            .expect("a silent or departed follower must not hang replication");
+        if first.as_ref().is_some_and(|r| r.is_err()) {
+            assert!(
+                replies.next().await.is_none(),
+                "the stream ends after an error"
+            );
+        }
+        first
+    }
+
+    #[tokio::test]
+    async fn an_append_stream_without_replies_ends_with_an_error() {
+        let started = Instant::now();
+        let first = first_reply(Mode::Silent).await;
         assert!(
             matches!(first, Some(Err(RPCError::Network(_)))),
             "no reply in time is a network error: {first:?}"
@@ -645,9 +711,14 @@ mod tests {
             waited >= append_ttl(Duration::from_millis(100), 0),
             "not before the deadline: {waited:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_append_stream_ended_with_requests_unanswered_is_an_error() {
+        let first = first_reply(Mode::Ends).await;
         assert!(
-            replies.next().await.is_none(),
-            "the stream ends after the error"
+            matches!(first, Some(Err(RPCError::Unreachable(_)))),
+            "requests went unanswered, so not a clean end: {first:?}"
         );
     }
 

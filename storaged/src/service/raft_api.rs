@@ -18,6 +18,10 @@ use crate::raft::{
 
 pub struct RaftApi {
     pub node: Arc<StorageNode>,
+    /// Set when the server stops: open `AppendStream`s end (a leader elsewhere keeps
+    /// its stream to us open for as long as it leads, and a graceful shutdown waits
+    /// for every stream to finish).
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A Raft outcome on the wire: the encoded value, or the error's text.
@@ -110,6 +114,10 @@ impl RaftService for RaftApi {
         let raft = self.raft(group).map_err(Status::unavailable)?;
         // A request that does not decode (or a broken stream) ends the input; openraft
         // then answers what came before it, and the sender starts a new stream.
+        let mut closing = self.closing.clone();
+        let closed = async move {
+            let _ = closing.wait_for(|c| *c).await;
+        };
         let input = tokio_stream::StreamExt::map_while(req.into_inner(), move |m| {
             let m = m.ok()?;
             match decode::<AppendEntriesRequest>(&m.payload) {
@@ -124,8 +132,9 @@ impl RaftService for RaftApi {
                 }
             }
         });
-        // An `Err` is Raft stopping here (the group is being removed): the last reply.
-        let out = Box::pin(raft.stream_append(input)).map(raft_reply);
+        // Raft answers what it was sent, in order, and ends after the first refusal, or
+        // with an `Err` if it stops here (the group is being removed): the last reply.
+        let out = Box::pin(raft.stream_append(input.take_until(closed))).map(raft_reply);
         Ok(Response::new(Box::pin(out)))
     }
 
