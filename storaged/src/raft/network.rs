@@ -39,8 +39,13 @@ pub struct ChannelCache {
 
 impl ChannelCache {
     pub fn get(&self, addr: &str) -> Result<Channel, String> {
+        self.get_for(addr, addr)
+    }
+
+    /// The channel cached under `key`, connected to `addr`.
+    fn get_for(&self, key: &str, addr: &str) -> Result<Channel, String> {
         let mut m = self.inner.lock().expect("channel cache poisoned");
-        if let Some(c) = m.get(addr) {
+        if let Some(c) = m.get(key) {
             return Ok(c.clone());
         }
         let ch = Endpoint::from_shared(format!("http://{addr}"))
@@ -54,14 +59,25 @@ impl ChannelCache {
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        m.insert(addr.to_string(), ch.clone());
+        m.insert(key.to_string(), ch.clone());
         Ok(ch)
     }
 
     pub fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
-        Ok(RaftServiceClient::new(self.get(addr)?)
-            .max_decoding_message_size(512 << 20)
-            .max_encoding_message_size(512 << 20))
+        Ok(Self::limits(RaftServiceClient::new(self.get(addr)?)))
+    }
+
+    /// A client on a connection of its own for `AppendStream`s: a follower that stops
+    /// reading one (its group's Raft busy, 64 batches pending) holds HTTP/2 window on that
+    /// connection, which must not hold up heartbeats and votes.
+    fn stream_client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
+        let ch = self.get_for(&format!("{addr}#append"), addr)?;
+        Ok(Self::limits(RaftServiceClient::new(ch)))
+    }
+
+    fn limits(c: RaftServiceClient<Channel>) -> RaftServiceClient<Channel> {
+        c.max_decoding_message_size(512 << 20)
+            .max_encoding_message_size(512 << 20)
     }
 }
 
@@ -285,7 +301,7 @@ impl PeerConn {
     {
         let mut client = self
             .channels
-            .client(&self.addr)
+            .stream_client(&self.addr)
             .map_err(|e| RPCError::Unreachable(unreachable(e)))?;
         let (group, target, base) = (self.group, self.target, option.hard_ttl());
         let outstanding = Arc::new(Outstanding::default());
