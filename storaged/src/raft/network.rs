@@ -181,21 +181,10 @@ impl PeerConn {
     where
         Resp: for<'de> serde::Deserialize<'de>,
     {
-        let reply = match r {
-            Err(status) => {
-                return Err(RPCError::Unreachable(unreachable(format!(
-                    "node {}: {}",
-                    self.target,
-                    status.message()
-                ))));
-            }
-            Ok(r) => r.into_inner(),
-        };
-        if !reply.error.is_empty() {
-            // The peer does not host the group yet, or its Raft refused: back off and retry.
-            return Err(RPCError::Unreachable(unreachable(reply.error)));
+        match r {
+            Err(status) => Err(status_error(self.target, &status)),
+            Ok(r) => decode_reply(r.into_inner()),
         }
-        decode::<Resp>(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 
     /// Streams a snapshot page by page; only a stream whose final message says `last`
@@ -238,6 +227,29 @@ impl PeerConn {
         produced.map_err(net)?;
         self.reply(reply)
     }
+}
+
+/// A gRPC failure talking to `target`: the sender backs off and retries.
+fn status_error(target: NodeId, status: &tonic::Status) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(unreachable(format!("node {target}: {}", status.message())))
+}
+
+/// The remote Raft's encoded `Result` in `reply`, or its error.
+fn decode_reply<Resp>(reply: RaftReply) -> Result<Resp, RPCError<TypeConfig>>
+where
+    Resp: for<'de> serde::Deserialize<'de>,
+{
+    if !reply.error.is_empty() {
+        // The peer does not host the group yet, or its Raft refused: back off and retry.
+        return Err(RPCError::Unreachable(unreachable(reply.error)));
+    }
+    decode::<Resp>(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
+/// An AppendEntries encoded into a buffer sized for its entries up front.
+fn encode_append(rpc: &AppendEntriesRequest) -> std::io::Result<Vec<u8>> {
+    let hint = 256 + rpc.entries.iter().map(entry_size_hint).sum::<usize>();
+    encode_sized(rpc, hint)
 }
 
 /// Deadlines of the requests of an `AppendStream` sent and not yet answered, oldest
@@ -305,12 +317,10 @@ impl PeerConn {
             .map_err(|e| RPCError::Unreachable(unreachable(e)))?;
         let (group, target, base) = (self.group, self.target, option.hard_ttl());
         let outstanding = Arc::new(Outstanding::default());
-        // Dropping the reply stream (openraft ends the session) ends the request stream
-        // too, so openraft's request generator is never polled for a session that is over.
-        // A task of its own pulls openraft's requests: hyper stops polling a body it cannot
-        // send (a follower not reading), and openraft's generator may be parked holding its
-        // replication state's lock, which must be released as soon as the session is over,
-        // not when the connection next has room.
+        // A task of its own pulls openraft's requests and drops the generator as soon as
+        // the reply stream is dropped (openraft ends the session): hyper stops polling a
+        // body it cannot send (a follower not reading), and the generator may be parked
+        // holding openraft's replication lock, which must not wait for the connection.
         let (closed_tx, mut closed_rx) = oneshot::channel::<()>();
         let (tx, rx) = tokio::sync::mpsc::channel::<AppendEntriesRequest>(1);
         tokio::spawn(async move {
@@ -334,21 +344,18 @@ impl PeerConn {
         let sent = outstanding.clone();
         let requests = tokio_stream::StreamExt::map_while(
             ReceiverStream::new(rx),
-            move |rpc: AppendEntriesRequest| {
-                let hint = 256 + rpc.entries.iter().map(entry_size_hint).sum::<usize>();
-                match encode_sized(&rpc, hint) {
-                    Ok(payload) => {
-                        let len = payload.len();
-                        sent.push(Instant::now(), append_ttl(base, len), len);
-                        Some(RaftMessage {
-                            group_id: group,
-                            payload: payload.into(),
-                        })
-                    }
-                    Err(e) => {
-                        tracing::error!(group, target, error = %e, "cannot encode AppendEntries");
-                        None
-                    }
+            move |rpc: AppendEntriesRequest| match encode_append(&rpc) {
+                Ok(payload) => {
+                    let len = payload.len();
+                    sent.push(Instant::now(), append_ttl(base, len), len);
+                    Some(RaftMessage {
+                        group_id: group,
+                        payload: payload.into(),
+                    })
+                }
+                Err(e) => {
+                    tracing::error!(group, target, error = %e, "cannot encode AppendEntries");
+                    None
                 }
             },
         );
@@ -376,10 +383,7 @@ impl PeerConn {
                     );
                     self.streams = false;
                 }
-                return Err(RPCError::Unreachable(unreachable(format!(
-                    "node {target}: {}",
-                    status.message()
-                ))));
+                return Err(status_error(target, &status));
             }
             Ok(Ok(r)) => r.into_inner(),
         };
@@ -416,19 +420,13 @@ impl PeerConn {
                             "node {target} ended the append stream with {n} unanswered"
                         )))),
                     },
-                    Err(status) => Err(RPCError::Unreachable(unreachable(format!(
-                        "node {target}: {}",
-                        status.message()
-                    )))),
-                    Ok(Some(reply)) if !reply.error.is_empty() => {
-                        Err(RPCError::Unreachable(unreachable(reply.error)))
-                    }
-                    Ok(Some(reply)) => match decode::<StreamAppendResult>(&reply.payload) {
+                    Err(status) => Err(status_error(target, &status)),
+                    Ok(Some(reply)) => match decode_reply::<StreamAppendResult>(reply) {
                         Ok(r) => {
                             outstanding.answered();
                             return Some((Ok(r), Some((replies, outstanding, closed_tx))));
                         }
-                        Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+                        Err(e) => Err(e),
                     },
                 };
                 Some((item, None))
@@ -462,9 +460,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         rpc: AppendEntriesRequest,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let hint = 256 + rpc.entries.iter().map(entry_size_hint).sum::<usize>();
-        let payload =
-            encode_sized(&rpc, hint).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload = encode_append(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let ttl = append_ttl(option.hard_ttl(), payload.len());
         self.call(Kind::Append, payload, ttl).await
     }
