@@ -530,11 +530,18 @@ async fn metrics_report_io_and_raft_state() {
         );
     }
     let follower = (1..=3).find(|id| *id != leader).unwrap();
-    let text = scrape(&cluster, follower).await;
     let want = format!(
         "cairn_storaged_raft_leader{{volume=\"metered\",group=\"{}\"}} 0",
         vol.id
     );
+    // The write may have committed without this follower: it reports the group once it
+    // hosts it, which is waited for (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = scrape(&cluster, follower).await;
+    while !text.contains(&want) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = scrape(&cluster, follower).await;
+    }
     assert!(
         text.contains(&want),
         "follower {follower} lacks `{want}`:\n{text}"
