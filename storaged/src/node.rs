@@ -18,9 +18,9 @@ use crate::meta::catalog::{
 };
 use crate::raft::log_store::LogStore;
 use crate::raft::log_window::LogWindow;
-use crate::raft::network::{ChannelCache, NetworkFactory};
 use crate::raft::state_machine::{GroupStateMachine, Shared};
 use crate::raft::wal_sync::WalSyncer;
+use crate::raft::{ChannelCache, NetworkFactory};
 use crate::raft::{META_GROUP, Node, Raft, Request, Response, config};
 use crate::volume::blocks;
 use crate::{Error, Result};

@@ -160,6 +160,11 @@ impl ProcCluster {
         self.spawn(i)
     }
 
+    /// The process id of node `id`, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.nodes[self.index_of(id)].child.as_ref().map(|c| c.id())
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.nodes[self.index_of(id)].child.is_some()
     }

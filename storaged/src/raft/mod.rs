@@ -4,9 +4,9 @@
 pub mod log_cache;
 pub mod log_store;
 pub mod log_window;
-pub mod network;
 pub mod snapshot;
 pub mod state_machine;
+pub mod transport;
 pub mod wal_sync;
 
 use std::io;
@@ -53,6 +53,7 @@ openraft::declare_raft_types!(
 pub type NodeId = u64;
 pub type Node = openraft::BasicNode;
 pub use snapshot::SnapshotData;
+pub use transport::{ChannelCache, GROUP_METADATA, NetworkFactory};
 pub type Raft = openraft::Raft<TypeConfig, state_machine::GroupStateMachine>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;

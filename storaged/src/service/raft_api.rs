@@ -5,15 +5,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use cairn_proto::cairn::v1::raft_service_server::RaftService;
-use cairn_proto::cairn::v1::{RaftMessage, RaftReply, SnapshotChunk};
+use cairn_proto::cairn::v1::{RaftFailure, RaftMessage, RaftReply, SnapshotChunk};
 use futures::{Stream, StreamExt};
+use openraft::errors::{Fatal, RaftError};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::StorageNode;
-use crate::raft::network::GROUP_METADATA;
+use crate::raft::GROUP_METADATA;
 use crate::raft::snapshot::SpoolWriter;
 use crate::raft::{
-    AppendEntriesRequest, Raft, Snapshot, SnapshotData, SnapshotMeta, Vote, decode, encode,
+    AppendEntriesRequest, Raft, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote, decode,
+    encode,
 };
 
 pub struct RaftApi {
@@ -24,37 +26,88 @@ pub struct RaftApi {
     pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
-/// A Raft outcome on the wire: the encoded value, or the error's text.
-fn raft_reply<T: serde::Serialize, E: std::fmt::Display>(
-    r: Result<T, E>,
-) -> Result<RaftReply, Status> {
+/// Why a group's Raft gave no answer, typed for the wire (`RaftReply.failure`).
+trait WireFailure: std::fmt::Display {
+    fn failure(&self) -> RaftFailure;
+}
+
+/// A message for a group this node does not host (yet).
+struct NotHosted {
+    group: u64,
+    node: u64,
+}
+
+impl std::fmt::Display for NotHosted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "group {} is not hosted on node {} (yet)",
+            self.group, self.node
+        )
+    }
+}
+
+impl WireFailure for NotHosted {
+    fn failure(&self) -> RaftFailure {
+        RaftFailure::NotHosted
+    }
+}
+
+impl<E: std::error::Error> WireFailure for RaftError<TypeConfig, E> {
+    fn failure(&self) -> RaftFailure {
+        match self {
+            RaftError::Fatal(_) => RaftFailure::Stopped,
+            RaftError::APIError(_) => RaftFailure::Other,
+        }
+    }
+}
+
+impl WireFailure for Fatal<TypeConfig> {
+    fn failure(&self) -> RaftFailure {
+        RaftFailure::Stopped
+    }
+}
+
+impl WireFailure for crate::Error {
+    fn failure(&self) -> RaftFailure {
+        RaftFailure::Other
+    }
+}
+
+impl WireFailure for std::convert::Infallible {
+    fn failure(&self) -> RaftFailure {
+        match *self {}
+    }
+}
+
+/// A Raft outcome on the wire: the encoded value, or the typed failure and its text.
+fn raft_reply<T: serde::Serialize, E: WireFailure>(r: Result<T, E>) -> Result<RaftReply, Status> {
     Ok(match r {
         Ok(v) => RaftReply {
             payload: encode(&v)
                 .map_err(|e| Status::internal(e.to_string()))?
                 .into(),
-            error: String::new(),
+            ..Default::default()
         },
         Err(e) => RaftReply {
             payload: Default::default(),
             error: e.to_string(),
+            failure: e.failure().into(),
         },
     })
 }
 
-fn reply<T: serde::Serialize, E: std::fmt::Display>(
+fn reply<T: serde::Serialize, E: WireFailure>(
     r: Result<T, E>,
 ) -> Result<Response<RaftReply>, Status> {
     raft_reply(r).map(Response::new)
 }
 
 impl RaftApi {
-    fn raft(&self, group: u64) -> Result<Raft, String> {
-        self.node.group(group).ok_or_else(|| {
-            format!(
-                "group {group} is not hosted on node {} (yet)",
-                self.node.cfg.id
-            )
+    fn raft(&self, group: u64) -> Result<Raft, NotHosted> {
+        self.node.group(group).ok_or(NotHosted {
+            group,
+            node: self.node.cfg.id,
         })
     }
 }
@@ -69,7 +122,7 @@ impl RaftApi {
     where
         Req: for<'de> serde::Deserialize<'de>,
         T: serde::Serialize,
-        E: std::fmt::Display,
+        E: WireFailure,
         F: FnOnce(Raft, Req) -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
@@ -111,7 +164,9 @@ impl RaftService for RaftApi {
     ) -> Result<Response<ReplyStream>, Status> {
         let group = stream_group(&req)?;
         // The sender backs off and retries while this node does not host the group.
-        let raft = self.raft(group).map_err(Status::unavailable)?;
+        let raft = self
+            .raft(group)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         // A request that does not decode (or a broken stream) ends the input; openraft
         // then answers what came before it, and the sender starts a new stream.
         let mut closing = self.closing.clone();
@@ -210,7 +265,7 @@ impl RaftService for RaftApi {
 
     async fn group_status(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
         let m = req.into_inner();
-        reply::<_, String>(Ok(self.node.group_status(m.group_id)))
+        reply::<_, std::convert::Infallible>(Ok(self.node.group_status(m.group_id)))
     }
 
     async fn transfer_leader(

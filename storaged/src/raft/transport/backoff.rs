@@ -1,0 +1,248 @@
+//! Reachability of one peer node, shared by every group that talks to it: a peer that
+//! fails is retried after a bounded, jittered exponential backoff, never in a loop.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+
+/// The first retry delay after a failure; it doubles with each further failure.
+pub const FIRST_DELAY: Duration = Duration::from_millis(50);
+/// The longest delay between two attempts to reach a failed peer.
+pub const CEILING: Duration = Duration::from_secs(2);
+/// An attempt dropped unfinished after this long (openraft gave up on it at its
+/// heartbeat timeout, 100 ms) counts as a failure: a paused peer never answers.
+const ABANDONED_AFTER: Duration = Duration::from_millis(80);
+
+/// The delay before retry number `failures` (1 = after the first failure), before jitter.
+pub fn delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    FIRST_DELAY.saturating_mul(1 << doublings).min(CEILING)
+}
+
+/// `d` scaled by a random factor in [0.8, 1.2), so peers retried together spread out.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.8..1.2))
+}
+
+/// An infinite series of jittered retry delays, for openraft's own replication backoff.
+pub fn series() -> impl Iterator<Item = Duration> + Send + 'static {
+    (1u32..).map(|n| jittered(delay(n)))
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Bumped by every success and every counted failure: an attempt that started
+    /// before either is stale, and its failure is not counted again.
+    generation: u64,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// One peer's reachability: whether to try it now, and when next if not.
+#[derive(Debug)]
+pub struct PeerHealth {
+    addr: String,
+    state: Mutex<State>,
+}
+
+impl PeerHealth {
+    pub fn new(addr: &str) -> Self {
+        PeerHealth {
+            addr: addr.to_string(),
+            state: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("peer health lock poisoned")
+    }
+
+    /// When the next attempt may go, if the peer is backing off now.
+    pub fn backing_off(&self) -> Option<Instant> {
+        self.lock().retry_at.filter(|t| *t > Instant::now())
+    }
+
+    /// Waits until the peer may be tried (at once when it is not backing off).
+    pub async fn ready(&self) {
+        while let Some(at) = self.backing_off() {
+            tokio::time::sleep_until(at).await;
+        }
+    }
+
+    /// Starts an attempt; its outcome is reported through the returned guard.
+    pub fn attempt(&self) -> Attempt<'_> {
+        Attempt {
+            health: self,
+            generation: self.lock().generation,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
+    /// The peer answered outside of an `Attempt` (a reply on an open stream).
+    pub fn answered(&self) {
+        self.succeeded();
+    }
+
+    /// The peer stopped answering outside of an `Attempt` (an open stream's reply
+    /// overdue, or the stream cut).
+    pub fn no_answer(&self, why: &str) {
+        self.attempt().failed(why);
+    }
+
+    fn succeeded(&self) {
+        let mut s = self.lock();
+        s.generation += 1;
+        if s.failures > 0 {
+            tracing::info!(peer = %self.addr, failures = s.failures, "peer reachable again");
+            s.failures = 0;
+            s.retry_at = None;
+        }
+    }
+
+    fn failed(&self, generation: u64, why: &str) {
+        let mut s = self.lock();
+        // Attempts made at the same time as this one (one per group) fail together:
+        // count them once.
+        if s.generation != generation {
+            return;
+        }
+        s.generation += 1;
+        s.failures = s.failures.saturating_add(1);
+        let wait = jittered(delay(s.failures));
+        s.retry_at = Some(Instant::now() + wait);
+        if s.failures == 1 {
+            tracing::info!(peer = %self.addr, error = why, "peer unreachable: backing off");
+        } else {
+            tracing::debug!(peer = %self.addr, failures = s.failures, ?wait, error = why, "peer still unreachable");
+        }
+    }
+}
+
+/// One attempt to reach a peer. A peer that answered at all (even with an error of its
+/// own) is reachable; a transport failure or no answer in time is not. An attempt
+/// dropped unfinished after `ABANDONED_AFTER` counts as no answer.
+pub struct Attempt<'a> {
+    health: &'a PeerHealth,
+    generation: u64,
+    started: Instant,
+    done: bool,
+}
+
+impl Attempt<'_> {
+    pub fn answered(mut self) {
+        self.done = true;
+        self.health.succeeded();
+    }
+
+    pub fn failed(mut self, why: &str) {
+        self.done = true;
+        self.health.failed(self.generation, why);
+    }
+
+    /// Records the outcome of a gRPC call: only a failure of the transport itself (a
+    /// status tonic made from a connection error, with a source) means unreachable.
+    pub fn observe<T>(self, r: &Result<T, tonic::Status>) {
+        match r {
+            Err(s) if is_transport_failure(s) => self.failed(s.message()),
+            _ => self.answered(),
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.done && self.started.elapsed() >= ABANDONED_AFTER {
+            self.health
+                .failed(self.generation, "no answer before the caller gave up");
+        }
+    }
+}
+
+/// Whether `s` reports that the peer was not reached (connection refused or reset,
+/// connect timeout, GOAWAY, keepalive timeout) rather than an answer from the peer.
+/// tonic attaches the transport error as the source of such a status; a status the
+/// peer sent has none.
+pub fn is_transport_failure(s: &tonic::Status) -> bool {
+    std::error::Error::source(s).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_up_to_the_ceiling() {
+        assert_eq!(delay(1), FIRST_DELAY);
+        assert_eq!(delay(2), FIRST_DELAY * 2);
+        assert_eq!(delay(5), FIRST_DELAY * 16);
+        assert_eq!(delay(6), FIRST_DELAY * 32);
+        assert_eq!(delay(7), CEILING);
+        assert_eq!(delay(u32::MAX), CEILING);
+        let s: Vec<_> = series().take(8).collect();
+        assert!(s.iter().all(|d| *d < CEILING.mul_f64(1.2)), "{s:?}");
+        assert!(s[0] < Duration::from_millis(60), "{s:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_peer_is_not_tried_until_its_backoff_ends() {
+        let h = PeerHealth::new("p");
+        assert!(h.backing_off().is_none());
+        h.attempt().failed("refused");
+        let at = h.backing_off().expect("backing off after a failure");
+        assert!(at - Instant::now() >= Duration::from_millis(40));
+        h.ready().await;
+        assert!(Instant::now() >= at, "ready waits out the backoff");
+        assert!(h.backing_off().is_none());
+        h.attempt().failed("refused");
+        let second = h.backing_off().expect("backing off again") - Instant::now();
+        assert!(second >= Duration::from_millis(80), "{second:?}: doubled");
+        h.attempt().answered();
+        assert!(h.backing_off().is_none(), "an answer ends the backoff");
+    }
+
+    #[test]
+    fn concurrent_failures_count_once() {
+        let h = PeerHealth::new("p");
+        let (a, b) = (h.attempt(), h.attempt());
+        a.failed("refused");
+        b.failed("refused");
+        assert_eq!(h.lock().failures, 1);
+    }
+
+    #[test]
+    fn a_failure_older_than_an_answer_is_ignored() {
+        let h = PeerHealth::new("p");
+        let slow = h.attempt();
+        h.attempt().answered();
+        slow.failed("timed out");
+        assert!(h.backing_off().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_attempt_is_a_failure_and_a_quick_one_is_not() {
+        let h = PeerHealth::new("p");
+        drop(h.attempt());
+        assert!(h.backing_off().is_none(), "dropped at once: no verdict");
+        let a = h.attempt();
+        tokio::time::advance(ABANDONED_AFTER).await;
+        drop(a);
+        assert!(
+            h.backing_off().is_some(),
+            "dropped after waiting: no answer"
+        );
+    }
+
+    #[test]
+    fn only_transport_errors_mean_unreachable() {
+        assert!(!is_transport_failure(&tonic::Status::unavailable(
+            "group 3 is not hosted here"
+        )));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(is_transport_failure(&tonic::Status::from_error(Box::new(
+            refused
+        ))));
+    }
+}

@@ -1,0 +1,70 @@
+//! Lazily connected gRPC channels to peer nodes, keyed by address and shared by every
+//! group, with each peer's reachability (`PeerHealth`) beside its channels.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_proto::cairn::v1::raft_service_client::RaftServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+use super::backoff::PeerHealth;
+
+/// Lazily connected channels keyed by peer address.
+#[derive(Clone, Default)]
+pub struct ChannelCache {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    health: Arc<Mutex<HashMap<String, Arc<PeerHealth>>>>,
+}
+
+impl ChannelCache {
+    pub fn get(&self, addr: &str) -> Result<Channel, String> {
+        self.get_for(addr, addr)
+    }
+
+    /// The reachability of the node at `addr`, shared by all groups and channels.
+    pub fn health(&self, addr: &str) -> Arc<PeerHealth> {
+        let mut m = self.health.lock().expect("peer health map poisoned");
+        m.entry(addr.to_string())
+            .or_insert_with(|| Arc::new(PeerHealth::new(addr)))
+            .clone()
+    }
+
+    /// The channel cached under `key`, connected to `addr`.
+    fn get_for(&self, key: &str, addr: &str) -> Result<Channel, String> {
+        let mut m = self.channels.lock().expect("channel cache poisoned");
+        if let Some(c) = m.get(key) {
+            return Ok(c.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad peer address `{addr}`: {e}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_adaptive_window(true)
+            // A peer that vanished without closing (power loss, partition) is found within
+            // 15 s even on a connection carrying only a long-lived `AppendStream`.
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        m.insert(key.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    pub fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
+        Ok(Self::limits(RaftServiceClient::new(self.get(addr)?)))
+    }
+
+    /// A client on a connection of its own for `AppendStream`s: a follower that stops
+    /// reading one (its group's Raft busy, 64 batches pending) holds HTTP/2 window on that
+    /// connection, which must not hold up heartbeats and votes.
+    pub(super) fn stream_client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, String> {
+        let ch = self.get_for(&format!("{addr}#append"), addr)?;
+        Ok(Self::limits(RaftServiceClient::new(ch)))
+    }
+
+    fn limits(c: RaftServiceClient<Channel>) -> RaftServiceClient<Channel> {
+        c.max_decoding_message_size(512 << 20)
+            .max_encoding_message_size(512 << 20)
+    }
+}

@@ -1,0 +1,54 @@
+//! Outbound snapshots: a group's state streamed to a lagging peer page by page; only a
+//! stream whose final message says `last` is installed there.
+
+use cairn_proto::cairn::v1::SnapshotChunk;
+use openraft::errors::{NetworkError, RPCError};
+use openraft::raft::SnapshotResponse;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{PeerConn, Snapshot, TypeConfig, Vote, encode, unreachable};
+
+impl PeerConn {
+    /// Streams a snapshot page by page; a read error here ends it early and the
+    /// receiver drops what it spooled.
+    pub(super) async fn stream_snapshot(
+        &self,
+        vote: Vote,
+        snapshot: Snapshot,
+    ) -> Result<SnapshotResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut client = self
+            .channels
+            .client(&self.addr)
+            .map_err(|e| RPCError::Unreachable(unreachable(e)))?;
+        let net = |e: std::io::Error| RPCError::Network(NetworkError::new(&e));
+        let mut header = Some(encode(&(vote, snapshot.meta)).map_err(net)?);
+        let mut data = snapshot.snapshot;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let group = self.group;
+        let produce = async move {
+            loop {
+                let page = data.next_page().await?;
+                let last = page.is_none();
+                let msg = SnapshotChunk {
+                    group_id: group,
+                    header: header.take().unwrap_or_default().into(),
+                    page: match page {
+                        Some(p) => encode(&p)?.into(),
+                        None => Default::default(),
+                    },
+                    last,
+                };
+                // A closed stream means the call has already ended; it reports why.
+                if tx.send(msg).await.is_err() || last {
+                    return Ok::<_, std::io::Error>(());
+                }
+            }
+        };
+        let attempt = self.health.attempt();
+        let (reply, produced) =
+            tokio::join!(client.install_snapshot(ReceiverStream::new(rx)), produce);
+        attempt.observe(&reply);
+        produced.map_err(net)?;
+        self.reply(reply)
+    }
+}
