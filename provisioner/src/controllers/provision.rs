@@ -45,7 +45,7 @@ pub fn error_policy(pvc: Arc<PersistentVolumeClaim>, err: &Error, ctx: Arc<Ctx>)
     ctx.retry(&key("pvc", Some(&ns), &pvc.name_any()))
 }
 
-/// A claim of ours that is still to be provisioned, as its object says (no API reads).
+/// An unbound claim that may be ours to provision, as its object says (no API reads).
 struct Pending {
     ns: String,
     name: String,
@@ -103,6 +103,8 @@ impl Pending {
     }
 }
 
+/// The steps, in order: a clone source being deleted, the claim, its class, WaitForFirstConsumer,
+/// an existing PV, the request and its topology, CreateVolume, the PV, then what follows.
 async fn provision(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Action> {
     let idle = Action::await_change();
     if pvc.meta().deletion_timestamp.is_some()

@@ -63,6 +63,8 @@ struct Expansion {
     requested: u64,
 }
 
+/// The steps: what the claim asks for, Resizing on the claim, ControllerExpandVolume, then
+/// the new size on the PV and the claim.
 async fn resize(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Action> {
     if let Some(x) = Expansion::of(pvc, ctx).await? {
         x.start(ctx).await?;

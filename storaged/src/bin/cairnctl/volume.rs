@@ -55,7 +55,7 @@ pub struct CreateArgs {
     size: String,
     #[arg(long, default_value_t = 3)]
     replicas: u32,
-    /// `replicated` or `local`.
+    /// Volume type.
     #[arg(long, value_enum, default_value_t = Kind::Replicated)]
     r#type: Kind,
     /// Required node name.
