@@ -6,23 +6,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-use k8s_openapi::api::storage::v1::VolumeAttachment;
+use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::{Controller, watcher};
-use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::context::Ctx;
+use crate::controllers::local::{self, LocalConfig};
 use crate::csi::CsiClient;
 use crate::error::{Error, Result};
 use crate::leader::{Elector, LeaseConfig};
-use crate::local::{self, LocalConfig};
 use crate::metrics::Metrics;
 use crate::names::{DRIVER, sanitize};
-use crate::{attach, capacity, delete, http, provision, resize};
+use crate::{controllers, http};
 
 /// Everything the binary's flags decide.
 #[derive(Debug, Clone)]
@@ -161,7 +157,7 @@ pub async fn gate(
 ) {
     let metrics = ctx.metrics.clone();
     gate_with(leader, metrics, move || {
-        controllers(ctx.clone(), cap_ns.clone(), cap_every)
+        controllers::run(ctx.clone(), cap_ns.clone(), cap_every)
     })
     .await
 }
@@ -193,44 +189,6 @@ where
         }
         metrics.leader.set(0);
     }
-}
-
-/// The controller role: provisioner, resizer, deleter, attacher and capacity publisher.
-pub async fn controllers(ctx: Arc<Ctx>, cap_ns: String, cap_every: Duration) {
-    let c = ctx.client.clone();
-    let drain = |s: futures::stream::BoxStream<'static, ()>| s.for_each(|_| async {});
-    let pvcs = Controller::new(
-        Api::<PersistentVolumeClaim>::all(c.clone()),
-        watcher::Config::default(),
-    )
-    .run(provision::reconcile, provision::error_policy, ctx.clone())
-    .map(|_| ())
-    .boxed();
-    let resizes = Controller::new(
-        Api::<PersistentVolumeClaim>::all(c.clone()),
-        watcher::Config::default(),
-    )
-    .run(resize::reconcile, resize::error_policy, ctx.clone())
-    .map(|_| ())
-    .boxed();
-    let pvs = Controller::new(
-        Api::<PersistentVolume>::all(c.clone()),
-        watcher::Config::default(),
-    )
-    .run(delete::reconcile, delete::error_policy, ctx.clone())
-    .map(|_| ())
-    .boxed();
-    let vas = Controller::new(Api::<VolumeAttachment>::all(c), watcher::Config::default())
-        .run(attach::reconcile, attach::error_policy, ctx.clone())
-        .map(|_| ())
-        .boxed();
-    tokio::join!(
-        drain(pvcs),
-        drain(resizes),
-        drain(pvs),
-        drain(vas),
-        capacity::run(ctx, cap_ns, cap_every)
-    );
 }
 
 async fn shutdown_signal() {

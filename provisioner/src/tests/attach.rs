@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::fixtures::*;
-use crate::attach;
+use crate::controllers::attach;
 use crate::testkit::Fixture;
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::fixtures::*;
-use crate::capacity;
+use crate::controllers::capacity;
 use crate::testkit::Fixture;
 
 #[tokio::test]

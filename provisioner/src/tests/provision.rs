@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::fixtures::*;
-use crate::provision;
+use crate::controllers::provision;
 use crate::testkit::Fixture;
 
 #[tokio::test]

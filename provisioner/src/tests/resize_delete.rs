@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::fixtures::*;
+use crate::controllers::{delete, resize};
 use crate::testkit::Fixture;
-use crate::{delete, resize};
 
 #[tokio::test]
 async fn released_delete_pv_deletes_volume_then_finalizer_then_pv() {

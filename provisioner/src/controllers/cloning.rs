@@ -7,6 +7,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use tracing::info;
 
+use crate::claim;
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 
@@ -15,8 +16,8 @@ pub const CLONE_FINALIZER: &str = "provisioner.storage.kubernetes.io/cloning-pro
 
 /// The name of the claim `pvc` clones, if its content source is another claim.
 pub fn clone_source(pvc: &PersistentVolumeClaim) -> Option<String> {
-    let (group, kind, name, _) = crate::source::reference(pvc)?;
-    (group.is_empty() && kind == "PersistentVolumeClaim").then_some(name)
+    let src = claim::data_source(pvc)?;
+    (src.group.is_empty() && src.kind == "PersistentVolumeClaim").then_some(src.name)
 }
 
 /// Claims in `claims` (one namespace) still waiting for a volume cloned from `source`,

@@ -3,55 +3,32 @@
 
 use cairn_proto::csi::v1 as csi;
 use csi::volume_content_source::{SnapshotSource, Type, VolumeSource};
-use k8s_openapi::api::core::v1::{
-    PersistentVolume, PersistentVolumeClaim, TypedLocalObjectReference,
-};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, ResourceExt};
 use serde_json::Value;
 
+use super::cloning;
+use crate::claim::{self, DataSource};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::names::DRIVER;
-use crate::{provision, quantity};
+use crate::quantity;
 
 const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
-
-/// What the claim names as its source (`dataSourceRef` wins over `dataSource`).
-pub(crate) fn reference(
-    pvc: &PersistentVolumeClaim,
-) -> Option<(String, String, String, Option<String>)> {
-    let spec = pvc.spec.as_ref()?;
-    if let Some(r) = &spec.data_source_ref {
-        return Some((
-            r.api_group.clone().unwrap_or_default(),
-            r.kind.clone(),
-            r.name.clone(),
-            r.namespace.clone(),
-        ));
-    }
-    spec.data_source.as_ref().map(
-        |TypedLocalObjectReference {
-             api_group,
-             kind,
-             name,
-         }| {
-            (
-                api_group.clone().unwrap_or_default(),
-                kind.clone(),
-                name.clone(),
-                None,
-            )
-        },
-    )
-}
 
 /// The CSI content source for `pvc`, or `None` when it names none.
 pub async fn content_source(
     pvc: &PersistentVolumeClaim,
     ctx: &Ctx,
 ) -> Result<Option<csi::VolumeContentSource>> {
-    let Some((group, kind, name, namespace)) = reference(pvc) else {
+    let Some(DataSource {
+        group,
+        kind,
+        name,
+        namespace,
+    }) = claim::data_source(pvc)
+    else {
         return Ok(None);
     };
     let ns = pvc.namespace().unwrap_or_default();
@@ -61,51 +38,12 @@ pub async fn content_source(
         )));
     }
     let t = match (group.as_str(), kind.as_str()) {
-        ("", "PersistentVolumeClaim") => {
-            let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns);
-            let src = claims
-                .get_opt(&name)
-                .await?
-                .ok_or_else(|| Error::Waiting(format!("source claim {ns}/{name} not found")))?;
-            let pv_name = src
-                .spec
-                .as_ref()
-                .and_then(|s| s.volume_name.clone())
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| Error::Waiting(format!("source claim {ns}/{name} is not bound")))?;
-            let pv = Api::<PersistentVolume>::all(ctx.client.clone())
-                .get_opt(&pv_name)
-                .await?
-                .ok_or_else(|| Error::Waiting(format!("source volume {pv_name} not found")))?;
-            let handle = clone_handle(pvc, &src, &pv)?;
-            // Only a source that passed the checks is protected: a mismatch changes nothing.
-            crate::cloning::protect(ctx, &src).await?;
-            Type::Volume(VolumeSource { volume_id: handle })
-        }
-        (SNAPSHOT_GROUP, "VolumeSnapshot") => {
-            let ar = |kind: &str| {
-                ApiResource::from_gvk(&GroupVersionKind::gvk(SNAPSHOT_GROUP, "v1", kind))
-            };
-            let snap = Api::<DynamicObject>::namespaced_with(
-                ctx.client.clone(),
-                &ns,
-                &ar("VolumeSnapshot"),
-            )
-            .get_opt(&name)
-            .await?
-            .ok_or_else(|| Error::Waiting(format!("VolumeSnapshot {ns}/{name} not found")))?;
-            let content_name = bound_content(&snap.data, &ns, &name)?;
-            let content =
-                Api::<DynamicObject>::all_with(ctx.client.clone(), &ar("VolumeSnapshotContent"))
-                    .get_opt(&content_name)
-                    .await?
-                    .ok_or_else(|| {
-                        Error::Waiting(format!("VolumeSnapshotContent {content_name} not found"))
-                    })?;
-            Type::Snapshot(SnapshotSource {
-                snapshot_id: snapshot_handle(&content.data, &content_name)?,
-            })
-        }
+        ("", "PersistentVolumeClaim") => Type::Volume(VolumeSource {
+            volume_id: clone_source(pvc, ctx, &ns, &name).await?,
+        }),
+        (SNAPSHOT_GROUP, "VolumeSnapshot") => Type::Snapshot(SnapshotSource {
+            snapshot_id: snapshot_source(ctx, &ns, &name).await?,
+        }),
         _ => {
             return Err(Error::Invalid(format!(
                 "dataSource {kind}.{group} is not a claim or a VolumeSnapshot; left to its populator"
@@ -113,6 +51,50 @@ pub async fn content_source(
         }
     };
     Ok(Some(csi::VolumeContentSource { r#type: Some(t) }))
+}
+
+/// The volume handle of claim `ns/name` for `pvc` to clone, once the source is bound and
+/// passes the checks; the source is then protected until the clone has its volume.
+async fn clone_source(
+    pvc: &PersistentVolumeClaim,
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+) -> Result<String> {
+    let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), ns);
+    let src = claims
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| Error::Waiting(format!("source claim {ns}/{name} not found")))?;
+    let pv_name = src
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Error::Waiting(format!("source claim {ns}/{name} is not bound")))?;
+    let pv = Api::<PersistentVolume>::all(ctx.client.clone())
+        .get_opt(&pv_name)
+        .await?
+        .ok_or_else(|| Error::Waiting(format!("source volume {pv_name} not found")))?;
+    let handle = clone_handle(pvc, &src, &pv)?;
+    // Only a source that passed the checks is protected: a mismatch changes nothing.
+    cloning::protect(ctx, &src).await?;
+    Ok(handle)
+}
+
+/// The CSI snapshot id behind VolumeSnapshot `ns/name`, once it is ready and bound.
+async fn snapshot_source(ctx: &Ctx, ns: &str, name: &str) -> Result<String> {
+    let ar = |kind: &str| ApiResource::from_gvk(&GroupVersionKind::gvk(SNAPSHOT_GROUP, "v1", kind));
+    let snap = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, &ar("VolumeSnapshot"))
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| Error::Waiting(format!("VolumeSnapshot {ns}/{name} not found")))?;
+    let content_name = bound_content(&snap.data, ns, name)?;
+    let content = Api::<DynamicObject>::all_with(ctx.client.clone(), &ar("VolumeSnapshotContent"))
+        .get_opt(&content_name)
+        .await?
+        .ok_or_else(|| Error::Waiting(format!("VolumeSnapshotContent {content_name} not found")))?;
+    snapshot_handle(&content.data, &content_name)
 }
 
 /// The source volume's handle, if `src` may be cloned into `pvc`: same class and volume
@@ -123,11 +105,11 @@ fn clone_handle(
     pv: &PersistentVolume,
 ) -> Result<String> {
     let src_name = src.name_any();
-    if provision::class_name(src) != provision::class_name(pvc) {
+    if claim::class_name(src) != claim::class_name(pvc) {
         return Err(Error::Invalid(format!(
             "source claim {src_name} has StorageClass {:?}, not {:?}",
-            provision::class_name(src),
-            provision::class_name(pvc)
+            claim::class_name(src),
+            claim::class_name(pvc)
         )));
     }
     let mode = |c: &PersistentVolumeClaim| {
@@ -159,7 +141,7 @@ fn clone_handle(
         .map(quantity::to_bytes)
         .transpose()?
         .unwrap_or(0);
-    let want = provision::requested_bytes(pvc)?;
+    let want = claim::requested_bytes(pvc)?;
     if want < src_bytes {
         return Err(Error::Invalid(format!(
             "requested {want} bytes is less than the source claim {src_name}'s {src_bytes}"

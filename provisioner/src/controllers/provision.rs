@@ -18,7 +18,9 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::cloning::{self, CLONE_FINALIZER};
+use super::cloning::{self, CLONE_FINALIZER};
+use super::source;
+use crate::claim::{class_name, requested_bytes};
 use crate::context::{Ctx, key};
 use crate::error::{Error, Result, is_api_code};
 use crate::names::*;
@@ -43,182 +45,242 @@ pub fn error_policy(pvc: Arc<PersistentVolumeClaim>, err: &Error, ctx: Arc<Ctx>)
     ctx.retry(&key("pvc", Some(&ns), &pvc.name_any()))
 }
 
-/// The claim's class name (spec, or the deprecated beta annotation).
-pub fn class_name(pvc: &PersistentVolumeClaim) -> Option<String> {
-    pvc.spec
-        .as_ref()
-        .and_then(|s| s.storage_class_name.clone())
-        .or_else(|| pvc.annotations().get(ANN_BETA_STORAGE_CLASS).cloned())
-        .filter(|c| !c.is_empty())
+/// An unbound claim that may be ours to provision, as its object says (no API reads).
+struct Pending {
+    ns: String,
+    name: String,
+    uid: String,
+    class_name: String,
+    /// Whether the claim's `storage-provisioner` annotation names us.
+    claimed: bool,
+    /// The node the scheduler picked (`volume.kubernetes.io/selected-node`).
+    selected: Option<String>,
+    reference: ObjectReference,
 }
 
-/// The claim's requested storage in bytes.
-pub fn requested_bytes(pvc: &PersistentVolumeClaim) -> Result<u64> {
-    let q = pvc
-        .spec
-        .as_ref()
-        .and_then(|s| s.resources.as_ref())
-        .and_then(|r| r.requests.as_ref())
-        .and_then(|r| r.get("storage"))
-        .ok_or_else(|| Error::Invalid("claim has no storage request".into()))?;
-    let b = quantity::to_bytes(q)?;
-    if b == 0 {
-        return Err(Error::Invalid("claim requests 0 bytes".into()));
+impl Pending {
+    /// `None` for a claim that is bound, being deleted, classless or another driver's.
+    fn of(pvc: &PersistentVolumeClaim) -> Option<Pending> {
+        let spec = pvc.spec.as_ref()?;
+        if pvc.meta().deletion_timestamp.is_some()
+            || spec.volume_name.as_deref().is_some_and(|v| !v.is_empty())
+        {
+            return None;
+        }
+        let (uid, ns) = (pvc.uid()?, pvc.namespace()?);
+        let ann = pvc.annotations();
+        let claimed_by = ann
+            .get(ANN_STORAGE_PROVISIONER)
+            .or_else(|| ann.get(ANN_BETA_STORAGE_PROVISIONER));
+        if claimed_by.is_some_and(|p| p != DRIVER) {
+            return None;
+        }
+        Some(Pending {
+            class_name: class_name(pvc)?,
+            name: pvc.name_any(),
+            ns,
+            uid,
+            claimed: claimed_by.is_some(),
+            selected: ann.get(ANN_SELECTED_NODE).cloned(),
+            reference: pvc.object_ref(&()),
+        })
     }
-    Ok(b)
+
+    /// `ns/name`, for logs and messages.
+    fn key(&self) -> String {
+        format!("{}/{}", self.ns, self.name)
+    }
+
+    /// A `ProvisioningFailed` Warning on the claim.
+    async fn failed(&self, ctx: &Ctx, msg: String) {
+        ctx.warn(&self.reference, "ProvisioningFailed", msg).await;
+    }
+
+    /// Asks the scheduler to pick a node again, with a Warning saying why.
+    async fn reschedule(&self, ctx: &Ctx, msg: String) -> Result<()> {
+        self.failed(ctx, msg).await;
+        remove_selected_node(ctx, &self.ns, &self.name).await
+    }
 }
 
+/// The steps, in order: a clone source being deleted, the claim, its class, WaitForFirstConsumer,
+/// an existing PV, the request and its topology, CreateVolume, the PV, then what follows.
 async fn provision(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Action> {
     let idle = Action::await_change();
     if pvc.meta().deletion_timestamp.is_some()
         && pvc.finalizers().iter().any(|f| f == CLONE_FINALIZER)
     {
-        // A source claim being deleted: it goes once no pending claim clones it.
-        let ns = pvc.namespace().unwrap_or_default();
-        if !cloning::release(ctx, &ns, &pvc.name_any(), None).await? {
-            return Ok(Action::requeue(CLONE_RECHECK));
-        }
-        return Ok(idle);
+        return release_source(pvc, ctx).await;
     }
-    let Some(spec) = pvc.spec.as_ref() else {
+    let Some(p) = Pending::of(pvc) else {
         return Ok(idle);
     };
-    if pvc.meta().deletion_timestamp.is_some()
-        || spec.volume_name.as_deref().is_some_and(|v| !v.is_empty())
-    {
-        return Ok(idle);
-    }
-    let (Some(uid), Some(ns)) = (pvc.uid(), pvc.namespace()) else {
+    let Some(class) = our_class(ctx, &p).await? else {
         return Ok(idle);
     };
-    let name = pvc.name_any();
-    let ann = pvc.annotations();
-    let claimed_by = ann
-        .get(ANN_STORAGE_PROVISIONER)
-        .or_else(|| ann.get(ANN_BETA_STORAGE_PROVISIONER));
-    if claimed_by.is_some_and(|p| p != DRIVER) {
-        return Ok(idle);
-    }
-    let Some(class_name) = class_name(pvc) else {
-        return Ok(idle);
-    };
-    let reference = pvc.object_ref(&());
-    let class = match Api::<StorageClass>::all(ctx.client.clone())
-        .get_opt(&class_name)
-        .await?
-    {
-        Some(c) => c,
-        None if claimed_by.is_some() => {
-            let msg = format!("storageclass.storage.k8s.io {class_name:?} not found");
-            ctx.warn(&reference, "ProvisioningFailed", msg.clone())
-                .await;
-            return Err(Error::Waiting(msg));
-        }
-        None => return Ok(idle),
-    };
-    if class.provisioner != DRIVER {
-        return Ok(idle);
-    }
     let wffc = class.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer");
-    let selected = ann.get(ANN_SELECTED_NODE).cloned();
-    if wffc && selected.is_none() {
+    if wffc && p.selected.is_none() {
         return Ok(idle);
     }
-    let pv_name = pv_name(&uid);
+    let pv_name = pv_name(&p.uid);
     let pvs = Api::<PersistentVolume>::all(ctx.client.clone());
     if pvs.get_opt(&pv_name).await?.is_some() {
         return Ok(idle);
     }
-
-    let req = match build_request(pvc, &class, &pv_name, ctx).await {
+    let (req, fs_type) = match build_request(pvc, &class, &pv_name, ctx).await {
         Ok(r) => r,
         Err(e) => {
-            let msg = format!("failed to provision volume with StorageClass {class_name:?}: {e}");
-            ctx.warn(&reference, "ProvisioningFailed", msg).await;
+            let msg = format!(
+                "failed to provision volume with StorageClass {:?}: {e}",
+                p.class_name
+            );
+            p.failed(ctx, msg).await;
             return Err(e);
         }
     };
-    let (mut req, fs_type) = req;
-    if let Some(node_name) = &selected {
-        match Api::<Node>::all(ctx.client.clone())
-            .get_opt(node_name)
-            .await?
-        {
-            Some(node) => req.accessibility_requirements = Some(topology::for_selected_node(&node)),
-            None => {
-                let msg = format!(
-                    "selected node {node_name:?} not found; asking the scheduler to pick again"
-                );
-                ctx.warn(&reference, "ProvisioningFailed", msg).await;
-                remove_selected_node(ctx, &ns, &name).await?;
-                return Ok(idle);
-            }
-        }
-    } else {
-        req.accessibility_requirements = topology::from_allowed(class.allowed_topologies.as_ref());
-    }
-
-    info!(pvc = %format!("{ns}/{name}"), pv = %pv_name, node = ?selected, "provisioning");
-    ctx.normal(
-        &reference,
-        "Provisioning",
-        format!("External provisioner is provisioning volume for claim \"{ns}/{name}\""),
-    )
-    .await;
+    let Some(req) = with_topology(ctx, &p, &class, req).await? else {
+        return Ok(idle);
+    };
     let requested = req
         .capacity_range
         .as_ref()
         .map(|c| c.required_bytes)
         .unwrap_or_default();
-    let volume = match ctx.csi.create_volume(req).await {
-        Ok(v) => v,
-        Err(e) if e.csi_code() == Some(tonic::Code::ResourceExhausted) && selected.is_some() => {
+    let Some(volume) = create_volume(ctx, &p, req).await? else {
+        return Ok(idle);
+    };
+    let identity = &ctx.provisioner_identity;
+    let pv = build_pv(
+        pvc, &class, &pv_name, &volume, requested, &fs_type, identity,
+    );
+    save_pv(ctx, &p, &pvs, &pv).await?;
+    provisioned(ctx, pvc, &p, &pv_name, &volume).await;
+    Ok(idle)
+}
+
+/// A source claim being deleted: its cloning protection goes once no pending claim clones it.
+async fn release_source(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Action> {
+    let ns = pvc.namespace().unwrap_or_default();
+    if !cloning::release(ctx, &ns, &pvc.name_any(), None).await? {
+        return Ok(Action::requeue(CLONE_RECHECK));
+    }
+    Ok(Action::await_change())
+}
+
+/// The claim's StorageClass if it is ours. A missing class is waited for (with a Warning)
+/// only when the claim is already marked for us; otherwise it is not our claim.
+async fn our_class(ctx: &Ctx, p: &Pending) -> Result<Option<StorageClass>> {
+    let class = match Api::<StorageClass>::all(ctx.client.clone())
+        .get_opt(&p.class_name)
+        .await?
+    {
+        Some(c) => c,
+        None if p.claimed => {
+            let msg = format!("storageclass.storage.k8s.io {:?} not found", p.class_name);
+            p.failed(ctx, msg.clone()).await;
+            return Err(Error::Waiting(msg));
+        }
+        None => return Ok(None),
+    };
+    Ok((class.provisioner == DRIVER).then_some(class))
+}
+
+/// `req` with its accessibility requirements: the selected node's segment, else the class's
+/// allowed topologies. `None` when the selected node is gone (the claim is rescheduled).
+async fn with_topology(
+    ctx: &Ctx,
+    p: &Pending,
+    class: &StorageClass,
+    mut req: csi::CreateVolumeRequest,
+) -> Result<Option<csi::CreateVolumeRequest>> {
+    let Some(node_name) = &p.selected else {
+        req.accessibility_requirements = topology::from_allowed(class.allowed_topologies.as_ref());
+        return Ok(Some(req));
+    };
+    match Api::<Node>::all(ctx.client.clone())
+        .get_opt(node_name)
+        .await?
+    {
+        Some(node) => {
+            req.accessibility_requirements = Some(topology::for_selected_node(&node));
+            Ok(Some(req))
+        }
+        None => {
+            let msg = format!(
+                "selected node {node_name:?} not found; asking the scheduler to pick again"
+            );
+            p.reschedule(ctx, msg).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// CreateVolume, with the `Provisioning` Event before it and a Warning on failure. `None`
+/// when the selected node has no room (RESOURCE_EXHAUSTED): the claim is rescheduled.
+async fn create_volume(
+    ctx: &Ctx,
+    p: &Pending,
+    req: csi::CreateVolumeRequest,
+) -> Result<Option<csi::Volume>> {
+    let (key, class_name) = (p.key(), &p.class_name);
+    info!(pvc = %key, pv = %req.name, node = ?p.selected, "provisioning");
+    let msg = format!("External provisioner is provisioning volume for claim \"{key}\"");
+    ctx.normal(&p.reference, "Provisioning", msg).await;
+    match ctx.csi.create_volume(req).await {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.csi_code() == Some(tonic::Code::ResourceExhausted) && p.selected.is_some() => {
             let msg = format!(
                 "failed to provision volume with StorageClass {class_name:?}: {e}; rescheduling"
             );
-            ctx.warn(&reference, "ProvisioningFailed", msg).await;
-            remove_selected_node(ctx, &ns, &name).await?;
-            return Ok(idle);
+            p.reschedule(ctx, msg).await?;
+            Ok(None)
         }
         Err(e) => {
             let msg = format!("failed to provision volume with StorageClass {class_name:?}: {e}");
-            ctx.warn(&reference, "ProvisioningFailed", msg).await;
-            return Err(e);
-        }
-    };
-    let pv = build_pv(
-        pvc,
-        &class,
-        &pv_name,
-        &volume,
-        requested,
-        &fs_type,
-        &ctx.provisioner_identity,
-    );
-    match pvs.create(&PostParams::default(), &pv).await {
-        Ok(_) => {}
-        Err(e) if is_api_code(&e, 409) => {}
-        Err(e) => {
-            let msg = format!("failed to save PersistentVolume {pv_name:?}: {e}; will retry");
-            ctx.warn(&reference, "ProvisioningFailed", msg).await;
-            return Err(e.into());
+            p.failed(ctx, msg).await;
+            Err(e)
         }
     }
+}
+
+/// Creates the PV; one that already exists (a concurrent or earlier create) is fine.
+async fn save_pv(
+    ctx: &Ctx,
+    p: &Pending,
+    pvs: &Api<PersistentVolume>,
+    pv: &PersistentVolume,
+) -> Result<()> {
+    match pvs.create(&PostParams::default(), pv).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_api_code(&e, 409) => Ok(()),
+        Err(e) => {
+            let pv_name = pv.name_any();
+            let msg = format!("failed to save PersistentVolume {pv_name:?}: {e}; will retry");
+            p.failed(ctx, msg).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// After the PV is saved: the clone's source is released, `ProvisioningSucceeded`, and the
+/// capacity publisher is woken.
+async fn provisioned(
+    ctx: &Ctx,
+    pvc: &PersistentVolumeClaim,
+    p: &Pending,
+    pv_name: &str,
+    volume: &csi::Volume,
+) {
     if let Some(source) = cloning::clone_source(pvc)
-        && let Err(e) = cloning::release(ctx, &ns, &source, Some(&uid)).await
+        && let Err(e) = cloning::release(ctx, &p.ns, &source, Some(&p.uid)).await
     {
         // Retried when the source claim is deleted (it is reconciled then).
-        warn!(pvc = %format!("{ns}/{source}"), error = %e, "cloning protection not removed yet");
+        warn!(pvc = %format!("{}/{source}", p.ns), error = %e, "cloning protection not removed yet");
     }
-    info!(pvc = %format!("{ns}/{name}"), pv = %pv_name, volume_id = %volume.volume_id, "provisioned");
-    ctx.normal(
-        &reference,
-        "ProvisioningSucceeded",
-        format!("Successfully provisioned volume {pv_name}"),
-    )
-    .await;
+    info!(pvc = %p.key(), pv = %pv_name, volume_id = %volume.volume_id, "provisioned");
+    let msg = format!("Successfully provisioned volume {pv_name}");
+    ctx.normal(&p.reference, "ProvisioningSucceeded", msg).await;
     ctx.capacity_trigger.notify_one();
-    Ok(idle)
 }
 
 /// CreateVolume for the claim (without topology) and the fsType to record on the PV.
@@ -229,7 +291,7 @@ async fn build_request(
     ctx: &Ctx,
 ) -> Result<(csi::CreateVolumeRequest, String)> {
     let spec = pvc.spec.clone().unwrap_or_default();
-    let volume_content_source = crate::source::content_source(pvc, ctx).await?;
+    let volume_content_source = source::content_source(pvc, ctx).await?;
     let p = params::parse(class.parameters.as_ref())?;
     let required = requested_bytes(pvc)?;
     let limit = match spec
