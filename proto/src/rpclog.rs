@@ -230,14 +230,14 @@ mod tests {
         let line = log.lines().find(|l| l.contains("rpc done")).expect(&log);
         for part in [
             " INFO ",
-            "service=cairn.v1.VolumeService",
-            "method=GetVolume",
+            "service=\"cairn.v1.VolumeService\"",
+            "method=\"GetVolume\"",
             "code=Ok",
         ] {
             assert!(line.contains(part), "{part} missing in {line}");
         }
         assert!(
-            line.contains("volume_id=pvc-1") && line.contains("node=node-a"),
+            line.contains("volume_id=\"pvc-1\"") && line.contains("node=\"node-a\""),
             "{line}"
         );
 
