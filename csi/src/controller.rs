@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use cairn_proto::cairn::v1 as pb;
 use cairn_proto::csi::v1::{self as csi, controller_server::Controller};
-use tonic::{Code, Request, Response, Status};
+use cairn_proto::rpclog::record_subject;
+use tonic::{Code, Request, Status};
 
 use crate::error::{CsiError, Result};
 use crate::limiter::Limiter;
@@ -14,7 +15,7 @@ use crate::params::{
     self, Capability, TOPOLOGY_NODE_KEY, VolumeType, parse_capabilities, parse_capability,
     parse_parameters, size_fits, size_for_range, unsupported_reason, volume_name,
 };
-use crate::rpclog::rpc;
+use crate::rpc::{RpcResult, reply, require, require_some};
 use crate::storaged::{VolumeBackend, is_local};
 
 /// publish_context keys handed to the node plugin.
@@ -29,16 +30,6 @@ pub struct ControllerService {
     /// Volumes one node may have published at once (the node plugin reports the same number in
     /// NodeGetInfo); 0 means no limit.
     max_volumes_per_node: usize,
-}
-
-type RpcResult<T> = std::result::Result<Response<T>, Status>;
-
-fn require(value: &str, field: &str) -> Result<()> {
-    if value.is_empty() {
-        Err(CsiError::InvalidArgument(format!("{field} is required")))
-    } else {
-        Ok(())
-    }
 }
 
 fn kind_of(v: &pb::Volume) -> VolumeType {
@@ -178,7 +169,7 @@ impl ControllerService {
             crate::snapshots::source_fields(req.volume_content_source.as_ref())?;
         let size = size_for_range(req.capacity_range.as_ref())?;
         let name = volume_name(&req.name);
-        let _guard = self.limiter.try_acquire(&name)?;
+        let _guard = self.limiter.try_acquire(name.as_str())?;
         let topo = req.accessibility_requirements.unwrap_or_default();
         let kind = match p.kind {
             VolumeType::Replicated => pb::VolumeKind::Replicated,
@@ -187,7 +178,7 @@ impl ControllerService {
         let v = self
             .backend
             .create_volume(pb::CreateVolumeRequest {
-                name: name.clone(),
+                name: name.to_string(),
                 size_bytes: size,
                 replicas: p.replicas,
                 kind: kind as i32,
@@ -235,11 +226,10 @@ impl ControllerService {
     ) -> Result<csi::ControllerPublishVolumeResponse> {
         require(&req.volume_id, "volume_id")?;
         require(&req.node_id, "node_id")?;
-        let cap = req
-            .volume_capability
-            .as_ref()
-            .ok_or_else(|| CsiError::InvalidArgument("volume_capability is required".into()))
-            .and_then(parse_capability)?;
+        let cap = parse_capability(require_some(
+            req.volume_capability.as_ref(),
+            "volume_capability",
+        )?)?;
         let _guard = self.limiter.try_acquire(&req.volume_id)?;
         let v = self.get(&req.volume_id).await?;
         if let Some(why) = unsupported_reason(&cap, kind_of(&v)) {
@@ -467,10 +457,7 @@ impl ControllerService {
         req: csi::ControllerExpandVolumeRequest,
     ) -> Result<csi::ControllerExpandVolumeResponse> {
         require(&req.volume_id, "volume_id")?;
-        let range = req
-            .capacity_range
-            .as_ref()
-            .ok_or_else(|| CsiError::InvalidArgument("capacity_range is required".into()))?;
+        let range = require_some(req.capacity_range.as_ref(), "capacity_range")?;
         if let Some(c) = &req.volume_capability {
             parse_capability(c)?;
         }
@@ -568,115 +555,106 @@ impl Controller for ControllerService {
         r: Request<csi::CreateVolumeRequest>,
     ) -> RpcResult<csi::CreateVolumeResponse> {
         let r = r.into_inner();
-        let id = r.name.clone();
-        rpc("CreateVolume", &id, "", self.create(r)).await
+        record_subject(&r.name, "");
+        reply(self.create(r).await)
     }
     async fn delete_volume(
         &self,
         r: Request<csi::DeleteVolumeRequest>,
     ) -> RpcResult<csi::DeleteVolumeResponse> {
         let r = r.into_inner();
-        let id = r.volume_id.clone();
-        rpc("DeleteVolume", &id, "", self.delete(r)).await
+        record_subject(&r.volume_id, "");
+        reply(self.delete(r).await)
     }
     async fn controller_publish_volume(
         &self,
         r: Request<csi::ControllerPublishVolumeRequest>,
     ) -> RpcResult<csi::ControllerPublishVolumeResponse> {
         let r = r.into_inner();
-        let (id, node) = (r.volume_id.clone(), r.node_id.clone());
-        rpc("ControllerPublishVolume", &id, &node, self.publish(r)).await
+        record_subject(&r.volume_id, &r.node_id);
+        reply(self.publish(r).await)
     }
     async fn controller_unpublish_volume(
         &self,
         r: Request<csi::ControllerUnpublishVolumeRequest>,
     ) -> RpcResult<csi::ControllerUnpublishVolumeResponse> {
         let r = r.into_inner();
-        let (id, node) = (r.volume_id.clone(), r.node_id.clone());
-        rpc("ControllerUnpublishVolume", &id, &node, self.unpublish(r)).await
+        record_subject(&r.volume_id, &r.node_id);
+        reply(self.unpublish(r).await)
     }
     async fn validate_volume_capabilities(
         &self,
         r: Request<csi::ValidateVolumeCapabilitiesRequest>,
     ) -> RpcResult<csi::ValidateVolumeCapabilitiesResponse> {
         let r = r.into_inner();
-        let id = r.volume_id.clone();
-        rpc("ValidateVolumeCapabilities", &id, "", self.validate(r)).await
+        record_subject(&r.volume_id, "");
+        reply(self.validate(r).await)
     }
     async fn list_volumes(
         &self,
         r: Request<csi::ListVolumesRequest>,
     ) -> RpcResult<csi::ListVolumesResponse> {
-        rpc("ListVolumes", "", "", self.list(r.into_inner())).await
+        reply(self.list(r.into_inner()).await)
     }
     async fn get_capacity(
         &self,
         r: Request<csi::GetCapacityRequest>,
     ) -> RpcResult<csi::GetCapacityResponse> {
-        rpc("GetCapacity", "", "", self.capacity(r.into_inner())).await
+        reply(self.capacity(r.into_inner()).await)
     }
     async fn controller_get_capabilities(
         &self,
         _: Request<csi::ControllerGetCapabilitiesRequest>,
     ) -> RpcResult<csi::ControllerGetCapabilitiesResponse> {
-        rpc("ControllerGetCapabilities", "", "", async {
-            Ok(csi::ControllerGetCapabilitiesResponse {
-                capabilities: capabilities(),
-            })
-        })
-        .await
+        reply(Ok(csi::ControllerGetCapabilitiesResponse {
+            capabilities: capabilities(),
+        }))
     }
     async fn create_snapshot(
         &self,
         r: Request<csi::CreateSnapshotRequest>,
     ) -> RpcResult<csi::CreateSnapshotResponse> {
         let r = r.into_inner();
-        let src = r.source_volume_id.clone();
-        rpc("CreateSnapshot", &src, "", self.create_snapshot_impl(r)).await
+        record_subject(&r.source_volume_id, "");
+        reply(self.create_snapshot_impl(r).await)
     }
     async fn delete_snapshot(
         &self,
         r: Request<csi::DeleteSnapshotRequest>,
     ) -> RpcResult<csi::DeleteSnapshotResponse> {
         let r = r.into_inner();
-        let id = r.snapshot_id.clone();
-        rpc("DeleteSnapshot", &id, "", self.delete_snapshot_impl(r)).await
+        record_subject(&r.snapshot_id, "");
+        reply(self.delete_snapshot_impl(r).await)
     }
     async fn list_snapshots(
         &self,
         r: Request<csi::ListSnapshotsRequest>,
     ) -> RpcResult<csi::ListSnapshotsResponse> {
-        rpc(
-            "ListSnapshots",
-            "",
-            "",
-            self.list_snapshots_impl(r.into_inner()),
-        )
-        .await
+        reply(self.list_snapshots_impl(r.into_inner()).await)
     }
     async fn get_snapshot(
         &self,
         r: Request<csi::GetSnapshotRequest>,
     ) -> RpcResult<csi::GetSnapshotResponse> {
         let r = r.into_inner();
-        let id = r.snapshot_id.clone();
-        rpc("GetSnapshot", &id, "", self.get_snapshot_impl(r)).await
+        record_subject(&r.snapshot_id, "");
+        reply(self.get_snapshot_impl(r).await)
     }
     async fn controller_expand_volume(
         &self,
         r: Request<csi::ControllerExpandVolumeRequest>,
     ) -> RpcResult<csi::ControllerExpandVolumeResponse> {
         let r = r.into_inner();
-        let id = r.volume_id.clone();
-        rpc("ControllerExpandVolume", &id, "", self.expand(r)).await
+        record_subject(&r.volume_id, "");
+        reply(self.expand(r).await)
     }
     async fn controller_get_volume(
         &self,
         r: Request<csi::ControllerGetVolumeRequest>,
     ) -> RpcResult<csi::ControllerGetVolumeResponse> {
         let r = r.into_inner();
-        let id = r.volume_id.clone();
-        rpc("ControllerGetVolume", &id, "", self.get_volume(r)).await
+        record_subject(&r.volume_id, "");
+        reply(self.get_volume(r).await)
     }
     async fn controller_modify_volume(
         &self,

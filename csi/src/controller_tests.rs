@@ -115,7 +115,10 @@ async fn names_storaged_refuses_map_to_a_stable_volume_id() {
     let a = create(&s, create_req("vol+1 of/2", 4 << 20, &[]))
         .await
         .unwrap();
-    assert_eq!(a.volume_id, crate::params::volume_name("vol+1 of/2"));
+    assert_eq!(
+        a.volume_id,
+        crate::params::volume_name("vol+1 of/2").as_str()
+    );
     assert!(a.volume_id.starts_with("csi-"));
     assert_eq!(
         create(&s, create_req("vol+1 of/2", 4 << 20, &[])).await,

@@ -9,11 +9,11 @@ use cairn_proto::csi::v1::{
     GetPluginInfoResponse, PluginCapability, ProbeRequest, ProbeResponse,
     identity_server::Identity, plugin_capability,
 };
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
 use crate::error::Result;
 use crate::params::DRIVER_NAME;
-use crate::rpclog::rpc;
+use crate::rpc::{RpcResult, reply};
 use crate::storaged::{NodeBackend, VolumeBackend};
 
 /// How long Probe waits for storaged before answering not-ready.
@@ -77,39 +77,29 @@ impl Identity for IdentityService {
     async fn get_plugin_info(
         &self,
         _: Request<GetPluginInfoRequest>,
-    ) -> std::result::Result<Response<GetPluginInfoResponse>, Status> {
-        rpc("GetPluginInfo", "", "", async {
-            Ok(GetPluginInfoResponse {
-                name: DRIVER_NAME.to_string(),
-                vendor_version: env!("CARGO_PKG_VERSION").to_string(),
-                manifest: Default::default(),
-            })
-        })
-        .await
+    ) -> RpcResult<GetPluginInfoResponse> {
+        reply(Ok(GetPluginInfoResponse {
+            name: DRIVER_NAME.to_string(),
+            vendor_version: env!("CARGO_PKG_VERSION").to_string(),
+            manifest: Default::default(),
+        }))
     }
 
     async fn get_plugin_capabilities(
         &self,
         _: Request<GetPluginCapabilitiesRequest>,
-    ) -> std::result::Result<Response<GetPluginCapabilitiesResponse>, Status> {
-        rpc("GetPluginCapabilities", "", "", async {
-            Ok(GetPluginCapabilitiesResponse {
-                capabilities: self.capabilities(),
-            })
-        })
-        .await
+    ) -> RpcResult<GetPluginCapabilitiesResponse> {
+        reply(Ok(GetPluginCapabilitiesResponse {
+            capabilities: self.capabilities(),
+        }))
     }
 
-    async fn probe(
-        &self,
-        _: Request<ProbeRequest>,
-    ) -> std::result::Result<Response<ProbeResponse>, Status> {
-        rpc("Probe", "", "", async {
-            Ok(ProbeResponse {
-                ready: Some(self.ready().await?),
-            })
-        })
-        .await
+    async fn probe(&self, _: Request<ProbeRequest>) -> RpcResult<ProbeResponse> {
+        reply(
+            self.ready()
+                .await
+                .map(|ready| ProbeResponse { ready: Some(ready) }),
+        )
     }
 }
 

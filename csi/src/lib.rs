@@ -12,6 +12,6 @@ pub mod mount;
 pub mod node;
 pub mod params;
 pub mod paths;
-pub mod rpclog;
+pub mod rpc;
 pub mod snapshots;
 pub mod storaged;

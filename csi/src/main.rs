@@ -13,6 +13,7 @@ use cairn_proto::cairn::v1::Frontend;
 use cairn_proto::csi::v1::{
     controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer,
 };
+use cairn_proto::rpclog::{RpcLogLayer, Verbosity};
 use clap::{Parser, ValueEnum};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -179,6 +180,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cairn-csi serving"
     );
     let result = tonic::transport::Server::builder()
+        .layer(RpcLogLayer::new(Verbosity::EveryCall))
         .add_service(IdentityServer::new(identity))
         .add_optional_service(controller)
         .add_optional_service(node)

@@ -4,6 +4,7 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use cairn_proto::mountinfo::unescape;
 use sys_mount::{Mount, MountFlags, UnmountFlags};
 
 use crate::error::{CsiError, Result};
@@ -29,27 +30,6 @@ impl MountEntry {
     pub fn read_only(&self) -> bool {
         self.options.split(',').any(|o| o == "ro")
     }
-}
-
-/// Undo mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Parse mountinfo text; malformed lines are skipped.

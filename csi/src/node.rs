@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use cairn_proto::cairn::v1 as pb;
 use cairn_proto::csi::v1::{self as csi, node_server::Node};
-use tonic::{Code, Request, Response, Status};
+use cairn_proto::rpclog::record_subject;
+use tonic::{Code, Request, Status};
 
 use crate::block_vol;
 use crate::controller::{CTX_KIND, CTX_READONLY, condition};
@@ -19,7 +20,7 @@ use crate::limiter::Limiter;
 use crate::mount::{self, MountEntry};
 use crate::params::{Capability, TOPOLOGY_NODE_KEY, TOPOLOGY_ZONE_KEY, parse_capability};
 use crate::paths::PathPolicy;
-use crate::rpclog::rpc;
+use crate::rpc::{RpcResult, reply, require, require_some};
 use crate::storaged::{NodeBackend, VolumeBackend};
 
 /// Bound on a statvfs that might hang on a broken mount.
@@ -42,19 +43,8 @@ pub struct NodeService {
     limiter: Limiter,
 }
 
-type RpcResult<T> = std::result::Result<Response<T>, Status>;
-
-fn require(value: &str, field: &str) -> Result<()> {
-    if value.is_empty() {
-        Err(CsiError::InvalidArgument(format!("{field} is required")))
-    } else {
-        Ok(())
-    }
-}
-
 fn capability(cap: Option<&csi::VolumeCapability>) -> Result<Capability> {
-    cap.ok_or_else(|| CsiError::InvalidArgument("volume_capability is required".into()))
-        .and_then(parse_capability)
+    parse_capability(require_some(cap, "volume_capability")?)
 }
 
 fn same_device(m: &MountEntry, other: &MountEntry) -> bool {
@@ -546,83 +536,76 @@ impl Node for NodeService {
         r: Request<csi::NodeStageVolumeRequest>,
     ) -> RpcResult<csi::NodeStageVolumeResponse> {
         let r = r.into_inner();
-        let id = r.volume_id.clone();
-        rpc("NodeStageVolume", &id, &self.cfg.node_id, async {
-            self.stage(r).await.map(|_| csi::NodeStageVolumeResponse {})
-        })
-        .await
+        record_subject(&r.volume_id, &self.cfg.node_id);
+        reply(self.stage(r).await.map(|_| csi::NodeStageVolumeResponse {}))
     }
     async fn node_unstage_volume(
         &self,
         r: Request<csi::NodeUnstageVolumeRequest>,
     ) -> RpcResult<csi::NodeUnstageVolumeResponse> {
         let r = r.into_inner();
-        let id = r.volume_id.clone();
-        rpc("NodeUnstageVolume", &id, &self.cfg.node_id, async {
+        record_subject(&r.volume_id, &self.cfg.node_id);
+        reply(
             self.unstage(r)
                 .await
-                .map(|_| csi::NodeUnstageVolumeResponse {})
-        })
-        .await
+                .map(|_| csi::NodeUnstageVolumeResponse {}),
+        )
     }
     async fn node_publish_volume(
         &self,
         r: Request<csi::NodePublishVolumeRequest>,
     ) -> RpcResult<csi::NodePublishVolumeResponse> {
         let r = r.into_inner();
-        let id = r.volume_id.clone();
-        rpc("NodePublishVolume", &id, &self.cfg.node_id, async {
+        record_subject(&r.volume_id, &self.cfg.node_id);
+        reply(
             self.publish(r)
                 .await
-                .map(|_| csi::NodePublishVolumeResponse {})
-        })
-        .await
+                .map(|_| csi::NodePublishVolumeResponse {}),
+        )
     }
     async fn node_unpublish_volume(
         &self,
         r: Request<csi::NodeUnpublishVolumeRequest>,
     ) -> RpcResult<csi::NodeUnpublishVolumeResponse> {
         let r = r.into_inner();
-        let id = r.volume_id.clone();
-        rpc("NodeUnpublishVolume", &id, &self.cfg.node_id, async {
+        record_subject(&r.volume_id, &self.cfg.node_id);
+        reply(
             self.unpublish(r)
                 .await
-                .map(|_| csi::NodeUnpublishVolumeResponse {})
-        })
-        .await
+                .map(|_| csi::NodeUnpublishVolumeResponse {}),
+        )
     }
     async fn node_get_volume_stats(
         &self,
         r: Request<csi::NodeGetVolumeStatsRequest>,
     ) -> RpcResult<csi::NodeGetVolumeStatsResponse> {
         let r = r.into_inner();
-        let id = r.volume_id.clone();
-        rpc("NodeGetVolumeStats", &id, &self.cfg.node_id, self.stats(r)).await
+        record_subject(&r.volume_id, &self.cfg.node_id);
+        reply(self.stats(r).await)
     }
     async fn node_expand_volume(
         &self,
         r: Request<csi::NodeExpandVolumeRequest>,
     ) -> RpcResult<csi::NodeExpandVolumeResponse> {
         let r = r.into_inner();
-        let id = r.volume_id.clone();
-        rpc("NodeExpandVolume", &id, &self.cfg.node_id, self.expand(r)).await
+        record_subject(&r.volume_id, &self.cfg.node_id);
+        reply(self.expand(r).await)
     }
     async fn node_get_capabilities(
         &self,
         _: Request<csi::NodeGetCapabilitiesRequest>,
     ) -> RpcResult<csi::NodeGetCapabilitiesResponse> {
-        rpc("NodeGetCapabilities", "", &self.cfg.node_id, async {
-            Ok(csi::NodeGetCapabilitiesResponse {
-                capabilities: capabilities(),
-            })
-        })
-        .await
+        record_subject("", &self.cfg.node_id);
+        reply(Ok(csi::NodeGetCapabilitiesResponse {
+            capabilities: capabilities(),
+        }))
     }
     async fn node_get_info(
         &self,
         _: Request<csi::NodeGetInfoRequest>,
     ) -> RpcResult<csi::NodeGetInfoResponse> {
-        rpc("NodeGetInfo", "", &self.cfg.node_id, self.info()).await
+        record_subject("", &self.cfg.node_id);
+        reply(self.info().await)
     }
 }
 

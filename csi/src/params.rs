@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use cairn_proto::VolumeName;
 use cairn_proto::csi::v1::{
     CapacityRange, VolumeCapability, volume_capability::AccessType,
     volume_capability::access_mode::Mode,
@@ -299,28 +300,17 @@ pub fn size_fits(size: u64, range: Option<&CapacityRange>) -> bool {
     }
 }
 
-/// Longest volume name storaged accepts.
-const MAX_STORAGED_NAME: usize = 253;
-
 /// The storaged volume name (and so the CSI `volume_id`) for a CreateVolume `name`.
-/// A name storaged accepts (1–253 of `[A-Za-z0-9._-]`; Kubernetes' `pvc-<uid>` always is)
-/// is used as it is; any other name, which the CSI spec allows, becomes
-/// `csi-<sha256(name) in hex>`, so the same name always maps to the same volume.
-pub fn volume_name(csi_name: &str) -> String {
-    let plain = !csi_name.is_empty()
-        && csi_name.len() <= MAX_STORAGED_NAME
-        && csi_name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if plain {
-        csi_name.to_string()
-    } else {
+/// A name storaged accepts ([`VolumeName`]; Kubernetes' `pvc-<uid>` always is) is used as it
+/// is; any other name, which the CSI spec allows, becomes `csi-<sha256(name) in hex>`, so the
+/// same name always maps to the same volume.
+pub fn volume_name(csi_name: &str) -> VolumeName {
+    VolumeName::parse(csi_name).unwrap_or_else(|_| {
         use sha2::Digest;
-        format!(
-            "csi-{}",
-            hex::encode(sha2::Sha256::digest(csi_name.as_bytes()))
-        )
-    }
+        let digest = hex::encode(sha2::Sha256::digest(csi_name.as_bytes()));
+        VolumeName::parse(&format!("csi-{digest}"))
+            .expect("`csi-` and 64 hex digits follow the name rule")
+    })
 }
 
 #[cfg(test)]
@@ -520,15 +510,20 @@ mod tests {
 
     #[test]
     fn volume_names_storaged_accepts_are_kept_others_are_hashed() {
-        assert_eq!(volume_name("pvc-0b7e1c2a-9d"), "pvc-0b7e1c2a-9d");
-        assert_eq!(volume_name("a.b_c-D9"), "a.b_c-D9");
-        let odd = volume_name("sanity-vol+1 x/y");
+        let name = |s: &str| volume_name(s).into_string();
+        assert_eq!(name("pvc-0b7e1c2a-9d"), "pvc-0b7e1c2a-9d");
+        assert_eq!(name("a.b_c-D9"), "a.b_c-D9");
+        let odd = name("sanity-vol+1 x/y");
         assert!(odd.starts_with("csi-") && odd.len() == 4 + 64, "{odd}");
-        assert_eq!(odd, volume_name("sanity-vol+1 x/y"), "deterministic");
-        assert_ne!(odd, volume_name("sanity-vol+2 x/y"));
+        assert_eq!(odd, name("sanity-vol+1 x/y"), "deterministic");
+        assert_ne!(odd, name("sanity-vol+2 x/y"));
         let long = "a".repeat(254);
-        assert_eq!(volume_name(&long).len(), 68);
-        assert_eq!(volume_name(&"a".repeat(253)), "a".repeat(253));
-        assert!(volume_name("é").starts_with("csi-"));
+        assert_eq!(name(&long).len(), 68);
+        assert_eq!(name(&"a".repeat(253)), "a".repeat(253));
+        assert!(name("é").starts_with("csi-"));
+        assert!(
+            name("..").starts_with("csi-"),
+            "a path component is not a name"
+        );
     }
 }

@@ -4,6 +4,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{CsiError, Result};
+use crate::rpc::require;
 
 /// The directories under which the node plugin may mount.
 #[derive(Debug, Clone)]
@@ -31,9 +32,7 @@ impl PathPolicy {
     /// the result must lie strictly under a root. A leaf that is a symlink is refused.
     pub fn check(&self, field: &str, path: &str) -> Result<PathBuf> {
         let invalid = |why: &str| CsiError::InvalidArgument(format!("{field} `{path}`: {why}"));
-        if path.is_empty() {
-            return Err(CsiError::InvalidArgument(format!("{field} is required")));
-        }
+        require(path, field)?;
         let p = Path::new(path);
         if !p.is_absolute() {
             return Err(invalid("must be an absolute path"));

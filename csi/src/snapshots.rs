@@ -8,6 +8,7 @@ use tonic::Code;
 use crate::controller::{ControllerService, decode_token, encode_token};
 use crate::error::{CsiError, Result};
 use crate::params::volume_name;
+use crate::rpc::require;
 
 fn snapshot(s: &pb::Snapshot) -> csi::Snapshot {
     csi::Snapshot {
@@ -31,14 +32,14 @@ pub fn source_fields(src: Option<&csi::VolumeContentSource>) -> Result<(String, 
             "volume_content_source has neither a snapshot nor a volume".into(),
         )),
         None => Ok((String::new(), String::new())),
-        Some(Type::Snapshot(s)) if s.snapshot_id.is_empty() => Err(CsiError::InvalidArgument(
-            "volume_content_source.snapshot.snapshot_id is required".into(),
-        )),
-        Some(Type::Volume(v)) if v.volume_id.is_empty() => Err(CsiError::InvalidArgument(
-            "volume_content_source.volume.volume_id is required".into(),
-        )),
-        Some(Type::Snapshot(s)) => Ok((s.snapshot_id.clone(), String::new())),
-        Some(Type::Volume(v)) => Ok((String::new(), v.volume_id.clone())),
+        Some(Type::Snapshot(s)) => {
+            require(&s.snapshot_id, "volume_content_source.snapshot.snapshot_id")?;
+            Ok((s.snapshot_id.clone(), String::new()))
+        }
+        Some(Type::Volume(v)) => {
+            require(&v.volume_id, "volume_content_source.volume.volume_id")?;
+            Ok((String::new(), v.volume_id.clone()))
+        }
     }
 }
 
@@ -62,19 +63,13 @@ impl ControllerService {
         &self,
         req: csi::CreateSnapshotRequest,
     ) -> Result<csi::CreateSnapshotResponse> {
-        if req.name.is_empty() {
-            return Err(CsiError::InvalidArgument("name is required".into()));
-        }
-        if req.source_volume_id.is_empty() {
-            return Err(CsiError::InvalidArgument(
-                "source_volume_id is required".into(),
-            ));
-        }
+        require(&req.name, "name")?;
+        require(&req.source_volume_id, "source_volume_id")?;
         let name = volume_name(&req.name);
         let _guard = self.limiter.try_acquire(&format!("snapshot/{name}"))?;
         let s = self
             .backend
-            .create_snapshot(&name, &req.source_volume_id)
+            .create_snapshot(name.as_str(), &req.source_volume_id)
             .await
             .map_err(|s| CsiError::storaged(format!("create snapshot {name}"), s))?;
         Ok(csi::CreateSnapshotResponse {
@@ -86,9 +81,7 @@ impl ControllerService {
         &self,
         req: csi::DeleteSnapshotRequest,
     ) -> Result<csi::DeleteSnapshotResponse> {
-        if req.snapshot_id.is_empty() {
-            return Err(CsiError::InvalidArgument("snapshot_id is required".into()));
-        }
+        require(&req.snapshot_id, "snapshot_id")?;
         let _guard = self
             .limiter
             .try_acquire(&format!("snapshot/{}", req.snapshot_id))?;
@@ -162,9 +155,7 @@ impl ControllerService {
         &self,
         req: csi::GetSnapshotRequest,
     ) -> Result<csi::GetSnapshotResponse> {
-        if req.snapshot_id.is_empty() {
-            return Err(CsiError::InvalidArgument("snapshot_id is required".into()));
-        }
+        require(&req.snapshot_id, "snapshot_id")?;
         let page = self
             .backend
             .list_snapshots(pb::ListSnapshotsRequest {

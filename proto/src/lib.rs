@@ -1,5 +1,11 @@
-//! Generated gRPC types and services for Cairn.
-//! `csi` is the CSI v1 wire schema; `cairn` holds storaged's own APIs.
+//! Generated gRPC types and services for Cairn, and what both of its servers share on the wire:
+//! the volume-name rule (`names`), the request log layer (`rpclog`) and mountinfo decoding.
+
+pub mod mountinfo;
+pub mod names;
+pub mod rpclog;
+
+pub use names::{NameError, VolumeName};
 
 pub mod csi {
     pub mod v1 {

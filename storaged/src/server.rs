@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_proto::cairn::v1 as pb;
+use cairn_proto::rpclog::{RpcLogLayer, Verbosity};
 use tokio::sync::oneshot;
 
 use crate::engine::Engine;
@@ -102,6 +103,7 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_adaptive_window(Some(true))
+        .layer(RpcLogLayer::new(Verbosity::Quiet))
         .add_service(
             pb::raft_service_server::RaftServiceServer::new(RaftApi {
                 node: node.clone(),

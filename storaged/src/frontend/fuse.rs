@@ -198,32 +198,12 @@ pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out: Vec<PathBuf> = text
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .map(|m| PathBuf::from(cairn_proto::mountinfo::unescape(m)))
         .filter(|m| m.starts_with(&dir))
         .collect();
     out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     out.dedup();
     Ok(out)
-}
-
-/// Decodes the `\040`-style octal escapes of mountinfo fields.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The filesystem: `/` holding `/disk`.
@@ -555,13 +535,6 @@ pub fn is_alive(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape_mountinfo(r"/a\040b/c"), "/a b/c");
-        assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
-        assert_eq!(unescape_mountinfo(r"/x\\"), r"/x\\");
-    }
 
     #[test]
     fn ranges_are_checked() {

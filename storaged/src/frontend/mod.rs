@@ -8,6 +8,7 @@ pub mod loopdev;
 pub mod nbd;
 
 use bytes::Bytes;
+use cairn_proto::VolumeName;
 use futures::future::BoxFuture;
 
 /// Granularity of I/O against a [`BlockDevice`]: offsets and lengths are multiples of this.
@@ -156,24 +157,25 @@ fn to_u32(n: u64) -> crate::Result<u32> {
         .map_err(|_| crate::Error::OutOfRange(format!("request of {n} bytes is too large")))
 }
 
-/// A volume name as used in paths under the run directory and the local pool.
-pub(crate) fn validate_volume(volume: &str) -> crate::Result<()> {
-    if volume.is_empty() {
-        return Err(crate::Error::invalid("volume", "must not be empty"));
-    }
-    if volume.len() > 200
-        || volume == "."
-        || volume == ".."
-        || volume
-            .chars()
-            .any(|c| c == '/' || c == '\0' || c.is_control())
-    {
+/// Longest volume name the frontends expose: names go into file names such as the local
+/// pool's `.<id>-<name>.img.tmp`, which must fit in the filesystem's 255 bytes.
+const MAX_EXPOSED_NAME: usize = 200;
+
+/// A volume name as used in paths under the run directory and the local pool: the name rule
+/// ([`VolumeName`]), and short enough for those file names.
+pub(crate) fn validate_volume(volume: &str) -> crate::Result<VolumeName> {
+    let name =
+        VolumeName::parse(volume).map_err(|e| crate::Error::invalid("volume", e.to_string()))?;
+    if volume.len() > MAX_EXPOSED_NAME {
         return Err(crate::Error::invalid(
             "volume",
-            format!("`{volume}` is not a valid volume name (at most 200 bytes, no `/`)"),
+            format!(
+                "is {} bytes; the frontends expose names of at most {MAX_EXPOSED_NAME}",
+                volume.len()
+            ),
         ));
     }
-    Ok(())
+    Ok(name)
 }
 
 #[cfg(test)]
@@ -249,7 +251,8 @@ mod tests {
     #[test]
     fn volume_names_are_validated() {
         assert!(validate_volume("pvc-1234").is_ok());
-        for bad in ["", ".", "..", "a/b", "a\0b"] {
+        assert!(validate_volume(&"a".repeat(200)).is_ok());
+        for bad in ["", ".", "..", "a/b", "a\0b", "pv 1", &"a".repeat(201)] {
             assert!(validate_volume(bad).is_err(), "{bad:?}");
         }
     }

@@ -2,7 +2,6 @@
 //! served by the volume group's leader (others answer with a leader hint).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use cairn_proto::cairn::v1 as pb;
 use pb::block_service_server::BlockService;
@@ -23,9 +22,7 @@ impl BlockService for BlockApi {
     ) -> Result<Response<pb::ReadResponse>, Status> {
         let r = req.into_inner();
         validate::name("volume", &r.volume)?;
-        let start = Instant::now();
         let data = self.node.read(&r.volume, r.offset, r.length as u64).await?;
-        tracing::trace!(volume = %r.volume, offset = r.offset, len = r.length, us = start.elapsed().as_micros() as u64, "read");
         Ok(Response::new(pb::ReadResponse { data: data.into() }))
     }
 
@@ -35,10 +32,7 @@ impl BlockService for BlockApi {
     ) -> Result<Response<pb::WriteResponse>, Status> {
         let r = req.into_inner();
         validate::name("volume", &r.volume)?;
-        let start = Instant::now();
-        let len = r.data.len();
         self.node.write(&r.volume, r.offset, r.data).await?;
-        tracing::trace!(volume = %r.volume, offset = r.offset, len, us = start.elapsed().as_micros() as u64, "write");
         Ok(Response::new(pb::WriteResponse {}))
     }
 

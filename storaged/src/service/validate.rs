@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use cairn_proto::VolumeName;
 use cairn_proto::cairn::v1 as pb;
 
 use crate::meta::catalog::VolumeKind;
@@ -41,23 +42,10 @@ pub fn next_page(prefix: &str, more: bool, last: Option<&str>) -> String {
 pub const DEFAULT_REPLICAS: u32 = 3;
 pub const MAX_REPLICAS: u32 = 5;
 
-pub fn name(field: &'static str, v: &str) -> Result<()> {
-    if v.is_empty() {
-        return Err(Error::invalid(field, "is required"));
-    }
-    if v.len() > 253 {
-        return Err(Error::invalid(field, "is longer than 253 characters"));
-    }
-    if !v
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Err(Error::invalid(
-            field,
-            format!("`{v}` may contain only letters, digits, '-', '_' and '.'"),
-        ));
-    }
-    Ok(())
+/// A name field (volume, snapshot, node, copy target) under the name rule of [`VolumeName`];
+/// INVALID_ARGUMENT naming the field and the part of the rule it breaks otherwise.
+pub fn name(field: &'static str, v: &str) -> Result<VolumeName> {
+    VolumeName::parse(v).map_err(|e| Error::invalid(field, e.to_string()))
 }
 
 pub fn size(v: u64) -> Result<()> {
@@ -126,8 +114,10 @@ mod tests {
             Err(Error::InvalidArgument { field, .. }) => field,
             other => panic!("expected invalid argument, got {other:?}"),
         };
+        let name = |f, v| name(f, v).map(|_| ());
         assert_eq!(field(name("name", "")), "name");
         assert_eq!(field(name("name", "a/b")), "name");
+        assert_eq!(field(name("target", "..")), "target");
         assert_eq!(field(size(0)), "size_bytes");
         assert_eq!(field(size(1000)), "size_bytes");
         assert_eq!(
@@ -140,5 +130,6 @@ mod tests {
         );
         assert_eq!(replicas(0, VolumeKind::Replicated).unwrap(), 3);
         assert_eq!(field(kind(42).map(|_| ())), "kind");
+        assert_eq!(super::name("name", "pvc-1").unwrap().as_str(), "pvc-1");
     }
 }
