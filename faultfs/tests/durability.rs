@@ -5,7 +5,7 @@ mod common;
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 use common::Fixture;
 
@@ -157,5 +157,3 @@ fn an_o_sync_write_is_durable_when_it_returns() {
     fx.mount.powerloss();
     assert_eq!(fx.read("s").as_deref(), Some(&b"synced"[..]));
 }
-
-use std::os::unix::fs::OpenOptionsExt;
