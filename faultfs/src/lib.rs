@@ -16,6 +16,21 @@
 //! - A power loss drops every page cache and undoes the waiting namespace changes, newest
 //!   first (an undone mkdir removes the directory with everything under it).
 //! - Mode, owner and times are applied at once and are not undone.
+//! - Unlinked and replaced entries wait in `.faultfs-undo/` in the backing root (hidden from
+//!   the mount) until their directory's fsync; a new mount empties it (their unlinks count as
+//!   durable). Hard links, symlinks, mknod and `RENAME_EXCHANGE` are not supported.
+//!
+//! # Faults
+//!
+//! Set through [`Controller`] or the control socket ([`control`]), they add up until cleared:
+//! - `eio OP [GLOB]`: EIO on an operation ([`Op`]) on paths matching the glob (relative to the
+//!   mount, `*` crossing `/`). A failed fsync leaves the file's data unsynced in memory, so a
+//!   later fsync can still succeed and a power loss drops it.
+//! - `enospc BYTES`: writes (and `O_SYNC` writes) that would take the bytes written from now
+//!   past BYTES fail with ENOSPC, whole.
+//! - `fsync-delay MS`: file and directory fsyncs answer after MS; other operations go on.
+//! - `clear`: no faults (the caches and the journal are kept); `powerloss` is not a fault but
+//!   the event above.
 
 mod cache;
 pub mod control;
