@@ -112,7 +112,7 @@ fn check_key(history: &[Op], key: &Key, indexes: &[usize], budget: Budget) -> Ke
     };
     KeyReport {
         key,
-        ops: ops.len(),
+        ops: indexes.len(),
         verdict,
     }
 }

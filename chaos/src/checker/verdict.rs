@@ -14,7 +14,8 @@ pub struct Report {
 #[derive(Clone, Debug, Serialize)]
 pub struct KeyReport {
     pub key: Key,
-    /// Operations the search had to place (failed ops, unanswered reads and unobserved unknown writes are dropped).
+    /// Operations recorded on this key (the search places fewer: failed ops, unanswered reads and
+    /// unobserved unknown writes are dropped; see `total` in a violation or give-up).
     pub ops: usize,
     pub verdict: Verdict,
 }
