@@ -119,8 +119,99 @@ mod tests {
         op.kind = OpKind::Read { value: Some(value) };
     }
 
+    /// The oracle: tries every subset of unknown writes and every order that keeps real time.
+    fn brute_force_linearizable(history: &[Op]) -> bool {
+        let counts = |op: &&Op| match (op.kind, op.outcome) {
+            (_, Outcome::Failed) => false,
+            (OpKind::Read { .. }, outcome) => outcome == Outcome::Ok,
+            (OpKind::Write { .. }, _) => true,
+        };
+        let ops: Vec<&Op> = history.iter().filter(counts).collect();
+        let unknown: Vec<usize> = (0..ops.len())
+            .filter(|&i| ops[i].outcome == Outcome::Unknown)
+            .collect();
+        (0..1u32 << unknown.len()).any(|mask| {
+            let dropped = |i: usize| {
+                unknown
+                    .iter()
+                    .position(|&u| u == i)
+                    .is_some_and(|bit| mask & (1 << bit) == 0)
+            };
+            let chosen: Vec<&Op> = (0..ops.len())
+                .filter(|&i| !dropped(i))
+                .map(|i| ops[i])
+                .collect();
+            some_order(&chosen, &mut vec![false; chosen.len()], Value::INITIAL)
+        })
+    }
+
+    fn some_order(ops: &[&Op], placed: &mut Vec<bool>, register: Value) -> bool {
+        if placed.iter().all(|&p| p) {
+            return true;
+        }
+        (0..ops.len()).any(|i| {
+            let ready = !placed[i] && (0..ops.len()).all(|j| placed[j] || !ops[j].precedes(ops[i]));
+            let after = match ops[i].kind {
+                OpKind::Write { value } => Some(value),
+                OpKind::Read { value } => (value == Some(register)).then_some(register),
+            };
+            let Some(after) = after.filter(|_| ready) else {
+                return false;
+            };
+            placed[i] = true;
+            let found = some_order(ops, placed, after);
+            placed[i] = false;
+            found
+        })
+    }
+
+    fn small_history() -> impl Strategy<Value = Vec<Op>> {
+        let op = (any::<bool>(), 0u64..5, 0u64..20, 0u64..8, 0u8..10);
+        prop::collection::vec(op, 1..8).prop_map(|specs| {
+            specs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (is_write, read_value, invoke, length, outcome))| {
+                    let outcome = match outcome {
+                        0 => Outcome::Failed,
+                        1 | 2 => Outcome::Unknown,
+                        _ => Outcome::Ok,
+                    };
+                    let kind = if is_write {
+                        OpKind::Write {
+                            value: Value(i as u64 + 1),
+                        }
+                    } else {
+                        OpKind::Read {
+                            value: Some(Value(read_value)),
+                        }
+                    };
+                    let complete = (outcome != Outcome::Unknown).then_some(invoke + length);
+                    let key = Key {
+                        volume: "vol-0".into(),
+                        block: 0,
+                    };
+                    Op {
+                        client: i as u64,
+                        key,
+                        kind,
+                        invoke,
+                        complete,
+                        outcome,
+                    }
+                })
+                .collect()
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn the_checker_agrees_with_brute_force_on_small_histories(history in small_history()) {
+            let report = check(&history, &Config::default()).unwrap();
+            prop_assert_eq!(report.is_linearizable(), brute_force_linearizable(&history), "{:?}", report);
+        }
 
         #[test]
         fn histories_of_a_linearizable_register_are_accepted(

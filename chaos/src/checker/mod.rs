@@ -94,11 +94,9 @@ fn check_key(history: &[Op], key: &Key, indexes: &[usize], budget: Budget) -> Ke
     };
     let verdict = match search(&ops, budget) {
         SearchResult::Linearizable => Verdict::Linearizable,
-        SearchResult::Stuck {
-            stuck,
-            register,
-            prefix,
-        } => Verdict::Violation(explain(history, &ops, stuck, register, &prefix)),
+        SearchResult::Stuck { stuck, prefix } => {
+            Verdict::Violation(explain(history, &ops, stuck, &prefix))
+        }
         SearchResult::GaveUp {
             steps,
             elapsed,
@@ -117,24 +115,25 @@ fn check_key(history: &[Op], key: &Key, indexes: &[usize], budget: Budget) -> Ke
     }
 }
 
-/// The ops that explain a stuck search: the op that could not be placed, the write that left the
-/// register as it was, and the write of the value the stuck op read.
-fn explain(
-    history: &[Op],
-    ops: &[PrepOp],
-    stuck: usize,
-    register: Value,
-    prefix: &[usize],
-) -> Violation {
-    let writer_of = |value: Value| {
-        ops.iter()
-            .find(|op| op.step == Step::Write(value))
-            .map(|op| op.index)
-    };
+/// The ops that explain a stuck search: the op that could not be placed, the last write of the
+/// deepest prefix (it set the register), and the write of the value the stuck op read.
+fn explain(history: &[Op], ops: &[PrepOp], stuck: usize, prefix: &[usize]) -> Violation {
+    let last_write = prefix
+        .iter()
+        .rev()
+        .map(|&i| ops[i].index)
+        .find(|&i| history[i].written().is_some());
+    let register = last_write
+        .and_then(|i| history[i].written())
+        .unwrap_or(Value::INITIAL);
     let mut involved = vec![ops[stuck].index];
-    involved.extend(writer_of(register));
+    involved.extend(last_write);
     if let Step::Read(value) = ops[stuck].step {
-        involved.extend(writer_of(value).filter(|w| !involved.contains(w)));
+        let writer = ops
+            .iter()
+            .find(|op| op.step == Step::Write(value))
+            .map(|op| op.index);
+        involved.extend(writer.filter(|w| !involved.contains(w)));
     }
     Violation {
         reason: Reason::NoLinearization {
@@ -354,10 +353,16 @@ mod tests {
 
     #[test]
     fn an_exhausted_budget_is_reported_not_waited_out() {
-        let mut history: Vec<Op> = (1..=12)
-            .map(|v| write(v, v, 0, Some(100), Outcome::Ok))
+        // Eight concurrent writes, each read by a concurrent reader, then a read of zeroes.
+        let mut history: Vec<Op> = (1..=8)
+            .flat_map(|v| {
+                [
+                    write(v, v, 0, Some(100), Outcome::Ok),
+                    read(v + 20, v, 0, 100),
+                ]
+            })
             .collect();
-        history.push(read(20, 0, 200, 300));
+        history.push(read(40, 0, 200, 300));
         let config = Config {
             max_steps_per_key: 100,
             ..Config::default()
@@ -365,7 +370,7 @@ mod tests {
         let report = check(&history, &config).unwrap();
         let gave_up: Vec<_> = report.gave_up().collect();
         assert_eq!(gave_up.len(), 1);
-        assert_eq!(gave_up[0].1.total, 13);
+        assert_eq!(gave_up[0].1.total, 17);
         assert!(!report.is_linearizable());
         assert!(
             matches!(verdict(&history), Verdict::Violation(_)),

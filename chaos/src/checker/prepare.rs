@@ -6,19 +6,30 @@ use std::collections::HashMap;
 use super::verdict::{Reason, Violation};
 use crate::history::{Op, OpKind, Outcome, Value};
 
-/// A register step the search places: a write of a value, or a read that returned one.
+/// What the register holds during the search: a value some read may return, or the value of a
+/// blind write (one nobody read), which no read accepts; which blind write it was does not matter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Register {
+    Holds(Value),
+    Unread,
+}
+
+/// A register step the search places: a write of a value some read returned, a blind write (an
+/// acknowledged write nobody read), or a read that returned a value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Step {
     Write(Value),
+    Blind,
     Read(Value),
 }
 
 impl Step {
     /// The register after this step from `state`, or `None` when the step cannot happen there.
-    pub(crate) fn apply(self, state: Value) -> Option<Value> {
+    pub(crate) fn apply(self, state: Register) -> Option<Register> {
         match self {
-            Step::Write(value) => Some(value),
-            Step::Read(value) => (value == state).then_some(state),
+            Step::Write(value) => Some(Register::Holds(value)),
+            Step::Blind => Some(Register::Unread),
+            Step::Read(value) => (state == Register::Holds(value)).then_some(state),
         }
     }
 }
@@ -38,7 +49,7 @@ pub(crate) struct PrepOp {
 /// Exact simplifications: failed ops and reads without a value are dropped (they constrain nothing);
 /// a write read by someone must take effect before the first of its readers completes, so its deadline
 /// becomes that; an unknown write no read observed is dropped (a register write that nobody reads can be
-/// placed last, which is the same as never).
+/// placed last, which is the same as never); an acknowledged write nobody read becomes `Step::Blind`.
 pub(crate) fn prepare(history: &[Op], indexes: &[usize]) -> Result<Vec<PrepOp>, Violation> {
     let mut writers: HashMap<Value, usize> = HashMap::new();
     for &i in indexes {
@@ -84,7 +95,10 @@ pub(crate) fn prepare(history: &[Op], indexes: &[usize]) -> Result<Vec<PrepOp>, 
                 Some(value) => Step::Read(value),
                 None => continue,
             },
-            (OpKind::Write { value }, Outcome::Ok) => Step::Write(value),
+            (OpKind::Write { value }, Outcome::Ok) if first_observer.contains_key(&i) => {
+                Step::Write(value)
+            }
+            (OpKind::Write { .. }, Outcome::Ok) => Step::Blind,
             (OpKind::Write { value }, Outcome::Unknown) if first_observer.contains_key(&i) => {
                 Step::Write(value)
             }
@@ -158,6 +172,30 @@ mod tests {
             "acknowledged write bounded by its reader too"
         );
         assert_eq!(deadline(1), 40);
+    }
+
+    #[test]
+    fn an_acknowledged_write_nobody_read_is_blind() {
+        let history = [
+            write(1, 1, 0, Some(10), Outcome::Ok),
+            write(2, 2, 0, Some(10), Outcome::Ok),
+            read(3, 2, 20, 30),
+        ];
+        let ops = prepare(&history, &all(&history)).unwrap();
+        let steps: Vec<Step> = ops.iter().map(|op| op.step).collect();
+        assert_eq!(
+            steps,
+            vec![Step::Blind, Step::Write(Value(2)), Step::Read(Value(2))]
+        );
+        assert_eq!(
+            ops[0].complete, 10,
+            "a blind write keeps its own completion"
+        );
+        assert_eq!(
+            Step::Read(Value(1)).apply(Register::Unread),
+            None,
+            "no read accepts a blind write's value"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use super::prepare::PrepOp;
+use super::prepare::{PrepOp, Register, Step};
 use crate::history::Value;
 
 /// How much search one key may use before the checker gives up on it.
@@ -18,10 +18,9 @@ pub(crate) struct Budget {
 pub(crate) enum SearchResult {
     Linearizable,
     /// No linearization. The deepest partial linearization found is `prefix` (indexes into the ops,
-    /// in order), after which the register held `register` and op `stuck` could not be placed.
+    /// in order), after which op `stuck` could not be placed.
     Stuck {
         stuck: usize,
-        register: Value,
         prefix: Vec<usize>,
     },
     GaveUp {
@@ -86,6 +85,19 @@ impl Entries {
         }
     }
 
+    /// The blind writes that may be placed now: calls before the first unplaced completion.
+    fn callable_blind(&self, ops: &[PrepOp]) -> Vec<usize> {
+        let mut blind = Vec::new();
+        let mut e = self.first();
+        while e != NIL && e.is_multiple_of(2) {
+            if ops[e / 2].step == Step::Blind {
+                blind.push(e / 2);
+            }
+            e = self.next[e];
+        }
+        blind
+    }
+
     fn lift(&mut self, op: usize) {
         self.unlink(2 * op);
         self.unlink(2 * op + 1);
@@ -118,7 +130,7 @@ impl Placed {
         self.words[i / 64] &= !(1 << (i % 64));
     }
 
-    fn memo_key(&self, state: Value) -> (usize, Box<[u64]>, Value) {
+    fn memo_key(&self, state: Register) -> (usize, Box<[u64]>, Register) {
         let full = self.words.iter().take_while(|&&w| w == u64::MAX).count();
         let end = self
             .words
@@ -135,68 +147,168 @@ impl Placed {
     }
 }
 
+/// A placement on the search stack: `op`, the blind writes placed just before it (`consumed`), and
+/// the register before them. A `forced` op is a blind write placed because its completion was reached.
+struct Frame {
+    op: usize,
+    consumed: Vec<usize>,
+    before: Register,
+    forced: bool,
+}
+
 /// Searches for a linearization of `ops` (sorted by invocation) from the zeroed register.
+///
+/// Blind writes are never placed by the scan: no read accepts their value, so in any linearization
+/// one is directly followed by a write or is last. They are placed just before the next write while
+/// they may be (their predecessors placed), or alone when the scan reaches their completion.
 pub(crate) fn search(ops: &[PrepOp], budget: Budget) -> SearchResult {
     let started = Instant::now();
-    let mut entries = Entries::new(ops);
-    let mut placed = Placed::new(ops.len());
-    let mut seen: HashSet<(usize, Box<[u64]>, Value)> = HashSet::new();
-    // Each placed op with the register value before it, so backtracking restores it.
-    let mut stack: Vec<(usize, Value)> = Vec::new();
-    let mut state = Value::INITIAL;
+    let mut search = Search::new(ops);
     let mut steps = 0u64;
-    let mut deepest_stuck: Option<(usize, Value, Vec<usize>)> = None;
-    let mut deepest = 0;
-    let mut e = entries.first();
-    while entries.first() != NIL {
+    let mut e = search.entries.first();
+    while search.entries.first() != NIL {
         steps += 1;
         let out_of_time =
             || steps.is_multiple_of(1024) && budget.max_time.is_some_and(|t| started.elapsed() > t);
         if steps > budget.max_steps || out_of_time() {
+            let (elapsed, deepest) = (started.elapsed(), search.deepest);
             return SearchResult::GaveUp {
                 steps,
-                elapsed: started.elapsed(),
+                elapsed,
                 deepest,
             };
         }
-        let op = e / 2;
-        if e.is_multiple_of(2) {
-            if let Some(after) = ops[op].step.apply(state) {
-                placed.set(op);
-                if seen.insert(placed.memo_key(after)) {
-                    stack.push((op, state));
-                    deepest = deepest.max(stack.len());
-                    state = after;
-                    entries.lift(op);
-                    e = entries.first();
-                    continue;
-                }
-                placed.clear(op);
-            }
+        let (op, call) = (e / 2, e.is_multiple_of(2));
+        let placing = match (call, ops[op].step) {
+            (true, Step::Blind) | (false, Step::Write(_) | Step::Read(_)) => None,
+            (true, step) => step.apply(search.state).map(|after| (after, false)),
+            (false, Step::Blind) => Some((Register::Unread, true)),
+        };
+        if let Some((after, forced)) = placing
+            && search.place(op, after, forced)
+        {
+            e = search.entries.first();
+        } else if call {
             // Every unplaced op's return follows its call, so a return is met before the list ends.
-            e = entries.next[e];
+            e = search.entries.next[e];
         } else {
-            if deepest_stuck
-                .as_ref()
-                .is_none_or(|(_, _, prefix)| stack.len() > prefix.len())
-            {
-                deepest_stuck = Some((op, state, stack.iter().map(|&(o, _)| o).collect()));
+            // The completion of an op not placed: this branch is dead.
+            search.note_stuck(op);
+            match search.backtrack() {
+                Some(next) => e = next,
+                None => return search.stuck(op),
             }
-            let Some((last, before)) = stack.pop() else {
-                let (stuck, register, prefix) = deepest_stuck.unwrap_or((op, state, Vec::new()));
-                return SearchResult::Stuck {
-                    stuck,
-                    register,
-                    prefix,
-                };
-            };
-            placed.clear(last);
-            state = before;
-            entries.unlift(last);
-            e = entries.next[2 * last];
         }
     }
     SearchResult::Linearizable
+}
+
+/// The search's state: the entries not yet placed, the placed set and register, the placements
+/// to undo, the configurations already explored, and the deepest dead end for the explanation.
+struct Search<'a> {
+    ops: &'a [PrepOp],
+    entries: Entries,
+    placed: Placed,
+    seen: HashSet<(usize, Box<[u64]>, Register)>,
+    stack: Vec<Frame>,
+    state: Register,
+    depth: usize,
+    deepest: usize,
+    deepest_stuck: Option<(usize, usize, Vec<usize>)>,
+}
+
+impl<'a> Search<'a> {
+    fn new(ops: &'a [PrepOp]) -> Self {
+        Self {
+            ops,
+            entries: Entries::new(ops),
+            placed: Placed::new(ops.len()),
+            seen: HashSet::new(),
+            stack: Vec::new(),
+            state: Register::Holds(Value::INITIAL),
+            depth: 0,
+            deepest: 0,
+            deepest_stuck: None,
+        }
+    }
+
+    /// Places `op` (after the blind writes a write takes along), leaving the register `after`, unless
+    /// that configuration was explored before. Returns whether it placed.
+    fn place(&mut self, op: usize, after: Register, forced: bool) -> bool {
+        let consumed = match self.ops[op].step {
+            Step::Write(_) => self.entries.callable_blind(self.ops),
+            Step::Blind | Step::Read(_) => Vec::new(),
+        };
+        consumed
+            .iter()
+            .chain([&op])
+            .for_each(|&o| self.placed.set(o));
+        if !self.seen.insert(self.placed.memo_key(after)) {
+            consumed
+                .iter()
+                .chain([&op])
+                .for_each(|&o| self.placed.clear(o));
+            return false;
+        }
+        consumed
+            .iter()
+            .chain([&op])
+            .for_each(|&o| self.entries.lift(o));
+        self.depth += consumed.len() + 1;
+        self.deepest = self.deepest.max(self.depth);
+        let before = self.state;
+        self.stack.push(Frame {
+            op,
+            consumed,
+            before,
+            forced,
+        });
+        self.state = after;
+        true
+    }
+
+    /// Undoes placements up to the last one that had an alternative (skipping that op), and returns
+    /// the entry to resume the scan at; `None` when nothing is left to undo.
+    fn backtrack(&mut self) -> Option<usize> {
+        loop {
+            let frame = self.stack.pop()?;
+            self.entries.unlift(frame.op);
+            for &o in frame.consumed.iter().rev() {
+                self.entries.unlift(o);
+            }
+            frame
+                .consumed
+                .iter()
+                .chain([&frame.op])
+                .for_each(|&o| self.placed.clear(o));
+            self.depth -= frame.consumed.len() + 1;
+            self.state = frame.before;
+            // A forced placement had no alternative: keep undoing.
+            if !frame.forced {
+                return Some(self.entries.next[2 * frame.op]);
+            }
+        }
+    }
+
+    /// Remembers the deepest dead end: the op that could not be placed and the prefix before it.
+    fn note_stuck(&mut self, op: usize) {
+        if self
+            .deepest_stuck
+            .as_ref()
+            .is_none_or(|&(_, d, _)| self.depth > d)
+        {
+            let prefix = self
+                .stack
+                .iter()
+                .flat_map(|f| f.consumed.iter().copied().chain([f.op]));
+            self.deepest_stuck = Some((op, self.depth, prefix.collect()));
+        }
+    }
+
+    fn stuck(self, op: usize) -> SearchResult {
+        let (stuck, _, prefix) = self.deepest_stuck.unwrap_or((op, 0, Vec::new()));
+        SearchResult::Stuck { stuck, prefix }
+    }
 }
 
 #[cfg(test)]
@@ -230,14 +342,23 @@ mod tests {
         }
         b.set(150);
         b.clear(150);
-        assert_eq!(a.memo_key(Value(1)), b.memo_key(Value(1)));
-        assert_eq!(a.memo_key(Value(1)).0, 70);
-        assert_ne!(a.memo_key(Value(1)), b.memo_key(Value(2)));
+        assert_eq!(
+            a.memo_key(Register::Holds(Value(1))),
+            b.memo_key(Register::Holds(Value(1)))
+        );
+        assert_eq!(a.memo_key(Register::Holds(Value(1))).0, 70);
+        assert_ne!(
+            a.memo_key(Register::Holds(Value(1))),
+            b.memo_key(Register::Holds(Value(2)))
+        );
         a.set(131);
-        assert_ne!(a.memo_key(Value(1)), b.memo_key(Value(1)));
+        assert_ne!(
+            a.memo_key(Register::Holds(Value(1))),
+            b.memo_key(Register::Holds(Value(1)))
+        );
         let mut all = Placed::new(128);
         (0..128).for_each(|i| all.set(i));
-        assert_eq!(all.memo_key(Value(0)).0, 128);
+        assert_eq!(all.memo_key(Register::Holds(Value(0))).0, 128);
     }
 
     #[test]
@@ -264,10 +385,48 @@ mod tests {
             search(&ops, UNLIMITED),
             SearchResult::Stuck {
                 stuck: 1,
-                register: Value(1),
                 prefix: vec![0]
             }
         );
+    }
+
+    #[test]
+    fn blind_writes_ride_along_with_the_next_write_instead_of_multiplying_the_search() {
+        // Forty concurrent writes nobody read around one that was read: without placing blind writes
+        // only just before a write, the memo would hold up to 2^40 subsets of them.
+        let blind = (0..40).map(|_| op(0, 100, Step::Blind));
+        let budget = Budget {
+            max_steps: 10_000,
+            max_time: None,
+        };
+        let mut ops: Vec<_> = blind
+            .clone()
+            .chain([op(0, 100, Step::Write(Value(1)))])
+            .collect();
+        ops.push(op(200, 300, Step::Read(Value(1))));
+        assert_eq!(search(&ops, budget), SearchResult::Linearizable);
+        *ops.last_mut().unwrap() = op(200, 300, Step::Read(Value(0)));
+        assert!(matches!(
+            search(&ops, budget),
+            SearchResult::Stuck { stuck: 41, .. }
+        ));
+        // A blind write may also be last, or placed alone when its completion is reached.
+        let ops = [
+            op(0, 10, Step::Read(Value(0))),
+            op(5, 20, Step::Blind),
+            op(30, 40, Step::Write(Value(2))),
+            op(50, 60, Step::Read(Value(2))),
+        ];
+        assert_eq!(search(&ops, budget), SearchResult::Linearizable);
+        let ops = [
+            op(0, 10, Step::Write(Value(2))),
+            op(20, 30, Step::Blind),
+            op(40, 50, Step::Read(Value(2))),
+        ];
+        assert!(matches!(
+            search(&ops, budget),
+            SearchResult::Stuck { stuck: 2, .. }
+        ));
     }
 
     #[test]
