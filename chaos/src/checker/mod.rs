@@ -280,6 +280,29 @@ mod tests {
     }
 
     #[test]
+    fn a_violation_reads_as_a_sentence_naming_its_ops() {
+        let history = [
+            write(1, 1, 0, Some(10), Outcome::Ok),
+            write(1, 2, 20, Some(30), Outcome::Ok),
+            read(7, 1, 40, 50),
+        ];
+        let Verdict::Violation(v) = verdict(&history) else {
+            panic!("expected a violation")
+        };
+        let text = v.to_string();
+        assert!(
+            text.starts_with(
+                "no linearization: the longest consistent prefix placed 2 of 3 ops, leaving 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("; client 7 read 1 [40, 50] ok; client 1 write 2 [20, 30] ok; client 1 write 1 [0, 10] ok"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn unknown_writes_may_appear_later_or_never() {
         let unknown = write(1, 5, 0, None, Outcome::Unknown);
         assert_linearizable(&[

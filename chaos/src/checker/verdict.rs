@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::history::{Key, Op, Value};
+use crate::history::{Key, Op, OpKind, Outcome, Value};
 
 /// The checker's conclusion for every key of a history, sorted by key.
 #[derive(Clone, Debug, Serialize)]
@@ -92,14 +92,25 @@ impl Report {
     }
 }
 
+/// One op as `client 7 read 1 [40, 50] ok`; an unknown op ends at ∞.
 fn describe(op: &Op) -> String {
-    let end = match op.complete {
-        Some(t) => t.to_string(),
-        None => "∞".into(),
+    let what = match op.kind {
+        OpKind::Write { value } => format!("write {value}"),
+        OpKind::Read { value: Some(value) } => format!("read {value}"),
+        OpKind::Read { value: None } => "read".into(),
+    };
+    let end = match (op.outcome, op.complete) {
+        (Outcome::Ok | Outcome::Failed, Some(t)) => t.to_string(),
+        _ => "∞".into(),
+    };
+    let outcome = match op.outcome {
+        Outcome::Ok => "ok",
+        Outcome::Failed => "failed",
+        Outcome::Unknown => "unknown",
     };
     format!(
-        "client {} {:?} [{}, {end}] {:?}",
-        op.client, op.kind, op.invoke, op.outcome
+        "client {} {what} [{}, {end}] {outcome}",
+        op.client, op.invoke
     )
 }
 
