@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use network::ChannelCache;
+
 use crate::meta::catalog::{CommandError, MetaCommand, MetaReply};
 
 /// Group 0 is the meta group; a volume's group id is its volume id (>= 1).

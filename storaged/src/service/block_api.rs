@@ -24,7 +24,11 @@ impl BlockService for BlockApi {
         let r = req.into_inner();
         validate::name("volume", &r.volume)?;
         let start = Instant::now();
-        let data = self.node.read(&r.volume, r.offset, r.length as u64).await?;
+        let data = self
+            .node
+            .io()
+            .read(&r.volume, r.offset, r.length as u64)
+            .await?;
         tracing::trace!(volume = %r.volume, offset = r.offset, len = r.length, us = start.elapsed().as_micros() as u64, "read");
         Ok(Response::new(pb::ReadResponse { data: data.into() }))
     }
@@ -37,7 +41,7 @@ impl BlockService for BlockApi {
         validate::name("volume", &r.volume)?;
         let start = Instant::now();
         let len = r.data.len();
-        self.node.write(&r.volume, r.offset, r.data).await?;
+        self.node.io().write(&r.volume, r.offset, r.data).await?;
         tracing::trace!(volume = %r.volume, offset = r.offset, len, us = start.elapsed().as_micros() as u64, "write");
         Ok(Response::new(pb::WriteResponse {}))
     }
@@ -48,7 +52,10 @@ impl BlockService for BlockApi {
     ) -> Result<Response<pb::DiscardResponse>, Status> {
         let r = req.into_inner();
         validate::name("volume", &r.volume)?;
-        self.node.discard(&r.volume, r.offset, r.length).await?;
+        self.node
+            .io()
+            .discard(&r.volume, r.offset, r.length)
+            .await?;
         Ok(Response::new(pb::DiscardResponse {}))
     }
 
@@ -58,7 +65,7 @@ impl BlockService for BlockApi {
     ) -> Result<Response<pb::FlushResponse>, Status> {
         let r = req.into_inner();
         validate::name("volume", &r.volume)?;
-        self.node.flush(&r.volume).await?;
+        self.node.io().flush(&r.volume).await?;
         Ok(Response::new(pb::FlushResponse {}))
     }
 

@@ -53,7 +53,7 @@ impl RaftApi {
         self.node.group(group).ok_or_else(|| {
             format!(
                 "group {group} is not hosted on node {} (yet)",
-                self.node.cfg.id
+                self.node.cfg().id
             )
         })
     }
