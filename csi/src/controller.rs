@@ -40,10 +40,10 @@ fn kind_of(v: &pb::Volume) -> VolumeType {
     }
 }
 
-/// VolumeCondition from storaged's health string.
+/// VolumeCondition from storaged's volume health.
 pub fn condition(v: &pb::Volume) -> csi::VolumeCondition {
-    match v.health.as_str() {
-        "healthy" | "" => csi::VolumeCondition {
+    match v.health() {
+        pb::VolumeHealth::Healthy | pb::VolumeHealth::Unspecified => csi::VolumeCondition {
             abnormal: false,
             message: "healthy".into(),
         },
@@ -51,11 +51,20 @@ pub fn condition(v: &pb::Volume) -> csi::VolumeCondition {
             let up = v
                 .members
                 .iter()
-                .filter(|m| m.state != "unreachable" && m.state != "unknown")
+                .filter(|m| {
+                    !matches!(
+                        m.state(),
+                        pb::ReplicaState::Unreachable | pb::ReplicaState::Unspecified
+                    )
+                })
                 .count();
             csi::VolumeCondition {
                 abnormal: true,
-                message: format!("{other}: {up} of {} replicas reachable", v.members.len()),
+                message: format!(
+                    "{}: {up} of {} replicas reachable",
+                    other.word(),
+                    v.members.len()
+                ),
             }
         }
     }

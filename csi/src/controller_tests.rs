@@ -451,7 +451,7 @@ async fn get_volume_reports_condition() {
     };
     let st = get("pvc-1").await.unwrap().into_inner().status.unwrap();
     assert!(!st.volume_condition.unwrap().abnormal);
-    fake.set_health("pvc-1", "degraded");
+    fake.set_health("pvc-1", pb::VolumeHealth::Degraded);
     let st = get("pvc-1").await.unwrap().into_inner().status.unwrap();
     let c = st.volume_condition.unwrap();
     assert!(c.abnormal && c.message.starts_with("degraded"), "{c:?}");

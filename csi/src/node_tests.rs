@@ -590,7 +590,7 @@ async fn online_expansion_and_stats() {
         after.usage[0].total
     );
     // Degraded volume: abnormal condition.
-    env.cluster.set_health("pvc-g", "degraded");
+    env.cluster.set_health("pvc-g", pb::VolumeHealth::Degraded);
     let c = stats(&target)
         .await
         .unwrap()

@@ -179,9 +179,9 @@ pub mod fake {
             }
         }
 
-        pub fn set_health(&self, name: &str, health: &str) {
+        pub fn set_health(&self, name: &str, health: pb::VolumeHealth) {
             if let Some(v) = self.volumes.lock().unwrap().get_mut(name) {
-                v.health = health.into();
+                v.health = health as i32;
             }
         }
     }
@@ -242,11 +242,11 @@ pub mod fake {
                     .map(|n| pb::Replica {
                         node_id: n.id,
                         node_name: n.name.clone(),
-                        state: "follower".into(),
+                        state: pb::ReplicaState::Follower as i32,
                         matched_index: 0,
                     })
                     .collect(),
-                health: "healthy".into(),
+                health: pb::VolumeHealth::Healthy as i32,
                 ..Default::default()
             };
             vols.insert(req.name, v.clone());

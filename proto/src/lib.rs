@@ -16,6 +16,31 @@ pub mod csi {
 pub mod cairn {
     pub mod v1 {
         tonic::include_proto!("cairn.v1");
+
+        impl ReplicaState {
+            /// The word operators see (cairnctl, CSI volume conditions).
+            pub fn word(self) -> &'static str {
+                match self {
+                    ReplicaState::Unspecified => "unknown",
+                    ReplicaState::Leader => "leader",
+                    ReplicaState::Follower => "follower",
+                    ReplicaState::Lagging => "lagging",
+                    ReplicaState::Unreachable => "unreachable",
+                }
+            }
+        }
+
+        impl VolumeHealth {
+            /// The word operators see (cairnctl, CSI volume conditions).
+            pub fn word(self) -> &'static str {
+                match self {
+                    VolumeHealth::Unspecified => "unknown",
+                    VolumeHealth::Healthy => "healthy",
+                    VolumeHealth::Degraded => "degraded",
+                    VolumeHealth::Unavailable => "unavailable",
+                }
+            }
+        }
     }
 }
 

@@ -1,10 +1,10 @@
 //! storaged: a Raft-replicated block storage service. One RocksDB per node holds
 //! every group's log, Raft state, block data and the meta catalogue.
 
+pub mod chunks;
 pub mod engine;
 pub mod error;
 pub mod frontend;
-pub mod leadership;
 pub mod meta;
 pub mod metrics;
 pub mod node;

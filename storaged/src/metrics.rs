@@ -2,7 +2,6 @@
 //! node that serves it, the group's leader), each hosted Raft group's state, and `/metrics`.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,7 +9,6 @@ use std::time::Instant;
 use axum::Router;
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
-use openraft::async_runtime::WatchReceiver;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -18,7 +16,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::node::StorageNode;
 use crate::{Error, Result};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,8 +127,8 @@ impl Metrics {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    /// The text exposition, with the group gauges read from `node` now.
-    pub fn encode(&self, node: &StorageNode) -> String {
+    /// The text exposition, with the group gauges set from `groups` (read just now).
+    pub fn encode(&self, groups: &[GroupSample]) -> String {
         let families = [
             &self.is_leader,
             &self.term,
@@ -142,44 +139,19 @@ impl Metrics {
         for f in families {
             f.clear();
         }
-        let names: HashMap<u64, String> = node.meta_shared.with_catalog(|cat| {
-            cat.volumes
-                .values()
-                .map(|v| (v.id, v.name.clone()))
-                .collect()
-        });
-        let name_of = |group: u64| {
-            names
-                .get(&group)
-                .cloned()
-                .unwrap_or_else(|| format!("group-{group}"))
-        };
-        let mut groups = vec![(crate::raft::META_GROUP, node.meta.clone(), "meta".into())];
-        groups.extend(
-            node.volume_groups()
-                .into_iter()
-                .map(|(id, raft)| (id, raft, name_of(id))),
-        );
-        for (group, raft, volume) in groups {
-            let m = raft.metrics().borrow_watched().clone();
-            let labels = GroupLabels { volume, group };
+        for g in groups {
+            let labels = GroupLabels {
+                volume: g.volume.clone(),
+                group: g.group,
+            };
             let set = |f: &Family<GroupLabels, Gauge>, v: u64| {
                 f.get_or_create(&labels).set(v as i64);
             };
-            set(
-                &self.is_leader,
-                u64::from(m.current_leader == Some(node.cfg.id)),
-            );
-            set(&self.term, m.current_term);
-            set(&self.last_log_index, m.last_log_index.unwrap_or(0));
-            set(
-                &self.applied_index,
-                m.last_applied.as_ref().map_or(0, |l| l.index()),
-            );
-            set(
-                &self.purged_index,
-                m.purged.as_ref().map_or(0, |l| l.index()),
-            );
+            set(&self.is_leader, u64::from(g.leader));
+            set(&self.term, g.term);
+            set(&self.last_log_index, g.last_log_index);
+            set(&self.applied_index, g.applied_index);
+            set(&self.purged_index, g.purged_index);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -188,8 +160,27 @@ impl Metrics {
     }
 }
 
+/// One hosted group's Raft state, as the gauges show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupSample {
+    /// The volume's name; `meta` for the catalogue group.
+    pub volume: String,
+    pub group: u64,
+    /// Whether this node leads the group.
+    pub leader: bool,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub purged_index: u64,
+}
+
+/// What the endpoint serves: the exposition of a node's metrics, read when scraped.
+pub trait Exposition: Send + Sync + 'static {
+    fn exposition(&self) -> String;
+}
+
 /// `/metrics` (Prometheus text exposition) and `/healthz`.
-pub fn router(node: Arc<StorageNode>) -> Router {
+pub fn router(node: Arc<impl Exposition>) -> Router {
     Router::new()
         .route(
             "/metrics",
@@ -201,7 +192,7 @@ pub fn router(node: Arc<StorageNode>) -> Router {
                             CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
-                        node.metrics.encode(&node),
+                        node.exposition(),
                     )
                 }
             }),
@@ -210,7 +201,7 @@ pub fn router(node: Arc<StorageNode>) -> Router {
 }
 
 /// Binds `addr` and serves the metrics endpoint in the background; returns the bound address.
-pub async fn serve(addr: SocketAddr, node: Arc<StorageNode>) -> Result<SocketAddr> {
+pub async fn serve(addr: SocketAddr, node: Arc<impl Exposition>) -> Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen on {addr} for metrics: {e}")))?;

@@ -11,12 +11,13 @@ use cairn_proto::rpclog::{RpcLogLayer, Verbosity};
 use tokio::sync::oneshot;
 
 use crate::engine::Engine;
-use crate::frontend::attach::{AttachManager, NodeServiceImpl};
+use crate::frontend::attach::AttachManager;
 use crate::frontend::local_pool::{LocalPool, PoolFile};
 use crate::meta::catalog::VolumeKind;
 use crate::node::{NodeConfig, StorageNode};
 use crate::opener::NodeOpener;
 use crate::service::block_api::BlockApi;
+use crate::service::node_api::NodeServiceImpl;
 use crate::service::raft_api::RaftApi;
 use crate::service::volume_api::VolumeApi;
 use crate::{Error, Result};
@@ -128,7 +129,7 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
         let _ = stop_rx.await;
     }));
     tokio::spawn(register_loop(node.clone(), opts.join.clone()));
-    tracing::info!(node = node.cfg.id, name = %node.cfg.name, addr = %node.cfg.addr, "storaged serving");
+    tracing::info!(node = node.cfg().id, name = %node.cfg().name, addr = %node.cfg().addr, "storaged serving");
     Ok(Running {
         node,
         attach,
@@ -141,7 +142,7 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
 /// Removes pool files whose local volume is gone: deleted just now (the catalogue
 /// changed) or while this node was down. Runs on every catalogue change and every 30 s.
 async fn local_pool_gc(node: Arc<StorageNode>, pool: Arc<LocalPool>) {
-    let mut changed = node.meta_shared.changed.subscribe();
+    let mut changed = node.catalog_changes();
     loop {
         match clean_local_pool(&node, &pool).await {
             Ok(removed) if !removed.is_empty() => {
@@ -169,7 +170,7 @@ async fn clean_local_pool(node: &StorageNode, pool: &LocalPool) -> Result<Vec<Po
     let mine = |name: &str| {
         cat.volumes
             .get(name)
-            .filter(|r| r.kind == VolumeKind::Local && r.members.contains(&node.cfg.id))
+            .filter(|r| r.kind == VolumeKind::Local && r.members.contains(&node.cfg().id))
     };
     pool.remove_unless(listed, |f| match f {
         PoolFile::Current { id, name } => mine(name).is_some_and(|r| r.id == *id),
@@ -181,9 +182,9 @@ async fn clean_local_pool(node: &StorageNode, pool: &LocalPool) -> Result<Vec<Po
 
 /// Registers (or refreshes) this node's catalogue record until it succeeds.
 async fn register_loop(node: Arc<StorageNode>, join: Vec<String>) {
-    let mut endpoints: Vec<String> = node.cfg.initial_cluster.values().cloned().collect();
+    let mut endpoints: Vec<String> = node.cfg().initial_cluster.values().cloned().collect();
     endpoints.extend(join);
-    endpoints.push(node.cfg.addr.clone());
+    endpoints.push(node.cfg().addr.clone());
     let client = match cairn_client::VolumeClient::new(endpoints) {
         Ok(c) => c,
         Err(e) => {

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_client::VolumeClient;
+use cairn_proto::cairn::v1::ReplicaState;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -234,12 +235,10 @@ impl ProcCluster {
             for name in names {
                 match client.get_volume(name).await {
                     Ok(v) => {
-                        if let Some(r) = v
-                            .members
-                            .iter()
-                            .find(|r| r.state != "leader" && r.state != "follower")
-                        {
-                            last = format!("{name}: node {} is {}", r.node_id, r.state);
+                        if let Some(r) = v.members.iter().find(|r| {
+                            !matches!(r.state(), ReplicaState::Leader | ReplicaState::Follower)
+                        }) {
+                            last = format!("{name}: node {} is {}", r.node_id, r.state().word());
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue 'poll;
                         }

@@ -184,13 +184,17 @@ async fn block_semantics_and_bad_input() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let v = loop {
         let v = c.get_volume("vol1").await.unwrap();
-        if v.health == "healthy" || Instant::now() > deadline {
+        if v.health() == pb::VolumeHealth::Healthy || Instant::now() > deadline {
             break v;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(v.health, "healthy", "{v:?}");
-    assert!(v.members.iter().any(|m| m.state == "leader"));
+    assert_eq!(v.health(), pb::VolumeHealth::Healthy, "{v:?}");
+    assert!(
+        v.members
+            .iter()
+            .any(|m| m.state() == pb::ReplicaState::Leader)
+    );
 
     // Delete removes it everywhere.
     c.delete_volume("vol1").await.unwrap();

@@ -11,8 +11,9 @@ use cairn_proto::cairn::v1::{
     AttachVolumeRequest, DetachVolumeRequest, Frontend, ListAttachmentsRequest, RefreshSizeRequest,
 };
 use cairn_storaged::Error;
-use cairn_storaged::frontend::attach::{AttachManager, NodeServiceImpl};
+use cairn_storaged::frontend::attach::AttachManager;
 use cairn_storaged::frontend::local_pool::{LocalPool, PoolKey};
+use cairn_storaged::service::node_api::NodeServiceImpl;
 use frontend_support::{Cleanup, FakeOpener, MemDevice, sh};
 use tonic::Code;
 

@@ -267,10 +267,8 @@ impl DiskFs {
 /// Converts a FUSE offset and length to a checked range within `size`.
 fn range(offset: i64, len: u64, size: u64) -> std::result::Result<(u64, u64), i32> {
     let off = u64::try_from(offset).map_err(|_| Errno::EINVAL as i32)?;
-    let end = off.checked_add(len).ok_or(Errno::EINVAL as i32)?;
-    if end > size {
-        return Err(Errno::ENOSPC as i32);
-    }
+    off.checked_add(len).ok_or(Errno::EINVAL as i32)?;
+    crate::chunks::check_bounds(off, len, size).map_err(|_| Errno::ENOSPC as i32)?;
     Ok((off, len))
 }
 

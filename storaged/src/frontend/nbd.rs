@@ -413,9 +413,7 @@ async fn execute(
     payload: Bytes,
 ) -> std::result::Result<Vec<u8>, u32> {
     let dev = &*export.dev;
-    let in_bounds = offset
-        .checked_add(u64::from(length))
-        .is_some_and(|end| end <= dev.size());
+    let in_bounds = crate::chunks::check_bounds(offset, u64::from(length), dev.size()).is_ok();
     let writes = matches!(cmd, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
     if writes && export.readonly {
         return Err(EPERM);

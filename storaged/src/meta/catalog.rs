@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::stored::StoredVolume;
 use crate::Error;
 
 pub const ZONE_LABEL: &str = "zone";
@@ -13,14 +14,6 @@ pub const ZONE_KEY: &str = "topology.kubernetes.io/zone";
 
 /// Snapshots are volumes named `snapshot.<name>`; user volumes may not use the prefix.
 pub const SNAPSHOT_PREFIX: &str = "snapshot.";
-/// On a snapshot's volume: the volume it is a copy of.
-pub const SNAPSHOT_OF_LABEL: &str = "cairn.dev/snapshot-of";
-/// On a volume made from a content source: `snapshot:NAME` or `volume:NAME`.
-pub const SOURCE_LABEL: &str = "cairn.dev/source";
-/// Present while a snapshot or a volume made from a source is still being copied.
-pub const POPULATING_LABEL: &str = "cairn.dev/populating";
-/// Bytes of written data copied in (set when the copy completes).
-pub const COPIED_LABEL: &str = "cairn.dev/bytes-copied";
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VolumeKind {
@@ -35,7 +28,10 @@ pub struct AttachmentRecord {
     pub multi_node: bool,
 }
 
+/// A volume in the catalogue. Stored (catalogue, snapshots, log entries) in the shape of
+/// `StoredVolume`, so what older nodes wrote still loads (see `meta/stored.rs`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(from = "StoredVolume", into = "StoredVolume")]
 pub struct VolumeRecord {
     pub id: u64,
     pub name: String,
@@ -45,8 +41,90 @@ pub struct VolumeRecord {
     /// Node ids holding a replica (one for local volumes).
     pub members: Vec<u64>,
     pub attachments: Vec<AttachmentRecord>,
+    /// The user's labels.
     pub labels: BTreeMap<String, String>,
     pub created_unix: i64,
+    /// What its first contents are a copy of, if anything.
+    pub origin: Option<Origin>,
+    pub state: VolumeState,
+}
+
+/// What a volume's first contents are a copy of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A snapshot's hidden volume: a point-in-time copy of this volume.
+    SnapshotOf(String),
+    /// A volume created from a content source.
+    Source(ContentSource),
+}
+
+/// A create request's content source, as the API names it (`snapshot:NAME`, `volume:NAME`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContentSource {
+    Snapshot(String),
+    Volume(String),
+}
+
+impl std::fmt::Display for ContentSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContentSource::Snapshot(s) => write!(f, "snapshot:{s}"),
+            ContentSource::Volume(v) => write!(f, "volume:{v}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ContentSource {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.split_once(':') {
+            Some(("snapshot", name)) => Ok(ContentSource::Snapshot(name.to_string())),
+            Some(("volume", name)) => Ok(ContentSource::Volume(name.to_string())),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Where a volume is in its lifecycle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VolumeState {
+    /// Its contents are its users' (a volume made without a source).
+    #[default]
+    Ready,
+    /// Being filled by a copy of its origin: not usable yet.
+    Populating,
+    /// The copy of its origin is done, `bytes` of written data. A snapshot's volume is
+    /// sealed (read-only) from then on; a clone belongs to its users.
+    Populated { bytes: u64 },
+}
+
+impl VolumeRecord {
+    /// A snapshot's volume once its copy is done: read-only from then on.
+    pub fn is_sealed_snapshot(&self) -> bool {
+        matches!(self.origin, Some(Origin::SnapshotOf(_)))
+            && matches!(self.state, VolumeState::Populated { .. })
+    }
+
+    /// The volume a snapshot's volume is a copy of.
+    pub fn snapshot_of(&self) -> Option<&str> {
+        match &self.origin {
+            Some(Origin::SnapshotOf(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The content source a volume was created from.
+    pub fn source(&self) -> Option<&ContentSource> {
+        match &self.origin {
+            Some(Origin::Source(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn is_populating(&self) -> bool {
+        self.state == VolumeState::Populating
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,11 +183,17 @@ pub enum MetaCommand {
     RemoveNode {
         id: u64,
     },
-    /// Sets and removes labels of a volume (appended last: older entries still decode).
+    /// Sets and removes labels of a volume, in their stored form (appended last: older
+    /// entries still decode). Written by older nodes to finish a copy.
     SetLabels {
         name: String,
         set: BTreeMap<String, String>,
         remove: Vec<String>,
+    },
+    /// Marks a volume's copy done, `bytes` of written data (appended last).
+    FinishPopulating {
+        name: String,
+        bytes: u64,
     },
 }
 
@@ -124,6 +208,7 @@ impl MetaCommand {
             MetaCommand::RegisterNode(_) => "register_node",
             MetaCommand::RemoveNode { .. } => "remove_node",
             MetaCommand::SetLabels { .. } => "set_labels",
+            MetaCommand::FinishPopulating { .. } => "finish_populating",
         }
     }
 }
@@ -133,6 +218,24 @@ pub enum MetaReply {
     Volume(VolumeRecord),
     Node(NodeRecord),
     Done,
+}
+
+impl MetaReply {
+    /// The volume a volume command replied with.
+    pub fn into_volume(self) -> Result<VolumeRecord, Error> {
+        match self {
+            MetaReply::Volume(v) => Ok(v),
+            other => Err(Error::Internal(format!("unexpected meta reply {other:?}"))),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, for `created_unix`.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// A rejected command, carried through the Raft response and turned back into `Error`.
@@ -314,10 +417,19 @@ impl Catalog {
                 let Some(v) = self.volumes.get_mut(&name) else {
                     return Err(not_found("volume", &name));
                 };
+                let mut stored = StoredVolume::from(v.clone());
                 for k in remove {
-                    v.labels.remove(&k);
+                    stored.labels.remove(&k);
                 }
-                v.labels.extend(set);
+                stored.labels.extend(set);
+                *v = VolumeRecord::from(stored);
+                Ok(MetaReply::Volume(v.clone()))
+            }
+            MetaCommand::FinishPopulating { name, bytes } => {
+                let Some(v) = self.volumes.get_mut(&name) else {
+                    return Err(not_found("volume", &name));
+                };
+                v.state = VolumeState::Populated { bytes };
                 Ok(MetaReply::Volume(v.clone()))
             }
         }
@@ -350,6 +462,8 @@ mod tests {
             attachments: vec![],
             labels: BTreeMap::new(),
             created_unix: 0,
+            origin: None,
+            state: VolumeState::Ready,
         }
     }
 

@@ -19,9 +19,9 @@ use super::{
     TypeConfig,
 };
 use super::{decode, encode, io_err};
+use crate::chunks::Overlay;
 use crate::engine::{Batch, Cf, Engine, keys};
 use crate::meta::catalog::Catalog;
-use crate::volume::blocks::Overlay;
 
 const APPLIED: &str = "applied";
 const CATALOG: &str = "catalog";

@@ -22,7 +22,11 @@ impl BlockService for BlockApi {
     ) -> Result<Response<pb::ReadResponse>, Status> {
         let r = req.into_inner();
         validate::name("volume", &r.volume)?;
-        let data = self.node.read(&r.volume, r.offset, r.length as u64).await?;
+        let data = self
+            .node
+            .io()
+            .read(&r.volume, r.offset, r.length as u64)
+            .await?;
         Ok(Response::new(pb::ReadResponse { data: data.into() }))
     }
 
@@ -32,7 +36,7 @@ impl BlockService for BlockApi {
     ) -> Result<Response<pb::WriteResponse>, Status> {
         let r = req.into_inner();
         validate::name("volume", &r.volume)?;
-        self.node.write(&r.volume, r.offset, r.data).await?;
+        self.node.io().write(&r.volume, r.offset, r.data).await?;
         Ok(Response::new(pb::WriteResponse {}))
     }
 
@@ -42,7 +46,10 @@ impl BlockService for BlockApi {
     ) -> Result<Response<pb::DiscardResponse>, Status> {
         let r = req.into_inner();
         validate::name("volume", &r.volume)?;
-        self.node.discard(&r.volume, r.offset, r.length).await?;
+        self.node
+            .io()
+            .discard(&r.volume, r.offset, r.length)
+            .await?;
         Ok(Response::new(pb::DiscardResponse {}))
     }
 
@@ -52,7 +59,7 @@ impl BlockService for BlockApi {
     ) -> Result<Response<pb::FlushResponse>, Status> {
         let r = req.into_inner();
         validate::name("volume", &r.volume)?;
-        self.node.flush(&r.volume).await?;
+        self.node.io().flush(&r.volume).await?;
         Ok(Response::new(pb::FlushResponse {}))
     }
 

@@ -1,7 +1,8 @@
 //! gRPC services served by every storaged: the Raft transport, the volume and
-//! node catalogue API, block I/O, and (from `frontend`) the node-local attach API.
+//! node catalogue API, block I/O, and the node-local attach API.
 
 pub mod block_api;
+pub mod node_api;
 pub mod raft_api;
 pub mod snapshots;
 pub mod validate;

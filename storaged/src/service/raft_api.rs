@@ -107,7 +107,7 @@ impl RaftApi {
     fn raft(&self, group: u64) -> Result<Raft, NotHosted> {
         self.node.group(group).ok_or(NotHosted {
             group,
-            node: self.node.cfg.id,
+            node: self.node.cfg().id,
         })
     }
 }

@@ -10,20 +10,19 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
 use crate::meta::catalog::{
-    COPIED_LABEL, Catalog, MetaCommand, POPULATING_LABEL, SNAPSHOT_OF_LABEL, SNAPSHOT_PREFIX,
-    VolumeKind, VolumeRecord,
+    Catalog, ContentSource, MetaCommand, Origin, SNAPSHOT_PREFIX, VolumeKind, VolumeRecord,
+    VolumeState, now_unix,
 };
 use crate::meta::placement::{self, Want};
 use crate::node::StorageNode;
 use crate::service::validate;
-use crate::service::volume_api::VolumeApi;
+use crate::volume::copy::copy_on_leader;
+use crate::volume::io::VolumeIo;
 use crate::{Error, Result};
 
 /// How long a create call waits for its copy before answering "not yet" (snapshots:
 /// `ready: false`; volumes: ABORTED, and the caller asks again). The copy goes on regardless.
 const ANSWER_WITHIN: Duration = Duration::from_secs(2);
-/// Bound on one copy; HTTP/2 keep-alives notice a dead peer long before.
-const COPY_DEADLINE: Duration = Duration::from_secs(6 * 3600);
 const TOKEN_PREFIX: &str = "s1:";
 
 /// The sealed target record, or the error's code and message (`Shared` needs `Clone`).
@@ -75,7 +74,7 @@ impl Copies {
     }
 }
 
-/// The copy task: copy on the source's leader, then drop the populating label.
+/// The copy task: copy on the source's leader, then mark the target populated.
 async fn copy_and_seal(
     node: Arc<StorageNode>,
     source: String,
@@ -83,24 +82,16 @@ async fn copy_and_seal(
     copies: Copies,
 ) -> CopyResult {
     let r = async {
-        let addrs: Vec<String> = node
-            .catalog()
-            .nodes
-            .values()
-            .map(|n| n.addr.clone())
-            .collect();
-        let client = cairn_client::VolumeClient::new(addrs)?
-            .with_deadline(COPY_DEADLINE)
-            .with_attempt_timeout(COPY_DEADLINE);
+        let io = VolumeIo::new(node.clone());
         // Only the meta leader copies: when leadership moves, the copy is dropped (which
         // cancels the RPC, and the copy on the source's leader with it) and the new
         // leader starts over when the create is retried, so two copies from different
         // moments do not interleave in the target (but for the last writes in flight).
-        let me = node.cfg.id;
-        let wait = node.meta.wait(None);
+        let me = node.cfg().id;
+        let wait = node.meta_raft().wait(None);
         let lost = wait.metrics(move |m| m.current_leader != Some(me), "meta leadership lost");
         let copied = tokio::select! {
-            r = client.copy_to(&source, &target) => r?,
+            r = copy_on_leader(&io, &source, &target) => r?,
             _ = lost => {
                 return Err(Error::Unavailable(format!(
                     "the meta leadership moved while copying into `{target}`; retry on the new leader"
@@ -108,13 +99,12 @@ async fn copy_and_seal(
             }
         };
         let sealed = node
-            .propose_meta(MetaCommand::SetLabels {
+            .propose_meta(MetaCommand::FinishPopulating {
                 name: target.clone(),
-                set: BTreeMap::from([(COPIED_LABEL.to_string(), copied.to_string())]),
-                remove: vec![POPULATING_LABEL.to_string()],
+                bytes: copied,
             })
             .await?;
-        VolumeApi::volume_reply(sealed)
+        sealed.into_volume()
     }
     .await;
     copies
@@ -124,7 +114,7 @@ async fn copy_and_seal(
         .remove(&target);
     match &r {
         Ok(v) => {
-            tracing::info!(source = %source, target = %target, copied_bytes = v.labels.get(COPIED_LABEL).map(String::as_str), "populated")
+            tracing::info!(source = %source, target = %target, state = ?v.state, "populated")
         }
         Err(e) => tracing::warn!(source = %source, target = %target, error = %e, "copy failed"),
     }
@@ -147,21 +137,20 @@ pub fn refuse_reserved(field: &'static str, name: &str) -> Result<()> {
 }
 
 pub fn is_snapshot(v: &VolumeRecord) -> bool {
-    v.name.starts_with(SNAPSHOT_PREFIX) && v.labels.contains_key(SNAPSHOT_OF_LABEL)
+    v.name.starts_with(SNAPSHOT_PREFIX) && v.snapshot_of().is_some()
 }
 
 fn view(v: &VolumeRecord) -> pb::Snapshot {
     pb::Snapshot {
         name: v.name[SNAPSHOT_PREFIX.len()..].to_string(),
-        source_volume: v.labels.get(SNAPSHOT_OF_LABEL).cloned().unwrap_or_default(),
+        source_volume: v.snapshot_of().unwrap_or_default().to_string(),
         size_bytes: v.size,
         created_unix: v.created_unix,
-        ready: !v.labels.contains_key(POPULATING_LABEL),
-        stored_bytes: v
-            .labels
-            .get(COPIED_LABEL)
-            .and_then(|b| b.parse().ok())
-            .unwrap_or(0),
+        ready: !v.is_populating(),
+        stored_bytes: match v.state {
+            VolumeState::Populated { bytes } => bytes,
+            VolumeState::Ready | VolumeState::Populating => 0,
+        },
     }
 }
 
@@ -211,28 +200,27 @@ pub async fn create(
                 kind: VolumeKind::Replicated,
                 members,
                 attachments: Vec::new(),
-                labels: BTreeMap::from([
-                    (SNAPSHOT_OF_LABEL.to_string(), r.source_volume.clone()),
-                    (POPULATING_LABEL.to_string(), "1".to_string()),
-                ]),
-                created_unix: super::volume_api::now_unix(),
+                labels: BTreeMap::new(),
+                created_unix: now_unix(),
+                origin: Some(Origin::SnapshotOf(r.source_volume.clone())),
+                state: VolumeState::Populating,
             };
-            let v =
-                VolumeApi::volume_reply(node.propose_meta(MetaCommand::CreateVolume(rec)).await?)?;
+            let v = node
+                .propose_meta(MetaCommand::CreateVolume(rec))
+                .await?
+                .into_volume()?;
             tracing::info!(snapshot = %r.name, volume = %r.source_volume, group = v.id, "snapshot created");
             v
         }
     };
-    if rec.labels.get(SNAPSHOT_OF_LABEL) != Some(&r.source_volume) {
+    if rec.snapshot_of() != Some(r.source_volume.as_str()) {
         return Err(Error::AlreadyExists(format!(
             "snapshot `{}` exists of volume `{}`",
             r.name,
-            rec.labels
-                .get(SNAPSHOT_OF_LABEL)
-                .map_or("?", |s| s.as_str())
+            rec.snapshot_of().unwrap_or("?")
         )));
     }
-    if rec.labels.contains_key(POPULATING_LABEL)
+    if rec.is_populating()
         && let Some(sealed) = copies.populate(node, &r.source_volume, &hidden).await?
     {
         return Ok(view(&sealed));
@@ -295,8 +283,8 @@ pub async fn list(
 
 /// A create request's content source, validated.
 pub struct Source {
-    /// The `cairn.dev/source` label it implies: `snapshot:NAME` or `volume:NAME`.
-    pub label: String,
+    /// The source as the catalogue records it.
+    pub source: ContentSource,
     /// The volume to copy from: a snapshot's hidden volume, or the source volume itself.
     copy_from: String,
     /// The request field that named it.
@@ -310,7 +298,7 @@ pub fn requested(r: &pb::CreateVolumeRequest) -> Result<Option<Source>> {
         (s, "") => {
             validate::name("source_snapshot", s)?;
             Ok(Some(Source {
-                label: format!("snapshot:{s}"),
+                source: ContentSource::Snapshot(s.to_string()),
                 copy_from: hidden_name(s),
                 field: "source_snapshot",
             }))
@@ -319,7 +307,7 @@ pub fn requested(r: &pb::CreateVolumeRequest) -> Result<Option<Source>> {
             validate::name("source_volume", v)?;
             refuse_reserved("source_volume", v)?;
             Ok(Some(Source {
-                label: format!("volume:{v}"),
+                source: ContentSource::Volume(v.to_string()),
                 copy_from: v.to_string(),
                 field: "source_volume",
             }))
@@ -351,7 +339,7 @@ pub fn check_source(
         }
         _ => replicated(cat, source.field, copy_from)?,
     };
-    if src.labels.contains_key(POPULATING_LABEL) {
+    if src.is_populating() {
         return Err(Error::Aborted(format!(
             "`{copy_from}` is still being copied; retry once it is ready"
         )));
@@ -373,7 +361,7 @@ pub async fn finish_populating(
     v: &VolumeRecord,
     source: &Source,
 ) -> Result<()> {
-    if !v.labels.contains_key(POPULATING_LABEL) {
+    if !v.is_populating() {
         return Ok(());
     }
     if copies

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use cairn_proto::VolumeName;
 use cairn_proto::cairn::v1 as pb;
 
+use crate::chunks::SECTOR;
 use crate::meta::catalog::VolumeKind;
 use crate::meta::placement::{Term, validate_term};
-use crate::volume::blocks::SECTOR;
 use crate::{Error, Result};
 
 /// Page size when a list request gives none, and the most one page holds.

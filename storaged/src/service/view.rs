@@ -36,7 +36,7 @@ pub fn node(cat: &Catalog, n: &NodeRecord, reachable: bool) -> pb::Node {
 }
 
 async fn status_of(node: &StorageNode, addr: &str, group: u64) -> Option<GroupStatus> {
-    let mut client = node.channels.client(addr).ok()?;
+    let mut client = node.channels().client(addr).ok()?;
     let msg = cairn_proto::cairn::v1::RaftMessage {
         group_id: group,
         payload: Default::default(),
@@ -58,7 +58,7 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
         kind: kind(v.kind),
         members: Vec::new(),
         leader_node_id: 0,
-        health: "unknown".into(),
+        health: pb::VolumeHealth::Unspecified as i32,
         attachments: v
             .attachments
             .iter()
@@ -68,13 +68,9 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
                 multi_node: a.multi_node,
             })
             .collect(),
-        labels: v.labels.clone().into_iter().collect(),
+        labels: crate::meta::stored::api_labels(v).into_iter().collect(),
         created_unix: v.created_unix,
-        source: v
-            .labels
-            .get(crate::meta::catalog::SOURCE_LABEL)
-            .cloned()
-            .unwrap_or_default(),
+        source: v.source().map(|s| s.to_string()).unwrap_or_default(),
     };
     let name_of = |id: u64| {
         cat.nodes
@@ -89,12 +85,12 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
             .map(|m| pb::Replica {
                 node_id: *m,
                 node_name: name_of(*m),
-                state: "unknown".into(),
+                state: pb::ReplicaState::Unspecified as i32,
                 matched_index: 0,
             })
             .collect();
         if v.kind == VolumeKind::Local {
-            out.health = "healthy".into();
+            out.health = pb::VolumeHealth::Healthy as i32;
         }
         return out;
     }
@@ -109,25 +105,26 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
         .and_then(|(id, s)| s.clone().map(|s| (*id, s)));
     let mut healthy = leader.is_some();
     for (id, s) in &statuses {
+        use pb::ReplicaState as State;
         let (state, matched) = match (&leader, s) {
-            (_, None) => ("unreachable", 0),
-            (Some((lid, _)), Some(_)) if lid == id => ("leader", 0),
+            (_, None) => (State::Unreachable, 0),
+            (Some((lid, _)), Some(_)) if lid == id => (State::Leader, 0),
             (Some((_, ls)), Some(_)) => {
                 let m = ls.matched.get(id).copied().flatten();
                 let last = ls.last_log_index.unwrap_or(0);
                 match m {
-                    Some(m) if last.saturating_sub(m) <= LAG_ENTRIES => ("follower", m),
-                    Some(m) => ("lagging", m),
-                    None => ("lagging", 0),
+                    Some(m) if last.saturating_sub(m) <= LAG_ENTRIES => (State::Follower, m),
+                    Some(m) => (State::Lagging, m),
+                    None => (State::Lagging, 0),
                 }
             }
-            (None, Some(_)) => ("follower", 0),
+            (None, Some(_)) => (State::Follower, 0),
         };
-        healthy &= state == "leader" || state == "follower";
+        healthy &= matches!(state, State::Leader | State::Follower);
         out.members.push(pb::Replica {
             node_id: *id,
             node_name: name_of(*id),
-            state: state.into(),
+            state: state as i32,
             matched_index: matched,
         });
     }
@@ -138,10 +135,9 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
         }
     }
     out.health = match (leader.is_some(), healthy) {
-        (false, _) => "unavailable",
-        (true, true) => "healthy",
-        (true, false) => "degraded",
-    }
-    .into();
+        (false, _) => pb::VolumeHealth::Unavailable,
+        (true, true) => pb::VolumeHealth::Healthy,
+        (true, false) => pb::VolumeHealth::Degraded,
+    } as i32;
     out
 }

@@ -11,9 +11,9 @@ use pb::volume_service_server::VolumeService;
 use tonic::{Request, Response, Status};
 
 use crate::meta::catalog::{
-    Catalog, MetaCommand, MetaReply, NodeRecord, NodeRole, VolumeKind, VolumeRecord,
+    Catalog, MetaCommand, MetaReply, NodeRecord, NodeRole, Origin, VolumeKind, VolumeRecord,
+    VolumeState, now_unix,
 };
-use crate::meta::catalog::{POPULATING_LABEL, SOURCE_LABEL};
 use crate::meta::placement::{self, Term, Want};
 use crate::node::StorageNode;
 use crate::raft::Node;
@@ -28,21 +28,7 @@ pub struct VolumeApi {
     pub copies: snapshots::Copies,
 }
 
-pub(crate) fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl VolumeApi {
-    pub(crate) fn volume_reply(r: MetaReply) -> Result<VolumeRecord> {
-        match r {
-            MetaReply::Volume(v) => Ok(v),
-            other => Err(Error::Internal(format!("unexpected meta reply {other:?}"))),
-        }
-    }
-
     async fn lookup(&self, name: &str) -> Result<(Catalog, VolumeRecord)> {
         validate::name("name", name)?;
         let cat = self.node.read_catalog().await?;
@@ -74,14 +60,13 @@ impl VolumeApi {
                     r.name, existing.size, existing.replicas
                 )));
             }
-            if existing.labels.get(SOURCE_LABEL) != source.as_ref().map(|s| &s.label) {
+            if existing.source() != source.as_ref().map(|s| &s.source) {
                 return Err(Error::AlreadyExists(format!(
                     "volume `{}` exists with content source `{}`",
                     r.name,
                     existing
-                        .labels
-                        .get(SOURCE_LABEL)
-                        .map_or("none", |s| s.as_str())
+                        .source()
+                        .map_or_else(|| "none".to_string(), |s| s.to_string())
                 )));
             }
             // Same source label, so a volume still populating is filled from `source`.
@@ -93,11 +78,14 @@ impl VolumeApi {
         if let Some(source) = &source {
             snapshots::check_source(&cat, source, &r, kind)?;
         }
-        let mut labels: BTreeMap<String, String> = r.labels.into_iter().collect();
-        if let Some(source) = &source {
-            labels.insert(SOURCE_LABEL.to_string(), source.label.clone());
-            labels.insert(POPULATING_LABEL.to_string(), "1".to_string());
-        }
+        let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
+        let (origin, state) = match &source {
+            Some(s) => (
+                Some(Origin::Source(s.source.clone())),
+                VolumeState::Populating,
+            ),
+            None => (None, VolumeState::Ready),
+        };
         let want = Want {
             size: r.size_bytes,
             replicas,
@@ -116,12 +104,14 @@ impl VolumeApi {
             attachments: Vec::new(),
             labels,
             created_unix: now_unix(),
+            origin,
+            state,
         };
-        let v = Self::volume_reply(
-            self.node
-                .propose_meta(MetaCommand::CreateVolume(rec))
-                .await?,
-        )?;
+        let v = self
+            .node
+            .propose_meta(MetaCommand::CreateVolume(rec))
+            .await?
+            .into_volume()?;
         tracing::info!(volume = %v.name, group = v.id, size = v.size, replicas = v.replicas, members = ?v.members, "volume created");
         if let Some(source) = &source {
             snapshots::finish_populating(&self.node, &self.copies, &v, source).await?;
@@ -153,14 +143,14 @@ impl VolumeApi {
                 )));
             }
         }
-        let v = Self::volume_reply(
-            self.node
-                .propose_meta(MetaCommand::ResizeVolume {
-                    name: r.name,
-                    size: r.size_bytes,
-                })
-                .await?,
-        )?;
+        let v = self
+            .node
+            .propose_meta(MetaCommand::ResizeVolume {
+                name: r.name,
+                size: r.size_bytes,
+            })
+            .await?
+            .into_volume()?;
         Ok(view::volume(&self.node, &self.node.catalog(), &v, false).await)
     }
 
@@ -227,8 +217,8 @@ impl VolumeApi {
         };
         validate::name("name", &name)?;
         let cat = self.node.read_catalog().await?;
-        let voters: BTreeSet<u64> = self.node.meta.voter_ids().collect();
-        let learners: BTreeSet<u64> = self.node.meta.learner_ids().collect();
+        let voters: BTreeSet<u64> = self.node.meta_raft().voter_ids().collect();
+        let learners: BTreeSet<u64> = self.node.meta_raft().learner_ids().collect();
         let role = if voters.contains(&r.id) {
             NodeRole::Voter
         } else {
@@ -236,7 +226,7 @@ impl VolumeApi {
         };
         if !voters.contains(&r.id) && !learners.contains(&r.id) {
             self.node
-                .meta
+                .meta_raft()
                 .add_learner(
                     r.id,
                     Node {
@@ -274,7 +264,7 @@ impl VolumeApi {
         if id == 0 {
             return Err(Error::invalid("id", "is required"));
         }
-        if id == self.node.cfg.id && self.node.meta.is_leader() {
+        if id == self.node.cfg().id && self.node.meta_raft().is_leader() {
             return Err(Error::FailedPrecondition(format!(
                 "node {id} leads the meta group; remove it from another node after a leader change"
             )));
@@ -282,27 +272,27 @@ impl VolumeApi {
         self.node
             .propose_meta(MetaCommand::RemoveNode { id })
             .await?;
-        let voters: BTreeSet<u64> = self.node.meta.voter_ids().collect();
+        let voters: BTreeSet<u64> = self.node.meta_raft().voter_ids().collect();
         let change = if voters.contains(&id) {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
-        if let Err(e) = self.node.meta.change_membership(change, false).await {
+        if let Err(e) = self.node.meta_raft().change_membership(change, false).await {
             tracing::warn!(node = id, error = %e, "meta membership change after node removal failed");
         }
         Ok(())
     }
 
     fn reachable(&self) -> BTreeMap<u64, bool> {
-        let m = self.node.meta.metrics().borrow_watched().clone();
+        let m = self.node.meta_raft().metrics().borrow_watched().clone();
         let mut out = BTreeMap::new();
         if let Some(rep) = &m.replication {
             for (id, matched) in rep {
                 out.insert(*id, matched.is_some());
             }
         }
-        out.insert(self.node.cfg.id, true);
+        out.insert(self.node.cfg().id, true);
         out
     }
 }
@@ -412,7 +402,7 @@ impl VolumeService for VolumeApi {
             readonly: r.readonly,
             multi_node: r.multi_node,
         };
-        let v = Self::volume_reply(self.node.propose_meta(cmd).await?)?;
+        let v = self.node.propose_meta(cmd).await?.into_volume()?;
         let v = view::volume(&self.node, &self.node.catalog(), &v, false).await;
         Ok(Response::new(pb::PublishVolumeResponse { volume: Some(v) }))
     }
@@ -439,7 +429,7 @@ impl VolumeService for VolumeApi {
         _req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let cat = self.node.read_catalog().await?;
-        let m = self.node.meta.metrics().borrow_watched().clone();
+        let m = self.node.meta_raft().metrics().borrow_watched().clone();
         let reach = self.reachable();
         Ok(Response::new(pb::ClusterStatusResponse {
             meta_leader_id: m.current_leader.unwrap_or(0),

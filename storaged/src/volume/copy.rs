@@ -1,11 +1,16 @@
 //! Volume-to-volume copy for snapshots and content sources: the source group's leader
 //! pages its written chunks from one point-in-time view and writes them into the target.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::cairn::v1 as pb;
 use futures::StreamExt;
 
-use crate::engine::{Cf, keys};
+use crate::chunks::{CHUNK, MAX_IO};
+use crate::engine::keys;
 use crate::node::StorageNode;
-use crate::volume::blocks::{CHUNK, MAX_IO};
+use crate::volume::io::{Limits, VolumeIo};
 use crate::{Error, Result};
 
 /// Bytes the engine reader hands over per page.
@@ -14,21 +19,38 @@ const PAGE_BYTES: usize = 4 << 20;
 const IN_FLIGHT: usize = 8;
 /// Progress is logged every this many bytes.
 const PROGRESS_EVERY: u64 = 64 << 20;
+/// Bound on one copy; HTTP/2 keep-alives notice a dead peer long before.
+const COPY_LIMITS: Limits = Limits {
+    deadline: Duration::from_secs(6 * 3600),
+    attempt: Duration::from_secs(6 * 3600),
+};
+
+/// Copies `name` into `target` on `name`'s leader (here, or forwarded to it). Re-running
+/// it is harmless. Returns the bytes copied.
+pub async fn copy_on_leader(io: &VolumeIo, name: &str, target: &str) -> Result<u64> {
+    let req = pb::CopyToRequest {
+        volume: name.to_string(),
+        target: target.to_string(),
+    };
+    io.route(
+        name,
+        COPY_LIMITS,
+        || copy_to(io.node(), name, target),
+        |mut c| {
+            let req = req.clone();
+            async move { Ok(c.copy_to(req).await?.into_inner().bytes_copied) }
+        },
+    )
+    .await
+}
 
 /// Copies every written chunk of `name` (this node must lead its group) into `target`.
 /// The view is taken after a linearizable barrier, so it holds every write acknowledged
 /// before the call and, since entries apply atomically, a prefix of the volume's log:
 /// a crash-consistent image. Unwritten ranges are skipped (the target reads them as
 /// zeros if it was never written). Returns the bytes copied.
-pub async fn copy_to(node: &StorageNode, name: &str, target: &str) -> Result<u64> {
-    let (vol, raft) = node.io_target(name)?;
-    node.linearize(&raft, vol.id).await?;
-    let mut pages = node.engine.clone().scan_pages(
-        Cf::Data,
-        keys::group_start(vol.id).to_vec(),
-        keys::group_end(vol.id),
-        PAGE_BYTES,
-    )?;
+pub async fn copy_to(node: &Arc<StorageNode>, name: &str, target: &str) -> Result<u64> {
+    let (vol, mut pages) = node.io().chunk_pages(name, PAGE_BYTES).await?;
     let cat = node.fresh_catalog().await?;
     let t = cat
         .volumes
@@ -40,18 +62,17 @@ pub async fn copy_to(node: &StorageNode, name: &str, target: &str) -> Result<u64
             t.size, vol.size
         )));
     }
-    let addrs: Vec<String> = cat.nodes.values().map(|n| n.addr.clone()).collect();
-    let client = cairn_client::VolumeClient::new(addrs)?;
+    let io = VolumeIo::new(node.clone());
     tracing::info!(volume = %name, group = vol.id, target = %target, "copy started");
     let (mut copied, mut logged) = (0u64, 0u64);
     while let Some(page) = pages.recv().await {
         let runs = runs(page?);
         let mut writes = futures::stream::iter(runs)
             .map(|(offset, data)| {
-                let client = &client;
+                let io = &io;
                 async move {
                     let len = data.len() as u64;
-                    client.write(target, offset, data.into()).await.map(|_| len)
+                    io.write(target, offset, data.into()).await.map(|_| len)
                 }
             })
             .buffer_unordered(IN_FLIGHT);

@@ -1,5 +1,5 @@
-//! Block semantics of a replicated volume: 4 KiB chunks in the `data` column
-//! family, read-modify-write for sub-chunk writes, zeros for holes, discard deletes.
+//! The volume layer above the node: routing block I/O to a volume's leader, and
+//! volume-to-volume copies for snapshots and clones.
 
-pub mod blocks;
 pub mod copy;
+pub mod io;

@@ -111,8 +111,8 @@ fn kind_name(k: i32) -> &'static str {
 fn volume_json(v: &pb::Volume) -> serde_json::Value {
     json!({
         "id": v.id, "name": v.name, "size_bytes": v.size_bytes, "replicas": v.replicas,
-        "type": kind_name(v.kind), "health": v.health, "leader_node_id": v.leader_node_id,
-        "members": v.members.iter().map(|m| json!({"node_id": m.node_id, "node": m.node_name, "state": m.state, "matched_index": m.matched_index})).collect::<Vec<_>>(),
+        "type": kind_name(v.kind), "health": v.health().word(), "leader_node_id": v.leader_node_id,
+        "members": v.members.iter().map(|m| json!({"node_id": m.node_id, "node": m.node_name, "state": m.state().word(), "matched_index": m.matched_index})).collect::<Vec<_>>(),
         "attachments": v.attachments.iter().map(|a| json!({"node": a.node_name, "readonly": a.readonly})).collect::<Vec<_>>(),
         "source": v.source,
     })
@@ -216,7 +216,7 @@ async fn get(client: &VolumeClient, out: Output, name: &str) -> Result<(), Statu
         v.size_bytes,
         kind_name(v.kind),
         v.replicas,
-        v.health,
+        v.health().word(),
         v.leader_node_id
     );
     if !v.source.is_empty() {
@@ -225,7 +225,10 @@ async fn get(client: &VolumeClient, out: Output, name: &str) -> Result<(), Statu
     for m in &v.members {
         println!(
             "  replica node {} ({}): {} matched={}",
-            m.node_id, m.node_name, m.state, m.matched_index
+            m.node_id,
+            m.node_name,
+            m.state().word(),
+            m.matched_index
         );
     }
     for a in &v.attachments {

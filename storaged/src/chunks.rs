@@ -1,5 +1,5 @@
-//! Chunk layout and the pure functions that apply writes/discards to chunks
-//! and assemble reads; unwritten or all-zero chunks are simply absent (thin).
+//! Block semantics of a replicated volume, below Raft: 4 KiB chunks in the `data` column
+//! family (absent when unwritten or all zero), and the one check of an I/O against a volume.
 
 use std::collections::BTreeMap;
 
@@ -10,27 +10,28 @@ pub const CHUNK: u64 = 4096;
 pub const SECTOR: u64 = 512;
 pub const MAX_IO: u64 = 1 << 20;
 
-/// Validates an I/O request against the sector size, the request cap and the volume size.
-pub fn check_io(offset: u64, len: u64, size: u64, is_write: bool) -> Result<()> {
-    check_range(
-        offset,
-        len,
-        size,
-        if is_write {
-            Some("data")
-        } else {
-            Some("length")
-        },
-    )
+/// What an I/O does, for its checks: reads and writes are capped at `MAX_IO` (the field
+/// named in the error differs), discards are not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoKind {
+    Read,
+    Write,
+    Discard,
 }
 
-/// Like `check_io`; `cap_field` names the field that the 1 MiB cap applies to (None: no cap).
-pub fn check_range(
-    offset: u64,
-    len: u64,
-    size: u64,
-    cap_field: Option<&'static str>,
-) -> Result<()> {
+impl IoKind {
+    fn capped_field(self) -> Option<&'static str> {
+        match self {
+            IoKind::Read => Some("length"),
+            IoKind::Write => Some("data"),
+            IoKind::Discard => None,
+        }
+    }
+}
+
+/// Validates an I/O against the sector size, the request cap and the volume size: the
+/// one bounds check of the block path (frontends turn its `OutOfRange` into their errno).
+pub fn check_io(offset: u64, len: u64, size: u64, kind: IoKind) -> Result<()> {
     if !offset.is_multiple_of(SECTOR) {
         return Err(Error::invalid(
             "offset",
@@ -46,7 +47,7 @@ pub fn check_range(
     if len == 0 {
         return Err(Error::invalid("length", "must be greater than 0"));
     }
-    if let Some(field) = cap_field
+    if let Some(field) = kind.capped_field()
         && len > MAX_IO
     {
         return Err(Error::invalid(
@@ -54,6 +55,12 @@ pub fn check_range(
             format!("{len} bytes exceeds the {MAX_IO}-byte request limit"),
         ));
     }
+    check_bounds(offset, len, size)
+}
+
+/// Whether `[offset, offset+len)` lies within a volume of `size` bytes: the one bounds rule,
+/// also applied by the frontends before they answer with their own errno.
+pub fn check_bounds(offset: u64, len: u64, size: u64) -> Result<()> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
         _ => Err(Error::OutOfRange(format!(
@@ -222,28 +229,29 @@ mod tests {
     #[test]
     fn io_checks_name_the_field() {
         assert!(matches!(
-            check_io(1, 512, 1 << 20, true),
+            check_io(1, 512, 1 << 20, IoKind::Write),
             Err(Error::InvalidArgument {
                 field: "offset",
                 ..
             })
         ));
         assert!(matches!(
-            check_io(0, 100, 1 << 20, true),
+            check_io(0, 100, 1 << 20, IoKind::Write),
             Err(Error::InvalidArgument {
                 field: "length",
                 ..
             })
         ));
         assert!(matches!(
-            check_io(1 << 20, 512, 1 << 20, true),
+            check_io(1 << 20, 512, 1 << 20, IoKind::Discard),
             Err(Error::OutOfRange(_))
         ));
         assert!(matches!(
-            check_io(0, 2 << 20, 4 << 20, true),
+            check_io(0, 2 << 20, 4 << 20, IoKind::Write),
             Err(Error::InvalidArgument { field: "data", .. })
         ));
-        assert!(check_io(512, 512, 1 << 20, false).is_ok());
+        assert!(check_io(512, 512, 1 << 20, IoKind::Read).is_ok());
+        assert!(check_io(0, 2 << 20, 4 << 20, IoKind::Discard).is_ok());
     }
 
     proptest! {

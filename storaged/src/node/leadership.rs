@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use openraft::async_runtime::WatchReceiver;
 
 use crate::meta::catalog::{Catalog, VolumeKind, VolumeRecord};
-use crate::node::StorageNode;
+use crate::node::groups::Groups;
+use crate::node::meta::Meta;
 use crate::raft::LogId;
 
 /// How often a leader re-checks where its group should be led from.
@@ -80,11 +81,11 @@ fn due(last: Option<&Attempt>, to: u64, now: Instant) -> Option<Duration> {
 
 /// Runs until the node's catalogue watch closes: on every catalogue change and every
 /// `CHECK_EVERY`, each group this node leads is handed to its preferred member if needed.
-pub async fn run(node: Arc<StorageNode>) {
-    let mut changed = node.meta_shared.changed.subscribe();
+pub(super) async fn run(me: u64, meta: Arc<Meta>, groups: Arc<Groups>) {
+    let mut changed = meta.changes();
     let mut attempts: HashMap<u64, Attempt> = HashMap::new();
     loop {
-        check(&node, &mut attempts).await;
+        check(me, &meta, &groups, &mut attempts).await;
         tokio::select! {
             r = changed.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(CHECK_EVERY) => {}
@@ -92,10 +93,10 @@ pub async fn run(node: Arc<StorageNode>) {
     }
 }
 
-async fn check(node: &StorageNode, attempts: &mut HashMap<u64, Attempt>) {
-    let cat = node.catalog();
+async fn check(me: u64, meta: &Meta, groups: &Groups, attempts: &mut HashMap<u64, Attempt>) {
+    let cat = meta.catalog();
     let by_id: HashMap<u64, &VolumeRecord> = cat.volumes.values().map(|v| (v.id, v)).collect();
-    let groups = node.volume_groups();
+    let groups = groups.volumes();
     attempts.retain(|g, _| groups.iter().any(|(id, _)| id == g));
     for (group, raft) in groups {
         let Some(vol) = by_id.get(&group) else {
@@ -108,11 +109,11 @@ async fn check(node: &StorageNode, attempts: &mut HashMap<u64, Attempt>) {
             attempts.remove(&group);
             continue;
         }
-        if m.current_leader != Some(node.cfg.id) {
+        if m.current_leader != Some(me) {
             continue;
         }
         let view = LeaderView {
-            me: node.cfg.id,
+            me,
             preferred,
             last_log_index: m.last_log_index,
             matched: m.replication.clone().unwrap_or_default(),
@@ -131,7 +132,7 @@ async fn check(node: &StorageNode, attempts: &mut HashMap<u64, Attempt>) {
                 wait,
             },
         );
-        tracing::info!(volume = %vol.name, group, from = node.cfg.id, to, retry_after = ?wait, "handing leadership to the attached node");
+        tracing::info!(volume = %vol.name, group, from = me, to, retry_after = ?wait, "handing leadership to the attached node");
         if let Err(e) = raft.trigger().transfer_leader(to).await {
             tracing::warn!(volume = %vol.name, group, to, error = %e, "leadership transfer not started");
         }
@@ -175,6 +176,8 @@ mod tests {
                 .collect(),
             labels: Default::default(),
             created_unix: 0,
+            origin: None,
+            state: crate::meta::catalog::VolumeState::Ready,
         };
         cat.volumes.insert("v".into(), vol.clone());
         (cat, vol)

@@ -1,0 +1,222 @@
+//! Raft group lifecycle on this node: opening a group over the shared engine, and the
+//! reconcile loop that starts the volume groups the catalogue places here and removes the rest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::engine::Engine;
+use crate::meta::catalog::{VolumeKind, VolumeRecord};
+use crate::node::meta::Meta;
+use crate::raft::NetworkFactory;
+use crate::raft::log_store::LogStore;
+use crate::raft::log_window::LogWindow;
+use crate::raft::state_machine::{GroupStateMachine, Shared};
+use crate::raft::wal_sync::WalSyncer;
+use crate::raft::{ChannelCache, META_GROUP, Node, Raft, config};
+use crate::{Error, Result};
+
+pub(super) fn fatal(e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("raft: {e}"))
+}
+
+/// What opening a group needs; shared by the meta group and every volume group.
+#[derive(Clone)]
+pub(super) struct Opener {
+    pub me: u64,
+    pub snapshot_logs: u64,
+    pub spool_dir: PathBuf,
+    pub engine: Arc<dyn Engine>,
+    pub syncer: WalSyncer,
+    pub channels: ChannelCache,
+}
+
+impl Opener {
+    /// Opens `group` over the engine, with its snapshot and log-purge requests served.
+    pub async fn open(&self, group: u64, shared: Arc<Shared>) -> Result<Raft> {
+        let log = LogStore::new(self.engine.clone(), group, self.syncer.clone());
+        let (want_snapshot, mut snapshot_requests) = tokio::sync::mpsc::channel(1);
+        let window = Arc::new(LogWindow::default());
+        let sm = GroupStateMachine::open(self.engine.clone(), group, shared)
+            .map_err(Error::Io)?
+            .with_snapshot_requests(want_snapshot, window.clone())
+            .with_spool_dir(self.spool_dir.clone());
+        let net = NetworkFactory {
+            group,
+            channels: self.channels.clone(),
+        };
+        let raft = Raft::new(
+            self.me,
+            config(group == META_GROUP, self.snapshot_logs),
+            net,
+            log,
+            sm,
+        )
+        .await
+        .map_err(fatal)?;
+        // Ends when the group shuts down and its state machine (the sender) is dropped.
+        let trigger = raft.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    req = snapshot_requests.recv() => {
+                        if req.is_none() {
+                            break;
+                        }
+                        if let Err(e) = trigger.trigger().snapshot().await {
+                            tracing::debug!(group, error = %e, "snapshot request not taken");
+                        }
+                    }
+                    // A snapshot was built: what it left beyond `KEEP_BYTES` goes now
+                    // (openraft's own purge keeps entries by count, 1 GiB of 1 MiB writes).
+                    _ = window.built.notified() => {
+                        if let Some(upto) = window.take_purge() {
+                            purge_behind_snapshot(&trigger, group, upto).await;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(raft)
+    }
+}
+
+/// Purges `group`'s log up to `upto` once openraft has taken in the snapshot that
+/// covers it (it purges nothing past its newest snapshot), within 10 s.
+async fn purge_behind_snapshot(raft: &Raft, group: u64, upto: u64) {
+    let covered = raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| m.snapshot.as_ref().is_some_and(|s| s.index() >= upto),
+            "a snapshot covering the purge",
+        )
+        .await;
+    if covered.is_err() {
+        tracing::debug!(group, upto, "log purge dropped: no snapshot covers it yet");
+        return;
+    }
+    if let Err(e) = raft.trigger().purge_log(upto).await {
+        tracing::debug!(group, upto, error = %e, "log purge not taken");
+    }
+}
+
+/// The Raft groups this node runs: the meta group and its volume groups.
+pub struct Groups {
+    opener: Opener,
+    meta: Arc<Meta>,
+    running: RwLock<HashMap<u64, Raft>>,
+}
+
+impl Groups {
+    pub(super) fn new(opener: Opener, meta: Arc<Meta>) -> Self {
+        Groups {
+            opener,
+            meta,
+            running: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The volume groups this node runs now.
+    pub fn volumes(&self) -> Vec<(u64, Raft)> {
+        let groups = self.running.read().expect("groups lock poisoned");
+        groups.iter().map(|(id, r)| (*id, r.clone())).collect()
+    }
+
+    pub fn get(&self, group: u64) -> Option<Raft> {
+        if group == META_GROUP {
+            return Some(self.meta.raft().clone());
+        }
+        self.running
+            .read()
+            .expect("groups lock poisoned")
+            .get(&group)
+            .cloned()
+    }
+
+    /// Starts groups this node should host and removes those it no longer should.
+    async fn reconcile(&self) -> Result<()> {
+        let cat = self.meta.catalog();
+        let me = self.opener.me;
+        let mine: BTreeMap<u64, VolumeRecord> = cat
+            .volumes
+            .values()
+            .filter(|v| v.kind == VolumeKind::Replicated && v.members.contains(&me))
+            .map(|v| (v.id, v.clone()))
+            .collect();
+        let running: Vec<u64> = self
+            .running
+            .read()
+            .expect("groups lock poisoned")
+            .keys()
+            .copied()
+            .collect();
+        for (id, vol) in &mine {
+            if running.contains(id) {
+                continue;
+            }
+            let raft = self.opener.open(*id, Shared::new()).await?;
+            if !raft.is_initialized().await.map_err(fatal)? {
+                let members: BTreeMap<u64, Node> = vol
+                    .members
+                    .iter()
+                    .filter_map(|m| self.meta.addr_of(&cat, *m).map(|addr| (*m, Node { addr })))
+                    .collect();
+                if let Err(e) = raft.initialize(members).await {
+                    tracing::debug!(volume = %vol.name, group = id, error = %e, "group already initialised");
+                }
+            }
+            tracing::info!(volume = %vol.name, group = id, "volume group started");
+            self.running
+                .write()
+                .expect("groups lock poisoned")
+                .insert(*id, raft);
+        }
+        for id in running {
+            if mine.contains_key(&id) {
+                continue;
+            }
+            let raft = self
+                .running
+                .write()
+                .expect("groups lock poisoned")
+                .remove(&id);
+            if let Some(raft) = raft {
+                let _ = raft.shutdown().await;
+            }
+            LogStore::destroy(self.opener.engine.as_ref(), id)?;
+            GroupStateMachine::destroy(self.opener.engine.as_ref(), id)?;
+            tracing::info!(group = id, "volume group removed and its data deleted");
+        }
+        Ok(())
+    }
+
+    /// Reconciles on every catalogue change and every 2 s, forever.
+    pub(super) async fn reconcile_loop(self: Arc<Self>) {
+        let mut changed = self.meta.changes();
+        loop {
+            if let Err(e) = self.reconcile().await {
+                tracing::warn!(node = self.opener.me, error = %e, "reconcile failed; will retry");
+            }
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+
+    /// Shuts every group down, the meta group last.
+    pub async fn shutdown(&self) {
+        let groups: Vec<Raft> = self
+            .running
+            .write()
+            .expect("groups lock poisoned")
+            .drain()
+            .map(|(_, r)| r)
+            .collect();
+        for r in groups {
+            let _ = r.shutdown().await;
+        }
+        let _ = self.meta.raft().shutdown().await;
+    }
+}

@@ -1,0 +1,208 @@
+//! A storaged node: the shared engine and channels, and the parts built on them — catalogue
+//! access (`meta`), group lifecycle (`groups`), leader-side block I/O (`io`) and `status`.
+
+pub mod groups;
+pub mod io;
+pub mod leadership;
+pub mod meta;
+pub mod status;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::Result;
+use crate::engine::Engine;
+use crate::meta::catalog::{Catalog, MetaCommand, MetaReply, NodeRecord};
+use crate::metrics::{Exposition, Metrics};
+use crate::raft::state_machine::Shared;
+use crate::raft::wal_sync::WalSyncer;
+use crate::raft::{ChannelCache, META_GROUP, Node, Raft};
+
+use self::groups::{Groups, Opener, fatal};
+use self::io::NodeIo;
+use self::meta::Meta;
+pub use self::status::GroupStatus;
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub name: String,
+    /// The address peers and clients use to reach this node.
+    pub addr: String,
+    pub data_dir: PathBuf,
+    /// Initial meta voters (id → addr); empty when joining a running cluster.
+    pub initial_cluster: BTreeMap<u64, String>,
+    pub labels: BTreeMap<String, String>,
+    pub capacity_bytes: u64,
+    /// Log entries after which a volume group snapshots and purges its log.
+    pub snapshot_logs: u64,
+}
+
+impl NodeConfig {
+    /// Where a node spools snapshots it receives.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("snapshots")
+    }
+}
+
+pub struct StorageNode {
+    cfg: NodeConfig,
+    channels: ChannelCache,
+    meta: Arc<Meta>,
+    groups: Arc<Groups>,
+    io: NodeIo,
+    metrics: Arc<Metrics>,
+}
+
+impl StorageNode {
+    pub async fn start(cfg: NodeConfig, engine: Arc<dyn Engine>) -> Result<Arc<Self>> {
+        let channels = ChannelCache::default();
+        let opener = Opener {
+            me: cfg.id,
+            snapshot_logs: cfg.snapshot_logs,
+            spool_dir: cfg.spool_dir(),
+            engine: engine.clone(),
+            syncer: WalSyncer::start(engine.clone()),
+            channels: channels.clone(),
+        };
+        let shared = Shared::new();
+        let raft = opener.open(META_GROUP, shared.clone()).await?;
+        if cfg.initial_cluster.contains_key(&cfg.id)
+            && !raft.is_initialized().await.map_err(fatal)?
+        {
+            let members: BTreeMap<u64, Node> = cfg
+                .initial_cluster
+                .iter()
+                .map(|(id, addr)| (*id, Node { addr: addr.clone() }))
+                .collect();
+            if let Err(e) = raft.initialize(members).await {
+                tracing::info!(error = %e, "meta group already initialised");
+            }
+        }
+        let meta = Arc::new(Meta::new(
+            cfg.id,
+            cfg.initial_cluster.clone(),
+            raft,
+            shared,
+            channels.clone(),
+        ));
+        let groups = Arc::new(Groups::new(opener, meta.clone()));
+        let metrics = Arc::new(Metrics::default());
+        let io = NodeIo::new(meta.clone(), groups.clone(), engine, metrics.clone());
+        tokio::spawn(groups.clone().reconcile_loop());
+        tokio::spawn(leadership::run(cfg.id, meta.clone(), groups.clone()));
+        Ok(Arc::new(StorageNode {
+            cfg,
+            channels,
+            meta,
+            groups,
+            io,
+            metrics,
+        }))
+    }
+
+    pub fn cfg(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// The peer channels, shared by every group's transport and by forwarded requests.
+    pub fn channels(&self) -> &ChannelCache {
+        &self.channels
+    }
+
+    /// Leader-side block I/O.
+    pub fn io(&self) -> &NodeIo {
+        &self.io
+    }
+
+    /// The meta group's Raft (membership changes and its metrics).
+    pub fn meta_raft(&self) -> &Raft {
+        self.meta.raft()
+    }
+
+    /// The volume groups this node runs now.
+    pub fn volume_groups(&self) -> Vec<(u64, Raft)> {
+        self.groups.volumes()
+    }
+
+    pub fn group(&self, group: u64) -> Option<Raft> {
+        self.groups.get(group)
+    }
+
+    pub fn group_status(&self, group: u64) -> GroupStatus {
+        status::group_status(self.group(group))
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.cfg.spool_dir()
+    }
+
+    /// The local (possibly stale) catalogue.
+    pub fn catalog(&self) -> Catalog {
+        self.meta.catalog()
+    }
+
+    /// Ticks whenever the local catalogue changes.
+    pub fn catalog_changes(&self) -> watch::Receiver<u64> {
+        self.meta.changes()
+    }
+
+    /// A volume's size in the local (possibly stale) catalogue.
+    pub fn volume_size(&self, name: &str) -> Option<u64> {
+        self.meta
+            .with_catalog(|cat| cat.volumes.get(name).map(|v| v.size))
+    }
+
+    /// Proposes a catalogue command on the meta leader; returns its reply.
+    pub async fn propose_meta(&self, cmd: MetaCommand) -> Result<MetaReply> {
+        self.meta.propose(cmd).await
+    }
+
+    /// A linearizable catalogue read (must run on the meta leader).
+    pub async fn read_catalog(&self) -> Result<Catalog> {
+        self.meta.read().await
+    }
+
+    /// A catalogue reflecting every change committed before the call, on any node
+    /// (see `Meta::fresh`).
+    pub async fn fresh_catalog(&self) -> Result<Catalog> {
+        self.meta.fresh().await
+    }
+
+    /// On the leader of `group`: waits until a read there is linearizable.
+    pub async fn linearize(&self, raft: &Raft, group: u64) -> Result<u64> {
+        self.meta.linearize(raft, group).await
+    }
+
+    /// This node's catalogue record.
+    pub fn self_record(&self) -> NodeRecord {
+        NodeRecord {
+            id: self.cfg.id,
+            name: self.cfg.name.clone(),
+            addr: self.cfg.addr.clone(),
+            labels: self.cfg.labels.clone(),
+            capacity_bytes: self.cfg.capacity_bytes,
+            role: crate::meta::catalog::NodeRole::Voter,
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        self.groups.shutdown().await;
+    }
+}
+
+impl Exposition for StorageNode {
+    fn exposition(&self) -> String {
+        let names: HashMap<u64, String> = self.meta.with_catalog(|cat| {
+            cat.volumes
+                .values()
+                .map(|v| (v.id, v.name.clone()))
+                .collect()
+        });
+        let samples = status::samples(self.cfg.id, self.meta.raft(), self.groups.volumes(), &names);
+        self.metrics.encode(&samples)
+    }
+}
