@@ -20,7 +20,13 @@ cluster_start() {
       --initial-cluster "$initial" >"$CLUSTER_DIR/$i.log" 2>&1 &
     PIDS+=($!)
   done
-  for _ in $(seq 150); do ctl cluster status >/dev/null 2>&1 && return 0; sleep 0.2; done
+  # Ready once a meta leader answers with all three nodes registered.
+  for _ in $(seq 150); do
+    ctl -o json cluster status 2>/dev/null | python3 -c \
+      'import json,sys; s=json.load(sys.stdin); sys.exit(0 if len(s["nodes"]) >= 3 else 1)' \
+      && return 0
+    sleep 0.2
+  done
   echo "cluster did not start; logs in $CLUSTER_DIR" >&2
   return 1
 }
