@@ -68,15 +68,33 @@ fn leader_hint(status: &Status) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Transport-level failure before the request reached a server (safe to resend anything).
+/// A refusal the server made before executing anything, or a connection that never came up:
+/// safe to resend anything.
 fn unexecuted(status: &Status) -> bool {
     leader_hint(status).is_some()
         || status.metadata().get(NOT_EXECUTED_KEY).is_some()
-        // Connection failures are reported by the client's own transport, in text only.
-        || (status.code() == Code::Unavailable
-            && (status.message().contains("transport error")
-                || status.message().contains("tcp connect")
-                || status.message().contains("Connection refused")))
+        || never_connected(status)
+}
+
+/// Whether the connection itself failed (refused, no route), so no server saw the request:
+/// tonic attaches the transport error as the status' source, down to the socket's
+/// `io::Error`; a status a server sent has no source. A timeout is not proof: the request
+/// may have been sent.
+fn never_connected(status: &Status) -> bool {
+    use std::io::ErrorKind::{
+        AddrNotAvailable, ConnectionRefused, HostUnreachable, NetworkUnreachable,
+    };
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ConnectionRefused | NetworkUnreachable | HostUnreachable | AddrNotAvailable
+            );
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// ABORTED ("still copying into that volume; ask again") is not retried here: the caller
@@ -644,6 +662,21 @@ mod tests {
             &Status::invalid_argument("x"),
             Retry::Idempotent
         ));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_known_unexecuted_and_server_text_is_not() {
+        // Port 1 on loopback refuses connections.
+        let ch = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let err = VolumeServiceClient::new(ch)
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .unwrap_err();
+        assert!(never_connected(&err), "{err:?}");
+        assert!(retryable(&err, Retry::OnlyUnexecuted));
+        // The same words from a server prove nothing.
+        let said = Status::unavailable("transport error: tcp connect: Connection refused");
+        assert!(!retryable(&said, Retry::OnlyUnexecuted));
     }
 
     #[tokio::test]
