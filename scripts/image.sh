@@ -53,13 +53,16 @@ TAG="${NAME##*:}"
 [[ "$NAME" == *:* && "$TAG" != */* ]] || TAG=latest
 [[ "$TAG" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]*$ ]] || die 2 "invalid tag '$TAG' in --name $NAME"
 
-for tool in mmdebstrap umoci tar sha256sum; do
+for tool in mmdebstrap umoci tar sha256sum flock; do
   command -v "$tool" >/dev/null || die 69 "$tool is not installed: run scripts/deps.sh (apt-get install mmdebstrap umoci)"
 done
 for b in "${BINARIES[@]}"; do
   [[ -x "$BIN_DIR/$b" ]] || die 1 "$BIN_DIR/$b is missing: run 'cargo build --workspace --bins' (or pass --bin-dir)"
 done
 mkdir -p "$CACHE"
+# One build at a time per cache (concurrent test runs share it).
+exec 9>"$CACHE/.lock"
+flock 9
 
 # 1. The base image: an OCI layout holding the Debian root filesystem as one layer, cached by what it is made of.
 base_key=$(printf '%s\n' "$SUITE" "$VARIANT" "${RUNTIME_PACKAGES[@]}" "${DPKG_OPTS[@]}" | sha256sum | cut -c1-16)
