@@ -18,6 +18,9 @@ pub struct GroupStatus {
     pub last_log_index: Option<u64>,
     /// On the leader: each member's matched log index.
     pub matched: BTreeMap<u64, Option<u64>>,
+    /// Meta group only: the node ids in this node's catalogue (the identity probe's
+    /// question, see `identity`).
+    pub catalogue_nodes: Vec<u64>,
 }
 
 /// The status of a group this node hosts (`None`: not hosted).
@@ -41,6 +44,7 @@ pub fn group_status(raft: Option<Raft>) -> GroupStatus {
         term: m.current_term,
         last_log_index: m.last_log_index,
         matched,
+        catalogue_nodes: Vec::new(),
     }
 }
 
