@@ -116,7 +116,7 @@ pub fn knows(status: &GroupStatus, me: u64) -> bool {
 /// refuses the start when one says so (see the module comment for the rule).
 pub async fn refuse_if_known(me: u64, peers: &[String], channels: &ChannelCache) -> Result<()> {
     let asks = peers.iter().map(|addr| async move {
-        let status = probe(channels, addr).await;
+        let status = crate::node::status::ask(channels, addr, META_GROUP, PROBE_TIMEOUT).await;
         (addr.clone(), status)
     });
     let answers = futures::future::join_all(asks).await;
@@ -142,20 +142,6 @@ pub async fn refuse_if_known(me: u64, peers: &[String], channels: &ChannelCache)
         "identity probe: no peer knows this node id; starting as a new member"
     );
     Ok(())
-}
-
-async fn probe(channels: &ChannelCache, addr: &str) -> Option<GroupStatus> {
-    let mut client = channels.client(addr).ok()?;
-    let msg = cairn_proto::cairn::v1::RaftMessage {
-        group_id: META_GROUP,
-        payload: Default::default(),
-    };
-    let reply = tokio::time::timeout(PROBE_TIMEOUT, client.group_status(msg))
-        .await
-        .ok()?
-        .ok()?
-        .into_inner();
-    crate::raft::decode(&reply.payload).ok()
 }
 
 #[cfg(test)]

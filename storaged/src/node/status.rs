@@ -23,6 +23,25 @@ pub struct GroupStatus {
     pub catalogue_nodes: Vec<u64>,
 }
 
+/// Asks the node at `addr` for its view of `group` (`None`: no answer within `within`).
+pub async fn ask(
+    channels: &crate::raft::ChannelCache,
+    addr: &str,
+    group: u64,
+    within: std::time::Duration,
+) -> Option<GroupStatus> {
+    let mut client = channels.client(addr).ok()?;
+    let msg = cairn_proto::cairn::v1::RaftMessage {
+        group_id: group,
+        payload: Default::default(),
+    };
+    let reply = tokio::time::timeout(within, client.group_status(msg))
+        .await
+        .ok()?
+        .ok()?;
+    crate::raft::decode(&reply.into_inner().payload).ok()
+}
+
 /// The status of a group this node hosts (`None`: not hosted).
 pub fn group_status(raft: Option<Raft>) -> GroupStatus {
     let Some(raft) = raft else {
