@@ -5,6 +5,7 @@ pub mod chunks;
 pub mod engine;
 pub mod error;
 pub mod frontend;
+pub mod identity;
 pub mod meta;
 pub mod metrics;
 pub mod node;

@@ -132,6 +132,7 @@ fn run(args: Args) -> Result<(), String> {
         addr,
         data_dir: args.data_dir.clone(),
         initial_cluster: initial,
+        join: args.join.clone(),
         labels,
         capacity_bytes: capacity,
         snapshot_logs: args.snapshot_logs,

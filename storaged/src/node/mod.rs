@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::Result;
 use crate::engine::Engine;
+use crate::identity;
 use crate::meta::catalog::{Catalog, MetaCommand, MetaReply, NodeRecord};
 use crate::metrics::{Exposition, Metrics};
 use crate::raft::state_machine::Shared;
@@ -35,6 +36,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Initial meta voters (id → addr); empty when joining a running cluster.
     pub initial_cluster: BTreeMap<u64, String>,
+    /// Addresses of a running cluster this node joins (`--join`).
+    pub join: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub capacity_bytes: u64,
     /// Log entries after which a volume group snapshots and purges its log.
@@ -45,6 +48,20 @@ impl NodeConfig {
     /// Where a node spools snapshots it receives.
     pub fn spool_dir(&self) -> PathBuf {
         self.data_dir.join("snapshots")
+    }
+
+    /// The other nodes this node was told about: initial voters and `--join` addresses.
+    pub fn peers(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .initial_cluster
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(_, addr)| addr.clone())
+            .chain(self.join.iter().cloned())
+            .collect();
+        out.retain(|a| *a != self.addr);
+        out.dedup();
+        out
     }
 }
 
@@ -68,11 +85,20 @@ impl StorageNode {
             syncer: WalSyncer::start(engine.clone()),
             channels: channels.clone(),
         };
+        let dir = identity::check_stamp(&cfg.data_dir, cfg.id)?;
         let shared = Shared::new();
         let raft = opener.open(META_GROUP, shared.clone()).await?;
-        if cfg.initial_cluster.contains_key(&cfg.id)
-            && !raft.is_initialized().await.map_err(fatal)?
-        {
+        let empty = !raft.is_initialized().await.map_err(fatal)?;
+        if empty {
+            identity::refuse_if_known(cfg.id, &cfg.peers(), &channels).await?;
+        }
+        if dir == identity::DirState::Unstamped {
+            if !empty {
+                tracing::info!(node = cfg.id, data_dir = %cfg.data_dir.display(), "stamping a data dir written before identity stamps");
+            }
+            identity::write_stamp(&cfg.data_dir, cfg.id)?;
+        }
+        if cfg.initial_cluster.contains_key(&cfg.id) && empty {
             let members: BTreeMap<u64, Node> = cfg
                 .initial_cluster
                 .iter()
@@ -133,7 +159,13 @@ impl StorageNode {
     }
 
     pub fn group_status(&self, group: u64) -> GroupStatus {
-        status::group_status(self.group(group))
+        let mut s = status::group_status(self.group(group));
+        if group == META_GROUP {
+            s.catalogue_nodes = self
+                .meta
+                .with_catalog(|c| c.nodes.keys().copied().collect());
+        }
+        s
     }
 
     pub fn spool_dir(&self) -> PathBuf {

@@ -1,6 +1,8 @@
 //! Raft type declarations shared by every group (meta and volumes), the Raft
 //! configuration, and the bincode codec used for log entries and the transport.
 
+#[cfg(test)]
+mod decode_props;
 pub mod log_cache;
 pub mod log_store;
 pub mod log_window;
@@ -123,8 +125,13 @@ pub fn entry_size_hint(e: &Entry) -> usize {
     }
 }
 
+/// The most one decoded message may claim (bincode's limit): the transport's largest
+/// message, so a length prefix that lies cannot ask for more.
+pub const DECODE_LIMIT: usize = 512 << 20;
+
 pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> io::Result<T> {
-    bincode::serde::decode_from_slice(b, bincode::config::standard())
+    let config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
+    bincode::serde::decode_from_slice(b, config)
         .map(|(v, _)| v)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
