@@ -4,21 +4,8 @@
 # processes over a window. Usage: scripts/bench-idle.sh [--volumes N] [--window S] [--storaged BIN]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VOLUMES=100 WINDOW=10 BIN=""
-while (($#)); do
-  case "$1" in
-    --volumes) VOLUMES="$2"; shift 2 ;;
-    --window) WINDOW="$2"; shift 2 ;;
-    --storaged) BIN="$2"; shift 2 ;;
-    *) echo "unknown argument: $1" >&2; exit 2 ;;
-  esac
-done
-./scripts/deps.sh
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/cairn-target}"
-cargo build --workspace --all-targets -q
-BIN="${BIN:-$CARGO_TARGET_DIR/debug/storaged}"
-CTL="$CARGO_TARGET_DIR/debug/cairnctl"
-source scripts/lib/cluster.sh
+VOLUMES=100
+source scripts/lib/cluster.sh "$@"
 cluster_start
 BASE=$(cores_used "${PIDS[@]}")
 START=$(date +%s.%N)

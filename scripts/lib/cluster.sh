@@ -1,6 +1,21 @@
-# Shared by the cluster benchmarks: a 3-node storaged cluster on loopback in a temp dir,
-# cleaned up on exit, with cairnctl against it and CPU/RSS samplers over /proc.
-# Expects BIN (storaged) and CTL (cairnctl) to be set.
+# Shared by the cluster benchmarks: their flags (--volumes, --window, --storaged), the build,
+# a 3-node storaged cluster on loopback in a temp dir cleaned up on exit, cairnctl against it,
+# and CPU/RSS samplers over /proc. Source it with "$@" and VOLUMES set to its default.
+
+WINDOW=10 BIN=""
+while (($#)); do
+  case "$1" in
+    --volumes) VOLUMES="$2"; shift 2 ;;
+    --window) WINDOW="$2"; shift 2 ;;
+    --storaged) BIN="$2"; shift 2 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+./scripts/deps.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/cairn-target}"
+cargo build --workspace --all-targets -q
+BIN="${BIN:-$CARGO_TARGET_DIR/debug/storaged}"
+CTL="$CARGO_TARGET_DIR/debug/cairnctl"
 
 CLUSTER_DIR=$(mktemp -d /var/tmp/cairn-bench-cluster.XXXXXX)
 PIDS=()
