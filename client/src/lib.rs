@@ -522,23 +522,38 @@ impl VolumeClient {
     }
 
     /// A write of the same bytes at the same offset is idempotent, so it is retried.
+    /// An unfenced write (generation 0): for callers that never published the volume.
     pub async fn write(&self, volume: &str, offset: u64, data: bytes::Bytes) -> Result<(), Status> {
+        self.write_as(volume, offset, data, 0).await
+    }
+
+    /// A write by the holder of publish `generation`; one not in force is FAILED_PRECONDITION.
+    pub async fn write_as(
+        &self,
+        volume: &str,
+        offset: u64,
+        data: bytes::Bytes,
+        generation: u64,
+    ) -> Result<(), Status> {
         self.call(Some(volume), Retry::Idempotent, |ch| {
             let req = pb::WriteRequest {
                 volume: volume.to_string(),
                 offset,
                 data: data.clone(),
+                generation,
             };
             async move { Self::blk(ch).write(req).await.map(|_| ()) }
         })
         .await
     }
 
+    /// An unfenced discard (generation 0).
     pub async fn discard(&self, volume: &str, offset: u64, length: u64) -> Result<(), Status> {
         let req = pb::DiscardRequest {
             volume: volume.to_string(),
             offset,
             length,
+            generation: 0,
         };
         self.call(Some(volume), Retry::Idempotent, |ch| {
             let req = req.clone();
@@ -547,9 +562,11 @@ impl VolumeClient {
         .await
     }
 
+    /// An unfenced flush (generation 0).
     pub async fn flush(&self, volume: &str) -> Result<(), Status> {
         let req = pb::FlushRequest {
             volume: volume.to_string(),
+            generation: 0,
         };
         self.call(Some(volume), Retry::Idempotent, |ch| {
             let req = req.clone();

@@ -4,6 +4,7 @@
 pub mod chunks;
 pub mod engine;
 pub mod error;
+pub mod fence;
 pub mod frontend;
 pub mod identity;
 pub mod meta;

@@ -386,6 +386,7 @@ async fn every_node_sees_a_create_and_a_resize_at_once() {
                     volume: name.clone(),
                     frontend: pb::Frontend::Nbd as i32,
                     readonly: false,
+                    generation: 0,
                 })
                 .await
                 .unwrap_or_else(|s| panic!("attach {name} on node index {i}: {s:?}"));

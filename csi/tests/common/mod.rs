@@ -524,3 +524,44 @@ pub fn has_cap_sys_resource() -> bool {
         .trim();
     u64::from_str_radix(eff, 16).unwrap() & (1 << CAP_SYS_RESOURCE) != 0
 }
+
+pub async fn controller_publish(
+    ctrl: &Plugin,
+    id: &str,
+    node: &str,
+    cap: &csi::VolumeCapability,
+) -> Result<std::collections::HashMap<String, String>, tonic::Status> {
+    ctrl.ctrl()
+        .await
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+            volume_id: id.into(),
+            node_id: node.into(),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().publish_context)
+}
+
+pub async fn controller_unpublish(ctrl: &Plugin, id: &str, node: &str) {
+    ctrl.ctrl()
+        .await
+        .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+            volume_id: id.into(),
+            node_id: node.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ControllerUnpublishVolume");
+}
+
+pub async fn create(ctrl: &Plugin, req: csi::CreateVolumeRequest) -> csi::Volume {
+    ctrl.ctrl()
+        .await
+        .create_volume(req)
+        .await
+        .expect("CreateVolume")
+        .into_inner()
+        .volume
+        .unwrap()
+}

@@ -172,12 +172,14 @@ mod tests {
                     node_name: n.to_string(),
                     readonly: false,
                     multi_node: attached.len() > 1,
+                    generation: 0,
                 })
                 .collect(),
             labels: Default::default(),
             created_unix: 0,
             origin: None,
             state: crate::meta::catalog::VolumeState::Ready,
+            generation: 0,
         };
         cat.volumes.insert("v".into(), vol.clone());
         (cat, vol)

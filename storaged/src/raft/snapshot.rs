@@ -13,6 +13,7 @@ use tokio::io::AsyncWriteExt;
 use super::{decode, encode, io_err};
 use crate::chunks::CHUNK;
 use crate::engine::{Pages, keys};
+use crate::fence::Fence;
 use crate::meta::catalog::Catalog;
 
 /// Chunk bytes per page: the unit of a snapshot message and of an install batch.
@@ -40,6 +41,8 @@ pub enum Page {
     Chunks(Vec<(u64, Bytes)>),
     /// The meta group's whole catalogue.
     Catalog(Catalog),
+    /// A volume group's applied fence (sent before its chunks; appended last).
+    Fence(Fence),
 }
 
 impl Page {
@@ -83,8 +86,9 @@ pub enum SnapshotData {
     Empty,
     /// The meta group's catalogue.
     Catalog(Catalog),
-    /// A volume's chunks, paged from a point-in-time engine view (full engine keys).
-    Chunks(Pages),
+    /// A volume's fence, then its chunks paged from a point-in-time engine view (full
+    /// engine keys).
+    Chunks { fence: Option<Fence>, pages: Pages },
     /// Pages received from a leader, spooled to a local file, ready to install.
     Spooled(Spool),
 }
@@ -99,7 +103,10 @@ impl SnapshotData {
                 *self = SnapshotData::Empty;
                 Ok(Some(Page::Catalog(c)))
             }
-            SnapshotData::Chunks(pages) => match pages.recv().await {
+            SnapshotData::Chunks { fence, .. } if fence.is_some() => {
+                Ok(fence.take().map(Page::Fence))
+            }
+            SnapshotData::Chunks { pages, .. } => match pages.recv().await {
                 None => Ok(None),
                 Some(Err(e)) => Err(io_err(e)),
                 Some(Ok(kvs)) => Ok(Some(Page::Chunks(
@@ -326,7 +333,7 @@ mod tests {
                 10 * 4096,
             )
             .unwrap();
-        let mut data = SnapshotData::Chunks(pages);
+        let mut data = SnapshotData::Chunks { fence: None, pages };
         let mut seen = Vec::new();
         let mut n_pages = 0;
         while let Some(p) = data.next_page().await.unwrap() {

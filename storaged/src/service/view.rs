@@ -56,6 +56,7 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
                 node_name: a.node_name.clone(),
                 readonly: a.readonly,
                 multi_node: a.multi_node,
+                generation: a.generation,
             })
             .collect(),
         labels: crate::meta::stored::api_labels(v).into_iter().collect(),
