@@ -39,6 +39,8 @@ pub struct NodeConfig {
     pub capacity_bytes: u64,
     /// Log entries after which a volume group snapshots and purges its log.
     pub snapshot_logs: u64,
+    /// How this node reaches its peers (mutual TLS with its own certificate).
+    pub security: cairn_client::Security,
 }
 
 impl NodeConfig {
@@ -59,7 +61,7 @@ pub struct StorageNode {
 
 impl StorageNode {
     pub async fn start(cfg: NodeConfig, engine: Arc<dyn Engine>) -> Result<Arc<Self>> {
-        let channels = ChannelCache::default();
+        let channels = ChannelCache::new(cfg.security.clone());
         let opener = Opener {
             me: cfg.id,
             snapshot_logs: cfg.snapshot_logs,

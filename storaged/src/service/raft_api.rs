@@ -17,6 +17,8 @@ use crate::raft::{
     AppendEntriesRequest, Raft, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote, decode,
     encode,
 };
+use crate::service::raft_sender::{Claimed, check_sender, voter};
+use crate::tls::Identity;
 
 pub struct RaftApi {
     pub node: Arc<StorageNode>,
@@ -120,16 +122,22 @@ impl RaftApi {
         f: F,
     ) -> Result<Response<RaftReply>, Status>
     where
-        Req: for<'de> serde::Deserialize<'de>,
+        Req: for<'de> serde::Deserialize<'de> + Claimed,
         T: serde::Serialize,
         E: WireFailure,
         F: FnOnce(Raft, Req) -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
+        let caller = req.extensions().get::<Identity>().cloned();
         let m = req.into_inner();
-        let rpc = decode(&m.payload).map_err(bad)?;
+        let rpc: Req = decode(&m.payload).map_err(bad)?;
         match self.raft(m.group_id) {
-            Ok(raft) => reply(f(raft, rpc).await),
+            Ok(raft) => {
+                if let Some(claimed) = rpc.claimed_sender() {
+                    check_sender(&self.node, caller.as_ref(), &raft, m.group_id, claimed)?;
+                }
+                reply(f(raft, rpc).await)
+            }
             Err(e) => reply::<(), _>(Err(e)),
         }
     }
@@ -163,10 +171,13 @@ impl RaftService for RaftApi {
         req: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<ReplyStream>, Status> {
         let group = stream_group(&req)?;
+        let caller = req.extensions().get::<Identity>().cloned();
         // The sender backs off and retries while this node does not host the group.
         let raft = self
             .raft(group)
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        let node = self.node.clone();
+        let checked = raft.clone();
         // A request that does not decode (or a broken stream) ends the input; openraft
         // then answers what came before it, and the sender starts a new stream.
         let mut closing = self.closing.clone();
@@ -176,7 +187,16 @@ impl RaftService for RaftApi {
         let input = tokio_stream::StreamExt::map_while(req.into_inner(), move |m| {
             let m = m.ok()?;
             match decode::<AppendEntriesRequest>(&m.payload) {
-                Ok(rpc) if m.group_id == group => Some(rpc),
+                Ok(rpc) if m.group_id == group => {
+                    let claimed = rpc.claimed_sender()?;
+                    match check_sender(&node, caller.as_ref(), &checked, group, claimed) {
+                        Ok(()) => Some(rpc),
+                        Err(e) => {
+                            tracing::warn!(group, error = e.message(), "append stream refused");
+                            None
+                        }
+                    }
+                }
                 Ok(_) => {
                     tracing::warn!(group, other = m.group_id, "append stream mixes groups");
                     None
@@ -218,6 +238,7 @@ impl RaftService for RaftApi {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftReply>, Status> {
+        let caller = req.extensions().get::<Identity>().cloned();
         let mut stream = req.into_inner();
         let Some(mut msg) = stream.message().await? else {
             return Err(Status::invalid_argument("header: empty snapshot stream"));
@@ -229,6 +250,8 @@ impl RaftService for RaftApi {
             Ok(r) => r,
             Err(e) => return reply::<(), _>(Err(e)),
         };
+        let claimed = voter(&vote);
+        check_sender(&self.node, caller.as_ref(), &raft, group, claimed)?;
         // Spool every page to disk first: the install replaces the group's state, so
         // it starts only once the whole snapshot is here.
         let spool_err = |e: std::io::Error| Status::internal(format!("snapshot spool: {e}"));
