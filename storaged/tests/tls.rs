@@ -46,7 +46,7 @@ fn heartbeat(group: u64, term: u64, leader: u64) -> pb::RaftMessage {
     };
     pb::RaftMessage {
         group_id: group,
-        payload: encode(&rpc).unwrap(),
+        payload: encode(&rpc).unwrap().into(),
     }
 }
 
@@ -84,7 +84,7 @@ async fn callers_are_refused_by_certificate_and_identity() {
     let err = RaftServiceClient::new(channel(&csi, &addr))
         .group_status(pb::RaftMessage {
             group_id: META_GROUP,
-            payload: vec![],
+            payload: Default::default(),
         })
         .await
         .unwrap_err();
