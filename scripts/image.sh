@@ -2,7 +2,7 @@
 # Builds the `cairn` image (the Dockerfile's) with no container engine: mmdebstrap lays down a Debian bookworm root
 # filesystem with the runtime packages, the already-built binaries go to /usr/local/bin, umoci writes an OCI archive.
 #
-#   cargo build --workspace --bins && scripts/image.sh [--name cairn:dev] [--out cairn-image.oci.tar]
+#   cargo build --workspace --all-targets && scripts/image.sh [--name cairn:dev] [--out cairn-image.oci.tar]
 #
 # Idempotent: the root filesystem layer is cached in $CAIRN_IMAGE_CACHE keyed by its package list, and an archive
 # whose inputs (that layer, the binaries, the name) did not change is left as it is.
@@ -57,7 +57,7 @@ for tool in mmdebstrap umoci tar sha256sum flock; do
   command -v "$tool" >/dev/null || die 69 "$tool is not installed: run scripts/deps.sh (apt-get install mmdebstrap umoci)"
 done
 for b in "${BINARIES[@]}"; do
-  [[ -x "$BIN_DIR/$b" ]] || die 1 "$BIN_DIR/$b is missing: run 'cargo build --workspace --bins' (or pass --bin-dir)"
+  [[ -x "$BIN_DIR/$b" ]] || die 1 "$BIN_DIR/$b is missing: run 'cargo build --workspace --all-targets' (or pass --bin-dir)"
 done
 mkdir -p "$CACHE"
 # One build at a time per cache (concurrent test runs share it).

@@ -10,11 +10,13 @@ use cairn_proto::cairn::v1 as pb;
 use pb::block_service_client::BlockServiceClient;
 use pb::node_service_client::NodeServiceClient;
 use pb::volume_service_client::VolumeServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 mod port;
+mod tls;
 pub use port::unused_loopback_port;
+pub use tls::{SERVER_NAME, Security, TlsFiles};
 
 /// Metadata key carrying the leader's address on a not-leader reply (see storaged's error.rs).
 pub const LEADER_HINT_KEY: &str = "cairn-leader";
@@ -48,6 +50,7 @@ pub struct VolumeClient {
     endpoints: Arc<Vec<String>>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     leaders: Arc<Mutex<Leaders>>,
+    security: Security,
     deadline: Duration,
     attempt: Duration,
 }
@@ -55,6 +58,7 @@ pub struct VolumeClient {
 fn normalise(addr: &str) -> String {
     addr.trim()
         .trim_start_matches("http://")
+        .trim_start_matches("https://")
         .trim_end_matches('/')
         .to_string()
 }
@@ -111,7 +115,7 @@ fn retryable(status: &Status, retry: Retry) -> bool {
 
 impl VolumeClient {
     /// `endpoints` are `host:port` (or `http://host:port`) of any storaged nodes.
-    pub fn new(endpoints: Vec<String>) -> Result<Self, Status> {
+    pub fn new(endpoints: Vec<String>, security: Security) -> Result<Self, Status> {
         let endpoints: Vec<String> = endpoints
             .iter()
             .flat_map(|e| e.split(','))
@@ -127,6 +131,7 @@ impl VolumeClient {
             endpoints: Arc::new(endpoints),
             channels: Arc::default(),
             leaders: Arc::default(),
+            security,
             deadline: DEFAULT_DEADLINE,
             attempt: ATTEMPT_TIMEOUT,
         })
@@ -154,8 +159,9 @@ impl VolumeClient {
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("endpoint `{addr}`: {e}")))?
+        let ch = self
+            .security
+            .endpoint(addr)?
             .connect_timeout(Duration::from_millis(800))
             .timeout(self.attempt)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -583,10 +589,10 @@ pub struct NodeClient {
 }
 
 impl NodeClient {
-    pub fn connect(addr: &str) -> Result<Self, Status> {
+    pub fn connect(addr: &str, security: &Security) -> Result<Self, Status> {
         let addr = normalise(addr);
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("endpoint `{addr}`: {e}")))?
+        let ch = security
+            .endpoint(&addr)?
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(60))
             .connect_lazy();
@@ -646,13 +652,20 @@ impl NodeClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::transport::Endpoint;
 
     #[test]
     fn endpoints_are_split_and_normalised() {
-        let c = VolumeClient::new(vec!["http://127.0.0.1:1/, 127.0.0.1:2".into()]).unwrap();
+        let c = VolumeClient::new(
+            vec!["http://127.0.0.1:1/, 127.0.0.1:2".into()],
+            Security::Insecure,
+        )
+        .unwrap();
         assert_eq!(c.endpoints(), ["127.0.0.1:1", "127.0.0.1:2"]);
         assert_eq!(
-            VolumeClient::new(vec![" ".into()]).err().map(|s| s.code()),
+            VolumeClient::new(vec![" ".into()], Security::Insecure)
+                .err()
+                .map(|s| s.code()),
             Some(Code::InvalidArgument)
         );
     }
@@ -699,7 +712,7 @@ mod tests {
     #[tokio::test]
     async fn unreachable_cluster_fails_with_unavailable_in_bounded_time() {
         // Port 1 on loopback refuses connections.
-        let c = VolumeClient::new(vec!["127.0.0.1:1".into()])
+        let c = VolumeClient::new(vec!["127.0.0.1:1".into()], Security::Insecure)
             .unwrap()
             .with_deadline(Duration::from_millis(700));
         let start = Instant::now();

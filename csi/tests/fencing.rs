@@ -119,7 +119,8 @@ async fn a_read_only_publish_refuses_writes() {
         .publish_context;
     let generation: u64 = ro["cairn.dev/generation"].parse().unwrap();
     // storaged itself refuses, whatever the mount's flag: a write under the generation.
-    let client = cairn_client::VolumeClient::new(cluster.endpoints()).unwrap();
+    let client =
+        cairn_client::VolumeClient::new(cluster.endpoints(), cluster.security("admin")).unwrap();
     let refused = client
         .write_as(
             id,

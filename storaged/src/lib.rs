@@ -15,6 +15,7 @@ pub mod raft;
 pub mod server;
 pub mod service;
 pub mod testkit;
+pub mod tls;
 pub mod volume;
 
 pub use error::{Error, Result};

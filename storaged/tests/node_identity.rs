@@ -61,6 +61,12 @@ fn node_args(cluster: &ProcCluster, id: u64, data_dir: &Path) -> Vec<String> {
         initial,
         "--capacity".into(),
         "64GiB".into(),
+        "--tls-dir".into(),
+        cluster
+            .tls_dir(&cairn_storaged::tls::Identity::Node(id))
+            .unwrap()
+            .display()
+            .to_string(),
     ]
 }
 

@@ -70,7 +70,13 @@ impl NodeIo {
                 "volume `{name}` is a local volume: it has no replicated block API; attach it on its node"
             )));
         }
-        match self.groups.get(vol.id) {
+        let local = self.groups.get(vol.id);
+        if let Some(raft) = &local {
+            // A quiet group restarts its timers: a leader for its read lease, a follower
+            // so that it elects if its leader is gone.
+            self.groups.wake(vol.id, raft);
+        }
+        match local {
             Some(raft) if raft.is_leader() => Ok((vol, raft)),
             Some(raft) => Err(self.meta.not_leader(&raft, vol.id)),
             None => Err(Error::NotLeader {

@@ -5,6 +5,7 @@ pub mod groups;
 pub mod io;
 pub mod leadership;
 pub mod meta;
+pub mod quiesce;
 pub mod status;
 
 use std::collections::{BTreeMap, HashMap};
@@ -42,6 +43,10 @@ pub struct NodeConfig {
     pub capacity_bytes: u64,
     /// Log entries after which a volume group snapshots and purges its log.
     pub snapshot_logs: u64,
+    /// How this node reaches its peers (mutual TLS with its own certificate).
+    pub security: cairn_client::Security,
+    /// Idle time after which a volume group this node leads goes quiet (`None`: never).
+    pub quiet_after: Option<std::time::Duration>,
 }
 
 impl NodeConfig {
@@ -76,7 +81,7 @@ pub struct StorageNode {
 
 impl StorageNode {
     pub async fn start(cfg: NodeConfig, engine: Arc<dyn Engine>) -> Result<Arc<Self>> {
-        let channels = ChannelCache::default();
+        let channels = ChannelCache::new(cfg.security.clone());
         let opener = Opener {
             me: cfg.id,
             snapshot_logs: cfg.snapshot_logs,
@@ -115,11 +120,17 @@ impl StorageNode {
             shared,
             channels.clone(),
         ));
-        let groups = Arc::new(Groups::new(opener, meta.clone()));
+        let groups = Arc::new(Groups::new(opener, meta.clone(), cfg.quiet_after));
         let metrics = Arc::new(Metrics::default());
         let io = NodeIo::new(meta.clone(), groups.clone(), engine, metrics.clone());
         tokio::spawn(groups.clone().reconcile_loop());
         tokio::spawn(leadership::run(cfg.id, meta.clone(), groups.clone()));
+        tokio::spawn(quiesce::run(
+            groups.quiescer().clone(),
+            meta.clone(),
+            groups.clone(),
+            channels.clone(),
+        ));
         Ok(Arc::new(StorageNode {
             cfg,
             channels,
@@ -156,6 +167,19 @@ impl StorageNode {
 
     pub fn group(&self, group: u64) -> Option<Raft> {
         self.groups.get(group)
+    }
+
+    /// Restarts a quiet group's timers (see `quiesce.rs`); cheap when it was not quiet.
+    pub fn wake(&self, group: u64) {
+        if let Some(raft) = self.groups.get(group) {
+            self.groups.wake(group, &raft);
+        }
+    }
+
+    /// Takes a peer's ping: it is alive, and the groups it quiesced may go quiet here.
+    pub fn on_ping(&self, from: u64, boot: u64, notices: &[cairn_proto::cairn::v1::QuiesceNotice]) {
+        self.groups.quiescer().pinged_by(&self.groups, from, boot);
+        self.groups.quiescer().on_notices(&self.groups, notices);
     }
 
     pub fn group_status(&self, group: u64) -> GroupStatus {
@@ -234,7 +258,14 @@ impl Exposition for StorageNode {
                 .map(|v| (v.id, v.name.clone()))
                 .collect()
         });
-        let samples = status::samples(self.cfg.id, self.meta.raft(), self.groups.volumes(), &names);
+        let quiescer = self.groups.quiescer();
+        let samples = status::samples(
+            self.cfg.id,
+            self.meta.raft(),
+            self.groups.volumes(),
+            &names,
+            &|g| quiescer.is_quiet(g),
+        );
         self.metrics.encode(&samples)
     }
 }

@@ -74,6 +74,7 @@ pub fn samples(
     meta: &Raft,
     volumes: Vec<(u64, Raft)>,
     names: &HashMap<u64, String>,
+    quiet: &dyn Fn(u64) -> bool,
 ) -> Vec<GroupSample> {
     let name_of = |group: u64| {
         names
@@ -99,6 +100,7 @@ pub fn samples(
                 last_log_index: m.last_log_index.unwrap_or(0),
                 applied_index: m.last_applied.as_ref().map_or(0, |l| l.index()),
                 purged_index: m.purged.as_ref().map_or(0, |l| l.index()),
+                quiet: quiet(group),
             }
         })
         .collect()

@@ -465,6 +465,15 @@ impl VolumeService for VolumeApi {
         &self,
         req: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::AddNodeResponse>, Status> {
+        // A node's own certificate registers that node only (operators add any).
+        if let Some(who @ crate::tls::Identity::Node(id)) = req.extensions().get()
+            && *id != req.get_ref().id
+        {
+            return Err(Status::permission_denied(format!(
+                "identity `{who}` may not register node {}",
+                req.get_ref().id
+            )));
+        }
         let n = self.add_node(req.into_inner()).await?;
         Ok(Response::new(pb::AddNodeResponse { node: Some(n) }))
     }
