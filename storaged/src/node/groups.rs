@@ -1,12 +1,12 @@
 //! Raft group lifecycle on this node: opening a group over the shared engine, and the
 //! reconcile loop that starts the volume groups the catalogue places here and removes the rest.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::engine::Engine;
+use crate::engine::{Cf, Engine};
 use crate::meta::catalog::{VolumeKind, VolumeRecord};
 use crate::node::meta::Meta;
 use crate::raft::NetworkFactory;
@@ -101,6 +101,22 @@ async fn purge_behind_snapshot(raft: &Raft, group: u64, upto: u64) {
     }
 }
 
+/// Volume groups with Raft state or applied state on disk.
+fn on_disk(engine: &dyn Engine) -> Result<BTreeSet<u64>> {
+    let mut out = BTreeSet::new();
+    for cf in [Cf::RaftState, Cf::Meta] {
+        for (key, _) in engine.scan(cf, &[], &[0xff; 16], usize::MAX)? {
+            if let Some(prefix) = key.get(..8) {
+                let group = u64::from_be_bytes(prefix.try_into().expect("8 bytes"));
+                if group != META_GROUP {
+                    out.insert(group);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The Raft groups this node runs: the meta group and its volume groups.
 pub struct Groups {
     opener: Opener,
@@ -156,10 +172,14 @@ impl Groups {
                 continue;
             }
             let raft = self.opener.open(*id, Shared::new()).await?;
-            if !raft.is_initialized().await.map_err(fatal)? {
+            // A replacement (`repair.to`) joins as a learner its leader adds: it never
+            // initialises a membership of its own.
+            let joining = vol.repair.is_some_and(|r| r.to == me);
+            if !joining && !raft.is_initialized().await.map_err(fatal)? {
                 let members: BTreeMap<u64, Node> = vol
                     .members
                     .iter()
+                    .filter(|m| vol.repair.is_none_or(|r| r.to != **m))
                     .filter_map(|m| self.meta.addr_of(&cat, *m).map(|addr| (*m, Node { addr })))
                     .collect();
                 if let Err(e) = raft.initialize(members).await {
@@ -184,10 +204,27 @@ impl Groups {
             if let Some(raft) = raft {
                 let _ = raft.shutdown().await;
             }
-            LogStore::destroy(self.opener.engine.as_ref(), id)?;
-            GroupStateMachine::destroy(self.opener.engine.as_ref(), id)?;
-            tracing::info!(group = id, "volume group removed and its data deleted");
+            self.destroy(id)?;
         }
+        // Groups left on disk by a run that ended before the catalogue moved them away
+        // (a node back after its replicas were replaced, or volumes deleted meanwhile).
+        // Only ids the catalogue has given out: a newer group it has not seen yet stays.
+        let stale: Vec<u64> = on_disk(self.opener.engine.as_ref())?
+            .into_iter()
+            .filter(|g| *g < cat.next_volume_id && !mine.contains_key(g))
+            .filter(|g| !self.running.read().expect("groups lock poisoned").contains_key(g))
+            .collect();
+        for id in stale {
+            self.destroy(id)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a group's log, Raft state and data (it no longer runs here).
+    fn destroy(&self, id: u64) -> Result<()> {
+        LogStore::destroy(self.opener.engine.as_ref(), id)?;
+        GroupStateMachine::destroy(self.opener.engine.as_ref(), id)?;
+        tracing::info!(group = id, "volume group removed and its data deleted");
         Ok(())
     }
 

@@ -42,6 +42,8 @@ pub struct NodeConfig {
     pub capacity_bytes: u64,
     /// Log entries after which a volume group snapshots and purges its log.
     pub snapshot_logs: u64,
+    /// When the meta leader replaces lost replicas, and how many at once.
+    pub repair: crate::repair::RepairConfig,
 }
 
 impl NodeConfig {
@@ -120,14 +122,16 @@ impl StorageNode {
         let io = NodeIo::new(meta.clone(), groups.clone(), engine, metrics.clone());
         tokio::spawn(groups.clone().reconcile_loop());
         tokio::spawn(leadership::run(cfg.id, meta.clone(), groups.clone()));
-        Ok(Arc::new(StorageNode {
+        let node = Arc::new(StorageNode {
             cfg,
             channels,
             meta,
             groups,
             io,
             metrics,
-        }))
+        });
+        tokio::spawn(crate::repair::run(Arc::downgrade(&node)));
+        Ok(node)
     }
 
     pub fn cfg(&self) -> &NodeConfig {

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::StorageNode;
 use crate::raft::GROUP_METADATA;
+use crate::repair::change::MemberChange;
 use crate::raft::snapshot::SpoolWriter;
 use crate::raft::{
     AppendEntriesRequest, Raft, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote, decode,
@@ -276,6 +277,18 @@ impl RaftService for RaftApi {
             raft.handle_transfer_leader(rpc).await
         })
         .await
+    }
+
+    async fn change_members(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let m = req.into_inner();
+        let change: MemberChange = decode(&m.payload).map_err(bad)?;
+        match self.raft(m.group_id) {
+            Ok(raft) => reply(crate::repair::change::apply(&raft, m.group_id, change).await),
+            Err(e) => reply::<(), _>(Err(e)),
+        }
     }
 
     async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
