@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::engine::{Cf, Engine};
-use crate::meta::catalog::{VolumeKind, VolumeRecord};
+use crate::meta::catalog::{Catalog, VolumeKind, VolumeRecord};
 use crate::node::meta::Meta;
 use crate::raft::NetworkFactory;
 use crate::raft::log_store::LogStore;
@@ -208,16 +208,34 @@ impl Groups {
         }
         // Groups left on disk by a run that ended before the catalogue moved them away
         // (a node back after its replicas were replaced, or volumes deleted meanwhile).
-        // Only ids the catalogue has given out: a newer group it has not seen yet stays.
-        let stale: Vec<u64> = on_disk(self.opener.engine.as_ref())?
-            .into_iter()
-            .filter(|g| *g < cat.next_volume_id && !mine.contains_key(g))
-            .filter(|g| !self.running.read().expect("groups lock poisoned").contains_key(g))
-            .collect();
-        for id in stale {
-            self.destroy(id)?;
+        if !self.stale(&cat)?.is_empty() {
+            // The catalogue loaded at start may predate entries still to be re-applied
+            // (apply is unlogged): decide on one that has every committed change.
+            match self.meta.fresh().await {
+                Ok(fresh) => {
+                    for id in self.stale(&fresh)? {
+                        self.destroy(id)?;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "stale groups kept until the catalogue is fresh"),
+            }
         }
         Ok(())
+    }
+
+    /// Groups on disk that `cat` does not place here and that are not running. Only ids
+    /// the catalogue has given out: a newer group it has not seen yet stays.
+    fn stale(&self, cat: &Catalog) -> Result<Vec<u64>> {
+        let me = self.opener.me;
+        let running = self.running.read().expect("groups lock poisoned");
+        Ok(on_disk(self.opener.engine.as_ref())?
+            .into_iter()
+            .filter(|g| *g < cat.next_volume_id && !running.contains_key(g))
+            .filter(|g| {
+                cat.volume_by_id(*g)
+                    .is_none_or(|v| v.kind != VolumeKind::Replicated || !v.members.contains(&me))
+            })
+            .collect())
     }
 
     /// Deletes a group's log, Raft state and data (it no longer runs here).
