@@ -16,7 +16,7 @@ const VOL_SIZE: u64 = 16 << 20;
 const PIECE: u64 = 256 << 10;
 /// Written per volume: more than a few snapshots' worth at `--snapshot-logs 8`, so a
 /// new member catches up from a snapshot and then the log.
-const WRITTEN: u64 = 4 << 20;
+const WRITTEN: u64 = 8 << 20;
 const READY: Duration = Duration::from_secs(30);
 /// From the kill until every volume is whole again (2 s down timeout, then a
 /// snapshot and the log to a new member, three volumes).
@@ -183,7 +183,11 @@ async fn a_lost_node_is_replaced_and_every_byte_survives() {
     let (&victim, _) = holdings(&vols).iter().max_by_key(|(_, n)| **n).unwrap();
     for n in &names {
         let v = client.get_volume(n).await.unwrap();
-        assert_eq!(v.health(), pb::VolumeHealth::Healthy, "{n} before the fault");
+        assert_eq!(
+            v.health(),
+            pb::VolumeHealth::Healthy,
+            "{n} before the fault"
+        );
     }
 
     c.kill9(victim);
@@ -196,6 +200,14 @@ async fn a_lost_node_is_replaced_and_every_byte_survives() {
     for n in &names {
         verify(&client, n, &data[*n]).await;
     }
+    // The new members caught up from a snapshot (the log behind it was purged).
+    assert!(
+        c.nodes
+            .iter()
+            .filter(|n| n.id != victim)
+            .any(|n| c.log_of(n.id).contains("received snapshot")),
+        "no new member installed a snapshot"
+    );
     // The catalogue moved the replicas too: nothing is left on the lost node.
     let vols = client.list_all_volumes().await.unwrap();
     assert!(!holdings(&vols).contains_key(&victim), "{vols:?}");
@@ -242,12 +254,21 @@ async fn a_drained_node_can_be_removed() {
     let n = client.cordon_node(&name(spare), true).await.unwrap();
     assert!(n.cordoned && !n.draining);
     let other = create(&client, "drain-b").await;
-    assert!(other.members.iter().all(|m| m.node_id != spare), "{other:?}");
+    assert!(
+        other.members.iter().all(|m| m.node_id != spare),
+        "{other:?}"
+    );
     client.delete_volume("drain-b").await.unwrap();
     let e = client.drain_node(&name(victim)).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("drain-a"), "{}", e.message());
-    assert!(!client.cordon_node(&name(spare), false).await.unwrap().cordoned);
+    assert!(
+        !client
+            .cordon_node(&name(spare), false)
+            .await
+            .unwrap()
+            .cordoned
+    );
 
     let r = client.drain_node(&name(victim)).await.unwrap();
     assert_eq!(r.replicas_to_move, 1);
@@ -307,4 +328,40 @@ async fn a_returning_node_drops_its_replaced_replicas() {
     let v = client.get_volume("back-a").await.unwrap();
     assert!(whole(&v, victim), "{v:?}");
     verify(&client, "back-a", &crcs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repair_survives_a_meta_leader_restart_midway() {
+    let _serial = SERIAL.lock().await;
+    let mut c = start("2s").await;
+    let client = c.client();
+    let v = create(&client, "mid-a").await;
+    let crcs = fill(&client, "mid-a", 21).await;
+    let meta = client.cluster_status().await.unwrap().meta_leader_id;
+    let victim = v
+        .members
+        .iter()
+        .map(|m| m.node_id)
+        .find(|id| *id != meta)
+        .unwrap();
+    c.kill9(victim);
+    // Wait for the replacement to be under way: a fourth member in the catalogue.
+    let deadline = Instant::now() + HEAL;
+    loop {
+        if let Ok(v) = client.get_volume("mid-a").await
+            && v.members.len() == 4
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no repair started within {HEAL:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The meta leader dies in the middle; whoever leads next carries on.
+    c.restart(meta).unwrap();
+    let (took, _) = wait_whole(&client, &["mid-a"], victim, HEAL).await;
+    eprintln!("repair finished {took:?} after the meta leader's restart");
+    verify(&client, "mid-a", &crcs).await;
 }

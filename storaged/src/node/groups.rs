@@ -217,7 +217,9 @@ impl Groups {
                         self.destroy(id)?;
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "stale groups kept until the catalogue is fresh"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "stale groups kept until the catalogue is fresh")
+                }
             }
         }
         Ok(())

@@ -43,11 +43,10 @@ pub async fn apply(raft: &Raft, group: u64, change: MemberChange) -> Result<()> 
                     .await
                     .map(|_| ())
             }
-            MemberChange::SetVoters(want) => {
-                raft.change_membership(ChangeMembers::ReplaceAllVoters(want.clone()), false)
-                    .await
-                    .map(|_| ())
-            }
+            MemberChange::SetVoters(want) => raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(want.clone()), false)
+                .await
+                .map(|_| ()),
             MemberChange::RemoveLearner(id) => {
                 if !learners.contains(id) {
                     return Ok(());

@@ -82,14 +82,10 @@ async fn tick(node: &Arc<StorageNode>, since: Instant) -> Result<()> {
     let cfg = node.cfg().repair.clone();
     let me = node.cfg().id;
     let silent = silent_for(node, since);
-    let down = |n: u64| {
-        n != me && silent.get(&n).copied().unwrap_or(since.elapsed()) > cfg.down_timeout
-    };
-    let mut inflight: BTreeMap<u64, usize> = cat
-        .nodes
-        .keys()
-        .map(|n| (*n, cat.repairs_to(*n)))
-        .collect();
+    let down =
+        |n: u64| n != me && silent.get(&n).copied().unwrap_or(since.elapsed()) > cfg.down_timeout;
+    let mut inflight: BTreeMap<u64, usize> =
+        cat.nodes.keys().map(|n| (*n, cat.repairs_to(*n))).collect();
     for vol in cat.volumes.values() {
         if vol.kind != VolumeKind::Replicated || !needs_care(&cat, vol, &down) {
             continue;
@@ -129,8 +125,7 @@ async fn leader_view(node: &StorageNode, cat: &Catalog, vol: &VolumeRecord) -> O
     let asks = vol.members.iter().filter_map(|m| {
         let addr = cat.nodes.get(m)?.addr.clone();
         Some(async move {
-            let s =
-                crate::node::status::ask(node.channels(), &addr, vol.id, ASK_TIMEOUT).await?;
+            let s = crate::node::status::ask(node.channels(), &addr, vol.id, ASK_TIMEOUT).await?;
             GroupView::from_leader(*m, &s)
         })
     });

@@ -57,7 +57,11 @@ pub enum Wait {
     /// No member answered as the group's leader (no quorum, or an election).
     NoLeader,
     /// The new member is still catching up: its matched index and the leader's last.
-    CatchingUp { node: u64, matched: u64, target: u64 },
+    CatchingUp {
+        node: u64,
+        matched: u64,
+        target: u64,
+    },
     /// No node can take the replica of `from` (distinct nodes, capacity, cordons).
     NoTarget { from: u64 },
 }
@@ -277,10 +281,7 @@ mod tests {
             })
         );
         g.matched.insert(4, Some(90));
-        assert_eq!(
-            step(&c, Some(&g), &[3]),
-            Step::SetVoters([1, 2, 4].into())
-        );
+        assert_eq!(step(&c, Some(&g), &[3]), Step::SetVoters([1, 2, 4].into()));
         // Interrupted in the joint config: the same target again.
         let mut joint = view(2, &[1, 2, 3, 4], &[], 120);
         joint.joint = true;

@@ -12,12 +12,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::StorageNode;
 use crate::raft::GROUP_METADATA;
-use crate::repair::change::MemberChange;
 use crate::raft::snapshot::SpoolWriter;
 use crate::raft::{
     AppendEntriesRequest, Raft, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote, decode,
     encode,
 };
+use crate::repair::change::MemberChange;
 
 pub struct RaftApi {
     pub node: Arc<StorageNode>,

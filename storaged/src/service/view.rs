@@ -101,7 +101,9 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
         .find(|(id, s)| s.as_ref().is_some_and(|s| s.leader == Some(*id)))
         .and_then(|(id, s)| s.clone().map(|s| (*id, s)));
     let voters: &[u64] = leader.as_ref().map_or(&[], |(_, ls)| ls.voters.as_slice());
-    let learners: &[u64] = leader.as_ref().map_or(&[], |(_, ls)| ls.learners.as_slice());
+    let learners: &[u64] = leader
+        .as_ref()
+        .map_or(&[], |(_, ls)| ls.learners.as_slice());
     let target = leader
         .as_ref()
         .and_then(|(_, ls)| ls.last_log_index)
@@ -133,7 +135,11 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
             node_name: name_of(*id),
             state: state as i32,
             matched_index: matched,
-            target_index: if state == State::Rebuilding { target } else { 0 },
+            target_index: if state == State::Rebuilding {
+                target
+            } else {
+                0
+            },
         });
     }
     if let Some((lid, _)) = &leader {

@@ -31,9 +31,13 @@ pub enum NodeCmd {
         id: u64,
     },
     /// No new replicas on this node.
-    Cordon { name: String },
+    Cordon {
+        name: String,
+    },
     /// Undoes a cordon (and ends a drain).
-    Uncordon { name: String },
+    Uncordon {
+        name: String,
+    },
     /// Cordons the node and moves every replica off it (then `node remove` succeeds).
     Drain {
         name: String,
@@ -132,7 +136,10 @@ async fn drain(client: &VolumeClient, out: Output, name: &str, wait: u64) -> Res
     if wait == 0 {
         out.print(
             json!({"node": node_json(&n), "replicas_to_move": r.replicas_to_move}),
-            format_args!("node/{name} draining: {} replicas to move", r.replicas_to_move),
+            format_args!(
+                "node/{name} draining: {} replicas to move",
+                r.replicas_to_move
+            ),
         );
         return Ok(());
     }
