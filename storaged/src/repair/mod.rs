@@ -179,7 +179,7 @@ async fn execute(
                 .nodes
                 .get(&to)
                 .map(|n| n.addr.clone())
-                .ok_or_else(|| Error::not_found("node", &to.to_string()))?;
+                .ok_or_else(|| Error::not_found("node", to.to_string()))?;
             change(MemberChange::AddLearner { id: to, addr }).await
         }
         Step::SetVoters(voters) => change(MemberChange::SetVoters(voters)).await,
