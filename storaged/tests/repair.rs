@@ -29,6 +29,14 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_storaged"))
 }
 
+fn cairnctl(endpoint: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .args(["--endpoint", endpoint])
+        .args(args)
+        .output()
+        .expect("run cairnctl")
+}
+
 async fn start(down_timeout: &str) -> ProcCluster {
     let c = ProcCluster::start(
         bin(),
@@ -270,11 +278,26 @@ async fn a_drained_node_can_be_removed() {
             .cordoned
     );
 
-    let r = client.drain_node(&name(victim)).await.unwrap();
-    assert_eq!(r.replicas_to_move, 1);
-    assert!(r.node.unwrap().draining);
+    // Through cairnctl: the drain waits until no replica is left on the node.
+    let ep = c.addrs().join(",");
+    let started = Instant::now();
+    let out = cairnctl(&ep, &["node", "drain", &name(victim), "--wait", "60"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("drained"),
+        "{out:?}"
+    );
     let (took, _) = wait_whole(&client, &["drain-a"], victim, HEAL).await;
-    eprintln!("node {victim} drained in {took:?}");
+    eprintln!("node {victim} drained in {:?}", started.elapsed() + took);
+    let nodes = client.list_nodes().await.unwrap();
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n.id == victim && n.draining && n.cordoned)
+    );
+    let ls = cairnctl(&ep, &["volume", "ls"]);
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.contains("HEALTH") && ls.contains("healthy"), "{ls}");
     let v = client.get_volume("drain-a").await.unwrap();
     assert!(v.members.iter().any(|m| m.node_id == spare), "{v:?}");
     verify(&client, "drain-a", &crcs).await;
@@ -345,19 +368,21 @@ async fn a_repair_survives_a_meta_leader_restart_midway() {
         .find(|id| *id != meta)
         .unwrap();
     c.kill9(victim);
-    // Wait for the replacement to be under way: a fourth member in the catalogue.
+    // Wait for the replacement to be under way: a fourth member, shown rebuilding
+    // (the volume degraded meanwhile).
     let deadline = Instant::now() + HEAL;
     loop {
         if let Ok(v) = client.get_volume("mid-a").await
             && v.members.len() == 4
+            && v.members
+                .iter()
+                .any(|m| m.state() == pb::ReplicaState::Rebuilding)
         {
+            assert_eq!(v.health(), pb::VolumeHealth::Degraded, "{v:?}");
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no repair started within {HEAL:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(Instant::now() < deadline, "no repair seen within {HEAL:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The meta leader dies in the middle; whoever leads next carries on.
     c.restart(meta).unwrap();
