@@ -336,6 +336,28 @@ mod tests {
     }
 
     #[test]
+    fn a_target_at_its_rebuild_limit_is_passed_over() {
+        let c = cat(5);
+        let g = view(1, &[1, 2, 3], &[], 100);
+        let down = |n: u64| n == 3;
+        let plan_with = |busy: &dyn Fn(u64) -> bool| {
+            plan(&c, &c.volumes["v"], Some(&g), &Nodes { down: &down, busy })
+        };
+        assert_eq!(
+            plan_with(&|_| false),
+            Step::Start(Repair { from: 3, to: 4 })
+        );
+        assert_eq!(
+            plan_with(&|n| n == 4),
+            Step::Start(Repair { from: 3, to: 5 })
+        );
+        assert_eq!(
+            plan_with(&|n| n >= 4),
+            Step::Wait(Wait::NoTarget { from: 3 })
+        );
+    }
+
+    #[test]
     fn drains_need_a_target_and_respect_cordons_and_capacity() {
         let mut c = cat(4);
         apply(

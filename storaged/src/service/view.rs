@@ -116,10 +116,13 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
             (Some((lid, _)), Some(_)) if lid == id => (State::Leader, target),
             (Some((_, ls)), Some(_)) => {
                 let m = ls.matched.get(id).copied().flatten();
+                let joining = v.repair.is_some_and(|r| r.to == *id);
                 match m {
-                    _ if learners.contains(id) || !voters.contains(id) => {
+                    _ if learners.contains(id) || (joining && !voters.contains(id)) => {
                         (State::Rebuilding, m.unwrap_or(0))
                     }
+                    // Out of the group's membership (a replaced member about to leave).
+                    _ if !voters.contains(id) => (State::Lagging, m.unwrap_or(0)),
                     Some(m) if target.saturating_sub(m) <= LAG_ENTRIES => (State::Follower, m),
                     Some(m) => (State::Lagging, m),
                     None => (State::Lagging, 0),
