@@ -21,6 +21,9 @@ use crate::{Error, Result};
 const TICK: Duration = Duration::from_secs(1);
 /// How long a member may take to report its view of a group.
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
+/// A node silent this long (10 heartbeats) is not asked about groups: a tick over many
+/// volumes must not wait out a dead node's timeouts one volume after another.
+const QUIET: Duration = Duration::from_secs(1);
 
 /// The repair policy (`storaged` flags; the meta leader's are the ones in force).
 #[derive(Clone, Debug)]
@@ -82,15 +85,22 @@ async fn tick(node: &Arc<StorageNode>, since: Instant) -> Result<()> {
     let cfg = node.cfg().repair.clone();
     let me = node.cfg().id;
     let silent = silent_for(node, since);
-    let down =
-        |n: u64| n != me && silent.get(&n).copied().unwrap_or(since.elapsed()) > cfg.down_timeout;
+    let silent_for = |n: u64| {
+        if n == me {
+            Duration::ZERO
+        } else {
+            silent.get(&n).copied().unwrap_or(since.elapsed())
+        }
+    };
+    let down = |n: u64| silent_for(n) > cfg.down_timeout;
+    let quiet = |n: u64| silent_for(n) > QUIET;
     let mut inflight: BTreeMap<u64, usize> =
         cat.nodes.keys().map(|n| (*n, cat.repairs_to(*n))).collect();
     for vol in cat.volumes.values() {
         if vol.kind != VolumeKind::Replicated || !needs_care(&cat, vol, &down) {
             continue;
         }
-        let group = leader_view(node, &cat, vol).await;
+        let group = leader_view(node, &cat, vol, &quiet).await;
         let busy = |n: u64| inflight.get(&n).copied().unwrap_or(0) >= cfg.concurrency;
         let step = plan::plan(
             &cat,
@@ -120,9 +130,14 @@ fn needs_care(cat: &Catalog, vol: &VolumeRecord, down: &dyn Fn(u64) -> bool) -> 
             .any(|m| down(*m) || cat.nodes.get(m).is_some_and(|n| n.draining()))
 }
 
-/// The group as its leader reports it, asking every member at once.
-async fn leader_view(node: &StorageNode, cat: &Catalog, vol: &VolumeRecord) -> Option<GroupView> {
-    let asks = vol.members.iter().filter_map(|m| {
+/// The group as its leader reports it, asking every member not `quiet` at once.
+async fn leader_view(
+    node: &StorageNode,
+    cat: &Catalog,
+    vol: &VolumeRecord,
+    quiet: &(dyn Fn(u64) -> bool + Sync),
+) -> Option<GroupView> {
+    let asks = vol.members.iter().filter(|m| !quiet(**m)).filter_map(|m| {
         let addr = cat.nodes.get(m)?.addr.clone();
         Some(async move {
             let s = crate::node::status::ask(node.channels(), &addr, vol.id, ASK_TIMEOUT).await?;
