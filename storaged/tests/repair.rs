@@ -188,7 +188,9 @@ async fn a_lost_node_is_replaced_and_every_byte_survives() {
         vols.push(create(&client, n).await);
         data.insert(n.to_string(), fill(&client, n, i as u64).await);
     }
-    let (&victim, _) = holdings(&vols).iter().max_by_key(|(_, n)| **n).unwrap();
+    // Nine replicas on four nodes: one node holds a replica of every volume.
+    let (&victim, &held) = holdings(&vols).iter().max_by_key(|(_, n)| **n).unwrap();
+    assert_eq!(held, names.len(), "{vols:?}");
     for n in &names {
         let v = client.get_volume(n).await.unwrap();
         assert_eq!(
@@ -206,6 +208,36 @@ async fn a_lost_node_is_replaced_and_every_byte_survives() {
         assert!(seen, "{n} was never reported degraded");
     }
     for n in &names {
+        verify(&client, n, &data[*n]).await;
+    }
+    // The bytes are on the new members too: each volume is attached (in the catalogue)
+    // to its new member, its leadership follows (decision 014), and reads are served
+    // from that member's state machine.
+    for (before, n) in vols.iter().zip(&names) {
+        let v = client.get_volume(n).await.unwrap();
+        let new = v
+            .members
+            .iter()
+            .find(|m| before.members.iter().all(|b| b.node_id != m.node_id))
+            .expect("a new member")
+            .clone();
+        client
+            .publish_volume(pb::PublishVolumeRequest {
+                name: n.to_string(),
+                node_name: new.node_name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.get_volume(n).await.map(|v| v.leader_node_id).ok() != Some(new.node_id) {
+            assert!(
+                Instant::now() < deadline,
+                "{n}: node {} never led",
+                new.node_id
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         verify(&client, n, &data[*n]).await;
     }
     // The new members caught up from a snapshot (the log behind it was purged).
