@@ -182,6 +182,7 @@ mod tests {
             origin: None,
             state: crate::meta::catalog::VolumeState::Ready,
             generation: 0,
+            repair: None,
         };
         cat.volumes.insert("v".into(), vol.clone());
         (cat, vol)
