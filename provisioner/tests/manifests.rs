@@ -371,3 +371,67 @@ fn rbac_grants_exactly_what_the_controllers_call() {
         "the node role never patches PVs"
     );
 }
+
+/// Every container that calls storaged (and storaged itself) runs with mutual TLS from a
+/// mounted Secret, never `--insecure`.
+#[test]
+fn every_storaged_client_uses_tls_from_a_secret() {
+    let o = load();
+    let pods: Vec<&k8s_openapi::api::core::v1::PodSpec> = o
+        .statefulsets
+        .iter()
+        .filter_map(|s| s.spec.as_ref()?.template.spec.as_ref())
+        .chain(
+            o.daemonsets
+                .iter()
+                .filter_map(|d| d.spec.as_ref()?.template.spec.as_ref()),
+        )
+        .chain(
+            o.deployments
+                .iter()
+                .filter_map(|d| d.spec.as_ref()?.template.spec.as_ref()),
+        )
+        .collect();
+    let mut checked = Vec::new();
+    for pod in pods {
+        for c in &pod.containers {
+            if c.name != "storaged" && c.name != "cairn-csi" {
+                continue;
+            }
+            let line: Vec<String> = c
+                .command
+                .iter()
+                .flatten()
+                .chain(c.args.iter().flatten())
+                .cloned()
+                .collect();
+            let line = line.join(" ");
+            assert!(!line.contains("--insecure"), "{}: {line}", c.name);
+            assert!(line.contains("--tls-dir"), "{}: {line}", c.name);
+            // The certificate comes from a Secret volume mounted into this container.
+            let secret_mounts: Vec<&String> = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .filter(|m| {
+                    pod.volumes.iter().flatten().any(|v| {
+                        v.name == m.name
+                            && v.secret
+                                .as_ref()
+                                .and_then(|s| s.secret_name.as_deref())
+                                .is_some()
+                    })
+                })
+                .map(|m| &m.mount_path)
+                .collect();
+            assert!(
+                secret_mounts.iter().any(|p| line.contains(p.as_str())),
+                "{}: no Secret mounted where its certificates are read ({line})",
+                c.name
+            );
+            checked.push(c.name.clone());
+        }
+    }
+    checked.sort();
+    assert_eq!(checked, ["cairn-csi", "cairn-csi", "storaged"]);
+}
