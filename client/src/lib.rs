@@ -79,6 +79,12 @@ fn unexecuted(status: &Status) -> bool {
                 || status.message().contains("Connection refused")))
 }
 
+/// Whether a call's error proves the call was never executed: set on the error a call gives
+/// up with when every attempt it made was refused before executing (see `NOT_EXECUTED_KEY`).
+pub fn never_executed(status: &Status) -> bool {
+    status.metadata().get(NOT_EXECUTED_KEY).is_some()
+}
+
 /// ABORTED ("still copying into that volume; ask again") is not retried here: the caller
 /// decides how long to wait, with progress (cairnctl) or its own backoff (a CO).
 fn retryable(status: &Status, retry: Retry) -> bool {
@@ -173,6 +179,8 @@ impl VolumeClient {
         let mut backoff = Duration::from_millis(20);
         let mut last_err: Option<Status> = None;
         let mut next_hint: Option<String> = None;
+        // Whether some attempt may have executed (an answer that is not a refusal before executing).
+        let mut maybe_executed = false;
         loop {
             let known = next_hint.take().or_else(|| {
                 let l = self.leaders.lock().expect("leader cache poisoned");
@@ -210,6 +218,7 @@ impl VolumeClient {
                 if !retryable(&status, retry) {
                     return Err(status);
                 }
+                maybe_executed |= !unexecuted(&status);
                 tracing::debug!(addr = %addr, code = ?status.code(), msg = status.message(), "storaged call retry");
                 if let Some(hint) = leader_hint(&status)
                     && hint != addr
@@ -224,10 +233,17 @@ impl VolumeClient {
                 let detail = last_err
                     .map(|s| s.message().to_string())
                     .unwrap_or_default();
-                return Err(Status::unavailable(format!(
+                let mut status = Status::unavailable(format!(
                     "storaged unavailable after {:?} (no leader or no quorum): {detail}",
                     self.deadline
-                )));
+                ));
+                if !maybe_executed {
+                    status.metadata_mut().insert(
+                        NOT_EXECUTED_KEY,
+                        tonic::metadata::MetadataValue::from_static("1"),
+                    );
+                }
+                return Err(status);
             }
             if next_hint.is_some() {
                 // Following a redirect: retry at once, but never spin if hints bounce.
@@ -655,6 +671,7 @@ mod tests {
         let start = Instant::now();
         let err = c.get_volume("v").await.unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);
+        assert!(never_executed(&err), "every attempt was refused: {err:?}");
         assert!(
             start.elapsed() < Duration::from_secs(3),
             "took {:?}",
