@@ -16,7 +16,7 @@ while (($#)); do
 done
 ./scripts/deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/cairn-target}"
-cargo build --workspace --bins --example bench_csi
+cargo build --workspace --all-targets
 # The example starts storaged/cairn-csi from $CARGO_TARGET_DIR/debug, and cleans up (unmounts,
 # loop devices, processes) when it ends, also on a panic.
 exec "$CARGO_TARGET_DIR/debug/examples/bench_csi"

@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/cairn-target}"
-cargo build --workspace --bins
+cargo build --workspace --all-targets -q
 "$CARGO_TARGET_DIR/debug/cairn-bench" "$@"

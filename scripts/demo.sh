@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/cairn-target}"
-cargo build --workspace --bins
+cargo build --workspace --all-targets
 BIN="$CARGO_TARGET_DIR/debug"
 DIR="${DEMO_DIR:-$(mktemp -d /var/tmp/cairn-demo.XXXX)}"
 P=(17101 17102 17103)
@@ -19,12 +19,18 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 # Waits up to $1 seconds for the command after it to succeed.
 until_ok() { local n=$(($1 * 5)); shift; for _ in $(seq 1 "$n"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done; "$@"; }
 trap cleanup EXIT INT TERM
+echo "== a cluster CA, a certificate per node and one for cairnctl (mutual TLS everywhere)"
+"$BIN/cairnctl" certs init --dir "$DIR/certs/ca"
+for i in 1 2 3; do
+  "$BIN/cairnctl" certs issue --ca-dir "$DIR/certs/ca" --identity "node:$i" --ip 127.0.0.1 --out "$DIR/certs/node-$i"
+done
+"$BIN/cairnctl" certs issue --ca-dir "$DIR/certs/ca" --identity admin --out "$DIR/certs/admin"
 for i in 1 2 3; do
   "$BIN/storaged" --node-id "$i" --listen "127.0.0.1:${P[$((i-1))]}" --data-dir "$DIR/node-$i" \
-    --initial-cluster "$INIT" --label "zone=z$i" >"$DIR/node-$i.log" 2>&1 &
+    --initial-cluster "$INIT" --label "zone=z$i" --tls-dir "$DIR/certs/node-$i" >"$DIR/node-$i.log" 2>&1 &
   PIDS+=($!)
 done
-CTL=("$BIN/cairnctl" --endpoint "127.0.0.1:${P[0]},127.0.0.1:${P[1]},127.0.0.1:${P[2]}")
+CTL=("$BIN/cairnctl" --tls-dir "$DIR/certs/admin" --endpoint "127.0.0.1:${P[0]},127.0.0.1:${P[1]},127.0.0.1:${P[2]}")
 echo "== waiting for the cluster: a meta leader and all three nodes registered"
 ready=0
 for _ in $(seq 1 150); do
@@ -69,7 +75,7 @@ echo "== kubectl apply -f manifests/examples/statefulset.yaml"
 kubectl apply -f manifests/examples/statefulset.yaml
 kubectl rollout status statefulset/web --timeout=180s
 kubectl get pods,pvc,pv -o wide
-"$BIN/cairnctl" --endpoint "$(sed -n 's/^storaged: //p' "$DIR/harness.log")" volume ls
+"$BIN/cairnctl" --insecure --endpoint "$(sed -n 's/^storaged: //p' "$DIR/harness.log")" volume ls
 until_ok 60 test "$(kubectl logs web-0 | wc -l)" -ge 1
 echo "== web-0's log (one line per boot, kept on its volume):"; kubectl logs web-0
 echo "== delete pod web-0; the StatefulSet recreates it with the same claim"
@@ -88,7 +94,7 @@ kubectl delete -f manifests/examples/statefulset.yaml
 kubectl delete pvc data-web-0 data-web-1
 until_ok 120 test "$(kubectl get pv -o name | wc -l)" -eq 0
 echo "PersistentVolumes left: $(kubectl get pv -o name | wc -l); storaged volumes left:"
-"$BIN/cairnctl" --endpoint "$(sed -n 's/^storaged: //p' "$DIR/harness.log")" volume ls
+"$BIN/cairnctl" --insecure --endpoint "$(sed -n 's/^storaged: //p' "$DIR/harness.log")" volume ls
 echo "== stopping the harness (pods, mounts, every process it started)"
 cleanup
 PIDS=()

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_proto::cairn::v1 as pb;
+use cairn_storaged::tls::Identity;
 
 use crate::checker::{self, FinalReadProblem};
 use crate::cluster::FaultCluster;
@@ -110,7 +111,8 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, Error> {
         seed: config.seed,
     };
     let recorder = Arc::new(Recorder::new());
-    let clients = workload.start(&cluster.procs.addrs(), Arc::clone(&recorder))?;
+    let security = cluster.procs.security_for(&Identity::Admin);
+    let clients = workload.start(&cluster.procs.addrs(), &security, Arc::clone(&recorder))?;
     let faults = inject(&mut cluster, &recorder, &volumes, config).await;
     clients.stop().await;
     let faults = faults?;

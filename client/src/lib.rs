@@ -10,11 +10,13 @@ use cairn_proto::cairn::v1 as pb;
 use pb::block_service_client::BlockServiceClient;
 use pb::node_service_client::NodeServiceClient;
 use pb::volume_service_client::VolumeServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 mod port;
+mod tls;
 pub use port::unused_loopback_port;
+pub use tls::{SERVER_NAME, Security, TlsFiles};
 
 /// Metadata key carrying the leader's address on a not-leader reply (see storaged's error.rs).
 pub const LEADER_HINT_KEY: &str = "cairn-leader";
@@ -48,6 +50,7 @@ pub struct VolumeClient {
     endpoints: Arc<Vec<String>>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     leaders: Arc<Mutex<Leaders>>,
+    security: Security,
     deadline: Duration,
     attempt: Duration,
 }
@@ -55,6 +58,7 @@ pub struct VolumeClient {
 fn normalise(addr: &str) -> String {
     addr.trim()
         .trim_start_matches("http://")
+        .trim_start_matches("https://")
         .trim_end_matches('/')
         .to_string()
 }
@@ -68,15 +72,33 @@ fn leader_hint(status: &Status) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Transport-level failure before the request reached a server (safe to resend anything).
+/// A refusal the server made before executing anything, or a connection that never came up:
+/// safe to resend anything.
 fn unexecuted(status: &Status) -> bool {
     leader_hint(status).is_some()
         || status.metadata().get(NOT_EXECUTED_KEY).is_some()
-        // Connection failures are reported by the client's own transport, in text only.
-        || (status.code() == Code::Unavailable
-            && (status.message().contains("transport error")
-                || status.message().contains("tcp connect")
-                || status.message().contains("Connection refused")))
+        || never_connected(status)
+}
+
+/// Whether the connection itself failed (refused, no route), so no server saw the request:
+/// tonic attaches the transport error as the status' source, down to the socket's
+/// `io::Error`; a status a server sent has no source. A timeout is not proof: the request
+/// may have been sent.
+fn never_connected(status: &Status) -> bool {
+    use std::io::ErrorKind::{
+        AddrNotAvailable, ConnectionRefused, HostUnreachable, NetworkUnreachable,
+    };
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ConnectionRefused | NetworkUnreachable | HostUnreachable | AddrNotAvailable
+            );
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Whether a call's error proves the call was never executed: set on the error a call gives
@@ -99,7 +121,7 @@ fn retryable(status: &Status, retry: Retry) -> bool {
 
 impl VolumeClient {
     /// `endpoints` are `host:port` (or `http://host:port`) of any storaged nodes.
-    pub fn new(endpoints: Vec<String>) -> Result<Self, Status> {
+    pub fn new(endpoints: Vec<String>, security: Security) -> Result<Self, Status> {
         let endpoints: Vec<String> = endpoints
             .iter()
             .flat_map(|e| e.split(','))
@@ -115,6 +137,7 @@ impl VolumeClient {
             endpoints: Arc::new(endpoints),
             channels: Arc::default(),
             leaders: Arc::default(),
+            security,
             deadline: DEFAULT_DEADLINE,
             attempt: ATTEMPT_TIMEOUT,
         })
@@ -142,8 +165,9 @@ impl VolumeClient {
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("endpoint `{addr}`: {e}")))?
+        let ch = self
+            .security
+            .endpoint(addr)?
             .connect_timeout(Duration::from_millis(800))
             .timeout(self.attempt)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -520,23 +544,38 @@ impl VolumeClient {
     }
 
     /// A write of the same bytes at the same offset is idempotent, so it is retried.
+    /// An unfenced write (generation 0): for callers that never published the volume.
     pub async fn write(&self, volume: &str, offset: u64, data: bytes::Bytes) -> Result<(), Status> {
+        self.write_as(volume, offset, data, 0).await
+    }
+
+    /// A write by the holder of publish `generation`; one not in force is FAILED_PRECONDITION.
+    pub async fn write_as(
+        &self,
+        volume: &str,
+        offset: u64,
+        data: bytes::Bytes,
+        generation: u64,
+    ) -> Result<(), Status> {
         self.call(Some(volume), Retry::Idempotent, |ch| {
             let req = pb::WriteRequest {
                 volume: volume.to_string(),
                 offset,
                 data: data.clone(),
+                generation,
             };
             async move { Self::blk(ch).write(req).await.map(|_| ()) }
         })
         .await
     }
 
+    /// An unfenced discard (generation 0).
     pub async fn discard(&self, volume: &str, offset: u64, length: u64) -> Result<(), Status> {
         let req = pb::DiscardRequest {
             volume: volume.to_string(),
             offset,
             length,
+            generation: 0,
         };
         self.call(Some(volume), Retry::Idempotent, |ch| {
             let req = req.clone();
@@ -545,9 +584,11 @@ impl VolumeClient {
         .await
     }
 
+    /// An unfenced flush (generation 0).
     pub async fn flush(&self, volume: &str) -> Result<(), Status> {
         let req = pb::FlushRequest {
             volume: volume.to_string(),
+            generation: 0,
         };
         self.call(Some(volume), Retry::Idempotent, |ch| {
             let req = req.clone();
@@ -564,10 +605,10 @@ pub struct NodeClient {
 }
 
 impl NodeClient {
-    pub fn connect(addr: &str) -> Result<Self, Status> {
+    pub fn connect(addr: &str, security: &Security) -> Result<Self, Status> {
         let addr = normalise(addr);
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("endpoint `{addr}`: {e}")))?
+        let ch = security
+            .endpoint(&addr)?
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(60))
             .connect_lazy();
@@ -627,13 +668,20 @@ impl NodeClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::transport::Endpoint;
 
     #[test]
     fn endpoints_are_split_and_normalised() {
-        let c = VolumeClient::new(vec!["http://127.0.0.1:1/, 127.0.0.1:2".into()]).unwrap();
+        let c = VolumeClient::new(
+            vec!["http://127.0.0.1:1/, 127.0.0.1:2".into()],
+            Security::Insecure,
+        )
+        .unwrap();
         assert_eq!(c.endpoints(), ["127.0.0.1:1", "127.0.0.1:2"]);
         assert_eq!(
-            VolumeClient::new(vec![" ".into()]).err().map(|s| s.code()),
+            VolumeClient::new(vec![" ".into()], Security::Insecure)
+                .err()
+                .map(|s| s.code()),
             Some(Code::InvalidArgument)
         );
     }
@@ -663,9 +711,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refused_connection_is_known_unexecuted_and_server_text_is_not() {
+        // Port 1 on loopback refuses connections.
+        let ch = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let err = VolumeServiceClient::new(ch)
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .unwrap_err();
+        assert!(never_connected(&err), "{err:?}");
+        assert!(retryable(&err, Retry::OnlyUnexecuted));
+        // The same words from a server prove nothing.
+        let said = Status::unavailable("transport error: tcp connect: Connection refused");
+        assert!(!retryable(&said, Retry::OnlyUnexecuted));
+    }
+
+    #[tokio::test]
     async fn unreachable_cluster_fails_with_unavailable_in_bounded_time() {
         // Port 1 on loopback refuses connections.
-        let c = VolumeClient::new(vec!["127.0.0.1:1".into()])
+        let c = VolumeClient::new(vec!["127.0.0.1:1".into()], Security::Insecure)
             .unwrap()
             .with_deadline(Duration::from_millis(700));
         let start = Instant::now();

@@ -20,6 +20,9 @@ use crate::storaged::{VolumeBackend, is_local};
 
 /// publish_context keys handed to the node plugin.
 pub const CTX_READONLY: &str = "cairn.dev/readonly";
+/// The publish's fencing generation: the node attaches under it, and storaged refuses
+/// writes carrying any generation not in force (absent: published by an older storaged).
+pub const CTX_GENERATION: &str = "cairn.dev/generation";
 pub const CTX_KIND: &str = "cairn.dev/type";
 pub const CTX_VOLUME: &str = "cairn.dev/volume";
 
@@ -271,7 +274,8 @@ impl ControllerService {
                 req.node_id, self.max_volumes_per_node
             )));
         }
-        self.backend
+        let published = self
+            .backend
             .publish_volume(pb::PublishVolumeRequest {
                 name: req.volume_id.clone(),
                 node_name: req.node_id.clone(),
@@ -285,13 +289,20 @@ impl ControllerService {
                     s,
                 )
             })?;
-        Ok(csi::ControllerPublishVolumeResponse {
-            publish_context: HashMap::from([
-                (CTX_VOLUME.to_string(), req.volume_id.clone()),
-                (CTX_READONLY.to_string(), readonly.to_string()),
-                (CTX_KIND.to_string(), kind_of(&v).as_str().to_string()),
-            ]),
-        })
+        let generation = published
+            .attachments
+            .iter()
+            .find(|a| a.node_name == req.node_id)
+            .map_or(0, |a| a.generation);
+        let mut publish_context = HashMap::from([
+            (CTX_VOLUME.to_string(), req.volume_id.clone()),
+            (CTX_READONLY.to_string(), readonly.to_string()),
+            (CTX_KIND.to_string(), kind_of(&v).as_str().to_string()),
+        ]);
+        if generation > 0 {
+            publish_context.insert(CTX_GENERATION.to_string(), generation.to_string());
+        }
+        Ok(csi::ControllerPublishVolumeResponse { publish_context })
     }
 
     async fn unpublish(

@@ -51,6 +51,14 @@ struct Cli {
     /// node's own storaged, used for attach and detach.
     #[arg(long, value_delimiter = ',', required = true)]
     storaged: Vec<String>,
+    /// Directory holding `ca.crt`, `tls.crt` and `tls.key` for calls to storaged: a
+    /// `controller` certificate in controller mode, `csi-node:<node name>` in node mode.
+    /// (The CSI socket itself is local and stays plaintext.)
+    #[arg(long, env = "CAIRN_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Talk to a plaintext (`--insecure`) storaged.
+    #[arg(long)]
+    insecure: bool,
     /// The kubelet's root directory: staging and target paths must lie under it.
     #[arg(long, default_value = "/var/lib/kubelet")]
     kubelet_root: PathBuf,
@@ -121,8 +129,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--local-pool is ignored: storaged creates local volumes in its own pool"
         );
     }
-    let volumes: Arc<dyn VolumeBackend> =
-        Arc::new(cairn_client::VolumeClient::new(cli.storaged.clone())?);
+    let security = cairn_client::Security::from_flags(cli.tls_dir.as_deref(), cli.insecure)?;
+    if matches!(security, cairn_client::Security::Insecure) {
+        tracing::warn!("calling storaged in PLAINTEXT without a certificate (--insecure)");
+    }
+    let volumes: Arc<dyn VolumeBackend> = Arc::new(cairn_client::VolumeClient::new(
+        cli.storaged.clone(),
+        security.clone(),
+    )?);
     let node_backend: Option<Arc<dyn NodeBackend>> = if serve_node {
         let local = cli
             .storaged
@@ -130,7 +144,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .flat_map(|s| s.split(','))
             .find(|s| !s.trim().is_empty())
             .ok_or("--storaged is empty")?;
-        Some(Arc::new(cairn_client::NodeClient::connect(local)?))
+        Some(Arc::new(cairn_client::NodeClient::connect(
+            local, &security,
+        )?))
     } else {
         None
     };

@@ -12,7 +12,7 @@ use cairn_proto::rpclog::record_subject;
 use tonic::{Code, Request, Status};
 
 use crate::block_vol;
-use crate::controller::{CTX_KIND, CTX_READONLY, condition};
+use crate::controller::{CTX_GENERATION, CTX_KIND, CTX_READONLY, condition};
 use crate::error::{CsiError, Result};
 use crate::filesystem_vol;
 use crate::format;
@@ -45,6 +45,17 @@ pub struct NodeService {
 
 fn capability(cap: Option<&csi::VolumeCapability>) -> Result<Capability> {
     parse_capability(require_some(cap, "volume_capability")?)
+}
+
+/// The publish's fencing generation from the publish context (0: none, an older controller).
+fn publish_generation(ctx: &HashMap<String, String>) -> Result<u64> {
+    ctx.get(CTX_GENERATION).map_or(Ok(0), |g| {
+        g.parse().map_err(|_| {
+            CsiError::InvalidArgument(format!(
+                "publish_context {CTX_GENERATION} `{g}` is not a generation number"
+            ))
+        })
+    })
 }
 
 fn same_device(m: &MountEntry, other: &MountEntry) -> bool {
@@ -110,6 +121,7 @@ impl NodeService {
         let _guard = self.limiter.try_acquire(id)?;
         let readonly = cap.read_only_mode()
             || req.publish_context.get(CTX_READONLY).map(String::as_str) == Some("true");
+        let generation = publish_generation(&req.publish_context)?;
 
         let mounts = mount::read_mountinfo()?;
         let existing = self.attachment(id).await?;
@@ -133,6 +145,12 @@ impl NodeService {
                     "volume {id} is staged at {} with an incompatible capability",
                     staging.display()
                 )));
+            }
+            // Staged under an older publish: its writes carry the new generation from now on.
+            if let Some(a) = existing
+                && generation > a.generation
+            {
+                self.attach(id, a.frontend, readonly, generation).await?;
             }
             return Ok(());
         }
@@ -162,18 +180,12 @@ impl NodeService {
             self.cfg.frontend
         };
         let att = match existing {
-            Some(a) => a,
+            Some(a) if a.generation == generation || generation == 0 => a,
+            // An idle attachment of an older publish: storaged moves it to this one's.
+            Some(a) => self.attach(id, a.frontend, readonly, generation).await?,
             None => {
-                // storaged reads its catalogue fresh (a follower read), so a volume the
-                // controller created a moment ago is found.
-                self.node
-                    .attach_volume(pb::AttachVolumeRequest {
-                        volume: id.to_string(),
-                        frontend: frontend as i32,
-                        readonly,
-                    })
-                    .await
-                    .map_err(not_found_volume(id))?
+                self.attach(id, frontend as i32, readonly, generation)
+                    .await?
             }
         };
         let result = self.stage_device(&att, &staging, &cap, readonly).await;
@@ -185,6 +197,26 @@ impl NodeService {
             }
         }
         result
+    }
+
+    /// Attaches `id` on this node's storaged under publish `generation`. storaged reads its
+    /// catalogue fresh (a follower read), so a volume created a moment ago is found.
+    async fn attach(
+        &self,
+        id: &str,
+        frontend: i32,
+        readonly: bool,
+        generation: u64,
+    ) -> Result<pb::NodeAttachment> {
+        self.node
+            .attach_volume(pb::AttachVolumeRequest {
+                volume: id.to_string(),
+                frontend,
+                readonly,
+                generation,
+            })
+            .await
+            .map_err(not_found_volume(id))
     }
 
     async fn stage_device(

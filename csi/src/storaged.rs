@@ -360,10 +360,18 @@ pub mod fake {
             {
                 return Err(Status::failed_precondition("attached to another node"));
             }
+            let generation = v
+                .attachments
+                .iter()
+                .map(|a| a.generation)
+                .max()
+                .unwrap_or(0)
+                + 1;
             v.attachments.push(pb::Attachment {
                 node_name: req.node_name,
                 readonly: req.readonly,
                 multi_node: req.multi_node,
+                generation,
             });
             Ok(v.clone())
         }

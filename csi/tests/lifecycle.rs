@@ -3,55 +3,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use cairn_proto::csi::v1 as csi;
 use common::*;
 use csi::volume_capability::access_mode::Mode;
 use tonic::Code;
 
 const MIB: i64 = 1 << 20;
-
-async fn controller_publish(
-    ctrl: &Plugin,
-    id: &str,
-    node: &str,
-    cap: &csi::VolumeCapability,
-) -> Result<HashMap<String, String>, tonic::Status> {
-    ctrl.ctrl()
-        .await
-        .controller_publish_volume(csi::ControllerPublishVolumeRequest {
-            volume_id: id.into(),
-            node_id: node.into(),
-            volume_capability: Some(cap.clone()),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().publish_context)
-}
-
-async fn controller_unpublish(ctrl: &Plugin, id: &str, node: &str) {
-    ctrl.ctrl()
-        .await
-        .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
-            volume_id: id.into(),
-            node_id: node.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("ControllerUnpublishVolume");
-}
-
-async fn create(ctrl: &Plugin, req: csi::CreateVolumeRequest) -> csi::Volume {
-    ctrl.ctrl()
-        .await
-        .create_volume(req)
-        .await
-        .expect("CreateVolume")
-        .into_inner()
-        .volume
-        .unwrap()
-}
 
 async fn delete(ctrl: &Plugin, id: &str) {
     for _ in 0..2 {

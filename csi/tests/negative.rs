@@ -20,7 +20,13 @@ async fn probe_is_not_ready_without_storaged() {
     // Something stale at the socket path must be replaced.
     std::fs::write(&sock, b"stale").unwrap();
     let mut child = std::process::Command::new(csi_bin())
-        .args(["--mode", "controller", "--storaged", "127.0.0.1:1"])
+        .args([
+            "--mode",
+            "controller",
+            "--storaged",
+            "127.0.0.1:1",
+            "--insecure",
+        ])
         .arg("--endpoint")
         .arg(format!("unix://{}", sock.display()))
         .stderr(std::process::Stdio::null())
@@ -543,6 +549,8 @@ async fn volume_limit_per_node_and_names_storaged_refuses() {
             &eps,
             "--max-volumes-per-node",
             "1",
+            "--tls-dir",
+            cluster.tls_dir("controller").to_str().unwrap(),
         ],
         &log,
     )

@@ -4,7 +4,9 @@
 pub mod chunks;
 pub mod engine;
 pub mod error;
+pub mod fence;
 pub mod frontend;
+pub mod identity;
 pub mod meta;
 pub mod metrics;
 pub mod node;
@@ -13,6 +15,7 @@ pub mod raft;
 pub mod server;
 pub mod service;
 pub mod testkit;
+pub mod tls;
 pub mod volume;
 
 pub use error::{Error, Result};

@@ -54,6 +54,7 @@ pub struct Metrics {
     last_log_index: Family<GroupLabels, Gauge>,
     applied_index: Family<GroupLabels, Gauge>,
     purged_index: Family<GroupLabels, Gauge>,
+    quiet: Family<GroupLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -98,7 +99,13 @@ impl Default for Metrics {
             "raft_purged_index",
             "The last log index purged on this node (its effect is in a snapshot)",
         );
+        let quiet = group(
+            &mut registry,
+            "raft_quiet",
+            "1 if the Raft group is quiet here: its timers stopped until its next message or I/O",
+        );
         Metrics {
+            quiet,
             registry,
             io_seconds,
             io_bytes,
@@ -134,6 +141,8 @@ impl Metrics {
             &self.term,
             &self.last_log_index,
             &self.applied_index,
+            &self.purged_index,
+            &self.quiet,
         ];
         // Groups come and go: start from nothing so a removed group's series disappear.
         for f in families {
@@ -152,6 +161,7 @@ impl Metrics {
             set(&self.last_log_index, g.last_log_index);
             set(&self.applied_index, g.applied_index);
             set(&self.purged_index, g.purged_index);
+            set(&self.quiet, u64::from(g.quiet));
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -172,6 +182,8 @@ pub struct GroupSample {
     pub last_log_index: u64,
     pub applied_index: u64,
     pub purged_index: u64,
+    /// Whether the group is quiet here (`node::quiesce`).
+    pub quiet: bool,
 }
 
 /// What the endpoint serves: the exposition of a node's metrics, read when scraped.

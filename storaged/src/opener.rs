@@ -22,7 +22,7 @@ impl VolumeOpener for NodeOpener {
         Box::pin(async move { self.node.fresh_catalog().await.map(|_| ()) })
     }
 
-    fn open(&self, volume: &str) -> BoxFuture<'_, Result<Opened>> {
+    fn open(&self, volume: &str, generation: u64) -> BoxFuture<'_, Result<Opened>> {
         let volume = volume.to_string();
         Box::pin(async move {
             // Fresh, not the local copy: the volume may have been created a moment ago.
@@ -60,7 +60,7 @@ impl VolumeOpener for NodeOpener {
                     })
                 }
                 VolumeKind::Replicated => Ok(Opened::Replicated(
-                    VolumeIo::new(self.node.clone()).device(&volume),
+                    VolumeIo::new(self.node.clone()).device(&volume, generation),
                 )),
             }
         })

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_client::Security;
 use cairn_proto::cairn::v1 as pb;
 use cairn_proto::rpclog::{RpcLogLayer, Verbosity};
 use tokio::sync::oneshot;
@@ -20,6 +21,7 @@ use crate::service::block_api::BlockApi;
 use crate::service::node_api::NodeServiceImpl;
 use crate::service::raft_api::RaftApi;
 use crate::service::volume_api::VolumeApi;
+use crate::tls::authz::{AuthzLayer, Policy};
 use crate::{Error, Result};
 
 pub struct ServerOptions {
@@ -29,6 +31,23 @@ pub struct ServerOptions {
     pub join: Vec<String>,
     /// Where to serve Prometheus `/metrics` and `/healthz`; none when `None`.
     pub metrics_addr: Option<SocketAddr>,
+}
+
+/// The server side of `NodeConfig::security`: mutual TLS with authorization per API, or
+/// (only from `--insecure`) plaintext open to anyone who can reach the port.
+fn server_builder(cfg: &NodeConfig) -> Result<tonic::transport::Server> {
+    let builder = tonic::transport::Server::builder();
+    match &cfg.security {
+        Security::Insecure => {
+            tracing::warn!(
+                "serving PLAINTEXT without authentication (--insecure): any process that reaches this port can read, write and delete volumes"
+            );
+            Ok(builder)
+        }
+        Security::Tls(files) => builder
+            .tls_config(crate::tls::server_config(files))
+            .map_err(|e| Error::invalid("tls-dir", e.to_string())),
+    }
 }
 
 pub struct Running {
@@ -101,10 +120,17 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
-    let router = tonic::transport::Server::builder()
+    let authz = match &opts.node.security {
+        Security::Tls(_) => AuthzLayer::new(Policy {
+            node_name: opts.node.name.clone(),
+        }),
+        Security::Insecure => AuthzLayer::open(),
+    };
+    let router = server_builder(&opts.node)?
         .tcp_nodelay(true)
         .http2_adaptive_window(Some(true))
         .layer(RpcLogLayer::new(Verbosity::Quiet))
+        .layer(authz)
         .add_service(
             pb::raft_service_server::RaftServiceServer::new(RaftApi {
                 node: node.clone(),
@@ -185,7 +211,7 @@ async fn register_loop(node: Arc<StorageNode>, join: Vec<String>) {
     let mut endpoints: Vec<String> = node.cfg().initial_cluster.values().cloned().collect();
     endpoints.extend(join);
     endpoints.push(node.cfg().addr.clone());
-    let client = match cairn_client::VolumeClient::new(endpoints) {
+    let client = match cairn_client::VolumeClient::new(endpoints, node.cfg().security.clone()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e.message(), "cannot register in the catalogue: bad endpoint");

@@ -1,19 +1,25 @@
 //! Process-level cluster fixture for tests and benchmarks: spawns real `storaged`
-//! processes on loopback, kills (-9), pauses and restarts them, and cleans up on drop.
+//! processes on loopback (mutual TLS, certificates from a CA of its own), kills (-9),
+//! pauses and restarts them, and cleans up on drop.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cairn_client::VolumeClient;
+use cairn_client::{Security, VolumeClient};
 use cairn_proto::cairn::v1::ReplicaState;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::tls::Identity;
+use crate::tls::certs::{self, Issue};
+
 pub struct ProcNode {
     pub id: u64,
     pub addr: String,
+    /// Where the node serves `/metrics`.
+    pub metrics_addr: String,
     /// The node's log (`storaged.log`) and, unless given apart, its data.
     pub dir: PathBuf,
     /// The node's `--data-dir` (`dir` unless the cluster was started with `start_on`).
@@ -25,7 +31,7 @@ pub struct ProcCluster {
     pub nodes: Vec<ProcNode>,
     bin: PathBuf,
     initial: String,
-    _root: tempfile::TempDir,
+    root: tempfile::TempDir,
     extra_args: Vec<String>,
 }
 
@@ -57,12 +63,12 @@ impl ProcCluster {
         n: usize,
         extra_args: &[&str],
     ) -> std::io::Result<Self> {
-        let data_dirs: Vec<Option<PathBuf>> = vec![None; n];
-        Self::start_nodes(parent, bin, &data_dirs, extra_args)
+        Self::start_nodes(parent, bin, &vec![None; n], extra_args)
     }
 
     /// Starts one node per entry of `data_dirs` (ids 1..), each keeping its data in its own
-    /// directory (which must exist, e.g. a fault filesystem's mount) and its log in a temp dir.
+    /// directory (which must exist, e.g. a fault filesystem's mount), its log and certificates
+    /// in a temp dir.
     pub fn start_on(
         bin: &Path,
         data_dirs: &[PathBuf],
@@ -89,6 +95,7 @@ impl ProcCluster {
                 ProcNode {
                     id,
                     addr: format!("127.0.0.1:{}", free_port()),
+                    metrics_addr: format!("127.0.0.1:{}", free_port()),
                     data_dir: data_dir.clone().unwrap_or_else(|| dir.clone()),
                     dir,
                     child: None,
@@ -104,9 +111,10 @@ impl ProcCluster {
             nodes,
             bin: bin.to_path_buf(),
             initial,
-            _root: root,
+            root,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
+        certs::init_ca(&c.ca_dir()).map_err(std::io::Error::other)?;
         for i in 0..n {
             c.spawn(i)?;
         }
@@ -114,7 +122,22 @@ impl ProcCluster {
     }
 
     fn spawn(&mut self, i: usize) -> std::io::Result<()> {
+        let tls_args = if self.extra_args.iter().any(|a| a == "--insecure") {
+            vec![]
+        } else {
+            let dir = self.tls_dir(&Identity::Node(self.nodes[i].id))?;
+            vec!["--tls-dir".into(), dir.into_os_string()]
+        };
+        let own_metrics = !self
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--metrics-addr"));
         let node = &mut self.nodes[i];
+        let metrics_args = if own_metrics {
+            vec!["--metrics-addr".to_string(), node.metrics_addr.clone()]
+        } else {
+            vec![]
+        };
         std::fs::create_dir_all(&node.dir)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -130,7 +153,9 @@ impl ProcCluster {
             ])
             .arg(&node.data_dir)
             .args(["--initial-cluster", &self.initial, "--capacity", "64GiB"])
+            .args(metrics_args)
             .args(&self.extra_args)
+            .args(tls_args)
             .env(
                 "RUST_LOG",
                 std::env::var("CAIRN_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
@@ -147,8 +172,38 @@ impl ProcCluster {
         self.nodes.iter().map(|n| n.addr.clone()).collect()
     }
 
+    /// The cluster's CA (`ca.crt`, `ca.key`), beside the nodes' data dirs.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.root.path().join("certs").join("ca")
+    }
+
+    /// A `--tls-dir` for `identity`, signed by the cluster's CA (issued on first use).
+    pub fn tls_dir(&self, identity: &Identity) -> std::io::Result<PathBuf> {
+        let dir = self.root.path().join("certs").join(identity.to_string());
+        if !dir.join("tls.key").exists() {
+            let req = Issue {
+                identity: identity.clone(),
+                ips: vec![],
+                dns: vec![],
+            };
+            certs::issue(&self.ca_dir(), &req, &dir).map_err(std::io::Error::other)?;
+        }
+        Ok(dir)
+    }
+
+    /// How a client with `identity` reaches this cluster.
+    pub fn security_for(&self, identity: &Identity) -> Security {
+        if self.extra_args.iter().any(|a| a == "--insecure") {
+            return Security::Insecure;
+        }
+        let dir = self.tls_dir(identity).expect("issue a test certificate");
+        Security::from_flags(Some(&dir), false).expect("load a test certificate")
+    }
+
+    /// A client with the `admin` identity.
     pub fn client(&self) -> VolumeClient {
-        VolumeClient::new(self.addrs()).expect("cluster addresses are valid")
+        VolumeClient::new(self.addrs(), self.security_for(&Identity::Admin))
+            .expect("cluster addresses are valid")
     }
 
     pub fn index_of(&self, id: u64) -> usize {
@@ -297,6 +352,30 @@ impl ProcCluster {
     pub fn log_of(&self, id: u64) -> String {
         std::fs::read_to_string(self.nodes[self.index_of(id)].dir.join("storaged.log"))
             .unwrap_or_default()
+    }
+
+    /// Node `id`'s Prometheus exposition (`None`: it did not answer).
+    pub async fn metrics(&self, id: u64) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = &self.nodes[self.index_of(id)].metrics_addr;
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+    }
+
+    /// The sum of a metric's samples (every label set) on node `id`.
+    pub async fn metric_sum(&self, id: u64, name: &str) -> Option<f64> {
+        let text = self.metrics(id).await?;
+        Some(
+            text.lines()
+                .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
     }
 
     pub fn node_addrs(&self) -> BTreeMap<u64, String> {

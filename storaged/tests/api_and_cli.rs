@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use cairn_proto::cairn::v1 as pb;
 use cairn_storaged::testkit::{ProcCluster, free_port};
+use cairn_storaged::tls::Identity;
 use tonic::Code;
 
 fn bin() -> &'static Path {
@@ -204,9 +205,12 @@ async fn block_semantics_and_bad_input() {
     );
 }
 
-fn cairnctl(endpoint: &str, args: &[&str]) -> std::process::Output {
+/// Runs cairnctl against `cluster` as `admin`.
+fn cairnctl(cluster: &ProcCluster, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_cairnctl"))
-        .args(["--endpoint", endpoint])
+        .args(["--endpoint", &cluster.addrs().join(",")])
+        .arg("--tls-dir")
+        .arg(cluster.tls_dir(&Identity::Admin).unwrap())
         .args(args)
         .output()
         .expect("run cairnctl")
@@ -222,7 +226,7 @@ async fn cairnctl_volumes_io_and_node_join_leave() {
     };
 
     ok(&cairnctl(
-        &ep,
+        &cluster,
         &[
             "volume",
             "create",
@@ -233,7 +237,7 @@ async fn cairnctl_volumes_io_and_node_join_leave() {
             "3",
         ],
     ));
-    let out = cairnctl(&ep, &["-o", "json", "volume", "get", "cli"]);
+    let out = cairnctl(&cluster, &["-o", "json", "volume", "get", "cli"]);
     ok(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["size_bytes"], 4 << 20);
@@ -244,7 +248,7 @@ async fn cairnctl_volumes_io_and_node_join_leave() {
     let payload: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(&input, &payload).unwrap();
     ok(&cairnctl(
-        &ep,
+        &cluster,
         &[
             "volume",
             "write",
@@ -256,7 +260,7 @@ async fn cairnctl_volumes_io_and_node_join_leave() {
         ],
     ));
     let out = cairnctl(
-        &ep,
+        &cluster,
         &[
             "volume", "read", "cli", "--offset", "4096", "--length", "8192",
         ],
@@ -266,12 +270,14 @@ async fn cairnctl_volumes_io_and_node_join_leave() {
 
     // Exit codes tell failures apart.
     assert_eq!(
-        cairnctl(&ep, &["volume", "get", "missing"]).status.code(),
+        cairnctl(&cluster, &["volume", "get", "missing"])
+            .status
+            .code(),
         Some(3)
     );
     assert_eq!(
         cairnctl(
-            &ep,
+            &cluster,
             &["volume", "create", "x", "--size", "1MiB", "--replicas", "9"]
         )
         .status
@@ -279,18 +285,18 @@ async fn cairnctl_volumes_io_and_node_join_leave() {
         Some(2)
     );
     assert_eq!(
-        cairnctl(&ep, &["volume", "create", "cli", "--size", "8MiB"])
+        cairnctl(&cluster, &["volume", "create", "cli", "--size", "8MiB"])
             .status
             .code(),
         Some(4)
     );
     assert_eq!(
-        cairnctl(&ep, &["volume", "create", "y", "--size", "lots"])
+        cairnctl(&cluster, &["volume", "create", "y", "--size", "lots"])
             .status
             .code(),
         Some(2)
     );
-    let table = cairnctl(&ep, &["volume", "ls"]);
+    let table = cairnctl(&cluster, &["volume", "ls"]);
     ok(&table);
     assert!(String::from_utf8_lossy(&table.stdout).contains("cli"));
 
@@ -312,13 +318,15 @@ async fn cairnctl_volumes_io_and_node_join_leave() {
         ])
         .arg("--data-dir")
         .arg(root.path())
+        .arg("--tls-dir")
+        .arg(cluster.tls_dir(&Identity::Node(4)).unwrap())
         .stderr(std::fs::File::create(root.path().join("log")).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut joined = false;
     while Instant::now() < deadline && !joined {
-        let out = cairnctl(&ep, &["-o", "json", "node", "ls"]);
+        let out = cairnctl(&cluster, &["-o", "json", "node", "ls"]);
         if out.status.success() {
             let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             joined = nodes
@@ -332,7 +340,7 @@ async fn cairnctl_volumes_io_and_node_join_leave() {
     assert!(joined, "node 4 never appeared in `node ls`");
     // A volume pinned to the new node lands there.
     ok(&cairnctl(
-        &ep,
+        &cluster,
         &[
             "volume",
             "create",
@@ -345,19 +353,19 @@ async fn cairnctl_volumes_io_and_node_join_leave() {
             "node-4",
         ],
     ));
-    let out = cairnctl(&ep, &["-o", "json", "volume", "get", "on4"]);
+    let out = cairnctl(&cluster, &["-o", "json", "volume", "get", "on4"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["members"][0]["node_id"], 4);
     // Removing a node that holds replicas is refused; after deleting the volume it succeeds.
     assert_eq!(
-        cairnctl(&ep, &["node", "remove", "--id", "4"])
+        cairnctl(&cluster, &["node", "remove", "--id", "4"])
             .status
             .code(),
         Some(4)
     );
-    ok(&cairnctl(&ep, &["volume", "rm", "on4"]));
-    ok(&cairnctl(&ep, &["node", "remove", "--id", "4"]));
-    let out = cairnctl(&ep, &["-o", "json", "node", "ls"]);
+    ok(&cairnctl(&cluster, &["volume", "rm", "on4"]));
+    ok(&cairnctl(&cluster, &["node", "remove", "--id", "4"]));
+    let out = cairnctl(&cluster, &["-o", "json", "node", "ls"]);
     let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!nodes.as_array().unwrap().iter().any(|n| n["id"] == 4));
     let _ = n4.kill();
@@ -373,9 +381,12 @@ async fn every_node_sees_a_create_and_a_resize_at_once() {
     cluster.wait_ready(Duration::from_secs(30)).await.unwrap();
     let c = cluster.client();
     let nodes: Vec<cairn_client::NodeClient> = cluster
-        .addrs()
+        .nodes
         .iter()
-        .map(|a| cairn_client::NodeClient::connect(a).unwrap())
+        .map(|n| {
+            let me = cluster.security_for(&Identity::CsiNode(format!("node-{}", n.id)));
+            cairn_client::NodeClient::connect(&n.addr, &me).unwrap()
+        })
         .collect();
     for round in 0..4 {
         let name = format!("fresh-{round}");
@@ -386,6 +397,7 @@ async fn every_node_sees_a_create_and_a_resize_at_once() {
                     volume: name.clone(),
                     frontend: pb::Frontend::Nbd as i32,
                     readonly: false,
+                    generation: 0,
                 })
                 .await
                 .unwrap_or_else(|s| panic!("attach {name} on node index {i}: {s:?}"));

@@ -507,9 +507,15 @@ async fn group_status(
     group: u64,
 ) -> cairn_storaged::node::GroupStatus {
     let addr = cluster.node_addrs()[&id].clone();
-    let mut c = pb::raft_service_client::RaftServiceClient::connect(format!("http://{addr}"))
+    // RaftService answers node identities only: ask as the node itself.
+    let channel = cluster
+        .security_for(&cairn_storaged::tls::Identity::Node(id))
+        .endpoint(&addr)
+        .expect("node address")
+        .connect()
         .await
         .expect("connect to the node");
+    let mut c = pb::raft_service_client::RaftServiceClient::new(channel);
     let reply = c
         .group_status(pb::RaftMessage {
             group_id: group,

@@ -32,7 +32,7 @@ async fn attach_and_detach_are_idempotent() {
     let tasks: Vec<_> = (0..4)
         .map(|_| {
             let mgr = mgr.clone();
-            tokio::spawn(async move { mgr.attach("vol-a", Frontend::Fuse, false).await })
+            tokio::spawn(async move { mgr.attach("vol-a", Frontend::Fuse, false, 0).await })
         })
         .collect();
     let mut results = Vec::new();
@@ -49,17 +49,17 @@ async fn attach_and_detach_are_idempotent() {
         "1"
     );
     assert_eq!(
-        mgr.attach("vol-a", Frontend::Unspecified, false)
+        mgr.attach("vol-a", Frontend::Unspecified, false, 0)
             .await
             .unwrap(),
         a
     );
     assert!(matches!(
-        mgr.attach("vol-a", Frontend::Nbd, false).await,
+        mgr.attach("vol-a", Frontend::Nbd, false, 0).await,
         Err(Error::FailedPrecondition(_))
     ));
     assert!(matches!(
-        mgr.attach("vol-a", Frontend::Fuse, true).await,
+        mgr.attach("vol-a", Frontend::Fuse, true, 0).await,
         Err(Error::FailedPrecondition(_))
     ));
     assert_eq!(mgr.list(), vec![a.clone()]);
@@ -70,13 +70,13 @@ async fn attach_and_detach_are_idempotent() {
     );
 
     assert!(matches!(
-        mgr.attach("missing", Frontend::Fuse, false).await,
+        mgr.attach("missing", Frontend::Fuse, false, 0).await,
         Err(Error::NotFound { .. })
     ));
     for bad in ["", "a/b", ".."] {
         assert!(
             matches!(
-                mgr.attach(bad, Frontend::Fuse, false).await,
+                mgr.attach(bad, Frontend::Fuse, false, 0).await,
                 Err(Error::InvalidArgument {
                     field: "volume",
                     ..
@@ -131,6 +131,7 @@ async fn node_service_over_grpc_validates_and_attaches() {
             volume: "vol-g".into(),
             frontend: 42,
             readonly: false,
+            generation: 0,
         })
         .await
         .unwrap_err();
@@ -161,6 +162,7 @@ async fn node_service_over_grpc_validates_and_attaches() {
         volume: "vol-g".into(),
         frontend: Frontend::Nbd as i32,
         readonly: false,
+        generation: 0,
     };
     let a = client
         .attach_volume(req.clone())
@@ -234,8 +236,10 @@ async fn recovery_child() {
     let pool = LocalPool::new(dir.join("pool"));
     opener.add_local("vol-local", pool.path_for(LOCAL).unwrap(), 8 * MIB);
     let mgr = AttachManager::new(opener, dir.join("run"));
-    mgr.attach("vol-fuse", Frontend::Fuse, false).await.unwrap();
-    mgr.attach("vol-local", Frontend::Fuse, false)
+    mgr.attach("vol-fuse", Frontend::Fuse, false, 0)
+        .await
+        .unwrap();
+    mgr.attach("vol-local", Frontend::Fuse, false, 0)
         .await
         .unwrap();
     // Die without any cleanup, like a crash or SIGKILL.
@@ -299,12 +303,15 @@ async fn recovery_after_the_process_dies() {
         "{old_local} vs {local:?}"
     );
     assert_eq!(
-        mgr.attach("vol-local", Frontend::Unspecified, false)
+        mgr.attach("vol-local", Frontend::Unspecified, false, 0)
             .await
             .unwrap(),
         local
     );
-    let fresh = mgr.attach("vol-fuse", Frontend::Fuse, false).await.unwrap();
+    let fresh = mgr
+        .attach("vol-fuse", Frontend::Fuse, false, 0)
+        .await
+        .unwrap();
     sh(&format!(
         "dd if=/dev/zero of={} bs=4k count=16 oflag=direct status=none",
         fresh.device_path

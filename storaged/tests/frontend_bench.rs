@@ -53,7 +53,7 @@ async fn fuse_loop_vs_plain_loop() {
     let mgr = AttachManager::new(opener.clone(), tmp.path().join("run"));
     let _cleanup = Cleanup::new(tmp.path());
 
-    let a = mgr.attach("bench", Frontend::Fuse, false).await.unwrap();
+    let a = mgr.attach("bench", Frontend::Fuse, false, 0).await.unwrap();
     let fuse = fio(&a.device_path).await;
     mgr.detach("bench").await.unwrap();
 

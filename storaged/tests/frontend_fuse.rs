@@ -24,7 +24,10 @@ async fn ext4_on_fuse_loop_survives_detach_and_reattach() {
     let content = random_bytes(3 * MIB as usize + 123);
     std::fs::write(tmp.path().join("expected"), &content).unwrap();
 
-    let a = mgr.attach("vol-ext4", Frontend::Fuse, false).await.unwrap();
+    let a = mgr
+        .attach("vol-ext4", Frontend::Fuse, false, 0)
+        .await
+        .unwrap();
     assert_eq!(a.frontend(), Frontend::Fuse);
     assert!(a.device_path.starts_with("/dev/loop"), "{a:?}");
     assert_eq!(a.size_bytes, 64 * MIB);
@@ -58,7 +61,7 @@ async fn ext4_on_fuse_loop_survives_detach_and_reattach() {
     );
 
     let b = mgr
-        .attach("vol-ext4", Frontend::Unspecified, false)
+        .attach("vol-ext4", Frontend::Unspecified, false, 0)
         .await
         .unwrap();
     sh(&format!("mount {} {}", b.device_path, mnt.display())).await;
@@ -87,7 +90,10 @@ async fn raw_direct_io_through_loop_reaches_the_device() {
     let content = random_bytes(8 * MIB as usize);
     std::fs::write(&src, &content).unwrap();
 
-    let a = mgr.attach("vol-raw", Frontend::Fuse, false).await.unwrap();
+    let a = mgr
+        .attach("vol-raw", Frontend::Fuse, false, 0)
+        .await
+        .unwrap();
     // 1 MiB into the device, direct, 256 KiB requests.
     sh(&format!(
         "dd if={} of={} bs=256k seek=4 oflag=direct conv=fsync status=none",
@@ -145,7 +151,10 @@ async fn refresh_size_grows_the_loop_device() {
     opener.add_replicated("vol-grow", dev.clone());
     let mgr = AttachManager::new(opener.clone(), tmp.path().join("run"));
     let _cleanup = Cleanup::new(tmp.path());
-    let a = mgr.attach("vol-grow", Frontend::Fuse, false).await.unwrap();
+    let a = mgr
+        .attach("vol-grow", Frontend::Fuse, false, 0)
+        .await
+        .unwrap();
     assert_eq!(
         sh(&format!("blockdev --getsize64 {}", a.device_path))
             .await
@@ -179,7 +188,7 @@ async fn readonly_attach_refuses_writes() {
     opener.add_replicated("vol-ro", dev.clone());
     let mgr = AttachManager::new(opener.clone(), tmp.path().join("run"));
     let _cleanup = Cleanup::new(tmp.path());
-    let a = mgr.attach("vol-ro", Frontend::Fuse, true).await.unwrap();
+    let a = mgr.attach("vol-ro", Frontend::Fuse, true, 0).await.unwrap();
     assert!(a.readonly);
     assert_eq!(
         sh(&format!("blockdev --getro {}", a.device_path))

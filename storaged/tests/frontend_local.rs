@@ -28,7 +28,7 @@ async fn local_volume_is_a_loop_device_on_the_pool_file() {
     let _cleanup = Cleanup::new(tmp.path());
 
     let a = mgr
-        .attach("vol-local", Frontend::Unspecified, false)
+        .attach("vol-local", Frontend::Unspecified, false, 0)
         .await
         .unwrap();
     assert!(a.device_path.starts_with("/dev/loop"), "{a:?}");
@@ -47,14 +47,14 @@ async fn local_volume_is_a_loop_device_on_the_pool_file() {
     let back = sh(&format!("losetup -n -O BACK-FILE {}", a.device_path)).await;
     assert_eq!(back.trim(), path.to_str().unwrap());
     assert_eq!(
-        mgr.attach("vol-local", Frontend::Fuse, false)
+        mgr.attach("vol-local", Frontend::Fuse, false, 0)
             .await
             .unwrap(),
         a,
         "FUSE request is the same attach"
     );
     assert!(matches!(
-        mgr.attach("vol-local", Frontend::Nbd, false).await,
+        mgr.attach("vol-local", Frontend::Nbd, false, 0).await,
         Err(Error::FailedPrecondition(_))
     ));
 
@@ -117,7 +117,7 @@ async fn local_readonly_attach() {
     let mgr = AttachManager::new(opener.clone(), tmp.path().join("run"));
     let _cleanup = Cleanup::new(tmp.path());
     let a = mgr
-        .attach("vol-local-ro", Frontend::Fuse, true)
+        .attach("vol-local-ro", Frontend::Fuse, true, 0)
         .await
         .unwrap();
     assert_eq!(
@@ -127,7 +127,7 @@ async fn local_readonly_attach() {
         "1"
     );
     assert!(matches!(
-        mgr.attach("vol-local-ro", Frontend::Fuse, false).await,
+        mgr.attach("vol-local-ro", Frontend::Fuse, false, 0).await,
         Err(Error::FailedPrecondition(_))
     ));
     mgr.detach("vol-local-ro").await.unwrap();

@@ -36,7 +36,10 @@ async fn qemu_io_reads_and_writes_the_export() {
     let mgr = AttachManager::new(opener.clone(), tmp.path().join("run"));
     let _cleanup = Cleanup::new(tmp.path());
 
-    let a = mgr.attach("vol-nbd", Frontend::Nbd, false).await.unwrap();
+    let a = mgr
+        .attach("vol-nbd", Frontend::Nbd, false, 0)
+        .await
+        .unwrap();
     assert_eq!(a.frontend(), Frontend::Nbd);
     assert_eq!(a.device_path, "", "no kernel NBD client here");
     assert!(
@@ -44,7 +47,9 @@ async fn qemu_io_reads_and_writes_the_export() {
         "{a:?}"
     );
     assert_eq!(
-        mgr.attach("vol-nbd", Frontend::Nbd, false).await.unwrap(),
+        mgr.attach("vol-nbd", Frontend::Nbd, false, 0)
+            .await
+            .unwrap(),
         a
     );
 
@@ -150,7 +155,10 @@ async fn readonly_export_refuses_writes() {
     let dev = MemDevice::new(4 * MIB);
     opener.add_replicated("vol-nbd-ro", dev.clone());
     let mgr = AttachManager::new(opener.clone(), tmp.path().join("run"));
-    let a = mgr.attach("vol-nbd-ro", Frontend::Nbd, true).await.unwrap();
+    let a = mgr
+        .attach("vol-nbd-ro", Frontend::Nbd, true, 0)
+        .await
+        .unwrap();
     qemu_io_with("-r", &a.nbd_uri, &["read -P 0 0 64k"]).await;
     let res = tokio::process::Command::new("qemu-io")
         .args(["-f", "raw", &a.nbd_uri, "-c", "write -P 1 0 4k"])

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use cairn_client::VolumeClient;
 use cairn_proto::cairn::v1 as pb;
 use cairn_storaged::testkit::ProcCluster;
+use cairn_storaged::tls::Identity;
 use tonic::{Code, Status};
 
 const MIB: u64 = 1 << 20;
@@ -228,6 +229,8 @@ async fn snapshots_restores_and_clones_are_point_in_time_copies() {
 
     // cairnctl lists it; deleting is idempotent only at the CSI layer: storaged says NOT_FOUND.
     let out = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .arg("--tls-dir")
+        .arg(cluster.tls_dir(&Identity::Admin).unwrap())
         .args([
             "--endpoint",
             &cluster.addrs().join(","),

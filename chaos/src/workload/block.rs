@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cairn_client::VolumeClient;
+use cairn_client::{Security, VolumeClient};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -89,7 +89,12 @@ impl Clients {
 impl BlockWorkload {
     /// Starts the clients against the storaged nodes at `endpoints`; client `i` of a volume
     /// asks the nodes in an order starting at node `i`, so a volume's clients enter on different nodes.
-    pub fn start(&self, endpoints: &[String], recorder: Arc<Recorder>) -> Result<Clients, Error> {
+    pub fn start(
+        &self,
+        endpoints: &[String],
+        security: &Security,
+        recorder: Arc<Recorder>,
+    ) -> Result<Clients, Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let versions = Arc::new(AtomicU64::new(1));
         let mut tasks = Vec::new();
@@ -103,7 +108,8 @@ impl BlockWorkload {
                     id,
                     volume: volume.clone(),
                     blocks: self.blocks_per_volume,
-                    api: VolumeClient::new(order).map_err(|s| Error::Config(s.message().into()))?,
+                    api: VolumeClient::new(order, security.clone())
+                        .map_err(|s| Error::Config(s.message().into()))?,
                     rng: StdRng::seed_from_u64(self.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
                     versions: Arc::clone(&versions),
                     recorder: Arc::clone(&recorder),

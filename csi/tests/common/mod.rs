@@ -55,6 +55,20 @@ pub fn csi_bin() -> PathBuf {
     }
 }
 
+/// Runs `cairnctl certs ARGS` (the CA and certificates of a test cluster).
+fn certs(args: &[&str]) {
+    let out = Command::new(bin_dir().join("cairnctl"))
+        .arg("certs")
+        .args(args)
+        .output()
+        .expect("run cairnctl certs");
+    assert!(
+        out.status.success(),
+        "cairnctl certs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn free_port() -> u16 {
     cairn_client::unused_loopback_port().expect("a free loopback port")
 }
@@ -129,6 +143,24 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The `--tls-dir` of `identity` under `root/certs`, signed by `root/certs/ca`.
+fn issue(root: &Path, identity: &str) -> PathBuf {
+    let certs_dir = root.join("certs");
+    let out = certs_dir.join(identity);
+    if !out.join("tls.key").exists() {
+        let ca = certs_dir.join("ca");
+        let args = [
+            "issue",
+            "--ca-dir",
+            ca.to_str().unwrap(),
+            "--identity",
+            identity,
+        ];
+        certs(&[&args[..], &["--out", out.to_str().unwrap()]].concat());
+    }
+    out
+}
+
 /// A storaged process.
 pub struct Storaged {
     pub child: Child,
@@ -156,11 +188,14 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let bin = storaged_bin();
+        let ca = dir.path().join("certs").join("ca");
+        certs(&["init", "--dir", ca.to_str().unwrap()]);
         let mut nodes = Vec::new();
         for (i, port) in ports.iter().enumerate() {
             let id = i + 1;
             let data = dir.path().join(format!("storaged-{id}"));
             std::fs::create_dir_all(&data).unwrap();
+            let tls = issue(dir.path(), &format!("node:{id}"));
             let log = std::fs::File::create(dir.path().join(format!("storaged-{id}.log"))).unwrap();
             let child = Command::new(&bin)
                 .args(["--node-id", &id.to_string()])
@@ -174,6 +209,8 @@ impl Cluster {
                     &format!("zone=zone-{}", if id == 1 { "a" } else { "b" }),
                 ])
                 .args(["--capacity", "20GiB"])
+                .arg("--tls-dir")
+                .arg(&tls)
                 // storaged logs to stdout; keep both streams.
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
@@ -186,7 +223,9 @@ impl Cluster {
             });
         }
         let cluster = Cluster { nodes, dir };
-        let client = cairn_client::VolumeClient::new(cluster.endpoints()).unwrap();
+        let client =
+            cairn_client::VolumeClient::new(cluster.endpoints(), cluster.security("admin"))
+                .unwrap();
         wait_for("storaged cluster with all nodes", STARTUP, || {
             let client = client.clone();
             async move {
@@ -198,6 +237,16 @@ impl Cluster {
         })
         .await;
         cluster
+    }
+
+    /// A `--tls-dir` for `identity` (`controller`, `csi-node:node-1`, ...), issued on first use.
+    pub fn tls_dir(&self, identity: &str) -> PathBuf {
+        issue(self.dir.path(), identity)
+    }
+
+    /// How a client with `identity` reaches the cluster.
+    pub fn security(&self, identity: &str) -> cairn_client::Security {
+        cairn_client::Security::from_flags(Some(&self.tls_dir(identity)), false).unwrap()
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -218,7 +267,8 @@ impl Cluster {
     }
 
     pub fn node_client(&self, i: usize) -> cairn_client::NodeClient {
-        cairn_client::NodeClient::connect(&self.nodes[i].addr).unwrap()
+        let me = self.security(&format!("csi-node:{}", self.nodes[i].name));
+        cairn_client::NodeClient::connect(&self.nodes[i].addr, &me).unwrap()
     }
 }
 
@@ -271,6 +321,11 @@ impl Plugin {
                 &cluster.endpoints_for(i),
                 "--kubelet-root",
                 root.to_str().unwrap(),
+                "--tls-dir",
+                cluster
+                    .tls_dir(&format!("csi-node:{}", cluster.nodes[i].name))
+                    .to_str()
+                    .unwrap(),
             ],
             &log,
         )
@@ -281,7 +336,16 @@ impl Plugin {
         let sock = cluster.dir.path().join("csi-controller.sock");
         let log = cluster.dir.path().join("csi-controller.log");
         let eps = cluster.endpoints().join(",");
-        Plugin::start(&sock, &["--mode", "controller", "--storaged", &eps], &log).await
+        let tls = cluster.tls_dir("controller");
+        let args = [
+            "--mode",
+            "controller",
+            "--storaged",
+            &eps,
+            "--tls-dir",
+            tls.to_str().unwrap(),
+        ];
+        Plugin::start(&sock, &args, &log).await
     }
 
     async fn spawn(&mut self) {
@@ -523,4 +587,45 @@ pub fn has_cap_sys_resource() -> bool {
         .unwrap()
         .trim();
     u64::from_str_radix(eff, 16).unwrap() & (1 << CAP_SYS_RESOURCE) != 0
+}
+
+pub async fn controller_publish(
+    ctrl: &Plugin,
+    id: &str,
+    node: &str,
+    cap: &csi::VolumeCapability,
+) -> Result<std::collections::HashMap<String, String>, tonic::Status> {
+    ctrl.ctrl()
+        .await
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+            volume_id: id.into(),
+            node_id: node.into(),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().publish_context)
+}
+
+pub async fn controller_unpublish(ctrl: &Plugin, id: &str, node: &str) {
+    ctrl.ctrl()
+        .await
+        .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+            volume_id: id.into(),
+            node_id: node.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ControllerUnpublishVolume");
+}
+
+pub async fn create(ctrl: &Plugin, req: csi::CreateVolumeRequest) -> csi::Volume {
+    ctrl.ctrl()
+        .await
+        .create_volume(req)
+        .await
+        .expect("CreateVolume")
+        .into_inner()
+        .volume
+        .unwrap()
 }

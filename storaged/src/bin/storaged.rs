@@ -51,10 +51,21 @@ struct Args {
     /// does so after every 32 MiB of writes).
     #[arg(long, default_value_t = 4_096)]
     snapshot_logs: u64,
+    /// Milliseconds without a write after which a volume's Raft group goes quiet: its
+    /// timers stop on every member until its next I/O or message (0: never).
+    #[arg(long, default_value_t = 2_000)]
+    quiet_after_ms: u64,
     /// Serve Prometheus metrics (`/metrics`) and `/healthz` on this address, e.g.
     /// 0.0.0.0:9810. Off by default.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Directory holding this node's `ca.crt`, `tls.crt` and `tls.key` (a `node:<id>`
+    /// certificate): every call in and out uses mutual TLS.
+    #[arg(long, env = "CAIRN_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Serve and call peers in plaintext, without authentication (tests only).
+    #[arg(long)]
+    insecure: bool,
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -77,6 +88,8 @@ fn run(args: Args) -> Result<(), String> {
     if args.node_id == 0 {
         return Err("--node-id: must be greater than 0".into());
     }
+    let security = cairn_client::Security::from_flags(args.tls_dir.as_deref(), args.insecure)
+        .map_err(|s| s.message().to_string())?;
     let mut initial = BTreeMap::new();
     for entry in &args.initial_cluster {
         let (id, addr) = parse_kv("initial-cluster", entry)?;
@@ -132,9 +145,13 @@ fn run(args: Args) -> Result<(), String> {
         addr,
         data_dir: args.data_dir.clone(),
         initial_cluster: initial,
+        join: args.join.clone(),
         labels,
         capacity_bytes: capacity,
         snapshot_logs: args.snapshot_logs,
+        security,
+        quiet_after: (args.quiet_after_ms > 0)
+            .then(|| std::time::Duration::from_millis(args.quiet_after_ms)),
     };
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     rt.block_on(async move {

@@ -38,6 +38,7 @@ struct Attached {
 
 enum Exposure {
     Fuse {
+        dev: Arc<dyn BlockDevice>,
         export: FuseExport,
         loop_dev: PathBuf,
     },
@@ -109,12 +110,15 @@ impl AttachManager {
     /// same frontend and mode is returned as is; one with a different frontend or mode is
     /// `FailedPrecondition`. `Frontend::Unspecified` means FUSE. Local volumes always get a loop
     /// device on their pool file and report `Frontend::Unspecified`; NBD is refused for them.
+    /// A replicated volume's writes carry publish `generation` (0: unfenced); attaching again
+    /// under a newer publish moves the attachment to its generation, an older one is refused.
     #[tracing::instrument(skip(self), err)]
     pub async fn attach(
         &self,
         volume: &str,
         frontend: Frontend,
         readonly: bool,
+        generation: u64,
     ) -> Result<pb::NodeAttachment> {
         super::validate_volume(volume)?;
         let frontend = if frontend == Frontend::Unspecified {
@@ -128,7 +132,7 @@ impl AttachManager {
             let same_frontend = existing.frontend() == frontend
                 || (existing.frontend() == Frontend::Unspecified && frontend == Frontend::Fuse);
             if same_frontend && existing.readonly == readonly {
-                return Ok(existing);
+                return self.regenerate(volume, existing, generation).await;
             }
             return Err(Error::FailedPrecondition(format!(
                 "volume `{volume}` is already attached with frontend {} readonly={}",
@@ -136,11 +140,11 @@ impl AttachManager {
                 existing.readonly
             )));
         }
-        let opened = self.opener.open(volume).await?;
+        let opened = self.opener.open(volume, generation).await?;
         let (attachment, exposure) = match opened {
             Opened::Replicated(dev) if frontend == Frontend::Nbd => {
                 let server = NbdServer::start(volume, dev.clone(), readonly).await?;
-                let a = attachment(
+                let mut a = attachment(
                     volume,
                     Frontend::Nbd,
                     "",
@@ -148,9 +152,14 @@ impl AttachManager {
                     dev.size(),
                     readonly,
                 );
+                a.generation = generation;
                 (a, Exposure::Nbd { dev, server })
             }
-            Opened::Replicated(dev) => self.attach_fuse(volume, dev, readonly).await?,
+            Opened::Replicated(dev) => {
+                let (mut a, exposure) = self.attach_fuse(volume, dev, readonly).await?;
+                a.generation = generation;
+                (a, exposure)
+            }
             Opened::Local { .. } if frontend == Frontend::Nbd => {
                 return Err(Error::FailedPrecondition(format!(
                     "volume `{volume}` is a local volume: it is exposed with a loop device, not NBD"
@@ -224,7 +233,51 @@ impl AttachManager {
             size,
             readonly,
         );
-        Ok((a, Exposure::Fuse { export, loop_dev }))
+        Ok((
+            a,
+            Exposure::Fuse {
+                dev,
+                export,
+                loop_dev,
+            },
+        ))
+    }
+
+    /// An existing attachment asked for again, under publish `generation`: the same or an
+    /// unfenced request returns it as is; a newer publish's writes carry its generation from
+    /// now on; an older one is refused (a stage call that lost a race with a newer publish).
+    async fn regenerate(
+        &self,
+        volume: &str,
+        existing: pb::NodeAttachment,
+        generation: u64,
+    ) -> Result<pb::NodeAttachment> {
+        if generation == existing.generation || generation == 0 {
+            return Ok(existing);
+        }
+        if generation < existing.generation {
+            return Err(Error::FailedPrecondition(format!(
+                "volume `{volume}` is attached under publish generation {}, newer than {generation}",
+                existing.generation
+            )));
+        }
+        let attachment = {
+            let mut table = self.table_lock();
+            let entry = table
+                .get_mut(volume)
+                .ok_or_else(|| Error::not_found("attachment", volume))?;
+            match &entry.exposure {
+                Exposure::Fuse { dev, .. } | Exposure::Nbd { dev, .. } => {
+                    dev.set_generation(generation)
+                }
+                Exposure::Local { .. } => return Ok(entry.attachment.clone()),
+            }
+            entry.attachment.generation = generation;
+            entry.attachment.clone()
+        };
+        tracing::info!(volume, generation, "attachment moved to a newer publish");
+        self.persist().await?;
+        Ok(attachment)
     }
 
     /// Removes `volume`'s exposure. Unknown volumes are success. A loop device still in use (a
@@ -499,6 +552,7 @@ fn attachment(
         nbd_uri: nbd_uri.to_string(),
         size_bytes: size,
         readonly,
+        generation: 0,
     }
 }
 

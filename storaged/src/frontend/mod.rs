@@ -30,12 +30,16 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn write(&self, offset: u64, data: Bytes) -> BoxFuture<'_, crate::Result<()>>;
     fn discard(&self, offset: u64, len: u64) -> BoxFuture<'_, crate::Result<()>>;
     fn flush(&self) -> BoxFuture<'_, crate::Result<()>>;
+    /// The publish generation writes carry from now on (`fence.rs`), after a re-publish
+    /// to this node; devices that are not fenced ignore it.
+    fn set_generation(&self, _generation: u64) {}
 }
 
 /// What the attach manager needs from the rest of storaged.
 pub trait VolumeOpener: Send + Sync + 'static {
     /// Look up a volume by name; returns how to expose it.
-    fn open(&self, volume: &str) -> BoxFuture<'_, crate::Result<Opened>>;
+    /// `generation` is the publish generation the volume's writes carry (0: unfenced).
+    fn open(&self, volume: &str, generation: u64) -> BoxFuture<'_, crate::Result<Opened>>;
     /// Returns once sizes seen through opened volumes reflect every committed resize.
     fn catch_up(&self) -> BoxFuture<'_, crate::Result<()>> {
         Box::pin(async { Ok(()) })

@@ -21,11 +21,14 @@ pub enum VolumeKind {
     Local,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// A publish of a volume to a node. Stored in the old shape plus a label (`meta/stored.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttachmentRecord {
     pub node_name: String,
     pub readonly: bool,
     pub multi_node: bool,
+    /// The fencing generation of this publish (0: published before generations existed).
+    pub generation: u64,
 }
 
 /// A volume in the catalogue. Stored (catalogue, snapshots, log entries) in the shape of
@@ -47,6 +50,8 @@ pub struct VolumeRecord {
     /// What its first contents are a copy of, if anything.
     pub origin: Option<Origin>,
     pub state: VolumeState,
+    /// The last fencing generation given to a publish of this volume; grows with each.
+    pub generation: u64,
 }
 
 /// What a volume's first contents are a copy of.
@@ -373,10 +378,12 @@ impl Catalog {
                         other.node_name
                     )));
                 }
+                v.generation += 1;
                 v.attachments.push(AttachmentRecord {
                     node_name,
                     readonly,
                     multi_node,
+                    generation: v.generation,
                 });
                 Ok(MetaReply::Volume(v.clone()))
             }
@@ -464,6 +471,7 @@ mod tests {
             created_unix: 0,
             origin: None,
             state: VolumeState::Ready,
+            generation: 0,
         }
     }
 

@@ -17,6 +17,19 @@ const SOURCE_LABEL: &str = "cairn.dev/source";
 const POPULATING_LABEL: &str = "cairn.dev/populating";
 /// Bytes of written data copied in (set when the copy completes).
 const COPIED_LABEL: &str = "cairn.dev/bytes-copied";
+/// The last fencing generation given to a publish (absent: none yet).
+const GENERATION_LABEL: &str = "cairn.dev/generation";
+/// Prefixes a node name: the generation of the volume's publish to that node.
+const ATTACHED_PREFIX: &str = "cairn.dev/generation.";
+
+/// An attachment as stored: field for field what older nodes encode and decode (its
+/// generation is kept in a label).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct StoredAttachment {
+    pub node_name: String,
+    pub readonly: bool,
+    pub multi_node: bool,
+}
 
 /// `VolumeRecord` as stored: field for field what older nodes encode and decode.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -27,8 +40,8 @@ pub struct StoredVolume {
     pub replicas: u32,
     pub kind: VolumeKind,
     pub members: Vec<u64>,
-    pub attachments: Vec<AttachmentRecord>,
-    /// The user's labels and the lifecycle labels above.
+    pub attachments: Vec<StoredAttachment>,
+    /// The user's labels and the lifecycle and generation labels above.
     pub labels: BTreeMap<String, String>,
     pub created_unix: i64,
 }
@@ -53,6 +66,17 @@ impl From<StoredVolume> for VolumeRecord {
             .or(source.map(Origin::Source));
         let populating = labels.remove(POPULATING_LABEL).is_some();
         let copied = labels.remove(COPIED_LABEL).and_then(|b| b.parse().ok());
+        let generation = take_number(&mut labels, GENERATION_LABEL);
+        let attachments = s
+            .attachments
+            .into_iter()
+            .map(|a| AttachmentRecord {
+                generation: take_number(&mut labels, &format!("{ATTACHED_PREFIX}{}", a.node_name)),
+                node_name: a.node_name,
+                readonly: a.readonly,
+                multi_node: a.multi_node,
+            })
+            .collect();
         let state = match (populating, copied) {
             (true, _) => VolumeState::Populating,
             (false, Some(bytes)) => VolumeState::Populated { bytes },
@@ -65,11 +89,12 @@ impl From<StoredVolume> for VolumeRecord {
             replicas: s.replicas,
             kind: s.kind,
             members: s.members,
-            attachments: s.attachments,
+            attachments,
             labels,
             created_unix: s.created_unix,
             origin,
             state,
+            generation,
         }
     }
 }
@@ -95,6 +120,26 @@ impl From<VolumeRecord> for StoredVolume {
                 labels.insert(COPIED_LABEL.to_string(), bytes.to_string());
             }
         }
+        if v.generation > 0 {
+            labels.insert(GENERATION_LABEL.to_string(), v.generation.to_string());
+        }
+        let attachments = v
+            .attachments
+            .into_iter()
+            .map(|a| {
+                if a.generation > 0 {
+                    labels.insert(
+                        format!("{ATTACHED_PREFIX}{}", a.node_name),
+                        a.generation.to_string(),
+                    );
+                }
+                StoredAttachment {
+                    node_name: a.node_name,
+                    readonly: a.readonly,
+                    multi_node: a.multi_node,
+                }
+            })
+            .collect();
         StoredVolume {
             id: v.id,
             name: v.name,
@@ -102,16 +147,24 @@ impl From<VolumeRecord> for StoredVolume {
             replicas: v.replicas,
             kind: v.kind,
             members: v.members,
-            attachments: v.attachments,
+            attachments,
             labels,
             created_unix: v.created_unix,
         }
     }
 }
 
-/// The labels a volume shows in the API: its own and its lifecycle's, as before.
+/// A number kept in a label (0 when absent or not a number), the label removed.
+fn take_number(labels: &mut BTreeMap<String, String>, key: &str) -> u64 {
+    labels.remove(key).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// The labels a volume shows in the API: its own and its lifecycle's, as before (the
+/// generations are shown in their own fields).
 pub fn api_labels(v: &VolumeRecord) -> BTreeMap<String, String> {
-    StoredVolume::from(v.clone()).labels
+    let mut labels = StoredVolume::from(v.clone()).labels;
+    labels.retain(|k, _| k != GENERATION_LABEL && !k.starts_with(ATTACHED_PREFIX));
+    labels
 }
 
 #[cfg(test)]
@@ -187,6 +240,54 @@ mod tests {
         assert!(!v("clone").is_sealed_snapshot());
         assert!(v("clone").labels.is_empty());
         assert_eq!(encode(&cat).unwrap(), bytes, "stored in the old shape");
+    }
+
+    #[test]
+    fn publish_generations_round_trip_in_the_old_shape() {
+        let mut old = stored("v", &[("team", "a")]);
+        old.attachments = vec![StoredAttachment {
+            node_name: "node-1".into(),
+            readonly: false,
+            multi_node: false,
+        }];
+        // Written before generations: generation 0 (unfenced).
+        let v: VolumeRecord = decode(&encode(&old).unwrap()).unwrap();
+        assert_eq!((v.generation, v.attachments[0].generation), (0, 0));
+        let mut cat = Catalog::default();
+        cat.nodes.insert(
+            2,
+            crate::meta::catalog::NodeRecord {
+                id: 2,
+                name: "node-2".into(),
+                addr: "a:1".into(),
+                labels: BTreeMap::new(),
+                capacity_bytes: 1,
+                role: crate::meta::catalog::NodeRole::Voter,
+            },
+        );
+        cat.volumes.insert("v".into(), v);
+        cat.apply(MetaCommand::Unpublish {
+            name: "v".into(),
+            node_name: "node-1".into(),
+        })
+        .unwrap();
+        let publish = MetaCommand::Publish {
+            name: "v".into(),
+            node_name: "node-2".into(),
+            readonly: true,
+            multi_node: false,
+        };
+        cat.apply(publish.clone()).unwrap();
+        cat.apply(publish).unwrap();
+        let v = cat.volumes["v"].clone();
+        assert_eq!(
+            (v.generation, v.attachments[0].generation),
+            (1, 1),
+            "a repeat keeps it"
+        );
+        let back: VolumeRecord = decode(&encode(&v).unwrap()).unwrap();
+        assert_eq!(back, v);
+        assert_eq!(api_labels(&v).len(), 1, "generations are not user labels");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::engine::Engine;
 use crate::meta::catalog::{VolumeKind, VolumeRecord};
 use crate::node::meta::Meta;
+use crate::node::quiesce::Quiescer;
 use crate::raft::NetworkFactory;
 use crate::raft::log_store::LogStore;
 use crate::raft::log_window::LogWindow;
@@ -106,15 +107,29 @@ pub struct Groups {
     opener: Opener,
     meta: Arc<Meta>,
     running: RwLock<HashMap<u64, Raft>>,
+    quiescer: Arc<Quiescer>,
 }
 
 impl Groups {
-    pub(super) fn new(opener: Opener, meta: Arc<Meta>) -> Self {
+    pub(super) fn new(opener: Opener, meta: Arc<Meta>, quiet_after: Option<Duration>) -> Self {
+        let quiescer = Arc::new(Quiescer::new(opener.me, quiet_after));
         Groups {
             opener,
             meta,
             running: RwLock::new(HashMap::new()),
+            quiescer,
         }
+    }
+
+    /// Quiet groups and node liveness (`quiesce.rs`).
+    pub fn quiescer(&self) -> &Arc<Quiescer> {
+        &self.quiescer
+    }
+
+    /// Restarts `group`'s Raft timers if it was quiet; call before any I/O or membership
+    /// change on it and after any Raft message for it.
+    pub fn wake(&self, group: u64, raft: &Raft) {
+        self.quiescer.wake(group, raft);
     }
 
     /// The volume groups this node runs now.

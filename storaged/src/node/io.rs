@@ -6,11 +6,13 @@ use std::time::Instant;
 
 use crate::chunks::{self, IoKind};
 use crate::engine::{Cf, Engine, Pages, keys};
+use crate::fence::{self, Access, Fence};
 use crate::meta::catalog::{VolumeKind, VolumeRecord};
 use crate::metrics::Metrics;
 use crate::node::groups::Groups;
 use crate::node::meta::Meta;
-use crate::raft::{META_GROUP, Raft, Request};
+use crate::raft::state_machine::GroupStateMachine;
+use crate::raft::{META_GROUP, Raft, Request, Response};
 use crate::{Error, Result};
 
 /// The leader side of block I/O; a request for a group led elsewhere is a `NotLeader`.
@@ -68,7 +70,13 @@ impl NodeIo {
                 "volume `{name}` is a local volume: it has no replicated block API; attach it on its node"
             )));
         }
-        match self.groups.get(vol.id) {
+        let local = self.groups.get(vol.id);
+        if let Some(raft) = &local {
+            // A quiet group restarts its timers: a leader for its read lease, a follower
+            // so that it elects if its leader is gone.
+            self.groups.wake(vol.id, raft);
+        }
+        match local {
             Some(raft) if raft.is_leader() => Ok((vol, raft)),
             Some(raft) => Err(self.meta.not_leader(&raft, vol.id)),
             None => Err(Error::NotLeader {
@@ -92,39 +100,74 @@ impl NodeIo {
         }
     }
 
-    pub async fn write(&self, name: &str, offset: u64, data: bytes::Bytes) -> Result<()> {
+    /// Writes `data` for the holder of publish `generation` (0: unfenced, see `fence.rs`).
+    pub async fn write(
+        &self,
+        name: &str,
+        offset: u64,
+        data: bytes::Bytes,
+        generation: u64,
+    ) -> Result<()> {
         let (started, len) = (Instant::now(), data.len() as u64);
         let r = async {
             let (vol, raft) = self.target(name)?;
             refuse_sealed_snapshot(&vol)?;
             self.check(&vol, offset, len, IoKind::Write).await?;
-            self.propose(&raft, vol.id, Request::Write { offset, data })
-                .await
+            let req = Request::FencedWrite {
+                offset,
+                data,
+                generation,
+            };
+            self.propose(&raft, vol.id, req).await
         }
         .await;
         self.metrics.io("write", len, started, &r);
         r
     }
 
-    pub async fn discard(&self, name: &str, offset: u64, len: u64) -> Result<()> {
+    pub async fn discard(&self, name: &str, offset: u64, len: u64, generation: u64) -> Result<()> {
         let started = Instant::now();
         let r = async {
             let (vol, raft) = self.target(name)?;
             refuse_sealed_snapshot(&vol)?;
             self.check(&vol, offset, len, IoKind::Discard).await?;
-            self.propose(&raft, vol.id, Request::Discard { offset, len })
-                .await
+            let req = Request::FencedDiscard {
+                offset,
+                len,
+                generation,
+            };
+            self.propose(&raft, vol.id, req).await
         }
         .await;
         self.metrics.io("discard", len, started, &r);
         r
     }
 
+    /// Proposes a block entry; the fence's refusal at apply is FAILED_PRECONDITION.
     async fn propose(&self, raft: &Raft, group: u64, req: Request) -> Result<()> {
-        raft.client_write(req)
+        let resp = raft
+            .client_write(req)
             .await
             .map_err(|e| self.meta.write_error(raft, group, e))?;
-        Ok(())
+        match resp.data {
+            Response::Fenced(why) => Err(Error::FailedPrecondition(why)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Brings the fence of `name`'s group up to date with the catalogue (after a publish
+    /// committed there), on the group's leader; returns the fence's generation.
+    pub async fn fence(&self, name: &str) -> Result<u64> {
+        let (_, raft) = self.target(name)?;
+        let cat = self.meta.fresh().await?;
+        let vol = cat
+            .volumes
+            .get(name)
+            .ok_or_else(|| Error::not_found("volume", name))?;
+        let fence = Fence::of(vol);
+        let generation = fence.generation;
+        self.propose(&raft, vol.id, Request::Fence(fence)).await?;
+        Ok(generation)
     }
 
     pub async fn read(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -141,12 +184,16 @@ impl NodeIo {
     }
 
     /// Every acknowledged write is already committed (fsynced on a majority), so a flush
-    /// only has to confirm that this node still leads the group.
-    pub async fn flush(&self, name: &str) -> Result<()> {
+    /// only has to confirm that this node still leads the group, and that the fence it has
+    /// applied by then still lets the holder of `generation` in.
+    pub async fn flush(&self, name: &str, generation: u64) -> Result<()> {
         let started = Instant::now();
         let r = async {
             let (vol, raft) = self.target(name)?;
-            self.meta.linearize(&raft, vol.id).await.map(|_| ())
+            self.meta.linearize(&raft, vol.id).await?;
+            let applied = GroupStateMachine::applied_fence(self.engine.as_ref(), vol.id)?;
+            fence::check(applied.as_ref(), generation, Access::Flush)
+                .map_err(Error::FailedPrecondition)
         }
         .await;
         self.metrics.io("flush", 0, started, &r);

@@ -96,6 +96,7 @@ pub(super) async fn run(me: u64, meta: Arc<Meta>, groups: Arc<Groups>) {
 async fn check(me: u64, meta: &Meta, groups: &Groups, attempts: &mut HashMap<u64, Attempt>) {
     let cat = meta.catalog();
     let by_id: HashMap<u64, &VolumeRecord> = cat.volumes.values().map(|v| (v.id, v)).collect();
+    let groups_ref = groups;
     let groups = groups.volumes();
     attempts.retain(|g, _| groups.iter().any(|(id, _)| id == g));
     for (group, raft) in groups {
@@ -133,6 +134,7 @@ async fn check(me: u64, meta: &Meta, groups: &Groups, attempts: &mut HashMap<u64
             },
         );
         tracing::info!(volume = %vol.name, group, from = me, to, retry_after = ?wait, "handing leadership to the attached node");
+        groups_ref.wake(group, &raft);
         if let Err(e) = raft.trigger().transfer_leader(to).await {
             tracing::warn!(volume = %vol.name, group, to, error = %e, "leadership transfer not started");
         }
@@ -172,12 +174,14 @@ mod tests {
                     node_name: n.to_string(),
                     readonly: false,
                     multi_node: attached.len() > 1,
+                    generation: 0,
                 })
                 .collect(),
             labels: Default::default(),
             created_unix: 0,
             origin: None,
             state: crate::meta::catalog::VolumeState::Ready,
+            generation: 0,
         };
         cat.volumes.insert("v".into(), vol.clone());
         (cat, vol)

@@ -123,7 +123,9 @@ impl Meta {
         );
         match resp.data {
             Response::Meta(r) => r.map_err(Error::from),
-            Response::Done => Err(Error::Internal("meta command produced no reply".into())),
+            other => Err(Error::Internal(format!(
+                "meta command produced no reply: {other:?}"
+            ))),
         }
     }
 

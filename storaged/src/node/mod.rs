@@ -5,6 +5,7 @@ pub mod groups;
 pub mod io;
 pub mod leadership;
 pub mod meta;
+pub mod quiesce;
 pub mod status;
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::Result;
 use crate::engine::Engine;
+use crate::identity;
 use crate::meta::catalog::{Catalog, MetaCommand, MetaReply, NodeRecord};
 use crate::metrics::{Exposition, Metrics};
 use crate::raft::state_machine::Shared;
@@ -35,16 +37,36 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Initial meta voters (id → addr); empty when joining a running cluster.
     pub initial_cluster: BTreeMap<u64, String>,
+    /// Addresses of a running cluster this node joins (`--join`).
+    pub join: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub capacity_bytes: u64,
     /// Log entries after which a volume group snapshots and purges its log.
     pub snapshot_logs: u64,
+    /// How this node reaches its peers (mutual TLS with its own certificate).
+    pub security: cairn_client::Security,
+    /// Idle time after which a volume group this node leads goes quiet (`None`: never).
+    pub quiet_after: Option<std::time::Duration>,
 }
 
 impl NodeConfig {
     /// Where a node spools snapshots it receives.
     pub fn spool_dir(&self) -> PathBuf {
         self.data_dir.join("snapshots")
+    }
+
+    /// The other nodes this node was told about: initial voters and `--join` addresses.
+    pub fn peers(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .initial_cluster
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(_, addr)| addr.clone())
+            .chain(self.join.iter().cloned())
+            .collect();
+        out.retain(|a| *a != self.addr);
+        out.dedup();
+        out
     }
 }
 
@@ -59,7 +81,7 @@ pub struct StorageNode {
 
 impl StorageNode {
     pub async fn start(cfg: NodeConfig, engine: Arc<dyn Engine>) -> Result<Arc<Self>> {
-        let channels = ChannelCache::default();
+        let channels = ChannelCache::new(cfg.security.clone());
         let opener = Opener {
             me: cfg.id,
             snapshot_logs: cfg.snapshot_logs,
@@ -68,11 +90,20 @@ impl StorageNode {
             syncer: WalSyncer::start(engine.clone()),
             channels: channels.clone(),
         };
+        let dir = identity::check_stamp(&cfg.data_dir, cfg.id)?;
         let shared = Shared::new();
         let raft = opener.open(META_GROUP, shared.clone()).await?;
-        if cfg.initial_cluster.contains_key(&cfg.id)
-            && !raft.is_initialized().await.map_err(fatal)?
-        {
+        let empty = !raft.is_initialized().await.map_err(fatal)?;
+        if empty {
+            identity::refuse_if_known(cfg.id, &cfg.peers(), &channels).await?;
+        }
+        if dir == identity::DirState::Unstamped {
+            if !empty {
+                tracing::info!(node = cfg.id, data_dir = %cfg.data_dir.display(), "stamping a data dir written before identity stamps");
+            }
+            identity::write_stamp(&cfg.data_dir, cfg.id)?;
+        }
+        if cfg.initial_cluster.contains_key(&cfg.id) && empty {
             let members: BTreeMap<u64, Node> = cfg
                 .initial_cluster
                 .iter()
@@ -89,11 +120,17 @@ impl StorageNode {
             shared,
             channels.clone(),
         ));
-        let groups = Arc::new(Groups::new(opener, meta.clone()));
+        let groups = Arc::new(Groups::new(opener, meta.clone(), cfg.quiet_after));
         let metrics = Arc::new(Metrics::default());
         let io = NodeIo::new(meta.clone(), groups.clone(), engine, metrics.clone());
         tokio::spawn(groups.clone().reconcile_loop());
         tokio::spawn(leadership::run(cfg.id, meta.clone(), groups.clone()));
+        tokio::spawn(quiesce::run(
+            groups.quiescer().clone(),
+            meta.clone(),
+            groups.clone(),
+            channels.clone(),
+        ));
         Ok(Arc::new(StorageNode {
             cfg,
             channels,
@@ -132,8 +169,27 @@ impl StorageNode {
         self.groups.get(group)
     }
 
+    /// Restarts a quiet group's timers (see `quiesce.rs`); cheap when it was not quiet.
+    pub fn wake(&self, group: u64) {
+        if let Some(raft) = self.groups.get(group) {
+            self.groups.wake(group, &raft);
+        }
+    }
+
+    /// Takes a peer's ping: it is alive, and the groups it quiesced may go quiet here.
+    pub fn on_ping(&self, from: u64, boot: u64, notices: &[cairn_proto::cairn::v1::QuiesceNotice]) {
+        self.groups.quiescer().pinged_by(&self.groups, from, boot);
+        self.groups.quiescer().on_notices(&self.groups, notices);
+    }
+
     pub fn group_status(&self, group: u64) -> GroupStatus {
-        status::group_status(self.group(group))
+        let mut s = status::group_status(self.group(group));
+        if group == META_GROUP {
+            s.catalogue_nodes = self
+                .meta
+                .with_catalog(|c| c.nodes.keys().copied().collect());
+        }
+        s
     }
 
     pub fn spool_dir(&self) -> PathBuf {
@@ -202,7 +258,14 @@ impl Exposition for StorageNode {
                 .map(|v| (v.id, v.name.clone()))
                 .collect()
         });
-        let samples = status::samples(self.cfg.id, self.meta.raft(), self.groups.volumes(), &names);
+        let quiescer = self.groups.quiescer();
+        let samples = status::samples(
+            self.cfg.id,
+            self.meta.raft(),
+            self.groups.volumes(),
+            &names,
+            &|g| quiescer.is_quiet(g),
+        );
         self.metrics.encode(&samples)
     }
 }

@@ -18,6 +18,28 @@ pub struct GroupStatus {
     pub last_log_index: Option<u64>,
     /// On the leader: each member's matched log index.
     pub matched: BTreeMap<u64, Option<u64>>,
+    /// Meta group only: the node ids in this node's catalogue (the identity probe's
+    /// question, see `identity`).
+    pub catalogue_nodes: Vec<u64>,
+}
+
+/// Asks the node at `addr` for its view of `group` (`None`: no answer within `within`).
+pub async fn ask(
+    channels: &crate::raft::ChannelCache,
+    addr: &str,
+    group: u64,
+    within: std::time::Duration,
+) -> Option<GroupStatus> {
+    let mut client = channels.client(addr).ok()?;
+    let msg = cairn_proto::cairn::v1::RaftMessage {
+        group_id: group,
+        payload: Default::default(),
+    };
+    let reply = tokio::time::timeout(within, client.group_status(msg))
+        .await
+        .ok()?
+        .ok()?;
+    crate::raft::decode(&reply.into_inner().payload).ok()
 }
 
 /// The status of a group this node hosts (`None`: not hosted).
@@ -41,6 +63,7 @@ pub fn group_status(raft: Option<Raft>) -> GroupStatus {
         term: m.current_term,
         last_log_index: m.last_log_index,
         matched,
+        catalogue_nodes: Vec::new(),
     }
 }
 
@@ -51,6 +74,7 @@ pub fn samples(
     meta: &Raft,
     volumes: Vec<(u64, Raft)>,
     names: &HashMap<u64, String>,
+    quiet: &dyn Fn(u64) -> bool,
 ) -> Vec<GroupSample> {
     let name_of = |group: u64| {
         names
@@ -76,6 +100,7 @@ pub fn samples(
                 last_log_index: m.last_log_index.unwrap_or(0),
                 applied_index: m.last_applied.as_ref().map_or(0, |l| l.index()),
                 purged_index: m.purged.as_ref().map_or(0, |l| l.index()),
+                quiet: quiet(group),
             }
         })
         .collect()

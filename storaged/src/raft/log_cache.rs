@@ -4,10 +4,9 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use openraft::EntryPayload;
 use openraft::entry::RaftEntry;
 
-use super::{Entry, Request};
+use super::Entry;
 
 /// Per-group budget: a few times the bytes a busy volume has in flight.
 pub const DEFAULT_BUDGET: usize = 8 << 20;
@@ -25,10 +24,7 @@ struct Tail {
 }
 
 fn weight(e: &Entry) -> usize {
-    64 + match &e.payload {
-        EntryPayload::Normal(Request::Write { data, .. }) => data.len(),
-        _ => 0,
-    }
+    super::entry_size_hint(e)
 }
 
 impl Tail {
@@ -120,6 +116,9 @@ impl LogCache {
 
 #[cfg(test)]
 mod tests {
+    use openraft::EntryPayload;
+
+    use super::super::Request;
     use super::*;
 
     fn entry(index: u64, len: usize) -> Entry {

@@ -1,6 +1,8 @@
 //! Raft type declarations shared by every group (meta and volumes), the Raft
 //! configuration, and the bincode codec used for log entries and the transport.
 
+#[cfg(test)]
+mod decode_props;
 pub mod log_cache;
 pub mod log_store;
 pub mod log_window;
@@ -14,17 +16,41 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::fence::Fence;
 use crate::meta::catalog::{CommandError, MetaCommand, MetaReply};
 
 /// Group 0 is the meta group; a volume's group id is its volume id (>= 1).
 pub const META_GROUP: u64 = 0;
 
 /// A proposal: block writes for volume groups, catalogue commands for the meta group.
+/// The log holds entries of every shape ever written: new variants go last.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub enum Request {
-    Write { offset: u64, data: bytes::Bytes },
-    Discard { offset: u64, len: u64 },
+    /// A write from before fencing: applied as generation 0 (unfenced).
+    Write {
+        offset: u64,
+        data: bytes::Bytes,
+    },
+    /// A discard from before fencing: applied as generation 0 (unfenced).
+    Discard {
+        offset: u64,
+        len: u64,
+    },
     Meta(MetaCommand),
+    /// Who may write to the volume from now on (`fence.rs`).
+    Fence(Fence),
+    /// A write by the holder of a publish `generation` (0: unfenced), checked at apply.
+    FencedWrite {
+        offset: u64,
+        data: bytes::Bytes,
+        generation: u64,
+    },
+    /// A discard by the holder of a publish `generation`, checked at apply.
+    FencedDiscard {
+        offset: u64,
+        len: u64,
+        generation: u64,
+    },
 }
 
 impl std::fmt::Display for Request {
@@ -33,6 +59,17 @@ impl std::fmt::Display for Request {
             Request::Write { offset, data } => write!(f, "write@{offset}+{}", data.len()),
             Request::Discard { offset, len } => write!(f, "discard@{offset}+{len}"),
             Request::Meta(c) => write!(f, "meta:{}", c.kind()),
+            Request::Fence(fence) => write!(f, "fence@{}", fence.generation),
+            Request::FencedWrite {
+                offset,
+                data,
+                generation,
+            } => write!(f, "write@{offset}+{}#{generation}", data.len()),
+            Request::FencedDiscard {
+                offset,
+                len,
+                generation,
+            } => write!(f, "discard@{offset}+{len}#{generation}"),
         }
     }
 }
@@ -42,6 +79,8 @@ pub enum Response {
     #[default]
     Done,
     Meta(Result<MetaReply, CommandError>),
+    /// A write or discard the volume's fence refused: why.
+    Fenced(String),
 }
 
 openraft::declare_raft_types!(
@@ -118,13 +157,20 @@ pub fn encode_sized<T: Serialize>(v: &T, hint: usize) -> io::Result<Vec<u8>> {
 /// About how many bytes an entry encodes to: its block payload plus framing.
 pub fn entry_size_hint(e: &Entry) -> usize {
     64 + match &e.payload {
-        openraft::EntryPayload::Normal(Request::Write { data, .. }) => data.len(),
+        openraft::EntryPayload::Normal(
+            Request::Write { data, .. } | Request::FencedWrite { data, .. },
+        ) => data.len(),
         _ => 0,
     }
 }
 
+/// The most one decoded message may claim (bincode's limit): the transport's largest
+/// message, so a length prefix that lies cannot ask for more.
+pub const DECODE_LIMIT: usize = 512 << 20;
+
 pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> io::Result<T> {
-    bincode::serde::decode_from_slice(b, bincode::config::standard())
+    let config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
+    bincode::serde::decode_from_slice(b, config)
         .map(|(v, _)| v)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use super::{decode, encode, io_err};
+use crate::chunks::CHUNK;
 use crate::engine::{Pages, keys};
+use crate::fence::Fence;
 use crate::meta::catalog::Catalog;
 
 /// Chunk bytes per page: the unit of a snapshot message and of an install batch.
@@ -39,6 +41,43 @@ pub enum Page {
     Chunks(Vec<(u64, Bytes)>),
     /// The meta group's whole catalogue.
     Catalog(Catalog),
+    /// A volume group's applied fence (sent before its chunks; appended last).
+    Fence(Fence),
+}
+
+impl Page {
+    /// Checks a received page before it is spooled or applied: chunk contents of at most
+    /// `CHUNK` bytes, chunk indices in strictly ascending order (after `after`, the last
+    /// index of the previous page) and addressing a byte offset that fits in a `u64`.
+    /// Returns the page's last chunk index (or `after` when it has none).
+    pub fn validate(&self, after: Option<u64>) -> io::Result<Option<u64>> {
+        let Page::Chunks(chunks) = self else {
+            return Ok(after);
+        };
+        let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+        let mut last = after;
+        for (idx, data) in chunks {
+            if data.len() as u64 > CHUNK {
+                return Err(bad(format!(
+                    "snapshot chunk {idx} holds {} bytes, over the chunk size {CHUNK}",
+                    data.len()
+                )));
+            }
+            if idx.checked_mul(CHUNK).is_none() {
+                return Err(bad(format!(
+                    "snapshot chunk index {idx} is past any volume"
+                )));
+            }
+            if last.is_some_and(|l| *idx <= l) {
+                return Err(bad(format!(
+                    "snapshot chunk {idx} follows chunk {} (indices must ascend)",
+                    last.unwrap_or_default()
+                )));
+            }
+            last = Some(*idx);
+        }
+        Ok(last)
+    }
 }
 
 /// What a snapshot carries between the state machine and the transport.
@@ -47,8 +86,9 @@ pub enum SnapshotData {
     Empty,
     /// The meta group's catalogue.
     Catalog(Catalog),
-    /// A volume's chunks, paged from a point-in-time engine view (full engine keys).
-    Chunks(Pages),
+    /// A volume's fence, then its chunks paged from a point-in-time engine view (full
+    /// engine keys).
+    Chunks { fence: Option<Fence>, pages: Pages },
     /// Pages received from a leader, spooled to a local file, ready to install.
     Spooled(Spool),
 }
@@ -63,7 +103,10 @@ impl SnapshotData {
                 *self = SnapshotData::Empty;
                 Ok(Some(Page::Catalog(c)))
             }
-            SnapshotData::Chunks(pages) => match pages.recv().await {
+            SnapshotData::Chunks { fence, .. } if fence.is_some() => {
+                Ok(fence.take().map(Page::Fence))
+            }
+            SnapshotData::Chunks { pages, .. } => match pages.recv().await {
                 None => Ok(None),
                 Some(Err(e)) => Err(io_err(e)),
                 Some(Ok(kvs)) => Ok(Some(Page::Chunks(
@@ -128,6 +171,8 @@ pub fn spool_prefix(group: u64) -> String {
 pub struct SpoolWriter {
     file: tokio::io::BufWriter<tokio::fs::File>,
     spool: Spool,
+    /// The last chunk index spooled, for `Page::validate`.
+    last_chunk: Option<u64>,
 }
 
 impl SpoolWriter {
@@ -148,13 +193,14 @@ impl SpoolWriter {
         Ok(SpoolWriter {
             file: tokio::io::BufWriter::with_capacity(1 << 20, file),
             spool: Spool { path, armed: true },
+            last_chunk: None,
         })
     }
 
-    /// Appends one encoded page, after checking that it decodes.
+    /// Appends one encoded page, after checking that it decodes and is well formed.
     pub async fn page(&mut self, encoded: &[u8]) -> io::Result<()> {
         check_page_len(encoded.len())?;
-        decode::<Page>(encoded)?;
+        self.last_chunk = decode::<Page>(encoded)?.validate(self.last_chunk)?;
         self.file
             .write_all(&(encoded.len() as u32).to_le_bytes())
             .await?;
@@ -172,6 +218,7 @@ impl SpoolWriter {
 /// Reads the pages of a spool file back, in order.
 pub struct SpoolReader {
     file: io::BufReader<std::fs::File>,
+    last_chunk: Option<u64>,
 }
 
 impl SpoolReader {
@@ -181,9 +228,11 @@ impl SpoolReader {
         })?;
         Ok(SpoolReader {
             file: io::BufReader::with_capacity(1 << 20, file),
+            last_chunk: None,
         })
     }
 
+    /// The next page, validated again (a spool file outlives the process that wrote it).
     pub fn next_page(&mut self) -> io::Result<Option<Page>> {
         let mut len = [0u8; 4];
         match self.file.read_exact(&mut len) {
@@ -195,7 +244,9 @@ impl SpoolReader {
         check_page_len(len)?;
         let mut buf = vec![0u8; len];
         self.file.read_exact(&mut buf)?;
-        decode(&buf).map(Some)
+        let page: Page = decode(&buf)?;
+        self.last_chunk = page.validate(self.last_chunk)?;
+        Ok(Some(page))
     }
 }
 
@@ -282,7 +333,7 @@ mod tests {
                 10 * 4096,
             )
             .unwrap();
-        let mut data = SnapshotData::Chunks(pages);
+        let mut data = SnapshotData::Chunks { fence: None, pages };
         let mut seen = Vec::new();
         let mut n_pages = 0;
         while let Some(p) = data.next_page().await.unwrap() {

@@ -21,10 +21,13 @@ use super::{
 use super::{decode, encode, io_err};
 use crate::chunks::Overlay;
 use crate::engine::{Batch, Cf, Engine, keys};
+use crate::fence::{self, Access, Fence};
 use crate::meta::catalog::Catalog;
 
 const APPLIED: &str = "applied";
 const CATALOG: &str = "catalog";
+/// A volume group's applied fence (`fence.rs`), written atomically with the data.
+const FENCE: &str = "fence";
 /// Set (durably) while a snapshot is installed from a spool file: the group's state
 /// is a mix until the install finishes, so opening the group finishes it first.
 const INSTALLING: &str = "installing";
@@ -145,6 +148,15 @@ impl GroupStateMachine {
         }
     }
 
+    /// The fence a volume group has applied, if any; current as of the last apply (a
+    /// leader reads it after a linearizable barrier to check a flush).
+    pub fn applied_fence(engine: &dyn Engine, group: u64) -> crate::Result<Option<Fence>> {
+        engine
+            .get(Cf::Meta, &keys::named(group, FENCE))?
+            .map(|b| decode(&b).map_err(crate::Error::Io))
+            .transpose()
+    }
+
     /// Removes the group's data and applied state (after the volume is deleted).
     pub fn destroy(engine: &dyn Engine, group: u64) -> crate::Result<()> {
         let mut b = Batch::default();
@@ -154,6 +166,7 @@ impl GroupStateMachine {
             keys::group_end(group),
         );
         b.delete(Cf::Meta, keys::named(group, APPLIED));
+        b.delete(Cf::Meta, keys::named(group, FENCE));
         engine.write(b, true)
     }
 
@@ -168,8 +181,10 @@ impl GroupStateMachine {
         let data = if self.group == META_GROUP {
             SnapshotData::Catalog(self.shared.catalog())
         } else {
-            SnapshotData::Chunks(
-                self.engine
+            SnapshotData::Chunks {
+                fence: Self::applied_fence(self.engine.as_ref(), self.group).map_err(io_err)?,
+                pages: self
+                    .engine
                     .clone()
                     .scan_pages(
                         Cf::Data,
@@ -178,7 +193,7 @@ impl GroupStateMachine {
                         PAGE_BYTES,
                     )
                     .map_err(io_err)?,
-            )
+            }
         };
         Ok(Some(Snapshot {
             meta: SnapshotMeta {
@@ -204,6 +219,7 @@ impl GroupStateMachine {
             keys::group_start(self.group).to_vec(),
             keys::group_end(self.group),
         );
+        batch.delete(Cf::Meta, keys::named(self.group, FENCE));
         let mut pending = 0;
         let mut chunks = 0u64;
         let mut new_catalog = None;
@@ -219,6 +235,9 @@ impl GroupStateMachine {
                             data.to_vec(),
                         );
                     }
+                }
+                Page::Fence(f) if self.group != META_GROUP => {
+                    batch.put(Cf::Meta, keys::named(self.group, FENCE), encode(&f)?);
                 }
                 Page::Catalog(c) if self.group == META_GROUP => {
                     batch.put(Cf::Meta, keys::named(self.group, CATALOG), encode(&c)?);
@@ -265,6 +284,17 @@ impl GroupStateMachine {
             "installed snapshot"
         );
         Ok(())
+    }
+}
+
+/// Why the fence refuses a write or discard entry; `None` when it may apply (and for
+/// every other entry). Entries from before fencing are generation 0, unfenced.
+fn fenced(req: &Request, fence: Option<&Fence>) -> Option<String> {
+    match req {
+        Request::FencedWrite { generation, .. } | Request::FencedDiscard { generation, .. } => {
+            fence::check(fence, *generation, Access::Write).err()
+        }
+        _ => None,
     }
 }
 
@@ -315,6 +345,12 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         } else {
             None
         };
+        let mut fence = if self.group == META_GROUP {
+            None
+        } else {
+            Self::applied_fence(self.engine.as_ref(), self.group).map_err(io_err)?
+        };
+        let mut fence_changed = false;
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
             last_applied = Some(log_id);
@@ -324,21 +360,41 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                     membership = StoredMembership::new(Some(log_id), m);
                     Response::Done
                 }
-                EntryPayload::Normal(req) => match req {
-                    Request::Write { offset, data } => {
+                EntryPayload::Normal(req) => match (fenced(&req, fence.as_ref()), req) {
+                    (Some(why), req) => {
+                        tracing::warn!(group = self.group, request = %req, reason = %why, "write refused by the fence");
+                        Response::Fenced(why)
+                    }
+                    (
+                        None,
+                        Request::Write { offset, data } | Request::FencedWrite { offset, data, .. },
+                    ) => {
                         written += data.len() as u64;
                         overlay
                             .write(self.engine.as_ref(), self.group, offset, &data)
                             .map_err(io_err)?;
                         Response::Done
                     }
-                    Request::Discard { offset, len } => {
+                    (
+                        None,
+                        Request::Discard { offset, len }
+                        | Request::FencedDiscard { offset, len, .. },
+                    ) => {
                         overlay
                             .discard(self.engine.as_ref(), self.group, offset, len)
                             .map_err(io_err)?;
                         Response::Done
                     }
-                    Request::Meta(cmd) => match catalog.as_mut() {
+                    (None, Request::Fence(f)) if self.group != META_GROUP => {
+                        if f.supersedes(fence.as_ref()) {
+                            tracing::info!(group = self.group, generation = f.generation, holders = ?f.holders, "fence applied");
+                            fence = Some(f);
+                            fence_changed = true;
+                        }
+                        Response::Done
+                    }
+                    (None, Request::Fence(_)) => Response::Done,
+                    (None, Request::Meta(cmd)) => match catalog.as_mut() {
                         Some(c) => {
                             let r = c.apply(cmd);
                             catalog_changed |= r.is_ok();
@@ -361,6 +417,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         );
         if catalog_changed && let Some(c) = &catalog {
             batch.put(Cf::Meta, keys::named(self.group, CATALOG), encode(c)?);
+        }
+        if fence_changed && let Some(f) = &fence {
+            batch.put(Cf::Meta, keys::named(self.group, FENCE), encode(f)?);
         }
         // Unlogged: the Raft log is the durable record, and a crash replays it from the
         // last persisted `applied` (written atomically with the data it covers).
@@ -473,6 +532,108 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn openraft_suite_on_rocks_engine() {
         Suite::test_all(RocksBuilder).await.unwrap();
+    }
+
+    async fn apply_all(sm: &mut GroupStateMachine, first: u64, reqs: Vec<Request>) {
+        let entries: Vec<io::Result<EntryResponder<TypeConfig>>> = reqs
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let id = openraft::testing::log_id::<TypeConfig>(1, 1, first + i as u64);
+                Ok((crate::raft::Entry::new_normal(id, r), None))
+            })
+            .collect();
+        sm.apply(futures::stream::iter(entries)).await.unwrap();
+    }
+
+    fn fence_to(generation: u64, holders: &[(&str, u64, bool)]) -> Fence {
+        Fence {
+            generation,
+            holders: holders
+                .iter()
+                .map(|(node, generation, readonly)| crate::fence::Holder {
+                    node: node.to_string(),
+                    generation: *generation,
+                    readonly: *readonly,
+                })
+                .collect(),
+        }
+    }
+
+    fn write(byte: u8, generation: u64) -> Request {
+        Request::FencedWrite {
+            offset: 0,
+            data: bytes::Bytes::from(vec![byte; 4096]),
+            generation,
+        }
+    }
+
+    /// The apply-time fence: only a publish in force writes, whichever node applies the
+    /// log, and the fence travels with the group's state in a snapshot.
+    #[tokio::test]
+    async fn apply_refuses_writes_of_a_generation_not_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let group = 4;
+        let chunk = |e: &Arc<dyn Engine>| e.get(Cf::Data, &keys::group_key(group, 0)).unwrap();
+        let mut sm = GroupStateMachine::open(engine.clone(), group, Shared::new())
+            .unwrap()
+            .with_spool_dir(dir.path().join("spool"));
+        // Unfenced (generation 0) writes apply; a generation the group never fenced does not.
+        apply_all(&mut sm, 1, vec![write(1, 0), write(2, 5)]).await;
+        assert_eq!(chunk(&engine), Some(vec![1; 4096]));
+        // Published to a at 5: a writes. Then to b at 7: a is refused, b writes.
+        let a = Request::Fence(fence_to(5, &[("a", 5, false)]));
+        apply_all(&mut sm, 3, vec![a, write(3, 5)]).await;
+        assert_eq!(chunk(&engine), Some(vec![3; 4096]));
+        let b = Request::Fence(fence_to(7, &[("b", 7, false)]));
+        let discard_a = Request::FencedDiscard {
+            offset: 0,
+            len: 4096,
+            generation: 5,
+        };
+        apply_all(&mut sm, 5, vec![b, write(4, 5), discard_a]).await;
+        assert_eq!(
+            chunk(&engine),
+            Some(vec![3; 4096]),
+            "a's write and discard refused"
+        );
+        // A fence that arrives late (older) changes nothing; an entry from before
+        // fencing applies as unfenced.
+        let late = Request::Fence(fence_to(6, &[("a", 6, false)]));
+        apply_all(&mut sm, 8, vec![late, write(5, 7)]).await;
+        assert_eq!(chunk(&engine), Some(vec![5; 4096]));
+        let legacy = Request::Write {
+            offset: 0,
+            data: bytes::Bytes::from(vec![6; 4096]),
+        };
+        apply_all(&mut sm, 10, vec![legacy]).await;
+        assert_eq!(chunk(&engine), Some(vec![6; 4096]));
+        // A read-only publish: its writes are refused.
+        let ro = fence_to(8, &[("c", 8, true)]);
+        apply_all(&mut sm, 11, vec![Request::Fence(ro.clone()), write(7, 8)]).await;
+        assert_eq!(chunk(&engine), Some(vec![6; 4096]));
+        assert_eq!(
+            GroupStateMachine::applied_fence(engine.as_ref(), group).unwrap(),
+            Some(ro.clone())
+        );
+
+        // A replica installing the group's snapshot gets the fence with the data.
+        let snap = sm.get_current_snapshot().await.unwrap().unwrap();
+        let other: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let mut sm2 = GroupStateMachine::open(other.clone(), group, Shared::new())
+            .unwrap()
+            .with_spool_dir(dir.path().join("spool2"));
+        sm2.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(
+            GroupStateMachine::applied_fence(other.as_ref(), group).unwrap(),
+            Some(ro)
+        );
+        assert_eq!(chunk(&other), Some(vec![6; 4096]));
+        apply_all(&mut sm2, 13, vec![write(9, 7)]).await;
+        assert_eq!(chunk(&other), Some(vec![6; 4096]), "b's generation is over");
     }
 
     /// A crash after the install marker was written, with the group's data half

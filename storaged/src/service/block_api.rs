@@ -36,7 +36,10 @@ impl BlockService for BlockApi {
     ) -> Result<Response<pb::WriteResponse>, Status> {
         let r = req.into_inner();
         validate::name("volume", &r.volume)?;
-        self.node.io().write(&r.volume, r.offset, r.data).await?;
+        self.node
+            .io()
+            .write(&r.volume, r.offset, r.data, r.generation)
+            .await?;
         Ok(Response::new(pb::WriteResponse {}))
     }
 
@@ -48,7 +51,7 @@ impl BlockService for BlockApi {
         validate::name("volume", &r.volume)?;
         self.node
             .io()
-            .discard(&r.volume, r.offset, r.length)
+            .discard(&r.volume, r.offset, r.length, r.generation)
             .await?;
         Ok(Response::new(pb::DiscardResponse {}))
     }
@@ -59,7 +62,7 @@ impl BlockService for BlockApi {
     ) -> Result<Response<pb::FlushResponse>, Status> {
         let r = req.into_inner();
         validate::name("volume", &r.volume)?;
-        self.node.io().flush(&r.volume).await?;
+        self.node.io().flush(&r.volume, r.generation).await?;
         Ok(Response::new(pb::FlushResponse {}))
     }
 
@@ -76,5 +79,16 @@ impl BlockService for BlockApi {
         }
         let bytes_copied = crate::volume::copy::copy_to(&self.node, &r.volume, &r.target).await?;
         Ok(Response::new(pb::CopyToResponse { bytes_copied }))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume = %req.get_ref().volume))]
+    async fn fence(
+        &self,
+        req: Request<pb::FenceRequest>,
+    ) -> Result<Response<pb::FenceResponse>, Status> {
+        let r = req.into_inner();
+        validate::name("volume", &r.volume)?;
+        let generation = self.node.io().fence(&r.volume).await?;
+        Ok(Response::new(pb::FenceResponse { generation }))
     }
 }

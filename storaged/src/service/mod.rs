@@ -4,6 +4,7 @@
 pub mod block_api;
 pub mod node_api;
 pub mod raft_api;
+pub mod raft_sender;
 pub mod snapshots;
 pub mod validate;
 pub mod view;

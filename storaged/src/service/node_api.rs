@@ -36,7 +36,7 @@ fn required_volume(volume: &str) -> Result<&str> {
 
 #[tonic::async_trait]
 impl NodeService for NodeServiceImpl {
-    #[tracing::instrument(skip_all, err, fields(volume = %req.get_ref().volume, frontend = req.get_ref().frontend, readonly = req.get_ref().readonly, device))]
+    #[tracing::instrument(skip_all, err, fields(volume = %req.get_ref().volume, frontend = req.get_ref().frontend, readonly = req.get_ref().readonly, generation = req.get_ref().generation, device))]
     async fn attach_volume(
         &self,
         req: Request<pb::AttachVolumeRequest>,
@@ -46,7 +46,10 @@ impl NodeService for NodeServiceImpl {
         let frontend = Frontend::try_from(req.frontend).map_err(|_| {
             Error::invalid("frontend", format!("unknown frontend {}", req.frontend))
         })?;
-        let attachment = self.manager.attach(volume, frontend, req.readonly).await?;
+        let attachment = self
+            .manager
+            .attach(volume, frontend, req.readonly, req.generation)
+            .await?;
         tracing::Span::current().record("device", attachment.device_path.as_str());
         Ok(Response::new(pb::AttachVolumeResponse {
             attachment: Some(attachment),

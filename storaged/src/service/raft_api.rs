@@ -5,7 +5,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use cairn_proto::cairn::v1::raft_service_server::RaftService;
-use cairn_proto::cairn::v1::{RaftFailure, RaftMessage, RaftReply, SnapshotChunk};
+use cairn_proto::cairn::v1::{
+    PingReply, PingRequest, RaftFailure, RaftMessage, RaftReply, SnapshotChunk,
+};
 use futures::{Stream, StreamExt};
 use openraft::errors::{Fatal, RaftError};
 use tonic::{Request, Response, Status, Streaming};
@@ -17,6 +19,8 @@ use crate::raft::{
     AppendEntriesRequest, Raft, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote, decode,
     encode,
 };
+use crate::service::raft_sender::{Claimed, check_sender, voter};
+use crate::tls::Identity;
 
 pub struct RaftApi {
     pub node: Arc<StorageNode>,
@@ -120,16 +124,26 @@ impl RaftApi {
         f: F,
     ) -> Result<Response<RaftReply>, Status>
     where
-        Req: for<'de> serde::Deserialize<'de>,
+        Req: for<'de> serde::Deserialize<'de> + Claimed,
         T: serde::Serialize,
         E: WireFailure,
         F: FnOnce(Raft, Req) -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
+        let caller = req.extensions().get::<Identity>().cloned();
         let m = req.into_inner();
-        let rpc = decode(&m.payload).map_err(bad)?;
+        let rpc: Req = decode(&m.payload).map_err(bad)?;
         match self.raft(m.group_id) {
-            Ok(raft) => reply(f(raft, rpc).await),
+            Ok(raft) => {
+                if let Some(claimed) = rpc.claimed_sender() {
+                    check_sender(&self.node, caller.as_ref(), &raft, m.group_id, claimed)?;
+                }
+                let out = f(raft, rpc).await;
+                // After the message is taken (a follower's leader lease renewed by it), so
+                // a quiet group's restarted election timer does not fire on a stale lease.
+                self.node.wake(m.group_id);
+                reply(out)
+            }
             Err(e) => reply::<(), _>(Err(e)),
         }
     }
@@ -163,10 +177,13 @@ impl RaftService for RaftApi {
         req: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<ReplyStream>, Status> {
         let group = stream_group(&req)?;
+        let caller = req.extensions().get::<Identity>().cloned();
         // The sender backs off and retries while this node does not host the group.
         let raft = self
             .raft(group)
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        let node = self.node.clone();
+        let checked = raft.clone();
         // A request that does not decode (or a broken stream) ends the input; openraft
         // then answers what came before it, and the sender starts a new stream.
         let mut closing = self.closing.clone();
@@ -176,7 +193,16 @@ impl RaftService for RaftApi {
         let input = tokio_stream::StreamExt::map_while(req.into_inner(), move |m| {
             let m = m.ok()?;
             match decode::<AppendEntriesRequest>(&m.payload) {
-                Ok(rpc) if m.group_id == group => Some(rpc),
+                Ok(rpc) if m.group_id == group => {
+                    let claimed = rpc.claimed_sender()?;
+                    match check_sender(&node, caller.as_ref(), &checked, group, claimed) {
+                        Ok(()) => Some(rpc),
+                        Err(e) => {
+                            tracing::warn!(group, error = e.message(), "append stream refused");
+                            None
+                        }
+                    }
+                }
                 Ok(_) => {
                     tracing::warn!(group, other = m.group_id, "append stream mixes groups");
                     None
@@ -189,7 +215,12 @@ impl RaftService for RaftApi {
         });
         // Raft answers what it was sent, in order, and ends after the first refusal, or
         // with an `Err` if it stops here (the group is being removed): the last reply.
-        let out = Box::pin(raft.stream_append(input.take_until(closed))).map(raft_reply);
+        let woken = self.node.clone();
+        let out = Box::pin(raft.stream_append(input.take_until(closed))).map(move |r| {
+            // Each answered append (the lease renewed by it) wakes the group if quiet.
+            woken.wake(group);
+            raft_reply(r)
+        });
         Ok(Response::new(Box::pin(out)))
     }
 
@@ -218,6 +249,7 @@ impl RaftService for RaftApi {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftReply>, Status> {
+        let caller = req.extensions().get::<Identity>().cloned();
         let mut stream = req.into_inner();
         let Some(mut msg) = stream.message().await? else {
             return Err(Status::invalid_argument("header: empty snapshot stream"));
@@ -229,6 +261,8 @@ impl RaftService for RaftApi {
             Ok(r) => r,
             Err(e) => return reply::<(), _>(Err(e)),
         };
+        let claimed = voter(&vote);
+        check_sender(&self.node, caller.as_ref(), &raft, group, claimed)?;
         // Spool every page to disk first: the install replaces the group's state, so
         // it starts only once the whole snapshot is here.
         let spool_err = |e: std::io::Error| Status::internal(format!("snapshot spool: {e}"));
@@ -260,7 +294,9 @@ impl RaftService for RaftApi {
             meta,
             snapshot: SnapshotData::Spooled(spool),
         };
-        reply(raft.install_full_snapshot(vote, snap).await)
+        let out = raft.install_full_snapshot(vote, snap).await;
+        self.node.wake(group);
+        reply(out)
     }
 
     async fn group_status(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
@@ -281,8 +317,28 @@ impl RaftService for RaftApi {
     async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
         let m = req.into_inner();
         match self.raft(m.group_id) {
-            Ok(raft) => reply(self.node.linearize(&raft, m.group_id).await),
+            Ok(raft) => {
+                self.node.wake(m.group_id);
+                reply(self.node.linearize(&raft, m.group_id).await)
+            }
             Err(e) => reply::<u64, _>(Err(e)),
         }
+    }
+
+    async fn ping(&self, req: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
+        let caller = req.extensions().get::<Identity>().cloned();
+        let ping = req.into_inner();
+        if let Some(who) = caller
+            && who != Identity::Node(ping.from)
+        {
+            return Err(Status::permission_denied(format!(
+                "identity `{who}` may not ping as node {}",
+                ping.from
+            )));
+        }
+        self.node.on_ping(ping.from, ping.boot, &ping.quiesce);
+        Ok(Response::new(PingReply {
+            node: self.node.cfg().id,
+        }))
     }
 }

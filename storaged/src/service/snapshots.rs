@@ -204,6 +204,7 @@ pub async fn create(
                 created_unix: now_unix(),
                 origin: Some(Origin::SnapshotOf(r.source_volume.clone())),
                 state: VolumeState::Populating,
+                generation: 0,
             };
             let v = node
                 .propose_meta(MetaCommand::CreateVolume(rec))

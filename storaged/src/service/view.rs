@@ -7,7 +7,6 @@ use cairn_proto::cairn::v1 as pb;
 
 use crate::meta::catalog::{Catalog, NodeRecord, NodeRole, VolumeKind, VolumeRecord};
 use crate::node::{GroupStatus, StorageNode};
-use crate::raft::decode;
 
 /// A member further behind the leader than this is reported as lagging.
 const LAG_ENTRIES: u64 = 1000;
@@ -36,16 +35,7 @@ pub fn node(cat: &Catalog, n: &NodeRecord, reachable: bool) -> pb::Node {
 }
 
 async fn status_of(node: &StorageNode, addr: &str, group: u64) -> Option<GroupStatus> {
-    let mut client = node.channels().client(addr).ok()?;
-    let msg = cairn_proto::cairn::v1::RaftMessage {
-        group_id: group,
-        payload: Default::default(),
-    };
-    let reply = tokio::time::timeout(Duration::from_millis(400), client.group_status(msg))
-        .await
-        .ok()?
-        .ok()?;
-    decode(&reply.into_inner().payload).ok()
+    crate::node::status::ask(node.channels(), addr, group, Duration::from_millis(400)).await
 }
 
 /// Builds the API view; `live` asks the members for replica states.
@@ -66,6 +56,7 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
                 node_name: a.node_name.clone(),
                 readonly: a.readonly,
                 multi_node: a.multi_node,
+                generation: a.generation,
             })
             .collect(),
         labels: crate::meta::stored::api_labels(v).into_iter().collect(),

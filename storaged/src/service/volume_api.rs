@@ -18,6 +18,7 @@ use crate::meta::placement::{self, Term, Want};
 use crate::node::StorageNode;
 use crate::raft::Node;
 use crate::service::{snapshots, validate, view};
+use crate::volume::io::VolumeIo;
 use crate::{Error, Result};
 
 const TOKEN_PREFIX: &str = "v1:";
@@ -106,6 +107,7 @@ impl VolumeApi {
             created_unix: now_unix(),
             origin,
             state,
+            generation: 0,
         };
         let v = self
             .node
@@ -397,14 +399,28 @@ impl VolumeService for VolumeApi {
         validate::name("name", &r.name)?;
         validate::name("node_name", &r.node_name)?;
         let cmd = MetaCommand::Publish {
-            name: r.name,
-            node_name: r.node_name,
+            name: r.name.clone(),
+            node_name: r.node_name.clone(),
             readonly: r.readonly,
             multi_node: r.multi_node,
         };
         let v = self.node.propose_meta(cmd).await?.into_volume()?;
+        let generation = v
+            .attachments
+            .iter()
+            .find(|a| a.node_name == r.node_name)
+            .map_or(0, |a| a.generation);
+        // Fenced before the answer: by the time the node holds `generation`, the volume's
+        // group refuses every writer not in force (a repeat brings a lost fence back).
+        if v.kind == VolumeKind::Replicated && generation > 0 {
+            VolumeIo::new(self.node.clone()).fence(&r.name).await?;
+        }
+        tracing::info!(generation, "published");
         let v = view::volume(&self.node, &self.node.catalog(), &v, false).await;
-        Ok(Response::new(pb::PublishVolumeResponse { volume: Some(v) }))
+        Ok(Response::new(pb::PublishVolumeResponse {
+            volume: Some(v),
+            generation,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(volume = %req.get_ref().name, node = %req.get_ref().node_name))]
@@ -449,6 +465,15 @@ impl VolumeService for VolumeApi {
         &self,
         req: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::AddNodeResponse>, Status> {
+        // A node's own certificate registers that node only (operators add any).
+        if let Some(who @ crate::tls::Identity::Node(id)) = req.extensions().get()
+            && *id != req.get_ref().id
+        {
+            return Err(Status::permission_denied(format!(
+                "identity `{who}` may not register node {}",
+                req.get_ref().id
+            )));
+        }
         let n = self.add_node(req.into_inner()).await?;
         Ok(Response::new(pb::AddNodeResponse { node: Some(n) }))
     }

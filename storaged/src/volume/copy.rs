@@ -72,7 +72,7 @@ pub async fn copy_to(node: &Arc<StorageNode>, name: &str, target: &str) -> Resul
                 let io = &io;
                 async move {
                     let len = data.len() as u64;
-                    io.write(target, offset, data.into()).await.map(|_| len)
+                    io.write(target, offset, data.into(), 0).await.map(|_| len)
                 }
             })
             .buffer_unordered(IN_FLIGHT);

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -76,11 +77,13 @@ impl VolumeIo {
         &self.node
     }
 
-    /// `volume` as a frontend's block device.
-    pub fn device(&self, volume: &str) -> Arc<dyn BlockDevice> {
+    /// `volume` as a frontend's block device, writing as the holder of publish
+    /// `generation` (0: unfenced).
+    pub fn device(&self, volume: &str, generation: u64) -> Arc<dyn BlockDevice> {
         Arc::new(VolumeDevice {
             io: self.clone(),
             name: volume.to_string(),
+            generation: AtomicU64::new(generation),
         })
     }
 
@@ -102,16 +105,27 @@ impl VolumeIo {
         .await
     }
 
-    pub async fn write(&self, volume: &str, offset: u64, data: Bytes) -> Result<()> {
+    pub async fn write(
+        &self,
+        volume: &str,
+        offset: u64,
+        data: Bytes,
+        generation: u64,
+    ) -> Result<()> {
         self.route(
             volume,
             IO_LIMITS,
-            || self.node.io().write(volume, offset, data.clone()),
+            || {
+                self.node
+                    .io()
+                    .write(volume, offset, data.clone(), generation)
+            },
             |mut c| {
                 let req = pb::WriteRequest {
                     volume: volume.to_string(),
                     offset,
                     data: data.clone(),
+                    generation,
                 };
                 async move { c.write(req).await.map(|_| ()) }
             },
@@ -119,16 +133,23 @@ impl VolumeIo {
         .await
     }
 
-    pub async fn discard(&self, volume: &str, offset: u64, length: u64) -> Result<()> {
+    pub async fn discard(
+        &self,
+        volume: &str,
+        offset: u64,
+        length: u64,
+        generation: u64,
+    ) -> Result<()> {
         let req = pb::DiscardRequest {
             volume: volume.to_string(),
             offset,
             length,
+            generation,
         };
         self.route(
             volume,
             IO_LIMITS,
-            || self.node.io().discard(volume, offset, length),
+            || self.node.io().discard(volume, offset, length, generation),
             |mut c| {
                 let req = req.clone();
                 async move { c.discard(req).await.map(|_| ()) }
@@ -137,17 +158,36 @@ impl VolumeIo {
         .await
     }
 
-    pub async fn flush(&self, volume: &str) -> Result<()> {
+    pub async fn flush(&self, volume: &str, generation: u64) -> Result<()> {
         let req = pb::FlushRequest {
+            volume: volume.to_string(),
+            generation,
+        };
+        self.route(
+            volume,
+            IO_LIMITS,
+            || self.node.io().flush(volume, generation),
+            |mut c| {
+                let req = req.clone();
+                async move { c.flush(req).await.map(|_| ()) }
+            },
+        )
+        .await
+    }
+
+    /// Fences `volume`'s group to the catalogue's publishes, on the group's leader;
+    /// returns the fence's generation.
+    pub async fn fence(&self, volume: &str) -> Result<u64> {
+        let req = pb::FenceRequest {
             volume: volume.to_string(),
         };
         self.route(
             volume,
             IO_LIMITS,
-            || self.node.io().flush(volume),
+            || self.node.io().fence(volume),
             |mut c| {
                 let req = req.clone();
-                async move { c.flush(req).await.map(|_| ()) }
+                async move { Ok(c.fence(req).await?.into_inner().generation) }
             },
         )
         .await
@@ -261,10 +301,18 @@ fn after_forward<T>(status: Status, addr: &str, me: &str) -> Step<T> {
     }
 }
 
-/// A replicated volume as the frontends see it: every request goes through the router.
+/// A replicated volume as the frontends see it: every request goes through the router,
+/// carrying the generation of the publish the node attached it under.
 struct VolumeDevice {
     io: VolumeIo,
     name: String,
+    generation: AtomicU64,
+}
+
+impl VolumeDevice {
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
 }
 
 impl BlockDevice for VolumeDevice {
@@ -277,15 +325,19 @@ impl BlockDevice for VolumeDevice {
     }
 
     fn write(&self, offset: u64, data: Bytes) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.io.write(&self.name, offset, data))
+        Box::pin(self.io.write(&self.name, offset, data, self.generation()))
     }
 
     fn discard(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.io.discard(&self.name, offset, len))
+        Box::pin(self.io.discard(&self.name, offset, len, self.generation()))
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.io.flush(&self.name))
+        Box::pin(self.io.flush(&self.name, self.generation()))
+    }
+
+    fn set_generation(&self, generation: u64) {
+        self.generation.store(generation, Ordering::Relaxed);
     }
 }
 

@@ -161,7 +161,7 @@ impl FakeOpener {
 }
 
 impl VolumeOpener for FakeOpener {
-    fn open(&self, volume: &str) -> BoxFuture<'_, Result<Opened>> {
+    fn open(&self, volume: &str, _generation: u64) -> BoxFuture<'_, Result<Opened>> {
         let volume = volume.to_string();
         Box::pin(async move {
             if let Some(dev) = self.replicated.lock().unwrap().get(&volume) {

@@ -140,6 +140,8 @@ impl CairnLayout {
             ),
             format!("--node-name={node}"),
             format!("--capacity={}", self.capacity),
+            // TODO(issue 18): certificates under the data dir; plaintext until then.
+            "--insecure".into(),
         ];
         let voters = self.storaged.len().min(3);
         if i < voters {
@@ -185,6 +187,7 @@ impl CairnLayout {
                     "--kubelet-root={}",
                     crate::cluster::kubelet_root(&self.data_dir, node).display()
                 ),
+                "--insecure".into(),
             ],
             env: plain_logs(),
         })
@@ -201,6 +204,7 @@ impl CairnLayout {
                 "--mode=controller".into(),
                 format!("--endpoint=unix://{}", self.controller_socket().display()),
                 format!("--storaged={}", self.storaged.join(",")),
+                "--insecure".into(),
             ],
             env: plain_logs(),
         }

@@ -1,15 +1,19 @@
 //! `cairnctl`: the operator CLI for a storaged cluster (cluster status, volumes,
 //! raw volume I/O and node membership), with tables or `-o json`.
 
+mod certs;
 mod cluster;
 mod output;
 mod snapshot;
 mod volume;
 
-use cairn_client::VolumeClient;
+use std::path::PathBuf;
+
+use cairn_client::{Security, VolumeClient};
 use clap::{Parser, Subcommand};
 use tonic::{Code, Status};
 
+use certs::CertsCmd;
 use cluster::{ClusterCmd, NodeCmd};
 use output::Output;
 use snapshot::SnapshotCmd;
@@ -26,6 +30,12 @@ struct Cli {
         value_delimiter = ','
     )]
     endpoint: Vec<String>,
+    /// Directory holding `ca.crt`, `tls.crt` and `tls.key` (an `admin` certificate).
+    #[arg(long, env = "CAIRN_TLS_DIR", global = true)]
+    tls_dir: Option<PathBuf>,
+    /// Talk to a plaintext (`--insecure`) storaged.
+    #[arg(long, global = true)]
+    insecure: bool,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -55,6 +65,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SnapshotCmd,
     },
+    /// The cluster CA and per-identity certificates (offline: no storaged needed).
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
 }
 
 /// Exit codes: 0 ok, 1 other failure, 2 bad input, 3 not found, 4 conflict, 5 unavailable.
@@ -70,13 +85,18 @@ fn exit_code(s: &Status) -> i32 {
 }
 
 async fn run(cli: Cli) -> Result<(), Status> {
-    let client = VolumeClient::new(cli.endpoint)?;
+    if let Cmd::Certs { cmd } = cli.cmd {
+        return certs::run(cmd);
+    }
+    let security = Security::from_flags(cli.tls_dir.as_deref(), cli.insecure)?;
+    let client = VolumeClient::new(cli.endpoint, security)?;
     let out = cli.output;
     match cli.cmd {
         Cmd::Cluster { cmd } => cluster::cluster(&client, out, cmd).await,
         Cmd::Volume { cmd } => volume::run(&client, out, cmd).await,
         Cmd::Node { cmd } => cluster::node(&client, out, cmd).await,
         Cmd::Snapshot { cmd } => snapshot::run(&client, out, cmd).await,
+        Cmd::Certs { .. } => unreachable!("handled above"),
     }
 }
 

@@ -5,19 +5,30 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cairn_client::Security;
 use cairn_proto::cairn::v1::raft_service_client::RaftServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::backoff::PeerHealth;
 
 /// Lazily connected channels keyed by peer address.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ChannelCache {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     health: Arc<Mutex<HashMap<String, Arc<PeerHealth>>>>,
+    security: Security,
 }
 
 impl ChannelCache {
+    /// Channels that connect with `security` (this node's certificate, or plaintext).
+    pub fn new(security: Security) -> Self {
+        ChannelCache {
+            channels: Arc::default(),
+            health: Arc::default(),
+            security,
+        }
+    }
+
     pub fn get(&self, addr: &str) -> Result<Channel, String> {
         self.get_for(addr, addr)
     }
@@ -36,8 +47,10 @@ impl ChannelCache {
         if let Some(c) = m.get(key) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad peer address `{addr}`: {e}"))?
+        let ch = self
+            .security
+            .endpoint(addr)
+            .map_err(|e| format!("bad peer address: {}", e.message()))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .http2_adaptive_window(true)

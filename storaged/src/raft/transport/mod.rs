@@ -246,7 +246,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
 impl PeerConn {
     /// A connection from group 7 to node 2 at `addr`.
     fn for_test(addr: String) -> Self {
-        let channels = ChannelCache::default();
+        let channels = ChannelCache::new(cairn_client::Security::Insecure);
         PeerConn {
             group: 7,
             target: 2,

@@ -91,6 +91,12 @@ impl RaftService for Peer {
     ) -> Result<Response<RaftReply>, Status> {
         Err(Status::unimplemented("transfer_leader"))
     }
+    async fn ping(
+        &self,
+        _: Request<cairn_proto::cairn::v1::PingRequest>,
+    ) -> Result<Response<cairn_proto::cairn::v1::PingReply>, Status> {
+        Err(Status::unimplemented("ping"))
+    }
 }
 
 /// Serves `peer` on a loopback port; a connection to it from group 7 as node 2.

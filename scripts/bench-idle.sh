@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# What idle volumes cost: 3 storaged nodes on loopback, N 3-replica volumes (nothing
+# written), the time to create them, then CPU (from /proc/<pid>/stat) and RSS of the three
+# processes over a window; once with quiet groups off (--quiet-after-ms 0, every group
+# heartbeating) and once as shipped, in one run.
+# Usage: scripts/bench-idle.sh [--volumes N] [--window S] [--storaged BIN]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VOLUMES=100
+source scripts/lib/cluster.sh "$@"
+ROWS=()
+for quiet in 0 2000; do
+  args=()
+  "$BIN" --help | grep -q -- --quiet-after-ms && args=(--quiet-after-ms "$quiet")
+  cluster_start "${args[@]}"
+  BASE=$(cores_used "${PIDS[@]}")
+  START=$(date +%s.%N)
+  for v in $(seq "$VOLUMES"); do
+    ctl volume create "idle-$v" --size 64MiB --replicas 3 >/dev/null
+    ((v % 100 == 0)) && echo "quiet-after-ms $quiet: created $v of $VOLUMES" >&2
+  done
+  CREATE=$(python3 -c "print(f'{$(date +%s.%N) - $START:.1f}')")
+  # Quiet groups need a few seconds of idleness before they stop.
+  sleep 5
+  IDLE=$(cores_used "${PIDS[@]}")
+  ROWS+=("| ${args[*]:-(no such flag)} | $VOLUMES | $CREATE | $BASE | $IDLE | $(rss_mib "${PIDS[@]}") |")
+  cluster_stop
+done
+printf '| storaged | volumes | create (s) | 3 nodes, no volumes (cores) | 3 nodes idle (cores) | RSS (MiB) |\n|---|---|---|---|---|---|\n'
+printf '%s\n' "${ROWS[@]}"

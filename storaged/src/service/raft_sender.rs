@@ -1,0 +1,74 @@
+//! Who may speak as a Raft node: a message whose vote names node N must arrive with N's
+//! certificate (`node:N`), and N must be a member of the group it writes to.
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::vote::RaftLeaderId;
+use tonic::Status;
+
+use crate::node::StorageNode;
+use crate::raft::{AppendEntriesRequest, Raft, TypeConfig, Vote};
+use crate::tls::Identity;
+
+/// A Raft message that names its sender (the leader or candidate of its vote).
+pub trait Claimed {
+    fn claimed_sender(&self) -> Option<u64>;
+}
+
+pub fn voter(vote: &Vote) -> u64 {
+    *vote.leader_id().node_id()
+}
+
+impl Claimed for AppendEntriesRequest {
+    fn claimed_sender(&self) -> Option<u64> {
+        Some(voter(&self.vote))
+    }
+}
+
+impl Claimed for openraft::raft::VoteRequest<TypeConfig> {
+    fn claimed_sender(&self) -> Option<u64> {
+        Some(voter(&self.vote))
+    }
+}
+
+impl Claimed for openraft::raft::TransferLeaderRequest<TypeConfig> {
+    fn claimed_sender(&self) -> Option<u64> {
+        Some(voter(self.from_leader()))
+    }
+}
+
+/// Refuses a message claiming to come from node `claimed` in `group` unless the caller
+/// (`None`: a plaintext server) holds `node:<claimed>` and `claimed` is a member of the
+/// group. A member may be missing from a lagging replica's view of the group, so a node
+/// registered in the catalogue is accepted too, as is any sender to a replica that has
+/// no membership yet (a new replica waiting for its first entries).
+pub fn check_sender(
+    node: &StorageNode,
+    caller: Option<&Identity>,
+    raft: &Raft,
+    group: u64,
+    claimed: u64,
+) -> Result<(), Status> {
+    if let Some(who) = caller
+        && *who != Identity::Node(claimed)
+    {
+        return Err(Status::permission_denied(format!(
+            "identity `{who}` may not speak for node {claimed} in group {group}"
+        )));
+    }
+    let known = {
+        let m = raft.metrics().borrow_watched().membership_config.clone();
+        let members = m.membership();
+        members.get_node(&claimed).is_some() || members.nodes().next().is_none()
+    };
+    if known || node.catalog().nodes.contains_key(&claimed) {
+        return Ok(());
+    }
+    tracing::warn!(
+        group,
+        claimed,
+        "Raft message from a node that is not a member"
+    );
+    Err(Status::permission_denied(format!(
+        "node {claimed} is not a member of group {group}"
+    )))
+}
