@@ -84,6 +84,9 @@ pub struct FaultRecord {
     /// Unsynced bytes a power loss dropped (`powerloss`, `powerloss-all`, `eio`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped_bytes: Option<u64>,
+    /// Operations the disks answered EIO during the fault (`eio`): 0 means it never fired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eio_injected: Option<u64>,
     /// Nodes whose storaged had exited on its own by the time the fault was healed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exited: Vec<u64>,
@@ -143,6 +146,7 @@ pub async fn start(
             start,
             end: start,
             dropped_bytes,
+            eio_injected: None,
             exited: Vec::new(),
         },
     })
@@ -173,6 +177,13 @@ pub fn heal(
             restart(cluster, &record.nodes)?
         }
         FaultKind::Eio => {
+            record.eio_injected = Some(
+                record
+                    .nodes
+                    .iter()
+                    .map(|&id| cluster.disk(id).eio_injected())
+                    .sum(),
+            );
             record.dropped_bytes = Some(powerloss(cluster, &record.nodes));
             record.nodes.iter().for_each(|&id| cluster.disk(id).clear());
             restart(cluster, &record.nodes)?;

@@ -105,6 +105,8 @@ pub struct Faults {
     /// Bytes that writes may still use before ENOSPC; `None` is no budget.
     budget: Option<u64>,
     fsync_delay: Duration,
+    /// EIO answers given since the faults were last cleared.
+    injected: std::sync::atomic::AtomicU64,
 }
 
 impl Faults {
@@ -122,6 +124,17 @@ impl Faults {
 
     pub fn clear(&mut self) {
         *self = Faults::default();
+    }
+
+    /// How many operations were answered EIO since the last `clear`.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts one EIO answered.
+    pub fn count_injected(&self) {
+        self.injected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn fsync_delay(&self) -> Duration {

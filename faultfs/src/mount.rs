@@ -53,6 +53,11 @@ impl Controller {
         lock(&self.state).faults.clear();
     }
 
+    /// Operations answered EIO since the faults were last cleared.
+    pub fn eio_injected(&self) -> u64 {
+        lock(&self.state).faults.injected()
+    }
+
     /// Bytes written and not yet made durable.
     pub fn unsynced_bytes(&self) -> u64 {
         lock(&self.state).unsynced_bytes()

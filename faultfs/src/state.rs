@@ -103,6 +103,7 @@ impl State {
     pub(crate) fn check(&self, op: Op, parent: u64, name: Option<&OsStr>) -> Res<()> {
         if self.faults.eio(op, &self.rel(parent, name)) {
             tracing::debug!(?op, path = %self.rel(parent, name), "injecting EIO");
+            self.faults.count_injected();
             return Err(libc::EIO);
         }
         Ok(())
