@@ -122,6 +122,21 @@ fn print_table(outcome: &RunOutcome, took: Duration) {
     );
 }
 
+/// The first SIGINT or SIGTERM, by name.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -144,7 +159,15 @@ async fn main() -> ExitCode {
         ..RunConfig::new(args.storaged.unwrap_or_else(sibling_storaged))
     };
     let started = std::time::Instant::now();
-    match run(&config).await {
+    // On SIGINT or SIGTERM the run is dropped: its processes are killed and its mounts removed.
+    let result = tokio::select! {
+        r = run(&config) => r,
+        signal = interrupted() => {
+            eprintln!("chaos run (seed {}) interrupted by {signal}; cleaned up", config.seed);
+            return ExitCode::from(130);
+        }
+    };
+    match result {
         Ok(outcome) => {
             print_table(&outcome, started.elapsed());
             match outcome.report.clean() {
