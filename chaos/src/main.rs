@@ -47,6 +47,9 @@ struct RunArgs {
     /// Writes the report as JSON here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Writes the history (every operation, final reads included) as JSON lines here.
+    #[arg(long)]
+    history: Option<PathBuf>,
     /// The storaged binary (default: the one beside this binary).
     #[arg(long)]
     storaged: Option<PathBuf>,
@@ -153,6 +156,7 @@ async fn main() -> ExitCode {
         seed: args.seed,
         faults: args.faults.0,
         report: args.report,
+        history: args.history,
         work_dir: args.work_dir,
         targets: args.targets,
         volumes: args.volumes,

@@ -28,6 +28,8 @@ pub struct RunConfig {
     pub faults: Vec<FaultKind>,
     /// Where to write the report as JSON.
     pub report: Option<PathBuf>,
+    /// Where to write the history (final reads included) as JSON lines, for `history::read_jsonl`.
+    pub history: Option<PathBuf>,
     /// The storaged binary.
     pub storaged: PathBuf,
     /// Where the run's mounts and data live (a new directory under it, removed afterwards).
@@ -48,6 +50,7 @@ impl RunConfig {
             seed: 0,
             faults: FaultKind::ALL.to_vec(),
             report: None,
+            history: None,
             storaged,
             work_dir: std::env::temp_dir(),
             targets: Targets::Any,
@@ -130,6 +133,10 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, Error> {
     if let Some(path) = &config.report {
         let json = serde_json::to_vec_pretty(&report).map_err(std::io::Error::from)?;
         std::fs::write(path, json)?;
+    }
+    if let Some(path) = &config.history {
+        let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        crate::history::write_jsonl(file, &history)?;
     }
     Ok(RunOutcome {
         report,

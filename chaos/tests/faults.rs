@@ -57,6 +57,12 @@ async fn run_clean(config: RunConfig) -> RunOutcome {
     for f in &outcome.faults {
         eprintln!("  {}", serde_json::to_string(f).unwrap());
     }
+    if !report.clean() {
+        let path = std::env::temp_dir().join(format!("cairn-chaos-seed-{}.jsonl", config.seed));
+        let file = std::fs::File::create(&path).unwrap();
+        cairn_chaos::history::write_jsonl(std::io::BufWriter::new(file), &outcome.history).unwrap();
+        eprintln!("the history is in {}", path.display());
+    }
     assert!(
         report.faults.values().sum::<u64>() > 0,
         "the schedule injected no fault"
