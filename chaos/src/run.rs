@@ -38,6 +38,10 @@ pub struct RunConfig {
     pub volumes: usize,
     pub blocks_per_volume: u64,
     pub clients_per_volume: usize,
+    /// Every disk ignores fsyncs of RocksDB's write-ahead logs (`*.log`) once the volumes exist
+    /// (they succeed, nothing becomes durable): a broken cluster, to show that a run catches the
+    /// writes a power loss then loses.
+    pub lying_disks: bool,
     /// How long the cluster may take to become whole after each fault and after the run.
     pub recovery: Duration,
 }
@@ -58,6 +62,7 @@ impl RunConfig {
             blocks_per_volume: 8,
             clients_per_volume: 3,
             recovery: Duration::from_secs(60),
+            lying_disks: false,
         }
     }
 }
@@ -107,6 +112,12 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, Error> {
     let mut cluster = FaultCluster::start(&config.work_dir, &config.storaged, config.nodes)?;
     let volumes: Vec<String> = (1..=config.volumes).map(|i| format!("chaos-{i}")).collect();
     setup(&cluster, &volumes, config).await?;
+    if config.lying_disks {
+        for id in cluster.node_ids() {
+            cluster.disk(id).lie_fsync(Some("*.log"));
+        }
+        tracing::warn!("every disk now ignores WAL fsyncs: this run is meant to lose writes");
+    }
     let workload = BlockWorkload {
         volumes: volumes.clone(),
         blocks_per_volume: config.blocks_per_volume,

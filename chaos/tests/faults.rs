@@ -214,6 +214,29 @@ async fn eio_on_fsync_loses_no_acknowledged_write() {
     );
 }
 
+/// The whole pipeline can fail: when every disk ignores the WALs' fsyncs, a power loss of every
+/// node loses acknowledged writes (Raft cannot help), and the run must report them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disks_that_ignore_fsync_lose_writes_and_the_run_reports_them() {
+    let mut config = config(16, &[FaultKind::PowerlossAll], Duration::from_secs(6));
+    config.lying_disks = true;
+    let _serial = SERIAL.lock().await;
+    let outcome = tokio::time::timeout(RUN_BOUND, run(&config))
+        .await
+        .expect("the run ends within its bound")
+        .unwrap_or_else(|e| panic!("the run did not complete: {e}"));
+    let report = &outcome.report;
+    eprintln!(
+        "report with lying disks: {}",
+        serde_json::to_string(report).unwrap()
+    );
+    assert!(report.faults["powerloss-all"] >= 1, "{report:?}");
+    assert!(
+        !report.clean(),
+        "writes acknowledged on disks that kept nothing survived every node's power loss: {report:?}"
+    );
+}
+
 /// The verdict is not always clean: a hand-made history whose acknowledged write the final
 /// read does not show counts as lost, and its stale read as a violation.
 #[test]
