@@ -569,6 +569,29 @@ impl VolumeClient {
         .await
     }
 
+    /// An unfenced write resent only when no attempt can have executed (refused before
+    /// executing, or never connected), so it takes effect at most once. `write` also resends
+    /// after ambiguous failures: the same bytes then land twice, and with other writers to the
+    /// block in between (a chaos run found it) a reader sees the older value come back.
+    /// An ambiguous failure is returned: the write may or may not have taken effect.
+    pub async fn write_at_most_once(
+        &self,
+        volume: &str,
+        offset: u64,
+        data: bytes::Bytes,
+    ) -> Result<(), Status> {
+        self.call(Some(volume), Retry::OnlyUnexecuted, |ch| {
+            let req = pb::WriteRequest {
+                volume: volume.to_string(),
+                offset,
+                data: data.clone(),
+                generation: 0,
+            };
+            async move { Self::blk(ch).write(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
     /// An unfenced discard (generation 0).
     pub async fn discard(&self, volume: &str, offset: u64, length: u64) -> Result<(), Status> {
         let req = pb::DiscardRequest {
