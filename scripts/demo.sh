@@ -70,12 +70,15 @@ PIDS+=($!)
 until_ok 60 grep -qx ready "$DIR/harness.log" || { echo "harness not up; see $DIR/harness.log" >&2; exit 1; }
 grep -E '^(api-server|storaged|logs):' "$DIR/harness.log"
 export KUBECONFIG="$DIR/k8s/kubeconfig"
+# cairnctl against the harness's storaged, with the admin certificate the harness issued.
+hctl() { "$BIN/cairnctl" --tls-dir "$(sed -n 's/^admin-tls-dir: //p' "$DIR/harness.log")" \
+  --endpoint "$(sed -n 's/^storaged: //p' "$DIR/harness.log")" "$@"; }
 kubectl get nodes,storageclass,csidriver
 echo "== kubectl apply -f manifests/examples/statefulset.yaml"
 kubectl apply -f manifests/examples/statefulset.yaml
 kubectl rollout status statefulset/web --timeout=180s
 kubectl get pods,pvc,pv -o wide
-"$BIN/cairnctl" --insecure --endpoint "$(sed -n 's/^storaged: //p' "$DIR/harness.log")" volume ls
+hctl volume ls
 until_ok 60 test "$(kubectl logs web-0 | wc -l)" -ge 1
 echo "== web-0's log (one line per boot, kept on its volume):"; kubectl logs web-0
 echo "== delete pod web-0; the StatefulSet recreates it with the same claim"
@@ -94,7 +97,7 @@ kubectl delete -f manifests/examples/statefulset.yaml
 kubectl delete pvc data-web-0 data-web-1
 until_ok 120 test "$(kubectl get pv -o name | wc -l)" -eq 0
 echo "PersistentVolumes left: $(kubectl get pv -o name | wc -l); storaged volumes left:"
-"$BIN/cairnctl" --insecure --endpoint "$(sed -n 's/^storaged: //p' "$DIR/harness.log")" volume ls
+hctl volume ls
 echo "== stopping the harness (pods, mounts, every process it started)"
 cleanup
 PIDS=()

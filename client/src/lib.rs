@@ -520,6 +520,38 @@ impl VolumeClient {
         .await
     }
 
+    /// Cordons (`cordon`) or uncordons the named node; idempotent.
+    pub async fn cordon_node(&self, name: &str, cordon: bool) -> Result<pb::Node, Status> {
+        let req = pb::CordonNodeRequest {
+            name: name.to_string(),
+            cordon,
+        };
+        self.call(None, Retry::Idempotent, |ch| {
+            let req = req.clone();
+            async move {
+                Ok(Self::vol(ch)
+                    .cordon_node(req)
+                    .await?
+                    .into_inner()
+                    .node
+                    .unwrap_or_default())
+            }
+        })
+        .await
+    }
+
+    /// Starts moving every replica off the named node; idempotent.
+    pub async fn drain_node(&self, name: &str) -> Result<pb::DrainNodeResponse, Status> {
+        let req = pb::DrainNodeRequest {
+            name: name.to_string(),
+        };
+        self.call(None, Retry::Idempotent, |ch| {
+            let req = req.clone();
+            async move { Ok(Self::vol(ch).drain_node(req).await?.into_inner()) }
+        })
+        .await
+    }
+
     pub async fn remove_node(&self, id: u64) -> Result<(), Status> {
         self.call(None, Retry::OnlyUnexecuted, |ch| async move {
             Self::vol(ch)

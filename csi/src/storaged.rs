@@ -243,7 +243,7 @@ pub mod fake {
                         node_id: n.id,
                         node_name: n.name.clone(),
                         state: pb::ReplicaState::Follower as i32,
-                        matched_index: 0,
+                        ..Default::default()
                     })
                     .collect(),
                 health: pb::VolumeHealth::Healthy as i32,

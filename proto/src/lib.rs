@@ -26,6 +26,7 @@ pub mod cairn {
                     ReplicaState::Follower => "follower",
                     ReplicaState::Lagging => "lagging",
                     ReplicaState::Unreachable => "unreachable",
+                    ReplicaState::Rebuilding => "rebuilding",
                 }
             }
         }

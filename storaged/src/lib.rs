@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod node;
 pub mod opener;
 pub mod raft;
+pub mod repair;
 pub mod server;
 pub mod service;
 pub mod testkit;

@@ -254,8 +254,9 @@ impl Env {
     pub async fn cairnctl(&self, args: &[&str]) -> String {
         let bin = find_binary("cairnctl").expect("cairnctl");
         let ep = format!("--endpoint={}", self.layout.storaged.join(","));
-        // The harness runs storaged with --insecure (see CairnLayout::storaged_spec).
-        let mut all = vec![ep.as_str(), "--insecure", "-o", "json"];
+        // The harness runs storaged with mutual TLS and issues an `admin` certificate.
+        let tls = format!("--tls-dir={}", self.layout.tls_dir("admin").display());
+        let mut all = vec![ep.as_str(), tls.as_str(), "-o", "json"];
         all.extend_from_slice(args);
         let o = command(&bin, &all, None).await;
         assert!(o.ok, "cairnctl {args:?}: {}", o.stderr);

@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use cairn_storaged::node::NodeConfig;
+use cairn_storaged::repair::RepairConfig;
 use cairn_storaged::server::{ServerOptions, start};
 use clap::Parser;
 
@@ -66,6 +68,13 @@ struct Args {
     /// Serve and call peers in plaintext, without authentication (tests only).
     #[arg(long)]
     insecure: bool,
+    /// A volume replica on a node unreachable this long is rebuilt elsewhere, e.g. `5m`,
+    /// `30s`, `500ms` (the meta leader's value is the one in force).
+    #[arg(long, default_value = "5m")]
+    replica_down_timeout: String,
+    /// Replicas rebuilt at once onto one node.
+    #[arg(long, default_value_t = 2)]
+    rebuild_concurrency: usize,
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -76,6 +85,37 @@ fn parse_kv(field: &str, s: &str) -> Result<(String, String), String> {
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .filter(|(k, v)| !k.is_empty() && !v.is_empty())
         .ok_or_else(|| format!("--{field}: `{s}` is not KEY=VALUE"))
+}
+
+/// A duration such as `5m`, `30s`, `500ms`, `1h` or `1m30s`.
+fn parse_duration(field: &str, s: &str) -> Result<Duration, String> {
+    let bad = || format!("--{field} `{s}`: not a duration such as 5m, 30s or 500ms");
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let d = match &rest[..unit] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return Err(bad()),
+        };
+        total += d;
+        rest = &rest[unit..];
+    }
+    if total.is_zero() {
+        return Err(format!("--{field} `{s}`: must be greater than 0"));
+    }
+    Ok(total)
 }
 
 fn fs_size(path: &std::path::Path) -> u64 {
@@ -99,6 +139,9 @@ fn run(args: Args) -> Result<(), String> {
         addr.parse::<SocketAddr>()
             .map_err(|_| format!("--initial-cluster: `{addr}` is not host:port"))?;
         initial.insert(id, addr);
+    }
+    if args.rebuild_concurrency == 0 {
+        return Err("--rebuild-concurrency: must be at least 1".into());
     }
     if initial.is_empty() && args.join.is_empty() {
         return Err("one of --initial-cluster or --join is required".into());
@@ -152,6 +195,10 @@ fn run(args: Args) -> Result<(), String> {
         security,
         quiet_after: (args.quiet_after_ms > 0)
             .then(|| std::time::Duration::from_millis(args.quiet_after_ms)),
+        repair: RepairConfig {
+            down_timeout: parse_duration("replica-down-timeout", &args.replica_down_timeout)?,
+            concurrency: args.rebuild_concurrency,
+        },
     };
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     rt.block_on(async move {

@@ -52,6 +52,16 @@ pub struct VolumeRecord {
     pub state: VolumeState,
     /// The last fencing generation given to a publish of this volume; grows with each.
     pub generation: u64,
+    /// A member being replaced: `to` is in `members` beside `from` until the group's
+    /// membership has promoted `to` and removed `from` (see `meta/moves.rs`).
+    pub repair: Option<Repair>,
+}
+
+/// One member replacement in progress: `from` leaves the group, `to` joins it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Repair {
+    pub from: u64,
+    pub to: u64,
 }
 
 /// What a volume's first contents are a copy of.
@@ -200,6 +210,30 @@ pub enum MetaCommand {
         name: String,
         bytes: u64,
     },
+    /// Starts replacing member `from` by `to` (appended last; see `meta/moves.rs`).
+    StartRepair {
+        name: String,
+        from: u64,
+        to: u64,
+    },
+    /// `to` is a voter and `from` is out of the group: `from` leaves `members`.
+    FinishRepair {
+        name: String,
+        from: u64,
+        to: u64,
+    },
+    /// `to` could not join (it went down): it leaves `members`, `from` stays.
+    AbortRepair {
+        name: String,
+        from: u64,
+        to: u64,
+    },
+    /// Cordons a node (no new replicas) and, with `draining`, moves its replicas off.
+    SetNodeSchedule {
+        id: u64,
+        cordoned: bool,
+        draining: bool,
+    },
 }
 
 impl MetaCommand {
@@ -214,6 +248,10 @@ impl MetaCommand {
             MetaCommand::RemoveNode { .. } => "remove_node",
             MetaCommand::SetLabels { .. } => "set_labels",
             MetaCommand::FinishPopulating { .. } => "finish_populating",
+            MetaCommand::StartRepair { .. } => "start_repair",
+            MetaCommand::FinishRepair { .. } => "finish_repair",
+            MetaCommand::AbortRepair { .. } => "abort_repair",
+            MetaCommand::SetNodeSchedule { .. } => "set_node_schedule",
         }
     }
 }
@@ -273,7 +311,7 @@ impl From<CommandError> for Error {
     }
 }
 
-fn not_found(what: &str, name: &str) -> CommandError {
+pub(super) fn not_found(what: &str, name: &str) -> CommandError {
     CommandError::NotFound {
         what: what.into(),
         name: name.into(),
@@ -393,7 +431,7 @@ impl Catalog {
                 }
                 Ok(MetaReply::Done)
             }
-            MetaCommand::RegisterNode(rec) => {
+            MetaCommand::RegisterNode(mut rec) => {
                 if let Some(other) = self
                     .nodes
                     .values()
@@ -403,6 +441,10 @@ impl Catalog {
                         "node name `{}` is taken by node {}",
                         rec.name, other.id
                     )));
+                }
+                // A node registers itself at every start: its cordon and drain stay.
+                if let Some(old) = self.nodes.get(&rec.id) {
+                    rec.keep_schedule(old);
                 }
                 self.nodes.insert(rec.id, rec.clone());
                 Ok(MetaReply::Node(rec))
@@ -439,6 +481,14 @@ impl Catalog {
                 v.state = VolumeState::Populated { bytes };
                 Ok(MetaReply::Volume(v.clone()))
             }
+            MetaCommand::StartRepair { name, from, to } => self.start_repair(&name, from, to),
+            MetaCommand::FinishRepair { name, from, to } => self.finish_repair(&name, from, to),
+            MetaCommand::AbortRepair { name, from, to } => self.abort_repair(&name, from, to),
+            MetaCommand::SetNodeSchedule {
+                id,
+                cordoned,
+                draining,
+            } => self.set_schedule(id, cordoned, draining),
         }
     }
 }
@@ -472,6 +522,7 @@ mod tests {
             origin: None,
             state: VolumeState::Ready,
             generation: 0,
+            repair: None,
         }
     }
 

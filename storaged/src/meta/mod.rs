@@ -2,5 +2,6 @@
 //! labels, and controller attachments; plus the placement policy.
 
 pub mod catalog;
+pub mod moves;
 pub mod placement;
 pub mod stored;

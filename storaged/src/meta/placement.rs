@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::catalog::{Catalog, NODE_KEY, NodeRecord, VolumeKind, ZONE_KEY};
+use super::catalog::{Catalog, NODE_KEY, NodeRecord, VolumeKind, VolumeRecord, ZONE_KEY};
 use crate::{Error, Result};
 
 /// A topology term: every segment must match.
@@ -53,7 +53,8 @@ pub fn place(cat: &Catalog, want: &Want<'_>) -> Result<Vec<u64>> {
         VolumeKind::Local => 1,
         VolumeKind::Replicated => want.replicas as usize,
     };
-    let all: Vec<&NodeRecord> = cat.nodes.values().collect();
+    // A cordoned node takes no new replicas.
+    let all: Vec<&NodeRecord> = cat.nodes.values().filter(|n| !n.cordoned()).collect();
     if all.len() < n {
         return Err(Error::ResourceExhausted(format!(
             "{n} replicas requested but the cluster has only {} nodes",
@@ -115,6 +116,36 @@ pub fn place(cat: &Catalog, want: &Want<'_>) -> Result<Vec<u64>> {
         )));
     }
     Ok(out)
+}
+
+/// The node to take over `volume`'s replica from member `from`: not a member, not
+/// cordoned, not in `unusable` (down), with room for it; zones the other members do
+/// not use first, then the most free capacity. `None`: no node qualifies.
+pub fn replacement(
+    cat: &Catalog,
+    volume: &VolumeRecord,
+    from: u64,
+    unusable: &dyn Fn(u64) -> bool,
+) -> Option<u64> {
+    let zones: Vec<Option<&str>> = volume
+        .members
+        .iter()
+        .filter(|m| **m != from)
+        .filter_map(|m| cat.nodes.get(m))
+        .map(|n| n.zone())
+        .collect();
+    cat.nodes
+        .values()
+        .filter(|n| !volume.members.contains(&n.id) && !n.cordoned() && !unusable(n.id))
+        .filter(|n| free(cat, n) >= volume.size)
+        .min_by_key(|n| {
+            (
+                n.zone().is_some() && zones.contains(&n.zone()),
+                std::cmp::Reverse(free(cat, n)),
+                n.id,
+            )
+        })
+        .map(|n| n.id)
 }
 
 #[cfg(test)]

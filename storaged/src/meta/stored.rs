@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::{
-    AttachmentRecord, ContentSource, Origin, VolumeKind, VolumeRecord, VolumeState,
+    AttachmentRecord, ContentSource, Origin, Repair, VolumeKind, VolumeRecord, VolumeState,
 };
 
 /// On a snapshot's volume: the volume it is a copy of.
@@ -21,6 +21,8 @@ const COPIED_LABEL: &str = "cairn.dev/bytes-copied";
 const GENERATION_LABEL: &str = "cairn.dev/generation";
 /// Prefixes a node name: the generation of the volume's publish to that node.
 const ATTACHED_PREFIX: &str = "cairn.dev/generation.";
+/// A member replacement in progress: `FROM>TO` (node ids).
+const REPAIR_LABEL: &str = "cairn.dev/repair";
 
 /// An attachment as stored: field for field what older nodes encode and decode (its
 /// generation is kept in a label).
@@ -67,6 +69,13 @@ impl From<StoredVolume> for VolumeRecord {
         let populating = labels.remove(POPULATING_LABEL).is_some();
         let copied = labels.remove(COPIED_LABEL).and_then(|b| b.parse().ok());
         let generation = take_number(&mut labels, GENERATION_LABEL);
+        let repair = labels.remove(REPAIR_LABEL).and_then(|r| {
+            let (from, to) = r.split_once('>')?;
+            Some(Repair {
+                from: from.parse().ok()?,
+                to: to.parse().ok()?,
+            })
+        });
         let attachments = s
             .attachments
             .into_iter()
@@ -95,6 +104,7 @@ impl From<StoredVolume> for VolumeRecord {
             origin,
             state,
             generation,
+            repair,
         }
     }
 }
@@ -122,6 +132,9 @@ impl From<VolumeRecord> for StoredVolume {
         }
         if v.generation > 0 {
             labels.insert(GENERATION_LABEL.to_string(), v.generation.to_string());
+        }
+        if let Some(r) = v.repair {
+            labels.insert(REPAIR_LABEL.to_string(), format!("{}>{}", r.from, r.to));
         }
         let attachments = v
             .attachments
@@ -163,7 +176,9 @@ fn take_number(labels: &mut BTreeMap<String, String>, key: &str) -> u64 {
 /// generations are shown in their own fields).
 pub fn api_labels(v: &VolumeRecord) -> BTreeMap<String, String> {
     let mut labels = StoredVolume::from(v.clone()).labels;
-    labels.retain(|k, _| k != GENERATION_LABEL && !k.starts_with(ATTACHED_PREFIX));
+    labels.retain(|k, _| {
+        k != GENERATION_LABEL && k != REPAIR_LABEL && !k.starts_with(ATTACHED_PREFIX)
+    });
     labels
 }
 

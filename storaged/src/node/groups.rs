@@ -1,13 +1,13 @@
 //! Raft group lifecycle on this node: opening a group over the shared engine, and the
 //! reconcile loop that starts the volume groups the catalogue places here and removes the rest.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::engine::Engine;
-use crate::meta::catalog::{VolumeKind, VolumeRecord};
+use crate::engine::{Cf, Engine};
+use crate::meta::catalog::{Catalog, VolumeKind, VolumeRecord};
 use crate::node::meta::Meta;
 use crate::node::quiesce::Quiescer;
 use crate::raft::NetworkFactory;
@@ -102,6 +102,22 @@ async fn purge_behind_snapshot(raft: &Raft, group: u64, upto: u64) {
     }
 }
 
+/// Volume groups with Raft state or applied state on disk.
+fn on_disk(engine: &dyn Engine) -> Result<BTreeSet<u64>> {
+    let mut out = BTreeSet::new();
+    for cf in [Cf::RaftState, Cf::Meta] {
+        for (key, _) in engine.scan(cf, &[], &[0xff; 16], usize::MAX)? {
+            if let Some(prefix) = key.get(..8) {
+                let group = u64::from_be_bytes(prefix.try_into().expect("8 bytes"));
+                if group != META_GROUP {
+                    out.insert(group);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The Raft groups this node runs: the meta group and its volume groups.
 pub struct Groups {
     opener: Opener,
@@ -171,10 +187,14 @@ impl Groups {
                 continue;
             }
             let raft = self.opener.open(*id, Shared::new()).await?;
-            if !raft.is_initialized().await.map_err(fatal)? {
+            // A replacement (`repair.to`) joins as a learner its leader adds: it never
+            // initialises a membership of its own.
+            let joining = vol.repair.is_some_and(|r| r.to == me);
+            if !joining && !raft.is_initialized().await.map_err(fatal)? {
                 let members: BTreeMap<u64, Node> = vol
                     .members
                     .iter()
+                    .filter(|m| vol.repair.is_none_or(|r| r.to != **m))
                     .filter_map(|m| self.meta.addr_of(&cat, *m).map(|addr| (*m, Node { addr })))
                     .collect();
                 if let Err(e) = raft.initialize(members).await {
@@ -199,10 +219,47 @@ impl Groups {
             if let Some(raft) = raft {
                 let _ = raft.shutdown().await;
             }
-            LogStore::destroy(self.opener.engine.as_ref(), id)?;
-            GroupStateMachine::destroy(self.opener.engine.as_ref(), id)?;
-            tracing::info!(group = id, "volume group removed and its data deleted");
+            self.destroy(id)?;
         }
+        // Groups left on disk by a run that ended before the catalogue moved them away
+        // (a node back after its replicas were replaced, or volumes deleted meanwhile).
+        if !self.stale(&cat)?.is_empty() {
+            // The catalogue loaded at start may predate entries still to be re-applied
+            // (apply is unlogged): decide on one that has every committed change.
+            match self.meta.fresh().await {
+                Ok(fresh) => {
+                    for id in self.stale(&fresh)? {
+                        self.destroy(id)?;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "stale groups kept until the catalogue is fresh")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Groups on disk that `cat` does not place here and that are not running. Only ids
+    /// the catalogue has given out: a newer group it has not seen yet stays.
+    fn stale(&self, cat: &Catalog) -> Result<Vec<u64>> {
+        let me = self.opener.me;
+        let running = self.running.read().expect("groups lock poisoned");
+        Ok(on_disk(self.opener.engine.as_ref())?
+            .into_iter()
+            .filter(|g| *g < cat.next_volume_id && !running.contains_key(g))
+            .filter(|g| {
+                cat.volume_by_id(*g)
+                    .is_none_or(|v| v.kind != VolumeKind::Replicated || !v.members.contains(&me))
+            })
+            .collect())
+    }
+
+    /// Deletes a group's log, Raft state and data (it no longer runs here).
+    fn destroy(&self, id: u64) -> Result<()> {
+        LogStore::destroy(self.opener.engine.as_ref(), id)?;
+        GroupStateMachine::destroy(self.opener.engine.as_ref(), id)?;
+        tracing::info!(group = id, "volume group removed and its data deleted");
         Ok(())
     }
 

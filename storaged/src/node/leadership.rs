@@ -94,30 +94,38 @@ pub(super) async fn run(me: u64, meta: Arc<Meta>, groups: Arc<Groups>) {
 }
 
 async fn check(me: u64, meta: &Meta, groups: &Groups, attempts: &mut HashMap<u64, Attempt>) {
-    let cat = meta.catalog();
-    let by_id: HashMap<u64, &VolumeRecord> = cat.volumes.values().map(|v| (v.id, v)).collect();
-    let groups_ref = groups;
-    let groups = groups.volumes();
-    attempts.retain(|g, _| groups.iter().any(|(id, _)| id == g));
-    for (group, raft) in groups {
-        let Some(vol) = by_id.get(&group) else {
+    // Only attached volumes have a preferred leader: the rest are not looked at (with a
+    // thousand idle volumes, this loop then costs next to nothing).
+    let wanted: HashMap<u64, (String, u64)> = meta.with_catalog(|cat| {
+        cat.volumes
+            .values()
+            .filter_map(|v| preferred_leader(cat, v).map(|p| (v.id, (v.name.clone(), p))))
+            .collect()
+    });
+    attempts.retain(|g, _| wanted.contains_key(g));
+    for (&group, (name, preferred)) in &wanted {
+        let Some(raft) = groups.get(group) else {
             continue;
         };
-        let m = raft.metrics().borrow_watched().clone();
-        let preferred = preferred_leader(&cat, vol);
-        if preferred.is_none() || m.current_leader.is_some() && m.current_leader == preferred {
-            // Nowhere to move, or led where it should be: a later move starts afresh.
+        let preferred = Some(*preferred);
+        let current_leader = raft.metrics().borrow_watched().current_leader;
+        if current_leader == preferred {
+            // Led where it should be: a later move starts afresh.
             attempts.remove(&group);
             continue;
         }
-        if m.current_leader != Some(me) {
+        if current_leader != Some(me) {
             continue;
         }
-        let view = LeaderView {
-            me,
-            preferred,
-            last_log_index: m.last_log_index,
-            matched: m.replication.clone().unwrap_or_default(),
+        let metrics = raft.metrics();
+        let view = {
+            let m = metrics.borrow_watched();
+            LeaderView {
+                me,
+                preferred,
+                last_log_index: m.last_log_index,
+                matched: m.replication.clone().unwrap_or_default(),
+            }
         };
         let Some(to) = transfer_target(&view) else {
             continue;
@@ -133,10 +141,10 @@ async fn check(me: u64, meta: &Meta, groups: &Groups, attempts: &mut HashMap<u64
                 wait,
             },
         );
-        tracing::info!(volume = %vol.name, group, from = me, to, retry_after = ?wait, "handing leadership to the attached node");
-        groups_ref.wake(group, &raft);
+        tracing::info!(volume = %name, group, from = me, to, retry_after = ?wait, "handing leadership to the attached node");
+        groups.wake(group, &raft);
         if let Err(e) = raft.trigger().transfer_leader(to).await {
-            tracing::warn!(volume = %vol.name, group, to, error = %e, "leadership transfer not started");
+            tracing::warn!(volume = %name, group, to, error = %e, "leadership transfer not started");
         }
     }
 }
@@ -182,6 +190,7 @@ mod tests {
             origin: None,
             state: crate::meta::catalog::VolumeState::Ready,
             generation: 0,
+            repair: None,
         };
         cat.volumes.insert("v".into(), vol.clone());
         (cat, vol)

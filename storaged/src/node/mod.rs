@@ -47,6 +47,8 @@ pub struct NodeConfig {
     pub security: cairn_client::Security,
     /// Idle time after which a volume group this node leads goes quiet (`None`: never).
     pub quiet_after: Option<std::time::Duration>,
+    /// When the meta leader replaces lost replicas, and how many at once.
+    pub repair: crate::repair::RepairConfig,
 }
 
 impl NodeConfig {
@@ -131,14 +133,16 @@ impl StorageNode {
             groups.clone(),
             channels.clone(),
         ));
-        Ok(Arc::new(StorageNode {
+        let node = Arc::new(StorageNode {
             cfg,
             channels,
             meta,
             groups,
             io,
             metrics,
-        }))
+        });
+        tokio::spawn(crate::repair::run(Arc::downgrade(&node)));
+        Ok(node)
     }
 
     pub fn cfg(&self) -> &NodeConfig {

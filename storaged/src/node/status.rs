@@ -21,6 +21,11 @@ pub struct GroupStatus {
     /// Meta group only: the node ids in this node's catalogue (the identity probe's
     /// question, see `identity`).
     pub catalogue_nodes: Vec<u64>,
+    /// The group's voters as this node knows them (in a joint config, of both sets).
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// The membership is joint (a voter change is half done).
+    pub joint: bool,
 }
 
 /// Asks the node at `addr` for its view of `group` (`None`: no answer within `within`).
@@ -57,6 +62,7 @@ pub fn group_status(raft: Option<Raft>) -> GroupStatus {
                 .collect()
         })
         .unwrap_or_default();
+    let membership = m.membership_config.membership();
     GroupStatus {
         hosted: true,
         leader: m.current_leader,
@@ -64,6 +70,9 @@ pub fn group_status(raft: Option<Raft>) -> GroupStatus {
         last_log_index: m.last_log_index,
         matched,
         catalogue_nodes: Vec::new(),
+        voters: membership.voter_ids().collect(),
+        learners: membership.learner_ids().collect(),
+        joint: membership.get_joint_config().len() > 1,
     }
 }
 

@@ -167,6 +167,7 @@ impl GroupStateMachine {
         );
         b.delete(Cf::Meta, keys::named(group, APPLIED));
         b.delete(Cf::Meta, keys::named(group, FENCE));
+        b.delete(Cf::Meta, keys::named(group, INSTALLING));
         engine.write(b, true)
     }
 

@@ -2,6 +2,7 @@
 //! node catalogue API, block I/O, and the node-local attach API.
 
 pub mod block_api;
+pub mod drain;
 pub mod node_api;
 pub mod raft_api;
 pub mod raft_sender;

@@ -9,6 +9,7 @@ use cairn_proto::cairn::v1::{
     PingReply, PingRequest, RaftFailure, RaftMessage, RaftReply, SnapshotChunk,
 };
 use futures::{Stream, StreamExt};
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{Fatal, RaftError};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -19,6 +20,7 @@ use crate::raft::{
     AppendEntriesRequest, Raft, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote, decode,
     encode,
 };
+use crate::repair::change::MemberChange;
 use crate::service::raft_sender::{Claimed, check_sender, voter};
 use crate::tls::Identity;
 
@@ -312,6 +314,38 @@ impl RaftService for RaftApi {
             raft.handle_transfer_leader(rpc).await
         })
         .await
+    }
+
+    async fn change_members(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftReply>, Status> {
+        // Only the meta leader drives repairs: another node's certificate may not change a
+        // group's members.
+        let caller = req.extensions().get::<Identity>().cloned();
+        if let Some(who) = caller {
+            let leader = self
+                .node
+                .meta_raft()
+                .metrics()
+                .borrow_watched()
+                .current_leader;
+            if leader.is_none_or(|l| who != Identity::Node(l)) {
+                return Err(Status::permission_denied(format!(
+                    "identity `{who}` may not change members: only the meta leader ({leader:?}) does"
+                )));
+            }
+        }
+        let m = req.into_inner();
+        let change: MemberChange = decode(&m.payload).map_err(bad)?;
+        match self.raft(m.group_id) {
+            Ok(raft) => {
+                // A quiet group's leader restarts its timers for the new member's catch-up.
+                self.node.wake(m.group_id);
+                reply(crate::repair::change::apply(&raft, m.group_id, change).await)
+            }
+            Err(e) => reply::<(), _>(Err(e)),
+        }
     }
 
     async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {

@@ -205,6 +205,7 @@ pub async fn create(
                 origin: Some(Origin::SnapshotOf(r.source_volume.clone())),
                 state: VolumeState::Populating,
                 generation: 0,
+                repair: None,
             };
             let v = node
                 .propose_meta(MetaCommand::CreateVolume(rec))

@@ -23,7 +23,10 @@ pub fn node(cat: &Catalog, n: &NodeRecord, reachable: bool) -> pb::Node {
         id: n.id,
         name: n.name.clone(),
         addr: n.addr.clone(),
-        labels: n.labels.clone().into_iter().collect(),
+        labels: n
+            .user_labels()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         capacity_bytes: n.capacity_bytes,
         allocated_bytes: cat.allocated(n.id),
         role: match n.role {
@@ -31,6 +34,8 @@ pub fn node(cat: &Catalog, n: &NodeRecord, reachable: bool) -> pb::Node {
             NodeRole::Learner => "learner".into(),
         },
         reachable,
+        cordoned: n.cordoned(),
+        draining: n.draining(),
     }
 }
 
@@ -78,6 +83,7 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
                 node_name: name_of(*m),
                 state: pb::ReplicaState::Unspecified as i32,
                 matched_index: 0,
+                target_index: 0,
             })
             .collect();
         if v.kind == VolumeKind::Local {
@@ -94,41 +100,60 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
         .iter()
         .find(|(id, s)| s.as_ref().is_some_and(|s| s.leader == Some(*id)))
         .and_then(|(id, s)| s.clone().map(|s| (*id, s)));
-    let mut healthy = leader.is_some();
+    let voters: &[u64] = leader.as_ref().map_or(&[], |(_, ls)| ls.voters.as_slice());
+    let learners: &[u64] = leader
+        .as_ref()
+        .map_or(&[], |(_, ls)| ls.learners.as_slice());
+    let target = leader
+        .as_ref()
+        .and_then(|(_, ls)| ls.last_log_index)
+        .unwrap_or(0);
+    let mut up_to_date = 0u32;
     for (id, s) in &statuses {
         use pb::ReplicaState as State;
         let (state, matched) = match (&leader, s) {
             (_, None) => (State::Unreachable, 0),
-            (Some((lid, _)), Some(_)) if lid == id => (State::Leader, 0),
+            (Some((lid, _)), Some(_)) if lid == id => (State::Leader, target),
             (Some((_, ls)), Some(_)) => {
                 let m = ls.matched.get(id).copied().flatten();
-                let last = ls.last_log_index.unwrap_or(0);
+                let joining = v.repair.is_some_and(|r| r.to == *id);
                 match m {
-                    Some(m) if last.saturating_sub(m) <= LAG_ENTRIES => (State::Follower, m),
+                    _ if learners.contains(id) || (joining && !voters.contains(id)) => {
+                        (State::Rebuilding, m.unwrap_or(0))
+                    }
+                    // Out of the group's membership (a replaced member about to leave).
+                    _ if !voters.contains(id) => (State::Lagging, m.unwrap_or(0)),
+                    Some(m) if target.saturating_sub(m) <= LAG_ENTRIES => (State::Follower, m),
                     Some(m) => (State::Lagging, m),
                     None => (State::Lagging, 0),
                 }
             }
             (None, Some(_)) => (State::Follower, 0),
         };
-        healthy &= matches!(state, State::Leader | State::Follower);
+        if matches!(state, State::Leader | State::Follower) && voters.contains(id) {
+            up_to_date += 1;
+        }
         out.members.push(pb::Replica {
             node_id: *id,
             node_name: name_of(*id),
             state: state as i32,
             matched_index: matched,
+            target_index: if state == State::Rebuilding {
+                target
+            } else {
+                0
+            },
         });
     }
-    if let Some((lid, ls)) = &leader {
+    if let Some((lid, _)) = &leader {
         out.leader_node_id = *lid;
-        if let Some(r) = out.members.iter_mut().find(|r| r.node_id == *lid) {
-            r.matched_index = ls.last_log_index.unwrap_or(0);
-        }
     }
-    out.health = match (leader.is_some(), healthy) {
-        (false, _) => pb::VolumeHealth::Unavailable,
-        (true, true) => pb::VolumeHealth::Healthy,
-        (true, false) => pb::VolumeHealth::Degraded,
+    // Degraded: fewer up-to-date voters than replicas, or a replacement under way.
+    let rebuilding = v.repair.is_some() || !learners.is_empty();
+    out.health = match leader {
+        None => pb::VolumeHealth::Unavailable,
+        Some(_) if up_to_date >= v.replicas && !rebuilding => pb::VolumeHealth::Healthy,
+        Some(_) => pb::VolumeHealth::Degraded,
     } as i32;
     out
 }

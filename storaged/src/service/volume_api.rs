@@ -17,7 +17,7 @@ use crate::meta::catalog::{
 use crate::meta::placement::{self, Term, Want};
 use crate::node::StorageNode;
 use crate::raft::Node;
-use crate::service::{snapshots, validate, view};
+use crate::service::{drain, snapshots, validate, view};
 use crate::volume::io::VolumeIo;
 use crate::{Error, Result};
 
@@ -108,6 +108,7 @@ impl VolumeApi {
             origin,
             state,
             generation: 0,
+            repair: None,
         };
         let v = self
             .node
@@ -370,10 +371,12 @@ impl VolumeService for VolumeApi {
                 .collect(),
         };
         let more = page.len() > size;
-        let mut volumes = Vec::new();
-        for v in page.iter().take(size) {
-            volumes.push(view::volume(&self.node, &cat, v, false).await);
-        }
+        // Health asks each volume's members, every volume at once (bounded per ask).
+        let views = page
+            .iter()
+            .take(size)
+            .map(|v| view::volume(&self.node, &cat, v, true));
+        let volumes: Vec<pb::Volume> = futures::future::join_all(views).await;
         let next_page_token =
             validate::next_page(TOKEN_PREFIX, more, volumes.last().map(|v| v.name.as_str()));
         Ok(Response::new(pb::ListVolumesResponse {
@@ -500,6 +503,26 @@ impl VolumeService for VolumeApi {
                 .map(|n| view::node(&cat, n, reach.get(&n.id).copied().unwrap_or(false)))
                 .collect(),
         }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %req.get_ref().name))]
+    async fn cordon_node(
+        &self,
+        req: Request<pb::CordonNodeRequest>,
+    ) -> Result<Response<pb::CordonNodeResponse>, Status> {
+        let r = req.into_inner();
+        let node = drain::cordon(&self.node, &r.name, r.cordon).await?;
+        Ok(Response::new(pb::CordonNodeResponse { node: Some(node) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %req.get_ref().name))]
+    async fn drain_node(
+        &self,
+        req: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        Ok(Response::new(
+            drain::drain(&self.node, &req.into_inner().name).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(snapshot = %req.get_ref().name, volume = %req.get_ref().source_volume))]

@@ -110,6 +110,80 @@ impl CairnLayout {
             .join("csi.sock")
     }
 
+    /// The cluster CA and one `--tls-dir` per identity, under the data dir.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.data_dir.join("cairn").join("certs")
+    }
+
+    /// The `--tls-dir` (`ca.crt`, `tls.crt`, `tls.key`) of `identity` (`node:1`, `admin`…).
+    pub fn tls_dir(&self, identity: &str) -> PathBuf {
+        self.certs_dir().join(identity.replace(':', "-"))
+    }
+
+    /// Every identity of `--with-cairn`: a storaged per node, a node plugin per node, the
+    /// controller (cairn-csi controller) and `admin` (cairnctl).
+    fn identities(&self) -> Vec<String> {
+        let mut ids: Vec<String> = (1..=self.nodes.len())
+            .map(|i| format!("node:{i}"))
+            .collect();
+        ids.extend(self.nodes.iter().map(|n| format!("csi-node:{n}")));
+        ids.extend(["controller".to_string(), "admin".to_string()]);
+        ids
+    }
+
+    /// Creates the cluster CA and the certificates of every identity with `cairnctl certs`,
+    /// keeping those a previous `up` on this data dir made (idempotent).
+    pub fn issue_certs(&self) -> Result<()> {
+        let ctl = find_binary("cairnctl")
+            .ok_or_else(|| Error::Internal("binary cairnctl not found".into()))?;
+        let ca = self.certs_dir().join("ca");
+        let run = |args: Vec<String>| -> Result<()> {
+            let out = std::process::Command::new(&ctl)
+                .args(&args)
+                .output()
+                .map_err(Error::internal)?;
+            if !out.status.success() {
+                return Err(Error::Internal(format!(
+                    "cairnctl {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            Ok(())
+        };
+        if !ca.join("ca.key").exists() {
+            run(vec![
+                "certs".into(),
+                "init".into(),
+                "--dir".into(),
+                ca.display().to_string(),
+            ])?;
+        }
+        for id in self.identities() {
+            let dir = self.tls_dir(&id);
+            if dir.join("tls.key").exists() {
+                continue;
+            }
+            run(vec![
+                "certs".into(),
+                "issue".into(),
+                "--ca-dir".into(),
+                ca.display().to_string(),
+                "--identity".into(),
+                id,
+                "--ip".into(),
+                "127.0.0.1".into(),
+                "--out".into(),
+                dir.display().to_string(),
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn tls_arg(&self, identity: &str) -> String {
+        format!("--tls-dir={}", self.tls_dir(identity).display())
+    }
+
     /// The node-local provisioner's discovery directory (`/mnt/cairn-disks` on a real node).
     pub fn discovery_dir(&self, node: &str) -> PathBuf {
         self.node_dir(node).join("cairn-disks")
@@ -140,8 +214,7 @@ impl CairnLayout {
             ),
             format!("--node-name={node}"),
             format!("--capacity={}", self.capacity),
-            // TODO(issue 18): certificates under the data dir; plaintext until then.
-            "--insecure".into(),
+            self.tls_arg(&format!("node:{}", i + 1)),
         ];
         let voters = self.storaged.len().min(3);
         if i < voters {
@@ -187,7 +260,7 @@ impl CairnLayout {
                     "--kubelet-root={}",
                     crate::cluster::kubelet_root(&self.data_dir, node).display()
                 ),
-                "--insecure".into(),
+                self.tls_arg(&format!("csi-node:{node}")),
             ],
             env: plain_logs(),
         })
@@ -204,7 +277,7 @@ impl CairnLayout {
                 "--mode=controller".into(),
                 format!("--endpoint=unix://{}", self.controller_socket().display()),
                 format!("--storaged={}", self.storaged.join(",")),
-                "--insecure".into(),
+                self.tls_arg("controller"),
             ],
             env: plain_logs(),
         }
@@ -286,15 +359,22 @@ async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
     Ok(())
 }
 
-/// The node names storaged's catalogue lists, asked of the first address that answers.
-async fn storaged_nodes(addrs: &[String]) -> Vec<String> {
+/// The node names storaged's catalogue lists, asked (as `admin`) of the first address
+/// that answers.
+async fn storaged_nodes(layout: &CairnLayout) -> Vec<String> {
     use cairn_proto::cairn::v1 as pb;
-    for a in addrs {
-        let Ok(mut c) =
-            pb::volume_service_client::VolumeServiceClient::connect(format!("http://{a}")).await
-        else {
+    let Ok(security) = cairn_client::Security::from_flags(Some(&layout.tls_dir("admin")), false)
+    else {
+        return Vec::new();
+    };
+    for a in &layout.storaged {
+        let Ok(endpoint) = security.endpoint(a) else {
             continue;
         };
+        let Ok(channel) = endpoint.connect().await else {
+            continue;
+        };
+        let mut c = pb::volume_service_client::VolumeServiceClient::new(channel);
         if let Ok(r) = c.list_nodes(pb::ListNodesRequest {}).await {
             return r.into_inner().nodes.into_iter().map(|n| n.name).collect();
         }
@@ -320,7 +400,7 @@ fn ensure_storaged_alive(layout: &CairnLayout, components: &mut Components) -> R
 async fn wait_registered(layout: &CairnLayout, components: &mut Components) -> Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        let names = storaged_nodes(&layout.storaged).await;
+        let names = storaged_nodes(layout).await;
         if layout.nodes.iter().all(|n| names.contains(n)) {
             return Ok(());
         }
@@ -345,6 +425,7 @@ pub async fn start_cairn(
     reg: &Registry,
 ) -> Result<()> {
     install_objects(reg)?;
+    layout.issue_certs()?;
     for node in &layout.nodes {
         components.start(layout.storaged_spec(node)?)?;
     }

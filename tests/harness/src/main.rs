@@ -111,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(c) = &cluster.cairn {
         println!("storaged: {}", c.storaged.join(","));
+        println!("admin-tls-dir: {}", c.tls_dir("admin").display());
         println!("csi-controller: unix://{}", c.controller_socket().display());
         for n in &c.nodes {
             println!("local-disks: {n} {}", c.discovery_dir(n).display());

@@ -1,5 +1,5 @@
 //! `cairnctl cluster` and `cairnctl node`: the meta leader and term, and node membership
-//! (list, add, remove).
+//! (list, add, remove) and scheduling (cordon, uncordon, drain).
 
 use cairn_client::VolumeClient;
 use cairn_proto::cairn::v1 as pb;
@@ -30,6 +30,21 @@ pub enum NodeCmd {
         #[arg(long)]
         id: u64,
     },
+    /// No new replicas on this node.
+    Cordon {
+        name: String,
+    },
+    /// Undoes a cordon (and ends a drain).
+    Uncordon {
+        name: String,
+    },
+    /// Cordons the node and moves every replica off it (then `node remove` succeeds).
+    Drain {
+        name: String,
+        /// Wait until no replica is left on the node, at most this many seconds (0: don't).
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
 }
 
 pub async fn cluster(client: &VolumeClient, out: Output, cmd: ClusterCmd) -> Result<(), Status> {
@@ -46,6 +61,9 @@ pub async fn node(client: &VolumeClient, out: Output, cmd: NodeCmd) -> Result<()
         }
         NodeCmd::Add { id, addr, name } => add(client, out, id, addr, name).await,
         NodeCmd::Remove { id } => remove(client, out, id).await,
+        NodeCmd::Cordon { name } => cordon(client, out, &name, true).await,
+        NodeCmd::Uncordon { name } => cordon(client, out, &name, false).await,
+        NodeCmd::Drain { name, wait } => drain(client, out, &name, wait).await,
     }
 }
 
@@ -96,8 +114,58 @@ async fn remove(client: &VolumeClient, out: Output, id: u64) -> Result<(), Statu
     Ok(())
 }
 
+async fn cordon(client: &VolumeClient, out: Output, name: &str, on: bool) -> Result<(), Status> {
+    let n = client.cordon_node(name, on).await?;
+    let what = if on { "cordoned" } else { "uncordoned" };
+    out.print(node_json(&n), format_args!("node/{name} {what}"));
+    Ok(())
+}
+
+/// Replicas of replicated volumes still on node `id`.
+async fn replicas_on(client: &VolumeClient, id: u64) -> Result<usize, Status> {
+    let vols = client.list_all_volumes().await?;
+    Ok(vols
+        .iter()
+        .filter(|v| v.members.iter().any(|m| m.node_id == id))
+        .count())
+}
+
+async fn drain(client: &VolumeClient, out: Output, name: &str, wait: u64) -> Result<(), Status> {
+    let r = client.drain_node(name).await?;
+    let n = r.node.unwrap_or_default();
+    if wait == 0 {
+        out.print(
+            json!({"node": node_json(&n), "replicas_to_move": r.replicas_to_move}),
+            format_args!(
+                "node/{name} draining: {} replicas to move",
+                r.replicas_to_move
+            ),
+        );
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    loop {
+        let left = replicas_on(client, n.id).await?;
+        if left == 0 {
+            out.print(
+                json!({"node": node_json(&n), "replicas_to_move": 0}),
+                format_args!("node/{name} drained"),
+            );
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Status::deadline_exceeded(format!(
+                "node/{name}: {left} replicas still to move after {wait}s"
+            )));
+        }
+        eprintln!("node/{name} draining: {left} replicas to move");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 fn node_json(n: &pb::Node) -> serde_json::Value {
     json!({"id": n.id, "name": n.name, "addr": n.addr, "role": n.role, "reachable": n.reachable,
+           "cordoned": n.cordoned, "draining": n.draining,
            "capacity_bytes": n.capacity_bytes, "allocated_bytes": n.allocated_bytes, "labels": n.labels})
 }
 
@@ -107,17 +175,23 @@ fn print_nodes(out: Output, nodes: &[pb::Node]) {
         return;
     }
     println!(
-        "{:<4} {:<12} {:<22} {:<8} {:<9} {:>10} {:>10}",
-        "ID", "NAME", "ADDR", "ROLE", "REACHABLE", "CAPACITY", "ALLOCATED"
+        "{:<4} {:<12} {:<22} {:<8} {:<9} {:<11} {:>10} {:>10}",
+        "ID", "NAME", "ADDR", "ROLE", "REACHABLE", "SCHEDULE", "CAPACITY", "ALLOCATED"
     );
     for n in nodes {
+        let schedule = match (n.draining, n.cordoned) {
+            (true, _) => "draining",
+            (false, true) => "cordoned",
+            _ => "ready",
+        };
         println!(
-            "{:<4} {:<12} {:<22} {:<8} {:<9} {:>10} {:>10}",
+            "{:<4} {:<12} {:<22} {:<8} {:<9} {:<11} {:>10} {:>10}",
             n.id,
             n.name,
             n.addr,
             n.role,
             n.reachable,
+            schedule,
             human(n.capacity_bytes),
             human(n.allocated_bytes)
         );

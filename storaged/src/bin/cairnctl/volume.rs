@@ -112,7 +112,7 @@ fn volume_json(v: &pb::Volume) -> serde_json::Value {
     json!({
         "id": v.id, "name": v.name, "size_bytes": v.size_bytes, "replicas": v.replicas,
         "type": kind_name(v.kind), "health": v.health().word(), "leader_node_id": v.leader_node_id,
-        "members": v.members.iter().map(|m| json!({"node_id": m.node_id, "node": m.node_name, "state": m.state().word(), "matched_index": m.matched_index})).collect::<Vec<_>>(),
+        "members": v.members.iter().map(|m| json!({"node_id": m.node_id, "node": m.node_name, "state": m.state().word(), "matched_index": m.matched_index, "target_index": m.target_index})).collect::<Vec<_>>(),
         "attachments": v.attachments.iter().map(|a| json!({"node": a.node_name, "readonly": a.readonly})).collect::<Vec<_>>(),
         "source": v.source,
     })
@@ -185,17 +185,18 @@ async fn ls(client: &VolumeClient, out: Output) -> Result<(), Status> {
         return Ok(());
     }
     println!(
-        "{:<40} {:>10} {:>8} {:<10} {:<20}",
-        "NAME", "SIZE", "REPLICAS", "TYPE", "NODES"
+        "{:<40} {:>10} {:>8} {:<10} {:<11} {:<20}",
+        "NAME", "SIZE", "REPLICAS", "TYPE", "HEALTH", "NODES"
     );
     for v in vols {
         let nodes: Vec<String> = v.members.iter().map(|m| m.node_name.clone()).collect();
         println!(
-            "{:<40} {:>10} {:>8} {:<10} {:<20}",
+            "{:<40} {:>10} {:>8} {:<10} {:<11} {:<20}",
             v.name,
             human(v.size_bytes),
             v.replicas,
             kind_name(v.kind),
+            v.health().word(),
             nodes.join(",")
         );
     }
@@ -223,8 +224,17 @@ async fn get(client: &VolumeClient, out: Output, name: &str) -> Result<(), Statu
         println!("source: {}", v.source);
     }
     for m in &v.members {
+        let progress = if m.state() == pb::ReplicaState::Rebuilding && m.target_index > 0 {
+            format!(
+                " of {} ({}%)",
+                m.target_index,
+                (m.matched_index.min(m.target_index) * 100) / m.target_index
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "  replica node {} ({}): {} matched={}",
+            "  replica node {} ({}): {} matched={}{progress}",
             m.node_id,
             m.node_name,
             m.state().word(),

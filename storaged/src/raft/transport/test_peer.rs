@@ -73,6 +73,9 @@ impl RaftService for Peer {
     async fn pre_vote(&self, _: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
         Err(Status::unimplemented("pre_vote"))
     }
+    async fn change_members(&self, _: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        Err(Status::unimplemented("change_members"))
+    }
     async fn install_snapshot(
         &self,
         _: Request<Streaming<SnapshotChunk>>,
