@@ -1,7 +1,7 @@
-//! The crate's one error type: a history that cannot be read, or one that breaks the recording
-//! rules the checker relies on (for example two writes of the same value on one key).
+//! The crate's one error type: a history that cannot be read or breaks the checker's recording
+//! rules, or a chaos run whose cluster, fault filesystem or fault could not be set up.
 
-/// Why a history could not be read or checked.
+/// Why a history could not be read or checked, or a run could not go on.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("history i/o: {0}")]
@@ -14,4 +14,11 @@ pub enum Error {
     },
     #[error("history operation {index}: {reason}")]
     InvalidOp { index: usize, reason: String },
+    #[error("fault filesystem: {0}")]
+    Faultfs(#[from] cairn_faultfs::Error),
+    /// The cluster could not be brought up, reached or recovered within its bound.
+    #[error("cluster: {0}")]
+    Cluster(String),
+    #[error("run configuration: {0}")]
+    Config(String),
 }

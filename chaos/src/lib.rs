@@ -1,13 +1,23 @@
-//! Cairn's chaos library: the operation history that workloads record under faults, and the
-//! linearizability checker that replays it and says whether any acknowledged write was lost.
+//! Cairn's chaos library: a nemesis and workloads that break a storaged cluster on a seeded
+//! schedule and record what clients saw, and the linearizability checker that judges the history.
 
 pub mod checker;
+pub mod cluster;
 mod error;
 pub mod history;
+pub mod nemesis;
+pub mod report;
+pub mod run;
+pub mod schedule;
+pub mod workload;
 
 pub use checker::{Config, Report, check, check_final_reads};
 pub use error::Error;
 pub use history::{Key, Op, OpKind, Outcome, Recorder, Value};
+pub use nemesis::{FaultKind, FaultRecord, Target};
+pub use report::RunReport;
+pub use run::{RunConfig, RunOutcome, run};
+pub use schedule::Targets;
 
 #[cfg(test)]
 mod sim;

@@ -101,6 +101,12 @@ fn never_connected(status: &Status) -> bool {
     false
 }
 
+/// Whether a call's error proves the call was never executed: set on the error a call gives
+/// up with when every attempt it made was refused before executing (see `NOT_EXECUTED_KEY`).
+pub fn never_executed(status: &Status) -> bool {
+    status.metadata().get(NOT_EXECUTED_KEY).is_some()
+}
+
 /// ABORTED ("still copying into that volume; ask again") is not retried here: the caller
 /// decides how long to wait, with progress (cairnctl) or its own backoff (a CO).
 fn retryable(status: &Status, retry: Retry) -> bool {
@@ -197,6 +203,8 @@ impl VolumeClient {
         let mut backoff = Duration::from_millis(20);
         let mut last_err: Option<Status> = None;
         let mut next_hint: Option<String> = None;
+        // Whether some attempt may have executed (an answer that is not a refusal before executing).
+        let mut maybe_executed = false;
         loop {
             let known = next_hint.take().or_else(|| {
                 let l = self.leaders.lock().expect("leader cache poisoned");
@@ -234,6 +242,7 @@ impl VolumeClient {
                 if !retryable(&status, retry) {
                     return Err(status);
                 }
+                maybe_executed |= !unexecuted(&status);
                 tracing::debug!(addr = %addr, code = ?status.code(), msg = status.message(), "storaged call retry");
                 if let Some(hint) = leader_hint(&status)
                     && hint != addr
@@ -248,10 +257,17 @@ impl VolumeClient {
                 let detail = last_err
                     .map(|s| s.message().to_string())
                     .unwrap_or_default();
-                return Err(Status::unavailable(format!(
+                let mut status = Status::unavailable(format!(
                     "storaged unavailable after {:?} (no leader or no quorum): {detail}",
                     self.deadline
-                )));
+                ));
+                if !maybe_executed {
+                    status.metadata_mut().insert(
+                        NOT_EXECUTED_KEY,
+                        tonic::metadata::MetadataValue::from_static("1"),
+                    );
+                }
+                return Err(status);
             }
             if next_hint.is_some() {
                 // Following a redirect: retry at once, but never spin if hints bounce.
@@ -585,6 +601,29 @@ impl VolumeClient {
         .await
     }
 
+    /// An unfenced write resent only when no attempt can have executed (refused before
+    /// executing, or never connected), so it takes effect at most once. `write` also resends
+    /// after ambiguous failures: the same bytes then land twice, and with other writers to the
+    /// block in between (a chaos run found it) a reader sees the older value come back.
+    /// An ambiguous failure is returned: the write may or may not have taken effect.
+    pub async fn write_at_most_once(
+        &self,
+        volume: &str,
+        offset: u64,
+        data: bytes::Bytes,
+    ) -> Result<(), Status> {
+        self.call(Some(volume), Retry::OnlyUnexecuted, |ch| {
+            let req = pb::WriteRequest {
+                volume: volume.to_string(),
+                offset,
+                data: data.clone(),
+                generation: 0,
+            };
+            async move { Self::blk(ch).write(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
     /// An unfenced discard (generation 0).
     pub async fn discard(&self, volume: &str, offset: u64, length: u64) -> Result<(), Status> {
         let req = pb::DiscardRequest {
@@ -750,6 +789,7 @@ mod tests {
         let start = Instant::now();
         let err = c.get_volume("v").await.unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);
+        assert!(never_executed(&err), "every attempt was refused: {err:?}");
         assert!(
             start.elapsed() < Duration::from_secs(3),
             "took {:?}",

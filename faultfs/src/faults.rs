@@ -105,6 +105,11 @@ pub struct Faults {
     /// Bytes that writes may still use before ENOSPC; `None` is no budget.
     budget: Option<u64>,
     fsync_delay: Duration,
+    /// File fsyncs on paths matching these globs (`None`: every path) answer success without
+    /// making anything durable (a disk that ignores flushes).
+    lie_fsync: Vec<Option<String>>,
+    /// EIO answers given since the faults were last cleared.
+    injected: std::sync::atomic::AtomicU64,
 }
 
 impl Faults {
@@ -122,6 +127,28 @@ impl Faults {
 
     pub fn clear(&mut self) {
         *self = Faults::default();
+    }
+
+    pub fn add_lie_fsync(&mut self, glob: Option<String>) {
+        self.lie_fsync.push(glob);
+    }
+
+    /// Whether an fsync of `path` succeeds without syncing.
+    pub fn lies_fsync(&self, path: &str) -> bool {
+        self.lie_fsync
+            .iter()
+            .any(|glob| glob.as_deref().is_none_or(|g| glob_match(g, path)))
+    }
+
+    /// How many operations were answered EIO since the last `clear`.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts one EIO answered.
+    pub fn count_injected(&self) {
+        self.injected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn fsync_delay(&self) -> Duration {

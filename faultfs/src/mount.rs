@@ -53,6 +53,20 @@ impl Controller {
         lock(&self.state).faults.clear();
     }
 
+    /// Fsyncs of files matching `glob` (every file for `None`) answer success and make nothing
+    /// durable, until [`Controller::clear`]: a disk that ignores cache flushes, to show that a
+    /// chaos run catches the writes it loses.
+    pub fn lie_fsync(&self, glob: Option<&str>) {
+        lock(&self.state)
+            .faults
+            .add_lie_fsync(glob.map(str::to_string));
+    }
+
+    /// Operations answered EIO since the faults were last cleared.
+    pub fn eio_injected(&self) -> u64 {
+        lock(&self.state).faults.injected()
+    }
+
     /// Bytes written and not yet made durable.
     pub fn unsynced_bytes(&self) -> u64 {
         lock(&self.state).unsynced_bytes()

@@ -103,6 +103,7 @@ impl State {
     pub(crate) fn check(&self, op: Op, parent: u64, name: Option<&OsStr>) -> Res<()> {
         if self.faults.eio(op, &self.rel(parent, name)) {
             tracing::debug!(?op, path = %self.rel(parent, name), "injecting EIO");
+            self.faults.count_injected();
             return Err(libc::EIO);
         }
         Ok(())
@@ -218,6 +219,9 @@ impl State {
     pub fn fsync(&mut self, fh: u64, datasync: bool) -> Res<()> {
         let ino = self.handle(fh)?.ino;
         self.check(Op::Fsync, ino, None)?;
+        if self.faults.lies_fsync(&self.rel(ino, None)) {
+            return Ok(());
+        }
         self.sync_file(fh, datasync)
     }
 

@@ -36,12 +36,32 @@ fn eio_on_fsync_reaches_the_writer_and_keeps_the_data_unsynced() {
         common::read(&fx.backing("wal.log")).as_deref(),
         Some(&b""[..])
     );
+    assert_eq!(fx.mount.eio_injected(), 1, "one fsync answered EIO");
     fx.mount.clear();
+    assert_eq!(fx.mount.eio_injected(), 0, "clear resets the count");
     log.sync_all().unwrap();
     assert_eq!(
         common::read(&fx.backing("wal.log")).as_deref(),
         Some(&b"entry"[..])
     );
+}
+
+#[test]
+fn a_lying_fsync_succeeds_and_keeps_nothing() {
+    let fx = Fixture::new();
+    fx.durable("f", b"old");
+    fx.durable("g", b"old");
+    fx.mount.lie_fsync(Some("f"));
+    let (mut f, mut g) = (open_rw(&fx, "f"), open_rw(&fx, "g"));
+    f.write_all(b"new").unwrap();
+    g.write_all(b"new").unwrap();
+    f.sync_all().unwrap();
+    g.sync_all().unwrap();
+    assert_eq!(common::read(&fx.backing("f")).as_deref(), Some(&b"old"[..]));
+    assert_eq!(common::read(&fx.backing("g")).as_deref(), Some(&b"new"[..]));
+    fx.mount.powerloss();
+    assert_eq!(common::read(&fx.path("f")).as_deref(), Some(&b"old"[..]));
+    assert_eq!(common::read(&fx.path("g")).as_deref(), Some(&b"new"[..]));
 }
 
 #[test]

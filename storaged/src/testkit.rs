@@ -20,7 +20,10 @@ pub struct ProcNode {
     pub addr: String,
     /// Where the node serves `/metrics`.
     pub metrics_addr: String,
+    /// The node's log (`storaged.log`) and, unless given apart, its data.
     pub dir: PathBuf,
+    /// The node's `--data-dir` (`dir` unless the cluster was started with `start_on`).
+    pub data_dir: PathBuf,
     child: Option<Child>,
 }
 
@@ -60,16 +63,43 @@ impl ProcCluster {
         n: usize,
         extra_args: &[&str],
     ) -> std::io::Result<Self> {
+        Self::start_nodes(parent, bin, &vec![None; n], extra_args)
+    }
+
+    /// Starts one node per entry of `data_dirs` (ids 1..), each keeping its data in its own
+    /// directory (which must exist, e.g. a fault filesystem's mount), its log and certificates
+    /// in a temp dir.
+    pub fn start_on(
+        bin: &Path,
+        data_dirs: &[PathBuf],
+        extra_args: &[&str],
+    ) -> std::io::Result<Self> {
+        let data_dirs: Vec<Option<PathBuf>> = data_dirs.iter().cloned().map(Some).collect();
+        Self::start_nodes(&std::env::temp_dir(), bin, &data_dirs, extra_args)
+    }
+
+    fn start_nodes(
+        parent: &Path,
+        bin: &Path,
+        data_dirs: &[Option<PathBuf>],
+        extra_args: &[&str],
+    ) -> std::io::Result<Self> {
+        let n = data_dirs.len();
         let root = tempfile::Builder::new()
             .prefix("cairn-cluster-")
             .tempdir_in(parent)?;
         let nodes: Vec<ProcNode> = (1..=n as u64)
-            .map(|id| ProcNode {
-                id,
-                addr: format!("127.0.0.1:{}", free_port()),
-                metrics_addr: format!("127.0.0.1:{}", free_port()),
-                dir: root.path().join(format!("node-{id}")),
-                child: None,
+            .zip(data_dirs)
+            .map(|(id, data_dir)| {
+                let dir = root.path().join(format!("node-{id}"));
+                ProcNode {
+                    id,
+                    addr: format!("127.0.0.1:{}", free_port()),
+                    metrics_addr: format!("127.0.0.1:{}", free_port()),
+                    data_dir: data_dir.clone().unwrap_or_else(|| dir.clone()),
+                    dir,
+                    child: None,
+                }
             })
             .collect();
         let initial = nodes
@@ -121,7 +151,7 @@ impl ProcCluster {
                 &node.addr,
                 "--data-dir",
             ])
-            .arg(&node.dir)
+            .arg(&node.data_dir)
             .args(["--initial-cluster", &self.initial, "--capacity", "64GiB"])
             .args(metrics_args)
             .args(&self.extra_args)
@@ -219,6 +249,15 @@ impl ProcCluster {
     /// The process id of node `id`, while it runs.
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.nodes[self.index_of(id)].child.as_ref().map(|c| c.id())
+    }
+
+    /// Whether node `id`'s process runs (started, not killed, not exited on its own).
+    pub fn is_alive(&mut self, id: u64) -> bool {
+        let i = self.index_of(id);
+        self.nodes[i]
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn is_running(&self, id: u64) -> bool {

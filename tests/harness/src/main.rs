@@ -1,5 +1,5 @@
-//! The `cairn-harness` binary: `up` runs a whole cluster, `apiserver` runs the
-//! API server alone; both stay up until SIGINT or SIGTERM, then tear down.
+//! The `cairn-harness` binary: `up` runs a whole cluster, `apiserver` the API server alone
+//! (both until SIGINT or SIGTERM); `chaos` runs the `cairn-chaos` binary beside it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +42,28 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
+    /// Fault injection on a storaged cluster with a linearizability verdict: runs
+    /// `cairn-chaos run` (beside this binary) with these arguments (`--seed`, `--duration`,
+    /// `--faults`, `--report`, ...; see `cairn-chaos run --help`). The harness nodes are not
+    /// used yet: the cluster is storaged processes on fault filesystems.
+    Chaos {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Runs `cairn-chaos run ARGS` from this binary's directory and exits with its status.
+fn chaos(args: &[String]) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("cairn-chaos");
+    let status = std::process::Command::new(&bin)
+        .arg("run")
+        .args(args)
+        .status()
+        .map_err(|e| {
+            anyhow::anyhow!("{}: {e} (build it: cargo build --workspace)", bin.display())
+        })?;
+    std::process::exit(status.code().unwrap_or(2));
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
@@ -64,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let cfg = match cli.cmd {
+        Cmd::Chaos { args } => return chaos(&args),
         Cmd::Up {
             nodes,
             data_dir,

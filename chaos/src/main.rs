@@ -1,0 +1,208 @@
+//! The `cairn-chaos` binary: `cairn-chaos run` brings up a storaged cluster on fault filesystems,
+//! breaks it on a seeded schedule, prints the verdict table and exits non-zero on a finding.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cairn_chaos::{FaultKind, RunConfig, RunOutcome, Targets, run};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cairn-chaos",
+    version,
+    about = "Fault injection on a local storaged cluster with a linearizability verdict"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs one experiment (needs root and /dev/fuse: the nodes' data dirs are fault filesystems).
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The schedule's seed: the same seed gives the same faults in the same order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// How long the workload runs under faults (`500ms`, `30s`, `10m`).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Comma-separated faults: kill, pause, powerloss, powerloss-all, eio.
+    #[arg(long, default_value = "kill,pause,powerloss,powerloss-all,eio", value_parser = parse_faults)]
+    faults: Faults,
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Volumes (3 replicas each) the block workload writes.
+    #[arg(long, default_value_t = 3)]
+    volumes: usize,
+    /// Single-node faults hit `any` node or always a volume's `leaders`.
+    #[arg(long, default_value = "any", value_parser = parse_targets)]
+    targets: Targets,
+    /// Writes the report as JSON here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Writes the history (every operation, final reads included) as JSON lines here.
+    #[arg(long)]
+    history: Option<PathBuf>,
+    /// The storaged binary (default: the one beside this binary).
+    #[arg(long)]
+    storaged: Option<PathBuf>,
+    /// Where the run's mounts and data dirs go (a new directory, removed at the end).
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    work_dir: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+struct Faults(Vec<FaultKind>);
+
+fn parse_faults(s: &str) -> Result<Faults, String> {
+    s.split(',')
+        .filter(|f| !f.trim().is_empty())
+        .map(|f| f.parse::<FaultKind>().map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Faults)
+}
+
+fn parse_targets(s: &str) -> Result<Targets, String> {
+    match s {
+        "any" => Ok(Targets::Any),
+        "leaders" => Ok(Targets::Leaders),
+        other => Err(format!("unknown targets {other:?} (any, leaders)")),
+    }
+}
+
+/// `250ms`, `30s`, `10m`, `1h`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: expected e.g. 30s, 10m, 500ms"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        other => Err(format!("bad duration unit {other:?} in {s:?}")),
+    }
+}
+
+fn sibling_storaged() -> PathBuf {
+    cairn_storaged::testkit::sibling_bin("storaged")
+}
+
+/// The verdict table, as the issue describes it.
+fn print_table(outcome: &RunOutcome, took: Duration) {
+    let r = &outcome.report;
+    println!("seed                      {}", r.seed);
+    println!(
+        "operations                ok {}, failed {}, unknown {}",
+        r.ops.ok, r.ops.failed, r.ops.unknown
+    );
+    let faults: Vec<String> = r.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    println!("faults                    {}", faults.join(", "));
+    println!("acknowledged writes lost  {}", r.lost);
+    println!("violations                {}", r.violations);
+    for (kind, s) in &r.unavailable_max_s {
+        println!("longest unavailability    {kind}: {s:.2} s");
+    }
+    println!("recovery after final heal {:.2} s", outcome.recovery_s);
+    println!("run time                  {:.1} s", took.as_secs_f64());
+    let problems = outcome.problems();
+    if !problems.is_empty() {
+        println!("problems:\n{problems}");
+    }
+    println!(
+        "verdict                   {}",
+        if r.clean() { "PASS" } else { "FAIL" }
+    );
+}
+
+/// The first SIGINT or SIGTERM, by name.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,cairn_faultfs=warn,fuser=off".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Cmd::Run(args) = Cli::parse().cmd;
+    let config = RunConfig {
+        nodes: args.nodes,
+        duration: args.duration,
+        seed: args.seed,
+        faults: args.faults.0,
+        report: args.report,
+        history: args.history,
+        work_dir: args.work_dir,
+        targets: args.targets,
+        volumes: args.volumes,
+        ..RunConfig::new(args.storaged.unwrap_or_else(sibling_storaged))
+    };
+    let started = std::time::Instant::now();
+    // On SIGINT or SIGTERM the run is dropped: its processes are killed and its mounts removed.
+    let result = tokio::select! {
+        r = run(&config) => r,
+        signal = interrupted() => {
+            eprintln!("chaos run (seed {}) interrupted by {signal}; cleaned up", config.seed);
+            return ExitCode::from(130);
+        }
+    };
+    match result {
+        Ok(outcome) => {
+            print_table(&outcome, started.elapsed());
+            match outcome.report.clean() {
+                true => ExitCode::SUCCESS,
+                false => ExitCode::from(1),
+            }
+        }
+        Err(e) => {
+            eprintln!("chaos run (seed {}) could not complete: {e}", config.seed);
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_fault_lists_parse() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("7x").is_err());
+        assert!(parse_duration("s").is_err());
+        let f = parse_faults("kill,pause,powerloss").unwrap();
+        assert_eq!(
+            f.0,
+            [FaultKind::Kill, FaultKind::Pause, FaultKind::Powerloss]
+        );
+        assert!(parse_faults("kill,partition").is_err());
+    }
+}

@@ -1,0 +1,220 @@
+//! A chaos run: a storaged cluster on fault filesystems, the block workload, faults on the seed's
+//! schedule, then a final heal, recovery, final reads and the checker's verdict.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_proto::cairn::v1 as pb;
+use cairn_storaged::tls::Identity;
+
+use crate::checker::{self, FinalReadProblem};
+use crate::cluster::FaultCluster;
+use crate::error::Error;
+use crate::history::{Op, Recorder};
+use crate::nemesis::{self, FaultKind, FaultRecord};
+use crate::report::RunReport;
+use crate::schedule::{Schedule, Targets};
+use crate::workload::block::{BLOCK, BlockWorkload};
+
+/// What a run does. The first five fields are `cairn-harness chaos`'s flags (`--nodes`,
+/// `--duration`, `--seed`, `--faults`, `--report`); the rest have defaults.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub nodes: usize,
+    /// How long the workload runs with faults (a fault in progress when it ends is healed).
+    pub duration: Duration,
+    pub seed: u64,
+    pub faults: Vec<FaultKind>,
+    /// Where to write the report as JSON.
+    pub report: Option<PathBuf>,
+    /// Where to write the history (final reads included) as JSON lines, for `history::read_jsonl`.
+    pub history: Option<PathBuf>,
+    /// The storaged binary.
+    pub storaged: PathBuf,
+    /// Where the run's mounts and data live (a new directory under it, removed afterwards).
+    pub work_dir: PathBuf,
+    pub targets: Targets,
+    pub volumes: usize,
+    pub blocks_per_volume: u64,
+    pub clients_per_volume: usize,
+    /// Every disk ignores fsyncs of RocksDB's write-ahead logs (`*.log`) once the volumes exist
+    /// (they succeed, nothing becomes durable): a broken cluster, to show that a run catches the
+    /// writes a power loss then loses.
+    pub lying_disks: bool,
+    /// How long the cluster may take to become whole after each fault and after the run.
+    pub recovery: Duration,
+}
+
+impl RunConfig {
+    pub fn new(storaged: PathBuf) -> RunConfig {
+        RunConfig {
+            nodes: 3,
+            duration: Duration::from_secs(30),
+            seed: 0,
+            faults: FaultKind::ALL.to_vec(),
+            report: None,
+            history: None,
+            storaged,
+            work_dir: std::env::temp_dir(),
+            targets: Targets::Any,
+            volumes: 3,
+            blocks_per_volume: 8,
+            clients_per_volume: 3,
+            recovery: Duration::from_secs(60),
+            lying_disks: false,
+        }
+    }
+}
+
+/// Everything a run found: the report, and the evidence behind it.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub report: RunReport,
+    pub faults: Vec<FaultRecord>,
+    pub history: Vec<Op>,
+    pub check: checker::Report,
+    pub final_reads: Vec<FinalReadProblem>,
+    /// From the end of the workload (every fault healed) to a whole cluster.
+    pub recovery_s: f64,
+}
+
+impl RunOutcome {
+    /// The violations and final-read problems, one a line, for a failure message.
+    pub fn problems(&self) -> String {
+        let mut lines: Vec<String> = self
+            .check
+            .violations()
+            .map(|(key, v)| format!("{key}: {v}"))
+            .collect();
+        lines.extend(self.final_reads.iter().map(|p| format!("{p:?}")));
+        lines.extend(
+            self.check
+                .gave_up()
+                .map(|(key, g)| format!("{key}: checker gave up: {g:?}")),
+        );
+        lines.join("\n")
+    }
+}
+
+/// The volume size: enough for the blocks, in whole MiB.
+fn volume_size(blocks: u64) -> u64 {
+    (blocks * BLOCK as u64).div_ceil(1 << 20).max(1) << 20
+}
+
+/// Runs the whole experiment described by `config`. Needs root (FUSE).
+pub async fn run(config: &RunConfig) -> Result<RunOutcome, Error> {
+    if config.nodes < 3 || config.volumes == 0 || config.blocks_per_volume == 0 {
+        return Err(Error::Config(
+            "a run needs at least 3 nodes, one volume and one block".into(),
+        ));
+    }
+    let mut cluster = FaultCluster::start(&config.work_dir, &config.storaged, config.nodes)?;
+    let volumes: Vec<String> = (1..=config.volumes).map(|i| format!("chaos-{i}")).collect();
+    setup(&cluster, &volumes, config).await?;
+    if config.lying_disks {
+        for id in cluster.node_ids() {
+            cluster.disk(id).lie_fsync(Some("*.log"));
+        }
+        tracing::warn!("every disk now ignores WAL fsyncs: this run is meant to lose writes");
+    }
+    let workload = BlockWorkload {
+        volumes: volumes.clone(),
+        blocks_per_volume: config.blocks_per_volume,
+        clients_per_volume: config.clients_per_volume,
+        seed: config.seed,
+    };
+    let recorder = Arc::new(Recorder::new());
+    let security = cluster.procs.security_for(&Identity::Admin);
+    let clients = workload.start(&cluster.procs.addrs(), &security, Arc::clone(&recorder))?;
+    let faults = inject(&mut cluster, &recorder, &volumes, config).await;
+    clients.stop().await;
+    let faults = faults?;
+    let healed = Instant::now();
+    whole(&cluster, &volumes, config.recovery).await?;
+    let recovery_s = healed.elapsed().as_secs_f64();
+    let finals = workload
+        .final_reads(&cluster.procs.client(), &recorder, config.recovery)
+        .await;
+    let history = recorder.ops();
+    let final_reads = checker::check_final_reads(&history, &finals)?;
+    let check = checker::check(&history, &checker::Config::default())?;
+    let report = RunReport::new(config.seed, &history, &faults, &check, &final_reads);
+    tracing::info!(seed = config.seed, ops = ?report.ops, faults = ?report.faults, lost = report.lost, violations = report.violations, "chaos run checked");
+    if let Some(path) = &config.report {
+        let json = serde_json::to_vec_pretty(&report).map_err(std::io::Error::from)?;
+        std::fs::write(path, json)?;
+    }
+    if let Some(path) = &config.history {
+        let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        crate::history::write_jsonl(file, &history)?;
+    }
+    Ok(RunOutcome {
+        report,
+        faults,
+        history,
+        check,
+        final_reads,
+        recovery_s,
+    })
+}
+
+async fn setup(
+    cluster: &FaultCluster,
+    volumes: &[String],
+    config: &RunConfig,
+) -> Result<(), Error> {
+    whole(cluster, &[], config.recovery).await?;
+    let api = cluster.procs.client();
+    for name in volumes {
+        api.create_volume(pb::CreateVolumeRequest {
+            name: name.clone(),
+            size_bytes: volume_size(config.blocks_per_volume),
+            replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| Error::Cluster(format!("create volume {name}: {}", s.message())))?;
+    }
+    whole(cluster, volumes, config.recovery).await
+}
+
+/// Follows the schedule until the duration is up, one fault at a time, waiting for the cluster
+/// to be whole after each; returns the faults as they happened.
+async fn inject(
+    cluster: &mut FaultCluster,
+    recorder: &Recorder,
+    volumes: &[String],
+    config: &RunConfig,
+) -> Result<Vec<FaultRecord>, Error> {
+    let started = Instant::now();
+    let mut log = Vec::new();
+    let schedule = Schedule::new(
+        config.seed,
+        &config.faults,
+        config.nodes,
+        volumes,
+        config.targets,
+    );
+    for step in schedule {
+        let left = config.duration.saturating_sub(started.elapsed());
+        if step.gap + step.hold > left {
+            break;
+        }
+        tokio::time::sleep(step.gap).await;
+        let fault = nemesis::start(cluster, recorder, step.kind, step.target).await?;
+        tokio::time::sleep(step.hold).await;
+        log.push(nemesis::heal(cluster, recorder, fault)?);
+        whole(cluster, volumes, config.recovery).await?;
+    }
+    tokio::time::sleep(config.duration.saturating_sub(started.elapsed())).await;
+    Ok(log)
+}
+
+/// Waits for a whole cluster; on a timeout the error carries the nodes' log tails.
+async fn whole(cluster: &FaultCluster, volumes: &[String], within: Duration) -> Result<(), Error> {
+    cluster
+        .wait_healthy(volumes, within)
+        .await
+        .map_err(|e| Error::Cluster(format!("{e}\n{}", cluster.log_tails(30))))
+}
