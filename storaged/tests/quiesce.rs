@@ -4,8 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use cairn_client::VolumeClient;
 use cairn_proto::cairn::v1 as pb;
 use cairn_storaged::testkit::ProcCluster;
+use cairn_storaged::tls::Identity;
 
 const VOLS: [&str; 3] = ["quiet-a", "quiet-b", "quiet-c"];
 
@@ -37,6 +39,13 @@ async fn wait_quiet(c: &ProcCluster, nodes: &[u64], want: u64, within: Duration)
     }
 }
 
+/// The sum of every group's term on node `id` (it moves when any group elects).
+async fn terms(c: &ProcCluster, id: u64) -> u64 {
+    c.metric_sum(id, "cairn_storaged_raft_term")
+        .await
+        .expect("metrics") as u64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_groups_wake_on_io_and_elect_when_their_leader_dies() {
     let mut c = ProcCluster::start(env!("CARGO_BIN_EXE_storaged").as_ref(), 3, &[]).unwrap();
@@ -57,14 +66,24 @@ async fn quiet_groups_wake_on_io_and_elect_when_their_leader_dies() {
             .await
             .unwrap();
     }
-    let all = [1, 2, 3];
+    let all = [1u64, 2, 3];
     // Every member of every group goes quiet: 3 groups x 3 members.
     wait_quiet(&c, &all, 9, Duration::from_secs(20)).await;
 
-    // A write to a quiet group wakes it (on its leader at least), is served, and the
-    // group goes quiet again afterwards.
+    // A write to a quiet group, sent to a follower's node, wakes the group through its
+    // leader, is served, and starts no election (no group's term moves); the group goes
+    // quiet again afterwards.
     let v = VOLS[0];
-    client
+    let leader = c.volume_leader(v, Duration::from_secs(10)).await.unwrap();
+    let follower = all.into_iter().find(|n| *n != leader).unwrap();
+    let terms_before = terms(&c, follower).await;
+    let via_follower = VolumeClient::new(
+        vec![c.node_addrs()[&follower].clone()],
+        c.security_for(&Identity::Admin),
+    )
+    .unwrap()
+    .with_deadline(Duration::from_secs(20));
+    via_follower
         .write(v, 4096, bytes::Bytes::from(vec![8u8; 4096]))
         .await
         .expect("a write to a quiet group");
@@ -74,6 +93,11 @@ async fn quiet_groups_wake_on_io_and_elect_when_their_leader_dies() {
     );
     assert_eq!(client.read(v, 4096, 4096).await.unwrap(), vec![8u8; 4096]);
     wait_quiet(&c, &all, 9, Duration::from_secs(20)).await;
+    assert_eq!(
+        terms(&c, follower).await,
+        terms_before,
+        "a write through node {follower} (a follower) made a group elect"
+    );
 
     // Kill -9 the node leading a quiet group (preferably not the meta leader, so that only
     // the quiet group has to elect): I/O to that group is served again within 3 s of the

@@ -148,6 +148,12 @@ impl Groups {
         self.quiescer.wake(group, raft);
     }
 
+    /// Restarts a quiet group's timers for an I/O here, unless its live leader is elsewhere
+    /// (`Quiescer::wake_for_io`).
+    pub fn wake_for_io(&self, group: u64, raft: &Raft) {
+        self.quiescer.wake_for_io(group, raft);
+    }
+
     /// The volume groups this node runs now.
     pub fn volumes(&self) -> Vec<(u64, Raft)> {
         let groups = self.running.read().expect("groups lock poisoned");

@@ -73,8 +73,8 @@ impl NodeIo {
         let local = self.groups.get(vol.id);
         if let Some(raft) = &local {
             // A quiet group restarts its timers: a leader for its read lease, a follower
-            // so that it elects if its leader is gone.
-            self.groups.wake(vol.id, raft);
+            // whose leader's node is silent so that it elects.
+            self.groups.wake_for_io(vol.id, raft);
         }
         match local {
             Some(raft) if raft.is_leader() => Ok((vol, raft)),

@@ -132,6 +132,24 @@ impl Quiescer {
         }
     }
 
+    /// Wakes a quiet group for an I/O routed through this node: always on its leader; on a
+    /// follower only when the leader's node is silent. A live leader is woken by the
+    /// forwarded request itself and its heartbeats then wake the followers; a follower woken
+    /// first would find its lease long expired and start an election against a healthy leader.
+    pub fn wake_for_io(&self, group: u64, raft: &Raft) {
+        let leader = self
+            .quiet
+            .lock()
+            .expect("quiet map poisoned")
+            .get(&group)
+            .copied();
+        match leader {
+            None => {}
+            Some(l) if l == self.me || self.silent(l, Instant::now()) => self.wake(group, raft),
+            Some(_) => {}
+        }
+    }
+
     /// Whether `group` is quiet here now.
     pub fn is_quiet(&self, group: u64) -> bool {
         self.quiet
