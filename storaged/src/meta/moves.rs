@@ -97,20 +97,7 @@ impl Catalog {
         from: u64,
         to: u64,
     ) -> Result<MetaReply, CommandError> {
-        let Some(v) = self.volumes.get_mut(name) else {
-            return Err(not_found("volume", name));
-        };
-        if v.repair.is_none() && v.members.contains(&to) && !v.members.contains(&from) {
-            return Ok(MetaReply::Volume(v.clone()));
-        }
-        if v.repair != Some(Repair { from, to }) {
-            return Err(precondition(format!(
-                "volume `{name}` is not replacing node {from} by node {to}"
-            )));
-        }
-        v.members.retain(|m| *m != from);
-        v.repair = None;
-        Ok(MetaReply::Volume(v.clone()))
+        self.end_repair(name, Repair { from, to }, from)
     }
 
     pub(super) fn abort_repair(
@@ -119,18 +106,32 @@ impl Catalog {
         from: u64,
         to: u64,
     ) -> Result<MetaReply, CommandError> {
+        self.end_repair(name, Repair { from, to }, to)
+    }
+
+    /// Ends `repair` of `name` by dropping member `gone` (`from` when it finished, `to` when
+    /// aborted); idempotent: once the record is cleared and `gone` is out, it answers as is.
+    fn end_repair(
+        &mut self,
+        name: &str,
+        repair: Repair,
+        gone: u64,
+    ) -> Result<MetaReply, CommandError> {
         let Some(v) = self.volumes.get_mut(name) else {
             return Err(not_found("volume", name));
         };
-        if v.repair.is_none() && !v.members.contains(&to) {
+        // Already ended: the record is cleared, `gone` is out, and a finished repair left `to` in.
+        let to_settled = gone == repair.to || v.members.contains(&repair.to);
+        if v.repair.is_none() && !v.members.contains(&gone) && to_settled {
             return Ok(MetaReply::Volume(v.clone()));
         }
-        if v.repair != Some(Repair { from, to }) {
+        if v.repair != Some(repair) {
             return Err(precondition(format!(
-                "volume `{name}` is not replacing node {from} by node {to}"
+                "volume `{name}` is not replacing node {} by node {}",
+                repair.from, repair.to
             )));
         }
-        v.members.retain(|m| *m != to);
+        v.members.retain(|m| *m != gone);
         v.repair = None;
         Ok(MetaReply::Volume(v.clone()))
     }
