@@ -378,13 +378,45 @@ impl ProcCluster {
         )
     }
 
+    /// The sum of a metric's samples on node `id` whose labels include `label`
+    /// (`volume="v"`).
+    pub async fn metric_where(&self, id: u64, name: &str, label: &str) -> Option<f64> {
+        let text = self.metrics(id).await?;
+        Some(
+            text.lines()
+                .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+                .filter(|l| {
+                    l.split_once('}')
+                        .is_some_and(|(labels, _)| labels.split([',', '{']).any(|p| p == label))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
+    }
+
     pub fn node_addrs(&self) -> BTreeMap<u64, String> {
         self.nodes.iter().map(|n| (n.id, n.addr.clone())).collect()
     }
 }
 
+/// Lines of each node's log printed when a test panics.
+const LOG_TAIL: usize = 60;
+
 impl Drop for ProcCluster {
     fn drop(&mut self) {
+        // A failing test's only record of what the nodes did: their logs go with the
+        // temporary directory, so print each one's tail first.
+        if std::thread::panicking() {
+            for n in &self.nodes {
+                let log = std::fs::read_to_string(n.dir.join("storaged.log")).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(LOG_TAIL)..];
+                eprintln!("--- node {} log, last {} lines ---", n.id, tail.len());
+                for l in tail {
+                    eprintln!("{l}");
+                }
+            }
+        }
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
                 let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);

@@ -382,6 +382,27 @@ async fn a_follower_far_behind_catches_up_from_a_streamed_snapshot() {
 
     cluster.kill9(lagging);
     let mut written = write_slots(&client, "behind", 0, 384, &mut rng).await;
+    // The leader purges behind its snapshots while a follower is down (the log does not
+    // grow for a dead member), so the returning node's next entry is gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let purged = cluster
+            .metric_where(
+                leader,
+                "cairn_storaged_raft_purged_index",
+                "volume=\"behind\"",
+            )
+            .await
+            .unwrap_or(0.0);
+        if purged >= 64.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leader {leader} purged its log only to {purged} with a follower down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     cluster.restart(lagging).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !cluster.log_of(lagging).contains("installed snapshot") {
