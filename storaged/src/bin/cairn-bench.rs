@@ -1,5 +1,6 @@
 //! `cairn-bench`: measures storaged write/read throughput and latency (replicas 1
-//! and 3, queue depth 1, 32 and 64) beside a 3-member etcd and an fsync baseline, same run.
+//! and 3, queue depth 1, 32 and 64) beside a 3-member etcd and an fsync baseline, same run,
+//! with each case's disk writes per stored byte and CPU per operation of the servers.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -47,6 +48,62 @@ struct Stats {
     p50_us: u64,
     p99_us: u64,
     errors: u64,
+    /// What the servers' processes spent on the case, and how many copies of each user
+    /// byte they are meant to store (replicas, or etcd members).
+    cost: Option<(Usage, u64)>,
+}
+
+/// Bytes a set of processes caused to be written to storage (`/proc/<pid>/io`
+/// `write_bytes`, counted when a page is dirtied, so deferred flushes and compactions of
+/// RocksDB's threads count too) and CPU seconds they used (`/proc/<pid>/stat`).
+#[derive(Clone, Copy, Debug, Default)]
+struct Usage {
+    write_bytes: u64,
+    cpu_secs: f64,
+}
+
+impl Usage {
+    fn of(pids: &[u32]) -> Usage {
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+        let mut u = Usage::default();
+        for pid in pids {
+            let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+            u.write_bytes += io
+                .lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Fields after the command name (which may hold spaces): utime, stime are 14, 15.
+            if let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                u.cpu_secs += (ticks(11) + ticks(12)) as f64 / hz;
+            }
+        }
+        u
+    }
+
+    fn since(self, before: Usage) -> Usage {
+        Usage {
+            write_bytes: self.write_bytes.saturating_sub(before.write_bytes),
+            cpu_secs: (self.cpu_secs - before.cpu_secs).max(0.0),
+        }
+    }
+}
+
+/// Runs `case` and charges `pids`' disk writes and CPU during it to its result.
+async fn costed<Fut>(pids: &[u32], copies: u64, case: Fut) -> Stats
+where
+    Fut: std::future::Future<Output = Stats>,
+{
+    let before = Usage::of(pids);
+    let mut s = case.await;
+    s.cost = Some((Usage::of(pids).since(before), copies));
+    s
 }
 
 impl Stats {
@@ -56,15 +113,32 @@ impl Stats {
     fn mbps(&self) -> f64 {
         self.bytes as f64 / self.secs / 1e6
     }
+    /// Disk bytes written by the servers per user byte per copy (1.0: each copy written
+    /// once), for cases that write.
+    fn amplification(&self) -> Option<f64> {
+        let (u, copies) = self.cost?;
+        (self.bytes > 0 && !self.label.contains(" read "))
+            .then(|| u.write_bytes as f64 / (self.bytes * copies) as f64)
+    }
+    /// Server CPU time per operation, all processes together.
+    fn cpu_us_per_op(&self) -> Option<f64> {
+        let (u, _) = self.cost?;
+        (self.ops > 0).then(|| u.cpu_secs * 1e6 / self.ops as f64)
+    }
     fn row(&self) -> String {
+        let opt = |v: Option<f64>, prec: usize| {
+            v.map_or_else(|| "-".to_string(), |v| format!("{v:.prec$}"))
+        };
         format!(
-            "{:<34} {:>10.0} {:>9.1} {:>9.2} {:>9.2} {:>6}",
+            "{:<34} {:>10.0} {:>9.1} {:>9.2} {:>9.2} {:>6} {:>6} {:>8}",
             self.label,
             self.iops(),
             self.mbps(),
             self.p50_us as f64 / 1000.0,
             self.p99_us as f64 / 1000.0,
-            self.errors
+            self.errors,
+            opt(self.amplification(), 2),
+            opt(self.cpu_us_per_op(), 0),
         )
     }
 }
@@ -119,6 +193,7 @@ where
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         errors,
+        cost: None,
     }
 }
 
@@ -211,26 +286,25 @@ async fn bench_etcd(dir: &Path, secs: u64) -> Result<Vec<Stats>, String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let pids: Vec<u32> = etcd.children.iter().map(|c| c.id()).collect();
     let mut out = Vec::new();
     for (size, qd) in [(4096usize, 1usize), (4096, 64), (65536, 1), (65536, 64)] {
         let c = client.clone();
         let value = Arc::new(random_bytes(size));
         let label = format!("etcd put {}KiB @{qd}", size / 1024);
-        out.push(
-            drive(label, qd, secs, size as u64, move |i| {
-                let mut c = c.clone();
-                let v = value.clone();
-                async move {
-                    let req = PutRequest {
-                        key: format!("k{}", i % 10_000).into_bytes(),
-                        value: v.to_vec(),
-                        ..Default::default()
-                    };
-                    c.put(req).await.map(|_| ()).map_err(|e| e.to_string())
-                }
-            })
-            .await,
-        );
+        let case = drive(label, qd, secs, size as u64, move |i| {
+            let mut c = c.clone();
+            let v = value.clone();
+            async move {
+                let req = PutRequest {
+                    key: format!("k{}", i % 10_000).into_bytes(),
+                    value: v.to_vec(),
+                    ..Default::default()
+                };
+                c.put(req).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+        });
+        out.push(costed(&pids, 3, case).await);
     }
     drop(etcd);
     Ok(out)
@@ -271,6 +345,7 @@ fn fio_baseline(dir: &Path, secs: u64) -> Option<Stats> {
         p50_us: pct("50.000000"),
         p99_us: pct("99.000000"),
         errors: 0,
+        cost: None,
     })
 }
 
@@ -280,6 +355,7 @@ async fn bench_storaged(dir: &Path, secs: u64, only: Option<&str>) -> Result<Vec
         .map_err(|e| format!("starting storaged: {e}"))?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let client: VolumeClient = cluster.client();
+    let pids: Vec<u32> = (1..=3).filter_map(|id| cluster.pid(id)).collect();
     let size: u64 = 1 << 30;
     let mut out = Vec::new();
     for replicas in [1u32, 3] {
@@ -311,17 +387,15 @@ async fn bench_storaged(dir: &Path, secs: u64, only: Option<&str>) -> Result<Vec
             if !wanted(&label) {
                 continue;
             }
-            out.push(
-                drive(label, qd, secs, bs, move |i| {
-                    let c = c.clone();
-                    let n = n.clone();
-                    let d = data.clone();
-                    let mut rng = rand::rngs::StdRng::seed_from_u64(i);
-                    let off = rng.random_range(0..size / bs) * bs;
-                    async move { c.write(&n, off, d).await.map_err(|e| e.to_string()) }
-                })
-                .await,
-            );
+            let case = drive(label, qd, secs, bs, move |i| {
+                let c = c.clone();
+                let n = n.clone();
+                let d = data.clone();
+                let mut rng = rand::rngs::StdRng::seed_from_u64(i);
+                let off = rng.random_range(0..size / bs) * bs;
+                async move { c.write(&n, off, d).await.map_err(|e| e.to_string()) }
+            });
+            out.push(costed(&pids, u64::from(replicas), case).await);
         }
         // Reads at 1 in flight: one client round trip to the leader, the floor under
         // every write's latency.
@@ -332,21 +406,19 @@ async fn bench_storaged(dir: &Path, secs: u64, only: Option<&str>) -> Result<Vec
             if !wanted(&label) {
                 continue;
             }
-            out.push(
-                drive(label, qd, secs, 4096, move |i| {
-                    let c = c.clone();
-                    let n = n.clone();
-                    let mut rng = rand::rngs::StdRng::seed_from_u64(i);
-                    let off = rng.random_range(0..(64 << 20) / 4096) * 4096;
-                    async move {
-                        c.read(&n, off, 4096)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    }
-                })
-                .await,
-            );
+            let case = drive(label, qd, secs, 4096, move |i| {
+                let c = c.clone();
+                let n = n.clone();
+                let mut rng = rand::rngs::StdRng::seed_from_u64(i);
+                let off = rng.random_range(0..(64 << 20) / 4096) * 4096;
+                async move {
+                    c.read(&n, off, 4096)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            });
+            out.push(costed(&pids, u64::from(replicas), case).await);
         }
     }
     Ok(out)
@@ -406,8 +478,8 @@ async fn main() {
         }
     }
     println!(
-        "{:<34} {:>10} {:>9} {:>9} {:>9} {:>6}",
-        "case", "ops/s", "MB/s", "p50 ms", "p99 ms", "errors"
+        "{:<34} {:>10} {:>9} {:>9} {:>9} {:>6} {:>6} {:>8}",
+        "case", "ops/s", "MB/s", "p50 ms", "p99 ms", "errors", "amp", "cpu µs"
     );
     for s in &all {
         println!("{}", s.row());
@@ -418,6 +490,9 @@ async fn main() {
         ("storaged r3 write 64KiB @1", "etcd put 64KiB @1"),
         ("storaged r3 write 64KiB @64", "etcd put 64KiB @64"),
     ];
+    println!(
+        "\namp: disk bytes the servers wrote ÷ (user bytes × copies); cpu µs: server CPU per op"
+    );
     println!("\nratio of bytes/s, storaged (3 replicas) ÷ etcd (3 members), same run:");
     for (a, b) in pairs {
         if let (Some(x), Some(y)) = (find(&all, a), find(&all, b)) {
