@@ -37,6 +37,10 @@ struct Args {
     /// Run only the storaged cases whose label contains this text (e.g. "r3 write 64KiB").
     #[arg(long)]
     only: Option<String>,
+    /// Also measure this other storaged build (a before/after in one run): its cases run
+    /// first, labelled `base`, on a cluster of their own.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -349,10 +353,16 @@ fn fio_baseline(dir: &Path, secs: u64) -> Option<Stats> {
     })
 }
 
-async fn bench_storaged(dir: &Path, secs: u64, only: Option<&str>) -> Result<Vec<Stats>, String> {
+async fn bench_storaged(
+    dir: &Path,
+    bin: &Path,
+    prefix: &str,
+    secs: u64,
+    only: Option<&str>,
+) -> Result<Vec<Stats>, String> {
     let wanted = |label: &str| only.is_none_or(|o| label.contains(o));
-    let cluster = ProcCluster::start_in(dir, &sibling_bin("storaged"), 3, &[])
-        .map_err(|e| format!("starting storaged: {e}"))?;
+    let cluster =
+        ProcCluster::start_in(dir, bin, 3, &[]).map_err(|e| format!("starting storaged: {e}"))?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let client: VolumeClient = cluster.client();
     let pids: Vec<u32> = (1..=3).filter_map(|id| cluster.pid(id)).collect();
@@ -383,7 +393,7 @@ async fn bench_storaged(dir: &Path, secs: u64, only: Option<&str>) -> Result<Vec
             let c = client.clone();
             let n = name.clone();
             let data = bytes::Bytes::from(random_bytes(bs as usize));
-            let label = format!("storaged r{replicas} write {}KiB @{qd}", bs / 1024);
+            let label = format!("{prefix}storaged r{replicas} write {}KiB @{qd}", bs / 1024);
             if !wanted(&label) {
                 continue;
             }
@@ -402,7 +412,7 @@ async fn bench_storaged(dir: &Path, secs: u64, only: Option<&str>) -> Result<Vec
         for qd in [1usize, 32] {
             let c = client.clone();
             let n = name.clone();
-            let label = format!("storaged r{replicas} read 4KiB @{qd}");
+            let label = format!("{prefix}storaged r{replicas} read 4KiB @{qd}");
             if !wanted(&label) {
                 continue;
             }
@@ -470,11 +480,19 @@ async fn main() {
         "== storaged, 3 nodes on loopback ({} s per case)",
         args.seconds
     );
-    match bench_storaged(root.path(), args.seconds, args.only.as_deref()).await {
-        Ok(s) => all.extend(s),
-        Err(e) => {
-            eprintln!("storaged benchmark failed: {e}");
-            std::process::exit(1);
+    let mut builds = Vec::new();
+    if let Some(base) = &args.baseline {
+        builds.push((base.clone(), "base "));
+    }
+    builds.push((sibling_bin("storaged"), ""));
+    for (bin, prefix) in builds {
+        let only = args.only.as_deref();
+        match bench_storaged(root.path(), &bin, prefix, args.seconds, only).await {
+            Ok(s) => all.extend(s),
+            Err(e) => {
+                eprintln!("storaged benchmark ({}) failed: {e}", bin.display());
+                std::process::exit(1);
+            }
         }
     }
     println!(
@@ -494,12 +512,15 @@ async fn main() {
         "\namp: disk bytes the servers wrote ÷ (user bytes × copies); cpu µs: server CPU per op"
     );
     println!("\nratio of bytes/s, storaged (3 replicas) ÷ etcd (3 members), same run:");
-    for (a, b) in pairs {
-        if let (Some(x), Some(y)) = (find(&all, a), find(&all, b)) {
-            println!(
-                "  {a:<30} ÷ {b:<20} = {:.2}x",
-                x.mbps() / y.mbps().max(1e-9)
-            );
+    for prefix in ["base ", ""] {
+        for (a, b) in pairs {
+            let a = format!("{prefix}{a}");
+            if let (Some(x), Some(y)) = (find(&all, &a), find(&all, b)) {
+                println!(
+                    "  {a:<35} ÷ {b:<20} = {:.2}x",
+                    x.mbps() / y.mbps().max(1e-9)
+                );
+            }
         }
     }
 }

@@ -12,11 +12,12 @@ use crate::node::meta::Meta;
 use crate::node::quiesce::Quiescer;
 use crate::raft::NetworkFactory;
 use crate::raft::log_store::LogStore;
-use crate::raft::log_window::LogWindow;
+use crate::raft::log_window::{FOLLOWER_KEEP_BYTES, KEEP_BYTES, LogWindow};
 use crate::raft::state_machine::{GroupStateMachine, Shared};
 use crate::raft::wal_sync::WalSyncer;
 use crate::raft::{ChannelCache, META_GROUP, Node, Raft, config};
 use crate::{Error, Result};
+use openraft::async_runtime::WatchReceiver;
 
 pub(super) fn fatal(e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("raft: {e}"))
@@ -69,10 +70,12 @@ impl Opener {
                             tracing::debug!(group, error = %e, "snapshot request not taken");
                         }
                     }
-                    // A snapshot was built: what it left beyond `KEEP_BYTES` goes now
-                    // (openraft's own purge keeps entries by count, 1 GiB of 1 MiB writes).
+                    // A snapshot was built: what no member needs goes now (openraft's
+                    // own purge keeps entries by count, 1 GiB of 1 MiB writes).
                     _ = window.built.notified() => {
-                        if let Some(upto) = window.take_purge() {
+                        let Some(snapshot) = window.take_snapshot() else { continue };
+                        let (keep, held) = purge_policy(&trigger);
+                        if let Some(upto) = window.purge_upto(snapshot, keep, held) {
                             purge_behind_snapshot(&trigger, group, upto).await;
                         }
                     }
@@ -80,6 +83,24 @@ impl Opener {
             }
         });
         Ok(raft)
+    }
+}
+
+/// What this member keeps behind a snapshot: a leader keeps what a member lacks (within
+/// `KEEP_BYTES`); a follower, which cannot know that, a small window.
+fn purge_policy(raft: &Raft) -> (u64, Option<u64>) {
+    let m = raft.metrics().borrow_watched().clone();
+    match (m.state.is_leader(), &m.replication) {
+        (true, Some(rep)) => {
+            let held = rep
+                .values()
+                .map(|l| l.as_ref().map_or(0, |l| l.index()))
+                .min()
+                // No other member: nobody lacks anything.
+                .unwrap_or(u64::MAX);
+            (KEEP_BYTES, Some(held))
+        }
+        _ => (FOLLOWER_KEEP_BYTES, None),
     }
 }
 

@@ -1,18 +1,25 @@
-//! The bytes of a volume group's Raft log kept behind a snapshot: openraft keeps a count
-//! of entries (up to 1024), which for 1 MiB writes is 1 GiB per group on every node.
+//! The part of a volume group's Raft log kept behind a snapshot: what a member still
+//! lacks (on the leader, within a byte bound) and a small window; the rest is purged.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-/// Bytes of writes kept in the log behind a snapshot, for followers slightly behind (a
-/// node restarting). 1024 entries of 64 KiB: smaller writes keep openraft's 1024 entries.
+/// Most bytes of writes the leader keeps behind a snapshot for members that lack them (a
+/// node restarting catches up from the log, not from a whole-volume snapshot).
 pub const KEEP_BYTES: u64 = 64 << 20;
 
-/// Applied write bytes by log index, and the purge they call for at the last snapshot.
+/// Bytes every member keeps behind a snapshot whatever its peers hold, for a follower
+/// that becomes leader with a peer a moment behind. Entries purged before the log's
+/// memtable flushes are never written again, so this is kept well below its 64 MiB: a
+/// window as large as the memtable wrote every entry twice (one more disk byte per user
+/// byte on every replica; decision 031).
+pub const FOLLOWER_KEEP_BYTES: u64 = 4 << 20;
+
+/// Applied write bytes by log index, and the snapshots that call for a purge.
 #[derive(Debug, Default)]
 pub struct LogWindow {
     inner: Mutex<Marks>,
-    /// Signalled when a snapshot leaves a purge to take.
+    /// Signalled when a snapshot leaves a purge to consider.
     pub built: tokio::sync::Notify,
 }
 
@@ -22,8 +29,12 @@ struct Marks {
     total: u64,
     /// (last index of an apply batch, `total` after it), oldest first.
     marks: VecDeque<(u64, u64)>,
-    /// The index to purge up to (inclusive), not yet asked for.
-    purge_upto: Option<u64>,
+    /// The newest snapshot's last index, not yet considered for a purge.
+    snapshot: Option<u64>,
+    /// The newest snapshot's last index seen.
+    newest: u64,
+    /// The purge last asked for (inclusive).
+    purged: u64,
 }
 
 impl LogWindow {
@@ -38,37 +49,51 @@ impl LogWindow {
         m.marks.push_back((index, total));
     }
 
-    /// A snapshot covers the log up to `index`: the newest entries behind it holding at
-    /// least `keep` bytes stay, and everything older may go.
-    pub fn snapshot_at(&self, index: u64, keep: u64) {
+    /// A snapshot covers the log up to `index`.
+    pub fn snapshot_at(&self, index: u64) {
         let mut m = self.inner.lock().expect("log window lock poisoned");
-        let Some(at) = m.marks.iter().rev().find(|(i, _)| *i <= index).map(|m| m.1) else {
-            return;
-        };
-        // The newest batch end with at least `keep` bytes after it, up to `index`.
-        let Some(upto) = m
-            .marks
-            .iter()
-            .rev()
-            .find(|(i, t)| *i <= index && at - t >= keep)
-            .map(|m| m.0)
-        else {
-            return;
-        };
-        m.marks.retain(|(i, _)| *i >= upto);
-        if m.purge_upto.is_none_or(|p| p < upto) {
-            m.purge_upto = Some(upto);
+        if index > m.newest {
+            m.newest = index;
+            m.snapshot = Some(index);
             self.built.notify_one();
         }
     }
 
-    /// The purge the last snapshots called for, once.
-    pub fn take_purge(&self) -> Option<u64> {
+    /// The snapshot built since the last call, once.
+    pub fn take_snapshot(&self) -> Option<u64> {
         self.inner
             .lock()
             .expect("log window lock poisoned")
-            .purge_upto
+            .snapshot
             .take()
+    }
+
+    /// How far the log may be purged behind a snapshot at `snapshot`: up to `held` (the
+    /// lowest index every member holds, if known) and at least everything with `keep`
+    /// bytes of writes after it; `None` if that is no further than the last purge.
+    pub fn purge_upto(&self, snapshot: u64, keep: u64, held: Option<u64>) -> Option<u64> {
+        let mut m = self.inner.lock().expect("log window lock poisoned");
+        let at = m
+            .marks
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= snapshot)
+            .map(|m| m.1);
+        // The newest batch end with at least `keep` bytes after it, up to `snapshot`.
+        let by_bytes = at.and_then(|at| {
+            m.marks
+                .iter()
+                .rev()
+                .find(|(i, t)| *i <= snapshot && at - t >= keep)
+                .map(|m| m.0)
+        });
+        let upto = by_bytes.max(held.map(|h| h.min(snapshot)))?;
+        if upto <= m.purged {
+            return None;
+        }
+        m.purged = upto;
+        m.marks.retain(|(i, _)| *i >= upto);
+        Some(upto)
     }
 }
 
@@ -78,6 +103,12 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
+    fn purge(w: &LogWindow, snapshot: u64, keep: u64, held: Option<u64>) -> Option<u64> {
+        w.snapshot_at(snapshot);
+        let s = w.take_snapshot().expect("a snapshot to consider");
+        w.purge_upto(s, keep, held)
+    }
+
     #[test]
     fn large_writes_keep_bytes_not_entries() {
         let w = LogWindow::default();
@@ -85,10 +116,9 @@ mod tests {
         for i in 1..=100 {
             w.applied(i, MIB);
         }
-        w.snapshot_at(100, 64 * MIB);
         // Entries 37..=100 (64 MiB) stay.
-        assert_eq!(w.take_purge(), Some(36));
-        assert_eq!(w.take_purge(), None, "asked for once");
+        assert_eq!(purge(&w, 100, 64 * MIB, None), Some(36));
+        assert_eq!(w.take_snapshot(), None, "considered once");
     }
 
     #[test]
@@ -97,8 +127,7 @@ mod tests {
         for i in 1..=10 {
             w.applied(i, 4 * MIB);
         }
-        w.snapshot_at(10, 64 * MIB);
-        assert_eq!(w.take_purge(), None);
+        assert_eq!(purge(&w, 10, 64 * MIB, None), None);
     }
 
     #[test]
@@ -108,8 +137,28 @@ mod tests {
             w.applied(i, MIB);
         }
         // The snapshot covers up to 80; 81..=100 were applied while it was built.
-        w.snapshot_at(80, 64 * MIB);
-        assert_eq!(w.take_purge(), Some(16));
+        assert_eq!(purge(&w, 80, 64 * MIB, None), Some(16));
+    }
+
+    #[test]
+    fn what_every_member_holds_goes_up_to_the_snapshot() {
+        let w = LogWindow::default();
+        for i in 1..=100 {
+            w.applied(i, MIB);
+        }
+        // Every member holds up to 90: all the snapshot covers goes, the window aside.
+        assert_eq!(purge(&w, 80, 64 * MIB, Some(90)), Some(80));
+        // A member lacking entries keeps them, but no more than the byte bound.
+        let w = LogWindow::default();
+        for i in 1..=100 {
+            w.applied(i, MIB);
+        }
+        assert_eq!(purge(&w, 100, 64 * MIB, Some(50)), Some(50));
+        let w = LogWindow::default();
+        for i in 1..=100 {
+            w.applied(i, MIB);
+        }
+        assert_eq!(purge(&w, 100, 64 * MIB, Some(10)), Some(36));
     }
 
     #[test]
@@ -120,19 +169,22 @@ mod tests {
             w.applied(b * 8, 8 * MIB);
             w.applied(b * 8 + 1, 0);
         }
-        w.snapshot_at(96, 30 * MIB);
         // At least 30 MiB kept: the purge stops at the end of the batch ending at 64,
         // keeping entries 65..=96 (32 MiB).
-        assert_eq!(w.take_purge(), Some(64));
+        assert_eq!(purge(&w, 96, 30 * MIB, None), Some(64));
         // A later snapshot only moves the purge forward, and older marks were dropped.
         for b in 13..=20 {
             w.applied(b * 8, 8 * MIB);
         }
-        w.snapshot_at(160, 30 * MIB);
-        assert_eq!(w.take_purge(), Some(128));
-        w.snapshot_at(100, 30 * MIB);
+        assert_eq!(purge(&w, 160, 30 * MIB, None), Some(128));
+        w.snapshot_at(100);
         assert_eq!(
-            w.take_purge(),
+            w.take_snapshot(),
+            None,
+            "an older snapshot than one considered asks nothing"
+        );
+        assert_eq!(
+            w.purge_upto(100, 30 * MIB, None),
             None,
             "nothing older than what was already asked"
         );

@@ -12,7 +12,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use tokio::sync::{mpsc, watch};
 
-use super::log_window::{KEEP_BYTES, LogWindow};
+use super::log_window::LogWindow;
 use super::snapshot::{PAGE_BYTES, Page, SpoolReader, spool_prefix};
 use super::{
     LogId, META_GROUP, Request, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
@@ -311,7 +311,7 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
         let (last_log_id, last_membership) = self.read_applied()?;
         self.engine.persist().map_err(io_err)?;
         if let (Some(w), Some(l)) = (&self.window, &last_log_id) {
-            w.snapshot_at(l.index(), KEEP_BYTES);
+            w.snapshot_at(l.index());
         }
         tracing::info!(group = self.group, ?last_log_id, "built snapshot");
         Ok(Snapshot {
