@@ -166,7 +166,7 @@ impl DedupTable {
     /// Run for every applied log index: every `SWEEP_EVERY` indices, forgets writers idle
     /// for over `IDLE_ENTRIES`.
     pub fn tick(&mut self, index: u64) {
-        if index % SWEEP_EVERY != 0 || index < IDLE_ENTRIES {
+        if !index.is_multiple_of(SWEEP_EVERY) || index < IDLE_ENTRIES {
             return;
         }
         let before = index - IDLE_ENTRIES;
