@@ -19,7 +19,8 @@ fn open(engine: &Arc<dyn Engine>, spool: &std::path::Path) -> GroupStateMachine 
         .with_spool_dir(spool.to_path_buf())
 }
 
-async fn apply_all(sm: &mut GroupStateMachine, first: u64, reqs: Vec<Request>) {
+/// Applies `reqs` as normal entries at log indices `first`, `first + 1`, ...
+pub(super) async fn apply_all(sm: &mut GroupStateMachine, first: u64, reqs: Vec<Request>) {
     let entries: Vec<io::Result<EntryResponder<TypeConfig>>> = reqs
         .into_iter()
         .enumerate()

@@ -413,7 +413,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                         dedup.table.admit(id, log_id.index()) == Verdict::Duplicate
                     });
                     if duplicate {
-                        tracing::debug!(group = self.group, request = %req, "a resent write applied before: not applied again");
+                        tracing::info!(group = self.group, request = %req, "a resent write applied before: not applied again");
                         Response::Done
                     } else {
                         match (fenced(&req, fence.as_ref()), req) {
@@ -548,6 +548,7 @@ mod tests {
 
     use super::*;
     use crate::engine::MemEngine;
+    use crate::raft::dedup_apply_tests::apply_all;
     #[cfg(feature = "rocks")]
     use crate::engine::RocksEngine;
     use crate::raft::log_store::LogStore;
@@ -601,18 +602,6 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn openraft_suite_on_rocks_engine() {
         Suite::test_all(RocksBuilder).await.unwrap();
-    }
-
-    async fn apply_all(sm: &mut GroupStateMachine, first: u64, reqs: Vec<Request>) {
-        let entries: Vec<io::Result<EntryResponder<TypeConfig>>> = reqs
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let id = openraft::testing::log_id::<TypeConfig>(1, 1, first + i as u64);
-                Ok((crate::raft::Entry::new_normal(id, r), None))
-            })
-            .collect();
-        sm.apply(futures::stream::iter(entries)).await.unwrap();
     }
 
     fn fence_to(generation: u64, holders: &[(&str, u64, bool)]) -> Fence {
