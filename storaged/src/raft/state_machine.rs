@@ -548,9 +548,9 @@ mod tests {
 
     use super::*;
     use crate::engine::MemEngine;
-    use crate::raft::dedup_apply_tests::apply_all;
     #[cfg(feature = "rocks")]
     use crate::engine::RocksEngine;
+    use crate::raft::dedup_apply_tests::apply_all;
     use crate::raft::log_store::LogStore;
     use crate::raft::wal_sync::WalSyncer;
 
