@@ -15,8 +15,10 @@ use tonic::{Code, Status};
 
 mod port;
 mod tls;
+mod write_ids;
 pub use port::unused_loopback_port;
 pub use tls::{SERVER_NAME, Security, TlsFiles};
+pub use write_ids::{SEQ_WINDOW, WriteIds, WriteTicket};
 
 /// Metadata key carrying the leader's address on a not-leader reply (see storaged's error.rs).
 pub const LEADER_HINT_KEY: &str = "cairn-leader";
@@ -32,7 +34,8 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Whether a call may be re-sent after an ambiguous failure (the server may have executed it).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Retry {
-    /// Re-executing gives the same result (create-by-name, delete, writes at an offset, reads).
+    /// Re-executing gives the same result (create-by-name, delete, reads), or storaged
+    /// deduplicates it (writes and discards carry a `WriteTicket`).
     Idempotent,
     /// Only re-sent when the server certainly did not execute it (not-leader, connect failure).
     OnlyUnexecuted,
@@ -53,6 +56,8 @@ pub struct VolumeClient {
     security: Security,
     deadline: Duration,
     attempt: Duration,
+    /// This client's writer identity (shared by its clones), for exactly-once writes.
+    writes: Arc<WriteIds>,
 }
 
 fn normalise(addr: &str) -> String {
@@ -140,6 +145,7 @@ impl VolumeClient {
             security,
             deadline: DEFAULT_DEADLINE,
             attempt: ATTEMPT_TIMEOUT,
+            writes: Arc::new(WriteIds::new()),
         })
     }
 
@@ -575,13 +581,15 @@ impl VolumeClient {
         .await
     }
 
-    /// A write of the same bytes at the same offset is idempotent, so it is retried.
     /// An unfenced write (generation 0): for callers that never published the volume.
     pub async fn write(&self, volume: &str, offset: u64, data: bytes::Bytes) -> Result<(), Status> {
         self.write_as(volume, offset, data, 0).await
     }
 
     /// A write by the holder of publish `generation`; one not in force is FAILED_PRECONDITION.
+    /// Resent after ambiguous failures under one write identity, so storaged applies it at
+    /// most once (its `raft/dedup.rs`); an error that is not `never_executed` leaves it
+    /// unknown whether it took effect.
     pub async fn write_as(
         &self,
         volume: &str,
@@ -589,51 +597,35 @@ impl VolumeClient {
         data: bytes::Bytes,
         generation: u64,
     ) -> Result<(), Status> {
+        let ticket = self.writes.begin(volume).await;
         self.call(Some(volume), Retry::Idempotent, |ch| {
             let req = pb::WriteRequest {
                 volume: volume.to_string(),
                 offset,
                 data: data.clone(),
                 generation,
+                client_id: ticket.client_id(),
+                seq: ticket.seq(),
+                first_incomplete: ticket.first_incomplete(),
             };
             async move { Self::blk(ch).write(req).await.map(|_| ()) }
         })
         .await
     }
 
-    /// An unfenced write resent only when no attempt can have executed (refused before
-    /// executing, or never connected), so it takes effect at most once. `write` also resends
-    /// after ambiguous failures: the same bytes then land twice, and with other writers to the
-    /// block in between (a chaos run found it) a reader sees the older value come back.
-    /// An ambiguous failure is returned: the write may or may not have taken effect.
-    pub async fn write_at_most_once(
-        &self,
-        volume: &str,
-        offset: u64,
-        data: bytes::Bytes,
-    ) -> Result<(), Status> {
-        self.call(Some(volume), Retry::OnlyUnexecuted, |ch| {
-            let req = pb::WriteRequest {
+    /// An unfenced discard (generation 0), deduplicated like a write.
+    pub async fn discard(&self, volume: &str, offset: u64, length: u64) -> Result<(), Status> {
+        let ticket = self.writes.begin(volume).await;
+        self.call(Some(volume), Retry::Idempotent, |ch| {
+            let req = pb::DiscardRequest {
                 volume: volume.to_string(),
                 offset,
-                data: data.clone(),
+                length,
                 generation: 0,
+                client_id: ticket.client_id(),
+                seq: ticket.seq(),
+                first_incomplete: ticket.first_incomplete(),
             };
-            async move { Self::blk(ch).write(req).await.map(|_| ()) }
-        })
-        .await
-    }
-
-    /// An unfenced discard (generation 0).
-    pub async fn discard(&self, volume: &str, offset: u64, length: u64) -> Result<(), Status> {
-        let req = pb::DiscardRequest {
-            volume: volume.to_string(),
-            offset,
-            length,
-            generation: 0,
-        };
-        self.call(Some(volume), Retry::Idempotent, |ch| {
-            let req = req.clone();
             async move { Self::blk(ch).discard(req).await.map(|_| ()) }
         })
         .await

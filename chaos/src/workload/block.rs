@@ -204,7 +204,7 @@ impl Client {
         let invoke = self.recorder.now();
         let result = self
             .api
-            .write_at_most_once(&self.volume, block * BLOCK as u64, encode(value).into())
+            .write(&self.volume, block * BLOCK as u64, encode(value).into())
             .await;
         let complete = self.recorder.now();
         let outcome = outcome(&result);

@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::node::groups::Groups;
 use crate::node::meta::Meta;
 use crate::raft::state_machine::GroupStateMachine;
-use crate::raft::{META_GROUP, Raft, Request, Response};
+use crate::raft::{META_GROUP, Raft, Request, Response, WriteId};
 use crate::{Error, Result};
 
 /// The leader side of block I/O; a request for a group led elsewhere is a `NotLeader`.
@@ -100,24 +100,22 @@ impl NodeIo {
         }
     }
 
-    /// Writes `data` for the holder of publish `generation` (0: unfenced, see `fence.rs`).
+    /// Writes `data` for the holder of publish `generation` (0: unfenced, see `fence.rs`),
+    /// at most once per write `id` (`raft/dedup.rs`; `None`: a caller that names no writes).
     pub async fn write(
         &self,
         name: &str,
         offset: u64,
         data: bytes::Bytes,
         generation: u64,
+        id: Option<WriteId>,
     ) -> Result<()> {
         let (started, len) = (Instant::now(), data.len() as u64);
         let r = async {
             let (vol, raft) = self.target(name)?;
             refuse_sealed_snapshot(&vol)?;
             self.check(&vol, offset, len, IoKind::Write).await?;
-            let req = Request::FencedWrite {
-                offset,
-                data,
-                generation,
-            };
+            let req = Request::write(offset, data, generation, id);
             self.propose(&raft, vol.id, req).await
         }
         .await;
@@ -125,17 +123,21 @@ impl NodeIo {
         r
     }
 
-    pub async fn discard(&self, name: &str, offset: u64, len: u64, generation: u64) -> Result<()> {
+    /// Discards a range like `write`, at most once per write `id`.
+    pub async fn discard(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+        generation: u64,
+        id: Option<WriteId>,
+    ) -> Result<()> {
         let started = Instant::now();
         let r = async {
             let (vol, raft) = self.target(name)?;
             refuse_sealed_snapshot(&vol)?;
             self.check(&vol, offset, len, IoKind::Discard).await?;
-            let req = Request::FencedDiscard {
-                offset,
-                len,
-                generation,
-            };
+            let req = Request::discard(offset, len, generation, id);
             self.propose(&raft, vol.id, req).await
         }
         .await;

@@ -3,6 +3,9 @@
 
 #[cfg(test)]
 mod decode_props;
+pub mod dedup;
+#[cfg(test)]
+mod dedup_apply_tests;
 pub mod log_cache;
 pub mod log_store;
 pub mod log_window;
@@ -51,6 +54,64 @@ pub enum Request {
         len: u64,
         generation: u64,
     },
+    /// A `FencedWrite` named by its writer, applied at most once (`dedup.rs`).
+    TaggedWrite {
+        offset: u64,
+        data: bytes::Bytes,
+        generation: u64,
+        id: WriteId,
+    },
+    /// A `FencedDiscard` named by its writer, applied at most once (`dedup.rs`).
+    TaggedDiscard {
+        offset: u64,
+        len: u64,
+        generation: u64,
+        id: WriteId,
+    },
+}
+
+impl Request {
+    /// A write for the holder of `generation`, tagged when its writer named it.
+    pub fn write(offset: u64, data: bytes::Bytes, generation: u64, id: Option<WriteId>) -> Self {
+        match id {
+            Some(id) => Request::TaggedWrite {
+                offset,
+                data,
+                generation,
+                id,
+            },
+            None => Request::FencedWrite {
+                offset,
+                data,
+                generation,
+            },
+        }
+    }
+
+    /// A discard for the holder of `generation`, tagged when its writer named it.
+    pub fn discard(offset: u64, len: u64, generation: u64, id: Option<WriteId>) -> Self {
+        match id {
+            Some(id) => Request::TaggedDiscard {
+                offset,
+                len,
+                generation,
+                id,
+            },
+            None => Request::FencedDiscard {
+                offset,
+                len,
+                generation,
+            },
+        }
+    }
+
+    /// The writer's name for this entry, if it gave one.
+    pub fn write_id(&self) -> Option<WriteId> {
+        match self {
+            Request::TaggedWrite { id, .. } | Request::TaggedDiscard { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Request {
@@ -70,6 +131,28 @@ impl std::fmt::Display for Request {
                 len,
                 generation,
             } => write!(f, "discard@{offset}+{len}#{generation}"),
+            Request::TaggedWrite {
+                offset,
+                data,
+                generation,
+                id,
+            } => write!(
+                f,
+                "write@{offset}+{}#{generation} {:x}/{}",
+                data.len(),
+                id.client,
+                id.seq
+            ),
+            Request::TaggedDiscard {
+                offset,
+                len,
+                generation,
+                id,
+            } => write!(
+                f,
+                "discard@{offset}+{len}#{generation} {:x}/{}",
+                id.client, id.seq
+            ),
         }
     }
 }
@@ -89,6 +172,7 @@ openraft::declare_raft_types!(
         R = Response,
 );
 
+pub use dedup::WriteId;
 pub type NodeId = u64;
 pub type Node = openraft::BasicNode;
 pub use snapshot::SnapshotData;
@@ -158,7 +242,9 @@ pub fn encode_sized<T: Serialize>(v: &T, hint: usize) -> io::Result<Vec<u8>> {
 pub fn entry_size_hint(e: &Entry) -> usize {
     64 + match &e.payload {
         openraft::EntryPayload::Normal(
-            Request::Write { data, .. } | Request::FencedWrite { data, .. },
+            Request::Write { data, .. }
+            | Request::FencedWrite { data, .. }
+            | Request::TaggedWrite { data, .. },
         ) => data.len(),
         _ => 0,
     }

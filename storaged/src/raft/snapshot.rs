@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
+use super::dedup::Writer;
 use super::{decode, encode, io_err};
 use crate::chunks::CHUNK;
 use crate::engine::{Pages, keys};
@@ -43,6 +44,9 @@ pub enum Page {
     Catalog(Catalog),
     /// A volume group's applied fence (sent before its chunks; appended last).
     Fence(Fence),
+    /// A volume group's writers and their applied writes (`dedup.rs`), sent before its
+    /// chunks (appended last: an older node cannot install a snapshot holding it).
+    Writers(Vec<(u64, Writer)>),
 }
 
 impl Page {
@@ -86,9 +90,13 @@ pub enum SnapshotData {
     Empty,
     /// The meta group's catalogue.
     Catalog(Catalog),
-    /// A volume's fence, then its chunks paged from a point-in-time engine view (full
-    /// engine keys).
-    Chunks { fence: Option<Fence>, pages: Pages },
+    /// A volume's fence, its writers, then its chunks paged from a point-in-time engine
+    /// view (full engine keys).
+    Chunks {
+        fence: Option<Fence>,
+        writers: Option<Vec<(u64, Writer)>>,
+        pages: Pages,
+    },
     /// Pages received from a leader, spooled to a local file, ready to install.
     Spooled(Spool),
 }
@@ -105,6 +113,9 @@ impl SnapshotData {
             }
             SnapshotData::Chunks { fence, .. } if fence.is_some() => {
                 Ok(fence.take().map(Page::Fence))
+            }
+            SnapshotData::Chunks { writers, .. } if writers.is_some() => {
+                Ok(writers.take().map(Page::Writers))
             }
             SnapshotData::Chunks { pages, .. } => match pages.recv().await {
                 None => Ok(None),
@@ -333,7 +344,11 @@ mod tests {
                 10 * 4096,
             )
             .unwrap();
-        let mut data = SnapshotData::Chunks { fence: None, pages };
+        let mut data = SnapshotData::Chunks {
+            fence: None,
+            writers: None,
+            pages,
+        };
         let mut seen = Vec::new();
         let mut n_pages = 0;
         while let Some(p) = data.next_page().await.unwrap() {

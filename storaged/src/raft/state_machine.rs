@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, TryStreamExt};
 use openraft::entry::RaftEntry;
@@ -12,6 +12,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use tokio::sync::{mpsc, watch};
 
+use super::dedup::{DedupTable, Verdict};
 use super::log_window::LogWindow;
 use super::snapshot::{PAGE_BYTES, Page, SpoolReader, spool_prefix};
 use super::{
@@ -71,6 +72,28 @@ pub struct GroupStateMachine {
     window: Option<Arc<LogWindow>>,
     /// Where snapshots are spooled before they are installed.
     spool_dir: PathBuf,
+    /// A volume group's writers and their applied writes (`dedup.rs`), as persisted.
+    dedup: Arc<Mutex<DedupTable>>,
+}
+
+/// The dedup table taken out of its lock for one apply (which awaits entries), put back
+/// when the apply ends, however it ends.
+struct TakenTable<'a> {
+    slot: &'a Mutex<DedupTable>,
+    table: DedupTable,
+}
+
+impl<'a> TakenTable<'a> {
+    fn take(slot: &'a Mutex<DedupTable>) -> Self {
+        let table = std::mem::take(&mut *slot.lock().expect("dedup table poisoned"));
+        TakenTable { slot, table }
+    }
+}
+
+impl Drop for TakenTable<'_> {
+    fn drop(&mut self) {
+        *self.slot.lock().expect("dedup table poisoned") = std::mem::take(&mut self.table);
+    }
 }
 
 impl GroupStateMachine {
@@ -91,6 +114,7 @@ impl GroupStateMachine {
             want_snapshot: None,
             window: None,
             spool_dir: std::env::temp_dir().join("cairn-snapshots"),
+            dedup: Arc::default(),
         };
         if let Some(m) = sm
             .engine
@@ -101,6 +125,10 @@ impl GroupStateMachine {
                 decode(&m)?;
             tracing::warn!(group, path = %path.display(), "finishing a snapshot install a crash interrupted");
             sm.install_from(last_log_id, membership, &path)?;
+        }
+        if group != META_GROUP {
+            *sm.dedup.lock().expect("dedup table poisoned") =
+                DedupTable::load(sm.engine.as_ref(), group).map_err(io_err)?;
         }
         Ok(sm)
     }
@@ -168,6 +196,7 @@ impl GroupStateMachine {
         b.delete(Cf::Meta, keys::named(group, APPLIED));
         b.delete(Cf::Meta, keys::named(group, FENCE));
         b.delete(Cf::Meta, keys::named(group, INSTALLING));
+        DedupTable::delete_all(group, &mut b);
         engine.write(b, true)
     }
 
@@ -184,6 +213,9 @@ impl GroupStateMachine {
         } else {
             SnapshotData::Chunks {
                 fence: Self::applied_fence(self.engine.as_ref(), self.group).map_err(io_err)?,
+                // Only when there are writers: a node from before dedup can install the rest.
+                writers: Some(self.dedup.lock().expect("dedup table poisoned").writers())
+                    .filter(|w| !w.is_empty()),
                 pages: self
                     .engine
                     .clone()
@@ -221,6 +253,8 @@ impl GroupStateMachine {
             keys::group_end(self.group),
         );
         batch.delete(Cf::Meta, keys::named(self.group, FENCE));
+        DedupTable::delete_all(self.group, &mut batch);
+        let mut dedup = DedupTable::default();
         let mut pending = 0;
         let mut chunks = 0u64;
         let mut new_catalog = None;
@@ -239,6 +273,10 @@ impl GroupStateMachine {
                 }
                 Page::Fence(f) if self.group != META_GROUP => {
                     batch.put(Cf::Meta, keys::named(self.group, FENCE), encode(&f)?);
+                }
+                Page::Writers(ws) if self.group != META_GROUP => {
+                    dedup = DedupTable::from_writers(ws);
+                    dedup.write_changes(self.group, &mut batch)?;
                 }
                 Page::Catalog(c) if self.group == META_GROUP => {
                     batch.put(Cf::Meta, keys::named(self.group, CATALOG), encode(&c)?);
@@ -274,6 +312,8 @@ impl GroupStateMachine {
         {
             tracing::warn!(group = self.group, path = %path.display(), error = %e, "could not remove an installed snapshot spool");
         }
+        let writers = dedup.len();
+        *self.dedup.lock().expect("dedup table poisoned") = dedup;
         if let Some(c) = new_catalog {
             *self.shared.catalog.write().expect("catalog lock poisoned") = c;
             self.shared.changed.send_modify(|v| *v += 1);
@@ -282,6 +322,7 @@ impl GroupStateMachine {
             group = self.group,
             ?last_log_id,
             chunks,
+            writers,
             "installed snapshot"
         );
         Ok(())
@@ -292,7 +333,10 @@ impl GroupStateMachine {
 /// every other entry). Entries from before fencing are generation 0, unfenced.
 fn fenced(req: &Request, fence: Option<&Fence>) -> Option<String> {
     match req {
-        Request::FencedWrite { generation, .. } | Request::FencedDiscard { generation, .. } => {
+        Request::FencedWrite { generation, .. }
+        | Request::FencedDiscard { generation, .. }
+        | Request::TaggedWrite { generation, .. }
+        | Request::TaggedDiscard { generation, .. } => {
             fence::check(fence, *generation, Access::Write).err()
         }
         _ => None,
@@ -352,58 +396,80 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             Self::applied_fence(self.engine.as_ref(), self.group).map_err(io_err)?
         };
         let mut fence_changed = false;
+        let mut dedup = TakenTable::take(&self.dedup);
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
             last_applied = Some(log_id);
+            dedup.table.tick(log_id.index());
             let resp = match entry.payload {
                 EntryPayload::Blank => Response::Done,
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(log_id), m);
                     Response::Done
                 }
-                EntryPayload::Normal(req) => match (fenced(&req, fence.as_ref()), req) {
-                    (Some(why), req) => {
-                        tracing::warn!(group = self.group, request = %req, reason = %why, "write refused by the fence");
-                        Response::Fenced(why)
-                    }
-                    (
-                        None,
-                        Request::Write { offset, data } | Request::FencedWrite { offset, data, .. },
-                    ) => {
-                        written += data.len() as u64;
-                        overlay
-                            .write(self.engine.as_ref(), self.group, offset, &data)
-                            .map_err(io_err)?;
+                EntryPayload::Normal(req) => {
+                    let id = req.write_id();
+                    let duplicate = id.is_some_and(|id| {
+                        dedup.table.admit(id, log_id.index()) == Verdict::Duplicate
+                    });
+                    if duplicate {
+                        tracing::info!(group = self.group, request = %req, "a resent write applied before: not applied again");
                         Response::Done
-                    }
-                    (
-                        None,
-                        Request::Discard { offset, len }
-                        | Request::FencedDiscard { offset, len, .. },
-                    ) => {
-                        overlay
-                            .discard(self.engine.as_ref(), self.group, offset, len)
-                            .map_err(io_err)?;
-                        Response::Done
-                    }
-                    (None, Request::Fence(f)) if self.group != META_GROUP => {
-                        if f.supersedes(fence.as_ref()) {
-                            tracing::info!(group = self.group, generation = f.generation, holders = ?f.holders, "fence applied");
-                            fence = Some(f);
-                            fence_changed = true;
+                    } else {
+                        match (fenced(&req, fence.as_ref()), req) {
+                            (Some(why), req) => {
+                                tracing::warn!(group = self.group, request = %req, reason = %why, "write refused by the fence");
+                                Response::Fenced(why)
+                            }
+                            (
+                                None,
+                                Request::Write { offset, data }
+                                | Request::FencedWrite { offset, data, .. }
+                                | Request::TaggedWrite { offset, data, .. },
+                            ) => {
+                                written += data.len() as u64;
+                                overlay
+                                    .write(self.engine.as_ref(), self.group, offset, &data)
+                                    .map_err(io_err)?;
+                                if let Some(id) = id {
+                                    dedup.table.applied(id);
+                                }
+                                Response::Done
+                            }
+                            (
+                                None,
+                                Request::Discard { offset, len }
+                                | Request::FencedDiscard { offset, len, .. }
+                                | Request::TaggedDiscard { offset, len, .. },
+                            ) => {
+                                overlay
+                                    .discard(self.engine.as_ref(), self.group, offset, len)
+                                    .map_err(io_err)?;
+                                if let Some(id) = id {
+                                    dedup.table.applied(id);
+                                }
+                                Response::Done
+                            }
+                            (None, Request::Fence(f)) if self.group != META_GROUP => {
+                                if f.supersedes(fence.as_ref()) {
+                                    tracing::info!(group = self.group, generation = f.generation, holders = ?f.holders, "fence applied");
+                                    fence = Some(f);
+                                    fence_changed = true;
+                                }
+                                Response::Done
+                            }
+                            (None, Request::Fence(_)) => Response::Done,
+                            (None, Request::Meta(cmd)) => match catalog.as_mut() {
+                                Some(c) => {
+                                    let r = c.apply(cmd);
+                                    catalog_changed |= r.is_ok();
+                                    Response::Meta(r)
+                                }
+                                None => Response::Done,
+                            },
                         }
-                        Response::Done
                     }
-                    (None, Request::Fence(_)) => Response::Done,
-                    (None, Request::Meta(cmd)) => match catalog.as_mut() {
-                        Some(c) => {
-                            let r = c.apply(cmd);
-                            catalog_changed |= r.is_ok();
-                            Response::Meta(r)
-                        }
-                        None => Response::Done,
-                    },
-                },
+                }
             };
             if let Some(r) = responder {
                 responses.push((r, resp));
@@ -422,6 +488,8 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         if fence_changed && let Some(f) = &fence {
             batch.put(Cf::Meta, keys::named(self.group, FENCE), encode(f)?);
         }
+        dedup.table.write_changes(self.group, &mut batch)?;
+        drop(dedup);
         // Unlogged: the Raft log is the durable record, and a crash replays it from the
         // last persisted `applied` (written atomically with the data it covers).
         self.engine.write_unlogged(batch).map_err(io_err)?;
@@ -482,6 +550,7 @@ mod tests {
     use crate::engine::MemEngine;
     #[cfg(feature = "rocks")]
     use crate::engine::RocksEngine;
+    use crate::raft::dedup_apply_tests::apply_all;
     use crate::raft::log_store::LogStore;
     use crate::raft::wal_sync::WalSyncer;
 
@@ -533,18 +602,6 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn openraft_suite_on_rocks_engine() {
         Suite::test_all(RocksBuilder).await.unwrap();
-    }
-
-    async fn apply_all(sm: &mut GroupStateMachine, first: u64, reqs: Vec<Request>) {
-        let entries: Vec<io::Result<EntryResponder<TypeConfig>>> = reqs
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let id = openraft::testing::log_id::<TypeConfig>(1, 1, first + i as u64);
-                Ok((crate::raft::Entry::new_normal(id, r), None))
-            })
-            .collect();
-        sm.apply(futures::stream::iter(entries)).await.unwrap();
     }
 
     fn fence_to(generation: u64, holders: &[(&str, u64, bool)]) -> Fence {

@@ -8,6 +8,7 @@ use pb::block_service_server::BlockService;
 use tonic::{Request, Response, Status};
 
 use crate::node::StorageNode;
+use crate::raft::WriteId;
 use crate::service::validate;
 
 pub struct BlockApi {
@@ -36,9 +37,10 @@ impl BlockService for BlockApi {
     ) -> Result<Response<pb::WriteResponse>, Status> {
         let r = req.into_inner();
         validate::name("volume", &r.volume)?;
+        let id = WriteId::from_wire(r.client_id, r.seq, r.first_incomplete);
         self.node
             .io()
-            .write(&r.volume, r.offset, r.data, r.generation)
+            .write(&r.volume, r.offset, r.data, r.generation, id)
             .await?;
         Ok(Response::new(pb::WriteResponse {}))
     }
@@ -49,9 +51,10 @@ impl BlockService for BlockApi {
     ) -> Result<Response<pb::DiscardResponse>, Status> {
         let r = req.into_inner();
         validate::name("volume", &r.volume)?;
+        let id = WriteId::from_wire(r.client_id, r.seq, r.first_incomplete);
         self.node
             .io()
-            .discard(&r.volume, r.offset, r.length, r.generation)
+            .discard(&r.volume, r.offset, r.length, r.generation, id)
             .await?;
         Ok(Response::new(pb::DiscardResponse {}))
     }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cairn_client::{WriteIds, WriteTicket};
 use cairn_proto::cairn::v1 as pb;
 use futures::future::BoxFuture;
 use pb::block_service_client::BlockServiceClient;
@@ -16,6 +17,7 @@ use tonic::{Code, Status};
 use crate::error::LEADER_HINT_KEY;
 use crate::frontend::BlockDevice;
 use crate::node::StorageNode;
+use crate::raft::WriteId;
 use crate::{Error, Result};
 
 /// How long a routed request may take (redirects and elections included), and one forward.
@@ -37,10 +39,12 @@ const REDIRECT_PAUSE: Duration = Duration::from_millis(5);
 /// The largest block message a forward sends or accepts (a 1 MiB request plus framing).
 const MAX_MESSAGE: usize = 8 << 20;
 
-/// Routes block requests for any volume; cheap to clone.
+/// Routes block requests for any volume; cheap to clone. Each `new` router is one writer
+/// (`cairn_client::WriteIds`): its writes and discards are applied at most once.
 #[derive(Clone)]
 pub struct VolumeIo {
     node: Arc<StorageNode>,
+    writes: Arc<WriteIds>,
 }
 
 /// What one try of a request leads to.
@@ -70,7 +74,10 @@ fn leader_hint(status: &Status) -> Option<String> {
 
 impl VolumeIo {
     pub fn new(node: Arc<StorageNode>) -> Self {
-        VolumeIo { node }
+        VolumeIo {
+            node,
+            writes: Arc::new(WriteIds::new()),
+        }
     }
 
     pub fn node(&self) -> &Arc<StorageNode> {
@@ -105,6 +112,8 @@ impl VolumeIo {
         .await
     }
 
+    /// Writes under one write identity for every try, here or forwarded, so a try whose
+    /// outcome was unknown, made again, takes effect once.
     pub async fn write(
         &self,
         volume: &str,
@@ -112,13 +121,15 @@ impl VolumeIo {
         data: Bytes,
         generation: u64,
     ) -> Result<()> {
+        let ticket = self.writes.begin(volume).await;
         self.route(
             volume,
             IO_LIMITS,
             || {
+                let id = write_id(&ticket);
                 self.node
                     .io()
-                    .write(volume, offset, data.clone(), generation)
+                    .write(volume, offset, data.clone(), generation, Some(id))
             },
             |mut c| {
                 let req = pb::WriteRequest {
@@ -126,6 +137,9 @@ impl VolumeIo {
                     offset,
                     data: data.clone(),
                     generation,
+                    client_id: ticket.client_id(),
+                    seq: ticket.seq(),
+                    first_incomplete: ticket.first_incomplete(),
                 };
                 async move { c.write(req).await.map(|_| ()) }
             },
@@ -133,6 +147,7 @@ impl VolumeIo {
         .await
     }
 
+    /// Discards like `write`: one write identity for every try.
     pub async fn discard(
         &self,
         volume: &str,
@@ -140,18 +155,26 @@ impl VolumeIo {
         length: u64,
         generation: u64,
     ) -> Result<()> {
-        let req = pb::DiscardRequest {
-            volume: volume.to_string(),
-            offset,
-            length,
-            generation,
-        };
+        let ticket = self.writes.begin(volume).await;
         self.route(
             volume,
             IO_LIMITS,
-            || self.node.io().discard(volume, offset, length, generation),
+            || {
+                let id = write_id(&ticket);
+                self.node
+                    .io()
+                    .discard(volume, offset, length, generation, Some(id))
+            },
             |mut c| {
-                let req = req.clone();
+                let req = pb::DiscardRequest {
+                    volume: volume.to_string(),
+                    offset,
+                    length,
+                    generation,
+                    client_id: ticket.client_id(),
+                    seq: ticket.seq(),
+                    first_incomplete: ticket.first_incomplete(),
+                };
                 async move { c.discard(req).await.map(|_| ()) }
             },
         )
@@ -195,7 +218,8 @@ impl VolumeIo {
 
     /// Runs a request for `volume` where its group is led: `local` here, `remote` on the
     /// leader (whose `BlockService` serves it or answers with a hint, never forwarding on).
-    /// Requests routed here are idempotent, so a try whose outcome is unknown is made again.
+    /// Requests routed here are idempotent or deduplicated (writes and discards carry one
+    /// write identity), so a try whose outcome is unknown is made again.
     pub async fn route<T, L, LF, R, RF>(
         &self,
         volume: &str,
@@ -281,6 +305,15 @@ impl VolumeIo {
             }
         };
         after_forward(status, addr, &self.node.cfg().addr)
+    }
+}
+
+/// A ticket's identity as of now (its low-water mark moves as older writes finish).
+fn write_id(ticket: &WriteTicket) -> WriteId {
+    WriteId {
+        client: ticket.client_id(),
+        seq: ticket.seq(),
+        first_incomplete: ticket.first_incomplete(),
     }
 }
 
