@@ -126,10 +126,16 @@ impl RaftApi {
                     node = me,
                     "Raft message for another node id at this address"
                 );
-                Err(Status::failed_precondition(format!(
+                let mut refusal = Status::failed_precondition(format!(
                     "addressed to node {t}, but this is node {me} (its data dir was replaced: \
                      remove node {t} from the cluster)"
-                )))
+                ));
+                // Tells the sender's backoff that node `t` is not here (`is_misaddressed`).
+                refusal.metadata_mut().insert(
+                    TARGET_METADATA,
+                    me.to_string().parse().expect("a number is valid metadata"),
+                );
+                Err(refusal)
             }
             _ => Ok(()),
         }
