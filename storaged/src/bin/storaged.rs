@@ -137,6 +137,9 @@ fn fs_size(path: &std::path::Path) -> u64 {
 
 /// The checks of the identity flags that need nothing resolved.
 fn check_identity_flags(args: &Args, initial: &BTreeMap<u64, String>) -> Result<(), String> {
+    if args.node_id == Some(0) {
+        return Err("--node-id: must be greater than 0".into());
+    }
     for entry in &args.join {
         peers::check_host_port("join", entry)?;
     }
@@ -144,7 +147,6 @@ fn check_identity_flags(args: &Args, initial: &BTreeMap<u64, String>) -> Result<
         return Err("one of --initial-cluster or --join is required".into());
     }
     match (args.node_id, args.bootstrap_expect) {
-        (Some(0), _) => Err("--node-id: must be greater than 0".into()),
         (Some(_), Some(_)) => {
             Err("--bootstrap-expect: only without --node-id (the seeds then choose the ids)".into())
         }
