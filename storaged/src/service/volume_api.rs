@@ -216,7 +216,16 @@ impl VolumeApi {
             r.name.clone()
         };
         validate::name("name", &name)?;
-        let cat = self.node.read_catalog().await?;
+        // Nothing has run yet: an answer without a leader (asked of a node outside the
+        // cluster, e.g. the registering node itself through a seed name) is a not-leader
+        // refusal, so the caller tries another node.
+        let cat = self.node.read_catalog().await.map_err(|e| match e {
+            Error::Unavailable(_) => Error::NotLeader {
+                group: crate::raft::META_GROUP,
+                leader: None,
+            },
+            e => e,
+        })?;
         // Before it becomes a learner: a name held by another id is a node whose data dir
         // was wiped (a new id) or a second node under one name; neither may take it over.
         if let Some(other) = cat.nodes.values().find(|n| n.name == name && n.id != r.id) {
