@@ -8,6 +8,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -80,6 +81,7 @@ struct Objects {
     daemonsets: Vec<DaemonSet>,
     deployments: Vec<Deployment>,
     statefulsets: Vec<StatefulSet>,
+    services: Vec<Service>,
     cluster_roles: BTreeMap<String, ClusterRole>,
     roles: BTreeMap<String, Role>,
     snapshot_class_drivers: Vec<String>,
@@ -97,7 +99,7 @@ fn load() -> Objects {
         match v["kind"].as_str().unwrap_or_default() {
             "Namespace" => drop(typed::<Namespace>(f, v)),
             "ServiceAccount" => drop(typed::<ServiceAccount>(f, v)),
-            "Service" => drop(typed::<Service>(f, v)),
+            "Service" => o.services.push(typed(f, v)),
             "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(f, v)),
             "RoleBinding" => drop(typed::<RoleBinding>(f, v)),
             "CSIDriver" => o.drivers.push(typed(f, v)),
@@ -278,13 +280,120 @@ fn controller_runs_csi_and_provisioner_on_one_socket_with_leader_election() {
         pod.service_account_name.as_deref(),
         Some("cairn-controller")
     );
-    // One storaged StatefulSet in the install (examples/ may hold application ones).
-    let storaged = o
-        .statefulsets
+}
+
+/// storaged is a DaemonSet on labelled storage nodes whose identity comes from the node
+/// (its name, its own `/var/lib/cairn`), never from a pod ordinal, and which finds its peers
+/// through the headless Service: nothing in it is edited per cluster.
+#[test]
+fn storaged_runs_per_storage_node_with_an_identity_from_the_node() {
+    let o = load();
+    // No StatefulSet in the install (examples/ may hold application ones).
+    assert!(
+        o.statefulsets
+            .iter()
+            .all(|s| s.metadata.namespace.as_deref() != Some("cairn-system")),
+        "storaged must not be a StatefulSet: ordinals are not tied to hosts"
+    );
+    let ds = o
+        .daemonsets
         .iter()
-        .filter(|s| s.metadata.namespace.as_deref() == Some("cairn-system"))
-        .count();
-    assert_eq!(storaged, 1, "storaged");
+        .find(|d| d.metadata.name.as_deref() == Some("cairn-storaged"))
+        .expect("storaged DaemonSet");
+    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let selector = pod.node_selector.as_ref().expect("nodeSelector");
+    assert_eq!(
+        selector.get("cairn.dev/storage").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    let c = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "storaged")
+        .unwrap();
+    let line: String = c
+        .command
+        .iter()
+        .flatten()
+        .chain(c.args.iter().flatten())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ");
+    // Identity from the node: its name from the downward API, its id from its data dir.
+    for never in ["--node-id", "--initial-cluster", "POD_NAME", "##*-"] {
+        assert!(!line.contains(never), "{never} in {line}");
+    }
+    assert!(line.contains("--node-name \"$NODE_NAME\""), "{line}");
+    let env_field = |name: &str| {
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+            .map(|f| f.field_path.clone())
+    };
+    assert_eq!(env_field("NODE_NAME").as_deref(), Some("spec.nodeName"));
+    assert_eq!(env_field("HOST_IP").as_deref(), Some("status.hostIP"));
+    assert!(line.contains("--advertise \"$HOST_IP:7001\""), "{line}");
+    assert!(line.contains("--bootstrap-expect 3"), "{line}");
+    // The seeds are the headless Service, which lists pods before they are Ready.
+    let svc = o
+        .services
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some("cairn-storaged"))
+        .expect("storaged Service");
+    let spec = svc.spec.as_ref().unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(spec.publish_not_ready_addresses, Some(true));
+    assert!(
+        line.contains("--join cairn-storaged.cairn-system.svc:7001"),
+        "{line}"
+    );
+    // The data dir is the node's own.
+    let data = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == "/var/lib/cairn")
+        .expect("data mount");
+    let vol = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == data.name)
+        .unwrap();
+    assert_eq!(
+        vol.host_path.as_ref().map(|h| h.path.as_str()),
+        Some("/var/lib/cairn")
+    );
+    assert!(line.contains("--data-dir /var/lib/cairn"), "{line}");
+    // Resources and probes.
+    let res = c.resources.as_ref().expect("resources");
+    for key in ["cpu", "memory"] {
+        assert!(
+            res.requests.as_ref().is_some_and(|r| r.contains_key(key)),
+            "request {key}"
+        );
+        assert!(
+            res.limits.as_ref().is_some_and(|r| r.contains_key(key)),
+            "limit {key}"
+        );
+    }
+    for (what, probe) in [
+        ("startup", &c.startup_probe),
+        ("liveness", &c.liveness_probe),
+        ("readiness", &c.readiness_probe),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("{what} probe"));
+        assert_eq!(get.path.as_deref(), Some("/healthz"), "{what}");
+        assert_eq!(get.port, IntOrString::Int(9810), "{what}");
+    }
+    assert!(line.contains("--metrics-addr 0.0.0.0:9810"), "{line}");
 }
 
 fn grants(

@@ -19,6 +19,7 @@
 //! registration committed, restarted while every peer is unreachable or equally stale. A
 //! node is registered within moments of its first start, which keeps that window small.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,6 +43,10 @@ pub struct Stamp {
     pub format_version: u32,
     /// Seconds since the Unix epoch when the data dir was stamped.
     pub created_unix: i64,
+    /// The initial meta voters this node was stamped with (id → address), kept so a node
+    /// that chose them from its seeds (`discovery`) starts with the same ones again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub initial_cluster: BTreeMap<u64, String>,
 }
 
 /// How the data dir looked when `check_stamp` read it.
@@ -57,12 +62,12 @@ fn stamp_path(data_dir: &Path) -> PathBuf {
     data_dir.join(STAMP_FILE)
 }
 
-/// Reads the stamp, if any, and refuses one written for another node id or a newer format.
-pub fn check_stamp(data_dir: &Path, node_id: u64) -> Result<DirState> {
+/// Reads the stamp, if any; refuses a garbled one or one of a newer format.
+pub fn read_stamp(data_dir: &Path) -> Result<Option<Stamp>> {
     let path = stamp_path(data_dir);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DirState::Unstamped),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::Io(e)),
     };
     let stamp: Stamp = serde_json::from_str(&text).map_err(|e| {
@@ -78,6 +83,14 @@ pub fn check_stamp(data_dir: &Path, node_id: u64) -> Result<DirState> {
             stamp.format_version
         )));
     }
+    Ok(Some(stamp))
+}
+
+/// Reads the stamp, if any, and refuses one written for another node id or a newer format.
+pub fn check_stamp(data_dir: &Path, node_id: u64) -> Result<DirState> {
+    let Some(stamp) = read_stamp(data_dir)? else {
+        return Ok(DirState::Unstamped);
+    };
     if stamp.node_id != node_id {
         return Err(Error::FailedPrecondition(format!(
             "data dir {} belongs to node {}, not node {node_id}: start it with --node-id {}, \
@@ -91,11 +104,16 @@ pub fn check_stamp(data_dir: &Path, node_id: u64) -> Result<DirState> {
 }
 
 /// Writes the stamp for `node_id` (atomically: a temp file renamed into place).
-pub fn write_stamp(data_dir: &Path, node_id: u64) -> Result<()> {
+pub fn write_stamp(
+    data_dir: &Path,
+    node_id: u64,
+    initial_cluster: &BTreeMap<u64, String>,
+) -> Result<()> {
     let stamp = Stamp {
         node_id,
         format_version: FORMAT_VERSION,
         created_unix: crate::meta::catalog::now_unix(),
+        initial_cluster: initial_cluster.clone(),
     };
     let text = serde_json::to_string_pretty(&stamp)
         .map_err(|e| Error::Internal(format!("encoding the identity stamp: {e}")))?;
@@ -152,8 +170,11 @@ mod tests {
     fn a_stamp_for_another_node_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(check_stamp(dir.path(), 2).unwrap(), DirState::Unstamped);
-        write_stamp(dir.path(), 2).unwrap();
+        let initial = BTreeMap::from([(1, "a:1".to_string()), (2, "b:1".to_string())]);
+        write_stamp(dir.path(), 2, &initial).unwrap();
         assert_eq!(check_stamp(dir.path(), 2).unwrap(), DirState::Stamped);
+        let stamp = read_stamp(dir.path()).unwrap().unwrap();
+        assert_eq!((stamp.node_id, stamp.initial_cluster), (2, initial));
         let err = check_stamp(dir.path(), 3).unwrap_err().to_string();
         assert!(err.contains("belongs to node 2"), "{err}");
     }
@@ -163,6 +184,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(STAMP_FILE), "not json").unwrap();
         assert!(check_stamp(dir.path(), 1).is_err());
+        let older = r#"{"node_id":1,"format_version":1,"created_unix":0}"#;
+        std::fs::write(dir.path().join(STAMP_FILE), older).unwrap();
+        assert!(
+            read_stamp(dir.path())
+                .unwrap()
+                .unwrap()
+                .initial_cluster
+                .is_empty()
+        );
         let newer = r#"{"node_id":1,"format_version":99,"created_unix":0}"#;
         std::fs::write(dir.path().join(STAMP_FILE), newer).unwrap();
         assert!(check_stamp(dir.path(), 1).is_err());

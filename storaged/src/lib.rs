@@ -2,6 +2,7 @@
 //! every group's log, Raft state, block data and the meta catalogue.
 
 pub mod chunks;
+pub mod discovery;
 pub mod engine;
 pub mod error;
 pub mod fence;
@@ -11,6 +12,7 @@ pub mod meta;
 pub mod metrics;
 pub mod node;
 pub mod opener;
+pub mod peers;
 pub mod raft;
 pub mod repair;
 pub mod server;

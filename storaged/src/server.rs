@@ -232,6 +232,10 @@ async fn register_loop(node: Arc<StorageNode>, join: Vec<String>) {
                 tracing::info!(node = me.id, name = %me.name, attempt, "registered in the catalogue");
                 return;
             }
+            // Refused (a name held by another id): say so at once, then now and then.
+            Err(e) if e.code() == tonic::Code::FailedPrecondition && attempt % 20 == 1 => {
+                tracing::error!(node = me.id, name = %me.name, attempt, error = %e.message(), "registration refused; retrying")
+            }
             // Quiet while the cluster forms; loud once it takes longer than a start should.
             Err(e) if attempt % 20 == 0 => {
                 tracing::warn!(node = me.id, attempt, code = ?e.code(), error = %e.message(), "registration still pending")

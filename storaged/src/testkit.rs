@@ -16,7 +16,10 @@ use crate::tls::Identity;
 use crate::tls::certs::{self, Issue};
 
 pub struct ProcNode {
+    /// The node's Raft id (0 until known, for a node that joins through seeds).
     pub id: u64,
+    /// Its `--node-name` (`node-<n>`, n counting from 1 in start order).
+    pub name: String,
     pub addr: String,
     /// Where the node serves `/metrics`.
     pub metrics_addr: String,
@@ -27,10 +30,27 @@ pub struct ProcNode {
     child: Option<Child>,
 }
 
+/// How the nodes of a `ProcCluster` are told about each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peers {
+    /// `--node-id N --initial-cluster 1=127.0.0.1:P,...` (what `start` does).
+    Addresses,
+    /// `--node-id N --initial-cluster 1=localhost:P,...`: peers named by DNS.
+    Names,
+    /// No `--node-id`: `--node-name node-K --join localhost:P,... --bootstrap-expect N`
+    /// (N the nodes started at once), a `storage-node:node-K` certificate. Ids follow the
+    /// nodes' sorted addresses, as `discovery` chooses them.
+    Seeds,
+}
+
 pub struct ProcCluster {
     pub nodes: Vec<ProcNode>,
     bin: PathBuf,
+    peers: Peers,
+    /// `--initial-cluster`, or `--join` for `Peers::Seeds`.
     initial: String,
+    /// How many nodes the cluster started with (`--bootstrap-expect` for seeds).
+    first: usize,
     root: tempfile::TempDir,
     extra_args: Vec<String>,
 }
@@ -63,7 +83,23 @@ impl ProcCluster {
         n: usize,
         extra_args: &[&str],
     ) -> std::io::Result<Self> {
-        Self::start_nodes(parent, bin, &vec![None; n], extra_args)
+        Self::start_nodes(parent, bin, &vec![None; n], extra_args, Peers::Addresses)
+    }
+
+    /// Starts `n` nodes that find each other as `peers` says, in a temp dir.
+    pub fn start_with(
+        bin: &Path,
+        n: usize,
+        extra_args: &[&str],
+        peers: Peers,
+    ) -> std::io::Result<Self> {
+        Self::start_nodes(
+            &std::env::temp_dir(),
+            bin,
+            &vec![None; n],
+            extra_args,
+            peers,
+        )
     }
 
     /// Starts one node per entry of `data_dirs` (ids 1..), each keeping its data in its own
@@ -75,7 +111,13 @@ impl ProcCluster {
         extra_args: &[&str],
     ) -> std::io::Result<Self> {
         let data_dirs: Vec<Option<PathBuf>> = data_dirs.iter().cloned().map(Some).collect();
-        Self::start_nodes(&std::env::temp_dir(), bin, &data_dirs, extra_args)
+        Self::start_nodes(
+            &std::env::temp_dir(),
+            bin,
+            &data_dirs,
+            extra_args,
+            Peers::Addresses,
+        )
     }
 
     fn start_nodes(
@@ -83,17 +125,19 @@ impl ProcCluster {
         bin: &Path,
         data_dirs: &[Option<PathBuf>],
         extra_args: &[&str],
+        peers: Peers,
     ) -> std::io::Result<Self> {
         let n = data_dirs.len();
         let root = tempfile::Builder::new()
             .prefix("cairn-cluster-")
             .tempdir_in(parent)?;
-        let nodes: Vec<ProcNode> = (1..=n as u64)
+        let mut nodes: Vec<ProcNode> = (1..=n as u64)
             .zip(data_dirs)
-            .map(|(id, data_dir)| {
-                let dir = root.path().join(format!("node-{id}"));
+            .map(|(k, data_dir)| {
+                let dir = root.path().join(format!("node-{k}"));
                 ProcNode {
-                    id,
+                    id: k,
+                    name: format!("node-{k}"),
                     addr: format!("127.0.0.1:{}", free_port()),
                     metrics_addr: format!("127.0.0.1:{}", free_port()),
                     data_dir: data_dir.clone().unwrap_or_else(|| dir.clone()),
@@ -102,15 +146,36 @@ impl ProcCluster {
                 }
             })
             .collect();
-        let initial = nodes
-            .iter()
-            .map(|n| format!("{}={}", n.id, n.addr))
-            .collect::<Vec<_>>()
-            .join(",");
+        if peers == Peers::Seeds {
+            let mut sorted: Vec<std::net::SocketAddr> = nodes
+                .iter()
+                .map(|n| n.addr.parse().expect("an address"))
+                .collect();
+            sorted.sort();
+            for n in &mut nodes {
+                let a: std::net::SocketAddr = n.addr.parse().expect("an address");
+                n.id = 1 + sorted.iter().position(|s| *s == a).expect("listed") as u64;
+            }
+        }
+        let local = |n: &ProcNode| n.addr.replace("127.0.0.1", "localhost");
+        let initial = match peers {
+            Peers::Addresses => nodes
+                .iter()
+                .map(|n| format!("{}={}", n.id, n.addr))
+                .collect::<Vec<_>>(),
+            Peers::Names => nodes
+                .iter()
+                .map(|n| format!("{}={}", n.id, local(n)))
+                .collect(),
+            Peers::Seeds => nodes.iter().map(local).collect(),
+        }
+        .join(",");
         let mut c = ProcCluster {
             nodes,
             bin: bin.to_path_buf(),
+            peers,
             initial,
+            first: n,
             root,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
@@ -121,11 +186,82 @@ impl ProcCluster {
         Ok(c)
     }
 
+    /// Starts one more node with the cluster's seeds (`Peers::Seeds` only); its index. Its
+    /// id is 0 until `adopt_stamped_id` reads the one it chose.
+    pub fn add_seed_node(&mut self) -> std::io::Result<usize> {
+        assert_eq!(self.peers, Peers::Seeds, "only a seeded cluster adds nodes");
+        let k = self.nodes.len() + 1;
+        let dir = self.root.path().join(format!("node-{k}"));
+        self.nodes.push(ProcNode {
+            id: 0,
+            name: format!("node-{k}"),
+            addr: format!("127.0.0.1:{}", free_port()),
+            metrics_addr: format!("127.0.0.1:{}", free_port()),
+            data_dir: dir.clone(),
+            dir,
+            child: None,
+        });
+        self.spawn(k - 1)?;
+        Ok(k - 1)
+    }
+
+    /// The node id stamped in node `i`'s data dir (`None`: not stamped yet).
+    pub fn stamped_id(&self, i: usize) -> Option<u64> {
+        crate::identity::read_stamp(&self.nodes[i].data_dir)
+            .ok()
+            .flatten()
+            .map(|s| s.node_id)
+    }
+
+    /// Waits (bounded) for node `i` to stamp its data dir, and takes that id as its own.
+    pub async fn adopt_stamped_id(&mut self, i: usize, within: Duration) -> Result<u64, String> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(id) = self.stamped_id(i) {
+                self.nodes[i].id = id;
+                return Ok(id);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!(
+            "node {} stamped no id within {within:?}",
+            self.nodes[i].name
+        ))
+    }
+
+    /// The identity-related arguments of node `i` and the identity of its certificate.
+    fn peer_args(&self, i: usize) -> (Vec<String>, Identity) {
+        let node = &self.nodes[i];
+        match self.peers {
+            Peers::Addresses | Peers::Names => (
+                vec![
+                    "--node-id".into(),
+                    node.id.to_string(),
+                    "--initial-cluster".into(),
+                    self.initial.clone(),
+                ],
+                Identity::Node(node.id),
+            ),
+            Peers::Seeds => (
+                vec![
+                    "--node-name".into(),
+                    node.name.clone(),
+                    "--join".into(),
+                    self.initial.clone(),
+                    "--bootstrap-expect".into(),
+                    self.first.to_string(),
+                ],
+                Identity::StorageNode(node.name.clone()),
+            ),
+        }
+    }
+
     fn spawn(&mut self, i: usize) -> std::io::Result<()> {
+        let (peer_args, identity) = self.peer_args(i);
         let tls_args = if self.extra_args.iter().any(|a| a == "--insecure") {
             vec![]
         } else {
-            let dir = self.tls_dir(&Identity::Node(self.nodes[i].id))?;
+            let dir = self.tls_dir(&identity)?;
             vec!["--tls-dir".into(), dir.into_os_string()]
         };
         let own_metrics = !self
@@ -144,15 +280,10 @@ impl ProcCluster {
             .append(true)
             .open(node.dir.join("storaged.log"))?;
         let child = Command::new(&self.bin)
-            .args([
-                "--node-id",
-                &node.id.to_string(),
-                "--listen",
-                &node.addr,
-                "--data-dir",
-            ])
+            .args(["--listen", &node.addr, "--data-dir"])
             .arg(&node.data_dir)
-            .args(["--initial-cluster", &self.initial, "--capacity", "64GiB"])
+            .args(peer_args)
+            .args(["--capacity", "64GiB"])
             .args(metrics_args)
             .args(&self.extra_args)
             .args(tls_args)
@@ -411,7 +542,12 @@ impl Drop for ProcCluster {
                 let log = std::fs::read_to_string(n.dir.join("storaged.log")).unwrap_or_default();
                 let lines: Vec<&str> = log.lines().collect();
                 let tail = &lines[lines.len().saturating_sub(LOG_TAIL)..];
-                eprintln!("--- node {} log, last {} lines ---", n.id, tail.len());
+                eprintln!(
+                    "--- node {} ({}) log, last {} lines ---",
+                    n.id,
+                    n.name,
+                    tail.len()
+                );
                 for l in tail {
                     eprintln!("{l}");
                 }

@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cairn_storaged::discovery::{self, Plan, Seeds};
 use cairn_storaged::node::NodeConfig;
+use cairn_storaged::peers;
+use cairn_storaged::raft::ChannelCache;
 use cairn_storaged::repair::RepairConfig;
 use cairn_storaged::server::{ServerOptions, start};
 use clap::Parser;
@@ -18,9 +21,10 @@ use clap::Parser;
     about = "Cairn's Raft-replicated block storage node"
 )]
 struct Args {
-    /// This node's id (a positive integer, unique in the cluster).
+    /// This node's id (a positive integer, unique in the cluster). Without it the id comes
+    /// from the data dir's stamp, else from the seeds (`--join`, `--bootstrap-expect`).
     #[arg(long)]
-    node_id: u64,
+    node_id: Option<u64>,
     /// Address to listen on, e.g. 127.0.0.1:7001.
     #[arg(long)]
     listen: SocketAddr,
@@ -30,13 +34,20 @@ struct Args {
     /// Directory for the node's RocksDB and runtime state.
     #[arg(long)]
     data_dir: PathBuf,
-    /// Initial meta voters: `1=ADDR,2=ADDR,3=ADDR`. Omit when joining with --join.
+    /// Initial meta voters: `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT` (IPs or DNS names,
+    /// resolved at every connect). Omit when joining with --join.
     #[arg(long, value_delimiter = ',')]
     initial_cluster: Vec<String>,
-    /// Addresses of a running cluster to join (the node registers itself as a learner).
+    /// Seeds: `HOST:PORT` of running nodes (a DNS name may resolve to several). The node
+    /// registers itself as a learner; without --node-id it also finds its id through them.
     #[arg(long, value_delimiter = ',')]
     join: Vec<String>,
-    /// Node name used for topology (`topology.cairn.dev/node`); defaults to `node-<id>`.
+    /// Without --node-id: once this many seed addresses are known and no cluster runs, the
+    /// lowest of them form the first cluster (ids 1..=N); every other node joins it.
+    #[arg(long)]
+    bootstrap_expect: Option<usize>,
+    /// Node name used for topology (`topology.cairn.dev/node`); defaults to `node-<id>`,
+    /// required without --node-id (e.g. the Kubernetes node name).
     #[arg(long)]
     node_name: Option<String>,
     /// Node labels, e.g. `--label zone=a` (repeatable).
@@ -124,10 +135,39 @@ fn fs_size(path: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn run(args: Args) -> Result<(), String> {
-    if args.node_id == 0 {
+/// The checks of the identity flags that need nothing resolved.
+fn check_identity_flags(args: &Args, initial: &BTreeMap<u64, String>) -> Result<(), String> {
+    if args.node_id == Some(0) {
         return Err("--node-id: must be greater than 0".into());
     }
+    for entry in &args.join {
+        peers::check_host_port("join", entry)?;
+    }
+    if initial.is_empty() && args.join.is_empty() {
+        return Err("one of --initial-cluster or --join is required".into());
+    }
+    match (args.node_id, args.bootstrap_expect) {
+        (Some(_), Some(_)) => {
+            Err("--bootstrap-expect: only without --node-id (the seeds then choose the ids)".into())
+        }
+        (Some(_), None) => Ok(()),
+        (None, Some(0)) => Err("--bootstrap-expect: must be at least 1".into()),
+        (None, _) if !initial.is_empty() => Err(
+            "--initial-cluster: needs --node-id; without an id, give the seeds with --join \
+             and --bootstrap-expect"
+                .into(),
+        ),
+        (None, _) if args.join.is_empty() => {
+            Err("--join: required without --node-id (the seeds to find the cluster)".into())
+        }
+        (None, _) if args.node_name.is_none() => {
+            Err("--node-name: required without --node-id".into())
+        }
+        (None, _) => Ok(()),
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
     let security = cairn_client::Security::from_flags(args.tls_dir.as_deref(), args.insecure)
         .map_err(|s| s.message().to_string())?;
     let mut initial = BTreeMap::new();
@@ -135,16 +175,15 @@ fn run(args: Args) -> Result<(), String> {
         let (id, addr) = parse_kv("initial-cluster", entry)?;
         let id: u64 = id
             .parse()
-            .map_err(|_| format!("--initial-cluster: `{id}` is not a node id"))?;
-        addr.parse::<SocketAddr>()
-            .map_err(|_| format!("--initial-cluster: `{addr}` is not host:port"))?;
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| format!("--initial-cluster: `{id}` is not a node id"))?;
+        peers::check_host_port("initial-cluster", &addr)?;
         initial.insert(id, addr);
     }
+    check_identity_flags(&args, &initial)?;
     if args.rebuild_concurrency == 0 {
         return Err("--rebuild-concurrency: must be at least 1".into());
-    }
-    if initial.is_empty() && args.join.is_empty() {
-        return Err("one of --initial-cluster or --join is required".into());
     }
     let labels: BTreeMap<String, String> = args
         .labels
@@ -171,37 +210,67 @@ fn run(args: Args) -> Result<(), String> {
         .advertise
         .clone()
         .unwrap_or_else(|| args.listen.to_string());
-    if let Some(expected) = initial.get(&args.node_id)
-        && *expected != addr
+    peers::check_host_port("advertise", &addr)?;
+    if args.node_id.is_none()
+        && addr
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| a.ip().is_unspecified())
     {
         return Err(format!(
-            "--initial-cluster says node {} is at {expected}, but this node advertises {addr}",
-            args.node_id
+            "--advertise: `{addr}` is not an address peers can reach: give this node's own"
         ));
     }
-    let cfg = NodeConfig {
-        id: args.node_id,
-        name: args
-            .node_name
-            .clone()
-            .unwrap_or_else(|| format!("node-{}", args.node_id)),
-        addr,
-        data_dir: args.data_dir.clone(),
-        initial_cluster: initial,
-        join: args.join.clone(),
-        labels,
-        capacity_bytes: capacity,
-        snapshot_logs: args.snapshot_logs,
-        security,
-        quiet_after: (args.quiet_after_ms > 0)
-            .then(|| std::time::Duration::from_millis(args.quiet_after_ms)),
-        repair: RepairConfig {
-            down_timeout: parse_duration("replica-down-timeout", &args.replica_down_timeout)?,
-            concurrency: args.rebuild_concurrency,
-        },
+    let repair = RepairConfig {
+        down_timeout: parse_duration("replica-down-timeout", &args.replica_down_timeout)?,
+        concurrency: args.rebuild_concurrency,
     };
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     rt.block_on(async move {
+        let plan = match args.node_id {
+            Some(id) => Plan {
+                id,
+                initial_cluster: initial,
+            },
+            None => {
+                let seeds = Seeds {
+                    data_dir: &args.data_dir,
+                    seeds: &args.join,
+                    expect: args.bootstrap_expect,
+                    advertise: &addr,
+                };
+                discovery::plan(seeds, &ChannelCache::new(security.clone()))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        // Compared resolved: `--advertise $POD_IP:7001` is the node a DNS entry names.
+        if let Some(expected) = plan.initial_cluster.get(&plan.id)
+            && !peers::same_endpoint("initial-cluster", expected, &addr).await
+        {
+            return Err(format!(
+                "--initial-cluster says node {} is at {expected}, but this node advertises \
+                 {addr}, which resolves elsewhere",
+                plan.id
+            ));
+        }
+        let cfg = NodeConfig {
+            id: plan.id,
+            name: args
+                .node_name
+                .clone()
+                .unwrap_or_else(|| format!("node-{}", plan.id)),
+            addr,
+            data_dir: args.data_dir.clone(),
+            initial_cluster: plan.initial_cluster,
+            join: args.join.clone(),
+            labels,
+            capacity_bytes: capacity,
+            snapshot_logs: args.snapshot_logs,
+            security,
+            quiet_after: (args.quiet_after_ms > 0)
+                .then(|| std::time::Duration::from_millis(args.quiet_after_ms)),
+            repair,
+        };
         let running = start(ServerOptions {
             node: cfg,
             listen: args.listen,

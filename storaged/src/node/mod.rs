@@ -103,7 +103,7 @@ impl StorageNode {
             if !empty {
                 tracing::info!(node = cfg.id, data_dir = %cfg.data_dir.display(), "stamping a data dir written before identity stamps");
             }
-            identity::write_stamp(&cfg.data_dir, cfg.id)?;
+            identity::write_stamp(&cfg.data_dir, cfg.id, &cfg.initial_cluster)?;
         }
         if cfg.initial_cluster.contains_key(&cfg.id) && empty {
             let members: BTreeMap<u64, Node> = cfg
@@ -203,6 +203,11 @@ impl StorageNode {
     /// The local (possibly stale) catalogue.
     pub fn catalog(&self) -> Catalog {
         self.meta.catalog()
+    }
+
+    /// Runs `f` on the local (possibly stale) catalogue without cloning it.
+    pub fn with_catalog<R>(&self, f: impl FnOnce(&Catalog) -> R) -> R {
+        self.meta.with_catalog(f)
     }
 
     /// Ticks whenever the local catalogue changes.

@@ -14,14 +14,14 @@ use openraft::errors::{Fatal, RaftError};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::StorageNode;
-use crate::raft::GROUP_METADATA;
 use crate::raft::snapshot::SpoolWriter;
 use crate::raft::{
     AppendEntriesRequest, Raft, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote, decode,
     encode,
 };
+use crate::raft::{GROUP_METADATA, TARGET_METADATA};
 use crate::repair::change::MemberChange;
-use crate::service::raft_sender::{Claimed, check_sender, voter};
+use crate::service::raft_sender::{Claimed, check_sender, speaks_for, voter};
 use crate::tls::Identity;
 
 pub struct RaftApi {
@@ -110,6 +110,37 @@ fn reply<T: serde::Serialize, E: WireFailure>(
 }
 
 impl RaftApi {
+    /// Refuses a message addressed to another node id (`TARGET_METADATA`): this node's data
+    /// dir is not the one that member's promises were made from.
+    fn check_target<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let me = self.node.cfg().id;
+        let target = req
+            .metadata()
+            .get(TARGET_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match target {
+            Some(t) if t != me => {
+                tracing::warn!(
+                    target = t,
+                    node = me,
+                    "Raft message for another node id at this address"
+                );
+                let mut refusal = Status::failed_precondition(format!(
+                    "addressed to node {t}, but this is node {me} (its data dir was replaced: \
+                     remove node {t} from the cluster)"
+                ));
+                // Tells the sender's backoff that node `t` is not here (`is_misaddressed`).
+                refusal.metadata_mut().insert(
+                    TARGET_METADATA,
+                    me.to_string().parse().expect("a number is valid metadata"),
+                );
+                Err(refusal)
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn raft(&self, group: u64) -> Result<Raft, NotHosted> {
         self.node.group(group).ok_or(NotHosted {
             group,
@@ -132,6 +163,7 @@ impl RaftApi {
         F: FnOnce(Raft, Req) -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
+        self.check_target(&req)?;
         let caller = req.extensions().get::<Identity>().cloned();
         let m = req.into_inner();
         let rpc: Req = decode(&m.payload).map_err(bad)?;
@@ -179,6 +211,7 @@ impl RaftService for RaftApi {
         req: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<ReplyStream>, Status> {
         let group = stream_group(&req)?;
+        self.check_target(&req)?;
         let caller = req.extensions().get::<Identity>().cloned();
         // The sender backs off and retries while this node does not host the group.
         let raft = self
@@ -251,6 +284,7 @@ impl RaftService for RaftApi {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftReply>, Status> {
+        self.check_target(&req)?;
         let caller = req.extensions().get::<Identity>().cloned();
         let mut stream = req.into_inner();
         let Some(mut msg) = stream.message().await? else {
@@ -330,7 +364,7 @@ impl RaftService for RaftApi {
                 .metrics()
                 .borrow_watched()
                 .current_leader;
-            if leader.is_none_or(|l| who != Identity::Node(l)) {
+            if leader.is_none_or(|l| !speaks_for(&self.node, &who, l)) {
                 return Err(Status::permission_denied(format!(
                     "identity `{who}` may not change members: only the meta leader ({leader:?}) does"
                 )));
@@ -363,7 +397,7 @@ impl RaftService for RaftApi {
         let caller = req.extensions().get::<Identity>().cloned();
         let ping = req.into_inner();
         if let Some(who) = caller
-            && who != Identity::Node(ping.from)
+            && !speaks_for(&self.node, &who, ping.from)
         {
             return Err(Status::permission_denied(format!(
                 "identity `{who}` may not ping as node {}",

@@ -1,5 +1,5 @@
 //! Who may speak as a Raft node: a message whose vote names node N must arrive with N's
-//! certificate (`node:N`), and N must be a member of the group it writes to.
+//! certificate (`node:N`, or `storage-node:<N's name>`), and N must be a member of the group.
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::vote::RaftLeaderId;
@@ -36,6 +36,20 @@ impl Claimed for openraft::raft::TransferLeaderRequest<TypeConfig> {
     }
 }
 
+/// Whether a caller holding `who` may speak as node `id`: `node:<id>`, or
+/// `storage-node:<name>` when the catalogue registers `id` under that name, or (a node
+/// between its first start and its registration) knows neither `id` nor the name.
+pub fn speaks_for(node: &StorageNode, who: &Identity, id: u64) -> bool {
+    match who {
+        Identity::Node(n) => *n == id,
+        Identity::StorageNode(name) => node.with_catalog(|c| match c.nodes.get(&id) {
+            Some(rec) => rec.name == *name,
+            None => !c.nodes.values().any(|n| n.name == *name),
+        }),
+        _ => false,
+    }
+}
+
 /// Refuses a message claiming to come from node `claimed` in `group` unless the caller
 /// (`None`: a plaintext server) holds `node:<claimed>` and `claimed` is a member of the
 /// group. A member may be missing from a lagging replica's view of the group, so a node
@@ -49,7 +63,7 @@ pub fn check_sender(
     claimed: u64,
 ) -> Result<(), Status> {
     if let Some(who) = caller
-        && *who != Identity::Node(claimed)
+        && !speaks_for(node, who, claimed)
     {
         return Err(Status::permission_denied(format!(
             "identity `{who}` may not speak for node {claimed} in group {group}"

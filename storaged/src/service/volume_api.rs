@@ -207,11 +207,8 @@ impl VolumeApi {
                 "is required and must be greater than 0",
             ));
         }
-        if r.addr.is_empty() || r.addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(Error::invalid(
-                "addr",
-                format!("`{}` is not a host:port socket address", r.addr),
-            ));
+        if let Err(e) = crate::peers::check_host_port("addr", &r.addr) {
+            return Err(Error::invalid("addr", e));
         }
         let name = if r.name.is_empty() {
             format!("node-{}", r.id)
@@ -219,7 +216,26 @@ impl VolumeApi {
             r.name.clone()
         };
         validate::name("name", &name)?;
-        let cat = self.node.read_catalog().await?;
+        // Nothing has run yet: an answer without a leader (asked of a node outside the
+        // cluster, e.g. the registering node itself through a seed name) is a not-leader
+        // refusal, so the caller tries another node.
+        let cat = self.node.read_catalog().await.map_err(|e| match e {
+            Error::Unavailable(_) => Error::NotLeader {
+                group: crate::raft::META_GROUP,
+                leader: None,
+            },
+            e => e,
+        })?;
+        // Before it becomes a learner: a name held by another id is a node whose data dir
+        // was wiped (a new id) or a second node under one name; neither may take it over.
+        if let Some(other) = cat.nodes.values().find(|n| n.name == name && n.id != r.id) {
+            return Err(Error::FailedPrecondition(format!(
+                "node name `{name}` belongs to node {}: if that node's data dir was lost, \
+                 remove it (`cairnctl node remove --id {}`) and this node (id {}) registers \
+                 on its next attempt",
+                other.id, other.id, r.id
+            )));
+        }
         let voters: BTreeSet<u64> = self.node.meta_raft().voter_ids().collect();
         let learners: BTreeSet<u64> = self.node.meta_raft().learner_ids().collect();
         let role = if voters.contains(&r.id) {
@@ -468,13 +484,20 @@ impl VolumeService for VolumeApi {
         &self,
         req: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::AddNodeResponse>, Status> {
-        // A node's own certificate registers that node only (operators add any).
-        if let Some(who @ crate::tls::Identity::Node(id)) = req.extensions().get()
-            && *id != req.get_ref().id
-        {
+        // A node's own certificate registers that node only (operators add any); a
+        // `storage-node:<name>` one registers records of that name only.
+        let refused = match req.extensions().get::<crate::tls::Identity>() {
+            Some(crate::tls::Identity::Node(id)) => *id != req.get_ref().id,
+            Some(crate::tls::Identity::StorageNode(name)) => *name != req.get_ref().name,
+            _ => false,
+        };
+        if refused {
+            let who = req.extensions().get::<crate::tls::Identity>();
             return Err(Status::permission_denied(format!(
-                "identity `{who}` may not register node {}",
-                req.get_ref().id
+                "identity `{}` may not register node {} (`{}`)",
+                who.map(|w| w.to_string()).unwrap_or_default(),
+                req.get_ref().id,
+                req.get_ref().name
             )));
         }
         let n = self.add_node(req.into_inner()).await?;

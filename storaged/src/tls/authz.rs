@@ -22,16 +22,21 @@ impl Policy {
     /// Whether `who` may call `method` of `service` (`cairn.v1.VolumeService`, ...).
     pub fn allows(&self, who: &Identity, service: &str, method: &str) -> bool {
         match (service, who) {
-            ("cairn.v1.RaftService", Identity::Node(_)) => true,
+            ("cairn.v1.RaftService", Identity::Node(_) | Identity::StorageNode(_)) => true,
             ("cairn.v1.NodeService", Identity::CsiNode(name)) => *name == self.node_name,
             ("cairn.v1.VolumeService", Identity::Controller | Identity::Admin) => true,
             // A node registers itself in the catalogue at start.
-            ("cairn.v1.VolumeService", Identity::Node(_)) => method == "AddNode",
+            ("cairn.v1.VolumeService", Identity::Node(_) | Identity::StorageNode(_)) => {
+                method == "AddNode"
+            }
             // The CSI node plugin reads a volume's size and its node's zone, and probes the cluster.
             ("cairn.v1.VolumeService", Identity::CsiNode(_)) => {
                 matches!(method, "GetVolume" | "ClusterStatus" | "ListNodes")
             }
-            ("cairn.v1.BlockService", Identity::Node(_) | Identity::Admin) => true,
+            (
+                "cairn.v1.BlockService",
+                Identity::Node(_) | Identity::StorageNode(_) | Identity::Admin,
+            ) => true,
             _ => false,
         }
     }
@@ -163,6 +168,9 @@ mod tests {
         assert!(p.allows(&Identity::Admin, vol, "DeleteVolume"));
         assert!(p.allows(&Identity::Node(1), vol, "AddNode"));
         assert!(!p.allows(&Identity::Node(1), vol, "DeleteVolume"));
+        let host = Identity::StorageNode("node-b".into());
+        assert!(p.allows(&host, raft, "Vote") && p.allows(&host, vol, "AddNode"));
+        assert!(!p.allows(&host, vol, "DeleteVolume") && !p.allows(&host, nod, "AttachVolume"));
         assert!(p.allows(&Identity::CsiNode("node-b".into()), vol, "GetVolume"));
         assert!(!p.allows(&Identity::CsiNode("node-a".into()), vol, "PublishVolume"));
         assert!(p.allows(&Identity::Node(1), blk, "Write"));

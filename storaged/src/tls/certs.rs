@@ -109,7 +109,7 @@ pub fn issue(ca_dir: &Path, req: &Issue, out: &Path) -> Result<()> {
             .map_err(|_| Error::invalid("dns", format!("`{s}` is not an ASCII name")))
     };
     params.subject_alt_names = vec![SanType::URI(ia5(format!("{URI_SCHEME}{identity}"))?)];
-    if matches!(req.identity, Identity::Node(_)) {
+    if matches!(req.identity, Identity::Node(_) | Identity::StorageNode(_)) {
         // Clients verify every storaged as this one name (see cairn_client::SERVER_NAME).
         let name = cairn_client::SERVER_NAME.to_string();
         params.subject_alt_names.push(SanType::DnsName(ia5(name)?));

@@ -1,5 +1,5 @@
-//! Who a certificate speaks for: the `Identity` (`node:<id>`, `csi-node:<name>`,
-//! `controller`, `admin`) and reading it back from a peer's certificate (URI SAN `cairn:...`).
+//! Who a certificate speaks for: the `Identity` (`node:<id>`, `storage-node:<name>`,
+//! `csi-node:<name>`, `controller`, `admin`) and reading it back from a peer's certificate (URI SAN `cairn:...`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -11,6 +11,10 @@ pub const URI_SCHEME: &str = "cairn:";
 pub enum Identity {
     /// A storaged node (`node:<id>`).
     Node(u64),
+    /// The storaged of one Kubernetes node, whatever Raft id it has (`storage-node:<node
+    /// name>`): issued before the id exists; it speaks for the id its name is registered
+    /// under (`service::raft_sender::speaks_for`).
+    StorageNode(String),
     /// The CSI node plugin of one Kubernetes node (`csi-node:<node name>`).
     CsiNode(String),
     /// cairn-csi's controller and cairn-provisioner.
@@ -23,6 +27,7 @@ impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Identity::Node(id) => write!(f, "node:{id}"),
+            Identity::StorageNode(name) => write!(f, "storage-node:{name}"),
             Identity::CsiNode(name) => write!(f, "csi-node:{name}"),
             Identity::Controller => f.write_str("controller"),
             Identity::Admin => f.write_str("admin"),
@@ -35,7 +40,8 @@ impl FromStr for Identity {
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
             format!(
-                "`{s}` is not an identity (node:<id>, csi-node:<node name>, controller or admin)"
+                "`{s}` is not an identity (node:<id>, storage-node:<node name>, \
+                 csi-node:<node name>, controller or admin)"
             )
         };
         match s.split_once(':') {
@@ -45,6 +51,9 @@ impl FromStr for Identity {
                 Ok(id) if id > 0 => Ok(Identity::Node(id)),
                 _ => Err(bad()),
             },
+            Some(("storage-node", name)) if valid_node_name(name) => {
+                Ok(Identity::StorageNode(name.to_string()))
+            }
             Some(("csi-node", name)) if valid_node_name(name) => {
                 Ok(Identity::CsiNode(name.to_string()))
             }
@@ -144,7 +153,13 @@ mod tests {
 
     #[test]
     fn identities_round_trip_through_text() {
-        for s in ["node:1", "csi-node:node-2.zone-a", "controller", "admin"] {
+        for s in [
+            "node:1",
+            "storage-node:node-2.zone-a",
+            "csi-node:node-2.zone-a",
+            "controller",
+            "admin",
+        ] {
             assert_eq!(s.parse::<Identity>().unwrap().to_string(), s);
         }
         for bad in [
@@ -152,6 +167,8 @@ mod tests {
             "node:x",
             "csi-node:",
             "csi-node:Bad_Name",
+            "storage-node:",
+            "storage-node:Bad_Name",
             "root",
             "node",
         ] {

@@ -128,7 +128,7 @@ impl PeerConn {
                 }
             },
         );
-        let mut req = tonic::Request::new(requests);
+        let mut req = super::addressed(requests, target);
         req.metadata_mut().insert(
             GROUP_METADATA,
             group

@@ -146,7 +146,7 @@ impl Attempt<'_> {
     /// status tonic made from a connection error, with a source) means unreachable.
     pub fn observe<T>(self, r: &Result<T, tonic::Status>) {
         match r {
-            Err(s) if is_transport_failure(s) => self.failed(s.message()),
+            Err(s) if is_transport_failure(s) || is_misaddressed(s) => self.failed(s.message()),
             _ => self.answered(),
         }
     }
@@ -167,6 +167,13 @@ impl Drop for Attempt<'_> {
 /// peer sent has none.
 pub fn is_transport_failure(s: &tonic::Status) -> bool {
     std::error::Error::source(s).is_some()
+}
+
+/// Whether `s` is a peer's refusal of a message addressed to another node id (a new process
+/// at a removed or wiped member's address): no node of that id is there, so it is waited out
+/// like an unreachable one.
+pub fn is_misaddressed(s: &tonic::Status) -> bool {
+    s.metadata().contains_key(super::TARGET_METADATA)
 }
 
 #[cfg(test)]

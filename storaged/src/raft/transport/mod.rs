@@ -25,6 +25,24 @@ use openraft::raft::{
 use openraft::{AnyError, OptionalSend};
 
 pub use append_stream::GROUP_METADATA;
+
+/// Metadata naming the node a Raft message is for: a node whose id differs (a wiped data
+/// dir restarted at a member's address under a new id) refuses it rather than answer, and
+/// its votes and acknowledgements are never counted as the old member's.
+pub const TARGET_METADATA: &str = "x-cairn-target";
+
+/// `msg` as a request addressed to node `target` (`TARGET_METADATA`).
+fn addressed<T>(msg: T, target: NodeId) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        TARGET_METADATA,
+        target
+            .to_string()
+            .parse()
+            .expect("a number is valid metadata"),
+    );
+    req
+}
 pub use backoff::{CEILING as BACKOFF_CEILING, PeerHealth};
 pub use channels::ChannelCache;
 

@@ -45,8 +45,10 @@ impl PeerConn {
             }
         };
         let attempt = self.health.attempt();
-        let (reply, produced) =
-            tokio::join!(client.install_snapshot(ReceiverStream::new(rx)), produce);
+        let (reply, produced) = tokio::join!(
+            client.install_snapshot(super::addressed(ReceiverStream::new(rx), self.target)),
+            produce
+        );
         attempt.observe(&reply);
         produced.map_err(net)?;
         self.reply(reply)

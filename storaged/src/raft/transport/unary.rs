@@ -6,7 +6,7 @@ use std::time::Duration;
 use cairn_proto::cairn::v1::{RaftMessage, RaftReply};
 use openraft::errors::{NetworkError, RPCError};
 
-use super::{Msg, PeerConn, TypeConfig, decode_reply, status_error, unreachable};
+use super::{Msg, PeerConn, TypeConfig, addressed, decode_reply, status_error, unreachable};
 
 /// How long a TransferLeader may take: the new leader first waits (up to openraft's
 /// `election_timeout_min`, 300 ms here) until its log holds the old leader's last entry.
@@ -46,10 +46,13 @@ impl PeerConn {
             .channels
             .client(&self.addr)
             .map_err(|e| RPCError::Unreachable(unreachable(e)))?;
-        let msg = RaftMessage {
-            group_id: self.group,
-            payload: payload.into(),
-        };
+        let msg = addressed(
+            RaftMessage {
+                group_id: self.group,
+                payload: payload.into(),
+            },
+            self.target,
+        );
         let attempt = self.health.attempt();
         let fut = async {
             match kind {
