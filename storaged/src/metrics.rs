@@ -55,6 +55,7 @@ pub struct Metrics {
     applied_index: Family<GroupLabels, Gauge>,
     purged_index: Family<GroupLabels, Gauge>,
     quiet: Family<GroupLabels, Gauge>,
+    volume_health: Family<GroupLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -104,8 +105,14 @@ impl Default for Metrics {
             "raft_quiet",
             "1 if the Raft group is quiet here: its timers stopped until its next message or I/O",
         );
+        let volume_health = group(
+            &mut registry,
+            "volume_health",
+            "On the volume group's leader: 1 healthy, 2 degraded (VolumeHealth in the API)",
+        );
         Metrics {
             quiet,
+            volume_health,
             registry,
             io_seconds,
             io_bytes,
@@ -143,6 +150,7 @@ impl Metrics {
             &self.applied_index,
             &self.purged_index,
             &self.quiet,
+            &self.volume_health,
         ];
         // Groups come and go: start from nothing so a removed group's series disappear.
         for f in families {
@@ -162,6 +170,9 @@ impl Metrics {
             set(&self.applied_index, g.applied_index);
             set(&self.purged_index, g.purged_index);
             set(&self.quiet, u64::from(g.quiet));
+            if let Some(h) = g.health {
+                set(&self.volume_health, h as u64);
+            }
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -184,6 +195,8 @@ pub struct GroupSample {
     pub purged_index: u64,
     /// Whether the group is quiet here (`node::quiesce`).
     pub quiet: bool,
+    /// On a volume group's leader, the volume's health.
+    pub health: Option<cairn_proto::cairn::v1::VolumeHealth>,
 }
 
 /// What the endpoint serves: the exposition of a node's metrics, read when scraped.

@@ -111,6 +111,22 @@ async fn verify(client: &VolumeClient, vol: &str, crcs: &BTreeMap<u64, u32>) {
     }
 }
 
+/// `cairn_storaged_volume_health` of `vol` summed over the running nodes: only its group's
+/// leader reports it, so 1 healthy, 2 degraded (0 while no leader answers).
+async fn health_metric(c: &ProcCluster, vol: &str) -> f64 {
+    let label = format!("volume=\"{vol}\"");
+    let mut sum = 0.0;
+    for id in c.nodes.iter().map(|n| n.id) {
+        if c.is_running(id) {
+            sum += c
+                .metric_where(id, "cairn_storaged_volume_health", &label)
+                .await
+                .unwrap_or(0.0);
+        }
+    }
+    sum
+}
+
 /// Replicas per node over `vols`.
 fn holdings(vols: &[pb::Volume]) -> BTreeMap<u64, usize> {
     let mut out = BTreeMap::new();
@@ -204,9 +220,22 @@ async fn a_lost_node_is_replaced_and_every_byte_survives() {
             "{n} before the fault"
         );
     }
+    assert_eq!(
+        health_metric(&c, "heal-a").await,
+        1.0,
+        "healthy, on its leader"
+    );
 
     c.kill9(victim);
     std::fs::remove_dir_all(&c.nodes[c.index_of(victim)].dir).unwrap();
+    let deadline = Instant::now() + HEAL;
+    while health_metric(&c, "heal-a").await != 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "heal-a's leader never reported it degraded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (took, degraded) = wait_whole(&client, &names, victim, HEAL).await;
     eprintln!("node {victim} killed and wiped: every volume healthy again after {took:?}");
     for (n, seen) in &degraded {
@@ -214,6 +243,14 @@ async fn a_lost_node_is_replaced_and_every_byte_survives() {
     }
     for n in &names {
         verify(&client, n, &data[*n]).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health_metric(&c, "heal-a").await != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "heal-a's leader never reported it healthy again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The bytes are on the new members too: each volume is attached (in the catalogue)
     // to its new member, its leadership follows (decision 014), and reads are served

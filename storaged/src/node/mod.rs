@@ -261,10 +261,17 @@ impl StorageNode {
 
 impl Exposition for StorageNode {
     fn exposition(&self) -> String {
-        let names: HashMap<u64, String> = self.meta.with_catalog(|cat| {
+        let infos: HashMap<u64, status::VolumeInfo> = self.meta.with_catalog(|cat| {
             cat.volumes
                 .values()
-                .map(|v| (v.id, v.name.clone()))
+                .map(|v| {
+                    let info = status::VolumeInfo {
+                        name: v.name.clone(),
+                        replicas: v.replicas,
+                        repairing: v.repair.is_some(),
+                    };
+                    (v.id, info)
+                })
                 .collect()
         });
         let quiescer = self.groups.quiescer();
@@ -272,8 +279,9 @@ impl Exposition for StorageNode {
             self.cfg.id,
             self.meta.raft(),
             self.groups.volumes(),
-            &names,
+            &infos,
             &|g| quiescer.is_quiet(g),
+            &|peer| quiescer.is_silent(peer),
         );
         self.metrics.encode(&samples)
     }

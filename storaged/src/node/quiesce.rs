@@ -346,6 +346,11 @@ impl Quiescer {
 
     /// Whether `peer` has not been heard from for `DEAD_AFTER` before `now` (a peer never
     /// heard from counts from when pinging began).
+    /// Whether `peer`'s node has not answered a ping for `DEAD_AFTER`.
+    pub fn is_silent(&self, peer: u64) -> bool {
+        self.silent(peer, Instant::now())
+    }
+
     fn silent(&self, peer: u64, now: Instant) -> bool {
         let last = self
             .answered

@@ -6,10 +6,8 @@ use std::time::Duration;
 use cairn_proto::cairn::v1 as pb;
 
 use crate::meta::catalog::{Catalog, NodeRecord, NodeRole, VolumeKind, VolumeRecord};
+use crate::node::status::LAG_ENTRIES;
 use crate::node::{GroupStatus, StorageNode};
-
-/// A member further behind the leader than this is reported as lagging.
-const LAG_ENTRIES: u64 = 1000;
 
 pub fn kind(k: VolumeKind) -> i32 {
     match k {
