@@ -56,6 +56,7 @@ pub struct Metrics {
     purged_index: Family<GroupLabels, Gauge>,
     quiet: Family<GroupLabels, Gauge>,
     volume_health: Family<GroupLabels, Gauge>,
+    rebuild_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -110,9 +111,16 @@ impl Default for Metrics {
             "volume_health",
             "On the volume group's leader: 1 healthy, 2 degraded (VolumeHealth in the API)",
         );
+        let rebuild_bytes = Counter::default();
+        registry.register(
+            "rebuild_bytes",
+            "Bytes of volume snapshots received: replicas rebuilt or caught up from a stream",
+            rebuild_bytes.clone(),
+        );
         Metrics {
             quiet,
             volume_health,
+            rebuild_bytes,
             registry,
             io_seconds,
             io_bytes,
@@ -139,6 +147,11 @@ impl Metrics {
         self.io_seconds
             .get_or_create(&IoLabels { op, result })
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts `bytes` of a snapshot stream received for a replica.
+    pub fn rebuild_received(&self, bytes: u64) {
+        self.rebuild_bytes.inc_by(bytes);
     }
 
     /// The text exposition, with the group gauges set from `groups` (read just now).

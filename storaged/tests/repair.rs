@@ -244,6 +244,18 @@ async fn a_lost_node_is_replaced_and_every_byte_survives() {
     for n in &names {
         verify(&client, n, &data[*n]).await;
     }
+    // The new members were rebuilt from streamed snapshots holding the written bytes.
+    let mut received = 0.0;
+    for id in c.nodes.iter().map(|n| n.id).filter(|id| c.is_running(*id)) {
+        received += c
+            .metric_sum(id, "cairn_storaged_rebuild_bytes_total")
+            .await
+            .unwrap_or(0.0);
+    }
+    assert!(
+        received >= (names.len() as u64 * WRITTEN / 2) as f64,
+        "rebuild bytes received: {received}"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while health_metric(&c, "heal-a").await != 1.0 {
         assert!(

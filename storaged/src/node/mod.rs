@@ -159,6 +159,11 @@ impl StorageNode {
         &self.io
     }
 
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The meta group's Raft (membership changes and its metrics).
     pub fn meta_raft(&self) -> &Raft {
         self.meta.raft()

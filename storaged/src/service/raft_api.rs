@@ -308,6 +308,7 @@ impl RaftService for RaftApi {
         let mut pages = 0u64;
         loop {
             if !msg.page.is_empty() {
+                self.node.metrics().rebuild_received(msg.page.len() as u64);
                 spool.page(&msg.page).await.map_err(|e| match e.kind() {
                     std::io::ErrorKind::InvalidData => {
                         Status::invalid_argument(format!("page: {e}"))
