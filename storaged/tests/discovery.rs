@@ -39,6 +39,18 @@ async fn read_back(c: &ProcCluster, name: &str) -> Vec<u8> {
     client.read(name, 8192, 4096).await.unwrap()
 }
 
+/// Waits (60 s at most) until the catalogue lists node `id` under `name`.
+async fn wait_registered(client: &cairn_client::VolumeClient, id: u64, name: &str, what: &str) {
+    eventually(Duration::from_secs(60), what, async || {
+        let s = client.cluster_status().await.ok()?;
+        s.nodes
+            .iter()
+            .any(|r| r.id == id && r.name == name)
+            .then_some(())
+    })
+    .await;
+}
+
 /// Polls `f` every 100 ms until it returns `Some`, for at most `within`.
 async fn eventually<T>(within: Duration, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
@@ -171,19 +183,7 @@ async fn seed_nodes_bootstrap_once_keep_their_identity_and_a_later_node_joins() 
         .unwrap();
     assert!(fresh >= 1 << 32, "fresh id {fresh}");
     let client = c.client();
-    let name = c.nodes[i].name.clone();
-    eventually(
-        Duration::from_secs(60),
-        "the new node registered",
-        async || {
-            let s = client.cluster_status().await.ok()?;
-            s.nodes
-                .iter()
-                .any(|r| r.id == fresh && r.name == name)
-                .then_some(())
-        },
-    )
-    .await;
+    wait_registered(&client, fresh, &c.nodes[i].name, "the new node registered").await;
 
     // A restarted voter keeps its id (from its stamp, whatever the seeds say now) and data:
     // with another voter down, the meta group and the volume need it to answer.
@@ -244,17 +244,5 @@ async fn a_wiped_seed_node_never_gets_its_old_identity_back() {
     assert!(status.nodes.iter().any(|r| r.id == 3));
     // Once the operator removes node 3, the node registers under its new id.
     client.remove_node(3).await.unwrap();
-    let name = c.nodes[i].name.clone();
-    eventually(
-        Duration::from_secs(60),
-        "the new id registered",
-        async || {
-            let s = client.cluster_status().await.ok()?;
-            s.nodes
-                .iter()
-                .any(|r| r.id == fresh && r.name == name)
-                .then_some(())
-        },
-    )
-    .await;
+    wait_registered(&client, fresh, &c.nodes[i].name, "the new id registered").await;
 }

@@ -127,6 +127,15 @@ async fn health_metric(c: &ProcCluster, vol: &str) -> f64 {
     sum
 }
 
+/// A member of `v` other than node `meta` (a meta leader cannot remove itself).
+fn member_not(v: &pb::Volume, meta: u64) -> u64 {
+    v.members
+        .iter()
+        .map(|m| m.node_id)
+        .find(|id| *id != meta)
+        .expect("a member besides the meta leader")
+}
+
 /// Replicas per node over `vols`.
 fn holdings(vols: &[pb::Volume]) -> BTreeMap<u64, usize> {
     let mut out = BTreeMap::new();
@@ -321,12 +330,7 @@ async fn a_drained_node_can_be_removed() {
     let meta = client.cluster_status().await.unwrap().meta_leader_id;
     // The node to drain holds a replica and does not lead the meta group (a meta
     // leader cannot remove itself); `spare` is the one node without a replica.
-    let victim = v
-        .members
-        .iter()
-        .map(|m| m.node_id)
-        .find(|id| *id != meta)
-        .unwrap();
+    let victim = member_not(&v, meta);
     let spare = (1..=4u64)
         .find(|id| v.members.iter().all(|m| m.node_id != *id))
         .unwrap();
@@ -447,12 +451,7 @@ async fn a_repair_survives_a_meta_leader_restart_midway() {
     let v = create(&client, "mid-a").await;
     let crcs = fill(&client, "mid-a", 21).await;
     let meta = client.cluster_status().await.unwrap().meta_leader_id;
-    let victim = v
-        .members
-        .iter()
-        .map(|m| m.node_id)
-        .find(|id| *id != meta)
-        .unwrap();
+    let victim = member_not(&v, meta);
     c.kill9(victim);
     // Wait for the replacement to be under way: a fourth member, shown rebuilding
     // (the volume degraded meanwhile).
