@@ -525,6 +525,21 @@ impl ProcCluster {
         )
     }
 
+    /// Empties a node's data dir, as a lost disk would (its log file stays for the test).
+    pub fn wipe(dir: &Path) {
+        for e in std::fs::read_dir(dir).expect("read the data dir") {
+            let p = e.expect("a data dir entry").path();
+            if p.file_name().is_some_and(|n| n == "storaged.log") {
+                continue;
+            }
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p).expect("remove a directory");
+            } else {
+                std::fs::remove_file(&p).expect("remove a file");
+            }
+        }
+    }
+
     pub fn node_addrs(&self) -> BTreeMap<u64, String> {
         self.nodes.iter().map(|n| (n.id, n.addr.clone())).collect()
     }

@@ -2,7 +2,7 @@
 //! `localhost:PORT`, seed nodes that bootstrap once and keep their ids, a node that joins
 //! under a fresh id, and a wiped node that never gets its old id back.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -198,28 +198,13 @@ async fn seed_nodes_bootstrap_once_keep_their_identity_and_a_later_node_joins() 
     assert_eq!(read_back(&c, "seeded").await, vec![9u8; 4096]);
 }
 
-/// Empties a data dir, as a lost disk would (the node's log file stays for the test).
-fn wipe(dir: &Path) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p: PathBuf = e.unwrap().path();
-        if p.file_name().is_some_and(|n| n == "storaged.log") {
-            continue;
-        }
-        if p.is_dir() {
-            std::fs::remove_dir_all(&p).unwrap();
-        } else {
-            std::fs::remove_file(&p).unwrap();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_seed_node_never_gets_its_old_identity_back() {
     let mut c = ProcCluster::start_with(bin(), 3, &[], Peers::Seeds).unwrap();
     c.wait_ready(Duration::from_secs(90)).await.unwrap();
     let i = c.index_of(3);
     c.kill9(3);
-    wipe(&c.nodes[i].data_dir);
+    ProcCluster::wipe(&c.nodes[i].data_dir);
     c.restart(3).unwrap();
     let fresh = c
         .adopt_stamped_id(i, Duration::from_secs(60))

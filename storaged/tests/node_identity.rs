@@ -1,7 +1,7 @@
 //! A node identity cannot be reused: a wiped member refuses to start rather than vote as
 //! if it had promised nothing, and a data dir stamped for one node id refuses another.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -70,21 +70,6 @@ fn node_args(cluster: &ProcCluster, id: u64, data_dir: &Path) -> Vec<String> {
     ]
 }
 
-/// Empties a node's data dir, as a lost disk would (its log file stays for the test).
-fn wipe(dir: &Path) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p: PathBuf = e.unwrap().path();
-        if p.file_name().is_some_and(|n| n == "storaged.log") {
-            continue;
-        }
-        if p.is_dir() {
-            std::fs::remove_dir_all(&p).unwrap();
-        } else {
-            std::fs::remove_file(&p).unwrap();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_member_refuses_to_start_and_no_committed_write_is_lost() {
     let mut cluster = ProcCluster::start(bin(), 3, &[]).unwrap();
@@ -126,7 +111,7 @@ async fn a_wiped_member_refuses_to_start_and_no_committed_write_is_lost() {
     assert!(log.contains("belongs to node 2"), "{log}");
 
     // Wiped, node 2 refuses to start under its old id (node 3 knows it as a member).
-    wipe(&dir2);
+    ProcCluster::wipe(&dir2);
     let (status, log) = run_to_exit(
         &node_args(&cluster, 2, &dir2),
         &scratch.path().join("wiped.log"),
