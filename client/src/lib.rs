@@ -10,36 +10,23 @@ use cairn_proto::cairn::v1 as pb;
 use pb::block_service_client::BlockServiceClient;
 use pb::node_service_client::NodeServiceClient;
 use pb::volume_service_client::VolumeServiceClient;
+use tonic::Status;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
 
 mod port;
+mod status;
 mod tls;
 mod write_ids;
 pub use port::unused_loopback_port;
+pub use status::{LEADER_HINT_KEY, NOT_EXECUTED_KEY, never_executed, refused};
+use status::{Retry, leader_hint, normalise, retryable, unexecuted};
 pub use tls::{SERVER_NAME, Security, TlsFiles};
 pub use write_ids::{SEQ_WINDOW, WriteIds, WriteTicket};
-
-/// Metadata key carrying the leader's address on a not-leader reply (see storaged's error.rs).
-pub const LEADER_HINT_KEY: &str = "cairn-leader";
-/// Metadata key storaged sets on replies to requests it refused before executing
-/// anything (not the leader), so any request may be resent elsewhere.
-pub const NOT_EXECUTED_KEY: &str = "cairn-not-executed";
 
 /// Default bound on one logical call, retries included.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(8);
 /// Bound on one attempt against one server.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Whether a call may be re-sent after an ambiguous failure (the server may have executed it).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Retry {
-    /// Re-executing gives the same result (create-by-name, delete, reads), or storaged
-    /// deduplicates it (writes and discards carry a `WriteTicket`).
-    Idempotent,
-    /// Only re-sent when the server certainly did not execute it (not-leader, connect failure).
-    OnlyUnexecuted,
-}
 
 #[derive(Default)]
 struct Leaders {
@@ -58,70 +45,6 @@ pub struct VolumeClient {
     attempt: Duration,
     /// This client's writer identity (shared by its clones), for exactly-once writes.
     writes: Arc<WriteIds>,
-}
-
-fn normalise(addr: &str) -> String {
-    addr.trim()
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .to_string()
-}
-
-fn leader_hint(status: &Status) -> Option<String> {
-    status
-        .metadata()
-        .get(LEADER_HINT_KEY)
-        .and_then(|v| v.to_str().ok())
-        .map(normalise)
-        .filter(|s| !s.is_empty())
-}
-
-/// A refusal the server made before executing anything, or a connection that never came up:
-/// safe to resend anything.
-fn unexecuted(status: &Status) -> bool {
-    leader_hint(status).is_some()
-        || status.metadata().get(NOT_EXECUTED_KEY).is_some()
-        || never_connected(status)
-}
-
-/// Whether the connection itself failed (refused, no route), so no server saw the request:
-/// tonic attaches the transport error as the status' source, down to the socket's
-/// `io::Error`; a status a server sent has no source. A timeout is not proof: the request
-/// may have been sent.
-fn never_connected(status: &Status) -> bool {
-    use std::io::ErrorKind::{
-        AddrNotAvailable, ConnectionRefused, HostUnreachable, NetworkUnreachable,
-    };
-    let mut cause = std::error::Error::source(status);
-    while let Some(e) = cause {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                ConnectionRefused | NetworkUnreachable | HostUnreachable | AddrNotAvailable
-            );
-        }
-        cause = e.source();
-    }
-    false
-}
-
-/// Whether a call's error proves the call was never executed: set on the error a call gives
-/// up with when every attempt it made was refused before executing (see `NOT_EXECUTED_KEY`).
-pub fn never_executed(status: &Status) -> bool {
-    status.metadata().get(NOT_EXECUTED_KEY).is_some()
-}
-
-/// ABORTED ("still copying into that volume; ask again") is not retried here: the caller
-/// decides how long to wait, with progress (cairnctl) or its own backoff (a CO).
-fn retryable(status: &Status, retry: Retry) -> bool {
-    match retry {
-        Retry::OnlyUnexecuted => unexecuted(status),
-        Retry::Idempotent => matches!(
-            status.code(),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
-        ),
-    }
 }
 
 impl VolumeClient {
@@ -715,6 +638,8 @@ impl NodeClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::never_connected;
+    use tonic::Code;
     use tonic::transport::Endpoint;
 
     #[test]

@@ -3,8 +3,9 @@
 //!
 //! Liveness moves from each group to each node pair: every node pings its peers (one small
 //! RPC per peer per `PING_EVERY`, carrying the quiesce notices batched since the last one),
-//! and a peer that has not answered for `DEAD_AFTER` wakes every quiet group it led here, so
-//! those groups elect a new leader as they would have without quiescence.
+//! and a peer that has not answered for `DEAD_AFTER`, or whose port refuses a connection,
+//! wakes every quiet group it led here, so those groups elect a new leader as they would
+//! have without quiescence.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -96,6 +97,9 @@ pub struct Quiescer {
     outbox: Mutex<HashMap<u64, Vec<QuiesceNotice>>>,
     /// When each peer last answered a ping or pinged.
     answered: Mutex<HashMap<u64, Instant>>,
+    /// Peers whose address refused a ping's connection since they last answered: their
+    /// process is gone, so they count as silent at once, without waiting `DEAD_AFTER`.
+    gone: Mutex<HashSet<u64>>,
     /// Each peer's boot id, from its pings: a new one is a restarted node.
     boots: Mutex<HashMap<u64, u64>>,
     /// This process's boot id, and when pinging began.
@@ -112,6 +116,7 @@ impl Quiescer {
             seen: Mutex::default(),
             outbox: Mutex::default(),
             answered: Mutex::default(),
+            gone: Mutex::default(),
             boots: Mutex::default(),
             boot: rand::random(),
             started: Instant::now(),
@@ -301,6 +306,7 @@ impl Quiescer {
     /// silence (or `restarted`).
     fn answered(&self, groups: &Groups, peer: u64, at: Instant, restarted: bool) {
         let back = self.silent(peer, at);
+        self.gone.lock().expect("gone set poisoned").remove(&peer);
         self.answered
             .lock()
             .expect("answered map poisoned")
@@ -344,14 +350,17 @@ impl Quiescer {
         }
     }
 
-    /// Whether `peer` has not been heard from for `DEAD_AFTER` before `now` (a peer never
-    /// heard from counts from when pinging began).
-    /// Whether `peer`'s node has not answered a ping for `DEAD_AFTER`.
+    /// Whether `peer`'s node has not answered a ping for `DEAD_AFTER`, or refused one.
     pub fn is_silent(&self, peer: u64) -> bool {
         self.silent(peer, Instant::now())
     }
 
+    /// Whether `peer` refused a ping since it last answered, or has not been heard from for
+    /// `DEAD_AFTER` before `now` (a peer never heard from counts from when pinging began).
     fn silent(&self, peer: u64, now: Instant) -> bool {
+        if self.gone.lock().expect("gone set poisoned").contains(&peer) {
+            return true;
+        }
         let last = self
             .answered
             .lock()
@@ -408,6 +417,12 @@ pub(super) async fn run(
                 let sent = tokio::time::timeout(PING_TIMEOUT, client.ping(req)).await;
                 match sent {
                     Ok(Ok(_)) => q.answered(&groups_for_ping, peer, Instant::now(), false),
+                    // Nothing listens there: the peer's process is gone. Its groups here
+                    // elect now, as they would on an election timeout were they not quiet.
+                    Ok(Err(status)) if cairn_client::refused(&status) => {
+                        q.gone.lock().expect("gone set poisoned").insert(peer);
+                        q.wake_led_by(&groups_for_ping, peer);
+                    }
                     // Unsent notices are dropped: the groups stay quiet on the leader, and a
                     // follower that never heard elects; the next leader quiesces afresh.
                     _ => tracing::trace!(peer, notices = notices.len(), "ping not answered"),
