@@ -3,11 +3,7 @@
 
 use tonic::{Code, Status};
 
-/// Metadata key carrying the leader's address on a not-leader reply (see storaged's error.rs).
-pub const LEADER_HINT_KEY: &str = "cairn-leader";
-/// Metadata key storaged sets on replies to requests it refused before executing
-/// anything (not the leader), so any request may be resent elsewhere.
-pub const NOT_EXECUTED_KEY: &str = "cairn-not-executed";
+pub use cairn_proto::wire::{LEADER_HINT_KEY, NOT_EXECUTED_KEY};
 
 /// Whether a call may be re-sent after an ambiguous failure (the server may have executed it).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

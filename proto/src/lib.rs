@@ -1,9 +1,11 @@
 //! Generated gRPC types and services for Cairn, and what both of its servers share on the wire:
-//! the volume-name rule (`names`), the request log layer (`rpclog`) and mountinfo decoding.
+//! the volume-name rule (`names`), the metadata keys (`wire`), the request log layer (`rpclog`)
+//! and mountinfo decoding.
 
 pub mod mountinfo;
 pub mod names;
 pub mod rpclog;
+pub mod wire;
 
 pub use names::{NameError, VolumeName};
 

@@ -3,7 +3,7 @@
 
 use tonic::{Code, Status};
 
-pub use cairn_client::{LEADER_HINT_KEY, NOT_EXECUTED_KEY};
+pub use cairn_proto::wire::{LEADER_HINT_KEY, NOT_EXECUTED_KEY};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

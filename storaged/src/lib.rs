@@ -17,6 +17,7 @@ pub mod raft;
 pub mod repair;
 pub mod server;
 pub mod service;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod tls;
 pub mod volume;

@@ -21,8 +21,7 @@ use super::{
 };
 use crate::raft::{encode_sized, entry_size_hint};
 
-/// Metadata naming the group of an `AppendStream`.
-pub const GROUP_METADATA: &str = "x-cairn-group";
+pub use cairn_proto::wire::GROUP_METADATA;
 
 /// An AppendEntries encoded into a buffer sized for its entries up front.
 pub(super) fn encode_append(rpc: &AppendEntriesRequest) -> std::io::Result<Vec<u8>> {

@@ -26,10 +26,7 @@ use openraft::{AnyError, OptionalSend};
 
 pub use append_stream::GROUP_METADATA;
 
-/// Metadata naming the node a Raft message is for: a node whose id differs (a wiped data
-/// dir restarted at a member's address under a new id) refuses it rather than answer, and
-/// its votes and acknowledgements are never counted as the old member's.
-pub const TARGET_METADATA: &str = "x-cairn-target";
+pub use cairn_proto::wire::TARGET_METADATA;
 
 /// `msg` as a request addressed to node `target` (`TARGET_METADATA`).
 fn addressed<T>(msg: T, target: NodeId) -> tonic::Request<T> {
