@@ -2,7 +2,8 @@
 # fio through the real cairn-csi: ext4 on a 3-replica and a 1-replica volume and on a
 # `type: local` volume, all created, published, staged and mounted by cairn-csi over its Unix
 # sockets against a 3-node storaged cluster on loopback, and ext4 on a loop device over a plain
-# file (the limit). Prints IOPS, MiB/s and the ratio to the limit. Needs root.
+# file (the limit), and the same FUSE + loop + ext4 path over a volume in memory (the frontend's
+# ceiling). Prints IOPS, MiB/s and the ratios to the ceiling and to the limit. Needs root.
 #
 #   ./scripts/bench-csi.sh [--seconds N] [--file-mib N]     (defaults: 10 s per job, 256 MiB)
 set -euo pipefail

@@ -1,14 +1,17 @@
 //! fio through volumes staged and published by the real cairn-csi over its Unix sockets (ext4 on
-//! 3- and 1-replica volumes, a `type: local` volume) against ext4 on a loop device (the limit).
+//! 3- and 1-replica volumes, a `type: local` volume) against two references measured in the
+//! same run: the frontend's ceiling (the same FUSE + loop + ext4 path over a volume held in
+//! memory, storaged's `fuse_ceiling` example) and the limit (ext4 on a loop device on a file).
 //!
-//! Run by `scripts/bench-csi.sh`; prints IOPS/MB/s per workload and the ratio to the limit.
+//! Run by `scripts/bench-csi.sh`; prints IOPS/MB/s per workload and the ratios to both.
 //! Environment: `BENCH_SECONDS` (per fio job, default 10), `BENCH_FILE_MIB` (default 256).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 use cairn_proto::csi::v1 as csi;
 use common::*;
@@ -230,22 +233,105 @@ fn loop_limit(dir: &Path, s: &Settings) -> Vec<Figure> {
     figures
 }
 
-fn print_table(rows: &[(&str, Vec<Figure>)]) {
-    let limit = &rows.last().expect("the limit row").1;
+/// The `fuse_ceiling` process and the loop device and mount on its export; all undone on drop.
+struct Ceiling {
+    child: Child,
+    dev: Option<String>,
+    mnt: PathBuf,
+}
+
+impl Drop for Ceiling {
+    fn drop(&mut self) {
+        let mnt = self.mnt.display();
+        let _ = Command::new("sh")
+            .args(["-c", &format!("mountpoint -q {mnt} && umount {mnt}")])
+            .status();
+        if let Some(dev) = &self.dev {
+            let _ = Command::new("losetup").args(["-d", dev]).status();
+        }
+        // Closing its stdin tells it to unmount the export and exit.
+        drop(self.child.stdin.take());
+        if self.child.wait().is_err() {
+            let _ = self.child.kill();
+        }
+    }
+}
+
+/// ext4 on a loop device over storaged's FUSE export of an in-memory volume: what the
+/// frontend itself allows, with no Raft, disk or network behind it.
+fn frontend_ceiling(dir: &Path, s: &Settings) -> Vec<Figure> {
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe.with_file_name("fuse_ceiling");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --all-targets`",
+        bin.display()
+    );
+    let mut child = Command::new(&bin)
+        .arg(dir.join("fuse"))
+        .arg(VOLUME_BYTES.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting fuse_ceiling");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("reading fuse_ceiling's stdout");
+    let mnt = dir.join("ceiling-mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut guard = Ceiling {
+        child,
+        dev: None,
+        mnt: mnt.clone(),
+    };
+    let disk = line
+        .trim()
+        .strip_prefix("ready ")
+        .unwrap_or_else(|| panic!("fuse_ceiling did not start: {line:?}"))
+        .to_string();
+    let dev = sh(&format!("losetup -f --show --direct-io=on {disk}"))
+        .trim()
+        .to_string();
+    guard.dev = Some(dev.clone());
+    eprintln!(
+        "bench-csi: ceiling on {dev}, loop direct I/O = {}",
+        loop_dio(&dev)
+    );
+    sh(&format!(
+        "mkfs.ext4 -q {dev} && mount {dev} {}",
+        mnt.display()
+    ));
+    let figures = run_fio(&mnt, s);
+    drop(guard);
+    figures
+}
+
+/// `part / whole` in IOPS, 0 when the reference measured nothing.
+fn ratio(part: &Figure, whole: &Figure) -> f64 {
+    if whole.iops > 0.0 {
+        part.iops / whole.iops
+    } else {
+        0.0
+    }
+}
+
+fn print_table(rows: &[(&str, Vec<Figure>)], ceiling: &[Figure], limit: &[Figure]) {
     println!();
     println!(
-        "{:<28} {:<13} {:>10} {:>9} {:>10}",
-        "volume", "workload", "IOPS", "MiB/s", "vs limit"
+        "{:<30} {:<13} {:>10} {:>9} {:>11} {:>10}",
+        "volume", "workload", "IOPS", "MiB/s", "vs ceiling", "vs limit"
     );
     for (name, figs) in rows {
-        for (w, (f, l)) in WORKLOADS.iter().zip(figs.iter().zip(limit)) {
+        for (i, (w, f)) in WORKLOADS.iter().zip(figs).enumerate() {
             println!(
-                "{:<28} {:<13} {:>10.0} {:>9.1} {:>9.3}x",
+                "{:<30} {:<13} {:>10.0} {:>9.1} {:>10.3}x {:>9.3}x",
                 name,
                 w.name,
                 f.iops,
                 f.mib_s,
-                if l.iops > 0.0 { f.iops / l.iops } else { 0.0 }
+                ratio(f, &ceiling[i]),
+                ratio(f, &limit[i])
             );
         }
     }
@@ -298,11 +384,17 @@ async fn main() {
             through_csi(&cluster, &ctrl, &node, id, params, &s).await,
         ));
     }
+    eprintln!("bench-csi: frontend ceiling");
+    let ceiling_dir: PathBuf = cluster.dir.path().join("ceiling");
+    std::fs::create_dir_all(&ceiling_dir).unwrap();
+    let ceiling = frontend_ceiling(&ceiling_dir, &s);
+    rows.push(("ext4, fuse on memory (ceiling)", ceiling.clone()));
     eprintln!("bench-csi: limit");
     let limit_dir: PathBuf = cluster.dir.path().join("limit");
     std::fs::create_dir_all(&limit_dir).unwrap();
-    rows.push(("ext4, loop on a file (limit)", loop_limit(&limit_dir, &s)));
-    print_table(&rows);
+    let limit = loop_limit(&limit_dir, &s);
+    rows.push(("ext4, loop on a file (limit)", limit.clone()));
+    print_table(&rows, &ceiling, &limit);
     drop(node);
     drop(ctrl);
     drop(cluster);
