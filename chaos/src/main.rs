@@ -33,8 +33,12 @@ struct RunArgs {
     /// How long the workload runs under faults (`500ms`, `30s`, `10m`).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     duration: Duration,
-    /// Comma-separated faults: kill, pause, powerloss, powerloss-all, eio.
-    #[arg(long, default_value = "kill,pause,powerloss,powerloss-all,eio", value_parser = parse_faults)]
+    /// Comma-separated faults: kill, pause, powerloss, powerloss-all, eio, disk-full, slow-disk.
+    #[arg(
+        long,
+        default_value = "kill,pause,powerloss,powerloss-all,eio,disk-full,slow-disk",
+        value_parser = parse_faults
+    )]
     faults: Faults,
     #[arg(long, default_value_t = 3)]
     nodes: usize,

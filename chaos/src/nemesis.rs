@@ -1,5 +1,6 @@
 //! The nemesis: starts and heals one fault at a time on a `FaultCluster` (kill -9 and restart,
-//! SIGSTOP/SIGCONT, power loss through faultfs, EIO on fsync) and logs each with its start and end.
+//! SIGSTOP/SIGCONT, power loss, EIO on fsync, a full disk and a slow one through faultfs) and
+//! logs each with its start and end.
 
 use std::time::Duration;
 
@@ -26,15 +27,27 @@ pub enum FaultKind {
     /// Every fsync on a node's disk fails with EIO. Healed by a power loss of that node (what
     /// the failed fsyncs did not make durable is gone), clearing the fault and a restart.
     Eio,
+    /// A node's disk is full: every write to it fails with ENOSPC. Healed by freeing the
+    /// space, then a restart of that node's storaged (a write error stops a group's Raft
+    /// core for good, as openraft treats any storage error; the restart is what the
+    /// liveness probe does in a cluster).
+    DiskFull,
+    /// Every fsync on a node's disk takes `SLOW_FSYNC` longer. Healed by clearing the delay.
+    SlowDisk,
 }
 
+/// The delay a `slow-disk` fault adds to every fsync.
+pub const SLOW_FSYNC: Duration = Duration::from_millis(200);
+
 impl FaultKind {
-    pub const ALL: [FaultKind; 5] = [
+    pub const ALL: [FaultKind; 7] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Powerloss,
         FaultKind::PowerlossAll,
         FaultKind::Eio,
+        FaultKind::DiskFull,
+        FaultKind::SlowDisk,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +57,8 @@ impl FaultKind {
             FaultKind::Powerloss => "powerloss",
             FaultKind::PowerlossAll => "powerloss-all",
             FaultKind::Eio => "eio",
+            FaultKind::DiskFull => "disk-full",
+            FaultKind::SlowDisk => "slow-disk",
         }
     }
 }
@@ -84,9 +99,10 @@ pub struct FaultRecord {
     /// Unsynced bytes a power loss dropped (`powerloss`, `powerloss-all`, `eio`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped_bytes: Option<u64>,
-    /// Operations the disks answered EIO during the fault (`eio`): 0 means it never fired.
+    /// Operations the disks answered EIO or ENOSPC during the fault (`eio`, `disk-full`): 0
+    /// means it never fired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eio_injected: Option<u64>,
+    pub errors_injected: Option<u64>,
     /// Nodes whose storaged had exited on its own by the time the fault was healed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exited: Vec<u64>,
@@ -136,6 +152,10 @@ pub async fn start(
         FaultKind::Eio => nodes
             .iter()
             .for_each(|&id| cluster.disk(id).eio(DiskOp::Fsync, None)),
+        FaultKind::DiskFull => nodes.iter().for_each(|&id| cluster.disk(id).enospc(0)),
+        FaultKind::SlowDisk => nodes
+            .iter()
+            .for_each(|&id| cluster.disk(id).fsync_delay(SLOW_FSYNC)),
     }
     tracing::info!(fault = kind.name(), ?nodes, ?dropped_bytes, "fault started");
     Ok(ActiveFault {
@@ -146,7 +166,7 @@ pub async fn start(
             start,
             end: start,
             dropped_bytes,
-            eio_injected: None,
+            errors_injected: None,
             exited: Vec::new(),
         },
     })
@@ -165,7 +185,10 @@ pub fn heal(
         .iter()
         .copied()
         .filter(|&id| {
-            matches!(kind, FaultKind::Pause | FaultKind::Eio) && !cluster.procs.is_alive(id)
+            matches!(
+                kind,
+                FaultKind::Pause | FaultKind::Eio | FaultKind::DiskFull | FaultKind::SlowDisk
+            ) && !cluster.procs.is_alive(id)
         })
         .collect();
     match record.kind {
@@ -177,21 +200,29 @@ pub fn heal(
             restart(cluster, &record.nodes)?
         }
         FaultKind::Eio => {
-            record.eio_injected = Some(
-                record
-                    .nodes
-                    .iter()
-                    .map(|&id| cluster.disk(id).eio_injected())
-                    .sum(),
-            );
+            record.errors_injected = Some(errors_injected(cluster, &record.nodes));
             record.dropped_bytes = Some(powerloss(cluster, &record.nodes));
             record.nodes.iter().for_each(|&id| cluster.disk(id).clear());
             restart(cluster, &record.nodes)?;
         }
+        FaultKind::DiskFull => {
+            record.errors_injected = Some(errors_injected(cluster, &record.nodes));
+            record.nodes.iter().for_each(|&id| cluster.disk(id).clear());
+            restart(cluster, &record.nodes)?;
+        }
+        FaultKind::SlowDisk => record.nodes.iter().for_each(|&id| cluster.disk(id).clear()),
     }
     record.end = recorder.now();
     tracing::info!(fault = record.kind.name(), nodes = ?record.nodes, exited = ?record.exited, "fault healed");
     Ok(record)
+}
+
+/// The EIO and ENOSPC answers the nodes' disks gave since their faults were last cleared.
+fn errors_injected(cluster: &FaultCluster, nodes: &[u64]) -> u64 {
+    nodes
+        .iter()
+        .map(|&id| cluster.disk(id).errors_injected())
+        .sum()
 }
 
 /// Kills the nodes' storaged (reaped, so nothing more reaches their disks), then drops every

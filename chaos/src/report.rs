@@ -151,7 +151,7 @@ mod tests {
             start,
             end,
             dropped_bytes: None,
-            eio_injected: None,
+            errors_injected: None,
             exited: Vec::new(),
         }
     }

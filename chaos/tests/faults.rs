@@ -154,9 +154,7 @@ fn lose_one_acknowledged_write(outcome: &RunOutcome) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_pause_loses_nothing() {
-    let mut config = config(12, &[FaultKind::Pause], Duration::from_secs(12));
-    config.targets = Targets::Leaders;
-    run_clean(config).await;
+    on_leaders(12, FaultKind::Pause).await;
 }
 
 /// The fault really drops data: storaged's unsynced writes are in the fault filesystem's memory
@@ -199,7 +197,7 @@ async fn eio_on_fsync_loses_no_acknowledged_write() {
         eprintln!(
             "eio on node {:?}: {} EIO answers; storaged {} during the fault; {} unsynced bytes dropped at the heal",
             f.nodes,
-            f.eio_injected.unwrap_or(0),
+            f.errors_injected.unwrap_or(0),
             if f.exited.is_empty() {
                 "kept running"
             } else {
@@ -209,8 +207,38 @@ async fn eio_on_fsync_loses_no_acknowledged_write() {
         );
     }
     assert!(
-        outcome.faults.iter().any(|f| f.eio_injected > Some(0)),
+        outcome.faults.iter().any(|f| f.errors_injected > Some(0)),
         "no fsync was answered EIO: the fault never reached storaged"
+    );
+}
+
+/// A 12 s clean run of `kind` on groups' leaders only.
+async fn on_leaders(seed: u64, kind: FaultKind) -> RunOutcome {
+    let mut config = config(seed, &[kind], Duration::from_secs(12));
+    config.targets = Targets::Leaders;
+    run_clean(config).await
+}
+
+/// A full disk fails writes, not acknowledgements: what a node could not write it must not
+/// acknowledge, and once space is freed (and the node restarted) nothing is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_then_freed_loses_no_acknowledged_write() {
+    let outcome = on_leaders(16, FaultKind::DiskFull).await;
+    assert!(
+        outcome.faults.iter().any(|f| f.errors_injected > Some(0)),
+        "no write was answered ENOSPC: the fault never reached storaged: {:?}",
+        outcome.faults
+    );
+}
+
+/// A leader whose fsyncs are slow keeps the group serving, slower, and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_disk_under_the_leader_loses_nothing() {
+    let outcome = on_leaders(17, FaultKind::SlowDisk).await;
+    assert!(
+        outcome.report.faults["slow-disk"] >= 1,
+        "{:?}",
+        outcome.report
     );
 }
 

@@ -108,7 +108,7 @@ pub struct Faults {
     /// File fsyncs on paths matching these globs (`None`: every path) answer success without
     /// making anything durable (a disk that ignores flushes).
     lie_fsync: Vec<Option<String>>,
-    /// EIO answers given since the faults were last cleared.
+    /// EIO and ENOSPC answers given since the faults were last cleared.
     injected: std::sync::atomic::AtomicU64,
 }
 
@@ -140,12 +140,12 @@ impl Faults {
             .any(|glob| glob.as_deref().is_none_or(|g| glob_match(g, path)))
     }
 
-    /// How many operations were answered EIO since the last `clear`.
+    /// How many operations were answered EIO or ENOSPC since the last `clear`.
     pub fn injected(&self) -> u64 {
         self.injected.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Counts one EIO answered.
+    /// Counts one EIO or ENOSPC answered.
     pub fn count_injected(&self) {
         self.injected
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -62,8 +62,8 @@ impl Controller {
             .add_lie_fsync(glob.map(str::to_string));
     }
 
-    /// Operations answered EIO since the faults were last cleared.
-    pub fn eio_injected(&self) -> u64 {
+    /// Operations answered EIO or ENOSPC since the faults were last cleared.
+    pub fn errors_injected(&self) -> u64 {
         lock(&self.state).faults.injected()
     }
 

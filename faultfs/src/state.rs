@@ -194,6 +194,7 @@ impl State {
         let (ino, append, sync) = (h.ino, h.append, h.sync);
         self.check(Op::Write, ino, None)?;
         if !self.faults.charge(data.len() as u64) {
+            self.faults.count_injected();
             tracing::debug!(path = %self.rel(ino, None), "injecting ENOSPC");
             return Err(libc::ENOSPC);
         }

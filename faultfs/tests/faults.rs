@@ -36,9 +36,9 @@ fn eio_on_fsync_reaches_the_writer_and_keeps_the_data_unsynced() {
         common::read(&fx.backing("wal.log")).as_deref(),
         Some(&b""[..])
     );
-    assert_eq!(fx.mount.eio_injected(), 1, "one fsync answered EIO");
+    assert_eq!(fx.mount.errors_injected(), 1, "one fsync answered EIO");
     fx.mount.clear();
-    assert_eq!(fx.mount.eio_injected(), 0, "clear resets the count");
+    assert_eq!(fx.mount.errors_injected(), 0, "clear resets the count");
     log.sync_all().unwrap();
     assert_eq!(
         common::read(&fx.backing("wal.log")).as_deref(),
