@@ -19,8 +19,10 @@ use crate::node::groups::Groups;
 use crate::node::meta::Meta;
 use crate::raft::{ChannelCache, Raft};
 
-/// How often the leader side looks for quiet groups and each node pings its peers.
-const PING_EVERY: Duration = Duration::from_millis(250);
+/// How often the leader side looks for quiet groups and each node pings its peers. Both
+/// nodes of a pair ping, and a ping received counts as an answer, so a node hears from each
+/// live peer about every 250 ms: four chances within `DEAD_AFTER`.
+const PING_EVERY: Duration = Duration::from_millis(500);
 /// The default idle time after which a leader quiesces its group (`--quiet-after-ms`).
 #[cfg(test)]
 const QUIET_AFTER: Duration = Duration::from_secs(2);

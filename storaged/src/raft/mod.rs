@@ -187,7 +187,10 @@ pub type AppendEntriesRequest = openraft::raft::AppendEntriesRequest<TypeConfig>
 pub type StreamAppendResult = openraft::raft::StreamAppendResult<TypeConfig>;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
-/// Timing shared by all groups: a leader change completes well within 3 s.
+/// Timing: a volume group's leader change completes well within 3 s (heartbeats every
+/// 100 ms, elections after 300–600 ms of silence). The meta group, which block I/O never
+/// waits for and which never goes quiet, beats half as often (200 ms, elections after
+/// 600–1200 ms): its heartbeats are most of an idle node's work.
 /// Volume groups snapshot (and purge their log) every `snapshot_logs` entries.
 pub fn config(meta: bool, snapshot_logs: u64) -> Arc<openraft::Config> {
     let cfg = openraft::Config {
@@ -196,9 +199,9 @@ pub fn config(meta: bool, snapshot_logs: u64) -> Arc<openraft::Config> {
         } else {
             "cairn-volume".into()
         },
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        heartbeat_interval: if meta { 200 } else { 100 },
+        election_timeout_min: if meta { 600 } else { 300 },
+        election_timeout_max: if meta { 1200 } else { 600 },
         max_payload_entries: 64,
         // A node that cannot win an election (cut off from the others, or behind) asks
         // first whether it would be elected, so it never inflates its term and, back in
