@@ -139,6 +139,11 @@ fn on_disk(engine: &dyn Engine) -> Result<BTreeSet<u64>> {
     Ok(out)
 }
 
+/// How soon a reconcile pass that failed, or left groups undecided, is retried.
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+/// How often the groups are reconciled when the catalogue has not changed.
+const CHECK_EVERY: Duration = Duration::from_secs(30);
+
 /// The Raft groups this node runs: the meta group and its volume groups.
 pub struct Groups {
     opener: Opener,
@@ -193,7 +198,10 @@ impl Groups {
     }
 
     /// Starts groups this node should host and removes those it no longer should.
-    async fn reconcile(&self) -> Result<()> {
+    /// `sweep`: also look for groups left on disk that the catalogue no longer places here (a
+    /// scan of two column families). Returns whether such groups are still undecided (the
+    /// catalogue was not fresh), so the next pass sweeps again.
+    async fn reconcile(&self, sweep: bool) -> Result<bool> {
         let cat = self.meta.catalog();
         let me = self.opener.me;
         let mine: BTreeMap<u64, VolumeRecord> = cat
@@ -250,7 +258,7 @@ impl Groups {
         }
         // Groups left on disk by a run that ended before the catalogue moved them away
         // (a node back after its replicas were replaced, or volumes deleted meanwhile).
-        if !self.stale(&cat)?.is_empty() {
+        if sweep && !self.stale(&cat)?.is_empty() {
             // The catalogue loaded at start may predate entries still to be re-applied
             // (apply is unlogged): decide on one that has every committed change.
             match self.meta.fresh().await {
@@ -260,11 +268,12 @@ impl Groups {
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "stale groups kept until the catalogue is fresh")
+                    tracing::debug!(error = %e, "stale groups kept until the catalogue is fresh");
+                    return Ok(true);
                 }
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Groups on disk that `cat` does not place here and that are not running. Only ids
@@ -290,17 +299,25 @@ impl Groups {
         Ok(())
     }
 
-    /// Reconciles on every catalogue change and every 2 s, forever.
+    /// Reconciles on every catalogue change, forever; between changes, 2 s after a pass that
+    /// failed or could not decide, else every 30 s. The sweep for groups left on disk runs at
+    /// start, on changes and after such a pass: an idle node with many volumes neither copies
+    /// its catalogue nor scans its column families every 2 s.
     pub(super) async fn reconcile_loop(self: Arc<Self>) {
         let mut changed = self.meta.changes();
+        let mut sweep = true;
         loop {
-            if let Err(e) = self.reconcile().await {
+            let again = self.reconcile(sweep).await.unwrap_or_else(|e| {
                 tracing::warn!(node = self.opener.me, error = %e, "reconcile failed; will retry");
-            }
-            tokio::select! {
-                _ = changed.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            }
+                true
+            });
+            // Between changes a pass finds nothing to do: the timer only retries a pass that
+            // failed or could not decide (every 2 s), else checks once every 30 s.
+            let wait = if again { RETRY_EVERY } else { CHECK_EVERY };
+            sweep = tokio::select! {
+                _ = changed.changed() => true,
+                _ = tokio::time::sleep(wait) => again,
+            };
         }
     }
 

@@ -81,7 +81,6 @@ fn silent_for(node: &StorageNode, since: Instant) -> BTreeMap<u64, Duration> {
 }
 
 async fn tick(node: &Arc<StorageNode>, since: Instant) -> Result<()> {
-    let cat = node.read_catalog().await?;
     let cfg = node.cfg().repair.clone();
     let me = node.cfg().id;
     let silent = silent_for(node, since);
@@ -94,6 +93,18 @@ async fn tick(node: &Arc<StorageNode>, since: Instant) -> Result<()> {
     };
     let down = |n: u64| silent_for(n) > cfg.down_timeout;
     let quiet = |n: u64| silent_for(n) > QUIET;
+    // Nothing down, draining or being repaired in the local catalogue: no linearizable read
+    // and no copy of the catalogue this second (with a thousand idle volumes, that was most
+    // of the meta leader's idle work). A change not applied here yet is seen next tick.
+    let care = |cat: &Catalog| {
+        cat.volumes
+            .values()
+            .any(|v| v.kind == VolumeKind::Replicated && needs_care(cat, v, &down))
+    };
+    if !node.with_catalog(care) {
+        return Ok(());
+    }
+    let cat = node.read_catalog().await?;
     let mut inflight: BTreeMap<u64, usize> =
         cat.nodes.keys().map(|n| (*n, cat.repairs_to(*n))).collect();
     for vol in cat.volumes.values() {
