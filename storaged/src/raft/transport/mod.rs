@@ -24,6 +24,8 @@ use openraft::raft::{
 };
 use openraft::{AnyError, OptionalSend};
 
+use crate::rebuild::Rebuilds;
+
 pub use append_stream::GROUP_METADATA;
 
 /// Metadata naming the node a Raft message is for: a node whose id differs (a wiped data
@@ -54,6 +56,8 @@ use unary::Kind;
 pub struct NetworkFactory {
     pub group: u64,
     pub channels: ChannelCache,
+    /// The node's rebuild budget, shared by every group's outgoing snapshots.
+    pub rebuilds: Arc<Rebuilds>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -67,6 +71,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             health: self.channels.health(&node.addr),
             channels: self.channels.clone(),
             streams: true,
+            rebuilds: self.rebuilds.clone(),
         }
     }
 }
@@ -82,6 +87,7 @@ pub struct PeerConn {
     /// Whether the peer has `AppendStream` (false once it answered UNIMPLEMENTED: a
     /// storaged from before it, during a rolling upgrade).
     streams: bool,
+    rebuilds: Arc<Rebuilds>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +278,7 @@ impl PeerConn {
             addr,
             channels,
             streams: true,
+            rebuilds: crate::rebuild::Rebuilds::new(crate::rebuild::DEFAULT_RATE, 2),
         }
     }
 }
