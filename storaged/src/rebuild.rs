@@ -69,6 +69,8 @@ pub struct Progress {
     pub total: u64,
     /// Milliseconds since the stream started sending (waiting for a permit excluded).
     pub elapsed_ms: u64,
+    /// The sending node's rate limit, bytes a second.
+    pub rate: u64,
 }
 
 impl Progress {
@@ -80,13 +82,17 @@ impl Progress {
         (self.copied.min(self.total) * 100 / self.total) as u32
     }
 
-    /// Time left at the rate seen so far (`None` before anything was sent).
+    /// Time left at the rate seen so far, or at the node's rate limit until a tenth is
+    /// copied (the first pages are small and the first chunk page waits its turn).
     pub fn eta(&self) -> Option<Duration> {
-        if self.copied == 0 || self.elapsed_ms == 0 {
+        let left = self.remaining() as f64;
+        let per_ms = if self.copied >= self.total / 10 && self.copied > 0 && self.elapsed_ms > 0 {
+            self.copied as f64 / self.elapsed_ms as f64
+        } else if self.rate > 0 {
+            self.rate as f64 / 1000.0
+        } else {
             return None;
-        }
-        let left = self.total.saturating_sub(self.copied) as f64;
-        let per_ms = self.copied as f64 / self.elapsed_ms as f64;
+        };
         Some(Duration::from_millis((left / per_ms).ceil() as u64))
     }
 
@@ -164,6 +170,7 @@ impl Rebuilds {
                     copied: e.copied,
                     total: e.total.max(e.copied),
                     elapsed_ms: e.started.map_or(0, |s| s.elapsed().as_millis() as u64),
+                    rate: self.rate.bytes_per_sec(),
                 };
                 (*target, p)
             })
@@ -244,6 +251,8 @@ mod tests {
     async fn streams_report_progress_and_wait_for_a_permit() {
         let r = Rebuilds::new(1 << 20, 1);
         let first = r.begin(7, 4, 3 << 20).await;
+        // Before a tenth is copied, the ETA is at the node's rate.
+        assert_eq!(r.of_group(7)[&4].eta(), Some(Duration::from_secs(3)));
         first.send(1 << 20).await;
         let p = r.of_group(7)[&4];
         assert_eq!((p.copied, p.total, p.percent()), (1 << 20, 3 << 20, 33));

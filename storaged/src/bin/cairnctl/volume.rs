@@ -239,11 +239,7 @@ async fn get(client: &VolumeClient, out: Output, name: &str) -> Result<(), Statu
                 human(r.copied_bytes),
                 human(r.total_bytes),
                 r.percent,
-                if r.copied_bytes == 0 {
-                    "unknown".to_string()
-                } else {
-                    eta(r.eta_seconds)
-                }
+                eta(r.eta_seconds)
             )
         } else if m.state() == pb::ReplicaState::Rebuilding && m.target_index > 0 {
             format!(
