@@ -43,33 +43,63 @@ fn kind_of(v: &pb::Volume) -> VolumeType {
     }
 }
 
-/// VolumeCondition from storaged's volume health.
+/// VolumeCondition from storaged's volume health: what is wrong and, for a replica being
+/// rebuilt, where and how far, e.g. `degraded: rebuilding replica on node-4, 42 %`.
 pub fn condition(v: &pb::Volume) -> csi::VolumeCondition {
-    match v.health() {
-        pb::VolumeHealth::Healthy | pb::VolumeHealth::Unspecified => csi::VolumeCondition {
+    use pb::ReplicaState as State;
+    let health = v.health();
+    if matches!(
+        health,
+        pb::VolumeHealth::Healthy | pb::VolumeHealth::Unspecified
+    ) {
+        return csi::VolumeCondition {
             abnormal: false,
             message: "healthy".into(),
-        },
-        other => {
-            let up = v
-                .members
-                .iter()
-                .filter(|m| {
-                    !matches!(
-                        m.state(),
-                        pb::ReplicaState::Unreachable | pb::ReplicaState::Unspecified
-                    )
-                })
-                .count();
-            csi::VolumeCondition {
-                abnormal: true,
-                message: format!(
-                    "{}: {up} of {} replicas reachable",
-                    other.word(),
-                    v.members.len()
-                ),
-            }
+        };
+    }
+    let name = |m: &pb::Replica| {
+        if m.node_name.is_empty() {
+            format!("node {}", m.node_id)
+        } else {
+            m.node_name.clone()
         }
+    };
+    let mut parts: Vec<String> = v
+        .members
+        .iter()
+        .filter(|m| m.state() == State::Rebuilding)
+        .map(|m| {
+            let percent = match &m.rebuild {
+                Some(r) => Some(u64::from(r.percent)),
+                None if m.target_index > 0 => {
+                    Some(m.matched_index.min(m.target_index) * 100 / m.target_index)
+                }
+                None => None,
+            };
+            match percent {
+                Some(p) => format!("rebuilding replica on {}, {p} %", name(m)),
+                None => format!("rebuilding replica on {}", name(m)),
+            }
+        })
+        .collect();
+    let lost: Vec<String> = v
+        .members
+        .iter()
+        .filter(|m| matches!(m.state(), State::Unreachable | State::Lagging))
+        .map(|m| format!("replica on {} {}", name(m), m.state().word()))
+        .collect();
+    parts.extend(lost);
+    if parts.is_empty() {
+        let up = v
+            .members
+            .iter()
+            .filter(|m| matches!(m.state(), State::Leader | State::Follower))
+            .count();
+        parts.push(format!("{up} of {} replicas up to date", v.replicas));
+    }
+    csi::VolumeCondition {
+        abnormal: true,
+        message: format!("{}: {}", health.word(), parts.join("; ")),
     }
 }
 

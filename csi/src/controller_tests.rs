@@ -459,6 +459,58 @@ async fn get_volume_reports_condition() {
     assert_eq!(get("").await.unwrap_err().code(), Code::InvalidArgument);
 }
 
+#[test]
+fn conditions_say_what_is_rebuilt_and_how_far() {
+    let replica = |id: u64, state: pb::ReplicaState| pb::Replica {
+        node_id: id,
+        node_name: format!("node-{id}"),
+        state: state as i32,
+        ..Default::default()
+    };
+    let mut v = pb::Volume {
+        replicas: 3,
+        health: pb::VolumeHealth::Healthy as i32,
+        members: vec![
+            replica(1, pb::ReplicaState::Leader),
+            replica(2, pb::ReplicaState::Follower),
+            replica(4, pb::ReplicaState::Rebuilding),
+        ],
+        ..Default::default()
+    };
+    let c = crate::controller::condition(&v);
+    assert_eq!((c.abnormal, c.message.as_str()), (false, "healthy"));
+    v.health = pb::VolumeHealth::Degraded as i32;
+    v.members[2].rebuild = Some(pb::RebuildProgress {
+        copied_bytes: 42,
+        total_bytes: 100,
+        percent: 42,
+        eta_seconds: 3,
+    });
+    let c = crate::controller::condition(&v);
+    assert!(c.abnormal);
+    assert_eq!(c.message, "degraded: rebuilding replica on node-4, 42 %");
+    // Catching up the log after the snapshot: progress by log index.
+    v.members[2].rebuild = None;
+    v.members[2].matched_index = 30;
+    v.members[2].target_index = 120;
+    assert_eq!(
+        crate::controller::condition(&v).message,
+        "degraded: rebuilding replica on node-4, 25 %"
+    );
+    // A member lost, not yet replaced.
+    v.members[2] = replica(3, pb::ReplicaState::Unreachable);
+    assert_eq!(
+        crate::controller::condition(&v).message,
+        "degraded: replica on node-3 unreachable"
+    );
+    v.health = pb::VolumeHealth::Unavailable as i32;
+    v.members = vec![replica(1, pb::ReplicaState::Follower)];
+    assert_eq!(
+        crate::controller::condition(&v).message,
+        "unavailable: 1 of 3 replicas up to date"
+    );
+}
+
 #[tokio::test]
 async fn expand_grows_and_never_shrinks() {
     let (_, s) = svc();

@@ -226,6 +226,20 @@ impl CsiClient {
         .await
     }
 
+    /// ControllerGetVolume: the volume's condition (`None` when the driver gives none).
+    pub async fn volume_condition(&self, volume_id: &str) -> Result<Option<csi::VolumeCondition>> {
+        let req = csi::ControllerGetVolumeRequest {
+            volume_id: volume_id.to_string(),
+        };
+        let r = self
+            .call(
+                "/csi.v1.Controller/ControllerGetVolume",
+                self.controller().controller_get_volume(req),
+            )
+            .await?;
+        Ok(r.status.and_then(|s| s.volume_condition))
+    }
+
     /// GetCapacity.
     pub async fn get_capacity(
         &self,

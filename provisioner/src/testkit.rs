@@ -115,6 +115,8 @@ pub struct FakeState {
     pub node_expansion_required: bool,
     /// Answer of GetCapacity.
     pub available: i64,
+    /// Answers of ControllerGetVolume by volume id (NOT_FOUND for others).
+    pub conditions: HashMap<String, csi::VolumeCondition>,
 }
 
 /// The fake driver, cloned into both services.
@@ -247,6 +249,8 @@ impl controller_server::Controller for FakeCsi {
             T::PublishUnpublishVolume,
             T::ExpandVolume,
             T::SingleNodeMultiWriter,
+            T::GetVolume,
+            T::VolumeCondition,
         ]
         .into_iter()
         .map(|t| csi::ControllerServiceCapability {
@@ -298,9 +302,25 @@ impl controller_server::Controller for FakeCsi {
     }
     async fn controller_get_volume(
         &self,
-        _: tonic::Request<csi::ControllerGetVolumeRequest>,
+        r: tonic::Request<csi::ControllerGetVolumeRequest>,
     ) -> R<csi::ControllerGetVolumeResponse> {
-        Err(Status::unimplemented("fake"))
+        let id = r.into_inner().volume_id;
+        let condition = self
+            .state()
+            .conditions
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(id.clone()))?;
+        Ok(tonic::Response::new(csi::ControllerGetVolumeResponse {
+            volume: Some(csi::Volume {
+                volume_id: id,
+                ..Default::default()
+            }),
+            status: Some(csi::controller_get_volume_response::VolumeStatus {
+                published_node_ids: Vec::new(),
+                volume_condition: Some(condition),
+            }),
+        }))
     }
     async fn controller_modify_volume(
         &self,

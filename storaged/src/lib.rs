@@ -14,6 +14,7 @@ pub mod node;
 pub mod opener;
 pub mod peers;
 pub mod raft;
+pub mod rebuild;
 pub mod repair;
 pub mod server;
 pub mod service;

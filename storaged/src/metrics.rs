@@ -2,6 +2,7 @@
 //! node that serves it, the group's leader), each hosted Raft group's state, and `/metrics`.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -57,6 +58,7 @@ pub struct Metrics {
     quiet: Family<GroupLabels, Gauge>,
     volume_health: Family<GroupLabels, Gauge>,
     rebuild_bytes: Counter,
+    rebuild_remaining: Family<GroupLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -117,7 +119,13 @@ impl Default for Metrics {
             "Bytes of volume snapshots received: replicas rebuilt or caught up from a stream",
             rebuild_bytes.clone(),
         );
+        let rebuild_remaining = group(
+            &mut registry,
+            "rebuild_remaining_bytes",
+            "Bytes of a volume snapshot this node is sending still to go (estimated), per volume",
+        );
         Metrics {
+            rebuild_remaining,
             quiet,
             volume_health,
             rebuild_bytes,
@@ -154,8 +162,9 @@ impl Metrics {
         self.rebuild_bytes.inc_by(bytes);
     }
 
-    /// The text exposition, with the group gauges set from `groups` (read just now).
-    pub fn encode(&self, groups: &[GroupSample]) -> String {
+    /// The text exposition, with the group gauges set from `groups` (read just now) and
+    /// the bytes of outgoing rebuilds still to send by group (`remaining`).
+    pub fn encode(&self, groups: &[GroupSample], remaining: &BTreeMap<u64, u64>) -> String {
         let families = [
             &self.is_leader,
             &self.term,
@@ -164,6 +173,7 @@ impl Metrics {
             &self.purged_index,
             &self.quiet,
             &self.volume_health,
+            &self.rebuild_remaining,
         ];
         // Groups come and go: start from nothing so a removed group's series disappear.
         for f in families {
@@ -185,6 +195,9 @@ impl Metrics {
             set(&self.quiet, u64::from(g.quiet));
             if let Some(h) = g.health {
                 set(&self.volume_health, h as u64);
+            }
+            if let Some(r) = remaining.get(&g.group) {
+                set(&self.rebuild_remaining, *r);
             }
         }
         let mut out = String::new();

@@ -475,3 +475,145 @@ async fn a_repair_survives_a_meta_leader_restart_midway() {
     eprintln!("repair finished {took:?} after the meta leader's restart");
     verify(&client, "mid-a", &crcs).await;
 }
+
+/// The rate of `--rebuild-rate` in the next test, in bytes a second.
+const RATE: u64 = 2 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_keeps_to_the_rate_and_shows_its_progress() {
+    let _serial = SERIAL.lock().await;
+    let mut c = ProcCluster::start(
+        bin(),
+        4,
+        &[
+            "--replica-down-timeout",
+            "2s",
+            "--snapshot-logs",
+            "8",
+            "--rebuild-rate",
+            "2MiB",
+        ],
+    )
+    .unwrap();
+    c.wait_ready(READY).await.unwrap();
+    let client = c.client();
+    let v = create(&client, "rate-a").await;
+    let crcs = fill(&client, "rate-a", 31).await;
+    let meta = client.cluster_status().await.unwrap().meta_leader_id;
+    let victim = member_not(&v, meta);
+    c.kill9(victim);
+
+    // Poll the volume through the rebuild: it is seen rebuilding, then part-way with
+    // bytes copied, a total near the bytes written and an ETA, then whole.
+    let ep = c.addrs().join(",");
+    let deadline = Instant::now() + HEAL;
+    let mut rebuilding_since = None;
+    let mut midway: Option<(pb::RebuildProgress, String, f64)> = None;
+    loop {
+        let v = client.get_volume("rate-a").await.ok();
+        if let Some(v) = &v {
+            if whole(v, victim) {
+                break;
+            }
+            for m in &v.members {
+                if m.state() == pb::ReplicaState::Rebuilding && rebuilding_since.is_none() {
+                    rebuilding_since = Some(Instant::now());
+                }
+                if let Some(p) = &m.rebuild
+                    && p.copied_bytes >= 1 << 20
+                    && p.percent < 100
+                    && midway.is_none()
+                {
+                    let shown = cairnctl(&c, &ep, &["volume", "get", "rate-a"]);
+                    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+                    let mut remaining = 0.0;
+                    for id in c.nodes.iter().map(|n| n.id).filter(|id| c.is_running(*id)) {
+                        remaining += c
+                            .metric_sum(id, "cairn_storaged_rebuild_remaining_bytes")
+                            .await
+                            .unwrap_or(0.0);
+                    }
+                    midway = Some((*p, shown, remaining));
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rate-a not whole within {HEAL:?}: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = rebuilding_since.expect("never seen rebuilding").elapsed();
+    let (p, shown, remaining) = midway.expect("no progress seen part-way through the rebuild");
+    eprintln!("rebuild at {RATE} B/s took {took:?}; part-way: {p:?}\n{shown}");
+    assert!(
+        (WRITTEN / 2..=WRITTEN * 2).contains(&p.total_bytes),
+        "total {} for {WRITTEN} bytes written",
+        p.total_bytes
+    );
+    assert_eq!(
+        p.percent as u64,
+        p.copied_bytes * 100 / p.total_bytes,
+        "{p:?}"
+    );
+    // The ETA follows the rate: the bytes left at 2 MiB/s, give or take a page.
+    let left = (p.total_bytes - p.copied_bytes) as f64 / RATE as f64;
+    assert!(
+        (p.eta_seconds as f64) >= left * 0.5 && (p.eta_seconds as f64) <= left * 2.0 + 2.0,
+        "{p:?}"
+    );
+    assert!(
+        shown.contains("rebuilding") && shown.contains("copied") && shown.contains("ETA"),
+        "{shown}"
+    );
+    assert!(remaining > 0.0, "no rebuild_remaining_bytes part-way");
+
+    // The snapshot bytes the new member received took at least bytes / rate to arrive.
+    let mut received = 0.0;
+    for id in c.nodes.iter().map(|n| n.id).filter(|id| c.is_running(*id)) {
+        received += c
+            .metric_sum(id, "cairn_storaged_rebuild_bytes_total")
+            .await
+            .unwrap_or(0.0);
+    }
+    let floor = Duration::from_secs_f64(received / RATE as f64);
+    assert!(
+        received >= (WRITTEN / 2) as f64,
+        "rebuild bytes received: {received}"
+    );
+    assert!(
+        took >= floor,
+        "{received} bytes rebuilt in {took:?}, faster than {RATE} B/s allows ({floor:?})"
+    );
+    assert!(
+        took <= floor + Duration::from_secs(30),
+        "{received} bytes rebuilt in {took:?} at {RATE} B/s"
+    );
+    verify(&client, "rate-a", &crcs).await;
+}
+
+#[test]
+fn bad_rebuild_flags_exit_2_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, value) in [
+        ("rebuild-rate", "fast"),
+        ("rebuild-rate", "0"),
+        ("rebuild-rate", "-1MiB"),
+        ("rebuild-concurrency", "0"),
+    ] {
+        let out = std::process::Command::new(bin())
+            .args(["--node-id", "1", "--listen", "127.0.0.1:1"])
+            .args(["--initial-cluster", "1=127.0.0.1:1", "--insecure"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg(format!("--{flag}={value}"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--{flag} {value}: {err}");
+        assert!(
+            err.contains(&format!("--{flag}")),
+            "--{flag} {value}: {err}"
+        );
+    }
+}

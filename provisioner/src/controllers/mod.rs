@@ -1,10 +1,11 @@
 //! The controllers, one file each (provisioner with its content sources and cloning protection,
-//! deleter, attacher, resizer, capacity publisher, local static provisioner), and the controller role.
+//! deleter, attacher, resizer, capacity publisher, health watcher, local static provisioner).
 
 pub mod attach;
 pub mod capacity;
 pub mod cloning;
 pub mod delete;
+pub mod health;
 pub mod local;
 pub mod provision;
 pub mod resize;
@@ -26,7 +27,8 @@ use serde::de::DeserializeOwned;
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 
-/// The controller role: provisioner, resizer, deleter, attacher and capacity publisher.
+/// The controller role: provisioner, resizer, deleter, attacher, capacity publisher and
+/// volume health watcher.
 pub async fn run(ctx: Arc<Ctx>, cap_ns: String, cap_every: Duration) {
     let c = ctx.client.clone();
     tokio::join!(
@@ -54,7 +56,8 @@ pub async fn run(ctx: Arc<Ctx>, cap_ns: String, cap_every: Duration) {
             attach::error_policy,
             ctx.clone()
         ),
-        capacity::run(ctx, cap_ns, cap_every)
+        capacity::run(ctx.clone(), cap_ns, cap_every),
+        health::run(ctx, health::INTERVAL)
     );
 }
 

@@ -4,6 +4,7 @@
 mod attach;
 mod capacity;
 mod fixtures;
+mod health;
 mod leader;
 mod provision;
 mod resize_delete;

@@ -83,9 +83,13 @@ struct Args {
     /// `30s`, `500ms` (the meta leader's value is the one in force).
     #[arg(long, default_value = "5m")]
     replica_down_timeout: String,
-    /// Replicas rebuilt at once onto one node.
+    /// Replicas rebuilt at once onto one node, and volume snapshots one node sends at once.
     #[arg(long, default_value_t = 2)]
     rebuild_concurrency: usize,
+    /// Bytes a second of volume snapshots (rebuilds, catching up) this node sends, shared by
+    /// all its streams, e.g. `100MiB` or `1GiB/s`.
+    #[arg(long, default_value = "100MiB")]
+    rebuild_rate: String,
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -223,6 +227,7 @@ fn run(args: Args) -> Result<(), String> {
     let repair = RepairConfig {
         down_timeout: parse_duration("replica-down-timeout", &args.replica_down_timeout)?,
         concurrency: args.rebuild_concurrency,
+        rate: cairn_storaged::rebuild::parse_rate("rebuild-rate", &args.rebuild_rate)?,
     };
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     rt.block_on(async move {

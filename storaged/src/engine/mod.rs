@@ -126,7 +126,8 @@ pub trait Engine: Send + Sync + 'static {
     fn persist(&self) -> Result<()> {
         self.sync_wal()
     }
-    /// Approximate bytes stored under `[start, end)` (for capacity reporting).
+    /// Approximate bytes stored under `[start, end)`, values included (what a scan of the
+    /// range reads; for rebuild progress). Cheap: no data is read.
     fn approximate_size(&self, cf: Cf, start: &[u8], end: &[u8]) -> u64;
     /// `[start, end)` as it is now, in pages of about `page_bytes`, read while later
     /// writes go on. Returns once the point-in-time view is taken; dropping the

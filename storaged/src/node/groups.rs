@@ -16,6 +16,7 @@ use crate::raft::log_window::{FOLLOWER_KEEP_BYTES, KEEP_BYTES, LogWindow};
 use crate::raft::state_machine::{GroupStateMachine, Shared};
 use crate::raft::wal_sync::WalSyncer;
 use crate::raft::{ChannelCache, META_GROUP, Node, Raft, config};
+use crate::rebuild::Rebuilds;
 use crate::{Error, Result};
 use openraft::async_runtime::WatchReceiver;
 
@@ -32,6 +33,7 @@ pub(super) struct Opener {
     pub engine: Arc<dyn Engine>,
     pub syncer: WalSyncer,
     pub channels: ChannelCache,
+    pub rebuilds: Arc<Rebuilds>,
 }
 
 impl Opener {
@@ -47,6 +49,7 @@ impl Opener {
         let net = NetworkFactory {
             group,
             channels: self.channels.clone(),
+            rebuilds: self.rebuilds.clone(),
         };
         let raft = Raft::new(
             self.me,

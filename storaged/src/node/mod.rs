@@ -22,6 +22,7 @@ use crate::metrics::{Exposition, Metrics};
 use crate::raft::state_machine::Shared;
 use crate::raft::wal_sync::WalSyncer;
 use crate::raft::{ChannelCache, META_GROUP, Node, Raft};
+use crate::rebuild::Rebuilds;
 
 use self::groups::{Groups, Opener, fatal};
 use self::io::NodeIo;
@@ -79,11 +80,13 @@ pub struct StorageNode {
     groups: Arc<Groups>,
     io: NodeIo,
     metrics: Arc<Metrics>,
+    rebuilds: Arc<Rebuilds>,
 }
 
 impl StorageNode {
     pub async fn start(cfg: NodeConfig, engine: Arc<dyn Engine>) -> Result<Arc<Self>> {
         let channels = ChannelCache::new(cfg.security.clone());
+        let rebuilds = Rebuilds::new(cfg.repair.rate, cfg.repair.concurrency);
         let opener = Opener {
             me: cfg.id,
             snapshot_logs: cfg.snapshot_logs,
@@ -91,6 +94,7 @@ impl StorageNode {
             engine: engine.clone(),
             syncer: WalSyncer::start(engine.clone()),
             channels: channels.clone(),
+            rebuilds: rebuilds.clone(),
         };
         let dir = identity::check_stamp(&cfg.data_dir, cfg.id)?;
         let shared = Shared::new();
@@ -140,6 +144,7 @@ impl StorageNode {
             groups,
             io,
             metrics,
+            rebuilds,
         });
         tokio::spawn(crate::repair::run(Arc::downgrade(&node)));
         Ok(node)
@@ -193,6 +198,9 @@ impl StorageNode {
 
     pub fn group_status(&self, group: u64) -> GroupStatus {
         let mut s = status::group_status(self.group(group));
+        if s.leader == Some(self.cfg.id) {
+            s.rebuilds = self.rebuilds.of_group(group);
+        }
         if group == META_GROUP {
             s.catalogue_nodes = self
                 .meta
@@ -288,6 +296,6 @@ impl Exposition for StorageNode {
             &|g| quiescer.is_quiet(g),
             &|peer| quiescer.is_silent(peer),
         );
-        self.metrics.encode(&samples)
+        self.metrics.encode(&samples, &self.rebuilds.remaining())
     }
 }

@@ -69,6 +69,8 @@ pub struct GroupStatus {
     pub learners: Vec<u64>,
     /// The membership is joint (a voter change is half done).
     pub joint: bool,
+    /// On the leader: the snapshot streams it is sending, by target node.
+    pub rebuilds: BTreeMap<u64, crate::rebuild::Progress>,
 }
 
 /// Asks the node at `addr` for its view of `group` (`None`: no answer within `within`).
@@ -120,6 +122,7 @@ pub fn group_status(raft: Option<Raft>) -> GroupStatus {
         voters: membership.voter_ids().collect(),
         learners: membership.learner_ids().collect(),
         joint: membership.get_joint_config().len() > 1,
+        rebuilds: BTreeMap::new(),
     }
 }
 

@@ -96,12 +96,22 @@ pub enum SnapshotData {
         fence: Option<Fence>,
         writers: Option<Vec<(u64, Writer)>>,
         pages: Pages,
+        /// About how many bytes the pages hold (the engine's estimate, for progress).
+        estimate: u64,
     },
     /// Pages received from a leader, spooled to a local file, ready to install.
     Spooled(Spool),
 }
 
 impl SnapshotData {
+    /// About how many bytes the pages still to send hold (0 when not known).
+    pub fn estimate(&self) -> u64 {
+        match self {
+            SnapshotData::Chunks { estimate, .. } => *estimate,
+            _ => 0,
+        }
+    }
+
     /// The next page to send; `None` once all are sent.
     pub async fn next_page(&mut self) -> io::Result<Option<Page>> {
         match self {
@@ -348,6 +358,7 @@ mod tests {
             fence: None,
             writers: None,
             pages,
+            estimate: 0,
         };
         let mut seen = Vec::new();
         let mut n_pages = 0;

@@ -226,6 +226,11 @@ impl GroupStateMachine {
                         PAGE_BYTES,
                     )
                     .map_err(io_err)?,
+                estimate: self.engine.approximate_size(
+                    Cf::Data,
+                    &keys::group_start(self.group),
+                    &keys::group_end(self.group),
+                ),
             }
         };
         Ok(Some(Snapshot {

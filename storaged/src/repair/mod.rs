@@ -30,8 +30,12 @@ const QUIET: Duration = Duration::from_secs(1);
 pub struct RepairConfig {
     /// A member unreachable this long is replaced (`--replica-down-timeout`).
     pub down_timeout: Duration,
-    /// Replacements in flight towards one node at most (`--rebuild-concurrency`).
+    /// Replacements in flight towards one node at most, and volume snapshots one node
+    /// sends at once (`--rebuild-concurrency`).
     pub concurrency: usize,
+    /// Bytes a second of volume snapshots one node sends, over all its streams
+    /// (`--rebuild-rate`; each node's own value is the one in force for it).
+    pub rate: u64,
 }
 
 impl Default for RepairConfig {
@@ -39,6 +43,7 @@ impl Default for RepairConfig {
         RepairConfig {
             down_timeout: Duration::from_secs(300),
             concurrency: 2,
+            rate: crate::rebuild::DEFAULT_RATE,
         }
     }
 }

@@ -37,6 +37,15 @@ pub fn node(cat: &Catalog, n: &NodeRecord, reachable: bool) -> pb::Node {
     }
 }
 
+fn progress(p: &crate::rebuild::Progress) -> pb::RebuildProgress {
+    pb::RebuildProgress {
+        copied_bytes: p.copied,
+        total_bytes: p.total,
+        percent: p.percent(),
+        eta_seconds: p.eta().map_or(0, |d| d.as_secs_f64().ceil() as u64),
+    }
+}
+
 async fn status_of(node: &StorageNode, addr: &str, group: u64) -> Option<GroupStatus> {
     crate::node::status::ask(node.channels(), addr, group, Duration::from_millis(400)).await
 }
@@ -82,6 +91,7 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
                 state: pb::ReplicaState::Unspecified as i32,
                 matched_index: 0,
                 target_index: 0,
+                rebuild: None,
             })
             .collect();
         if v.kind == VolumeKind::Local {
@@ -141,6 +151,10 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
             } else {
                 0
             },
+            rebuild: leader
+                .as_ref()
+                .and_then(|(_, ls)| ls.rebuilds.get(id))
+                .map(progress),
         });
     }
     if let Some((lid, _)) = &leader {

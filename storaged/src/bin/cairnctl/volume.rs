@@ -112,7 +112,7 @@ fn volume_json(v: &pb::Volume) -> serde_json::Value {
     json!({
         "id": v.id, "name": v.name, "size_bytes": v.size_bytes, "replicas": v.replicas,
         "type": kind_name(v.kind), "health": v.health().word(), "leader_node_id": v.leader_node_id,
-        "members": v.members.iter().map(|m| json!({"node_id": m.node_id, "node": m.node_name, "state": m.state().word(), "matched_index": m.matched_index, "target_index": m.target_index})).collect::<Vec<_>>(),
+        "members": v.members.iter().map(|m| json!({"node_id": m.node_id, "node": m.node_name, "state": m.state().word(), "matched_index": m.matched_index, "target_index": m.target_index, "rebuild": m.rebuild.as_ref().map(|r| json!({"copied_bytes": r.copied_bytes, "total_bytes": r.total_bytes, "percent": r.percent, "eta_seconds": r.eta_seconds}))})).collect::<Vec<_>>(),
         "attachments": v.attachments.iter().map(|a| json!({"node": a.node_name, "readonly": a.readonly})).collect::<Vec<_>>(),
         "source": v.source,
     })
@@ -203,6 +203,15 @@ async fn ls(client: &VolumeClient, out: Output) -> Result<(), Status> {
     Ok(())
 }
 
+/// A time left such as `45s`, `3m05s` or `2h10m`.
+fn eta(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
 async fn get(client: &VolumeClient, out: Output, name: &str) -> Result<(), Status> {
     let v = client.get_volume(name).await?;
     if out == Output::Json {
@@ -224,7 +233,15 @@ async fn get(client: &VolumeClient, out: Output, name: &str) -> Result<(), Statu
         println!("source: {}", v.source);
     }
     for m in &v.members {
-        let progress = if m.state() == pb::ReplicaState::Rebuilding && m.target_index > 0 {
+        let progress = if let Some(r) = &m.rebuild {
+            format!(
+                " copied {} of {} ({}%), ETA {}",
+                human(r.copied_bytes),
+                human(r.total_bytes),
+                r.percent,
+                eta(r.eta_seconds)
+            )
+        } else if m.state() == pb::ReplicaState::Rebuilding && m.target_index > 0 {
             format!(
                 " of {} ({}%)",
                 m.target_index,

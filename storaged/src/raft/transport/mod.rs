@@ -24,6 +24,8 @@ use openraft::raft::{
 };
 use openraft::{AnyError, OptionalSend};
 
+use crate::rebuild::Rebuilds;
+
 pub use append_stream::GROUP_METADATA;
 
 pub use cairn_proto::wire::TARGET_METADATA;
@@ -51,6 +53,8 @@ use unary::Kind;
 pub struct NetworkFactory {
     pub group: u64,
     pub channels: ChannelCache,
+    /// The node's rebuild budget, shared by every group's outgoing snapshots.
+    pub rebuilds: Arc<Rebuilds>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -64,6 +68,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             health: self.channels.health(&node.addr),
             channels: self.channels.clone(),
             streams: true,
+            rebuilds: self.rebuilds.clone(),
         }
     }
 }
@@ -79,6 +84,7 @@ pub struct PeerConn {
     /// Whether the peer has `AppendStream` (false once it answered UNIMPLEMENTED: a
     /// storaged from before it, during a rolling upgrade).
     streams: bool,
+    rebuilds: Arc<Rebuilds>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +275,7 @@ impl PeerConn {
             addr,
             channels,
             streams: true,
+            rebuilds: crate::rebuild::Rebuilds::new(crate::rebuild::DEFAULT_RATE, 2),
         }
     }
 }

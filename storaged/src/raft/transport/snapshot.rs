@@ -1,5 +1,5 @@
-//! Outbound snapshots: a group's state streamed to a lagging peer page by page; only a
-//! stream whose final message says `last` is installed there.
+//! Outbound snapshots: a group's state streamed to a lagging peer page by page, at the
+//! node's rebuild rate; only a stream whose final message says `last` is installed there.
 
 use cairn_proto::cairn::v1::SnapshotChunk;
 use openraft::errors::{NetworkError, RPCError};
@@ -7,6 +7,7 @@ use openraft::raft::SnapshotResponse;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{PeerConn, Snapshot, TypeConfig, Vote, encode, unreachable};
+use crate::raft::META_GROUP;
 
 impl PeerConn {
     /// Streams a snapshot page by page; a read error here ends it early and the
@@ -23,19 +24,34 @@ impl PeerConn {
         let net = |e: std::io::Error| RPCError::Network(NetworkError::new(&e));
         let mut header = Some(encode(&(vote, snapshot.meta)).map_err(net)?);
         let mut data = snapshot.snapshot;
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
         let group = self.group;
+        // A volume's snapshot is rebuild traffic: it waits for one of the node's stream
+        // permits and goes at the node's rate (the catalogue's small one goes at once).
+        let budget = if group == META_GROUP {
+            None
+        } else {
+            Some(
+                self.rebuilds
+                    .begin(group, self.target, data.estimate())
+                    .await,
+            )
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
         let produce = async move {
             loop {
                 let page = data.next_page().await?;
                 let last = page.is_none();
+                let page = match page {
+                    Some(p) => bytes::Bytes::from(encode(&p)?),
+                    None => Default::default(),
+                };
+                if let Some(b) = &budget {
+                    b.send(page.len() as u64).await;
+                }
                 let msg = SnapshotChunk {
                     group_id: group,
                     header: header.take().unwrap_or_default().into(),
-                    page: match page {
-                        Some(p) => encode(&p)?.into(),
-                        None => Default::default(),
-                    },
+                    page,
                     last,
                 };
                 // A closed stream means the call has already ended; it reports why.
