@@ -147,7 +147,7 @@ pub fn check_stamp(data_dir: &Path, node_id: u64, cluster: &BTreeSet<String>) ->
             stamp.node_id
         )));
     }
-    if stamp.cluster.is_subset(cluster) && stamp.cluster == *cluster {
+    if stamp.cluster == *cluster {
         return Ok(DirState::Stamped);
     }
     let show = |ids: &BTreeSet<String>| ids.iter().cloned().collect::<Vec<_>>().join(",");

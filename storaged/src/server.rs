@@ -109,6 +109,9 @@ pub fn open_engine(data_dir: &std::path::Path) -> Result<Arc<dyn Engine>> {
 
 /// Starts a node and serves it until `Running::stop`.
 pub async fn start(opts: ServerOptions) -> Result<Running> {
+    // A data dir of another node or cluster is refused before anything else (the port too).
+    let cluster = crate::identity::cluster_id(&opts.node.security)?;
+    let dir = crate::identity::check_stamp(&opts.node.data_dir, opts.node.id, &cluster)?;
     let engine = open_engine(&opts.node.data_dir)?;
     let std_listener = std::net::TcpListener::bind(opts.listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -119,10 +122,21 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
         }),
         Security::Insecure => AuthzLayer::open(),
     };
-    // Peers probing whether anyone bootstrapped must hear from us before our Raft runs.
-    let waiting = serve_waiting_room(&opts.node, &std_listener, authz.clone())?;
+    // Peers probing whether anyone bootstrapped must hear from a fresh (unstamped) node
+    // before its Raft runs; a stamped one serves nothing until it runs (a client meeting a
+    // waiting room would get UNIMPLEMENTED for the other services).
+    let waiting = match dir {
+        crate::identity::DirState::Unstamped => Some(serve_waiting_room(
+            &opts.node,
+            &std_listener,
+            authz.clone(),
+        )?),
+        crate::identity::DirState::Stamped => None,
+    };
     let started = StorageNode::start(opts.node.clone(), engine).await;
-    waiting.stop().await;
+    if let Some(waiting) = waiting {
+        waiting.stop().await;
+    }
     let node = started?;
     if let Some(addr) = opts.metrics_addr {
         crate::metrics::serve(addr, node.clone()).await?;
