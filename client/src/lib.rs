@@ -14,6 +14,7 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 mod port;
+pub mod reload;
 mod status;
 mod tls;
 mod write_ids;
@@ -94,16 +95,15 @@ impl VolumeClient {
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = self
-            .security
-            .endpoint(addr)?
-            .connect_timeout(Duration::from_millis(800))
-            .timeout(self.attempt)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .tcp_nodelay(true)
-            .http2_adaptive_window(true)
-            .connect_lazy();
+        let attempt = self.attempt;
+        let ch = self.security.channel(addr, |e| {
+            e.connect_timeout(Duration::from_millis(800))
+                .timeout(attempt)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .tcp_nodelay(true)
+                .http2_adaptive_window(true)
+        })?;
         channels.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }
@@ -577,11 +577,10 @@ pub struct NodeClient {
 impl NodeClient {
     pub fn connect(addr: &str, security: &Security) -> Result<Self, Status> {
         let addr = normalise(addr);
-        let ch = security
-            .endpoint(&addr)?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(60))
-            .connect_lazy();
+        let ch = security.channel(&addr, |e| {
+            e.connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(60))
+        })?;
         Ok(NodeClient {
             inner: NodeServiceClient::new(ch),
         })

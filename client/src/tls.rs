@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tonic::Status;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::reload::Reloading;
 
 /// The name every storaged certificate carries (a DNS SAN) and every client verifies,
 /// so a node is reached by any address (host network, pod IP) with one certificate.
@@ -64,7 +66,8 @@ impl TlsFiles {
 /// Mutual TLS or explicit plaintext; there is no default.
 #[derive(Clone, Debug)]
 pub enum Security {
-    Tls(Arc<TlsFiles>),
+    /// The `--tls-dir`, re-read when its files change (`reload.rs`).
+    Tls(Arc<Reloading>),
     /// Plaintext, only from an explicit `--insecure`.
     Insecure,
 }
@@ -73,7 +76,7 @@ impl Security {
     /// From the usual pair of flags: `--tls-dir DIR` or `--insecure` (exactly one).
     pub fn from_flags(tls_dir: Option<&Path>, insecure: bool) -> Result<Self, Status> {
         match (tls_dir, insecure) {
-            (Some(dir), false) => Ok(Security::Tls(Arc::new(TlsFiles::load(dir)?))),
+            (Some(dir), false) => Ok(Security::Tls(Arc::new(Reloading::load(dir)?))),
             (None, true) => Ok(Security::Insecure),
             (Some(_), true) => Err(Status::invalid_argument(
                 "--tls-dir and --insecure exclude each other",
@@ -84,17 +87,72 @@ impl Security {
         }
     }
 
-    /// An endpoint for `addr` (`host:port`), with TLS when configured.
+    /// An endpoint for `addr` (`host:port`), with TLS from the certificate files as they
+    /// are now; long-lived callers use [`Security::channel`], which follows rotations.
     pub fn endpoint(&self, addr: &str) -> Result<Endpoint, Status> {
         let bad = |e: tonic::transport::Error| {
             Status::invalid_argument(format!("endpoint `{addr}`: {e}"))
         };
         match self {
             Security::Insecure => Endpoint::from_shared(format!("http://{addr}")).map_err(bad),
-            Security::Tls(files) => Endpoint::from_shared(format!("https://{addr}"))
+            Security::Tls(tls) => Endpoint::from_shared(format!("https://{addr}"))
                 .map_err(bad)?
-                .tls_config(files.client_config())
+                .tls_config(tls.current().files.client_config())
                 .map_err(bad),
         }
+    }
+
+    /// A lazily connected channel to `addr` (`host:port`), its endpoint set up by `tune`:
+    /// plaintext, or mutual TLS whose every new connection uses the certificate files on
+    /// disk at that moment (`reload.rs`).
+    pub fn channel(
+        &self,
+        addr: &str,
+        tune: impl FnOnce(Endpoint) -> Endpoint,
+    ) -> Result<Channel, Status> {
+        let endpoint = tune(
+            Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| Status::invalid_argument(format!("endpoint `{addr}`: {e}")))?,
+        );
+        match self {
+            Security::Insecure => Ok(endpoint.connect_lazy()),
+            Security::Tls(tls) => {
+                let connector = TlsConnector {
+                    config: Arc::new(crate::reload::client_config(tls)?),
+                };
+                Ok(
+                    endpoint.connect_with_connector_lazy(tower::service_fn(move |uri| {
+                        let c = connector.clone();
+                        async move { c.connect(uri).await }
+                    })),
+                )
+            }
+        }
+    }
+}
+
+/// Dials a peer and speaks TLS to it (the name verified is [`SERVER_NAME`]).
+#[derive(Clone)]
+struct TlsConnector {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl TlsConnector {
+    async fn connect(
+        &self,
+        uri: tonic::codegen::http::Uri,
+    ) -> std::io::Result<
+        hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    > {
+        let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+        let port = uri.port_u16().unwrap_or(443);
+        let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        let name =
+            rustls::pki_types::ServerName::try_from(SERVER_NAME).map_err(std::io::Error::other)?;
+        let tls = tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(name, tcp)
+            .await?;
+        Ok(hyper_util::rt::TokioIo::new(tls))
     }
 }

@@ -178,7 +178,7 @@ mod tests {
     async fn a_stamped_dir_keeps_its_id_and_voters() {
         let dir = tempfile::tempdir().unwrap();
         let voters = BTreeMap::from([(1, "127.0.0.1:1".to_string()), (2, "127.0.0.1:2".into())]);
-        identity::write_stamp(dir.path(), 2, &voters).unwrap();
+        identity::write_stamp(dir.path(), 2, &voters, &Default::default()).unwrap();
         let seeds = Seeds {
             data_dir: dir.path(),
             seeds: &["nowhere.invalid:1".into()],

@@ -8,7 +8,8 @@
 //! replica alike, whoever leads), and so is a flush, checked by the leader after a
 //! linearizable barrier. Generation 0 is the unfenced caller: one that never published
 //! (an admin's `cairnctl volume write`, the copies behind snapshots and clones, a frontend
-//! attached before generations existed); its requests are not checked.
+//! attached before generations existed). It may flush, and write only while no publish is
+//! in force: a published volume takes writes from its publishes alone (decision 032).
 
 use serde::{Deserialize, Serialize};
 
@@ -68,7 +69,14 @@ impl Fence {
 /// the refusal's message (FAILED_PRECONDITION on the wire, EIO in the frontends).
 pub fn check(fence: Option<&Fence>, generation: u64, access: Access) -> Result<(), String> {
     if generation == 0 {
-        return Ok(());
+        return match fence.and_then(|f| f.holders.iter().max_by_key(|h| h.generation)) {
+            Some(h) if access == Access::Write => Err(format!(
+                "volume published to {} at generation {}; this writer holds no publish \
+                 (generation 0): unpublish the volume first",
+                h.node, h.generation
+            )),
+            _ => Ok(()),
+        };
     }
     let Some(fence) = fence else {
         return Err(format!(
@@ -116,11 +124,19 @@ mod tests {
     }
 
     #[test]
-    fn only_a_publish_in_force_writes_and_generation_zero_is_unfenced() {
+    fn only_a_publish_in_force_writes_and_generation_zero_only_when_unpublished() {
         let f = fence(7, vec![holder("node-2", 7, false)]);
         assert_eq!(check(Some(&f), 7, Access::Write), Ok(()));
-        assert_eq!(check(Some(&f), 0, Access::Write), Ok(()));
+        // An unfenced writer may not write to a published volume, but may flush.
+        assert_eq!(
+            check(Some(&f), 0, Access::Write).unwrap_err(),
+            "volume published to node-2 at generation 7; this writer holds no publish \
+             (generation 0): unpublish the volume first"
+        );
+        assert_eq!(check(Some(&f), 0, Access::Flush), Ok(()));
         assert_eq!(check(None, 0, Access::Write), Ok(()));
+        // Unpublished again (a fence with no holder): unfenced writers are back.
+        assert_eq!(check(Some(&fence(8, vec![])), 0, Access::Write), Ok(()));
         assert_eq!(
             check(Some(&f), 6, Access::Write).unwrap_err(),
             "volume published to node-2 at generation 7; this writer holds 6"

@@ -33,21 +33,34 @@ pub struct ServerOptions {
     pub metrics_addr: Option<SocketAddr>,
 }
 
-/// The server side of `NodeConfig::security`: mutual TLS with authorization per API, or
-/// (only from `--insecure`) plaintext open to anyone who can reach the port.
-fn server_builder(cfg: &NodeConfig) -> Result<tonic::transport::Server> {
-    let builder = tonic::transport::Server::builder();
-    match &cfg.security {
-        Security::Insecure => {
-            tracing::warn!(
-                "serving PLAINTEXT without authentication (--insecure): any process that reaches this port can read, write and delete volumes"
-            );
-            Ok(builder)
-        }
-        Security::Tls(files) => builder
-            .tls_config(crate::tls::server_config(files))
-            .map_err(|e| Error::invalid("tls-dir", e.to_string())),
+/// The server side of `NodeConfig::security`: mutual TLS (done by `serve!`'s incoming
+/// stream) with authorization per API, or (only from `--insecure`) plaintext open to anyone
+/// who can reach the port.
+fn server_builder(cfg: &NodeConfig) -> tonic::transport::Server {
+    if let Security::Insecure = &cfg.security {
+        tracing::warn!(
+            "serving PLAINTEXT without authentication (--insecure): any process that reaches this port can read, write and delete volumes"
+        );
     }
+    tonic::transport::Server::builder()
+}
+
+/// Spawns `$router` on `$listener` until `$signal`: over TLS handshakes made with the
+/// certificate files in force (`tls::tls_incoming`), or plaintext.
+macro_rules! serve {
+    ($router:expr, $security:expr, $listener:expr, $signal:expr) => {
+        match $security {
+            Security::Tls(tls) => {
+                let incoming = crate::tls::tls_incoming($listener, tls)?;
+                tokio::spawn($router.serve_with_incoming_shutdown(incoming, $signal))
+            }
+            Security::Insecure => {
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from($listener).with_nodelay(Some(true));
+                tokio::spawn($router.serve_with_incoming_shutdown(incoming, $signal))
+            }
+        }
+    };
 }
 
 pub struct Running {
@@ -96,8 +109,35 @@ pub fn open_engine(data_dir: &std::path::Path) -> Result<Arc<dyn Engine>> {
 
 /// Starts a node and serves it until `Running::stop`.
 pub async fn start(opts: ServerOptions) -> Result<Running> {
+    // A data dir of another node or cluster is refused before anything else (the port too).
+    let cluster = crate::identity::cluster_id(&opts.node.security)?;
+    let dir = crate::identity::check_stamp(&opts.node.data_dir, opts.node.id, &cluster)?;
     let engine = open_engine(&opts.node.data_dir)?;
-    let node = StorageNode::start(opts.node.clone(), engine).await?;
+    let std_listener = std::net::TcpListener::bind(opts.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", opts.listen)))?;
+    let authz = match &opts.node.security {
+        Security::Tls(_) => AuthzLayer::new(Policy {
+            node_name: opts.node.name.clone(),
+        }),
+        Security::Insecure => AuthzLayer::open(),
+    };
+    // Peers probing whether anyone bootstrapped must hear from a fresh (unstamped) node
+    // before its Raft runs; a stamped one serves nothing until it runs (a client meeting a
+    // waiting room would get UNIMPLEMENTED for the other services).
+    let waiting = match dir {
+        crate::identity::DirState::Unstamped => Some(serve_waiting_room(
+            &opts.node,
+            &std_listener,
+            authz.clone(),
+        )?),
+        crate::identity::DirState::Stamped => None,
+    };
+    let started = StorageNode::start(opts.node.clone(), engine).await;
+    if let Some(waiting) = waiting {
+        waiting.stop().await;
+    }
+    let node = started?;
     if let Some(addr) = opts.metrics_addr {
         crate::metrics::serve(addr, node.clone()).await?;
     }
@@ -112,21 +152,11 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
         Ok(report) => tracing::info!(?report, "attachments recovered"),
         Err(e) => tracing::warn!(error = %e, "attachment recovery failed"),
     }
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
+    let listener = tokio::net::TcpListener::from_std(std_listener)
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", opts.listen)))?;
-    // Our own listener: set TCP_NODELAY on accepted sockets here (the builder's
-    // `tcp_nodelay` only covers listeners tonic binds), or replies wait ~40 ms on Nagle.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
-    let authz = match &opts.node.security {
-        Security::Tls(_) => AuthzLayer::new(Policy {
-            node_name: opts.node.name.clone(),
-        }),
-        Security::Insecure => AuthzLayer::open(),
-    };
-    let router = server_builder(&opts.node)?
+    let router = server_builder(&opts.node)
         .tcp_nodelay(true)
         .http2_adaptive_window(Some(true))
         .layer(RpcLogLayer::new(Verbosity::Quiet))
@@ -151,9 +181,11 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
                 .max_encoding_message_size(8 << 20),
         )
         .add_service(NodeServiceImpl::new(attach.clone()).into_server());
-    let served = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+    // Our own listener: TCP_NODELAY is set on accepted sockets by `serve!` (the builder's
+    // `tcp_nodelay` only covers listeners tonic binds), or replies wait ~40 ms on Nagle.
+    let served = serve!(router, &opts.node.security, listener, async {
         let _ = stop_rx.await;
-    }));
+    });
     tokio::spawn(register_loop(node.clone(), opts.join.clone()));
     tracing::info!(node = node.cfg().id, name = %node.cfg().name, addr = %node.cfg().addr, "storaged serving");
     Ok(Running {
@@ -163,6 +195,44 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
         closing: closing_tx,
         served,
     })
+}
+
+/// The waiting room's server (`service/waiting.rs`), on a clone of the node's listener.
+struct Waiting {
+    stop: oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+}
+
+impl Waiting {
+    /// Stops it; peers' connections to it end and reconnect to the node's real server.
+    async fn stop(mut self) {
+        let _ = self.stop.send(());
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.served)
+            .await
+            .is_err()
+        {
+            self.served.abort();
+        }
+    }
+}
+
+fn serve_waiting_room(
+    cfg: &NodeConfig,
+    listener: &std::net::TcpListener,
+    authz: AuthzLayer,
+) -> Result<Waiting> {
+    let clone = listener
+        .try_clone()
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", cfg.addr)))?;
+    let router = server_builder(cfg).layer(authz).add_service(
+        pb::raft_service_server::RaftServiceServer::new(crate::service::waiting::WaitingRoom),
+    );
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let served = serve!(router, &cfg.security, clone, async {
+        let _ = stop_rx.await;
+    });
+    Ok(Waiting { stop, served })
 }
 
 /// Removes pool files whose local volume is gone: deleted just now (the catalogue

@@ -97,7 +97,24 @@ async fn stale_writer_is_refused(kill_leader: bool) {
     );
     let data = client.read(vol, 0, 64 * 1024).await.unwrap();
     assert!(data.iter().all(|b| *b == 0xbb), "B's data is intact");
-    // An unfenced admin write (generation 0) still goes through.
+    // An unfenced admin write (generation 0) cannot write under B's publish (decision
+    // 032); once B unpublishes, it goes through.
+    let refused = client
+        .write(vol, 64 * 1024, pattern(0xcc))
+        .await
+        .expect_err("an unfenced write under a publish is refused");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("holds no publish (generation 0)"),
+        "{}",
+        refused.message()
+    );
+    client
+        .unpublish_volume(vol, "node-2")
+        .await
+        .expect("unpublish B");
     client.write(vol, 64 * 1024, pattern(0xcc)).await.unwrap();
 }
 

@@ -156,3 +156,137 @@ async fn a_wiped_member_refuses_to_start_and_no_committed_write_is_lost() {
         );
     }
 }
+
+/// Waits (bounded) until `log` contains `text`, or the process exits; whether it did.
+fn wait_for_log(child: &mut std::process::Child, log: &Path, text: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains(text)
+        {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .contains(text);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Waits (bounded) for `child` to exit; its status.
+fn wait_exit(child: &mut std::process::Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_foreign_clusters_dir_is_refused_and_a_wiped_member_never_bootstraps_alone() {
+    let mut cluster = ProcCluster::start(bin(), 3, &[]).unwrap();
+    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let client = cluster.client().with_deadline(Duration::from_secs(20));
+    client
+        .create_volume(pb::CreateVolumeRequest {
+            name: VOL.into(),
+            size_bytes: 16 << 20,
+            replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client.write(VOL, 0, vec![7u8; 4096].into()).await.unwrap();
+    let dir2 = cluster.nodes[cluster.index_of(2)].dir.clone();
+    let stamp = std::fs::read_to_string(dir2.join("IDENTITY")).unwrap();
+    assert!(
+        stamp.contains("\"cluster\""),
+        "the stamp names the cluster: {stamp}"
+    );
+
+    // Node 2's data dir started with another cluster's CA: refused, the stamp unchanged.
+    cluster.kill9(2);
+    let scratch = tempfile::tempdir().unwrap();
+    let other_ca = scratch.path().join("other-ca");
+    let other_tls = scratch.path().join("other-node-2");
+    cairn_storaged::tls::certs::init_ca(&other_ca).unwrap();
+    let req = cairn_storaged::tls::certs::Issue {
+        identity: cairn_storaged::tls::Identity::Node(2),
+        ips: vec![],
+        dns: vec![],
+    };
+    cairn_storaged::tls::certs::issue(&other_ca, &req, &other_tls).unwrap();
+    let mut args = node_args(&cluster, 2, &dir2);
+    *args.last_mut().unwrap() = other_tls.display().to_string();
+    let (status, log) = run_to_exit(&args, &scratch.path().join("foreign.log"));
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("belongs to cluster") && log.contains("--tls-dir's CA is cluster"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir2.join("IDENTITY")).unwrap(),
+        stamp
+    );
+
+    // Wiped, with every peer down: node 2 waits and initializes nothing.
+    ProcCluster::wipe(&dir2);
+    cluster.kill9(1);
+    cluster.kill9(3);
+    let log_path = scratch.path().join("wiped-alone.log");
+    let out = std::fs::File::create(&log_path).unwrap();
+    let mut wiped = Command::new(bin())
+        .args(node_args(&cluster, 2, &dir2))
+        .env("RUST_LOG", "info,openraft=warn")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let waiting = wait_for_log(
+        &mut wiped,
+        &log_path,
+        "never bootstraps alone",
+        Duration::from_secs(30),
+    );
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(waiting, "a wiped member alone must wait:\n{log}");
+    assert!(
+        wiped.try_wait().unwrap().is_none(),
+        "it waits, running:\n{log}"
+    );
+    assert!(!log.contains("bootstrapping"), "{log}");
+    assert!(
+        !dir2.join("IDENTITY").exists(),
+        "a waiting start stamps nothing"
+    );
+
+    // A peer that knows node 2 returns: the wiped node refuses and exits.
+    cluster.restart(3).unwrap();
+    let status = wait_exit(&mut wiped, Duration::from_secs(60));
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{log}");
+    assert!(log.contains("is a member of the cluster"), "{log}");
+    assert!(
+        !dir2.join("IDENTITY").exists(),
+        "a refused start stamps nothing"
+    );
+
+    // Nodes 1 and 3 serve the write; nothing was lost.
+    cluster.restart(1).unwrap();
+    let client = cluster.client().with_deadline(Duration::from_secs(30));
+    assert_eq!(
+        client.read(VOL, 0, 4096).await.unwrap(),
+        vec![7u8; 4096],
+        "the write reads back"
+    );
+}

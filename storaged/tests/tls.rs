@@ -1,12 +1,15 @@
 //! Mutual TLS and authorization per API against real storaged processes: callers without
 //! a certificate, with another CA's, or with the wrong identity are refused with the exact
-//! code, and a forged Raft message from a non-member changes nothing.
+//! code, a forged Raft message from a non-member changes nothing, and certificates rotated
+//! on disk are used by new connections without a restart.
 
 use std::error::Error as _;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cairn_client::Security;
+use cairn_client::reload::Reloading;
 use cairn_proto::cairn::v1 as pb;
 use cairn_storaged::raft::{AppendEntriesRequest, META_GROUP, Vote, encode};
 use cairn_storaged::testkit::ProcCluster;
@@ -14,6 +17,7 @@ use cairn_storaged::tls::Identity;
 use cairn_storaged::tls::certs::{self, Issue};
 use pb::raft_service_client::RaftServiceClient;
 use pb::volume_service_client::VolumeServiceClient;
+use tokio_rustls::rustls::pki_types::ServerName;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -162,4 +166,123 @@ async fn forged_raft_messages_change_nothing() {
     let after = c.cluster_status().await.unwrap();
     assert_eq!(after.meta_leader_id, before.meta_leader_id);
     assert_eq!(after.term, before.term);
+}
+
+/// The first certificate of a PEM file, DER.
+fn first_cert(path: &Path) -> Vec<u8> {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+/// The certificate the server at `addr` presents on a new connection, to a client holding
+/// `tls` (the handshake verifies it against the cluster CA).
+async fn presented(tls: &Arc<Reloading>, addr: &str) -> Vec<u8> {
+    let config = cairn_client::reload::client_config(tls).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(cairn_client::SERVER_NAME).unwrap();
+    let conn = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    conn.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// Issues a new certificate for `identity` and moves it into `dir` file by file, as a
+/// Secret update lands; the new certificate, DER.
+fn rotate(cluster: &ProcCluster, identity: Identity, dir: &Path) -> Vec<u8> {
+    let scratch = tempfile::tempdir().unwrap();
+    let req = Issue {
+        identity,
+        ips: vec![],
+        dns: vec![],
+    };
+    certs::issue(&cluster.ca_dir(), &req, scratch.path()).unwrap();
+    for f in ["tls.key", "tls.crt"] {
+        std::fs::rename(scratch.path().join(f), dir.join(f)).unwrap();
+    }
+    first_cert(&dir.join("tls.crt"))
+}
+
+/// Polls `f` until it returns `want` (bounded); every other answer must be `old`.
+async fn until_rotated<F: AsyncFnMut() -> Vec<u8>>(mut f: F, old: &[u8], want: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = f().await;
+        if got == want {
+            return;
+        }
+        assert_eq!(got, old, "neither the old certificate nor the new one");
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate is not used after 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_certificates_are_used_without_a_restart() {
+    let cluster = ProcCluster::start(bin(), 1, &[]).unwrap();
+    cluster.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let addr = cluster.node_addrs()[&1].clone();
+    let admin_dir = cluster.tls_dir(&Identity::Admin).unwrap();
+    let admin = Arc::new(Reloading::load(&admin_dir).unwrap());
+
+    // The server: a new handshake presents the certificate now in node 1's --tls-dir.
+    let node_dir = cluster.tls_dir(&Identity::Node(1)).unwrap();
+    let old = first_cert(&node_dir.join("tls.crt"));
+    assert_eq!(presented(&admin, &addr).await, old);
+    let new = rotate(&cluster, Identity::Node(1), &node_dir);
+    assert_ne!(new, old, "a new certificate (new key, new serial)");
+    until_rotated(async || presented(&admin, &addr).await, &old, &new).await;
+    let client =
+        cairn_client::VolumeClient::new(vec![addr.clone()], Security::Tls(admin.clone())).unwrap();
+    assert_eq!(
+        client.list_nodes().await.unwrap().len(),
+        1,
+        "the node serves on"
+    );
+
+    // The client: a new connection of the same process presents its new certificate.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let node_tls = Arc::new(Reloading::load(&node_dir).unwrap());
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
+        cairn_client::reload::server_config(&node_tls).unwrap(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let recorder = listener.local_addr().unwrap().to_string();
+    let record = seen.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            if let Ok(conn) = acceptor.accept(tcp).await
+                && let Some(certs) = conn.get_ref().1.peer_certificates()
+            {
+                record.lock().unwrap().push(certs[0].to_vec());
+            }
+        }
+    });
+    let security = Security::Tls(admin.clone());
+    let mut client_cert = async || {
+        let n = seen.lock().unwrap().len();
+        let ch = security.channel(&recorder, |e| e).unwrap();
+        // Not a gRPC server: the call fails, after the handshake the recorder saw.
+        let _ = VolumeServiceClient::new(ch)
+            .list_nodes(pb::ListNodesRequest::default())
+            .await;
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), n + 1, "one handshake per new channel");
+        seen[n].clone()
+    };
+    let old = first_cert(&admin_dir.join("tls.crt"));
+    assert_eq!(client_cert().await, old);
+    let new = rotate(&cluster, Identity::Admin, &admin_dir);
+    until_rotated(&mut client_cert, &old, &new).await;
+    server.abort();
 }

@@ -96,20 +96,24 @@ impl StorageNode {
             channels: channels.clone(),
             rebuilds: rebuilds.clone(),
         };
-        let dir = identity::check_stamp(&cfg.data_dir, cfg.id)?;
+        let cluster = identity::cluster_id(&cfg.security)?;
+        let dir = identity::check_stamp(&cfg.data_dir, cfg.id, &cluster)?;
         let shared = Shared::new();
         let raft = opener.open(META_GROUP, shared.clone()).await?;
         let empty = !raft.is_initialized().await.map_err(fatal)?;
-        if empty {
-            identity::refuse_if_known(cfg.id, &cfg.peers(), &channels).await?;
-        }
+        let admission = if empty {
+            let peers = cfg.peers();
+            Some(identity::admit(cfg.id, &cfg.initial_cluster, &peers, &channels).await?)
+        } else {
+            None
+        };
         if dir == identity::DirState::Unstamped {
             if !empty {
                 tracing::info!(node = cfg.id, data_dir = %cfg.data_dir.display(), "stamping a data dir written before identity stamps");
             }
-            identity::write_stamp(&cfg.data_dir, cfg.id, &cfg.initial_cluster)?;
+            identity::write_stamp(&cfg.data_dir, cfg.id, &cfg.initial_cluster, &cluster)?;
         }
-        if cfg.initial_cluster.contains_key(&cfg.id) && empty {
+        if admission == Some(identity::Admission::Initialize) {
             let members: BTreeMap<u64, Node> = cfg
                 .initial_cluster
                 .iter()

@@ -655,26 +655,26 @@ mod tests {
             len: 4096,
             generation: 5,
         };
-        apply_all(&mut sm, 5, vec![b, write(4, 5), discard_a]).await;
+        apply_all(&mut sm, 5, vec![b, write(4, 5), discard_a, write(4, 0)]).await;
         assert_eq!(
             chunk(&engine),
             Some(vec![3; 4096]),
-            "a's write and discard refused"
+            "a's write and discard refused, and an unfenced write to a published volume"
         );
         // A fence that arrives late (older) changes nothing; an entry from before
         // fencing applies as unfenced.
         let late = Request::Fence(fence_to(6, &[("a", 6, false)]));
-        apply_all(&mut sm, 8, vec![late, write(5, 7)]).await;
+        apply_all(&mut sm, 9, vec![late, write(5, 7)]).await;
         assert_eq!(chunk(&engine), Some(vec![5; 4096]));
         let legacy = Request::Write {
             offset: 0,
             data: bytes::Bytes::from(vec![6; 4096]),
         };
-        apply_all(&mut sm, 10, vec![legacy]).await;
+        apply_all(&mut sm, 11, vec![legacy]).await;
         assert_eq!(chunk(&engine), Some(vec![6; 4096]));
         // A read-only publish: its writes are refused.
         let ro = fence_to(8, &[("c", 8, true)]);
-        apply_all(&mut sm, 11, vec![Request::Fence(ro.clone()), write(7, 8)]).await;
+        apply_all(&mut sm, 12, vec![Request::Fence(ro.clone()), write(7, 8)]).await;
         assert_eq!(chunk(&engine), Some(vec![6; 4096]));
         assert_eq!(
             GroupStateMachine::applied_fence(engine.as_ref(), group).unwrap(),
@@ -695,7 +695,7 @@ mod tests {
             Some(ro)
         );
         assert_eq!(chunk(&other), Some(vec![6; 4096]));
-        apply_all(&mut sm2, 13, vec![write(9, 7)]).await;
+        apply_all(&mut sm2, 14, vec![write(9, 7)]).await;
         assert_eq!(chunk(&other), Some(vec![6; 4096]), "b's generation is over");
     }
 

@@ -10,3 +10,4 @@ pub mod snapshots;
 pub mod validate;
 pub mod view;
 pub mod volume_api;
+pub mod waiting;

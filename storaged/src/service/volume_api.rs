@@ -452,10 +452,20 @@ impl VolumeService for VolumeApi {
         validate::name("node_name", &r.node_name)?;
         self.node
             .propose_meta(MetaCommand::Unpublish {
-                name: r.name,
+                name: r.name.clone(),
                 node_name: r.node_name,
             })
             .await?;
+        // Fenced before the answer, as a publish is: the unpublished node's writes stop now.
+        let replicated = self
+            .node
+            .catalog()
+            .volumes
+            .get(&r.name)
+            .is_some_and(|v| v.kind == VolumeKind::Replicated && v.generation > 0);
+        if replicated {
+            VolumeIo::new(self.node.clone()).fence(&r.name).await?;
+        }
         Ok(Response::new(pb::UnpublishVolumeResponse {}))
     }
 

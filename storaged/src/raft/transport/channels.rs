@@ -49,17 +49,17 @@ impl ChannelCache {
         }
         let ch = self
             .security
-            .endpoint(addr)
-            .map_err(|e| format!("bad peer address: {}", e.message()))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .http2_adaptive_window(true)
-            // A peer that vanished without closing (power loss, partition) is found within
-            // 15 s even on a connection carrying only a long-lived `AppendStream`.
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .channel(addr, |e| {
+                e.connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .http2_adaptive_window(true)
+                    // A peer that vanished without closing (power loss, partition) is found
+                    // within 15 s even on a connection carrying only a long-lived `AppendStream`.
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(10))
+                    .keep_alive_while_idle(true)
+            })
+            .map_err(|e| format!("peer channel: {}", e.message()))?;
         m.insert(key.to_string(), ch.clone());
         Ok(ch)
     }
