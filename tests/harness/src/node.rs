@@ -170,8 +170,8 @@ fn host_routes() -> Vec<(u32, u32)> {
 }
 
 /// The cluster's network: a bridge the harness creates on a private /24 it picked, with the
-/// host's address on it, and a shared bind of `DIR/nodes` so mounts made under it on the host
-/// or in any node are seen by all.
+/// host's address on it, and a shared bind of `DIR/nodes` so mounts the host makes under it
+/// reach every node (each node's copy is a slave: what a node mounts stays in it).
 #[derive(Debug)]
 pub struct Network {
     pub index: u8,
@@ -498,6 +498,16 @@ impl Node {
                     Err(e) => return Err(Error::Internal(format!("detach {}: {e}", m.display()))),
                 }
             }
+            // Mounts the host makes under `DIR/nodes` reach the node; the node's own (staged
+            // volumes, FUSE exports) stay in it, seen once, at the path they were made at.
+            mount(
+                None::<&str>,
+                &shared,
+                None::<&str>,
+                MsFlags::MS_SLAVE,
+                None::<&str>,
+            )
+            .map_err(|e| Error::Internal(format!("make-slave {}: {e}", shared.display())))?;
             let mut overlaid = Vec::new();
             for (target, d) in NODE_PATHS {
                 let target = Path::new(target);

@@ -88,11 +88,12 @@ async fn nodes_have_their_own_address_hostname_and_paths() {
     let addrs: Vec<String> = m.nodes.iter().map(|n| n.address.to_string()).collect();
     assert_ne!(addrs[0], addrs[1]);
     for (i, node) in ["node-1", "node-2"].iter().enumerate() {
-        let obj = t
-            .c()
-            .registry
-            .get(&resources::NODES, None, node)
-            .expect("node");
+        let obj = eventually(
+            &format!("{node} registered"),
+            Duration::from_secs(10),
+            || async { t.c().registry.get(&resources::NODES, None, node).ok() },
+        )
+        .await;
         let internal: Vec<&str> = obj["status"]["addresses"]
             .as_array()
             .unwrap()
