@@ -334,8 +334,8 @@ pub fn cleanup_leftovers(data_dir: &Path) {
             if String::from_utf8_lossy(&cmdline).contains(&mark) {
                 tracing::warn!(pid, node_dir = %e.path().display(), "killing a node left by a previous run");
                 if let Some(net) = ns_id(&pid.to_string(), "net") {
-                    signal_all(&net, Signal::SIGKILL);
-                    wait_gone(&net, STOP_TIMEOUT);
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    kill_until_gone(&net, STOP_TIMEOUT);
                 }
             }
             let _ = std::fs::remove_file(&pid_file);
@@ -373,6 +373,15 @@ fn wait_gone(net: &str, limit: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// SIGKILLs everything in `net` until nothing is left (bounded): a process started while
+/// the others were being killed (the holder's next `sleep`) goes too.
+fn kill_until_gone(net: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while signal_all(net, Signal::SIGKILL) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// One node: its holder process and namespaces, its address and its directories.
@@ -549,8 +558,10 @@ impl Node {
     /// SIGKILLs everything in the node (holder, pods, components), as a power cut would.
     pub fn kill(&mut self) {
         if let Some(net) = self.ns.net_id() {
-            signal_all(&net, Signal::SIGKILL);
-            wait_gone(&net, STOP_TIMEOUT);
+            if let Some(h) = &self.holder {
+                let _ = kill(Pid::from_raw(h.id() as i32), Signal::SIGKILL);
+            }
+            kill_until_gone(&net, STOP_TIMEOUT);
         }
         self.reap();
     }
@@ -637,6 +648,7 @@ fn ensure_dir(target: &Path, overlay_dir: &Path, overlaid: &mut Vec<PathBuf>) ->
 pub struct Nodes {
     pub network: Network,
     pub nodes: Vec<Node>,
+    down: bool,
 }
 
 impl Nodes {
@@ -646,6 +658,7 @@ impl Nodes {
         let mut out = Nodes {
             network,
             nodes: Vec::new(),
+            down: false,
         };
         for (i, name) in names.iter().enumerate() {
             let mut n = Node::new(&out.network, data_dir, name, i + 1);
@@ -668,10 +681,25 @@ impl Nodes {
 
     /// Stops every node, then removes the network (mounts, bind, bridge).
     pub fn shutdown(&mut self) {
+        if std::mem::replace(&mut self.down, true) {
+            return;
+        }
         for n in &mut self.nodes {
             n.stop();
         }
         self.network.destroy();
+    }
+}
+
+/// A cluster dropped without `shutdown` (a test that panicked) still leaves no node behind.
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        if !self.down {
+            for n in &mut self.nodes {
+                n.kill();
+            }
+            self.shutdown();
+        }
     }
 }
 
