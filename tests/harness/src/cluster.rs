@@ -16,6 +16,7 @@ use crate::components::{self, CairnLayout, Components};
 use crate::controllers::{attach_detach, gc, pv_binder, run_loop, statefulset};
 use crate::error::{Error, Result};
 use crate::kubelet::{Kubelet, KubeletConfig};
+use crate::node::Nodes;
 use crate::registry::{Registry, WriteOptions};
 use crate::resources;
 use crate::scheduler::Scheduler;
@@ -55,6 +56,10 @@ pub struct Cluster {
     pub cairn: Option<CairnLayout>,
     /// Cairn's processes (empty without `with_cairn`); tests stop and restart them.
     pub components: Components,
+    /// The nodes' namespaces and network (none without nodes); see `node`.
+    pub machines: Option<Nodes>,
+    /// The API server on the node bridge (what pods and node components reach).
+    pub node_api: Option<ApiServer>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -83,6 +88,55 @@ fn bootstrap(reg: &Registry) -> Result<()> {
     Ok(())
 }
 
+/// Creates the nodes (namespaces, bridge) and serves the API on the bridge, with the nodes'
+/// kubeconfig (`DIR/kubeconfig-nodes`, also `/etc/cairn/kubeconfig` in every node).
+async fn start_nodes(
+    data_dir: &Path,
+    names: &[String],
+    registry: &Arc<Registry>,
+    api: &ApiServer,
+    cfg: ApiServerConfig,
+) -> Result<(Nodes, ApiServer)> {
+    let dir = data_dir.to_path_buf();
+    let names = names.to_vec();
+    let mut m = tokio::task::spawn_blocking(move || Nodes::start(&dir, &names))
+        .await
+        .map_err(Error::internal)??;
+    let gw = std::net::IpAddr::from(m.network.gateway());
+    let napi =
+        match apiserver::serve(registry.clone(), (gw, api.addr.port()).into(), cfg.clone()).await {
+            Ok(s) => Ok(s),
+            // The loopback port is taken on the bridge address (a wildcard listener): any port.
+            Err(_) => apiserver::serve(registry.clone(), (gw, 0).into(), cfg).await,
+        };
+    let written = napi.and_then(|napi| {
+        let kc = data_dir.join("kubeconfig-nodes");
+        write_kubeconfig(&kc, &napi.url())?;
+        for n in &m.nodes {
+            if let Some(etc) = n.host_dir("/etc/cairn") {
+                write_kubeconfig(&etc.join("kubeconfig"), &napi.url())?;
+            }
+        }
+        Ok(napi)
+    });
+    match written {
+        Ok(napi) => Ok((m, napi)),
+        Err(e) => {
+            tokio::task::spawn_blocking(move || m.shutdown()).await.ok();
+            Err(e)
+        }
+    }
+}
+
+async fn stop_nodes(machines: Option<Nodes>, node_api: Option<ApiServer>) {
+    if let Some(mut m) = machines {
+        let _ = tokio::task::spawn_blocking(move || m.shutdown()).await;
+    }
+    if let Some(a) = node_api {
+        a.stop().await;
+    }
+}
+
 impl Cluster {
     pub async fn start(cfg: ClusterConfig) -> Result<Cluster> {
         let data_dir = std::path::absolute(&cfg.data_dir).map_err(Error::internal)?;
@@ -101,7 +155,7 @@ impl Cluster {
             log_locator: Some(locator),
             ..Default::default()
         };
-        let api = apiserver::serve(registry.clone(), cfg.listen, api_cfg).await?;
+        let api = apiserver::serve(registry.clone(), cfg.listen, api_cfg.clone()).await?;
         let kubeconfig = data_dir.join("kubeconfig");
         write_kubeconfig(&kubeconfig, &api.url())?;
         let (stop, stop_rx) = watch::channel(false);
@@ -109,6 +163,7 @@ impl Cluster {
         let mut tasks = Vec::new();
         let mut nodes = Vec::new();
         let mut components = Components::default();
+        let (mut machines, mut node_api) = (None, None);
         if !cfg.api_only {
             let resync = Duration::from_secs(1);
             let binder = pv_binder::PvBinder::new(client.clone());
@@ -181,29 +236,68 @@ impl Cluster {
                 stop_rx.clone(),
                 move || scheduler.reconcile(),
             )));
-            for i in 1..=cfg.nodes {
-                let node = format!("node-{i}");
+            let names: Vec<String> = (1..=cfg.nodes).map(|i| format!("node-{i}")).collect();
+            if !names.is_empty() {
+                let (m, napi) =
+                    match start_nodes(&data_dir, &names, &registry, &api, api_cfg.clone()).await {
+                        Ok(v) => v,
+                        Err(e) => {
+                            let _ = stop.send(true);
+                            for t in tasks.drain(..) {
+                                let _ = t.await;
+                            }
+                            api.stop().await;
+                            return Err(e);
+                        }
+                    };
+                machines = Some(m);
+                node_api = Some(napi);
+            }
+            for (i, node) in names.into_iter().enumerate() {
                 let root = kubelet_root(&data_dir, &node);
                 std::fs::create_dir_all(root.join("plugins")).map_err(Error::internal)?;
                 std::fs::create_dir_all(root.join("plugins_registry")).map_err(Error::internal)?;
-                let kubelet = Kubelet::new(client.clone(), KubeletConfig::new(&node, root));
+                let mut kc = KubeletConfig::new(&node, root);
+                if let (Some(m), Some(napi)) = (&machines, &node_api) {
+                    kc.address = m.nodes[i].address.into();
+                    kc.namespaces = Some(m.nodes[i].namespaces());
+                    kc.api = Some(napi.addr);
+                }
+                let kubelet = Kubelet::new(client.clone(), kc);
                 tasks.push(tokio::spawn(kubelet.run(stop_rx.clone())));
                 nodes.push(node);
             }
         }
         let mut cairn = None;
         if cfg.with_cairn && !cfg.api_only {
-            let layout = CairnLayout::new(&data_dir, &kubeconfig, &nodes)?;
-            if let Err(e) = components::start_cairn(&layout, &mut components, &registry).await {
-                let _ = stop.send(true);
-                for t in tasks.drain(..) {
-                    let _ = t.await;
+            let layout = match &machines {
+                Some(m) => CairnLayout::on_nodes(
+                    &data_dir,
+                    &kubeconfig,
+                    &data_dir.join("kubeconfig-nodes"),
+                    m,
+                ),
+                None => CairnLayout::new(&data_dir, &kubeconfig, &nodes),
+            };
+            let started = match layout {
+                Ok(l) => components::start_cairn(&l, &mut components, &registry)
+                    .await
+                    .map(|()| l),
+                Err(e) => Err(e),
+            };
+            match started {
+                Ok(l) => cairn = Some(l),
+                Err(e) => {
+                    let _ = stop.send(true);
+                    for t in tasks.drain(..) {
+                        let _ = t.await;
+                    }
+                    components.stop_all().await;
+                    stop_nodes(machines, node_api).await;
+                    api.stop().await;
+                    return Err(e);
                 }
-                components.stop_all().await;
-                api.stop().await;
-                return Err(e);
             }
-            cairn = Some(layout);
         }
         tracing::info!(api = %api.url(), kubeconfig = %kubeconfig.display(), nodes = nodes.len(), "cluster up");
         Ok(Cluster {
@@ -213,6 +307,8 @@ impl Cluster {
             nodes,
             cairn,
             components,
+            machines,
+            node_api,
             stop,
             tasks,
         })
@@ -223,13 +319,15 @@ impl Cluster {
     }
 
     /// Stops kubelets (killing containers, unmounting volumes), controllers,
-    /// components and the API server, in that order.
+    /// components, the nodes (their namespaces, links, mounts, bridge) and the API server,
+    /// in that order.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         for t in self.tasks.drain(..) {
             let _ = t.await;
         }
         self.components.stop_all().await;
+        stop_nodes(self.machines.take(), self.node_api.take()).await;
         self.api.stop().await;
         tracing::info!("cluster down");
     }

@@ -11,6 +11,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::node::{Namespaces, Nodes};
 use crate::registry::{Registry, WriteOptions};
 use crate::resources;
 
@@ -25,6 +26,8 @@ const INSTALL_MANIFESTS: [&str; 2] = [
     include_str!("../../../manifests/01-csidriver.yaml"),
     include_str!("../../../manifests/06-storageclasses.yaml"),
 ];
+/// storaged's port on its node's address (as in `manifests/`).
+pub const STORAGED_PORT: u16 = 7001;
 /// How long a component may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a signalled component may take to exit before SIGKILL.
@@ -41,6 +44,8 @@ pub struct ComponentSpec {
     pub env: Vec<(String, String)>,
     /// Where stdout and stderr go (appended).
     pub log: PathBuf,
+    /// The node whose namespaces it runs in (none: the host's).
+    pub node: Option<Namespaces>,
 }
 
 /// Where everything of `--with-cairn` lives, and the storaged addresses. The addresses are
@@ -56,6 +61,10 @@ pub struct CairnLayout {
     pub storaged: Vec<String>,
     /// `--capacity` of each storaged.
     pub capacity: String,
+    /// Each node's namespaces, same order as `nodes` (none: components run on the host).
+    pub node_ns: Vec<Option<Namespaces>>,
+    /// The kubeconfig of components on a node (the API server's bridge address).
+    pub node_kubeconfig: PathBuf,
 }
 
 /// Log files without ANSI colours.
@@ -87,7 +96,39 @@ impl CairnLayout {
             nodes: nodes.to_vec(),
             storaged,
             capacity: "20GiB".into(),
+            node_ns: vec![None; nodes.len()],
+            node_kubeconfig: kubeconfig.to_path_buf(),
         })
+    }
+
+    /// The layout on harness nodes: each node's components run in its namespaces, storaged
+    /// listens on the node's address at `STORAGED_PORT`, and components on a node reach the
+    /// API server through `node_kubeconfig`.
+    pub fn on_nodes(
+        data_dir: &Path,
+        kubeconfig: &Path,
+        node_kubeconfig: &Path,
+        nodes: &Nodes,
+    ) -> Result<CairnLayout> {
+        std::fs::create_dir_all(data_dir.join("cairn")).map_err(Error::internal)?;
+        Ok(CairnLayout {
+            data_dir: data_dir.to_path_buf(),
+            kubeconfig: kubeconfig.to_path_buf(),
+            nodes: nodes.nodes.iter().map(|n| n.name.clone()).collect(),
+            storaged: nodes
+                .nodes
+                .iter()
+                .map(|n| format!("{}:{STORAGED_PORT}", n.address))
+                .collect(),
+            capacity: "20GiB".into(),
+            node_ns: nodes.nodes.iter().map(|n| Some(n.namespaces())).collect(),
+            node_kubeconfig: node_kubeconfig.to_path_buf(),
+        })
+    }
+
+    fn ns(&self, node: &str) -> Option<Namespaces> {
+        let i = self.index(node).ok()?;
+        self.node_ns.get(i).cloned().flatten()
     }
 
     pub fn node_dir(&self, node: &str) -> PathBuf {
@@ -164,6 +205,17 @@ impl CairnLayout {
             if dir.join("tls.key").exists() {
                 continue;
             }
+            let mut ips = vec!["--ip".to_string(), "127.0.0.1".into()];
+            let own = id
+                .strip_prefix("node:")
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| self.storaged.get(i.wrapping_sub(1)))
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .map(|a| a.ip())
+                .filter(|ip| !ip.is_loopback());
+            if let Some(ip) = own {
+                ips.extend(["--ip".to_string(), ip.to_string()]);
+            }
             run(vec![
                 "certs".into(),
                 "issue".into(),
@@ -171,11 +223,12 @@ impl CairnLayout {
                 ca.display().to_string(),
                 "--identity".into(),
                 id,
-                "--ip".into(),
-                "127.0.0.1".into(),
                 "--out".into(),
                 dir.display().to_string(),
-            ])?;
+            ]
+            .into_iter()
+            .chain(ips)
+            .collect())?;
         }
         Ok(())
     }
@@ -232,6 +285,7 @@ impl CairnLayout {
             binary: "storaged".into(),
             args,
             env: plain_logs(),
+            node: self.ns(node),
         })
     }
 
@@ -263,6 +317,7 @@ impl CairnLayout {
                 self.tls_arg(&format!("csi-node:{node}")),
             ],
             env: plain_logs(),
+            node: self.ns(node),
         })
     }
 
@@ -280,6 +335,7 @@ impl CairnLayout {
                 self.tls_arg("controller"),
             ],
             env: plain_logs(),
+            node: None,
         }
     }
 
@@ -304,6 +360,7 @@ impl CairnLayout {
                 format!("--identity={identity}"),
             ],
             env: plain_logs(),
+            node: None,
         }
     }
 
@@ -315,13 +372,14 @@ impl CairnLayout {
             name,
             binary: "cairn-provisioner".into(),
             args: vec![
-                format!("--kubeconfig={}", self.kubeconfig.display()),
+                format!("--kubeconfig={}", self.node_kubeconfig.display()),
                 format!("--node-name={node}"),
                 format!("--discovery-dir={}", self.discovery_dir(node).display()),
                 "--metrics-addr=".into(),
                 format!("--identity=cairn-provisioner-{node}"),
             ],
             env: plain_logs(),
+            node: self.ns(node),
         }
     }
 }
@@ -500,13 +558,23 @@ impl Components {
             .append(true)
             .open(&spec.log)
             .map_err(Error::internal)?;
-        let child = tokio::process::Command::new(bin)
-            .args(&spec.args)
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.args(&spec.args)
             .envs(spec.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(Error::internal)?)
             .stderr(log)
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        if let Some(ns) = &spec.node {
+            let files = ns
+                .open()
+                .map_err(|e| Error::Internal(format!("{}: node: {e}", spec.name)))?;
+            // SAFETY: only syscalls on files opened before fork, as pre_exec requires.
+            unsafe {
+                cmd.pre_exec(move || files.join().map_err(std::io::Error::from));
+            }
+        }
+        let child = cmd
             .spawn()
             .map_err(|e| Error::Internal(format!("{}: {e}", spec.name)))?;
         tracing::info!(component = %spec.name, pid = child.id(), log = %spec.log.display(), "component started");

@@ -8,6 +8,7 @@ pub mod components;
 pub mod controllers;
 pub mod error;
 pub mod kubelet;
+pub mod node;
 pub mod pvutil;
 pub mod registry;
 pub mod resources;

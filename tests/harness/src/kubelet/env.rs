@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 
-use crate::client::Client;
+use super::Kubelet;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -33,7 +33,7 @@ pub fn expand(s: &str, env: &[(String, String)]) -> String {
     out
 }
 
-fn field(pod: &Pod, path: &str) -> String {
+fn field(pod: &Pod, path: &str, node_ip: &str) -> String {
     let v = serde_json::to_value(pod).unwrap_or_default();
     if let Some(key) = path
         .strip_prefix("metadata.labels['")
@@ -58,13 +58,14 @@ fn field(pod: &Pod, path: &str) -> String {
         cur = &cur[seg];
     }
     match path {
-        "status.podIP" | "status.hostIP" => "127.0.0.1".into(),
+        "status.podIP" | "status.hostIP" => node_ip.into(),
         _ => cur.as_str().unwrap_or_default().to_string(),
     }
 }
 
 /// The container's environment, in upstream order (envFrom, then env).
-pub fn build(client: &Client, pod: &Pod, c: &Container) -> Result<Vec<(String, String)>, String> {
+pub fn build(kl: &Kubelet, pod: &Pod, c: &Container) -> Result<Vec<(String, String)>, String> {
+    let client = &kl.client;
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let hostname = pod
         .spec
@@ -76,6 +77,10 @@ pub fn build(client: &Client, pod: &Pod, c: &Container) -> Result<Vec<(String, S
         ("PATH".into(), DEFAULT_PATH.into()),
         ("HOSTNAME".into(), hostname),
     ];
+    if let Some(api) = kl.api() {
+        env.push(("KUBERNETES_SERVICE_HOST".into(), api.ip().to_string()));
+        env.push(("KUBERNETES_SERVICE_PORT".into(), api.port().to_string()));
+    }
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         if let Some(r) = &from.config_map_ref {
@@ -108,7 +113,7 @@ pub fn build(client: &Client, pod: &Pod, c: &Container) -> Result<Vec<(String, S
             expand(v, &env)
         } else if let Some(from) = &e.value_from {
             if let Some(f) = &from.field_ref {
-                field(pod, &f.field_path)
+                field(pod, &f.field_path, &kl.address())
             } else if let Some(r) = &from.config_map_key_ref {
                 let cm = client.get::<ConfigMap>(Some(&ns), &r.name).ok().flatten();
                 match cm.and_then(|cm| cm.data.and_then(|d| d.get(&r.key).cloned())) {

@@ -8,6 +8,7 @@ pub mod runtime;
 mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +36,12 @@ pub struct KubeletConfig {
     pub labels: BTreeMap<String, String>,
     /// Extra CSI node plugin sockets besides those discovered under `<root>/plugins/*/csi.sock`.
     pub csi_sockets: Vec<PathBuf>,
+    /// The node's address: `InternalIP`, and the hostIP and podIP of its (host-network) pods.
+    pub address: IpAddr,
+    /// The node's namespaces its pods run in (none: the host's).
+    pub namespaces: Option<crate::node::Namespaces>,
+    /// The API server as the node reaches it (`KUBERNETES_SERVICE_HOST`/`_PORT` in pods).
+    pub api: Option<SocketAddr>,
 }
 
 impl KubeletConfig {
@@ -52,6 +59,9 @@ impl KubeletConfig {
             pods: 110,
             labels,
             csi_sockets: Vec::new(),
+            address: IpAddr::from([127, 0, 0, 1]),
+            namespaces: None,
+            api: None,
         }
     }
 }
@@ -91,6 +101,30 @@ impl Kubelet {
         })
     }
 
+    /// The node's address (hostIP, and podIP of its pods, which share the node's network).
+    pub(crate) fn address(&self) -> String {
+        self.cfg.address.to_string()
+    }
+
+    /// The node's namespaces, when it has its own.
+    pub(crate) fn namespaces(&self) -> Option<crate::node::Namespaces> {
+        self.cfg.namespaces.clone()
+    }
+
+    /// The API server's address as pods on this node reach it.
+    pub(crate) fn api(&self) -> Option<SocketAddr> {
+        self.cfg.api
+    }
+
+    /// `path` (absolute, as seen in the node) as this process reaches it.
+    pub(crate) fn node_path(&self, path: &str) -> PathBuf {
+        let rel = path.trim_start_matches('/');
+        match &self.cfg.namespaces {
+            Some(n) => n.root().join(rel),
+            None => PathBuf::from("/").join(rel),
+        }
+    }
+
     /// Where a container's log lives.
     pub fn log_path(root: &std::path::Path, uid: &str, container: &str) -> PathBuf {
         root.join("pods")
@@ -115,7 +149,7 @@ impl Kubelet {
                     cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
                     cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
                 ],
-                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": self.node}],
+                "addresses": [{"type": "InternalIP", "address": self.cfg.address.to_string()}, {"type": "Hostname", "address": self.node}],
                 "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
                 "nodeInfo": {"machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "", "osImage": "cairn-harness",
                     "containerRuntimeVersion": "cairn://0.1.0", "kubeletVersion": "v1.33.0-cairn", "kubeProxyVersion": "",

@@ -266,7 +266,7 @@ impl Worker {
     }
 
     fn container_spec(&self, c: &Container, volumes: &[Prepared]) -> Option<ContainerSpec> {
-        let env = match env::build(&self.kl.client, &self.pod, c) {
+        let env = match env::build(&self.kl, &self.pod, c) {
             Ok(e) => e,
             Err(msg) => {
                 self.kl.events.record_typed(
@@ -303,6 +303,7 @@ impl Worker {
             log_path: Kubelet::log_path(&self.kl.root, &self.uid, &c.name),
             rootfs: dir.join("containers").join(&c.name).join("rootfs"),
             hostname: pod_hostname(&self.pod),
+            node: self.kl.namespaces(),
         })
     }
 
@@ -611,8 +612,9 @@ impl Worker {
             cond("ContainersReady", ready, not_ready),
             cond("PodScheduled", "True", None),
         ]);
-        let status = json!({"phase": phase, "conditions": conditions, "containerStatuses": statuses, "hostIP": "127.0.0.1",
-            "hostIPs": [{"ip": "127.0.0.1"}], "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}], "startTime": self.start_time,
+        let ip = self.kl.address();
+        let status = json!({"phase": phase, "conditions": conditions, "containerStatuses": statuses, "hostIP": ip,
+            "hostIPs": [{"ip": ip}], "podIP": ip, "podIPs": [{"ip": ip}], "startTime": self.start_time,
             "qosClass": "BestEffort"});
         // Compare without timestamps that only move when something real changes.
         if status == self.last_status {

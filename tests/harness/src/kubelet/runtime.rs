@@ -33,6 +33,8 @@ pub struct ContainerSpec {
     pub rootfs: PathBuf,
     /// The pod's hostname (its own UTS namespace, as in a real pod).
     pub hostname: String,
+    /// The node the container runs on (joined before anything else), or the host's.
+    pub node: Option<crate::node::Namespaces>,
 }
 
 /// The command a container without one runs: idle until told to stop.
@@ -55,15 +57,20 @@ fn c(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
 }
 
-/// Replicates the host directory `dir`'s entries under `root + dir` (already a tmpfs).
-fn replicate(root: &Path, dir: &Path, ops: &mut Vec<Op>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
+/// `path` as this process reaches it in the node whose `/` is `view`.
+fn seen(view: &Path, path: &Path) -> PathBuf {
+    view.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// Replicates the node directory `dir`'s entries under `root + dir` (already a tmpfs).
+fn replicate(root: &Path, view: &Path, dir: &Path, ops: &mut Vec<Op>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(seen(view, dir))? {
         let e = e?;
-        let host = e.path();
+        let host = dir.join(e.file_name());
         let inside = root.join(host.strip_prefix("/").unwrap_or(&host));
         let ft = e.file_type()?;
         if ft.is_symlink() {
-            ops.push(Op::Symlink(c(&std::fs::read_link(&host)?), c(&inside)));
+            ops.push(Op::Symlink(c(&std::fs::read_link(e.path())?), c(&inside)));
         } else if ft.is_dir() {
             ops.push(Op::Mkdir(c(&inside)));
             ops.push(Op::Bind(c(&host), c(&inside), true));
@@ -81,7 +88,7 @@ fn replicate(root: &Path, dir: &Path, ops: &mut Vec<Op>) -> std::io::Result<()> 
 /// host unmounts it, so a volume staged before this container started could not be
 /// unstaged (its loop device stays busy) until the container exits. A real runtime
 /// starts from an image and binds only the declared mounts, so it never holds them.
-fn hidden_host_mounts(mountinfo: &str) -> Vec<PathBuf> {
+pub(crate) fn hidden_host_mounts(mountinfo: &str) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = cairn_csi::mount::parse_mountinfo(mountinfo)
         .into_iter()
         .map(|m| m.mount_point)
@@ -120,14 +127,19 @@ fn hide(root: &Path, under: &Path, hidden: &[PathBuf], targets: &[PathBuf], ops:
 /// tmpfs (never on the host) and the volume bound over it.
 fn plan(spec: &ContainerSpec) -> std::io::Result<Vec<Op>> {
     let root = &spec.rootfs;
-    let hidden = hidden_host_mounts(&std::fs::read_to_string("/proc/self/mountinfo")?);
+    // The node's view (its mounts, its `/`) when the container runs on one.
+    let (view, info) = match &spec.node {
+        Some(n) => (n.root(), n.proc("mountinfo")),
+        None => (PathBuf::from("/"), PathBuf::from("/proc/self/mountinfo")),
+    };
+    let hidden = hidden_host_mounts(&std::fs::read_to_string(info)?);
     let targets: Vec<PathBuf> = spec
         .mounts
         .iter()
         .map(|m| Path::new("/").join(&m.target))
         .collect();
     let mut ops = vec![Op::Tmpfs(c(root))];
-    replicate(root, Path::new("/"), &mut ops)?;
+    replicate(root, &view, Path::new("/"), &mut ops)?;
     hide(root, Path::new("/"), &hidden, &targets, &mut ops);
     // Directories (container paths) that live on a tmpfs of ours: safe to mkdir in.
     let mut owned: BTreeSet<PathBuf> = BTreeSet::from([PathBuf::from("/")]);
@@ -141,12 +153,12 @@ fn plan(spec: &ContainerSpec) -> std::io::Result<Vec<Op>> {
         let mut cur = PathBuf::from("/");
         for comp in target.components() {
             let next = cur.join(comp);
-            if !owned.contains(&next) && !next.exists() {
+            if !owned.contains(&next) && !seen(&view, &next).exists() {
                 if !owned.contains(&cur) {
                     // Shadow the host directory with a tmpfs holding binds of its entries.
                     let inside = root.join(cur.strip_prefix("/").unwrap_or(&cur));
                     ops.push(Op::Tmpfs(c(&inside)));
-                    replicate(root, &cur, &mut ops)?;
+                    replicate(root, &view, &cur, &mut ops)?;
                     hide(root, &cur, &hidden, &targets, &mut ops);
                     owned.insert(cur.clone());
                 }
@@ -260,6 +272,7 @@ pub fn spawn(spec: &ContainerSpec) -> std::io::Result<tokio::process::Child> {
         .append(true)
         .open(&spec.log_path)?;
     let ops = plan(spec)?;
+    let node = spec.node.as_ref().map(|n| n.open()).transpose()?;
     let root = c(&spec.rootfs);
     let workdir =
         CString::new(spec.working_dir.clone().unwrap_or_else(|| "/".into())).unwrap_or_default();
@@ -281,6 +294,9 @@ pub fn spawn(spec: &ContainerSpec) -> std::io::Result<tokio::process::Child> {
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if let Some(n) = &node {
+                n.join().map_err(std::io::Error::from)?;
+            }
             run_ops(&ops, &root, &workdir, &hostname).map_err(std::io::Error::from)
         });
     }
@@ -389,9 +405,11 @@ pub fn exec_in(target: &Running, argv: &[String]) -> std::io::Result<tokio::proc
     };
     let ns = std::fs::File::open(format!("/proc/{}/ns/mnt", target.pid))?;
     let uts = std::fs::File::open(format!("/proc/{}/ns/uts", target.pid))?;
-    let (ns_fd, uts_fd) = (
+    let net = std::fs::File::open(format!("/proc/{}/ns/net", target.pid))?;
+    let (ns_fd, uts_fd, net_fd) = (
         std::os::fd::AsRawFd::as_raw_fd(&ns),
         std::os::fd::AsRawFd::as_raw_fd(&uts),
+        std::os::fd::AsRawFd::as_raw_fd(&net),
     );
     let workdir =
         CString::new(target.working_dir.clone().unwrap_or_else(|| "/".into())).unwrap_or_default();
@@ -407,6 +425,8 @@ pub fn exec_in(target: &Running, argv: &[String]) -> std::io::Result<tokio::proc
     unsafe {
         cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            let net = std::os::fd::BorrowedFd::borrow_raw(net_fd);
+            nix::sched::setns(net, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
             let uts = std::os::fd::BorrowedFd::borrow_raw(uts_fd);
             nix::sched::setns(uts, CloneFlags::CLONE_NEWUTS).map_err(std::io::Error::from)?;
             let fd = std::os::fd::BorrowedFd::borrow_raw(ns_fd);
@@ -417,7 +437,7 @@ pub fn exec_in(target: &Running, argv: &[String]) -> std::io::Result<tokio::proc
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
     let child = cmd.spawn();
-    drop((ns, uts));
+    drop((ns, uts, net));
     child
 }
 
@@ -451,6 +471,7 @@ mod tests {
             log_path: tmp.path().join("log"),
             rootfs: tmp.path().join("rootfs"),
             hostname: "test-pod".into(),
+            node: None,
         };
         let status = spawn(&spec).unwrap().wait().await.unwrap();
         assert!(status.success());
@@ -526,6 +547,7 @@ mod tests {
             log_path: log.clone(),
             rootfs: tmp.path().join("rootfs"),
             hostname: "test-pod".into(),
+            node: None,
         };
         let mut child = spawn(&spec).unwrap();
         let pid = child.id().unwrap();
@@ -577,6 +599,7 @@ mod tests {
             log_path: tmp.path().join("log"),
             rootfs: tmp.path().join("rootfs"),
             hostname: "test-pod".into(),
+            node: None,
         };
         let status = spawn(&spec).unwrap().wait().await.unwrap();
         assert!(!status.success());

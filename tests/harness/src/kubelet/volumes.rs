@@ -61,8 +61,8 @@ impl Kubelet {
             return Ok(prepared(dir));
         }
         if let Some(hp) = &v.host_path {
-            return host_path(&v.name, &hp.path, hp.type_.as_deref().unwrap_or_default())
-                .map(prepared);
+            let ty = hp.type_.as_deref().unwrap_or_default();
+            return host_path(&v.name, &hp.path, ty, &self.node_path(&hp.path)).map(prepared);
         }
         if let Some(cm) = &v.config_map {
             let obj = self
@@ -143,7 +143,7 @@ impl Kubelet {
             let spec = pv.spec.clone().unwrap_or_default();
             if let Some(local) = &spec.local {
                 let p = PathBuf::from(&local.path);
-                if !p.is_dir() {
+                if !self.node_path(&local.path).is_dir() {
                     return Err(mount_error(
                         &v.name,
                         format!("local volume path \"{}\" does not exist", local.path),
@@ -152,8 +152,8 @@ impl Kubelet {
                 return Ok(prepared(p));
             }
             if let Some(hp) = &spec.host_path {
-                return host_path(&v.name, &hp.path, hp.type_.as_deref().unwrap_or_default())
-                    .map(prepared);
+                let ty = hp.type_.as_deref().unwrap_or_default();
+                return host_path(&v.name, &hp.path, ty, &self.node_path(&hp.path)).map(prepared);
             }
             if let Some(csi) = &spec.csi {
                 let target = self
@@ -198,10 +198,12 @@ impl Kubelet {
     }
 }
 
-fn host_path(volume: &str, path: &str, ty: &str) -> Result<PathBuf> {
-    let p = PathBuf::from(path);
+/// Checks (and with `*OrCreate` makes) a hostPath: `path` as the node sees it, which this
+/// process reaches at `seen`; containers bind `path` from inside the node.
+fn host_path(volume: &str, path: &str, ty: &str, seen: &Path) -> Result<PathBuf> {
+    let p = seen;
     match ty {
-        "DirectoryOrCreate" => std::fs::create_dir_all(&p).map_err(|e| mount_error(volume, e))?,
+        "DirectoryOrCreate" => std::fs::create_dir_all(p).map_err(|e| mount_error(volume, e))?,
         "Directory" if !p.is_dir() => {
             return Err(mount_error(
                 volume,
@@ -209,7 +211,7 @@ fn host_path(volume: &str, path: &str, ty: &str) -> Result<PathBuf> {
             ));
         }
         "FileOrCreate" if !p.exists() => {
-            std::fs::File::create(&p).map_err(|e| mount_error(volume, e))?;
+            std::fs::File::create(p).map_err(|e| mount_error(volume, e))?;
         }
         "File" if !p.is_file() => {
             return Err(mount_error(
@@ -219,7 +221,7 @@ fn host_path(volume: &str, path: &str, ty: &str) -> Result<PathBuf> {
         }
         _ => {}
     }
-    Ok(p)
+    Ok(PathBuf::from(path))
 }
 
 fn write_files(dir: &Path, files: &[(String, Vec<u8>)]) -> std::io::Result<PathBuf> {

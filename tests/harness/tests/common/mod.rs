@@ -138,12 +138,18 @@ pub fn processes_with(marker: &str) -> Vec<u32> {
     out
 }
 
-/// Host mounts (in our own mount namespace) under `dir`.
+/// Host mounts (in our own mount namespace) under `dir`, except the bind of `data/nodes`
+/// on itself that the harness keeps while its nodes run (see `cairn_harness::node`).
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let d = dir.to_string_lossy().to_string();
+    let nodes = dir.join("data").join("nodes").to_string_lossy().to_string();
     info.lines()
-        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&d)))
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|m| m.starts_with(&d) && m != nodes)
+        })
         .map(String::from)
         .collect()
 }

@@ -1,0 +1,720 @@
+//! Harness nodes as namespaces, like kind's node containers: per node a holder process owning a
+//! network, UTS and mount namespace, a veth to the cluster's bridge, and host paths of its own.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result};
+
+/// The host paths every node has of its own: (path in the node, directory under
+/// `DIR/nodes/<node>/` it is bound from). `/dev` stays shared (loop devices and FUSE are global).
+pub const NODE_PATHS: [(&str, &str); 6] = [
+    ("/var/lib/kubelet", "kubelet"),
+    ("/var/lib/cairn", "cairn"),
+    ("/mnt/cairn-disks", "cairn-disks"),
+    ("/mnt/disks", "disks"),
+    ("/run", "run"),
+    ("/etc/cairn", "etc-cairn"),
+];
+
+/// Node subnets are `10.213.<i>.0/24`, bridge `cairnbr<i>` at `.1`, node-k at `.(10+k)`.
+const SUBNET: [u8; 2] = [10, 213];
+/// Where the subnet index a data directory uses is kept (so storaged addresses stay put).
+const NETWORK_FILE: &str = "network";
+/// Marks a holder process's command line (`$0`), so leftovers are found by data directory.
+const HOLDER_MARK: &str = "cairn-node:";
+const HOLDER_SCRIPT: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A node's namespaces as pods and components join them: the holder's pid (it changes when
+/// the node restarts, so every holder of this handle follows).
+#[derive(Debug, Clone, Default)]
+pub struct Namespaces(Arc<AtomicU32>);
+
+/// Open namespace files of a node, in the order a process joins them.
+pub struct NsFiles {
+    pub net: File,
+    pub uts: File,
+    pub mnt: File,
+}
+
+impl Namespaces {
+    pub fn pid(&self) -> u32 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// `/proc/<holder>/<what>`.
+    pub fn proc(&self, what: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/{what}", self.pid()))
+    }
+
+    /// The node's `/` as the host reaches it (`/proc/<holder>/root`): paths looked up below it
+    /// resolve in the node's mount namespace.
+    pub fn root(&self) -> PathBuf {
+        self.proc("root")
+    }
+
+    pub fn open(&self) -> std::io::Result<NsFiles> {
+        if self.pid() == 0 {
+            return Err(std::io::Error::other("the node is not running"));
+        }
+        Ok(NsFiles {
+            net: File::open(self.proc("ns/net"))?,
+            uts: File::open(self.proc("ns/uts"))?,
+            mnt: File::open(self.proc("ns/mnt"))?,
+        })
+    }
+
+    /// The node's network namespace (`net:[inode]`).
+    pub fn net_id(&self) -> Option<String> {
+        ns_id(&self.pid().to_string(), "net")
+    }
+}
+
+impl NsFiles {
+    /// Joins the namespaces; for a child between fork and exec (only syscalls).
+    pub fn join(&self) -> nix::Result<()> {
+        setns(self.net.as_fd(), CloneFlags::CLONE_NEWNET)?;
+        setns(self.uts.as_fd(), CloneFlags::CLONE_NEWUTS)?;
+        setns(self.mnt.as_fd(), CloneFlags::CLONE_NEWNS)
+    }
+}
+
+fn ns_id(pid: &str, ns: &str) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/ns/{ns}"))
+        .ok()
+        .map(|l| l.to_string_lossy().into_owned())
+}
+
+/// Runs a command; its stderr becomes the error.
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Internal(format!("{program}: {e} (install iproute2, util-linux)")))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes()).map_err(Error::internal)?;
+    }
+    let out = child.wait_with_output().map_err(Error::internal)?;
+    if !out.status.success() {
+        return Err(Error::Internal(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run("ip", args, None)
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// `a.b.c.d/len` (or a bare address, a /32) as (network, prefix length).
+fn parse_cidr(s: &str) -> Option<(u32, u32)> {
+    let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
+    let a: Ipv4Addr = addr.parse().ok()?;
+    let len: u32 = len.parse().ok().filter(|l| *l <= 32)?;
+    Some((u32::from(a), len))
+}
+
+fn overlaps(a: (u32, u32), b: (u32, u32)) -> bool {
+    let len = a.1.min(b.1);
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    a.0 & mask == b.0 & mask
+}
+
+/// Every destination the host routes (all tables), except the default route.
+fn host_routes() -> Vec<(u32, u32)> {
+    let out = Command::new("ip")
+        .args(["-o", "-4", "route", "show", "table", "all"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .filter_map(|l| {
+            let mut t = l.split_whitespace();
+            let first = t.next()?;
+            let dest = match first {
+                "local" | "broadcast" | "unicast" | "multicast" | "anycast" | "blackhole"
+                | "unreachable" | "prohibit" | "throw" | "nat" => t.next()?,
+                d => d,
+            };
+            parse_cidr(dest)
+        })
+        .collect()
+}
+
+/// The cluster's network: a bridge the harness creates on a private /24 it picked, with the
+/// host's address on it, and a shared bind of `DIR/nodes` so mounts the host makes under it
+/// reach every node (each node's copy is a slave: what a node mounts stays in it).
+#[derive(Debug)]
+pub struct Network {
+    pub index: u8,
+    pub bridge: String,
+    data_dir: PathBuf,
+}
+
+impl Network {
+    /// Picks a subnet (the one this data directory used before, else the first whose bridge
+    /// name is free and whose /24 no host route overlaps), creates the bridge and the bind.
+    pub fn create(data_dir: &Path) -> Result<Network> {
+        std::fs::create_dir_all(data_dir).map_err(Error::internal)?;
+        cleanup_leftovers(data_dir);
+        let recorded: Option<u8> = std::fs::read_to_string(data_dir.join(NETWORK_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let candidates: Vec<u8> = match recorded {
+            Some(i) => vec![i],
+            None => (0..=255).collect(),
+        };
+        let routes = host_routes();
+        let mut picked = None;
+        for i in candidates {
+            let net = (u32::from(Ipv4Addr::new(SUBNET[0], SUBNET[1], i, 0)), 24);
+            let bridge = format!("cairnbr{i}");
+            if routes.iter().any(|r| overlaps(*r, net)) || link_exists(&bridge) {
+                continue;
+            }
+            match ip(&["link", "add", &bridge, "type", "bridge"]) {
+                Ok(()) => {
+                    picked = Some(i);
+                    break;
+                }
+                // Taken by another harness between the check and the add.
+                Err(_) if link_exists(&bridge) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(index) = picked else {
+            return Err(Error::Internal(match recorded {
+                Some(i) => format!(
+                    "subnet {}.{}.{i}.0/24, recorded in {} for this data directory, is in use \
+                     (bridge cairnbr{i} or a host route): storaged's Raft members keep their addresses",
+                    SUBNET[0],
+                    SUBNET[1],
+                    data_dir.join(NETWORK_FILE).display()
+                ),
+                None => "no free 10.213.<i>.0/24 subnet for the node bridge".into(),
+            }));
+        };
+        let net = Network {
+            index,
+            bridge: format!("cairnbr{index}"),
+            data_dir: data_dir.to_path_buf(),
+        };
+        if let Err(e) = net.configure() {
+            net.destroy();
+            return Err(e);
+        }
+        tracing::info!(bridge = %net.bridge, gateway = %net.gateway(), "node network created");
+        Ok(net)
+    }
+
+    fn configure(&self) -> Result<()> {
+        let alias = self.data_dir.display().to_string();
+        ip(&["link", "set", &self.bridge, "alias", &alias])?;
+        let gw = format!("{}/24", self.gateway());
+        ip(&["addr", "add", &gw, "dev", &self.bridge])?;
+        ip(&["link", "set", &self.bridge, "up"])?;
+        std::fs::write(
+            self.data_dir.join(NETWORK_FILE),
+            format!("{}\n", self.index),
+        )
+        .map_err(Error::internal)?;
+        let nodes = self.data_dir.join("nodes");
+        std::fs::create_dir_all(&nodes).map_err(Error::internal)?;
+        mount(
+            Some(&nodes),
+            &nodes,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| Error::Internal(format!("bind {}: {e}", nodes.display())))?;
+        mount(
+            None::<&str>,
+            &nodes,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .map_err(|e| Error::Internal(format!("make-shared {}: {e}", nodes.display())))
+    }
+
+    /// The host's address on the bridge (the API server listens there for the nodes).
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::new(SUBNET[0], SUBNET[1], self.index, 1)
+    }
+
+    /// The address of node `k` (1-based).
+    pub fn node_address(&self, k: usize) -> Ipv4Addr {
+        Ipv4Addr::new(SUBNET[0], SUBNET[1], self.index, (10 + k) as u8)
+    }
+
+    /// Removes the mounts under `DIR/nodes`, the bind and the bridge.
+    pub fn destroy(&self) {
+        unmount_under(&self.data_dir.join("nodes"));
+        if let Err(e) = ip(&["link", "del", &self.bridge]) {
+            tracing::warn!(bridge = %self.bridge, error = %e, "bridge removal failed");
+        }
+        tracing::info!(bridge = %self.bridge, "node network removed");
+    }
+}
+
+/// Unmounts `dir` and every mount below it on the host, deepest first.
+fn unmount_under(dir: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = cairn_csi::mount::parse_mountinfo(&info)
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        if let Err(e) = umount2(&p, MntFlags::MNT_DETACH)
+            && e != nix::errno::Errno::EINVAL
+        {
+            tracing::warn!(mount = %p.display(), error = %e, "unmount failed");
+        }
+    }
+}
+
+/// Every process whose network namespace is `net` (a node's), but never this one.
+fn processes_in(net: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|p| *p != me && ns_id(&p.to_string(), "net").as_deref() == Some(net))
+        .collect()
+}
+
+/// What a crashed harness left for this data directory: node processes (holders and all that
+/// runs in their namespaces), mounts under `DIR/nodes`, the bridge (if its alias is this dir).
+pub fn cleanup_leftovers(data_dir: &Path) {
+    let nodes = data_dir.join("nodes");
+    if let Ok(rd) = std::fs::read_dir(&nodes) {
+        for e in rd.flatten() {
+            let pid_file = e.path().join("holder.pid");
+            let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let mark = format!("{HOLDER_MARK}{}", e.path().display());
+            if String::from_utf8_lossy(&cmdline).contains(&mark) {
+                tracing::warn!(pid, node_dir = %e.path().display(), "killing a node left by a previous run");
+                if let Some(net) = ns_id(&pid.to_string(), "net") {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    kill_until_gone(&net, STOP_TIMEOUT);
+                }
+            }
+            let _ = std::fs::remove_file(&pid_file);
+        }
+    }
+    unmount_under(&nodes);
+    let recorded = std::fs::read_to_string(data_dir.join(NETWORK_FILE)).unwrap_or_default();
+    if let Ok(i) = recorded.trim().parse::<u8>() {
+        let bridge = format!("cairnbr{i}");
+        let alias =
+            std::fs::read_to_string(format!("/sys/class/net/{bridge}/ifalias")).unwrap_or_default();
+        if alias.trim() == data_dir.display().to_string() {
+            tracing::warn!(%bridge, "removing a bridge left by a previous run");
+            let _ = ip(&["link", "del", &bridge]);
+        }
+    }
+}
+
+/// Signals every process in network namespace `net` (a node's: holder, pods, components).
+fn signal_all(net: &str, sig: Signal) -> usize {
+    let procs = processes_in(net);
+    for p in &procs {
+        let _ = kill(Pid::from_raw(*p), sig);
+    }
+    procs.len()
+}
+
+/// Waits (bounded) until nothing runs in network namespace `net` any more.
+fn wait_gone(net: &str, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if processes_in(net).is_empty() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// SIGKILLs everything in `net` until nothing is left (bounded): a process started while
+/// the others were being killed (the holder's next `sleep`) goes too.
+fn kill_until_gone(net: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while signal_all(net, Signal::SIGKILL) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One node: its holder process and namespaces, its address and its directories.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    /// 1-based position (`node-k`), which fixes the address and link names.
+    pub index: usize,
+    pub address: Ipv4Addr,
+    /// `DIR/nodes/<name>`: the node's paths of `NODE_PATHS` live below it.
+    pub dir: PathBuf,
+    ns: Namespaces,
+    holder: Option<Child>,
+    bridge: String,
+    gateway: Ipv4Addr,
+    net_index: u8,
+}
+
+impl Node {
+    pub fn new(net: &Network, data_dir: &Path, name: &str, index: usize) -> Node {
+        Node {
+            name: name.to_string(),
+            index,
+            address: net.node_address(index),
+            dir: data_dir.join("nodes").join(name),
+            ns: Namespaces::default(),
+            holder: None,
+            bridge: net.bridge.clone(),
+            gateway: net.gateway(),
+            net_index: net.index,
+        }
+    }
+
+    /// The handle pods and components join (it follows restarts).
+    pub fn namespaces(&self) -> Namespaces {
+        self.ns.clone()
+    }
+
+    /// The host directory bound at `path` (one of `NODE_PATHS`) in the node.
+    pub fn host_dir(&self, path: &str) -> Option<PathBuf> {
+        NODE_PATHS
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, d)| self.dir.join(d))
+    }
+
+    fn veth(&self) -> (String, String) {
+        (
+            format!("cb{}h{}", self.net_index, self.index),
+            format!("cb{}n{}", self.net_index, self.index),
+        )
+    }
+
+    /// Creates the namespaces (holder), the node's mounts and its link to the bridge.
+    pub fn start(&mut self) -> Result<()> {
+        if self.holder.is_some() {
+            return Err(Error::Internal(format!("node {} is running", self.name)));
+        }
+        for (_, d) in NODE_PATHS {
+            std::fs::create_dir_all(self.dir.join(d)).map_err(Error::internal)?;
+        }
+        let overlay = self.dir.join("overlay");
+        let _ = std::fs::remove_dir_all(&overlay);
+        let hostname = self.name.clone().into_bytes();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args([
+            "-c",
+            HOLDER_SCRIPT,
+            &format!("{HOLDER_MARK}{}", self.dir.display()),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        // SAFETY: only syscalls on data prepared before fork, as pre_exec requires.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::unistd::setsid()?;
+                unshare(
+                    CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNS,
+                )?;
+                nix::errno::Errno::result(nix::libc::sethostname(
+                    hostname.as_ptr().cast(),
+                    hostname.len(),
+                ))?;
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::Internal(format!("node {}: holder: {e}", self.name)))?;
+        self.ns.0.store(child.id(), Ordering::SeqCst);
+        self.holder = Some(child);
+        let _ = std::fs::write(self.dir.join("holder.pid"), self.ns.pid().to_string());
+        let setup = self.setup_mounts().and_then(|()| self.setup_link());
+        if let Err(e) = setup {
+            self.kill();
+            return Err(Error::Internal(format!("node {}: {e}", self.name)));
+        }
+        tracing::info!(node = %self.name, address = %self.address, holder = self.ns.pid(), "node started");
+        Ok(())
+    }
+
+    /// In the node's mount namespace (joined by a thread of ours): detaches the copies of
+    /// the host's nested mounts (so the node pins none of them), then binds `NODE_PATHS`.
+    fn setup_mounts(&self) -> Result<()> {
+        let mnt = File::open(self.ns.proc("ns/mnt")).map_err(Error::internal)?;
+        let dir = self.dir.clone();
+        let shared = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        std::thread::spawn(move || -> Result<()> {
+            unshare(CloneFlags::CLONE_FS).map_err(Error::internal)?;
+            setns(mnt.as_fd(), CloneFlags::CLONE_NEWNS).map_err(Error::internal)?;
+            let info =
+                std::fs::read_to_string("/proc/thread-self/mountinfo").map_err(Error::internal)?;
+            for m in crate::kubelet::runtime::hidden_host_mounts(&info)
+                .iter()
+                .rev()
+            {
+                if m.starts_with(&shared) || shared.starts_with(m) {
+                    continue;
+                }
+                match umount2(m, MntFlags::MNT_DETACH) {
+                    Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+                    Err(e) => return Err(Error::Internal(format!("detach {}: {e}", m.display()))),
+                }
+            }
+            // Mounts the host makes under `DIR/nodes` reach the node; the node's own (staged
+            // volumes, FUSE exports) stay in it, seen once, at the path they were made at.
+            mount(
+                None::<&str>,
+                &shared,
+                None::<&str>,
+                MsFlags::MS_SLAVE,
+                None::<&str>,
+            )
+            .map_err(|e| Error::Internal(format!("make-slave {}: {e}", shared.display())))?;
+            let mut overlaid = Vec::new();
+            for (target, d) in NODE_PATHS {
+                let target = Path::new(target);
+                ensure_dir(target, &dir.join("overlay"), &mut overlaid)?;
+                mount(
+                    Some(&dir.join(d)),
+                    target,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(|e| Error::Internal(format!("bind {}: {e}", target.display())))?;
+            }
+            Ok(())
+        })
+        .join()
+        .map_err(|_| Error::Internal("node mount setup panicked".into()))?
+    }
+
+    /// A veth pair: one end on the bridge, the other `eth0` in the node with its address.
+    fn setup_link(&self) -> Result<()> {
+        let (host, peer) = self.veth();
+        if link_exists(&host) {
+            let _ = ip(&["link", "del", &host]);
+        }
+        ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer])?;
+        ip(&["link", "set", &host, "master", &self.bridge])?;
+        ip(&["link", "set", &host, "up"])?;
+        let pid = self.ns.pid().to_string();
+        ip(&["link", "set", &peer, "netns", &pid])?;
+        let batch = format!(
+            "link set lo up\nlink set {peer} name eth0\naddr add {}/24 dev eth0\nlink set eth0 up\nroute add default via {}\n",
+            self.address, self.gateway
+        );
+        let netns = format!("--net=/proc/{pid}/ns/net");
+        run("nsenter", &[&netns, "ip", "-batch", "-"], Some(&batch))
+    }
+
+    /// SIGKILLs everything in the node (holder, pods, components), as a power cut would.
+    pub fn kill(&mut self) {
+        if let Some(net) = self.ns.net_id() {
+            if let Some(h) = &self.holder {
+                let _ = kill(Pid::from_raw(h.id() as i32), Signal::SIGKILL);
+            }
+            kill_until_gone(&net, STOP_TIMEOUT);
+        }
+        self.reap();
+    }
+
+    /// SIGTERMs everything in the node, waits (bounded) for it to exit, then kills the rest.
+    pub fn stop(&mut self) {
+        if let Some(net) = self.ns.net_id()
+            && signal_all(&net, Signal::SIGTERM) > 0
+            && !wait_gone(&net, STOP_TIMEOUT)
+        {
+            tracing::warn!(node = %self.name, "processes did not exit in time; killing");
+        }
+        self.kill();
+    }
+
+    /// Stops the node and starts it again with the same name, address and directories.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.start()
+    }
+
+    fn reap(&mut self) {
+        if let Some(mut h) = self.holder.take() {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+        let (host, _) = self.veth();
+        if link_exists(&host) {
+            let _ = ip(&["link", "del", &host]);
+        }
+        let _ = std::fs::remove_file(self.dir.join("holder.pid"));
+        self.ns.0.store(0, Ordering::SeqCst);
+        tracing::info!(node = %self.name, "node stopped");
+    }
+}
+
+/// Makes `target` exist in this mount namespace without touching the host: the nearest
+/// existing ancestor gets an overlay (upper layer under `overlay_dir`) the rest is made in.
+fn ensure_dir(target: &Path, overlay_dir: &Path, overlaid: &mut Vec<PathBuf>) -> Result<()> {
+    if target.is_dir() {
+        return Ok(());
+    }
+    let mut base = target;
+    while !base.exists() {
+        base = base
+            .parent()
+            .ok_or_else(|| Error::Internal(format!("{}: no ancestor", target.display())))?;
+    }
+    if !overlaid.iter().any(|o| o == base) {
+        let name = base.display().to_string().replace('/', "_");
+        let (upper, work) = (
+            overlay_dir.join(&name).join("upper"),
+            overlay_dir.join(&name).join("work"),
+        );
+        for d in [&upper, &work] {
+            std::fs::create_dir_all(d).map_err(Error::internal)?;
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            base.display(),
+            upper.display(),
+            work.display()
+        );
+        if opts.matches(',').count() != 2 || opts.contains(':') {
+            return Err(Error::Internal(format!(
+                "overlay options with ',' or ':' in a path: {opts}"
+            )));
+        }
+        mount(
+            Some("overlay"),
+            base,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .map_err(|e| Error::Internal(format!("overlay on {}: {e}", base.display())))?;
+        overlaid.push(base.to_path_buf());
+    }
+    std::fs::create_dir_all(target).map_err(Error::internal)
+}
+
+/// The nodes of a cluster and their network; `shutdown` removes all of it.
+#[derive(Debug)]
+pub struct Nodes {
+    pub network: Network,
+    pub nodes: Vec<Node>,
+    down: bool,
+}
+
+impl Nodes {
+    /// Creates the network and starts `names` (node-k is `names[k-1]`); undoes it all on failure.
+    pub fn start(data_dir: &Path, names: &[String]) -> Result<Nodes> {
+        let network = Network::create(data_dir)?;
+        let mut out = Nodes {
+            network,
+            nodes: Vec::new(),
+            down: false,
+        };
+        for (i, name) in names.iter().enumerate() {
+            let mut n = Node::new(&out.network, data_dir, name, i + 1);
+            if let Err(e) = n.start() {
+                out.shutdown();
+                return Err(e);
+            }
+            out.nodes.push(n);
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Node> {
+        self.nodes.iter_mut().find(|n| n.name == name)
+    }
+
+    /// Stops every node, then removes the network (mounts, bind, bridge).
+    pub fn shutdown(&mut self) {
+        if std::mem::replace(&mut self.down, true) {
+            return;
+        }
+        for n in &mut self.nodes {
+            n.stop();
+        }
+        self.network.destroy();
+    }
+}
+
+/// A cluster dropped without `shutdown` (a test that panicked) still leaves no node behind.
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        if !self.down {
+            for n in &mut self.nodes {
+                n.kill();
+            }
+            self.shutdown();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_overlap_by_the_shorter_prefix() {
+        let net = parse_cidr("10.213.7.0/24").unwrap();
+        assert!(overlaps(parse_cidr("10.0.0.0/8").unwrap(), net));
+        assert!(overlaps(parse_cidr("10.213.7.5").unwrap(), net));
+        assert!(!overlaps(parse_cidr("10.213.8.0/24").unwrap(), net));
+        assert!(!overlaps(parse_cidr("192.0.2.0/24").unwrap(), net));
+        assert!(overlaps(parse_cidr("0.0.0.0/0").unwrap(), net));
+        assert_eq!(parse_cidr("default"), None);
+    }
+}
