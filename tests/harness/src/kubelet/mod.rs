@@ -3,6 +3,8 @@
 
 pub mod csi;
 mod env;
+pub mod images;
+pub mod plugins;
 mod pod_worker;
 pub mod runtime;
 mod volumes;
@@ -35,6 +37,8 @@ pub struct KubeletConfig {
     pub labels: BTreeMap<String, String>,
     /// Extra CSI node plugin sockets besides those discovered under `<root>/plugins/*/csi.sock`.
     pub csi_sockets: Vec<PathBuf>,
+    /// Which executables each image runs (`--image`).
+    pub images: Arc<images::ImageMap>,
 }
 
 impl KubeletConfig {
@@ -52,6 +56,7 @@ impl KubeletConfig {
             pods: 110,
             labels,
             csi_sockets: Vec::new(),
+            images: Arc::new(images::ImageMap::with_defaults()),
         }
     }
 }
@@ -188,9 +193,12 @@ impl Kubelet {
         let hb = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             let mut expand = tokio::time::interval(Duration::from_secs(2));
+            // The plugin watcher: upstream watches plugins_registry with inotify.
+            let mut registry = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tokio::select! {
                     _ = tick.tick() => { me.heartbeat(); me.csi.refresh(&me).await; }
+                    _ = registry.tick() => if me.csi.registrations.scan(&me.root, &me.node).await { me.csi.refresh(&me).await },
                     _ = expand.tick() => me.csi_expand_pending().await,
                     _ = hb_shutdown.changed() => break,
                 }
