@@ -126,6 +126,8 @@ fn load() -> Objects {
                 .push(v["driver"].as_str().unwrap_or_default().to_string()),
             // Application objects of examples/.
             "VolumeSnapshot" | "PersistentVolumeClaim" => {}
+            // The kustomize base (checked by `kustomization_lists_every_manifest`).
+            "Kustomization" => {}
             other => panic!("{}: unexpected kind {other:?}", f.display()),
         }
     }
@@ -543,4 +545,30 @@ fn every_storaged_client_uses_tls_from_a_secret() {
     }
     checked.sort();
     assert_eq!(checked, ["cairn-csi", "cairn-csi", "storaged"]);
+}
+
+#[test]
+fn kustomization_lists_every_manifest() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    let k: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root.join("kustomization.yaml")).expect("kustomization.yaml"),
+    )
+    .expect("kustomization.yaml parses");
+    assert_eq!(k["kind"], "Kustomization");
+    let listed: Vec<String> = k["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| r.as_str().expect("a path").to_string())
+        .collect();
+    let mut files: Vec<String> = std::fs::read_dir(&root)
+        .expect("manifests dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    files.sort();
+    assert_eq!(
+        listed, files,
+        "the base lists every install manifest, in apply order"
+    );
 }

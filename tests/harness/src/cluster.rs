@@ -13,8 +13,9 @@ use tokio::task::JoinHandle;
 use crate::apiserver::{self, ApiServer, ApiServerConfig};
 use crate::client::Client;
 use crate::components::{self, CairnLayout, Components};
-use crate::controllers::{attach_detach, gc, pv_binder, run_loop, statefulset};
+use crate::controllers::{self, attach_detach, gc, pv_binder, run_loop, statefulset};
 use crate::error::{Error, Result};
+use crate::kubelet::images::ImageMap;
 use crate::kubelet::{Kubelet, KubeletConfig};
 use crate::node::Nodes;
 use crate::registry::{Registry, WriteOptions};
@@ -32,6 +33,8 @@ pub struct ClusterConfig {
     pub with_cairn: bool,
     /// Run only the API server (no controllers, scheduler or kubelets).
     pub api_only: bool,
+    /// Which executables each image runs (`--image NAME=PATH`).
+    pub images: Arc<ImageMap>,
 }
 
 impl ClusterConfig {
@@ -43,6 +46,7 @@ impl ClusterConfig {
             history: DEFAULT_HISTORY,
             with_cairn: false,
             api_only: false,
+            images: Arc::new(ImageMap::with_defaults()),
         }
     }
 }
@@ -190,6 +194,7 @@ impl Cluster {
                 stop_rx.clone(),
                 move || sts.reconcile(),
             )));
+            tasks.extend(controllers::spawn_apps(&client, &store, resync, &stop_rx));
             let adc = attach_detach::AttachDetachController::new(client.clone());
             tasks.push(tokio::spawn(run_loop(
                 "attach-detach",
@@ -257,7 +262,10 @@ impl Cluster {
                 let root = kubelet_root(&data_dir, &node);
                 std::fs::create_dir_all(root.join("plugins")).map_err(Error::internal)?;
                 std::fs::create_dir_all(root.join("plugins_registry")).map_err(Error::internal)?;
-                let mut kc = KubeletConfig::new(&node, root);
+                let mut kc = KubeletConfig {
+                    images: cfg.images.clone(),
+                    ..KubeletConfig::new(&node, root)
+                };
                 if let (Some(m), Some(napi)) = (&machines, &node_api) {
                     kc.address = m.nodes[i].address.into();
                     kc.namespaces = Some(m.nodes[i].namespaces());

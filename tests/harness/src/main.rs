@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use cairn_harness::kubelet::images::ImageMap;
 use cairn_harness::{Cluster, ClusterConfig};
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
@@ -34,6 +35,12 @@ enum Cmd {
         /// a node-local cairn-provisioner per node, and the CSIDriver and StorageClasses.
         #[arg(long)]
         with_cairn: bool,
+        /// Maps an image to a directory of executables (repeatable; NAME without a tag maps
+        /// every tag): a container's command is looked up there first, and one without a
+        /// command runs the executable named like the image repository's last component.
+        /// `cairn` maps to the built binaries and `busybox` to the host's tools by default.
+        #[arg(long = "image", value_name = "NAME=PATH")]
+        images: Vec<String>,
     },
     /// The API server alone.
     Apiserver {
@@ -92,11 +99,19 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             listen,
             with_cairn,
-        } => ClusterConfig {
-            listen,
-            with_cairn,
-            ..ClusterConfig::new(data_dir, nodes)
-        },
+            images,
+        } => {
+            let mut map = ImageMap::with_defaults();
+            for flag in &images {
+                map.add_flag(flag).map_err(anyhow::Error::msg)?;
+            }
+            ClusterConfig {
+                listen,
+                with_cairn,
+                images: std::sync::Arc::new(map),
+                ..ClusterConfig::new(data_dir, nodes)
+            }
+        }
         Cmd::Apiserver { data_dir, listen } => ClusterConfig {
             listen,
             api_only: true,

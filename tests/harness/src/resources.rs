@@ -211,6 +211,83 @@ pub const STATEFULSETS: ResourceType = rt!(
     ["status", "scale"],
     ["all"]
 );
+pub const DAEMONSETS: ResourceType = rt!(
+    "apps",
+    "v1",
+    "daemonsets",
+    "daemonset",
+    "DaemonSet",
+    true,
+    ["ds"],
+    ["status"],
+    ["all"]
+);
+pub const DEPLOYMENTS: ResourceType = rt!(
+    "apps",
+    "v1",
+    "deployments",
+    "deployment",
+    "Deployment",
+    true,
+    ["deploy"],
+    ["status", "scale"],
+    ["all"]
+);
+pub const REPLICASETS: ResourceType = rt!(
+    "apps",
+    "v1",
+    "replicasets",
+    "replicaset",
+    "ReplicaSet",
+    true,
+    ["rs"],
+    ["status", "scale"],
+    ["all"]
+);
+pub const CLUSTERROLES: ResourceType = rt!(
+    "rbac.authorization.k8s.io",
+    "v1",
+    "clusterroles",
+    "clusterrole",
+    "ClusterRole",
+    false,
+    [],
+    [],
+    []
+);
+pub const CLUSTERROLEBINDINGS: ResourceType = rt!(
+    "rbac.authorization.k8s.io",
+    "v1",
+    "clusterrolebindings",
+    "clusterrolebinding",
+    "ClusterRoleBinding",
+    false,
+    [],
+    [],
+    []
+);
+pub const ROLES: ResourceType = rt!(
+    "rbac.authorization.k8s.io",
+    "v1",
+    "roles",
+    "role",
+    "Role",
+    true,
+    [],
+    [],
+    []
+);
+pub const ROLEBINDINGS: ResourceType = rt!(
+    "rbac.authorization.k8s.io",
+    "v1",
+    "rolebindings",
+    "rolebinding",
+    "RoleBinding",
+    true,
+    [],
+    [],
+    []
+);
 pub const EVENTS_V1: ResourceType = rt!(
     "events.k8s.io",
     "v1",
@@ -252,8 +329,15 @@ pub const ALL: &[ResourceType] = &[
     CSISTORAGECAPACITIES,
     VOLUMEATTACHMENTS,
     STATEFULSETS,
+    DAEMONSETS,
+    DEPLOYMENTS,
+    REPLICASETS,
     EVENTS_V1,
     LEASES,
+    CLUSTERROLES,
+    CLUSTERROLEBINDINGS,
+    ROLES,
+    ROLEBINDINGS,
 ];
 
 /// The resource served at `group`/`version`/`plural`.

@@ -319,7 +319,7 @@ async fn route(
         }
         (Method::GET, Some(n), Some("scale")) => Ok(json_response(
             200,
-            &reg.get_scale(ns.unwrap_or_default(), n)?,
+            &reg.get_scale(&rt, ns.unwrap_or_default(), n)?,
         )),
         (Method::GET, Some(n), Some("log")) => {
             logs::serve(
@@ -346,7 +346,7 @@ async fn route(
             let body = parse_json(&body, &ct)?;
             Ok(json_response(
                 200,
-                &reg.set_scale(ns.unwrap_or_default(), n, &body)?,
+                &reg.set_scale(&rt, ns.unwrap_or_default(), n, &body)?,
             ))
         }
         (Method::PUT, Some(n), s @ (None | Some("status"))) => {
@@ -360,14 +360,14 @@ async fn route(
         (Method::PATCH, Some(n), Some("scale")) => {
             let pt = PatchType::from_content_type(&ct)?;
             let p = patch::parse_body(pt, &body)?;
-            let scale = reg.get_scale(ns.unwrap_or_default(), n)?;
+            let scale = reg.get_scale(&rt, ns.unwrap_or_default(), n)?;
             let mut desired = patch::apply(pt, &scale, &p)?;
             if p["metadata"]["resourceVersion"].is_null() {
                 desired["metadata"]["resourceVersion"] = Value::Null;
             }
             Ok(json_response(
                 200,
-                &reg.set_scale(ns.unwrap_or_default(), n, &desired)?,
+                &reg.set_scale(&rt, ns.unwrap_or_default(), n, &desired)?,
             ))
         }
         (Method::PATCH, Some(n), s @ (None | Some("status"))) => {

@@ -104,6 +104,30 @@ fn columns(rt: &ResourceType) -> Vec<(&'static str, i32)> {
             ("Age", 0),
         ],
         "StatefulSet" => vec![("Name", 0), ("Ready", 0), ("Age", 0)],
+        "Deployment" => vec![
+            ("Name", 0),
+            ("Ready", 0),
+            ("Up-to-date", 0),
+            ("Available", 0),
+            ("Age", 0),
+        ],
+        "ReplicaSet" => vec![
+            ("Name", 0),
+            ("Desired", 0),
+            ("Current", 0),
+            ("Ready", 0),
+            ("Age", 0),
+        ],
+        "DaemonSet" => vec![
+            ("Name", 0),
+            ("Desired", 0),
+            ("Current", 0),
+            ("Ready", 0),
+            ("Up-to-date", 0),
+            ("Available", 0),
+            ("Node Selector", 0),
+            ("Age", 0),
+        ],
         "Node" => vec![
             ("Name", 0),
             ("Status", 0),
@@ -203,6 +227,46 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
                 json!(age(o)),
             ]
         }
+        "Deployment" => vec![
+            name,
+            json!(format!(
+                "{}/{}",
+                n(&st["readyReplicas"]),
+                n(&spec["replicas"])
+            )),
+            json!(n(&st["updatedReplicas"])),
+            json!(n(&st["availableReplicas"])),
+            json!(age(o)),
+        ],
+        "ReplicaSet" => vec![
+            name,
+            json!(n(&spec["replicas"])),
+            json!(n(&st["replicas"])),
+            json!(n(&st["readyReplicas"])),
+            json!(age(o)),
+        ],
+        "DaemonSet" => {
+            let sel: Vec<String> = spec["template"]["spec"]["nodeSelector"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            vec![
+                name,
+                json!(n(&st["desiredNumberScheduled"])),
+                json!(n(&st["currentNumberScheduled"])),
+                json!(n(&st["numberReady"])),
+                json!(n(&st["updatedNumberScheduled"])),
+                json!(n(&st["numberAvailable"])),
+                json!(if sel.is_empty() {
+                    "<none>".into()
+                } else {
+                    sel.join(",")
+                }),
+                json!(age(o)),
+            ]
+        }
         "Node" => {
             let ready = st["conditions"]
                 .as_array()
@@ -251,6 +315,11 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
         "Namespace" => vec![name, json!(s(&st["phase"])), json!(age(o))],
         _ => vec![name, json!(age(o))],
     }
+}
+
+/// An integer field, 0 when absent.
+fn n(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
 }
 
 /// A Table of `items`; each row carries the object's metadata as upstream does.

@@ -1,16 +1,23 @@
-//! The controllers (PV binder, StatefulSet, attach/detach, garbage collector)
+//! The controllers (PV binder, workloads, attach/detach, garbage collector)
 //! and the level-triggered loop that drives each of them.
 
 pub mod attach_detach;
+pub mod daemonset;
+pub mod deployment;
 pub mod events;
 pub mod gc;
 pub mod pv_binder;
+pub mod replicaset;
 pub mod statefulset;
+pub mod workload;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use crate::client::Client;
 
 use crate::resources::ResourceType;
 use crate::store::Store;
@@ -65,4 +72,44 @@ pub async fn run_loop<F>(
         }
     }
     tracing::debug!(controller = name, "stopped");
+}
+
+/// Starts the DaemonSet, Deployment and ReplicaSet controllers (kube-controller-manager's
+/// apps controllers besides StatefulSet).
+pub fn spawn_apps(
+    client: &Client,
+    store: &Arc<Store>,
+    resync: Duration,
+    shutdown: &Shutdown,
+) -> Vec<JoinHandle<()>> {
+    use crate::resources::{DAEMONSETS, DEPLOYMENTS, NODES, PODS, REPLICASETS};
+    let ds = daemonset::DaemonSetController::new(client.clone());
+    let deploy = deployment::DeploymentController::new(client.clone());
+    let rs = replicaset::ReplicaSetController::new(client.clone());
+    vec![
+        tokio::spawn(run_loop(
+            "daemonset",
+            store.clone(),
+            vec![DAEMONSETS, PODS, NODES],
+            resync,
+            shutdown.clone(),
+            move || ds.reconcile(),
+        )),
+        tokio::spawn(run_loop(
+            "deployment",
+            store.clone(),
+            vec![DEPLOYMENTS, REPLICASETS, PODS],
+            resync,
+            shutdown.clone(),
+            move || deploy.reconcile(),
+        )),
+        tokio::spawn(run_loop(
+            "replicaset",
+            store.clone(),
+            vec![REPLICASETS, PODS],
+            resync,
+            shutdown.clone(),
+            move || rs.reconcile(),
+        )),
+    ]
 }

@@ -12,27 +12,12 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::events::Recorder;
+use super::workload::{is_ready, is_terminal};
 use crate::client::Client;
 
 pub struct StatefulSetController {
     client: Client,
     events: Recorder,
-}
-
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
-fn is_terminal(p: &Pod) -> bool {
-    matches!(
-        p.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
 }
 
 fn owner_ref(sts: &StatefulSet, controller: bool) -> OwnerReference {

@@ -1,5 +1,5 @@
-//! CSI node plugins as the kubelet uses them: discovery under
-//! `<root>/plugins/*/csi.sock`, CSINode upkeep, stage/publish and reverses, expansion.
+//! CSI node plugins as the kubelet uses them: discovery under `<root>/plugins/*/csi.sock`
+//! and through plugin registration, CSINode upkeep, stage/publish and reverses, expansion.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -51,6 +51,8 @@ pub struct PluginInfo {
 pub struct Plugins {
     root: PathBuf,
     extra: Vec<PathBuf>,
+    /// Plugins registered through `plugins_registry` (pluginregistration.v1).
+    pub registrations: super::plugins::Registry,
     known: Mutex<HashMap<String, PluginInfo>>,
 }
 
@@ -112,12 +114,14 @@ impl Plugins {
         Plugins {
             root,
             extra,
+            registrations: Default::default(),
             known: Mutex::new(HashMap::new()),
         }
     }
 
     fn sockets(&self) -> Vec<PathBuf> {
         let mut out = self.extra.clone();
+        out.extend(self.registrations.endpoints());
         if let Ok(rd) = std::fs::read_dir(self.root.join("plugins")) {
             for e in rd.flatten() {
                 let s = e.path().join("csi.sock");

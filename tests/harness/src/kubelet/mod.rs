@@ -3,6 +3,8 @@
 
 pub mod csi;
 mod env;
+pub mod images;
+pub mod plugins;
 mod pod_worker;
 pub mod runtime;
 mod volumes;
@@ -42,6 +44,8 @@ pub struct KubeletConfig {
     pub namespaces: Option<crate::node::Namespaces>,
     /// The API server as the node reaches it (`KUBERNETES_SERVICE_HOST`/`_PORT` in pods).
     pub api: Option<SocketAddr>,
+    /// Which executables each image runs (`--image`).
+    pub images: Arc<images::ImageMap>,
 }
 
 impl KubeletConfig {
@@ -62,6 +66,7 @@ impl KubeletConfig {
             address: IpAddr::from([127, 0, 0, 1]),
             namespaces: None,
             api: None,
+            images: Arc::new(images::ImageMap::with_defaults()),
         }
     }
 }
@@ -222,9 +227,12 @@ impl Kubelet {
         let hb = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             let mut expand = tokio::time::interval(Duration::from_secs(2));
+            // The plugin watcher: upstream watches plugins_registry with inotify.
+            let mut registry = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tokio::select! {
                     _ = tick.tick() => { me.heartbeat(); me.csi.refresh(&me).await; }
+                    _ = registry.tick() => if me.csi.registrations.scan(&me.root, &me.node).await { me.csi.refresh(&me).await },
                     _ = expand.tick() => me.csi_expand_pending().await,
                     _ = hb_shutdown.changed() => break,
                 }

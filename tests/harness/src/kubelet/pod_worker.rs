@@ -183,17 +183,21 @@ impl Worker {
             .unwrap_or_default();
         for c in inits {
             loop {
-                let Some(spec) = self.container_spec(&c, &volumes) else {
-                    return self.finish_deletion(rx, stop).await;
+                let spec = match self.container_spec(&c, &volumes) {
+                    Ok(s) => Some(s),
+                    // Retried like a failed init container, as a kubelet retries a pull.
+                    Err((reason, _)) if reason == "ErrImagePull" => None,
+                    Err(_) => return self.finish_deletion(rx, stop).await,
                 };
-                let code = match runtime::spawn(&spec) {
-                    Ok(mut child) => {
+                let code = match spec.as_ref().map(runtime::spawn) {
+                    None => 128,
+                    Some(Ok(mut child)) => {
                         tokio::select! {
                             s = child.wait() => s.ok().and_then(|s| s.code()).unwrap_or(1),
                             _ = stop.changed() => { if let Some(pid) = child.id() { runtime::signal(pid, Signal::SIGKILL); } return Outcome::Shutdown }
                         }
                     }
-                    Err(_) => 128,
+                    Some(Err(_)) => 128,
                 };
                 if code == 0 {
                     break;
@@ -265,7 +269,12 @@ impl Worker {
             .unwrap_or_default()
     }
 
-    fn container_spec(&self, c: &Container, volumes: &[Prepared]) -> Option<ContainerSpec> {
+    /// The container's process, or why it waits (`CreateContainerConfigError`, `ErrImagePull`).
+    fn container_spec(
+        &self,
+        c: &Container,
+        volumes: &[Prepared],
+    ) -> Result<ContainerSpec, (String, Option<String>)> {
         let env = match env::build(&self.kl, &self.pod, c) {
             Ok(e) => e,
             Err(msg) => {
@@ -275,7 +284,28 @@ impl Worker {
                     "Failed",
                     &format!("Error: {msg}"),
                 );
-                return None;
+                return Err(("CreateContainerConfigError".into(), None));
+            }
+        };
+        let image = c.image.clone().unwrap_or_default();
+        let has_command = c.command.as_ref().is_some_and(|v| !v.is_empty());
+        let argv = match self
+            .kl
+            .cfg
+            .images
+            .resolve(&image, has_command, env::argv(c, &env))
+        {
+            Ok(a) => a,
+            Err(e) => {
+                for msg in [
+                    format!("Failed to pull image \"{image}\": {e}"),
+                    "Error: ErrImagePull".into(),
+                ] {
+                    self.kl
+                        .events
+                        .record_typed(&self.pod, "Warning", "Failed", &msg);
+                }
+                return Err(("ErrImagePull".into(), Some(e.0)));
             }
         };
         let mut mounts = Vec::new();
@@ -295,8 +325,8 @@ impl Worker {
             });
         }
         let dir = self.kl.pod_dir(&self.uid);
-        Some(ContainerSpec {
-            argv: env::argv(c, &env),
+        Ok(ContainerSpec {
+            argv,
             env,
             working_dir: c.working_dir.clone(),
             mounts,
@@ -309,10 +339,13 @@ impl Worker {
 
     fn start(&mut self, i: usize, volumes: &[Prepared]) {
         let c = self.ctrs[i].c.clone();
-        let Some(spec) = self.container_spec(&c, volumes) else {
-            self.ctrs[i].state = State::Waiting("CreateContainerConfigError".into(), None);
-            self.ctrs[i].restart_at = Some(Instant::now() + Duration::from_secs(2));
-            return;
+        let spec = match self.container_spec(&c, volumes) {
+            Ok(s) => s,
+            Err((reason, message)) => {
+                self.ctrs[i].state = State::Waiting(reason, message);
+                self.ctrs[i].restart_at = Some(Instant::now() + Duration::from_secs(2));
+                return;
+            }
         };
         match runtime::spawn(&spec) {
             Ok(mut child) => {
@@ -559,6 +592,10 @@ impl Worker {
             c.pid.is_some()
                 || !matches!(c.state, State::Waiting(ref r, _) if r == "ContainerCreating")
         });
+        let never_started = self
+            .ctrs
+            .iter()
+            .any(|c| matches!(c.state, State::Waiting(..)) && c.last.is_none());
         let phase = if all_done && !self.ctrs.is_empty() {
             if self
                 .ctrs
@@ -569,6 +606,9 @@ impl Worker {
             } else {
                 "Failed"
             }
+        } else if never_started {
+            // As upstream's getPhase: a container waiting that never ran keeps the pod Pending.
+            "Pending"
         } else if any_running || started {
             "Running"
         } else {

@@ -128,6 +128,40 @@ pub fn on_create(rt: &ResourceType, obj: &mut Value, default_class: Option<&str>
         ("storage.k8s.io", "VolumeAttachment") => {
             obj["status"] = json!({"attached": false});
         }
+        ("apps", "DaemonSet") => {
+            set_default(
+                obj,
+                &["spec", "updateStrategy", "type"],
+                json!("RollingUpdate"),
+            );
+            if obj["spec"]["updateStrategy"]["type"] == "RollingUpdate" {
+                let ru = &mut obj["spec"]["updateStrategy"]["rollingUpdate"];
+                set_default(ru, &["maxUnavailable"], json!(1));
+                set_default(ru, &["maxSurge"], json!(0));
+            }
+            set_default(obj, &["spec", "revisionHistoryLimit"], json!(10));
+            pod_spec(&mut obj["spec"]["template"]["spec"]);
+            obj["status"] = json!({"currentNumberScheduled": 0, "desiredNumberScheduled": 0,
+                "numberMisscheduled": 0, "numberReady": 0});
+        }
+        ("apps", "Deployment") => {
+            set_default(obj, &["spec", "replicas"], json!(1));
+            set_default(obj, &["spec", "strategy", "type"], json!("RollingUpdate"));
+            if obj["spec"]["strategy"]["type"] == "RollingUpdate" {
+                let ru = &mut obj["spec"]["strategy"]["rollingUpdate"];
+                set_default(ru, &["maxUnavailable"], json!("25%"));
+                set_default(ru, &["maxSurge"], json!("25%"));
+            }
+            set_default(obj, &["spec", "revisionHistoryLimit"], json!(10));
+            set_default(obj, &["spec", "progressDeadlineSeconds"], json!(600));
+            pod_spec(&mut obj["spec"]["template"]["spec"]);
+            obj["status"] = json!({});
+        }
+        ("apps", "ReplicaSet") => {
+            set_default(obj, &["spec", "replicas"], json!(1));
+            pod_spec(&mut obj["spec"]["template"]["spec"]);
+            obj["status"] = json!({"replicas": 0});
+        }
         ("apps", "StatefulSet") => {
             set_default(obj, &["spec", "replicas"], json!(1));
             set_default(obj, &["spec", "podManagementPolicy"], json!("OrderedReady"));

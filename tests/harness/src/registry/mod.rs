@@ -649,9 +649,9 @@ impl Registry {
         )
     }
 
-    /// GET statefulsets/<name>/scale.
-    pub fn get_scale(&self, ns: &str, name: &str) -> Result<Value> {
-        let sts = self.get(&resources::STATEFULSETS, Some(ns), name)?;
+    /// GET <workload>/<name>/scale (statefulsets, deployments, replicasets).
+    pub fn get_scale(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<Value> {
+        let sts = self.get(rt, Some(ns), name)?;
         let sel = &sts["spec"]["selector"]["matchLabels"];
         let selector: Vec<String> = sel
             .as_object()
@@ -669,12 +669,18 @@ impl Registry {
         }))
     }
 
-    /// PUT or PATCH statefulsets/<name>/scale with the desired Scale.
-    pub fn set_scale(&self, ns: &str, name: &str, scale: &Value) -> Result<Value> {
+    /// PUT or PATCH <workload>/<name>/scale with the desired Scale.
+    pub fn set_scale(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        scale: &Value,
+    ) -> Result<Value> {
         let replicas = scale["spec"]["replicas"].as_i64();
         let replicas = replicas.filter(|r| *r >= 0).ok_or_else(|| {
             invalid(
-                &resources::STATEFULSETS,
+                rt,
                 name,
                 vec![Cause::invalid(
                     "spec.replicas",
@@ -684,7 +690,7 @@ impl Registry {
         })?;
         let rv = scale["metadata"]["resourceVersion"].clone();
         self.write(
-            &resources::STATEFULSETS,
+            rt,
             Some(ns),
             name,
             Sub::Main,
@@ -700,7 +706,7 @@ impl Registry {
                 Ok(new)
             },
         )?;
-        self.get_scale(ns, name)
+        self.get_scale(rt, ns, name)
     }
 }
 

@@ -1,10 +1,11 @@
 //! Decoding through the `k8s-openapi` types: a body must deserialize as its
 //! kind, unknown fields are pruned (or rejected under strict field validation).
 
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::events::v1::Event as EventV1;
+use k8s_openapi::api::rbac::v1 as rbac;
 use k8s_openapi::api::storage::v1 as storage;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -44,6 +45,13 @@ pub fn normalize(rt: &ResourceType, v: &Value, strict: bool) -> Result<Value> {
         (_, "CSIStorageCapacity") => roundtrip::<storage::CSIStorageCapacity>(v),
         (_, "VolumeAttachment") => roundtrip::<storage::VolumeAttachment>(v),
         ("apps", "StatefulSet") => roundtrip::<StatefulSet>(v),
+        ("apps", "DaemonSet") => roundtrip::<DaemonSet>(v),
+        ("apps", "Deployment") => roundtrip::<Deployment>(v),
+        ("apps", "ReplicaSet") => roundtrip::<ReplicaSet>(v),
+        (_, "ClusterRole") => roundtrip::<rbac::ClusterRole>(v),
+        (_, "ClusterRoleBinding") => roundtrip::<rbac::ClusterRoleBinding>(v),
+        (_, "Role") => roundtrip::<rbac::Role>(v),
+        (_, "RoleBinding") => roundtrip::<rbac::RoleBinding>(v),
         ("events.k8s.io", "Event") => roundtrip::<EventV1>(v),
         ("coordination.k8s.io", "Lease") => roundtrip::<Lease>(v),
         _ => Ok(v.clone()),

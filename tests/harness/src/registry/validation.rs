@@ -146,6 +146,31 @@ fn pod_spec(spec: &Value, path: &str, extra_volumes: &[&str], causes: &mut Vec<C
     }
 }
 
+/// A workload's replicas, selector and pod template (`extra_volumes` as for `pod_spec`).
+fn workload(spec: &Value, extra_volumes: &[&str], causes: &mut Vec<Cause>) {
+    if spec["replicas"].as_i64().is_some_and(|r| r < 0) {
+        causes.push(Cause::invalid(
+            "spec.replicas",
+            "must be greater than or equal to 0",
+        ));
+    }
+    let sel = super::selectors::LabelSelector::from_object(&spec["selector"]);
+    if sel.is_empty() {
+        causes.push(Cause::required("spec.selector"));
+    } else if !sel.matches(&spec["template"]) {
+        causes.push(Cause::invalid(
+            "spec.template.metadata.labels",
+            "`selector` does not match template `labels`",
+        ));
+    }
+    pod_spec(
+        &spec["template"]["spec"],
+        "spec.template.spec",
+        extra_volumes,
+        causes,
+    );
+}
+
 /// Checks that apply on create and update alike.
 pub fn validate(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
@@ -189,34 +214,15 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
             }
         }
         ("", "Pod") => pod_spec(spec, "spec", &[], &mut causes),
+        ("apps", "DaemonSet" | "Deployment" | "ReplicaSet") => workload(spec, &[], &mut causes),
         ("apps", "StatefulSet") => {
-            if spec["replicas"].as_i64().is_some_and(|r| r < 0) {
-                causes.push(Cause::invalid(
-                    "spec.replicas",
-                    "must be greater than or equal to 0",
-                ));
-            }
-            let sel = super::selectors::LabelSelector::from_object(&spec["selector"]);
-            if sel.is_empty() {
-                causes.push(Cause::required("spec.selector"));
-            } else if !sel.matches(&spec["template"]) {
-                causes.push(Cause::invalid(
-                    "spec.template.metadata.labels",
-                    "`selector` does not match template `labels`",
-                ));
-            }
             let templates: Vec<&str> = spec["volumeClaimTemplates"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .filter_map(|t| t["metadata"]["name"].as_str())
                 .collect();
-            pod_spec(
-                &spec["template"]["spec"],
-                "spec.template.spec",
-                &templates,
-                &mut causes,
-            );
+            workload(spec, &templates, &mut causes);
             for (i, t) in spec["volumeClaimTemplates"]
                 .as_array()
                 .into_iter()
@@ -369,6 +375,9 @@ pub fn validate_update(
                     "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
                 ));
             }
+        }
+        ("apps", "DaemonSet" | "Deployment" | "ReplicaSet") if os["selector"] != ns["selector"] => {
+            causes.push(Cause::invalid("spec.selector", "field is immutable"));
         }
         ("storage.k8s.io", "StorageClass") => {
             for f in [

@@ -3,11 +3,12 @@
 
 pub mod filters;
 pub mod volume_binding;
+pub mod volume_limits;
 
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
-use k8s_openapi::api::storage::v1::{CSIDriver, CSIStorageCapacity, StorageClass};
+use k8s_openapi::api::storage::v1::{CSIDriver, CSINode, CSIStorageCapacity, StorageClass};
 use serde_json::json;
 
 use crate::client::Client;
@@ -31,6 +32,8 @@ pub struct Scheduler {
     client: Client,
     events: Recorder,
     assumed: HashMap<String, Assumed>,
+    /// This pass's CSINodes (per-driver volume limits).
+    csinodes: Vec<CSINode>,
 }
 
 fn pod_key(p: &Pod) -> String {
@@ -48,6 +51,7 @@ impl Scheduler {
             client,
             events,
             assumed: HashMap::new(),
+            csinodes: Vec::new(),
         }
     }
 
@@ -77,6 +81,7 @@ impl Scheduler {
             .collect();
         let drivers = self.client.list::<CSIDriver>(None);
         let capacities = self.client.list::<CSIStorageCapacity>(None);
+        self.csinodes = self.client.list::<CSINode>(None);
         let ctx = VolumeCtx {
             pvcs: &pvcs,
             pvs: &pvs,
@@ -145,6 +150,7 @@ impl Scheduler {
                 .and_then(|_| filters::matches_node_selector(pod, node))
                 .and_then(|_| filters::tolerates_taints(pod, node))
                 .and_then(|_| filters::fits_resources(pod, node, pods))
+                .and_then(|_| volume_limits::check(pod, node, pods, ctx, &self.csinodes))
                 .and_then(|_| volume_binding::check_node(&claims, node, ctx));
             match verdict {
                 Err(r) => *reasons.entry(r).or_default() += 1,

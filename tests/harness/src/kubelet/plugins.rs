@@ -1,0 +1,205 @@
+//! The kubelet's plugin registration (`pluginregistration.v1`): sockets that appear in
+//! `<root>/plugins_registry` are asked GetInfo, checked, and told NotifyRegistrationStatus.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use cairn_proto::csi::v1 as csi;
+
+use super::csi::connect;
+
+/// The generated `pluginregistration` API (proto/kubelet/pluginregistration/v1/api.proto).
+pub mod api {
+    #![allow(clippy::all)]
+    tonic::include_proto!("pluginregistration");
+}
+
+use api::registration_client::RegistrationClient;
+
+/// The CSI versions this kubelet speaks, as upstream's CSI plugin handler checks them.
+const CSI_VERSIONS: [&str; 1] = ["1."];
+
+/// A plugin registered through its registration socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub name: String,
+    /// The CSI endpoint on this kubelet's side (`/var/lib/kubelet/…` rebased on the root).
+    pub endpoint: PathBuf,
+}
+
+/// Registration sockets seen so far, by path (a failed one is retried when it changes).
+#[derive(Default)]
+pub struct Registry {
+    seen: Mutex<BTreeMap<PathBuf, Option<Registered>>>,
+}
+
+/// The node's `/var/lib/kubelet` is this kubelet's root: a path a plugin reports under it
+/// is rebased there, as the node's own view of that directory.
+pub fn rebase(root: &Path, endpoint: &str) -> PathBuf {
+    let p = endpoint.strip_prefix("unix://").unwrap_or(endpoint);
+    match Path::new(p).strip_prefix("/var/lib/kubelet") {
+        Ok(rest) => root.join(rest),
+        Err(_) => PathBuf::from(p),
+    }
+}
+
+/// Checks what GetInfo returned: a CSI plugin with a supported version whose endpoint
+/// answers NodeGetInfo. The error is what NotifyRegistrationStatus carries.
+async fn validate(root: &Path, info: &api::PluginInfo) -> Result<Registered, String> {
+    if info.r#type != "CSIPlugin" {
+        return Err(format!(
+            "plugin type {:?} is not supported by this kubelet (only CSIPlugin)",
+            info.r#type
+        ));
+    }
+    if info.name.is_empty() {
+        return Err("plugin name is empty".into());
+    }
+    if !info.supported_versions.iter().any(|v| {
+        CSI_VERSIONS
+            .iter()
+            .any(|p| v.trim_start_matches('v').starts_with(p))
+    }) {
+        return Err(format!(
+            "none of the versions specified {:?} are supported by this kubelet (1.x)",
+            info.supported_versions
+        ));
+    }
+    let endpoint = rebase(root, &info.endpoint);
+    let ch = connect(&endpoint).await?;
+    csi::node_client::NodeClient::new(ch)
+        .node_get_info(csi::NodeGetInfoRequest {})
+        .await
+        .map_err(|e| format!("NodeGetInfo on {}: {}", endpoint.display(), e.message()))?;
+    Ok(Registered {
+        name: info.name.clone(),
+        endpoint,
+    })
+}
+
+/// GetInfo, validation and NotifyRegistrationStatus with one registration socket.
+async fn register(root: &Path, socket: &Path) -> Result<Registered, String> {
+    let ch = connect(socket).await?;
+    let mut client = RegistrationClient::new(ch);
+    let info = client
+        .get_info(api::InfoRequest {})
+        .await
+        .map_err(|e| format!("GetInfo: {}", e.message()))?
+        .into_inner();
+    let verdict = validate(root, &info).await;
+    let status = api::RegistrationStatus {
+        plugin_registered: verdict.is_ok(),
+        error: verdict.as_ref().err().cloned().unwrap_or_default(),
+    };
+    client
+        .notify_registration_status(status)
+        .await
+        .map_err(|e| format!("NotifyRegistrationStatus: {}", e.message()))?;
+    verdict
+}
+
+fn is_socket(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket())
+}
+
+impl Registry {
+    /// One pass over `<root>/plugins_registry`: registers new sockets and forgets the
+    /// plugins whose socket went away. Returns whether the registered set changed.
+    pub async fn scan(&self, root: &Path, node: &str) -> bool {
+        let dir = root.join("plugins_registry");
+        let present: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| is_socket(p))
+            .collect();
+        let mut removed = false;
+        let fresh: Vec<PathBuf> = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let before = seen.len();
+            seen.retain(|p, _| present.contains(p));
+            if seen.len() != before {
+                tracing::info!(node, "plugin registration socket removed");
+                removed = true;
+            }
+            present
+                .iter()
+                .filter(|p| !seen.contains_key(*p))
+                .cloned()
+                .collect()
+        };
+        let mut changed = removed;
+        for socket in fresh {
+            let outcome = register(root, &socket).await;
+            match &outcome {
+                Ok(r) => {
+                    tracing::info!(node, plugin = %r.name, endpoint = %r.endpoint.display(), "plugin registered");
+                    changed = true;
+                }
+                Err(e) => {
+                    tracing::warn!(node, socket = %socket.display(), error = %e, "plugin registration failed")
+                }
+            }
+            self.seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(socket, outcome.ok());
+        }
+        changed
+    }
+
+    /// The CSI endpoints of registered plugins.
+    pub fn endpoints(&self) -> Vec<PathBuf> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .flatten()
+            .map(|r| r.endpoint.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_under_the_kubelet_dir_are_rebased_on_the_root() {
+        let root = Path::new("/data/nodes/node-1/kubelet");
+        assert_eq!(
+            rebase(root, "/var/lib/kubelet/plugins/csi.cairn.dev/csi.sock"),
+            root.join("plugins/csi.cairn.dev/csi.sock")
+        );
+        assert_eq!(
+            rebase(root, "unix:///run/x.sock"),
+            PathBuf::from("/run/x.sock")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plugin_of_another_type_or_version_is_refused() {
+        let root = Path::new("/nonexistent");
+        let info = |ty: &str, v: &str| api::PluginInfo {
+            r#type: ty.into(),
+            name: "d".into(),
+            endpoint: "/nonexistent/csi.sock".into(),
+            supported_versions: vec![v.into()],
+        };
+        let e = validate(root, &info("DevicePlugin", "1.0.0"))
+            .await
+            .unwrap_err();
+        assert!(e.contains("DevicePlugin"), "{e}");
+        let e = validate(root, &info("CSIPlugin", "0.3.0"))
+            .await
+            .unwrap_err();
+        assert!(e.contains("0.3.0"), "{e}");
+        let e = validate(root, &info("CSIPlugin", "1.0.0"))
+            .await
+            .unwrap_err();
+        assert!(e.contains("CSI plugin") || e.contains("connect"), "{e}");
+    }
+}
