@@ -42,7 +42,7 @@ spec:
   hostNetwork: true
   containers:
   - name: main
-    image: python
+    image: busybox
     command:
     - sh
     - -c
