@@ -340,12 +340,13 @@ async fn large_concurrent_writes_replicate_and_read_back() {
     }
 }
 
-/// Writes `count` random 64 KiB slots from `first` on, one at a time; returns them.
+/// Writes `count` random 64 KiB slots from `first` on, one at a time, as the holder of
+/// publish `generation` (0: the volume is not published); returns them.
 async fn write_slots(
     client: &VolumeClient,
     vol: &str,
-    first: u64,
-    count: u64,
+    (first, count): (u64, u64),
+    generation: u64,
     rng: &mut rand::rngs::StdRng,
 ) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
@@ -353,7 +354,7 @@ async fn write_slots(
         let mut data = vec![0u8; SLOT as usize];
         rng.fill(&mut data[..]);
         client
-            .write(vol, slot * SLOT, data.clone().into())
+            .write_as(vol, slot * SLOT, data.clone().into(), generation)
             .await
             .unwrap_or_else(|e| panic!("write of slot {slot}: {e}"));
         out.push((slot, data));
@@ -381,7 +382,7 @@ async fn a_follower_far_behind_catches_up_from_a_streamed_snapshot() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(21);
 
     cluster.kill9(lagging);
-    let mut written = write_slots(&client, "behind", 0, 384, &mut rng).await;
+    let mut written = write_slots(&client, "behind", (0, 384), 0, &mut rng).await;
     // The leader purges behind its snapshots while a follower is down (the log does not
     // grow for a dead member), so the returning node's next entry is gone.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -427,7 +428,7 @@ async fn a_follower_far_behind_catches_up_from_a_streamed_snapshot() {
 
     // With `other` down, these commit only if the caught-up node takes part.
     cluster.kill9(other);
-    written.extend(write_slots(&client, "behind", 384, 16, &mut rng).await);
+    written.extend(write_slots(&client, "behind", (384, 16), 0, &mut rng).await);
     // Only `lagging` has the newest entries now, so it is the one `other` votes for.
     cluster.kill9(leader);
     cluster.restart(other).unwrap();
@@ -483,27 +484,35 @@ async fn leadership_follows_the_attachment() {
         .unwrap();
     let attached = (1..=3).find(|id| *id != first).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let mut written = write_slots(&client, "follow", 0, 16, &mut rng).await;
+    let mut written = write_slots(&client, "follow", (0, 16), 0, &mut rng).await;
 
-    client
+    let node_name = format!("node-{attached}");
+    let published = client
         .publish_volume(pb::PublishVolumeRequest {
             name: "follow".into(),
-            node_name: format!("node-{attached}"),
+            node_name: node_name.clone(),
             ..Default::default()
         })
         .await
         .expect("publish");
+    // From now on only the publish's generation may write (unfenced writes are refused).
+    let generation = published
+        .attachments
+        .iter()
+        .find(|a| a.node_name == node_name)
+        .map(|a| a.generation)
+        .expect("the attachment");
     wait_for_leader(&cluster, "follow", attached, Duration::from_secs(15)).await;
     let log = cluster.log_of(first);
     assert!(
         log.contains("handing leadership to the attached node"),
         "node {first} should have handed over:\n{log}"
     );
-    written.extend(write_slots(&client, "follow", 16, 16, &mut rng).await);
+    written.extend(write_slots(&client, "follow", (16, 16), generation, &mut rng).await);
 
     // The attached node dies: another member leads, and writes go on.
     cluster.kill9(attached);
-    written.extend(write_slots(&client, "follow", 32, 16, &mut rng).await);
+    written.extend(write_slots(&client, "follow", (32, 16), generation, &mut rng).await);
     let interim = cluster
         .volume_leader("follow", Duration::from_secs(10))
         .await
