@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use cairn_client::VolumeClient;
 use cairn_proto::cairn::v1 as pb;
 use cairn_storaged::testkit::ProcCluster;
 
@@ -70,9 +71,9 @@ fn node_args(cluster: &ProcCluster, id: u64, data_dir: &Path) -> Vec<String> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_wiped_member_refuses_to_start_and_no_committed_write_is_lost() {
-    let mut cluster = ProcCluster::start(bin(), 3, &[]).unwrap();
+/// A ready 3-node cluster holding `VOL` (3 replicas), and an admin client.
+async fn cluster_with_volume() -> (ProcCluster, VolumeClient) {
+    let cluster = ProcCluster::start(bin(), 3, &[]).unwrap();
     cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
     let client = cluster.client().with_deadline(Duration::from_secs(20));
     client
@@ -84,6 +85,12 @@ async fn a_wiped_member_refuses_to_start_and_no_committed_write_is_lost() {
         })
         .await
         .unwrap();
+    (cluster, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_member_refuses_to_start_and_no_committed_write_is_lost() {
+    let (mut cluster, client) = cluster_with_volume().await;
     cluster
         .wait_replicas_healthy(&[VOL], Duration::from_secs(30))
         .await
@@ -193,18 +200,7 @@ fn wait_exit(child: &mut std::process::Child, within: Duration) -> Option<ExitSt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_foreign_clusters_dir_is_refused_and_a_wiped_member_never_bootstraps_alone() {
-    let mut cluster = ProcCluster::start(bin(), 3, &[]).unwrap();
-    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
-    let client = cluster.client().with_deadline(Duration::from_secs(20));
-    client
-        .create_volume(pb::CreateVolumeRequest {
-            name: VOL.into(),
-            size_bytes: 16 << 20,
-            replicas: 3,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let (mut cluster, client) = cluster_with_volume().await;
     client.write(VOL, 0, vec![7u8; 4096].into()).await.unwrap();
     let dir2 = cluster.nodes[cluster.index_of(2)].dir.clone();
     let stamp = std::fs::read_to_string(dir2.join("IDENTITY")).unwrap();

@@ -128,6 +128,15 @@ async fn health_metric(c: &ProcCluster, vol: &str) -> f64 {
 }
 
 /// A member of `v` other than node `meta` (a meta leader cannot remove itself).
+/// `name` summed over every running node (0 where a node reports none).
+async fn total_metric(c: &ProcCluster, name: &str) -> f64 {
+    let mut total = 0.0;
+    for id in c.nodes.iter().map(|n| n.id).filter(|id| c.is_running(*id)) {
+        total += c.metric_sum(id, name).await.unwrap_or(0.0);
+    }
+    total
+}
+
 fn member_not(v: &pb::Volume, meta: u64) -> u64 {
     v.members
         .iter()
@@ -254,13 +263,7 @@ async fn a_lost_node_is_replaced_and_every_byte_survives() {
         verify(&client, n, &data[*n]).await;
     }
     // The new members were rebuilt from streamed snapshots holding the written bytes.
-    let mut received = 0.0;
-    for id in c.nodes.iter().map(|n| n.id).filter(|id| c.is_running(*id)) {
-        received += c
-            .metric_sum(id, "cairn_storaged_rebuild_bytes_total")
-            .await
-            .unwrap_or(0.0);
-    }
+    let received = total_metric(&c, "cairn_storaged_rebuild_bytes_total").await;
     assert!(
         received >= (names.len() as u64 * WRITTEN / 2) as f64,
         "rebuild bytes received: {received}"
@@ -526,13 +529,8 @@ async fn a_rebuild_keeps_to_the_rate_and_shows_its_progress() {
                 {
                     let shown = cairnctl(&c, &ep, &["volume", "get", "rate-a"]);
                     let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
-                    let mut remaining = 0.0;
-                    for id in c.nodes.iter().map(|n| n.id).filter(|id| c.is_running(*id)) {
-                        remaining += c
-                            .metric_sum(id, "cairn_storaged_rebuild_remaining_bytes")
-                            .await
-                            .unwrap_or(0.0);
-                    }
+                    let remaining =
+                        total_metric(&c, "cairn_storaged_rebuild_remaining_bytes").await;
                     midway = Some((*p, shown, remaining));
                 }
             }
@@ -569,13 +567,7 @@ async fn a_rebuild_keeps_to_the_rate_and_shows_its_progress() {
     assert!(remaining > 0.0, "no rebuild_remaining_bytes part-way");
 
     // The snapshot bytes the new member received took at least bytes / rate to arrive.
-    let mut received = 0.0;
-    for id in c.nodes.iter().map(|n| n.id).filter(|id| c.is_running(*id)) {
-        received += c
-            .metric_sum(id, "cairn_storaged_rebuild_bytes_total")
-            .await
-            .unwrap_or(0.0);
-    }
+    let received = total_metric(&c, "cairn_storaged_rebuild_bytes_total").await;
     let floor = Duration::from_secs_f64(received / RATE as f64);
     assert!(
         received >= (WRITTEN / 2) as f64,
