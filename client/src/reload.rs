@@ -27,9 +27,15 @@ use crate::tls::TlsFiles;
 /// How often the files are looked at, at most.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// The crypto provider every Cairn TLS config uses (ring, as tonic's `tls-ring`).
+/// The crypto provider every Cairn TLS config uses (ring, as tonic's `tls-ring`), with
+/// AES-128-GCM preferred: every block write crosses TLS up to three times (client to leader,
+/// leader to each follower), and AES-128 does 10 rounds to AES-256's 14 at the same strength
+/// TLS 1.3 deems sufficient; ring's default order puts AES-256 first.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(p)
 }
 
 /// What identifies one version of a file: modification time, size, inode.
@@ -299,4 +305,28 @@ pub fn server_config(tls: &Arc<Reloading>) -> Result<rustls::ServerConfig, Statu
         .with_cert_resolver(Arc::new(CertResolver(tls.clone())));
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::CipherSuite;
+
+    #[test]
+    fn aes_128_gcm_is_preferred_and_no_suite_is_lost() {
+        let ours: Vec<CipherSuite> = super::provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        assert_eq!(ours[0], CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let mut default: Vec<CipherSuite> = rustls::crypto::ring::default_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        let mut sorted = ours.clone();
+        sorted.sort_by_key(|s| u16::from(*s));
+        default.sort_by_key(|s| u16::from(*s));
+        assert_eq!(sorted, default);
+    }
 }

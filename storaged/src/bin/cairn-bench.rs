@@ -41,6 +41,14 @@ struct Args {
     /// first, labelled `base`, on a cluster of their own.
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// Run the baseline in plaintext (`--insecure`): for a build from before mutual TLS, give
+    /// a wrapper that drops that flag.
+    #[arg(long, requires = "baseline")]
+    baseline_insecure: bool,
+    /// Also measure this build in plaintext (`--insecure`, labelled `plain`), beside its TLS
+    /// cases: what TLS and authorization cost, in one run.
+    #[arg(long)]
+    plaintext_too: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -359,10 +367,12 @@ async fn bench_storaged(
     prefix: &str,
     secs: u64,
     only: Option<&str>,
+    insecure: bool,
 ) -> Result<Vec<Stats>, String> {
     let wanted = |label: &str| only.is_none_or(|o| label.contains(o));
+    let extra: &[&str] = if insecure { &["--insecure"] } else { &[] };
     let cluster =
-        ProcCluster::start_in(dir, bin, 3, &[]).map_err(|e| format!("starting storaged: {e}"))?;
+        ProcCluster::start_in(dir, bin, 3, extra).map_err(|e| format!("starting storaged: {e}"))?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let client: VolumeClient = cluster.client();
     let pids: Vec<u32> = (1..=3).filter_map(|id| cluster.pid(id)).collect();
@@ -482,12 +492,15 @@ async fn main() {
     );
     let mut builds = Vec::new();
     if let Some(base) = &args.baseline {
-        builds.push((base.clone(), "base "));
+        builds.push((base.clone(), "base ", args.baseline_insecure));
     }
-    builds.push((sibling_bin("storaged"), ""));
-    for (bin, prefix) in builds {
+    if args.plaintext_too {
+        builds.push((sibling_bin("storaged"), "plain ", true));
+    }
+    builds.push((sibling_bin("storaged"), "", false));
+    for (bin, prefix, insecure) in builds {
         let only = args.only.as_deref();
-        match bench_storaged(root.path(), &bin, prefix, args.seconds, only).await {
+        match bench_storaged(root.path(), &bin, prefix, args.seconds, only, insecure).await {
             Ok(s) => all.extend(s),
             Err(e) => {
                 eprintln!("storaged benchmark ({}) failed: {e}", bin.display());
@@ -512,7 +525,7 @@ async fn main() {
         "\namp: disk bytes the servers wrote ÷ (user bytes × copies); cpu µs: server CPU per op"
     );
     println!("\nratio of bytes/s, storaged (3 replicas) ÷ etcd (3 members), same run:");
-    for prefix in ["base ", ""] {
+    for prefix in ["base ", "plain ", ""] {
         for (a, b) in pairs {
             let a = format!("{prefix}{a}");
             if let (Some(x), Some(y)) = (find(&all, &a), find(&all, b)) {
@@ -521,6 +534,40 @@ async fn main() {
                     x.mbps() / y.mbps().max(1e-9)
                 );
             }
+        }
+    }
+    // A plaintext baseline is compared with this build in plaintext when both ran.
+    let base_against = if args.baseline_insecure && args.plaintext_too {
+        ("plain ", "this build ÷ the baseline, both plaintext")
+    } else {
+        ("", "this build ÷ the baseline")
+    };
+    for (now_prefix, prefix, what) in [
+        (base_against.0, "base ", base_against.1),
+        ("", "plain ", "TLS ÷ plaintext"),
+    ] {
+        let rows: Vec<_> = all
+            .iter()
+            .filter(|s| s.label.starts_with(&format!("{now_prefix}storaged ")))
+            .filter_map(|s| {
+                let case = s.label.strip_prefix(now_prefix)?;
+                Some((s, find(&all, &format!("{prefix}{case}"))?))
+            })
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        println!("\n{what}, same run (ops/s ratio; server CPU per op ratio):");
+        for (now, other) in rows {
+            let cpu = match (now.cpu_us_per_op(), other.cpu_us_per_op()) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+                _ => "-".into(),
+            };
+            println!(
+                "  {:<34} {:.2}x  cpu {cpu}",
+                now.label,
+                now.iops() / other.iops().max(1e-9)
+            );
         }
     }
 }

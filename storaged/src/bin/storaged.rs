@@ -56,6 +56,11 @@ struct Args {
     /// Capacity offered to volumes, e.g. `100GiB` (default: the data directory's filesystem size).
     #[arg(long)]
     capacity: Option<String>,
+    /// Free space kept on the data filesystem, e.g. `2GiB`: below it, writes to volumes with a
+    /// replica here are refused (RESOURCE_EXHAUSTED, ENOSPC at the frontend) before the disk
+    /// fills; deletes still work (default: 5 % of the filesystem, at most 1GiB).
+    #[arg(long)]
+    reserve: Option<String>,
     /// Memory for recently written and read block data (RocksDB blob cache), e.g. `1GiB`
     /// (default: 256MiB).
     #[arg(long)]
@@ -210,6 +215,11 @@ fn run(args: Args) -> Result<(), String> {
         Some(c) => parse_size::parse_size(c).map_err(|e| format!("--capacity `{c}`: {e}"))?,
         None => fs_size(&args.data_dir),
     };
+    let reserve = args
+        .reserve
+        .as_deref()
+        .map(|r| parse_size::parse_size(r).map_err(|e| format!("--reserve `{r}`: {e}")))
+        .transpose()?;
     let addr = args
         .advertise
         .clone()
@@ -275,6 +285,7 @@ fn run(args: Args) -> Result<(), String> {
             quiet_after: (args.quiet_after_ms > 0)
                 .then(|| std::time::Duration::from_millis(args.quiet_after_ms)),
             repair,
+            reserve,
         };
         let running = start(ServerOptions {
             node: cfg,

@@ -129,6 +129,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Approximate bytes stored under `[start, end)`, values included (what a scan of the
     /// range reads; for rebuild progress). Cheap: no data is read.
     fn approximate_size(&self, cf: Cf, start: &[u8], end: &[u8]) -> u64;
+    /// Gives back the disk space of `[start, end)`'s deleted keys: compacts the range, so its
+    /// tombstones go and so do the blob files that only it referenced. Blocking, and can take
+    /// seconds; the default does nothing (engines in memory free space as they delete).
+    fn reclaim(&self, _cf: Cf, _start: &[u8], _end: &[u8]) -> Result<()> {
+        Ok(())
+    }
     /// `[start, end)` as it is now, in pages of about `page_bytes`, read while later
     /// writes go on. Returns once the point-in-time view is taken; dropping the
     /// receiver stops the reader. The default reads everything up front (test engines).

@@ -479,6 +479,16 @@ impl Engine for RocksEngine {
         Ok(())
     }
 
+    fn reclaim(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<()> {
+        let mut o = rocksdb::CompactOptions::default();
+        // The bottom level too: that is where a deleted volume's keys (and the references
+        // that keep its blob files alive) mostly are.
+        o.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        self.db(cf)
+            .compact_range_cf_opt(self.cf(cf), Some(start), Some(end), &o);
+        Ok(())
+    }
+
     fn approximate_size(&self, cf: Cf, start: &[u8], end: &[u8]) -> u64 {
         let r = rocksdb::Range::new(start, end);
         let db = self.db(cf);

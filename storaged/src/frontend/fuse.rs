@@ -247,7 +247,7 @@ impl DiskFs {
         })
     }
 
-    /// Runs `op` on the runtime; `done` replies with its outcome (errors are EIO).
+    /// Runs `op` on the runtime; `done` replies with its outcome (errors as `errno_of`).
     fn spawn<T, F, R>(&self, what: &'static str, op: F, done: R)
     where
         F: Future<Output = Result<T>> + Send + 'static,
@@ -257,7 +257,7 @@ impl DiskFs {
         self.rt.spawn(async move {
             let res = op.await.map_err(|e| {
                 tracing::warn!(op = what, error = %e, "FUSE request failed");
-                Errno::EIO as i32
+                super::errno_of(&e)
             });
             done(res);
         });

@@ -18,6 +18,15 @@ pub const SECTOR: u64 = 512;
 /// themselves (zeroing a range).
 const MAX_CHUNK: u64 = 1 << 20;
 
+/// The errno a frontend answers for a failed request: ENOSPC while the volume's nodes are
+/// short of space (`node/space.rs`), as a full disk would; EIO for everything else.
+pub fn errno_of(e: &crate::Error) -> i32 {
+    match e.code() {
+        tonic::Code::ResourceExhausted => nix::errno::Errno::ENOSPC as i32,
+        _ => nix::errno::Errno::EIO as i32,
+    }
+}
+
 /// A block device served by storaged: a replicated volume (Raft-backed) or a test fake.
 ///
 /// Offsets and lengths are multiples of [`SECTOR`]; the frontends align every request

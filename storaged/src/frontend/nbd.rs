@@ -55,7 +55,6 @@ const CMD_WRITE_ZEROES: u16 = 6;
 const CMD_FLAG_FUA: u16 = 1;
 const CMD_FLAG_NO_HOLE: u16 = 2;
 const EPERM: u32 = 1;
-const EIO: u32 = 5;
 const EINVAL: u32 = 22;
 const ENOSPC: u32 = 28;
 
@@ -423,7 +422,7 @@ async fn execute(
     }
     let io = |e: Error| {
         tracing::warn!(volume = %export.name, cmd, offset, length, error = %e, "NBD request failed");
-        EIO
+        super::errno_of(&e) as u32
     };
     let len = u64::from(length);
     let data = match cmd {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::engine::{Cf, Engine};
+use crate::engine::{Cf, Engine, keys};
 use crate::meta::catalog::{Catalog, VolumeKind, VolumeRecord};
 use crate::node::meta::Meta;
 use crate::node::quiesce::Quiescer;
@@ -299,6 +299,18 @@ impl Groups {
         LogStore::destroy(self.opener.engine.as_ref(), id)?;
         GroupStateMachine::destroy(self.opener.engine.as_ref(), id)?;
         tracing::info!(group = id, "volume group removed and its data deleted");
+        // The space comes back only once compactions drop the deleted range: ask for them
+        // now, so that a node short of space (`space.rs`) recovers when a volume goes.
+        let engine = self.opener.engine.clone();
+        tokio::task::spawn_blocking(move || {
+            let (start, end) = (keys::group_start(id), keys::group_end(id));
+            for cf in [Cf::Data, Cf::RaftLog] {
+                if let Err(e) = engine.reclaim(cf, &start, &end) {
+                    tracing::warn!(group = id, error = %e, "could not compact a deleted group's range");
+                }
+            }
+            tracing::debug!(group = id, "deleted group's space reclaimed");
+        });
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use crate::meta::catalog::{VolumeKind, VolumeRecord};
 use crate::metrics::Metrics;
 use crate::node::groups::Groups;
 use crate::node::meta::Meta;
+use crate::node::space::Space;
 use crate::raft::state_machine::GroupStateMachine;
 use crate::raft::{META_GROUP, Raft, Request, Response, WriteId};
 use crate::{Error, Result};
@@ -21,6 +22,7 @@ pub struct NodeIo {
     groups: Arc<Groups>,
     engine: Arc<dyn Engine>,
     metrics: Arc<Metrics>,
+    space: Arc<Space>,
 }
 
 /// A snapshot is written only by the copy that makes it; after that it is read-only.
@@ -40,13 +42,20 @@ impl NodeIo {
         groups: Arc<Groups>,
         engine: Arc<dyn Engine>,
         metrics: Arc<Metrics>,
+        space: Arc<Space>,
     ) -> Self {
         NodeIo {
             meta,
             groups,
             engine,
             metrics,
+            space,
         }
+    }
+
+    /// The data filesystem's reserve, and what peers say of theirs.
+    pub fn space(&self) -> &Space {
+        &self.space
     }
 
     /// Resolves a volume for I/O on this node: its record and local leader Raft, or a redirect.
@@ -115,6 +124,7 @@ impl NodeIo {
             let (vol, raft) = self.target(name)?;
             refuse_sealed_snapshot(&vol)?;
             self.check(&vol, offset, len, IoKind::Write).await?;
+            self.space.admit_write(&vol.name, &vol.members)?;
             let req = Request::write(offset, data, generation, id);
             self.propose(&raft, vol.id, req).await
         }

@@ -6,6 +6,7 @@ pub mod io;
 pub mod leadership;
 pub mod meta;
 pub mod quiesce;
+pub mod space;
 pub mod status;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,6 +28,7 @@ use crate::rebuild::Rebuilds;
 use self::groups::{Groups, Opener, fatal};
 use self::io::NodeIo;
 use self::meta::Meta;
+use self::space::Space;
 pub use self::status::GroupStatus;
 
 #[derive(Clone, Debug)]
@@ -50,6 +52,8 @@ pub struct NodeConfig {
     pub quiet_after: Option<std::time::Duration>,
     /// When the meta leader replaces lost replicas, and how many at once.
     pub repair: crate::repair::RepairConfig,
+    /// Bytes kept free on the data filesystem (`None`: 5 % of it, at most 1 GiB).
+    pub reserve: Option<u64>,
 }
 
 impl NodeConfig {
@@ -132,7 +136,14 @@ impl StorageNode {
         ));
         let groups = Arc::new(Groups::new(opener, meta.clone(), cfg.quiet_after));
         let metrics = Arc::new(Metrics::default());
-        let io = NodeIo::new(meta.clone(), groups.clone(), engine, metrics.clone());
+        let space = Arc::new(Space::new(cfg.id, &cfg.data_dir, cfg.reserve)?);
+        let io = NodeIo::new(
+            meta.clone(),
+            groups.clone(),
+            engine,
+            metrics.clone(),
+            space.clone(),
+        );
         tokio::spawn(groups.clone().reconcile_loop());
         tokio::spawn(leadership::run(cfg.id, meta.clone(), groups.clone()));
         tokio::spawn(quiesce::run(
@@ -140,6 +151,7 @@ impl StorageNode {
             meta.clone(),
             groups.clone(),
             channels.clone(),
+            space,
         ));
         let node = Arc::new(StorageNode {
             cfg,
@@ -195,9 +207,13 @@ impl StorageNode {
     }
 
     /// Takes a peer's ping: it is alive, and the groups it quiesced may go quiet here.
-    pub fn on_ping(&self, from: u64, boot: u64, notices: &[cairn_proto::cairn::v1::QuiesceNotice]) {
+    /// Takes a ping from `from`; whether this node is short of space, for the reply.
+    pub fn on_ping(&self, ping: &cairn_proto::cairn::v1::PingRequest) -> bool {
+        let (from, boot, notices) = (ping.from, ping.boot, &ping.quiesce);
+        self.io.space().peer_reported(from, ping.short_of_space);
         self.groups.quiescer().pinged_by(&self.groups, from, boot);
         self.groups.quiescer().on_notices(&self.groups, notices);
+        self.io.space().short()
     }
 
     pub fn group_status(&self, group: u64) -> GroupStatus {

@@ -381,6 +381,7 @@ pub(super) async fn run(
     meta: Arc<Meta>,
     groups: Arc<Groups>,
     channels: ChannelCache,
+    space: Arc<super::space::Space>,
 ) {
     let mut tick = tokio::time::interval(PING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -407,6 +408,7 @@ pub(super) async fn run(
             let me = quiescer.me;
             let boot = quiescer.boot;
             let groups_for_ping = groups.clone();
+            let space = space.clone();
             tokio::spawn(async move {
                 let Ok(mut client) = channels.client(&addr) else {
                     return;
@@ -415,10 +417,14 @@ pub(super) async fn run(
                     from: me,
                     boot,
                     quiesce: notices.clone(),
+                    short_of_space: space.short(),
                 };
                 let sent = tokio::time::timeout(PING_TIMEOUT, client.ping(req)).await;
                 match sent {
-                    Ok(Ok(_)) => q.answered(&groups_for_ping, peer, Instant::now(), false),
+                    Ok(Ok(reply)) => {
+                        space.peer_reported(peer, reply.into_inner().short_of_space);
+                        q.answered(&groups_for_ping, peer, Instant::now(), false)
+                    }
                     // Nothing listens there: the peer's process is gone. Its groups here
                     // elect now, as they would on an election timeout were they not quiet.
                     Ok(Err(status)) if cairn_client::refused(&status) => {

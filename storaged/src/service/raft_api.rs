@@ -405,9 +405,10 @@ impl RaftService for RaftApi {
                 ping.from
             )));
         }
-        self.node.on_ping(ping.from, ping.boot, &ping.quiesce);
+        let short_of_space = self.node.on_ping(&ping);
         Ok(Response::new(PingReply {
             node: self.node.cfg().id,
+            short_of_space,
         }))
     }
 }

@@ -1,0 +1,211 @@
+//! The data filesystem's reserve: whether this node, or a peer by its pings, is short of space,
+//! and the refusal of new data writes to a group while any of its members is.
+//!
+//! Each node keeps `--reserve` bytes free on its data filesystem (default: 5 % of it or 1 GiB,
+//! whichever is smaller). Below that, it says so in every ping, and a leader refuses writes to
+//! any group that has such a member with RESOURCE_EXHAUSTED, before RocksDB itself meets ENOSPC
+//! on any replica. Deletes, discards and Raft traffic go on, so space can be freed; once the
+//! filesystem has the reserve free again the refusals stop by themselves.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// How long a free-space reading is trusted before `statvfs` is asked again.
+const FRESH_FOR: Duration = Duration::from_millis(200);
+/// How long a peer's "short of space" stands without a new ping saying so (pings come every
+/// 500 ms; a peer that stopped pinging is down, which Raft deals with, not this).
+const PEER_REPORT_FOR: Duration = Duration::from_secs(3);
+/// The default reserve's bounds: 5 % of the filesystem, at most 1 GiB.
+const DEFAULT_SHARE: f64 = 0.05;
+const DEFAULT_MAX: u64 = 1 << 30;
+
+/// The reserve of a filesystem of `total` bytes when `--reserve` is not given.
+pub fn default_reserve(total: u64) -> u64 {
+    ((total as f64 * DEFAULT_SHARE) as u64).min(DEFAULT_MAX)
+}
+
+/// Free and total bytes of the filesystem holding `dir`, as an unprivileged user sees them.
+fn statvfs(dir: &Path) -> std::io::Result<(u64, u64)> {
+    let s = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
+    let unit = s.fragment_size();
+    Ok((s.blocks_available() * unit, s.blocks() * unit))
+}
+
+#[derive(Debug)]
+struct Reading {
+    at: Instant,
+    free: u64,
+}
+
+/// This node's free space against its reserve, and what its peers last said of theirs.
+#[derive(Debug)]
+pub struct Space {
+    me: u64,
+    dir: PathBuf,
+    reserve: u64,
+    reading: Mutex<Option<Reading>>,
+    short_peers: Mutex<HashMap<u64, Instant>>,
+}
+
+impl Space {
+    /// Watches the filesystem of `dir` with `reserve` bytes kept free (`None`: the default for
+    /// its size).
+    pub fn new(me: u64, dir: &Path, reserve: Option<u64>) -> Result<Space> {
+        let (free, total) = statvfs(dir)?;
+        let reserve = reserve.unwrap_or_else(|| default_reserve(total));
+        tracing::info!(node = me, data_dir = %dir.display(), reserve, free, total, "data filesystem reserve");
+        Ok(Space {
+            me,
+            dir: dir.to_path_buf(),
+            reserve,
+            reading: Mutex::new(Some(Reading {
+                at: Instant::now(),
+                free,
+            })),
+            short_peers: Mutex::default(),
+        })
+    }
+
+    pub fn reserve(&self) -> u64 {
+        self.reserve
+    }
+
+    /// Free bytes now (a reading at most `FRESH_FOR` old).
+    pub fn free(&self) -> u64 {
+        let mut r = self.reading.lock().expect("space reading poisoned");
+        match &*r {
+            Some(reading) if reading.at.elapsed() < FRESH_FOR => reading.free,
+            _ => {
+                let was_short = r.as_ref().is_some_and(|x| x.free < self.reserve);
+                // A filesystem that cannot be read counts as full: refusing writes is safe.
+                let free = statvfs(&self.dir).map_or(0, |(free, _)| free);
+                let short = free < self.reserve;
+                if short != was_short {
+                    if short {
+                        tracing::warn!(
+                            node = self.me,
+                            free,
+                            reserve = self.reserve,
+                            "data filesystem below its reserve: new writes refused until space is freed"
+                        );
+                    } else {
+                        tracing::info!(
+                            node = self.me,
+                            free,
+                            reserve = self.reserve,
+                            "data filesystem has its reserve free again: writes resume"
+                        );
+                    }
+                }
+                *r = Some(Reading {
+                    at: Instant::now(),
+                    free,
+                });
+                free
+            }
+        }
+    }
+
+    /// Whether this node is short of space (what its pings say).
+    pub fn short(&self) -> bool {
+        self.free() < self.reserve
+    }
+
+    /// Records what `peer` said of its space in a ping or a ping's reply.
+    pub fn peer_reported(&self, peer: u64, short: bool) {
+        let mut peers = self.short_peers.lock().expect("short peers poisoned");
+        if short {
+            peers.insert(peer, Instant::now());
+        } else {
+            peers.remove(&peer);
+        }
+    }
+
+    /// The members among `members` short of space now (this node included), in order.
+    pub fn short_members(&self, members: &[u64]) -> Vec<u64> {
+        let peers = self.short_peers.lock().expect("short peers poisoned");
+        let mut short: Vec<u64> = members
+            .iter()
+            .copied()
+            .filter(|m| {
+                if *m == self.me {
+                    false
+                } else {
+                    peers
+                        .get(m)
+                        .is_some_and(|at| at.elapsed() < PEER_REPORT_FOR)
+                }
+            })
+            .collect();
+        drop(peers);
+        if members.contains(&self.me) && self.short() {
+            short.push(self.me);
+            short.sort_unstable();
+        }
+        short
+    }
+
+    /// Refuses a new data write to `volume`, whose replicas are on `members`, while one of
+    /// them is short of space.
+    pub fn admit_write(&self, volume: &str, members: &[u64]) -> Result<()> {
+        let short = self.short_members(members);
+        if short.is_empty() {
+            return Ok(());
+        }
+        let nodes: Vec<String> = short.iter().map(|n| format!("node {n}")).collect();
+        Err(Error::ResourceExhausted(format!(
+            "volume `{volume}`: the data filesystem of {} is below its reserve of free space \
+             (storaged --reserve); writes are refused until space is freed (delete volumes or \
+             snapshots, or grow the disk)",
+            nodes.join(", ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_reserve_is_five_percent_up_to_one_gib() {
+        assert_eq!(default_reserve(100 << 20), 5 << 20);
+        assert_eq!(default_reserve(10 << 30), 512 << 20);
+        assert_eq!(default_reserve(100 << 30), 1 << 30);
+    }
+
+    #[test]
+    fn a_short_member_refuses_writes_and_its_recovery_lets_them_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = Space::new(1, dir.path(), Some(0)).unwrap();
+        assert!(space.admit_write("v", &[1, 2, 3]).is_ok());
+        space.peer_reported(3, true);
+        let err = space.admit_write("v", &[1, 2, 3]).unwrap_err();
+        assert!(
+            matches!(&err, Error::ResourceExhausted(m) if m.contains("node 3")),
+            "{err}"
+        );
+        assert!(
+            space.admit_write("w", &[1, 2]).is_ok(),
+            "node 3 holds no replica of w"
+        );
+        space.peer_reported(3, false);
+        assert!(space.admit_write("v", &[1, 2, 3]).is_ok());
+    }
+
+    #[test]
+    fn this_node_below_its_reserve_refuses_writes_to_its_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = Space::new(2, dir.path(), Some(u64::MAX)).unwrap();
+        assert!(space.short());
+        let err = space.admit_write("v", &[1, 2, 3]).unwrap_err();
+        assert!(
+            matches!(&err, Error::ResourceExhausted(m) if m.contains("node 2")),
+            "{err}"
+        );
+        assert!(space.admit_write("w", &[1, 3]).is_ok());
+    }
+}
