@@ -1,5 +1,5 @@
-//! A storaged cluster whose nodes keep their data on fault filesystems: one faultfs mount per
-//! node over a backing directory, the processes of `ProcCluster` on top, all removed on drop.
+//! A storaged cluster whose nodes keep their data on fault filesystems and run in network
+//! namespaces of their own: a faultfs mount and a namespace per node, all removed on drop.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,11 +8,13 @@ use cairn_faultfs::{Controller, FaultMount};
 use cairn_storaged::testkit::ProcCluster;
 
 use crate::error::Error;
+use crate::net::ChaosNet;
 
-/// The processes, then the mounts, then the directory: dropped in that order.
+/// The processes, then the mounts, the network and the directory: dropped in that order.
 pub struct FaultCluster {
     pub procs: ProcCluster,
     mounts: Vec<FaultMount>,
+    pub net: ChaosNet,
     dir: WorkDir,
 }
 
@@ -28,9 +30,16 @@ impl Drop for WorkDir {
 }
 
 impl FaultCluster {
-    /// Mounts a fault filesystem per node under a new directory in `parent` and starts `nodes`
-    /// storaged processes (`bin`) with their data dirs on those mounts. Needs root and /dev/fuse.
-    pub fn start(parent: &Path, bin: &Path, nodes: usize) -> Result<FaultCluster, Error> {
+    /// Makes run `name`'s network (see `ChaosNet::create`), mounts a fault filesystem per node
+    /// under a new directory in `parent` and starts `nodes` storaged processes (`bin`), each in
+    /// its namespace with its data dir on its mount. Needs root, /dev/fuse and iproute2.
+    pub fn start(
+        name: &str,
+        parent: &Path,
+        bin: &Path,
+        nodes: usize,
+    ) -> Result<FaultCluster, Error> {
+        let net = ChaosNet::create(name, nodes)?;
         let dir = WorkDir(parent.join(format!("cairn-chaos-{}-{}", std::process::id(), unique())));
         let mut mounts = Vec::with_capacity(nodes);
         let mut data_dirs = Vec::with_capacity(nodes);
@@ -44,8 +53,13 @@ impl FaultCluster {
             mounts.push(FaultMount::mount(&backing, &data)?);
             data_dirs.push(data);
         }
-        let procs = ProcCluster::start_on(bin, &data_dirs, &[])?;
-        Ok(FaultCluster { procs, mounts, dir })
+        let procs = ProcCluster::start_placed(bin, &data_dirs, &net.placements(), &[])?;
+        Ok(FaultCluster {
+            procs,
+            mounts,
+            net,
+            dir,
+        })
     }
 
     /// The fault filesystem under node `id`'s data dir.

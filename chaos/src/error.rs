@@ -1,5 +1,5 @@
 //! The crate's one error type: a history that cannot be read or breaks the checker's recording
-//! rules, or a chaos run whose cluster, fault filesystem or fault could not be set up.
+//! rules, or a chaos run whose cluster, network, fault filesystem or fault could not be set up.
 
 /// Why a history could not be read or checked, or a run could not go on.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +19,9 @@ pub enum Error {
     /// The cluster could not be brought up, reached or recovered within its bound.
     #[error("cluster: {0}")]
     Cluster(String),
+    /// A namespace, link or nftables rule of the run's network could not be made or removed.
+    #[error("network: {0}")]
+    Net(#[from] cairn_netns::Error),
     #[error("run configuration: {0}")]
     Config(String),
 }

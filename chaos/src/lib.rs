@@ -3,9 +3,12 @@
 
 pub mod checker;
 pub mod cluster;
+mod cpu;
 mod error;
 pub mod history;
 pub mod nemesis;
+pub mod net;
+pub mod partition;
 pub mod report;
 pub mod run;
 pub mod schedule;

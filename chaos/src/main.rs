@@ -1,5 +1,5 @@
-//! The `cairn-chaos` binary: `cairn-chaos run` brings up a storaged cluster on fault filesystems,
-//! breaks it on a seeded schedule, prints the verdict table and exits non-zero on a finding.
+//! The `cairn-chaos` binary: `cairn-chaos run` brings up a storaged cluster on fault filesystems and
+//! namespaces, breaks it on a seeded schedule, prints the verdict table, exits non-zero on a finding.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,13 +33,19 @@ struct RunArgs {
     /// How long the workload runs under faults (`500ms`, `30s`, `10m`).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     duration: Duration,
-    /// Comma-separated faults: kill, pause, powerloss, powerloss-all, eio, disk-full, slow-disk.
+    /// Comma-separated faults: kill, pause, powerloss, powerloss-all, eio, disk-full, slow-disk,
+    /// partition-isolate, partition-split, partition-bridge, partition-one-way, or partition
+    /// for all four shapes (partitions need nftables).
     #[arg(
         long,
-        default_value = "kill,pause,powerloss,powerloss-all,eio,disk-full,slow-disk",
+        default_value = "kill,pause,powerloss,powerloss-all,eio,disk-full,slow-disk,partition",
         value_parser = parse_faults
     )]
     faults: Faults,
+    /// The run's name: its network namespaces, bridge and nftables table carry it, and a run
+    /// removes what a crashed run of the same name left.
+    #[arg(long, default_value = "chaos")]
+    name: String,
     #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// Volumes (3 replicas each) the block workload writes.
@@ -66,11 +72,9 @@ struct RunArgs {
 struct Faults(Vec<FaultKind>);
 
 fn parse_faults(s: &str) -> Result<Faults, String> {
-    s.split(',')
-        .filter(|f| !f.trim().is_empty())
-        .map(|f| f.parse::<FaultKind>().map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()
+    FaultKind::parse_list(s)
         .map(Faults)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_targets(s: &str) -> Result<Targets, String> {
@@ -164,6 +168,7 @@ async fn main() -> ExitCode {
         work_dir: args.work_dir,
         targets: args.targets,
         volumes: args.volumes,
+        name: args.name,
         ..RunConfig::new(args.storaged.unwrap_or_else(sibling_storaged))
     };
     let started = std::time::Instant::now();
@@ -207,6 +212,17 @@ mod tests {
             f.0,
             [FaultKind::Kill, FaultKind::Pause, FaultKind::Powerloss]
         );
-        assert!(parse_faults("kill,partition").is_err());
+        assert_eq!(
+            parse_faults("kill,partition").unwrap().0,
+            [
+                FaultKind::Kill,
+                FaultKind::PartitionIsolate,
+                FaultKind::PartitionSplit,
+                FaultKind::PartitionBridge,
+                FaultKind::PartitionOneWay
+            ]
+        );
+        let unknown = parse_faults("kill,meteor").unwrap_err();
+        assert!(unknown.contains("\"meteor\"") && unknown.contains("partition-isolate"));
     }
 }

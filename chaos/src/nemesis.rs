@@ -1,15 +1,19 @@
 //! The nemesis: starts and heals one fault at a time on a `FaultCluster` (kill -9 and restart,
-//! SIGSTOP/SIGCONT, power loss, EIO on fsync, a full disk and a slow one through faultfs) and
-//! logs each with its start and end.
+//! SIGSTOP/SIGCONT, power loss, EIO on fsync, a full disk and a slow one through faultfs,
+//! network partitions through nftables) and logs each with its start and end.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
+use cairn_client::VolumeClient;
 use cairn_faultfs::Op as DiskOp;
+use cairn_storaged::tls::Identity;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::FaultCluster;
 use crate::error::Error;
 use crate::history::Recorder;
+use crate::partition::{self, Shape};
 
 /// A kind of fault, named as `--faults` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -34,13 +38,22 @@ pub enum FaultKind {
     DiskFull,
     /// Every fsync on a node's disk takes `SLOW_FSYNC` longer. Healed by clearing the delay.
     SlowDisk,
+    /// A node cut from every other, both ways (clients on the host still reach it). Healed,
+    /// like every partition, by deleting the run's nftables table.
+    PartitionIsolate,
+    /// A minority (the target and the next nodes by id, ⌊(n−1)/2⌋ in all) cut from the rest.
+    PartitionSplit,
+    /// The target sees every node; the others, in two halves, do not see the other half.
+    PartitionBridge,
+    /// The target's packets to the next node by id dropped, that node's to it delivered.
+    PartitionOneWay,
 }
 
 /// The delay a `slow-disk` fault adds to every fsync.
 pub const SLOW_FSYNC: Duration = Duration::from_millis(200);
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Powerloss,
@@ -48,7 +61,42 @@ impl FaultKind {
         FaultKind::Eio,
         FaultKind::DiskFull,
         FaultKind::SlowDisk,
+        FaultKind::PartitionIsolate,
+        FaultKind::PartitionSplit,
+        FaultKind::PartitionBridge,
+        FaultKind::PartitionOneWay,
     ];
+
+    /// What `--faults partition` stands for.
+    pub const PARTITIONS: [FaultKind; 4] = [
+        FaultKind::PartitionIsolate,
+        FaultKind::PartitionSplit,
+        FaultKind::PartitionBridge,
+        FaultKind::PartitionOneWay,
+    ];
+
+    /// A comma-separated list of names; `partition` stands for every partition shape.
+    pub fn parse_list(s: &str) -> Result<Vec<FaultKind>, Error> {
+        let mut out = Vec::new();
+        for name in s.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+            match name {
+                "partition" => out.extend(FaultKind::PARTITIONS),
+                other => out.push(other.parse()?),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The partition this kind makes, if it is one.
+    pub fn shape(self) -> Option<Shape> {
+        match self {
+            FaultKind::PartitionIsolate => Some(Shape::Isolate),
+            FaultKind::PartitionSplit => Some(Shape::Split),
+            FaultKind::PartitionBridge => Some(Shape::Bridge),
+            FaultKind::PartitionOneWay => Some(Shape::OneWay),
+            _ => None,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -59,6 +107,10 @@ impl FaultKind {
             FaultKind::Eio => "eio",
             FaultKind::DiskFull => "disk-full",
             FaultKind::SlowDisk => "slow-disk",
+            FaultKind::PartitionIsolate => "partition-isolate",
+            FaultKind::PartitionSplit => "partition-split",
+            FaultKind::PartitionBridge => "partition-bridge",
+            FaultKind::PartitionOneWay => "partition-one-way",
         }
     }
 }
@@ -69,7 +121,13 @@ impl std::str::FromStr for FaultKind {
         FaultKind::ALL
             .into_iter()
             .find(|k| k.name() == s.trim())
-            .ok_or_else(|| Error::Config(format!("unknown fault {s:?}")))
+            .ok_or_else(|| {
+                let names: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+                Error::Config(format!(
+                    "faults: unknown fault {s:?} (known: {}, partition)",
+                    names.join(", ")
+                ))
+            })
     }
 }
 
@@ -106,12 +164,53 @@ pub struct FaultRecord {
     /// Nodes whose storaged had exited on its own by the time the fault was healed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exited: Vec<u64>,
+    /// The directed node pairs `[from, to]` whose packets a partition dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cut: Vec<[u64; 2]>,
+    /// Packets dropped on each pair of `cut`, in its order, counted until the heal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped_packets: Vec<u64>,
+    /// The nodes a partition left without a majority.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub minority: Vec<u64>,
+    /// During a partition with a minority, the leader the majority side named for each volume
+    /// most of whose replicas are on that side (0: none there within `MAJORITY_LEADER_WAIT`).
+    /// A volume with most replicas in the minority keeps its quorum there and is not listed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub majority_leaders: BTreeMap<String, u64>,
+    /// CPU seconds each node's storaged used during the fault (nodes whose process ran
+    /// throughout).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cpu_s: BTreeMap<u64, f64>,
+}
+
+impl FaultRecord {
+    /// A fault of `kind` on `nodes` that started (and so far ended) at `start`.
+    pub fn new(kind: FaultKind, target: Target, nodes: Vec<u64>, start: u64) -> FaultRecord {
+        FaultRecord {
+            kind,
+            target,
+            nodes,
+            start,
+            end: start,
+            dropped_bytes: None,
+            errors_injected: None,
+            exited: Vec::new(),
+            cut: Vec::new(),
+            dropped_packets: Vec::new(),
+            minority: Vec::new(),
+            majority_leaders: BTreeMap::new(),
+            cpu_s: BTreeMap::new(),
+        }
+    }
 }
 
 /// A fault started and not yet healed.
 #[derive(Debug)]
 pub struct ActiveFault {
     record: FaultRecord,
+    /// Each running node's (pid, CPU used) when the fault started.
+    cpu_at_start: BTreeMap<u64, (u32, Duration)>,
 }
 
 impl ActiveFault {
@@ -122,6 +221,8 @@ impl ActiveFault {
 
 /// How long the nemesis waits for a volume's leader when a fault targets it.
 const LEADER_WAIT: Duration = Duration::from_secs(20);
+/// How long a partition's majority side may take to have (or elect) a leader of its own.
+pub const MAJORITY_LEADER_WAIT: Duration = Duration::from_secs(15);
 
 /// Starts `kind` on `target` (resolved to node ids now) and returns the fault to heal.
 pub async fn start(
@@ -141,8 +242,13 @@ pub async fn start(
         Target::Node { id } => vec![*id],
         Target::All => cluster.node_ids(),
     };
+    let cpu_at_start = cpu_of(cluster);
     let start = recorder.now();
     let mut dropped_bytes = None;
+    let mut cut = partition::Cut {
+        pairs: Vec::new(),
+        minority: Vec::new(),
+    };
     match kind {
         FaultKind::Kill => nodes.iter().for_each(|&id| cluster.procs.kill9(id)),
         FaultKind::Pause => nodes.iter().for_each(|&id| cluster.procs.pause(id, true)),
@@ -156,20 +262,89 @@ pub async fn start(
         FaultKind::SlowDisk => nodes
             .iter()
             .for_each(|&id| cluster.disk(id).fsync_delay(SLOW_FSYNC)),
+        FaultKind::PartitionIsolate
+        | FaultKind::PartitionSplit
+        | FaultKind::PartitionBridge
+        | FaultKind::PartitionOneWay => {
+            let shape = kind.shape().expect("a partition kind");
+            cut = partition::cut(shape, nodes[0], &cluster.node_ids());
+            let net = &cluster.net;
+            let link = |id: u64| net.host_link(id).unwrap_or_default().to_string();
+            partition::apply(&partition::rules(&net.table(), &cut.pairs, link))?;
+        }
     }
-    tracing::info!(fault = kind.name(), ?nodes, ?dropped_bytes, "fault started");
+    tracing::info!(fault = kind.name(), ?nodes, ?dropped_bytes, cut = ?cut.pairs, "fault started");
     Ok(ActiveFault {
+        cpu_at_start,
         record: FaultRecord {
-            kind,
-            target,
-            nodes,
-            start,
-            end: start,
             dropped_bytes,
-            errors_injected: None,
-            exited: Vec::new(),
+            cut: cut.pairs.iter().map(|&(a, b)| [a, b]).collect(),
+            minority: cut.minority,
+            ..FaultRecord::new(kind, target, nodes, start)
         },
     })
+}
+
+/// Each running node's pid and the CPU its storaged has used.
+fn cpu_of(cluster: &FaultCluster) -> BTreeMap<u64, (u32, Duration)> {
+    cluster
+        .node_ids()
+        .into_iter()
+        .filter_map(|id| {
+            let pid = cluster.procs.pid(id)?;
+            Some((id, (pid, crate::cpu::used(pid)?)))
+        })
+        .collect()
+}
+
+/// While a partition with a minority holds: for each of `volumes` with most replicas outside
+/// the minority, waits (up to `MAJORITY_LEADER_WAIT` in all) until the majority side, asked
+/// alone, names a leader outside the minority, and records what it named.
+pub async fn observe(cluster: &FaultCluster, fault: &mut ActiveFault, volumes: &[String]) {
+    let minority = fault.record.minority.clone();
+    if minority.is_empty() {
+        return;
+    }
+    let majority: Vec<String> = cluster
+        .procs
+        .nodes
+        .iter()
+        .filter(|n| !minority.contains(&n.id))
+        .map(|n| n.addr.clone())
+        .collect();
+    let Ok(client) = VolumeClient::new(majority, cluster.procs.security_for(&Identity::Admin))
+    else {
+        return;
+    };
+    let client = client.with_deadline(Duration::from_secs(2));
+    let deadline = Instant::now() + MAJORITY_LEADER_WAIT;
+    for volume in volumes {
+        let mut seen = 0;
+        loop {
+            if let Ok(v) = client.get_volume(volume).await {
+                let outside = v
+                    .members
+                    .iter()
+                    .filter(|m| !minority.contains(&m.node_id))
+                    .count();
+                if outside * 2 <= v.members.len() {
+                    break;
+                }
+                seen = v.leader_node_id;
+            }
+            if (seen != 0 && !minority.contains(&seen)) || Instant::now() >= deadline {
+                tracing::info!(
+                    volume,
+                    leader = seen,
+                    ?minority,
+                    "leader seen by the majority side"
+                );
+                fault.record.majority_leaders.insert(volume.clone(), seen);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// Heals `fault`: the nodes it stopped run again, with their disks fault-free.
@@ -180,6 +355,15 @@ pub fn heal(
 ) -> Result<FaultRecord, Error> {
     let mut record = fault.record;
     let kind = record.kind;
+    let now = cpu_of(cluster);
+    record.cpu_s = fault
+        .cpu_at_start
+        .iter()
+        .filter_map(|(id, (pid, before))| {
+            let (pid_now, after) = now.get(id)?;
+            (pid_now == pid).then(|| (*id, after.saturating_sub(*before).as_secs_f64()))
+        })
+        .collect();
     record.exited = record
         .nodes
         .iter()
@@ -211,6 +395,23 @@ pub fn heal(
             restart(cluster, &record.nodes)?;
         }
         FaultKind::SlowDisk => record.nodes.iter().for_each(|&id| cluster.disk(id).clear()),
+        FaultKind::PartitionIsolate
+        | FaultKind::PartitionSplit
+        | FaultKind::PartitionBridge
+        | FaultKind::PartitionOneWay => {
+            let table = cluster.net.table();
+            // The heal goes on without the counters rather than leave the partition in place.
+            let counters = partition::dropped(&table).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "partition counters unreadable");
+                BTreeMap::new()
+            });
+            record.dropped_packets = record
+                .cut
+                .iter()
+                .map(|[a, b]| counters.get(&(*a, *b)).copied().unwrap_or(0))
+                .collect();
+            partition::heal(&table)?;
+        }
     }
     record.end = recorder.now();
     tracing::info!(fault = record.kind.name(), nodes = ?record.nodes, exited = ?record.exited, "fault healed");

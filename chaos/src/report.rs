@@ -145,14 +145,8 @@ mod tests {
 
     fn fault(kind: FaultKind, start: u64, end: u64) -> FaultRecord {
         FaultRecord {
-            kind,
-            target: Target::Node { id: 1 },
-            nodes: vec![1],
-            start,
             end,
-            dropped_bytes: None,
-            errors_injected: None,
-            exited: Vec::new(),
+            ..FaultRecord::new(kind, Target::Node { id: 1 }, vec![1], start)
         }
     }
 

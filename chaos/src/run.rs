@@ -44,6 +44,9 @@ pub struct RunConfig {
     pub lying_disks: bool,
     /// How long the cluster may take to become whole after each fault and after the run.
     pub recovery: Duration,
+    /// The run's name, in its network's names (namespaces `cairn-chaos-NAME-K`, nftables
+    /// table `cairn-chaos-NAME`): a new run removes what a crashed run of this name left.
+    pub name: String,
 }
 
 impl RunConfig {
@@ -63,6 +66,7 @@ impl RunConfig {
             clients_per_volume: 3,
             recovery: Duration::from_secs(60),
             lying_disks: false,
+            name: "chaos".into(),
         }
     }
 }
@@ -102,14 +106,20 @@ fn volume_size(blocks: u64) -> u64 {
     (blocks * BLOCK as u64).div_ceil(1 << 20).max(1) << 20
 }
 
-/// Runs the whole experiment described by `config`. Needs root (FUSE).
+/// Runs the whole experiment described by `config`. Needs root (FUSE, network namespaces)
+/// and, for partitions, nftables.
 pub async fn run(config: &RunConfig) -> Result<RunOutcome, Error> {
     if config.nodes < 3 || config.volumes == 0 || config.blocks_per_volume == 0 {
         return Err(Error::Config(
             "a run needs at least 3 nodes, one volume and one block".into(),
         ));
     }
-    let mut cluster = FaultCluster::start(&config.work_dir, &config.storaged, config.nodes)?;
+    let mut cluster = FaultCluster::start(
+        &config.name,
+        &config.work_dir,
+        &config.storaged,
+        config.nodes,
+    )?;
     let volumes: Vec<String> = (1..=config.volumes).map(|i| format!("chaos-{i}")).collect();
     setup(&cluster, &volumes, config).await?;
     if config.lying_disks {
@@ -202,8 +212,9 @@ async fn inject(
             break;
         }
         tokio::time::sleep(step.gap).await;
-        let fault = nemesis::start(cluster, recorder, step.kind, step.target).await?;
+        let mut fault = nemesis::start(cluster, recorder, step.kind, step.target).await?;
         tokio::time::sleep(step.hold).await;
+        nemesis::observe(cluster, &mut fault, volumes).await;
         log.push(nemesis::heal(cluster, recorder, fault)?);
         whole(cluster, volumes, config.recovery).await?;
     }

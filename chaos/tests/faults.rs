@@ -1,5 +1,5 @@
-//! The fast chaos subset (no network namespaces): a pinned seed and a bounded run per fault type
-//! on a 3-node storaged cluster over fault filesystems, judged by the checker. Needs root, FUSE.
+//! The fast chaos subset: a pinned seed and a bounded run per fault type on a storaged cluster
+//! over fault filesystems and network namespaces, judged by the checker. Needs root, FUSE, nft.
 
 // Each run asserts that faults were injected, operations acknowledged, no acknowledged write
 // lost and every key linearizable. The checker's own ability to fail is tested twice: on a
@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cairn_chaos::checker::{self, FinalReadProblem};
+use cairn_chaos::net::ChaosNet;
 use cairn_chaos::workload::block::FINAL_READER;
 use cairn_chaos::{
-    FaultKind, Key, Op, OpKind, Outcome, RunConfig, RunOutcome, RunReport, Targets, Value, run,
+    FaultKind, FaultRecord, Key, Op, OpKind, Outcome, RunConfig, RunOutcome, RunReport, Target,
+    Targets, Value, run,
 };
 use cairn_storaged::testkit::sibling_bin;
 
@@ -21,6 +23,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// A run that has not finished by then failed; dropping it kills its processes and unmounts.
 const RUN_BOUND: Duration = Duration::from_secs(100);
 
+/// Each test's run has a name of its own: its network's names carry it.
 fn config(seed: u64, faults: &[FaultKind], duration: Duration) -> RunConfig {
     let storaged: PathBuf = sibling_bin("storaged");
     assert!(
@@ -34,6 +37,7 @@ fn config(seed: u64, faults: &[FaultKind], duration: Duration) -> RunConfig {
         duration,
         volumes: 2,
         recovery: Duration::from_secs(40),
+        name: format!("seed-{seed}"),
         ..RunConfig::new(storaged)
     }
 }
@@ -303,4 +307,214 @@ fn a_history_with_a_lost_acknowledged_write_fails_the_report() {
     assert_eq!(report.lost, 1, "{problems:?}");
     assert_eq!(report.violations, 1, "the stale final read");
     assert!(!report.clean());
+}
+
+/// Asserts that a partition fault really cut its pairs: the nftables rules dropped packets of
+/// the cluster's own traffic, and every group with most replicas on the majority side had a
+/// leader there. Prints each node's CPU during the partition.
+fn assert_partition_took_effect(f: &FaultRecord) {
+    let held = (f.end - f.start) as f64 / 1e9;
+    eprintln!(
+        "{} on {:?}: cut {:?}, dropped packets {:?}, minority {:?}, majority's leaders {:?}, CPU s over {held:.1} s {:?}",
+        f.kind.name(),
+        f.nodes,
+        f.cut,
+        f.dropped_packets,
+        f.minority,
+        f.majority_leaders,
+        f.cpu_s
+    );
+    assert!(!f.cut.is_empty(), "a partition that cut nothing: {f:?}");
+    assert_eq!(f.dropped_packets.len(), f.cut.len(), "{f:?}");
+    assert!(
+        f.dropped_packets.iter().sum::<u64>() > 0,
+        "the rules dropped no packet: the partition did not reach the cluster's traffic: {f:?}"
+    );
+    for (volume, leader) in &f.majority_leaders {
+        assert!(
+            *leader != 0 && !f.minority.contains(leader),
+            "{volume} has most replicas outside the minority {:?} and the majority side named no leader of its own (saw {leader})",
+            f.minority
+        );
+    }
+}
+
+/// Whether a partition cut its target, a group's leader, off from that group's majority, and
+/// the majority side named another leader: the partition really moved leadership.
+fn moved_a_leader(f: &FaultRecord) -> bool {
+    match &f.target {
+        Target::LeaderOf { volume } => {
+            f.minority.contains(&f.nodes[0])
+                && f.majority_leaders
+                    .get(volume)
+                    .is_some_and(|l| *l != 0 && *l != f.nodes[0])
+        }
+        _ => false,
+    }
+}
+
+/// `kind` partitions on the seed's schedule; asserts a clean verdict and that each took effect.
+async fn partitions(
+    seed: u64,
+    kind: FaultKind,
+    nodes: usize,
+    targets: Targets,
+    duration: Duration,
+) -> RunOutcome {
+    let mut config = config(seed, &[kind], duration);
+    config.nodes = nodes;
+    config.targets = targets;
+    let outcome = run_clean(config).await;
+    assert!(
+        outcome.report.faults[kind.name()] >= 1,
+        "{:?}",
+        outcome.report
+    );
+    outcome.faults.iter().for_each(assert_partition_took_effect);
+    outcome
+}
+
+/// `kind` partitions on groups' leaders (15 s on `nodes` nodes): at least one must have moved
+/// a group's leadership to the majority side.
+async fn partitions_moving_leaders(seed: u64, kind: FaultKind, nodes: usize) -> RunOutcome {
+    let duration = Duration::from_secs(15);
+    let outcome = partitions(seed, kind, nodes, Targets::Leaders, duration).await;
+    assert!(
+        outcome.faults.iter().any(moved_a_leader),
+        "no {} moved a group's leadership: {:?}",
+        kind.name(),
+        outcome.faults
+    );
+    outcome
+}
+
+/// The leader of a group cut off alone: the other two elect a leader, the old one must not
+/// acknowledge or serve anything stale (clients on the host still reach it), nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_isolated_in_a_minority_loses_nothing() {
+    let outcome = partitions_moving_leaders(21, FaultKind::PartitionIsolate, 3).await;
+    // Alone, the isolated node leads nothing and must idle, not spin: under half a core.
+    for f in &outcome.faults {
+        let held = (f.end - f.start) as f64 / 1e9;
+        let cpu = f.cpu_s.get(&f.nodes[0]).copied().unwrap_or(0.0);
+        assert!(
+            cpu / held < 0.5,
+            "node {:?} used {cpu:.2} s CPU in {held:.1} s isolated",
+            f.nodes
+        );
+    }
+}
+
+/// Five nodes split two (a leader among them) from three: the three elect a leader of their
+/// own, the two cannot commit, and after the heal nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_majority_minority_split_loses_nothing() {
+    let outcome = partitions_moving_leaders(22, FaultKind::PartitionSplit, 5).await;
+    assert!(
+        outcome.faults.iter().all(|f| f.minority.len() == 2),
+        "a split of five is two against three: {:?}",
+        outcome.faults
+    );
+}
+
+/// One node sees both halves, the halves do not see each other: nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bridge_partition_loses_nothing() {
+    partitions(
+        23,
+        FaultKind::PartitionBridge,
+        3,
+        Targets::Any,
+        Duration::from_secs(15),
+    )
+    .await;
+}
+
+/// What a run killed by SIGKILL leaves (namespaces with processes in them, the bridge, a
+/// partition table) is removed by the next run of the same name, and that run's own drop
+/// leaves nothing; a live run's name is refused.
+#[test]
+fn a_crashed_runs_network_is_removed_by_the_next_run_of_its_name() {
+    let name = "t-leftovers";
+    let table = format!("cairn-chaos-{name}");
+    let ours = || -> (Vec<String>, Vec<String>) {
+        let mut netns: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&format!("{table}-")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let bridges: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("ifalias"))
+                    .is_ok_and(|a| a.starts_with(&format!("cairn-chaos:{name}:")))
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        netns.sort();
+        (netns, bridges)
+    };
+    let table_exists = || {
+        std::process::Command::new("nft")
+            .args(["list", "table", "bridge", &table])
+            .output()
+            .expect("nft is installed (apt-get install nftables)")
+            .status
+            .success()
+    };
+    let crashed = ChaosNet::create(name, 2).unwrap();
+    let ns = &crashed.nodes[0].netns;
+    let mut inside = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "sleep", "600"])
+        .spawn()
+        .unwrap();
+    let script = cairn_chaos::partition::rules(&table, &[(1, 2)], |id| {
+        crashed.host_link(id).unwrap().to_string()
+    });
+    cairn_chaos::partition::apply(&script).unwrap();
+    let bridge = crashed.bridge.name.clone();
+    assert_eq!(
+        ChaosNet::create(name, 2).unwrap_err().to_string(),
+        format!(
+            "run configuration: name \"{name}\": process {} runs a chaos run of this name (bridge {bridge})",
+            std::process::id()
+        )
+    );
+    crashed.crash();
+    assert_eq!(
+        ours(),
+        (
+            vec![format!("{table}-1"), format!("{table}-2")],
+            vec![bridge]
+        )
+    );
+    assert!(table_exists());
+
+    let mut next = ChaosNet::create(name, 2).unwrap();
+    let status = inside.try_wait().unwrap();
+    assert!(
+        status.is_some(),
+        "the crashed run's process in its namespace still runs"
+    );
+    assert!(
+        !table_exists(),
+        "the crashed run's partition table is still there"
+    );
+    assert_eq!(ours().0.len(), 2);
+    assert_eq!(ours().1.len(), 1, "one bridge: the new run's");
+    next.destroy();
+    assert_eq!(
+        ours(),
+        (vec![], vec![]),
+        "the run's own teardown left something"
+    );
+    assert!(
+        !std::path::Path::new("/sys/class/net")
+            .join(format!("{}n1", next.bridge.name))
+            .exists()
+    );
 }

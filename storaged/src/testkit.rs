@@ -3,6 +3,7 @@
 //! pauses and restarts them, and cleans up on drop.
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,8 +28,22 @@ pub struct ProcNode {
     pub dir: PathBuf,
     /// The node's `--data-dir` (`dir` unless the cluster was started with `start_on`).
     pub data_dir: PathBuf,
+    /// The network namespace it runs in (`None`: the host's).
+    pub netns: Option<PathBuf>,
     child: Option<Child>,
 }
+
+/// Where a node of `ProcCluster::start_placed` runs: a network namespace of its own (a file
+/// such as `/run/netns/NAME`) and its address there, on which it listens and is reached.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    pub netns: PathBuf,
+    pub ip: std::net::IpAddr,
+}
+
+/// The ports of a placed node (alone in its namespace, it needs no free-port search).
+const PLACED_PORT: u16 = 7400;
+const PLACED_METRICS_PORT: u16 = 9400;
 
 /// How the nodes of a `ProcCluster` are told about each other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +98,14 @@ impl ProcCluster {
         n: usize,
         extra_args: &[&str],
     ) -> std::io::Result<Self> {
-        Self::start_nodes(parent, bin, &vec![None; n], extra_args, Peers::Addresses)
+        Self::start_nodes(
+            parent,
+            bin,
+            &vec![None; n],
+            extra_args,
+            Peers::Addresses,
+            None,
+        )
     }
 
     /// Starts `n` nodes that find each other as `peers` says, in a temp dir.
@@ -99,6 +121,7 @@ impl ProcCluster {
             &vec![None; n],
             extra_args,
             peers,
+            None,
         )
     }
 
@@ -110,6 +133,33 @@ impl ProcCluster {
         data_dirs: &[PathBuf],
         extra_args: &[&str],
     ) -> std::io::Result<Self> {
+        Self::start_on_dirs(bin, data_dirs, extra_args, None)
+    }
+
+    /// Like `start_on`, each node in the network namespace and on the address of its
+    /// `placements` entry (one per data dir); restarts keep them.
+    pub fn start_placed(
+        bin: &Path,
+        data_dirs: &[PathBuf],
+        placements: &[Placement],
+        extra_args: &[&str],
+    ) -> std::io::Result<Self> {
+        if placements.len() != data_dirs.len() {
+            return Err(std::io::Error::other(format!(
+                "{} placements for {} data dirs",
+                placements.len(),
+                data_dirs.len()
+            )));
+        }
+        Self::start_on_dirs(bin, data_dirs, extra_args, Some(placements))
+    }
+
+    fn start_on_dirs(
+        bin: &Path,
+        data_dirs: &[PathBuf],
+        extra_args: &[&str],
+        placements: Option<&[Placement]>,
+    ) -> std::io::Result<Self> {
         let data_dirs: Vec<Option<PathBuf>> = data_dirs.iter().cloned().map(Some).collect();
         Self::start_nodes(
             &std::env::temp_dir(),
@@ -117,15 +167,18 @@ impl ProcCluster {
             &data_dirs,
             extra_args,
             Peers::Addresses,
+            placements,
         )
     }
 
+    /// Starts the nodes (in the namespaces `placements` gives, else on loopback).
     fn start_nodes(
         parent: &Path,
         bin: &Path,
         data_dirs: &[Option<PathBuf>],
         extra_args: &[&str],
         peers: Peers,
+        placements: Option<&[Placement]>,
     ) -> std::io::Result<Self> {
         let n = data_dirs.len();
         let root = tempfile::Builder::new()
@@ -135,12 +188,24 @@ impl ProcCluster {
             .zip(data_dirs)
             .map(|(k, data_dir)| {
                 let dir = root.path().join(format!("node-{k}"));
+                let placed = placements.map(|p| &p[k as usize - 1]);
+                let (addr, metrics_addr) = match placed {
+                    Some(p) => (
+                        std::net::SocketAddr::new(p.ip, PLACED_PORT).to_string(),
+                        std::net::SocketAddr::new(p.ip, PLACED_METRICS_PORT).to_string(),
+                    ),
+                    None => (
+                        format!("127.0.0.1:{}", free_port()),
+                        format!("127.0.0.1:{}", free_port()),
+                    ),
+                };
                 ProcNode {
                     id: k,
                     name: format!("node-{k}"),
-                    addr: format!("127.0.0.1:{}", free_port()),
-                    metrics_addr: format!("127.0.0.1:{}", free_port()),
+                    addr,
+                    metrics_addr,
                     data_dir: data_dir.clone().unwrap_or_else(|| dir.clone()),
+                    netns: placed.map(|p| p.netns.clone()),
                     dir,
                     child: None,
                 }
@@ -198,6 +263,7 @@ impl ProcCluster {
             addr: format!("127.0.0.1:{}", free_port()),
             metrics_addr: format!("127.0.0.1:{}", free_port()),
             data_dir: dir.clone(),
+            netns: None,
             dir,
             child: None,
         });
@@ -279,7 +345,19 @@ impl ProcCluster {
             .create(true)
             .append(true)
             .open(node.dir.join("storaged.log"))?;
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        if let Some(path) = &node.netns {
+            let ns = std::fs::File::open(path)?;
+            // SAFETY: only a syscall on a descriptor opened before the fork, as pre_exec requires.
+            unsafe {
+                cmd.pre_exec(move || {
+                    use std::os::fd::AsFd;
+                    nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(["--listen", &node.addr, "--data-dir"])
             .arg(&node.data_dir)
             .args(peer_args)

@@ -83,6 +83,12 @@ pub enum Error {
     Internal(String),
 }
 
+impl From<cairn_netns::Error> for Error {
+    fn from(e: cairn_netns::Error) -> Self {
+        Error::Internal(e.to_string())
+    }
+}
+
 impl Error {
     pub fn internal(e: impl std::fmt::Display) -> Self {
         Error::Internal(e.to_string())

@@ -9,12 +9,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use cairn_netns::{
+    Bridge, attach_veth, ip, kill_until_gone, link_exists, ns_id, signal_all, wait_gone,
+};
 
 use crate::error::{Error, Result};
 
@@ -92,83 +96,6 @@ impl NsFiles {
     }
 }
 
-fn ns_id(pid: &str, ns: &str) -> Option<String> {
-    std::fs::read_link(format!("/proc/{pid}/ns/{ns}"))
-        .ok()
-        .map(|l| l.to_string_lossy().into_owned())
-}
-
-/// Runs a command; its stderr becomes the error.
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
-    use std::io::Write;
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Internal(format!("{program}: {e} (install iproute2, util-linux)")))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes()).map_err(Error::internal)?;
-    }
-    let out = child.wait_with_output().map_err(Error::internal)?;
-    if !out.status.success() {
-        return Err(Error::Internal(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    run("ip", args, None)
-}
-
-fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
-}
-
-/// `a.b.c.d/len` (or a bare address, a /32) as (network, prefix length).
-fn parse_cidr(s: &str) -> Option<(u32, u32)> {
-    let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
-    let a: Ipv4Addr = addr.parse().ok()?;
-    let len: u32 = len.parse().ok().filter(|l| *l <= 32)?;
-    Some((u32::from(a), len))
-}
-
-fn overlaps(a: (u32, u32), b: (u32, u32)) -> bool {
-    let len = a.1.min(b.1);
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    a.0 & mask == b.0 & mask
-}
-
-/// Every destination the host routes (all tables), except the default route.
-fn host_routes() -> Vec<(u32, u32)> {
-    let out = Command::new("ip")
-        .args(["-o", "-4", "route", "show", "table", "all"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    out.lines()
-        .filter_map(|l| {
-            let mut t = l.split_whitespace();
-            let first = t.next()?;
-            let dest = match first {
-                "local" | "broadcast" | "unicast" | "multicast" | "anycast" | "blackhole"
-                | "unreachable" | "prohibit" | "throw" | "nat" => t.next()?,
-                d => d,
-            };
-            parse_cidr(dest)
-        })
-        .collect()
-}
-
 /// The cluster's network: a bridge the harness creates on a private /24 it picked, with the
 /// host's address on it, and a shared bind of `DIR/nodes` so mounts the host makes under it
 /// reach every node (each node's copy is a slave: what a node mounts stays in it).
@@ -192,39 +119,31 @@ impl Network {
             Some(i) => vec![i],
             None => (0..=255).collect(),
         };
-        let routes = host_routes();
-        let mut picked = None;
-        for i in candidates {
-            let net = (u32::from(Ipv4Addr::new(SUBNET[0], SUBNET[1], i, 0)), 24);
-            let bridge = format!("cairnbr{i}");
-            if routes.iter().any(|r| overlaps(*r, net)) || link_exists(&bridge) {
-                continue;
+        let alias = data_dir.display().to_string();
+        let bridge = match Bridge::create_free(
+            SUBNET,
+            candidates,
+            |i| format!("cairnbr{i}"),
+            &alias,
+        ) {
+            Ok(b) => b,
+            Err(cairn_netns::Error::NoSubnet(_)) => {
+                return Err(Error::Internal(match recorded {
+                    Some(i) => format!(
+                        "subnet {}.{}.{i}.0/24, recorded in {} for this data directory, is in use \
+                         (bridge cairnbr{i} or a host route): storaged's Raft members keep their addresses",
+                        SUBNET[0],
+                        SUBNET[1],
+                        data_dir.join(NETWORK_FILE).display()
+                    ),
+                    None => "no free 10.213.<i>.0/24 subnet for the node bridge".into(),
+                }));
             }
-            match ip(&["link", "add", &bridge, "type", "bridge"]) {
-                Ok(()) => {
-                    picked = Some(i);
-                    break;
-                }
-                // Taken by another harness between the check and the add.
-                Err(_) if link_exists(&bridge) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        let Some(index) = picked else {
-            return Err(Error::Internal(match recorded {
-                Some(i) => format!(
-                    "subnet {}.{}.{i}.0/24, recorded in {} for this data directory, is in use \
-                     (bridge cairnbr{i} or a host route): storaged's Raft members keep their addresses",
-                    SUBNET[0],
-                    SUBNET[1],
-                    data_dir.join(NETWORK_FILE).display()
-                ),
-                None => "no free 10.213.<i>.0/24 subnet for the node bridge".into(),
-            }));
+            Err(e) => return Err(e.into()),
         };
         let net = Network {
-            index,
-            bridge: format!("cairnbr{index}"),
+            index: bridge.index,
+            bridge: bridge.name,
             data_dir: data_dir.to_path_buf(),
         };
         if let Err(e) = net.configure() {
@@ -236,11 +155,6 @@ impl Network {
     }
 
     fn configure(&self) -> Result<()> {
-        let alias = self.data_dir.display().to_string();
-        ip(&["link", "set", &self.bridge, "alias", &alias])?;
-        let gw = format!("{}/24", self.gateway());
-        ip(&["addr", "add", &gw, "dev", &self.bridge])?;
-        ip(&["link", "set", &self.bridge, "up"])?;
         std::fs::write(
             self.data_dir.join(NETWORK_FILE),
             format!("{}\n", self.index),
@@ -304,18 +218,6 @@ fn unmount_under(dir: &Path) {
     }
 }
 
-/// Every process whose network namespace is `net` (a node's), but never this one.
-fn processes_in(net: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|p| *p != me && ns_id(&p.to_string(), "net").as_deref() == Some(net))
-        .collect()
-}
-
 /// What a crashed harness left for this data directory: node processes (holders and all that
 /// runs in their namespaces), mounts under `DIR/nodes`, the bridge (if its alias is this dir).
 pub fn cleanup_leftovers(data_dir: &Path) {
@@ -351,36 +253,6 @@ pub fn cleanup_leftovers(data_dir: &Path) {
             tracing::warn!(%bridge, "removing a bridge left by a previous run");
             let _ = ip(&["link", "del", &bridge]);
         }
-    }
-}
-
-/// Signals every process in network namespace `net` (a node's: holder, pods, components).
-fn signal_all(net: &str, sig: Signal) -> usize {
-    let procs = processes_in(net);
-    for p in &procs {
-        let _ = kill(Pid::from_raw(*p), sig);
-    }
-    procs.len()
-}
-
-/// Waits (bounded) until nothing runs in network namespace `net` any more.
-fn wait_gone(net: &str, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if processes_in(net).is_empty() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-/// SIGKILLs everything in `net` until nothing is left (bounded): a process started while
-/// the others were being killed (the holder's next `sleep`) goes too.
-fn kill_until_gone(net: &str, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while signal_all(net, Signal::SIGKILL) > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -539,20 +411,16 @@ impl Node {
     /// A veth pair: one end on the bridge, the other `eth0` in the node with its address.
     fn setup_link(&self) -> Result<()> {
         let (host, peer) = self.veth();
-        if link_exists(&host) {
-            let _ = ip(&["link", "del", &host]);
-        }
-        ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer])?;
-        ip(&["link", "set", &host, "master", &self.bridge])?;
-        ip(&["link", "set", &host, "up"])?;
         let pid = self.ns.pid().to_string();
-        ip(&["link", "set", &peer, "netns", &pid])?;
-        let batch = format!(
-            "link set lo up\nlink set {peer} name eth0\naddr add {}/24 dev eth0\nlink set eth0 up\nroute add default via {}\n",
-            self.address, self.gateway
-        );
-        let netns = format!("--net=/proc/{pid}/ns/net");
-        run("nsenter", &[&netns, "ip", "-batch", "-"], Some(&batch))
+        let ns_path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        attach_veth(
+            &self.bridge,
+            (&host, &peer),
+            (&pid, &ns_path),
+            self.address,
+            self.gateway,
+        )?;
+        Ok(())
     }
 
     /// SIGKILLs everything in the node (holder, pods, components), as a power cut would.
@@ -700,21 +568,5 @@ impl Drop for Nodes {
             }
             self.shutdown();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subnets_overlap_by_the_shorter_prefix() {
-        let net = parse_cidr("10.213.7.0/24").unwrap();
-        assert!(overlaps(parse_cidr("10.0.0.0/8").unwrap(), net));
-        assert!(overlaps(parse_cidr("10.213.7.5").unwrap(), net));
-        assert!(!overlaps(parse_cidr("10.213.8.0/24").unwrap(), net));
-        assert!(!overlaps(parse_cidr("192.0.2.0/24").unwrap(), net));
-        assert!(overlaps(parse_cidr("0.0.0.0/0").unwrap(), net));
-        assert_eq!(parse_cidr("default"), None);
     }
 }
