@@ -205,6 +205,17 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Counts `bytes` the target already held as copied (they are not sent, nor paced).
+    pub fn skipped(&self, bytes: u64) {
+        if bytes > 0
+            && let Some(e) = self.rebuilds.lock().get_mut(&self.key)
+        {
+            e.copied += bytes;
+        }
+    }
+}
+
 impl Drop for Stream {
     fn drop(&mut self) {
         self.rebuilds.lock().remove(&self.key);
