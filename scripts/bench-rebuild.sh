@@ -5,6 +5,7 @@
 # Usage: scripts/bench-rebuild.sh [--written 1GiB] [--seconds 5] [--rates 100MiB,unlimited]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/cairn-target}"
-cargo build --workspace --bins -q --features cairn-storaged/testkit
+cargo build --workspace --all-targets -q
 "$CARGO_TARGET_DIR/debug/cairn-rebuild-bench" "$@"

@@ -327,10 +327,6 @@ impl Resumed {
         }
     }
 
-    pub fn estimate(&self) -> u64 {
-        self.data.estimate()
-    }
-
     /// Chunk bytes skipped since the last call.
     pub fn take_skipped(&mut self) -> u64 {
         std::mem::take(&mut self.skipped)

@@ -11,8 +11,9 @@ use super::{PeerConn, Snapshot, TypeConfig, Vote, encode, unreachable};
 use crate::raft::META_GROUP;
 use crate::raft::resume::{HeldRange, Resumed};
 
-/// How long the target may take to list what it holds (it reads its partial spool).
-const HELD_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long the target may take to list what it holds: it reads and hashes its partial
+/// spool, at most `resume::MAX_HELD` ranges (64 GiB, a few minutes at SHA-256's speed).
+const HELD_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl PeerConn {
     /// The chunk ranges the target holds from an interrupted transfer of this group;
@@ -46,6 +47,17 @@ impl PeerConn {
         let net = |e: std::io::Error| RPCError::Network(NetworkError::new(&e));
         let mut header = Some(encode(&(vote, snapshot.meta)).map_err(net)?);
         let group = self.group;
+        // A volume's snapshot is rebuild traffic: it waits for one of the node's stream
+        // permits and goes at the node's rate (the catalogue's small one goes at once).
+        let budget = if group == META_GROUP {
+            None
+        } else {
+            Some(
+                self.rebuilds
+                    .begin(group, self.target, snapshot.snapshot.estimate())
+                    .await,
+            )
+        };
         // A volume's transfer resumes: ranges the target holds with the same digest are
         // named, not sent (`resume.rs`).
         let held = if group == META_GROUP {
@@ -64,17 +76,6 @@ impl PeerConn {
             );
         }
         let mut data = Resumed::new(snapshot.snapshot, &held);
-        // A volume's snapshot is rebuild traffic: it waits for one of the node's stream
-        // permits and goes at the node's rate (the catalogue's small one goes at once).
-        let budget = if group == META_GROUP {
-            None
-        } else {
-            Some(
-                self.rebuilds
-                    .begin(group, self.target, data.estimate())
-                    .await,
-            )
-        };
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let target = self.target;
         let produce = async move {
