@@ -205,6 +205,17 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Counts `bytes` the target already held as copied (they are not sent, nor paced).
+    pub fn skipped(&self, bytes: u64) {
+        if bytes > 0
+            && let Some(e) = self.rebuilds.lock().get_mut(&self.key)
+        {
+            e.copied += bytes;
+        }
+    }
+}
+
 impl Drop for Stream {
     fn drop(&mut self) {
         self.rebuilds.lock().remove(&self.key);
@@ -258,6 +269,16 @@ mod tests {
         assert_eq!((p.copied, p.total, p.percent()), (1 << 20, 3 << 20, 33));
         assert_eq!(p.eta(), Some(Duration::from_secs(2)));
         assert_eq!(r.remaining()[&7], 2 << 20);
+        // Bytes the target already held (a resumed transfer) count as copied at once.
+        let before = Instant::now();
+        first.skipped(1 << 20);
+        assert_eq!(
+            before.elapsed(),
+            Duration::ZERO,
+            "skipped bytes are not paced"
+        );
+        assert_eq!(r.of_group(7)[&4].percent(), 66);
+        assert_eq!(r.remaining()[&7], 1 << 20);
         // A second stream is listed at 0 % but waits until the first one ends.
         let r2 = r.clone();
         let second = tokio::spawn(async move { r2.begin(8, 5, 10).await });

@@ -1,46 +1,30 @@
 //! Self-healing with real storaged processes: a lost node's replicas rebuilt on the
 //! others, a drain then remove, and a returning node dropping its replaced copies.
 
+mod repair_support;
+
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cairn_client::VolumeClient;
 use cairn_proto::cairn::v1 as pb;
 use cairn_storaged::raft::ChannelCache;
 use cairn_storaged::testkit::ProcCluster;
 use cairn_storaged::tls::Identity;
-use rand::{Rng, SeedableRng};
+use repair_support::{
+    READY, bin, cairnctl, create, fill, member_not, total_metric, verify, wait_whole, whole,
+};
 use tonic::Code;
 
 const VOL_SIZE: u64 = 16 << 20;
-const PIECE: u64 = 256 << 10;
 /// Written per volume: more than a few snapshots' worth at `--snapshot-logs 8`, so a
 /// new member catches up from a snapshot and then the log.
 const WRITTEN: u64 = 8 << 20;
-const READY: Duration = Duration::from_secs(30);
 /// From the kill until every volume is whole again (2 s down timeout, then a
 /// snapshot and the log to a new member, three volumes).
 const HEAL: Duration = Duration::from_secs(60);
 
 /// One cluster at a time: the machine's cores are shared.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_storaged"))
-}
-
-/// cairnctl with the cluster's `admin` certificate.
-fn cairnctl(c: &ProcCluster, endpoint: &str, args: &[&str]) -> std::process::Output {
-    let tls = c.tls_dir(&Identity::Admin).expect("an admin certificate");
-    std::process::Command::new(env!("CARGO_BIN_EXE_cairnctl"))
-        .args(["--endpoint", endpoint])
-        .arg("--tls-dir")
-        .arg(tls)
-        .args(args)
-        .output()
-        .expect("run cairnctl")
-}
 
 async fn start(down_timeout: &str) -> ProcCluster {
     let c = ProcCluster::start(
@@ -56,59 +40,6 @@ async fn start(down_timeout: &str) -> ProcCluster {
     .unwrap();
     c.wait_ready(READY).await.unwrap();
     c
-}
-
-async fn create(client: &VolumeClient, name: &str) -> pb::Volume {
-    client
-        .create_volume(pb::CreateVolumeRequest {
-            name: name.into(),
-            size_bytes: VOL_SIZE,
-            replicas: 3,
-            ..Default::default()
-        })
-        .await
-        .expect("create volume")
-}
-
-/// Writes `WRITTEN` bytes of random data to `vol`; the CRC of each piece by offset.
-/// Retries (bounded) while the group elects its first leader.
-async fn fill(client: &VolumeClient, vol: &str, seed: u64) -> BTreeMap<u64, u32> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut crcs = BTreeMap::new();
-    for off in (0..WRITTEN).step_by(PIECE as usize) {
-        let mut data = vec![0u8; PIECE as usize];
-        rng.fill(&mut data[..]);
-        crcs.insert(off, crc32fast::hash(&data));
-        let data = bytes::Bytes::from(data);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match client.write(vol, off, data.clone()).await {
-                Ok(()) => break,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("write {vol}@{off}: {e}"),
-            }
-        }
-    }
-    crcs
-}
-
-/// Every piece of `vol` reads back with its CRC (reads retried while a leader is elected).
-async fn verify(client: &VolumeClient, vol: &str, crcs: &BTreeMap<u64, u32>) {
-    for (off, crc) in crcs {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let data = loop {
-            match client.read(vol, *off, PIECE as u32).await {
-                Ok(d) => break d,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("read {vol}@{off}: {e}"),
-            }
-        };
-        assert_eq!(crc32fast::hash(&data), *crc, "{vol}@{off}: wrong contents");
-    }
 }
 
 /// `cairn_storaged_volume_health` of `vol` summed over the running nodes: only its group's
@@ -127,24 +58,6 @@ async fn health_metric(c: &ProcCluster, vol: &str) -> f64 {
     sum
 }
 
-/// A member of `v` other than node `meta` (a meta leader cannot remove itself).
-/// `name` summed over every running node (0 where a node reports none).
-async fn total_metric(c: &ProcCluster, name: &str) -> f64 {
-    let mut total = 0.0;
-    for id in c.nodes.iter().map(|n| n.id).filter(|id| c.is_running(*id)) {
-        total += c.metric_sum(id, name).await.unwrap_or(0.0);
-    }
-    total
-}
-
-fn member_not(v: &pb::Volume, meta: u64) -> u64 {
-    v.members
-        .iter()
-        .map(|m| m.node_id)
-        .find(|id| *id != meta)
-        .expect("a member besides the meta leader")
-}
-
 /// Replicas per node over `vols`.
 fn holdings(vols: &[pb::Volume]) -> BTreeMap<u64, usize> {
     let mut out = BTreeMap::new();
@@ -156,65 +69,6 @@ fn holdings(vols: &[pb::Volume]) -> BTreeMap<u64, usize> {
     out
 }
 
-/// Whole: healthy, three members, none on `gone`, every one leader or follower.
-fn whole(v: &pb::Volume, gone: u64) -> bool {
-    v.health() == pb::VolumeHealth::Healthy
-        && v.members.len() == 3
-        && v.members.iter().all(|m| {
-            m.node_id != gone
-                && matches!(
-                    m.state(),
-                    pb::ReplicaState::Leader | pb::ReplicaState::Follower
-                )
-        })
-}
-
-/// Polls until every volume in `names` is whole without node `gone`, within `within`;
-/// returns how long it took and whether each was seen degraded on the way.
-async fn wait_whole(
-    client: &VolumeClient,
-    names: &[&str],
-    gone: u64,
-    within: Duration,
-) -> (Duration, BTreeMap<String, bool>) {
-    let started = Instant::now();
-    let mut degraded: BTreeMap<String, bool> =
-        names.iter().map(|n| (n.to_string(), false)).collect();
-    let mut last = String::new();
-    while started.elapsed() < within {
-        let mut all = true;
-        for name in names {
-            match client.get_volume(name).await {
-                Ok(v) => {
-                    if v.health() == pb::VolumeHealth::Degraded {
-                        degraded.insert(name.to_string(), true);
-                    }
-                    if !whole(&v, gone) {
-                        all = false;
-                        last = format!(
-                            "{name}: {} {:?}",
-                            v.health().word(),
-                            v.members
-                                .iter()
-                                .map(|m| (m.node_id, m.state().word(), m.matched_index))
-                                .collect::<Vec<_>>()
-                        );
-                    }
-                }
-                Err(e) => {
-                    all = false;
-                    last = format!("{name}: {}", e.message());
-                }
-            }
-        }
-        if all {
-            return (started.elapsed(), degraded);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("volumes not whole without node {gone} within {within:?}: {last}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_node_is_replaced_and_every_byte_survives() {
     let _serial = SERIAL.lock().await;
@@ -224,8 +78,8 @@ async fn a_lost_node_is_replaced_and_every_byte_survives() {
     let mut data = BTreeMap::new();
     let mut vols = Vec::new();
     for (i, n) in names.iter().enumerate() {
-        vols.push(create(&client, n).await);
-        data.insert(n.to_string(), fill(&client, n, i as u64).await);
+        vols.push(create(&client, n, VOL_SIZE).await);
+        data.insert(n.to_string(), fill(&client, n, i as u64, WRITTEN).await);
     }
     // Nine replicas on four nodes: one node holds a replica of every volume.
     let (&victim, &held) = holdings(&vols).iter().max_by_key(|(_, n)| **n).unwrap();
@@ -328,8 +182,8 @@ async fn a_drained_node_can_be_removed() {
     let _serial = SERIAL.lock().await;
     let c = start("5m").await;
     let client = c.client();
-    let v = create(&client, "drain-a").await;
-    let crcs = fill(&client, "drain-a", 7).await;
+    let v = create(&client, "drain-a", VOL_SIZE).await;
+    let crcs = fill(&client, "drain-a", 7, WRITTEN).await;
     let meta = client.cluster_status().await.unwrap().meta_leader_id;
     // The node to drain holds a replica and does not lead the meta group (a meta
     // leader cannot remove itself); `spare` is the one node without a replica.
@@ -354,7 +208,7 @@ async fn a_drained_node_can_be_removed() {
     // has nowhere to go.
     let n = client.cordon_node(&name(spare), true).await.unwrap();
     assert!(n.cordoned && !n.draining);
-    let other = create(&client, "drain-b").await;
+    let other = create(&client, "drain-b", VOL_SIZE).await;
     assert!(
         other.members.iter().all(|m| m.node_id != spare),
         "{other:?}"
@@ -404,8 +258,8 @@ async fn a_returning_node_drops_its_replaced_replicas() {
     let _serial = SERIAL.lock().await;
     let mut c = start("2s").await;
     let client = c.client();
-    let v = create(&client, "back-a").await;
-    let crcs = fill(&client, "back-a", 11).await;
+    let v = create(&client, "back-a", VOL_SIZE).await;
+    let crcs = fill(&client, "back-a", 11, WRITTEN).await;
     let victim = v.members[0].node_id;
     let group = v.id;
     let addr = c.nodes[c.index_of(victim)].addr.clone();
@@ -451,8 +305,8 @@ async fn a_repair_survives_a_meta_leader_restart_midway() {
     let _serial = SERIAL.lock().await;
     let mut c = start("2s").await;
     let client = c.client();
-    let v = create(&client, "mid-a").await;
-    let crcs = fill(&client, "mid-a", 21).await;
+    let v = create(&client, "mid-a", VOL_SIZE).await;
+    let crcs = fill(&client, "mid-a", 21, WRITTEN).await;
     let meta = client.cluster_status().await.unwrap().meta_leader_id;
     let victim = member_not(&v, meta);
     c.kill9(victim);
@@ -500,8 +354,8 @@ async fn a_rebuild_keeps_to_the_rate_and_shows_its_progress() {
     .unwrap();
     c.wait_ready(READY).await.unwrap();
     let client = c.client();
-    let v = create(&client, "rate-a").await;
-    let crcs = fill(&client, "rate-a", 31).await;
+    let v = create(&client, "rate-a", VOL_SIZE).await;
+    let crcs = fill(&client, "rate-a", 31, WRITTEN).await;
     let meta = client.cluster_status().await.unwrap().meta_leader_id;
     let victim = member_not(&v, meta);
     c.kill9(victim);

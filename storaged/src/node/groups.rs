@@ -298,6 +298,7 @@ impl Groups {
     fn destroy(&self, id: u64) -> Result<()> {
         LogStore::destroy(self.opener.engine.as_ref(), id)?;
         GroupStateMachine::destroy(self.opener.engine.as_ref(), id)?;
+        crate::raft::resume::discard(&self.opener.spool_dir, id);
         tracing::info!(group = id, "volume group removed and its data deleted");
         // The space comes back only once compactions drop the deleted range: ask for them
         // now, so that a node short of space (`space.rs`) recovers when a volume goes.

@@ -9,6 +9,9 @@ mod dedup_apply_tests;
 pub mod log_cache;
 pub mod log_store;
 pub mod log_window;
+pub mod resume;
+#[cfg(test)]
+mod resume_tests;
 pub mod snapshot;
 pub mod state_machine;
 pub mod transport;

@@ -16,6 +16,7 @@ use crate::chunks::CHUNK;
 use crate::engine::{Pages, keys};
 use crate::fence::Fence;
 use crate::meta::catalog::Catalog;
+use crate::raft::resume::Digest;
 
 /// Chunk bytes per page: the unit of a snapshot message and of an install batch.
 pub const PAGE_BYTES: usize = 4 << 20;
@@ -47,6 +48,10 @@ pub enum Page {
     /// A volume group's writers and their applied writes (`dedup.rs`), sent before its
     /// chunks (appended last: an older node cannot install a snapshot holding it).
     Writers(Vec<(u64, Writer)>),
+    /// Chunk ranges the receiver holds from an interrupted transfer with these digests
+    /// (`resume.rs`): it takes them from its partial spool. Only sent to a receiver that
+    /// reported them; never spooled as such.
+    Held(Vec<(u64, Digest)>),
 }
 
 impl Page {
@@ -164,6 +169,11 @@ pub struct Spool {
 }
 
 impl Spool {
+    /// Takes charge of the spool file at `path` (removed when dropped unless kept).
+    pub fn adopt(path: PathBuf) -> Self {
+        Spool { path, armed: true }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -188,44 +198,114 @@ pub fn spool_prefix(group: u64) -> String {
     format!("g{group}-")
 }
 
+/// A new spool file name of `group` in `dir` (unique in this process).
+fn spool_name(dir: &Path, group: u64) -> PathBuf {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    dir.join(format!(
+        "{}{nanos}-{}.snap",
+        spool_prefix(group),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Renames the file at `from` to a new spool file of `group` beside it, to install.
+pub fn spool_from(from: &Path, group: u64) -> io::Result<Spool> {
+    let dir = from.parent().unwrap_or(Path::new("."));
+    let to = spool_name(dir, group);
+    std::fs::rename(from, &to)?;
+    Ok(Spool::adopt(to))
+}
+
 /// Writes encoded pages, each framed by its length (u32, little-endian).
 pub struct SpoolWriter {
     file: tokio::io::BufWriter<tokio::fs::File>,
     spool: Spool,
     /// The last chunk index spooled, for `Page::validate`.
     last_chunk: Option<u64>,
+    /// Flush each page to the file (a resumable spool: a killed process leaves whole pages).
+    flush_pages: bool,
 }
 
 impl SpoolWriter {
     pub async fn create(dir: &Path, group: u64) -> io::Result<Self> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
         tokio::fs::create_dir_all(dir).await?;
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let name = format!(
-            "{}{nanos}-{}.snap",
-            spool_prefix(group),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = dir.join(name);
+        let path = spool_name(dir, group);
         let file = tokio::fs::File::create(&path).await?;
         Ok(SpoolWriter {
             file: tokio::io::BufWriter::with_capacity(1 << 20, file),
             spool: Spool { path, armed: true },
             last_chunk: None,
+            flush_pages: false,
+        })
+    }
+
+    /// A resumable spool at `path` (kept when dropped, each page flushed): a new file, or
+    /// `path` appended to after its chunk `last_chunk` when `append`.
+    pub async fn resumable(
+        path: PathBuf,
+        append: bool,
+        last_chunk: Option<u64>,
+    ) -> io::Result<Self> {
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&path)
+            .await?;
+        Ok(SpoolWriter {
+            file: tokio::io::BufWriter::with_capacity(1 << 20, file),
+            spool: Spool { path, armed: false },
+            last_chunk: if append { last_chunk } else { None },
+            flush_pages: true,
         })
     }
 
     /// Appends one encoded page, after checking that it decodes and is well formed.
     pub async fn page(&mut self, encoded: &[u8]) -> io::Result<()> {
         check_page_len(encoded.len())?;
-        self.last_chunk = decode::<Page>(encoded)?.validate(self.last_chunk)?;
+        let page = decode::<Page>(encoded)?;
+        self.append(&page, encoded).await
+    }
+
+    /// Appends one page already decoded from `encoded`.
+    pub async fn page_decoded(&mut self, page: &Page, encoded: &[u8]) -> io::Result<()> {
+        check_page_len(encoded.len())?;
+        self.append(page, encoded).await
+    }
+
+    /// Appends one page (encoded here).
+    pub async fn put(&mut self, page: &Page) -> io::Result<()> {
+        let encoded = encode(page)?;
+        check_page_len(encoded.len())?;
+        self.append(page, &encoded).await
+    }
+
+    async fn append(&mut self, page: &Page, encoded: &[u8]) -> io::Result<()> {
+        if matches!(page, Page::Held(_)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a held-ranges page is resolved before it is spooled",
+            ));
+        }
+        self.last_chunk = page.validate(self.last_chunk)?;
         self.file
             .write_all(&(encoded.len() as u32).to_le_bytes())
             .await?;
-        self.file.write_all(encoded).await
+        self.file.write_all(encoded).await?;
+        if self.flush_pages {
+            self.file.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// The last chunk index written.
+    pub fn last_chunk(&self) -> Option<u64> {
+        self.last_chunk
     }
 
     /// Makes the file durable: a crash after this can install from it.
@@ -240,6 +320,8 @@ impl SpoolWriter {
 pub struct SpoolReader {
     file: io::BufReader<std::fs::File>,
     last_chunk: Option<u64>,
+    /// The end of the last whole, valid page read (bytes from the start of the file).
+    pos: u64,
 }
 
 impl SpoolReader {
@@ -250,7 +332,18 @@ impl SpoolReader {
         Ok(SpoolReader {
             file: io::BufReader::with_capacity(1 << 20, file),
             last_chunk: None,
+            pos: 0,
         })
+    }
+
+    /// Where the last whole, valid page read ends.
+    pub fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// The last chunk index read.
+    pub fn last_chunk(&self) -> Option<u64> {
+        self.last_chunk
     }
 
     /// The next page, validated again (a spool file outlives the process that wrote it).
@@ -267,6 +360,7 @@ impl SpoolReader {
         self.file.read_exact(&mut buf)?;
         let page: Page = decode(&buf)?;
         self.last_chunk = page.validate(self.last_chunk)?;
+        self.pos += 4 + len as u64;
         Ok(Some(page))
     }
 }

@@ -14,10 +14,11 @@ use openraft::errors::{Fatal, RaftError};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::StorageNode;
+use crate::raft::resume::{HeldRange, Incoming, Partial};
 use crate::raft::snapshot::SpoolWriter;
 use crate::raft::{
-    AppendEntriesRequest, Raft, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote, decode,
-    encode,
+    AppendEntriesRequest, META_GROUP, Raft, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote,
+    decode, encode,
 };
 use crate::raft::{GROUP_METADATA, TARGET_METADATA};
 use crate::repair::change::MemberChange;
@@ -183,6 +184,13 @@ impl RaftApi {
     }
 }
 
+/// Another transfer of `group`'s snapshot is being received: the sender backs off.
+fn busy(group: u64) -> Status {
+    Status::unavailable(format!(
+        "a snapshot of group {group} is being received here already"
+    ))
+}
+
 fn bad(e: std::io::Error) -> Status {
     Status::invalid_argument(format!("payload: {e}"))
 }
@@ -300,21 +308,32 @@ impl RaftService for RaftApi {
         let claimed = voter(&vote);
         check_sender(&self.node, caller.as_ref(), &raft, group, claimed)?;
         // Spool every page to disk first: the install replaces the group's state, so
-        // it starts only once the whole snapshot is here.
+        // it starts only once the whole snapshot is here. A volume's pages go to its
+        // partial spool, kept if the stream breaks (`resume.rs`).
         let spool_err = |e: std::io::Error| Status::internal(format!("snapshot spool: {e}"));
-        let mut spool = SpoolWriter::create(&self.node.spool_dir(), group)
-            .await
-            .map_err(spool_err)?;
+        let mut spool = if group == META_GROUP {
+            Incoming::Plain(
+                SpoolWriter::create(&self.node.spool_dir(), group)
+                    .await
+                    .map_err(spool_err)?,
+            )
+        } else {
+            let partial = Partial::take(&self.node.spool_dir(), group)
+                .await
+                .map_err(spool_err)?
+                .ok_or_else(|| busy(group))?;
+            Incoming::Resumable(partial.receive().await.map_err(spool_err)?)
+        };
         let mut pages = 0u64;
         loop {
             if !msg.page.is_empty() {
-                self.node.metrics().rebuild_received(msg.page.len() as u64);
                 spool.page(&msg.page).await.map_err(|e| match e.kind() {
                     std::io::ErrorKind::InvalidData => {
                         Status::invalid_argument(format!("page: {e}"))
                     }
                     _ => spool_err(e),
                 })?;
+                self.node.metrics().rebuild_received(msg.page.len() as u64);
                 pages += 1;
             }
             if msg.last {
@@ -325,8 +344,8 @@ impl RaftService for RaftApi {
                 .await?
                 .ok_or_else(|| Status::aborted("snapshot stream ended before its last page"))?;
         }
-        let spool = spool.finish().await.map_err(spool_err)?;
-        tracing::info!(group, pages, last_log_id = ?meta.last_log_id, "received snapshot");
+        let (spool, reused) = spool.finish().await.map_err(spool_err)?;
+        tracing::info!(group, pages, reused, last_log_id = ?meta.last_log_id, "received snapshot");
         let snap = Snapshot {
             meta,
             snapshot: SnapshotData::Spooled(spool),
@@ -334,6 +353,35 @@ impl RaftService for RaftApi {
         let out = raft.install_full_snapshot(vote, snap).await;
         self.node.wake(group);
         reply(out)
+    }
+
+    async fn snapshot_held(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftReply>, Status> {
+        self.check_target(&req)?;
+        let caller = req.extensions().get::<Identity>().cloned();
+        let m = req.into_inner();
+        let group = m.group_id;
+        let vote: Vote = decode(&m.payload).map_err(bad)?;
+        let raft = match self.raft(group) {
+            Ok(r) => r,
+            Err(e) => return reply::<(), _>(Err(e)),
+        };
+        check_sender(&self.node, caller.as_ref(), &raft, group, voter(&vote))?;
+        if group == META_GROUP {
+            return reply::<_, std::convert::Infallible>(Ok(Vec::<HeldRange>::new()));
+        }
+        let err = |e: std::io::Error| Status::internal(format!("partial snapshot spool: {e}"));
+        let partial = Partial::take(&self.node.spool_dir(), group)
+            .await
+            .map_err(err)?
+            .ok_or_else(|| busy(group))?;
+        let held = tokio::task::spawn_blocking(move || partial.held())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(err)?;
+        reply::<_, std::convert::Infallible>(Ok(held))
     }
 
     async fn group_status(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {

@@ -48,6 +48,10 @@ impl RaftService for WaitingRoom {
         Err(not_yet())
     }
 
+    async fn snapshot_held(&self, _: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        Err(not_yet())
+    }
+
     async fn group_status(&self, _: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
         let payload = crate::raft::encode(&GroupStatus::default())
             .map_err(|e| Status::internal(e.to_string()))?;

@@ -82,6 +82,9 @@ impl RaftService for Peer {
     ) -> Result<Response<RaftReply>, Status> {
         Err(Status::unimplemented("install_snapshot"))
     }
+    async fn snapshot_held(&self, _: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        Err(Status::unimplemented("snapshot_held"))
+    }
     async fn group_status(&self, _: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
         Err(Status::unimplemented("group_status"))
     }

@@ -17,6 +17,7 @@ pub(super) enum Kind {
     Vote,
     PreVote,
     TransferLeader,
+    SnapshotHeld,
 }
 
 impl PeerConn {
@@ -60,6 +61,7 @@ impl PeerConn {
                 Kind::Vote => client.vote(msg).await,
                 Kind::PreVote => client.pre_vote(msg).await,
                 Kind::TransferLeader => client.transfer_leader(msg).await,
+                Kind::SnapshotHeld => client.snapshot_held(msg).await,
             }
         };
         match tokio::time::timeout(ttl, fut).await {
