@@ -212,17 +212,40 @@ fn label(client: &Client, nodes: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Whether every container of `p` runs, started at or after `since` (a status left from
+/// an earlier `up` on the same data dir does not count).
+fn running_since(p: &Pod, since: chrono::DateTime<chrono::Utc>) -> bool {
+    let statuses = p
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default();
+    !statuses.is_empty()
+        && statuses.iter().all(|c| {
+            c.state
+                .as_ref()
+                .and_then(|s| s.running.as_ref())
+                .and_then(|r| r.started_at.as_ref())
+                .is_some_and(|t| t.0 >= since)
+        })
+}
+
 /// What the install still waits for (empty once everything is Ready): pods of the
-/// namespace not Ready, storage nodes storaged's catalogue does not list, nodes whose
-/// CSINode lacks the driver.
-async fn pending(client: &Client, layout: &CairnLayout, storage: &[String]) -> Vec<String> {
+/// namespace not Ready (or Ready in a status from before `since`), storage nodes
+/// storaged's catalogue does not list, nodes whose CSINode lacks the driver.
+async fn pending(
+    client: &Client,
+    layout: &CairnLayout,
+    storage: &[String],
+    since: chrono::DateTime<chrono::Utc>,
+) -> Vec<String> {
     let mut out = Vec::new();
     let pods = client.list::<Pod>(Some(NAMESPACE));
     if pods.is_empty() {
         out.push("no pods yet".into());
     }
     for p in &pods {
-        if !is_ready(p) {
+        if !is_ready(p) || !running_since(p, since) {
             let st = p.status.as_ref();
             let waiting = st
                 .and_then(|s| s.container_statuses.as_ref())
@@ -272,11 +295,12 @@ async fn wait_ready(
     layout: &CairnLayout,
     storage: &[String],
     started: Instant,
+    since: chrono::DateTime<chrono::Utc>,
 ) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut report = Instant::now();
     loop {
-        let left = pending(client, layout, storage).await;
+        let left = pending(client, layout, storage, since).await;
         if left.is_empty() {
             return Ok(());
         }
@@ -304,6 +328,9 @@ pub async fn install(
     images: &ImageMap,
 ) -> Result<()> {
     let started = Instant::now();
+    // Statuses carry whole seconds.
+    let since =
+        chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp(), 0).unwrap_or_default();
     if layout.nodes.len() < BOOTSTRAP_EXPECT {
         return Err(Error::Internal(format!(
             "--with-cairn needs at least {BOOTSTRAP_EXPECT} nodes (--nodes): the manifests' storaged forms its cluster from {BOOTSTRAP_EXPECT} storage nodes"
@@ -344,10 +371,10 @@ pub async fn install(
         &["apply", "-k", &dir.display().to_string()],
     )?;
     tracing::info!(objects = applied.lines().count(), dir = %dir.display(), "kubectl apply -k");
-    wait_ready(client, layout, first, started).await?;
+    wait_ready(client, layout, first, started, since).await?;
     if !later.is_empty() {
         label(client, later)?;
-        wait_ready(client, layout, &layout.nodes, started).await?;
+        wait_ready(client, layout, &layout.nodes, started, since).await?;
     }
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
