@@ -15,6 +15,7 @@ use crate::client::Client;
 use crate::components::{self, CairnLayout, Components};
 use crate::controllers::{self, attach_detach, gc, pv_binder, run_loop, statefulset};
 use crate::error::{Error, Result};
+use crate::install;
 use crate::kubelet::images::ImageMap;
 use crate::kubelet::{Kubelet, KubeletConfig};
 use crate::node::Nodes;
@@ -23,14 +24,26 @@ use crate::resources;
 use crate::scheduler::Scheduler;
 use crate::store::{DEFAULT_HISTORY, Store};
 
+/// How `up --with-cairn` runs Cairn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CairnInstall {
+    /// `kubectl apply -k manifests/` as a user would (`install`): Cairn runs as pods.
+    Manifests,
+    /// Processes the harness starts in the nodes itself (`components`), which tests stop
+    /// and restart by name.
+    Processes,
+}
+
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub data_dir: PathBuf,
     pub nodes: usize,
     pub listen: SocketAddr,
     pub history: usize,
-    /// Start storaged and cairn-csi per node and the provisioner (see `components`).
+    /// Install Cairn (see `cairn_install` for how).
     pub with_cairn: bool,
+    /// How `with_cairn` installs Cairn.
+    pub cairn_install: CairnInstall,
     /// Run only the API server (no controllers, scheduler or kubelets).
     pub api_only: bool,
     /// Which executables each image runs (`--image NAME=PATH`).
@@ -45,6 +58,7 @@ impl ClusterConfig {
             listen: "127.0.0.1:0".parse().expect("address"),
             history: DEFAULT_HISTORY,
             with_cairn: false,
+            cairn_install: CairnInstall::Processes,
             api_only: false,
             images: Arc::new(ImageMap::with_defaults()),
         }
@@ -255,6 +269,15 @@ impl Cluster {
                             return Err(e);
                         }
                     };
+                let dns = controllers::dns::DnsController::new(client.clone(), &m);
+                tasks.push(tokio::spawn(run_loop(
+                    "dns",
+                    store.clone(),
+                    vec![resources::SERVICES, resources::PODS],
+                    resync,
+                    stop_rx.clone(),
+                    move || dns.reconcile(),
+                )));
                 machines = Some(m);
                 node_api = Some(napi);
             }
@@ -287,11 +310,23 @@ impl Cluster {
                 ),
                 None => CairnLayout::new(&data_dir, &kubeconfig, &nodes),
             };
-            let started = match layout {
-                Ok(l) => components::start_cairn(&l, &mut components, &registry)
-                    .await
-                    .map(|()| l),
-                Err(e) => Err(e),
+            let started = match (layout, cfg.cairn_install, &machines) {
+                (Ok(l), CairnInstall::Manifests, Some(m)) => {
+                    let addrs: Vec<std::net::IpAddr> =
+                        m.nodes.iter().map(|n| n.address.into()).collect();
+                    install::install(&client, &l, &addrs, &cfg.images)
+                        .await
+                        .map(|()| l)
+                }
+                (Ok(_), CairnInstall::Manifests, None) => Err(Error::Internal(
+                    "installing the manifests needs harness nodes (--nodes)".into(),
+                )),
+                (Ok(l), CairnInstall::Processes, _) => {
+                    components::start_cairn(&l, &mut components, &registry)
+                        .await
+                        .map(|()| l)
+                }
+                (Err(e), _, _) => Err(e),
             };
             match started {
                 Ok(l) => cairn = Some(l),

@@ -310,9 +310,14 @@ impl CairnLayout {
                 format!("--endpoint=unix://{}", self.node_socket(node).display()),
                 format!("--node-id={node}"),
                 format!("--storaged={}", storaged.join(",")),
+                // On a harness node the kubelet hands CSI the node's own paths.
                 format!(
                     "--kubelet-root={}",
-                    crate::cluster::kubelet_root(&self.data_dir, node).display()
+                    match self.ns(node) {
+                        Some(_) => PathBuf::from("/var/lib/kubelet"),
+                        None => crate::cluster::kubelet_root(&self.data_dir, node),
+                    }
+                    .display()
                 ),
                 self.tls_arg(&format!("csi-node:{node}")),
             ],
@@ -419,7 +424,7 @@ async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
 
 /// The node names storaged's catalogue lists, asked (as `admin`) of the first address
 /// that answers.
-async fn storaged_nodes(layout: &CairnLayout) -> Vec<String> {
+pub(crate) async fn storaged_nodes(layout: &CairnLayout) -> Vec<String> {
     use cairn_proto::cairn::v1 as pb;
     let Ok(security) = cairn_client::Security::from_flags(Some(&layout.tls_dir("admin")), false)
     else {

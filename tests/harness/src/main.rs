@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use cairn_harness::cluster::CairnInstall;
 use cairn_harness::kubelet::images::ImageMap;
 use cairn_harness::{Cluster, ClusterConfig};
 use clap::{Parser, Subcommand};
@@ -30,11 +31,14 @@ enum Cmd {
         data_dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
-        /// Also run Cairn: a storaged per node (the first three form the Raft voters), a
-        /// cairn-csi node plugin per node, the controller cairn-csi and cairn-provisioner,
-        /// a node-local cairn-provisioner per node, and the CSIDriver and StorageClasses.
+        /// Also install Cairn: certificates and Secrets, the storage-node label, then
+        /// `kubectl apply -k manifests/` and a wait until every Cairn pod is Ready.
         #[arg(long)]
         with_cairn: bool,
+        /// How --with-cairn runs Cairn: `manifests` (as a user installs it) or
+        /// `processes` (storaged, cairn-csi and the provisioners started by the harness).
+        #[arg(long, value_enum, default_value = "manifests")]
+        cairn_install: CairnInstall,
         /// Maps an image to a directory of executables (repeatable; NAME without a tag maps
         /// every tag): a container's command is looked up there first, and one without a
         /// command runs the executable named like the image repository's last component.
@@ -92,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let mut cairn_install = CairnInstall::Processes;
     let cfg = match cli.cmd {
         Cmd::Chaos { args } => return chaos(&args),
         Cmd::Up {
@@ -99,8 +104,10 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             listen,
             with_cairn,
+            cairn_install: install,
             images,
         } => {
+            cairn_install = install;
             let mut map = ImageMap::with_defaults();
             for flag in &images {
                 map.add_flag(flag).map_err(anyhow::Error::msg)?;
@@ -108,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
             ClusterConfig {
                 listen,
                 with_cairn,
+                cairn_install: install,
                 images: std::sync::Arc::new(map),
                 ..ClusterConfig::new(data_dir, nodes)
             }
@@ -127,11 +135,18 @@ async fn main() -> anyhow::Result<()> {
     if let Some(c) = &cluster.cairn {
         println!("storaged: {}", c.storaged.join(","));
         println!("admin-tls-dir: {}", c.tls_dir("admin").display());
-        println!("csi-controller: unix://{}", c.controller_socket().display());
         for n in &c.nodes {
             println!("local-disks: {n} {}", c.discovery_dir(n).display());
         }
-        println!("logs: {}", c.data_dir.join("logs").display());
+        if cairn_install == CairnInstall::Processes {
+            println!("csi-controller: unix://{}", c.controller_socket().display());
+            println!("logs: {}", c.data_dir.join("logs").display());
+        } else {
+            println!(
+                "logs: kubectl logs -n {} POD",
+                cairn_harness::install::NAMESPACE
+            );
+        }
     }
     println!("ready");
     wait_for_signal().await?;

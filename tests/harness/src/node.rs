@@ -33,6 +33,10 @@ pub const NODE_PATHS: [(&str, &str); 6] = [
     ("/etc/cairn", "etc-cairn"),
 ];
 
+/// The node's own `/etc/hosts` (`DIR/nodes/<node>/hosts`): its name and the cluster's
+/// DNS names (headless Services), kept current by the `dns` controller.
+pub const HOSTS_FILE: &str = "hosts";
+
 /// Node subnets are `10.213.<i>.0/24`, bridge `cairnbr<i>` at `.1`, node-k at `.(10+k)`.
 const SUBNET: [u8; 2] = [10, 213];
 /// Where the subnet index a data directory uses is kept (so storaged addresses stay put).
@@ -315,6 +319,14 @@ impl Node {
         for (_, d) in NODE_PATHS {
             std::fs::create_dir_all(self.dir.join(d)).map_err(Error::internal)?;
         }
+        let hosts = self.dir.join(HOSTS_FILE);
+        if !hosts.exists() {
+            std::fs::write(
+                &hosts,
+                crate::controllers::dns::render(&self.name, &self.address.to_string(), &[]),
+            )
+            .map_err(Error::internal)?;
+        }
         let overlay = self.dir.join("overlay");
         let _ = std::fs::remove_dir_all(&overlay);
         let hostname = self.name.clone().into_bytes();
@@ -402,6 +414,24 @@ impl Node {
                 )
                 .map_err(|e| Error::Internal(format!("bind {}: {e}", target.display())))?;
             }
+            // A kubelet's root is shared, so a Bidirectional mount of it (the CSI node
+            // plugin's) puts the volumes it stages in the node.
+            mount(
+                None::<&str>,
+                "/var/lib/kubelet",
+                None::<&str>,
+                MsFlags::MS_SHARED,
+                None::<&str>,
+            )
+            .map_err(|e| Error::Internal(format!("make-shared /var/lib/kubelet: {e}")))?;
+            mount(
+                Some(&dir.join(HOSTS_FILE)),
+                "/etc/hosts",
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| Error::Internal(format!("bind /etc/hosts: {e}")))?;
             Ok(())
         })
         .join()

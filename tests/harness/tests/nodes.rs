@@ -11,25 +11,6 @@ use cairn_harness::node::Nodes;
 use cairn_harness::resources;
 use common::*;
 
-/// Network links, mounts and processes of a cluster on `data`, with bridge index `index`.
-fn leftovers(data: &Path, index: u8) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| *n == format!("cairnbr{index}") || n.starts_with(&format!("cb{index}h")))
-        .map(|n| format!("link {n}"))
-        .collect();
-    out.extend(mounts_under(data).into_iter().map(|m| format!("mount {m}")));
-    let mark = format!("cairn-node:{}", data.display());
-    out.extend(
-        processes_with(&mark)
-            .into_iter()
-            .map(|p| format!("process {p}")),
-    );
-    out
-}
-
 fn server_pod(node: &str) -> String {
     format!(
         r#"
@@ -153,13 +134,7 @@ async fn nodes_have_their_own_address_hostname_and_paths() {
         assert!(!kubelet_root(&data, other).join(&mark).exists());
         assert!(!Path::new("/var/lib/kubelet").join(&mark).exists());
     }
-    assert!(
-        !leftovers(&data, index).is_empty(),
-        "the check sees a live cluster"
-    );
-    t.shutdown().await;
-    let left = leftovers(&data, index);
-    assert!(left.is_empty(), "left after teardown: {left:#?}");
+    shutdown_leaves_nothing(t, &data, index).await;
 }
 
 /// A harness that dies leaves its nodes running; the next start on the same data directory

@@ -1,9 +1,10 @@
-//! The controllers (PV binder, workloads, attach/detach, garbage collector)
+//! The controllers (PV binder, workloads, attach/detach, garbage collector, node DNS)
 //! and the level-triggered loop that drives each of them.
 
 pub mod attach_detach;
 pub mod daemonset;
 pub mod deployment;
+pub mod dns;
 pub mod events;
 pub mod gc;
 pub mod pv_binder;

@@ -326,8 +326,8 @@ impl Kubelet {
             .unwrap_or_else(|p| p.into_inner())
             .insert(unique_volume_name(&driver, &handle));
         let staging = if Self::stages(&mut client).await? {
-            let staging = staging_path(&self.root, &driver, &handle);
-            std::fs::create_dir_all(&staging).map_err(|e| e.to_string())?;
+            let staging = staging_path(&self.csi_root(), &driver, &handle);
+            std::fs::create_dir_all(self.host_of(&staging)).map_err(|e| e.to_string())?;
             let req = csi::NodeStageVolumeRequest {
                 volume_id: handle.clone(),
                 publish_context: publish_context.clone(),
@@ -346,11 +346,8 @@ impl Kubelet {
             None
         };
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let target = publish_path(&self.root, &uid, &pv_name);
-        let parent = target
-            .parent()
-            .expect("publish path has a parent")
-            .to_path_buf();
+        let target = publish_path(&self.csi_root(), &uid, &pv_name);
+        let parent = self.host_of(target.parent().expect("publish path has a parent"));
         std::fs::create_dir_all(&parent).map_err(|e| e.to_string())?;
         let data = VolData {
             driver: driver.clone(),
@@ -403,11 +400,8 @@ impl Kubelet {
 
     /// Unpublishes a pod's CSI volume, and unstages it when no other pod here uses it.
     pub(crate) async fn csi_unpublish(&self, pod_uid: &str, pv: &str) -> Result<(), String> {
-        let target = publish_path(&self.root, pod_uid, pv);
-        let parent = target
-            .parent()
-            .expect("publish path has a parent")
-            .to_path_buf();
+        let target = publish_path(&self.csi_root(), pod_uid, pv);
+        let parent = self.host_of(target.parent().expect("publish path has a parent"));
         let Ok(raw) = std::fs::read(parent.join("vol_data.json")) else {
             let _ = std::fs::remove_dir_all(&parent);
             return Ok(());
@@ -451,7 +445,7 @@ impl Kubelet {
                 .await
                 .map_err(|e| e.message().to_string())?;
             if let Some(dir) = staging.parent() {
-                let _ = std::fs::remove_dir_all(dir);
+                let _ = std::fs::remove_dir_all(self.host_of(dir));
             }
             tracing::info!(node = %self.node, pv = %pv, "volume unstaged");
         }
@@ -505,7 +499,7 @@ impl Kubelet {
             };
             let req = csi::NodeExpandVolumeRequest {
                 volume_id: data.handle.clone(),
-                volume_path: dir.join("mount").display().to_string(),
+                volume_path: self.node_of(&dir.join("mount")).display().to_string(),
                 capacity_range: Some(csi::CapacityRange {
                     required_bytes: want,
                     limit_bytes: 0,

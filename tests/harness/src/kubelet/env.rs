@@ -6,6 +6,19 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use super::Kubelet;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The kubeconfig every node has (the API server's bridge address), given to its pods.
+pub const NODE_KUBECONFIG: &str = "/etc/cairn/kubeconfig";
+
+/// Puts an image's directory of executables first on `PATH`, as an image's own `PATH`
+/// names where its binaries are, unless the container sets `PATH` itself.
+pub fn image_path(env: &mut [(String, String)], dir: &std::path::Path, c: &Container) {
+    if c.env.iter().flatten().any(|e| e.name == "PATH") {
+        return;
+    }
+    if let Some((_, v)) = env.iter_mut().find(|(k, _)| k == "PATH") {
+        *v = format!("{}:{v}", dir.display());
+    }
+}
 
 /// Expands `$(NAME)` from `env`; `$$(NAME)` escapes to a literal `$(NAME)`.
 pub fn expand(s: &str, env: &[(String, String)]) -> String {
@@ -80,6 +93,9 @@ pub fn build(kl: &Kubelet, pod: &Pod, c: &Container) -> Result<Vec<(String, Stri
     if let Some(api) = kl.api() {
         env.push(("KUBERNETES_SERVICE_HOST".into(), api.ip().to_string()));
         env.push(("KUBERNETES_SERVICE_PORT".into(), api.port().to_string()));
+        // The harness serves plain HTTP without tokens, so in-cluster config (HTTPS with a
+        // service account token) cannot reach it; the node's kubeconfig stands in for it.
+        env.push(("KUBECONFIG".into(), NODE_KUBECONFIG.into()));
     }
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();

@@ -130,6 +130,31 @@ impl Kubelet {
         }
     }
 
+    /// The kubelet root as the node (and so a CSI plugin running on it) sees it:
+    /// `/var/lib/kubelet` on a harness node, else the root itself.
+    pub(crate) fn csi_root(&self) -> PathBuf {
+        match &self.cfg.namespaces {
+            Some(_) => PathBuf::from("/var/lib/kubelet"),
+            None => self.root.clone(),
+        }
+    }
+
+    /// A path under `csi_root` as this process reaches it (under `root`).
+    pub(crate) fn host_of(&self, node_path: &std::path::Path) -> PathBuf {
+        match node_path.strip_prefix(self.csi_root()) {
+            Ok(rest) => self.root.join(rest),
+            Err(_) => node_path.to_path_buf(),
+        }
+    }
+
+    /// A path under `root` as the node sees it (under `csi_root`).
+    pub(crate) fn node_of(&self, host_path: &std::path::Path) -> PathBuf {
+        match host_path.strip_prefix(&self.root) {
+            Ok(rest) => self.csi_root().join(rest),
+            Err(_) => host_path.to_path_buf(),
+        }
+    }
+
     /// Where a container's log lives.
     pub fn log_path(root: &std::path::Path, uid: &str, container: &str) -> PathBuf {
         root.join("pods")

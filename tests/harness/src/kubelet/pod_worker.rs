@@ -1,6 +1,7 @@
 //! One pod's lifecycle on a kubelet: volumes, init and app containers as
 //! processes, restarts, status, graceful termination and final deletion.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,8 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
-use super::runtime::{self, ContainerSpec, Mount};
+use super::images::Source;
+use super::runtime::{self, ContainerSpec, Mount, Propagation};
 use super::volumes::Prepared;
 use super::{Kubelet, env};
 use crate::controllers::Shutdown;
@@ -275,7 +277,7 @@ impl Worker {
         c: &Container,
         volumes: &[Prepared],
     ) -> Result<ContainerSpec, (String, Option<String>)> {
-        let env = match env::build(&self.kl, &self.pod, c) {
+        let mut env = match env::build(&self.kl, &self.pod, c) {
             Ok(e) => e,
             Err(msg) => {
                 self.kl.events.record_typed(
@@ -308,6 +310,9 @@ impl Worker {
                 return Err(("ErrImagePull".into(), Some(e.0)));
             }
         };
+        if let Some(Source::Dir(d)) = self.kl.cfg.images.source(&image) {
+            env::image_path(&mut env, d, c);
+        }
         let mut mounts = Vec::new();
         for m in c.volume_mounts.iter().flatten() {
             let Some(v) = volumes.iter().find(|v| v.name == m.name) else {
@@ -322,7 +327,25 @@ impl Worker {
                 source,
                 target: m.mount_path.clone(),
                 read_only: m.read_only.unwrap_or(false),
+                propagation: Propagation::parse(m.mount_propagation.as_deref()),
             });
+        }
+        // What a kubelet mounts into every container on its node: the node's hosts file
+        // (cluster names, `controllers::dns`) and its kubeconfig (`env::NODE_KUBECONFIG`).
+        if let Some(ns) = self.kl.namespaces() {
+            for (path, read_only) in [("/etc/hosts", false), (env::NODE_KUBECONFIG, true)] {
+                let taken = mounts
+                    .iter()
+                    .any(|m| Path::new(&m.target) == Path::new(path));
+                if !taken && ns.root().join(&path[1..]).is_file() {
+                    mounts.push(Mount {
+                        source: path.into(),
+                        target: path.into(),
+                        read_only,
+                        propagation: Propagation::Private,
+                    });
+                }
+            }
         }
         let dir = self.kl.pod_dir(&self.uid);
         Ok(ContainerSpec {

@@ -20,6 +20,30 @@ pub struct Mount {
     pub source: PathBuf,
     pub target: String,
     pub read_only: bool,
+    pub propagation: Propagation,
+}
+
+/// A volume mount's `mountPropagation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Propagation {
+    /// `None`: the container sees the volume as it was when it started.
+    #[default]
+    Private,
+    /// Mounts the node makes later below the volume appear in the container.
+    HostToContainer,
+    /// Also the container's mounts below the volume appear in the node (a CSI node
+    /// plugin staging volumes); the node's mount there must be shared.
+    Bidirectional,
+}
+
+impl Propagation {
+    pub fn parse(mode: Option<&str>) -> Propagation {
+        match mode {
+            Some("HostToContainer") => Propagation::HostToContainer,
+            Some("Bidirectional") => Propagation::Bidirectional,
+            _ => Propagation::Private,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +67,10 @@ pub const PLACEHOLDER: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & 
 /// A step of the mount plan, run in the child between fork and exec.
 #[derive(Debug)]
 enum Op {
+    /// Every mount of the container's copy of the node becomes private (no propagation).
+    PrivateAll,
+    /// One mount becomes a slave: it receives the node's mounts and sends none back.
+    Slave(CString),
     Tmpfs(CString),
     Mkdir(CString),
     Touch(CString),
@@ -109,7 +137,9 @@ pub(crate) fn hidden_host_mounts(mountinfo: &str) -> Vec<PathBuf> {
 }
 
 /// Detaches the copies, made by replicating the host directory `under`, of hidden
-/// host mounts, except one holding a declared mount's target.
+/// host mounts, except one holding a declared mount's target. `hidden` leaves out the
+/// mounts a Bidirectional volume shares with the node: a copy of those is a peer of the
+/// node's, so detaching it would unmount the node's own (a staged volume).
 fn hide(root: &Path, under: &Path, hidden: &[PathBuf], targets: &[PathBuf], ops: &mut Vec<Op>) {
     for h in hidden
         .iter()
@@ -132,13 +162,16 @@ fn plan(spec: &ContainerSpec) -> std::io::Result<Vec<Op>> {
         Some(n) => (n.root(), n.proc("mountinfo")),
         None => (PathBuf::from("/"), PathBuf::from("/proc/self/mountinfo")),
     };
-    let hidden = hidden_host_mounts(&std::fs::read_to_string(info)?);
+    let info = std::fs::read_to_string(info)?;
+    let (mut ops, shared) = propagation(spec, &info);
+    let mut hidden = hidden_host_mounts(&info);
+    hidden.retain(|h| !shared.iter().any(|s| h.starts_with(s)));
     let targets: Vec<PathBuf> = spec
         .mounts
         .iter()
         .map(|m| Path::new("/").join(&m.target))
         .collect();
-    let mut ops = vec![Op::Tmpfs(c(root))];
+    ops.push(Op::Tmpfs(c(root)));
     replicate(root, &view, Path::new("/"), &mut ops)?;
     hide(root, Path::new("/"), &hidden, &targets, &mut ops);
     // Directories (container paths) that live on a tmpfs of ours: safe to mkdir in.
@@ -178,21 +211,72 @@ fn plan(spec: &ContainerSpec) -> std::io::Result<Vec<Op>> {
     Ok(ops)
 }
 
+/// How the container's copy of the node's mounts propagates, as the first steps of the
+/// plan, and the node mounts left shared with it. Without `HostToContainer` or
+/// `Bidirectional` volumes every mount is private. With them every mount becomes a slave
+/// (what the node mounts later reaches the container, as containerd's `rslave`), except,
+/// for a Bidirectional volume, the node mount holding its source and those below it,
+/// which stay peers of the node's, so the bind of the source is one too (`rshared`).
+fn propagation(spec: &ContainerSpec, mountinfo: &str) -> (Vec<Op>, Vec<PathBuf>) {
+    if spec
+        .mounts
+        .iter()
+        .all(|m| m.propagation == Propagation::Private)
+    {
+        return (vec![Op::PrivateAll], Vec::new());
+    }
+    let points: Vec<PathBuf> = cairn_csi::mount::parse_mountinfo(mountinfo)
+        .into_iter()
+        .map(|m| m.mount_point)
+        .collect();
+    let shared: Vec<PathBuf> = spec
+        .mounts
+        .iter()
+        .filter(|m| m.propagation == Propagation::Bidirectional)
+        .filter_map(|m| {
+            points
+                .iter()
+                .filter(|p| m.source.starts_with(p))
+                .max_by_key(|p| p.components().count())
+                .cloned()
+        })
+        .filter(|p| p != Path::new("/"))
+        .collect();
+    let mut ops = Vec::new();
+    for p in &points {
+        if !shared.iter().any(|s| p.starts_with(s)) {
+            ops.push(Op::Slave(c(p)));
+        }
+    }
+    (ops, shared)
+}
+
 fn run_ops(ops: &[Op], root: &CString, workdir: &CString, hostname: &[u8]) -> nix::Result<()> {
     unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)?;
     // SAFETY: a plain syscall on a buffer that outlives it.
     nix::errno::Errno::result(unsafe {
         nix::libc::sethostname(hostname.as_ptr().cast(), hostname.len())
     })?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )?;
     for op in ops {
         match op {
+            Op::PrivateAll => mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )?,
+            Op::Slave(p) => match mount(
+                None::<&str>,
+                p.as_c_str(),
+                None::<&str>,
+                MsFlags::MS_SLAVE,
+                None::<&str>,
+            ) {
+                // Covered by another mount, or gone: nothing to change there.
+                Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            },
             Op::Tmpfs(p) => mount(
                 Some("tmpfs"),
                 p.as_c_str(),
@@ -254,9 +338,26 @@ fn run_ops(ops: &[Op], root: &CString, workdir: &CString, hostname: &[u8]) -> ni
     // pivot_root, not chroot: a chroot would leave the namespace's copy of the whole
     // host tree mounted (out of sight) for the container's lifetime, holding every
     // filesystem mounted on the host at start, as the hidden copies above would.
+    let old_root = nix::fcntl::open(
+        c"/",
+        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )?;
     nix::unistd::chdir(root.as_c_str())?;
     nix::unistd::pivot_root(c".", c".")?;
+    // The old root holds copies shared with the node (Bidirectional): made slaves first,
+    // detaching it cannot unmount anything of the node's. As runc does, "." is the old
+    // root reached through its own descriptor, never the new root below it.
+    nix::unistd::fchdir(&old_root)?;
+    mount(
+        None::<&str>,
+        c".",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )?;
     nix::mount::umount2(c".", MntFlags::MNT_DETACH)?;
+    drop(old_root);
     nix::unistd::chdir(workdir.as_c_str())?;
     Ok(())
 }
@@ -467,6 +568,7 @@ mod tests {
                 source: vol.clone(),
                 target: target.clone(),
                 read_only: false,
+                propagation: Propagation::Private,
             }],
             log_path: tmp.path().join("log"),
             rootfs: tmp.path().join("rootfs"),
@@ -595,6 +697,7 @@ mod tests {
                 source: vol.clone(),
                 target: "/ro".into(),
                 read_only: true,
+                propagation: Propagation::Private,
             }],
             log_path: tmp.path().join("log"),
             rootfs: tmp.path().join("rootfs"),

@@ -153,3 +153,34 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// Network links, mounts and processes of a cluster on `data` with bridge index `index`:
+/// its bridge and veths, mounts under it, node holders and any process naming it.
+pub fn leftovers(data: &Path, index: u8) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| *n == format!("cairnbr{index}") || n.starts_with(&format!("cb{index}h")))
+        .map(|n| format!("link {n}"))
+        .collect();
+    out.extend(mounts_under(data).into_iter().map(|m| format!("mount {m}")));
+    let mut pids = processes_with(&format!("cairn-node:{}", data.display()));
+    pids.extend(processes_with(&data.display().to_string()));
+    pids.sort();
+    pids.dedup();
+    out.extend(pids.into_iter().map(|p| format!("process {p}")));
+    out
+}
+
+/// Stops the cluster and checks that nothing of it is left (after checking that the check
+/// sees the live one).
+pub async fn shutdown_leaves_nothing(t: TestCluster, data: &Path, index: u8) {
+    assert!(
+        !leftovers(data, index).is_empty(),
+        "the check sees a live cluster"
+    );
+    t.shutdown().await;
+    let left = leftovers(data, index);
+    assert!(left.is_empty(), "left after teardown: {left:#?}");
+}

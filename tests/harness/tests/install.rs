@@ -1,0 +1,269 @@
+//! `up --with-cairn` is `kubectl apply -k manifests/` on 3 namespaced nodes: storaged bound to
+//! each node's address, node plugins in CSINode, the controller; volumes, restarts, teardown.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cairn_harness::cluster::CairnInstall;
+use cairn_harness::components::{DRIVER, find_binary};
+use cairn_harness::install::NAMESPACE;
+use cairn_harness::{Cluster, ClusterConfig};
+use cairn_proto::cairn::v1 as pb;
+use common::*;
+use serde_json::Value;
+
+/// storaged's catalogue as `admin` sees it: (name, id, address).
+async fn catalogue(c: &Cluster) -> Vec<(String, u64, String)> {
+    let layout = c.cairn.as_ref().expect("cairn layout");
+    let Ok(sec) = cairn_client::Security::from_flags(Some(&layout.tls_dir("admin")), false) else {
+        return Vec::new();
+    };
+    for a in &layout.storaged {
+        let Ok(ep) = sec.endpoint(a) else { continue };
+        let Ok(ch) = ep.connect_timeout(Duration::from_secs(2)).connect().await else {
+            continue;
+        };
+        let mut v = pb::volume_service_client::VolumeServiceClient::new(ch);
+        if let Ok(r) = v.list_nodes(pb::ListNodesRequest {}).await {
+            let mut out: Vec<_> = r
+                .into_inner()
+                .nodes
+                .into_iter()
+                .map(|n| (n.name, n.id, n.addr))
+                .collect();
+            out.sort();
+            return out;
+        }
+    }
+    Vec::new()
+}
+
+async fn json(t: &TestCluster, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&t.must(&a).await).expect("kubectl json")
+}
+
+/// The storaged pod on `node`: (name, uid).
+async fn storaged_pod(t: &TestCluster, node: &str) -> Option<(String, String)> {
+    let pods = json(
+        t,
+        &[
+            "get",
+            "pods",
+            "-n",
+            NAMESPACE,
+            "-l",
+            "app.kubernetes.io/name=cairn-storaged",
+        ],
+    )
+    .await;
+    pods["items"]
+        .as_array()?
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| p["spec"]["nodeName"] == node)
+        .filter(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .map(|p| {
+            (
+                p["metadata"]["name"].as_str().unwrap_or_default().into(),
+                p["metadata"]["uid"].as_str().unwrap_or_default().into(),
+            )
+        })
+        .next()
+}
+
+async fn log_lines(t: &TestCluster, pod: &str) -> usize {
+    let out = t.kubectl(&["logs", pod]).await;
+    if !out.status.success() {
+        return 0;
+    }
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// Loop devices whose backing file is a node's Cairn path or under `dir`.
+fn cairn_loops(dir: &Path) -> BTreeSet<String> {
+    let out = std::process::Command::new("losetup")
+        .args(["-l", "-n", "-O", "NAME,BACK-FILE"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let d = dir.display().to_string();
+    out.lines()
+        .filter(|l| l.contains(&d) || l.contains(" /var/lib/cairn/"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_cairn_is_kubectl_apply_k_of_the_manifests() {
+    for bin in ["storaged", "cairn-csi", "cairn-provisioner"] {
+        assert!(
+            find_binary(bin).is_some(),
+            "{bin} not built: run `cargo build --workspace` first"
+        );
+    }
+    let loops_before = cairn_loops(Path::new("/nonexistent"));
+    let started = Instant::now();
+    let t = TestCluster::start_with(|c| ClusterConfig {
+        nodes: 3,
+        with_cairn: true,
+        cairn_install: CairnInstall::Manifests,
+        ..c
+    })
+    .await;
+    eprintln!("up --with-cairn (manifests) took {:?}", started.elapsed());
+    let data = t.dir.path().join("data");
+    let m = t.c().machines.as_ref().expect("nodes");
+    let index = m.network.index;
+    let addrs: Vec<String> = m.nodes.iter().map(|n| n.address.to_string()).collect();
+
+    // storaged runs as the DaemonSet's pods, one per node, each registered at its node's
+    // address (what it advertises and listens on).
+    let cat = catalogue(t.c()).await;
+    let names: Vec<&str> = cat.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names, ["node-1", "node-2", "node-3"], "{cat:?}");
+    for (i, (_, _, addr)) in cat.iter().enumerate() {
+        assert_eq!(*addr, format!("{}:7001", addrs[i]));
+    }
+    for node in ["node-1", "node-2", "node-3"] {
+        assert!(storaged_pod(&t, node).await.is_some(), "storaged on {node}");
+        let csinode = json(&t, &["get", "csinode", node]).await;
+        let d = &csinode["spec"]["drivers"][0];
+        assert_eq!(d["name"], DRIVER, "{csinode}");
+        assert_eq!(d["nodeID"], node);
+    }
+    let deploy = json(
+        &t,
+        &["get", "deployment", "cairn-controller", "-n", NAMESPACE],
+    )
+    .await;
+    assert_eq!(
+        deploy["status"]["readyReplicas"], deploy["spec"]["replicas"],
+        "{}",
+        deploy["status"]
+    );
+
+    // The README's StatefulSet: a replicated volume per pod; a deleted pod comes back with
+    // its data.
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/examples/statefulset.yaml");
+    t.must(&["apply", "-f", &example.display().to_string()])
+        .await;
+    for pod in ["web-0", "web-1"] {
+        eventually(
+            &format!("{pod} wrote its first boot"),
+            Duration::from_secs(240),
+            || async { (log_lines(&t, pod).await >= 1).then_some(()) },
+        )
+        .await;
+    }
+    let loops = cairn_loops(&data)
+        .difference(&loops_before)
+        .cloned()
+        .collect::<BTreeSet<_>>();
+    let uid = t
+        .must(&["get", "pod", "web-0", "-o", "jsonpath={.metadata.uid}"])
+        .await;
+    t.must(&["delete", "pod", "web-0"]).await;
+    eventually(
+        "web-0 back with both boots",
+        Duration::from_secs(240),
+        || async {
+            let now = t
+                .kubectl(&["get", "pod", "web-0", "-o", "jsonpath={.metadata.uid}"])
+                .await;
+            let now = String::from_utf8_lossy(&now.stdout).to_string();
+            (!now.is_empty() && now != uid && log_lines(&t, "web-0").await >= 2).then_some(())
+        },
+    )
+    .await;
+
+    // node-2's storaged pod deleted: the DaemonSet puts it back on node-2, with the id it
+    // has (its data dir's stamp) and its data (both web volumes still read and write).
+    let stamp = data.join("nodes/node-2/cairn/IDENTITY");
+    let identity = std::fs::read(&stamp).expect("node-2 stamped its data dir");
+    let id_before = cat.iter().find(|(n, _, _)| n == "node-2").map(|c| c.1);
+    let (old, old_uid) = storaged_pod(&t, "node-2")
+        .await
+        .expect("storaged on node-2");
+    t.must(&["delete", "pod", "-n", NAMESPACE, &old]).await;
+    eventually(
+        "storaged back on node-2",
+        Duration::from_secs(120),
+        || async {
+            storaged_pod(&t, "node-2")
+                .await
+                .filter(|(_, u)| *u != old_uid)
+        },
+    )
+    .await;
+    assert_eq!(std::fs::read(&stamp).expect("stamp"), identity);
+    let cat2 = eventually(
+        "node-2 in the catalogue again",
+        Duration::from_secs(60),
+        || async {
+            let c = catalogue(t.c()).await;
+            (c.len() == 3 && c.iter().all(|n| !n.2.is_empty())).then_some(c)
+        },
+    )
+    .await;
+    assert_eq!(
+        cat2.iter().find(|(n, _, _)| n == "node-2").map(|c| c.1),
+        id_before
+    );
+    for pod in ["web-0", "web-1"] {
+        let out = eventually(
+            &format!("{pod} reads and writes"),
+            Duration::from_secs(120),
+            || async {
+                let o = t
+                    .kubectl(&[
+                        "exec",
+                        pod,
+                        "--",
+                        "sh",
+                        "-c",
+                        "date >> /data/boots && cat /data/boots",
+                    ])
+                    .await;
+                o.status
+                    .success()
+                    .then(|| String::from_utf8_lossy(&o.stdout).lines().count())
+            },
+        )
+        .await;
+        assert!(out >= 2, "{pod}: {out} boots");
+    }
+
+    // Teardown: the claims go, then the cluster; nothing of it is left.
+    t.must(&["scale", "statefulset", "web", "--replicas=0"])
+        .await;
+    eventually("web pods gone", Duration::from_secs(120), || async {
+        let o = t
+            .must(&["get", "pods", "-l", "app=web", "-o", "name"])
+            .await;
+        o.trim().is_empty().then_some(())
+    })
+    .await;
+    t.must(&["delete", "-f", &example.display().to_string()])
+        .await;
+    t.must(&["delete", "pvc", "data-web-0", "data-web-1"]).await;
+    eventually("PVs deleted", Duration::from_secs(120), || async {
+        let o = t.must(&["get", "pv", "-o", "name"]).await;
+        o.trim().is_empty().then_some(())
+    })
+    .await;
+    shutdown_leaves_nothing(t, &data, index).await;
+    let still: Vec<String> = cairn_loops(&data).intersection(&loops).cloned().collect();
+    assert!(still.is_empty(), "loop devices left: {still:?}");
+}
