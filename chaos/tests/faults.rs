@@ -518,3 +518,69 @@ fn a_crashed_runs_network_is_removed_by_the_next_run_of_its_name() {
             .exists()
     );
 }
+
+/// libfaketime's environment really speeds up a process's monotonic clock (the one tokio and
+/// openraft time elections and leases with): `cairn-chaos clock-probe` spins 2 s by its own
+/// clock, which must take about 1 s of real time under the fault's rate, 2 s without.
+#[test]
+fn the_clock_faults_environment_runs_the_monotonic_clock_fast() {
+    let probe = sibling_bin("cairn-chaos");
+    let timed = |env: &[(String, String)]| {
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new(&probe)
+            .args(["clock-probe", "--for", "2s"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run cairn-chaos clock-probe (cargo build --workspace)");
+        assert!(out.status.success(), "{out:?}");
+        let own: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        (own, started.elapsed().as_secs_f64())
+    };
+    let env = cairn_chaos::clock::env(cairn_chaos::clock::FAST).expect("apt-get install faketime");
+    let (own, real) = timed(&env);
+    eprintln!("under the clock fault: {own:.3} s by its clock in {real:.3} s real");
+    assert!(
+        own >= 2.0 && (0.8..1.6).contains(&real),
+        "{own} s in {real} s"
+    );
+    let (own, real) = timed(&[]);
+    eprintln!("without: {own:.3} s by its clock in {real:.3} s real");
+    assert!(
+        own >= 2.0 && (1.9..3.0).contains(&real),
+        "{own} s in {real} s"
+    );
+}
+
+/// A clock running twice as fast on a volume's leader (storaged restarted under libfaketime,
+/// then made the leader by pausing the old one): its timers, leases included, run fast, and
+/// nothing is lost or read stale. Prints each node's CPU during the fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clock_running_fast_on_the_leader_loses_nothing() {
+    let mut config = config(31, &[FaultKind::Clock], Duration::from_secs(30));
+    config.targets = Targets::Leaders;
+    let outcome = run_clean(config).await;
+    assert!(outcome.report.faults["clock"] >= 1, "{:?}", outcome.report);
+    for f in &outcome.faults {
+        let rates: Vec<String> = f
+            .cpu_s
+            .iter()
+            .map(|(id, s)| format!("node {id}: {:.3} cores", s / f.cpu_over_s))
+            .collect();
+        eprintln!(
+            "clock x{:?} on {:?}: faked {:?}, leaders paused {:?}, led {:?}, CPU over {:.1} s: {}",
+            f.clock_rate,
+            f.nodes,
+            f.clock_faked,
+            f.nudged,
+            f.led,
+            f.cpu_over_s,
+            rates.join(", ")
+        );
+        assert_eq!(f.clock_faked, Some(true), "{f:?}");
+    }
+    assert!(
+        outcome.faults.iter().any(|f| !f.led.is_empty()),
+        "the skewed node never led a volume: {:?}",
+        outcome.faults
+    );
+}
