@@ -43,7 +43,7 @@ struct RunArgs {
     /// Comma-separated faults: kill, pause, powerloss, powerloss-all, eio, disk-full, slow-disk,
     /// partition-isolate, partition-split, partition-bridge, partition-one-way, or partition
     /// for all four shapes (partitions need nftables), clock (a node's clocks 2x fast, through
-    /// Debian's faketime).
+    /// Debian's faketime), node-loss (a node killed and wiped for good; needs 4+ nodes).
     #[arg(
         long,
         default_value = "kill,pause,powerloss,powerloss-all,eio,disk-full,slow-disk,partition",

@@ -53,13 +53,17 @@ pub enum FaultKind {
     /// times real time; on a volume's leader, that node is then made the volume's leader
     /// (see `lead_from`). Healed by a restart at real time.
     Clock,
+    /// A node's storaged killed and its data dir wiped, for good: the cluster must rebuild its
+    /// replicas on the other nodes (`--replica-down-timeout`). The heal leaves it removed;
+    /// later faults skip it. Needs a node beyond the replicas (4 or more).
+    NodeLoss,
 }
 
 /// The delay a `slow-disk` fault adds to every fsync.
 pub const SLOW_FSYNC: Duration = Duration::from_millis(200);
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Powerloss,
@@ -72,6 +76,7 @@ impl FaultKind {
         FaultKind::PartitionBridge,
         FaultKind::PartitionOneWay,
         FaultKind::Clock,
+        FaultKind::NodeLoss,
     ];
 
     /// What `--faults partition` stands for.
@@ -119,6 +124,7 @@ impl FaultKind {
             FaultKind::PartitionBridge => "partition-bridge",
             FaultKind::PartitionOneWay => "partition-one-way",
             FaultKind::Clock => "clock",
+            FaultKind::NodeLoss => "node-loss",
         }
     }
 }
@@ -206,6 +212,13 @@ pub struct FaultRecord {
     /// `clock`: the volumes the skewed node led when the fault was healed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub led: Vec<String>,
+    /// Seconds from the heal until the cluster was whole again (for `node-loss`: until every
+    /// replica on the lost node was rebuilt elsewhere).
+    #[serde(default)]
+    pub whole_after_s: f64,
+    /// `node-loss`: each volume's members once the cluster was whole again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub members_after: BTreeMap<String, Vec<u64>>,
 }
 
 impl FaultRecord {
@@ -230,6 +243,8 @@ impl FaultRecord {
             clock_faked: None,
             nudged: Vec::new(),
             led: Vec::new(),
+            whole_after_s: 0.0,
+            members_after: BTreeMap::new(),
         }
     }
 }
@@ -274,7 +289,7 @@ pub async fn start(
                 .map_err(Error::Cluster)?,
         ],
         Target::Node { id } => vec![*id],
-        Target::All => cluster.node_ids(),
+        Target::All => cluster.live_ids(),
     };
     let start = recorder.now();
     let mut dropped_bytes = None;
@@ -320,6 +335,16 @@ pub async fn start(
             }));
             if let Target::LeaderOf { volume } = &target {
                 nudged = lead_from(cluster, volume, nodes[0]).await;
+            }
+        }
+        FaultKind::NodeLoss => {
+            for &id in &nodes {
+                cluster.procs.kill9(id);
+                let data = cluster.procs.nodes[cluster.procs.index_of(id)]
+                    .data_dir
+                    .clone();
+                wipe(&data)?;
+                cluster.lost.insert(id);
             }
         }
     }
@@ -390,6 +415,32 @@ async fn lead_from(cluster: &FaultCluster, volume: &str, node: u64) -> Vec<u64> 
         "clock: the skewed node did not become the leader"
     );
     paused
+}
+
+/// Whether `kind` on `target` can start now: a node lost for good takes no further fault, and
+/// a node loss must leave at least `REPLICAS` nodes to rebuild on.
+pub fn possible(cluster: &FaultCluster, kind: FaultKind, target: &Target) -> bool {
+    if let Target::Node { id } = target
+        && cluster.lost.contains(id)
+    {
+        return false;
+    }
+    kind != FaultKind::NodeLoss || cluster.live_ids().len() > REPLICAS
+}
+
+/// Replicas of each chaos volume.
+pub const REPLICAS: usize = 3;
+
+/// Removes everything in a node's data dir, as a lost disk would.
+fn wipe(dir: &std::path::Path) -> Result<(), Error> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        match path.is_dir() {
+            true => std::fs::remove_dir_all(&path)?,
+            false => std::fs::remove_file(&path)?,
+        }
+    }
+    Ok(())
 }
 
 /// Each running node's pid and the CPU its storaged has used.
@@ -524,6 +575,8 @@ pub fn heal(
                 cluster.procs.restart_with_env(id, Vec::new())?;
             }
         }
+        // The node stays lost; the cluster's rebuild is what `run` waits for next.
+        FaultKind::NodeLoss => {}
         FaultKind::PartitionIsolate
         | FaultKind::PartitionSplit
         | FaultKind::PartitionBridge

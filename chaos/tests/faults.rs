@@ -584,3 +584,48 @@ async fn a_clock_running_fast_on_the_leader_loses_nothing() {
         outcome.faults
     );
 }
+
+/// Four nodes; a replica holder (a volume's leader) is killed and its data dir wiped while the
+/// workload runs: the cluster rebuilds every replica it held on the other three (within the
+/// run's recovery bound), and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_loss_of_a_replica_holder_is_rebuilt_elsewhere_and_loses_nothing() {
+    let mut config = config(32, &[FaultKind::NodeLoss], Duration::from_secs(15));
+    config.nodes = 4;
+    config.targets = Targets::Leaders;
+    let outcome = run_clean(config).await;
+    let losses: Vec<&FaultRecord> = outcome
+        .faults
+        .iter()
+        .filter(|f| f.kind == FaultKind::NodeLoss)
+        .collect();
+    assert_eq!(
+        losses.len(),
+        1,
+        "one node loss on four nodes (a second would leave too few): {:?}",
+        outcome.faults
+    );
+    let f = losses[0];
+    eprintln!(
+        "node {:?} lost (target {:?}): whole again {:.2} s after, members {:?}",
+        f.nodes, f.target, f.whole_after_s, f.members_after
+    );
+    assert!(matches!(f.target, Target::LeaderOf { .. }), "{f:?}");
+    assert_eq!(f.members_after.len(), 2, "{f:?}");
+    for (volume, members) in &f.members_after {
+        assert_eq!(members.len(), 3, "{volume}: {members:?}");
+        assert!(!members.contains(&f.nodes[0]), "{volume}: {members:?}");
+    }
+}
+
+/// A node loss needs a node to rebuild on: with three nodes the run is refused before it
+/// starts anything, naming the field.
+#[tokio::test]
+async fn a_node_loss_on_three_nodes_is_refused() {
+    let config = config(33, &[FaultKind::NodeLoss], Duration::from_secs(5));
+    let err = run(&config).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "run configuration: faults: node-loss needs more than 3 nodes (one to rebuild on), not 3"
+    );
+}
