@@ -54,6 +54,13 @@ pub fn has_env(pid: u32, want: &[(String, String)]) -> bool {
     })
 }
 
+/// Whether libfaketime is mapped into process `pid` (`/proc/<pid>/maps`): the preload took.
+pub fn preloaded(pid: u32) -> bool {
+    let lib = library();
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .is_ok_and(|maps| maps.lines().any(|l| l.ends_with(&*lib.to_string_lossy())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +77,6 @@ mod tests {
             &[("PATH".into(), format!("{path}:/nowhere"))]
         ));
         assert!(!has_env(u32::MAX, &[]));
+        assert!(!preloaded(pid), "this test runs without libfaketime");
     }
 }

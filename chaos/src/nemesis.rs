@@ -199,8 +199,8 @@ pub struct FaultRecord {
     /// The seconds over which `cpu_s` was counted (from the fault in place to its heal).
     #[serde(default)]
     pub cpu_over_s: f64,
-    /// `clock`: the rate its nodes' clocks ran at, and whether each process was seen with
-    /// libfaketime's variables in its environment.
+    /// `clock`: the rate its nodes' clocks ran at, and whether each process was seen, at the
+    /// heal, with libfaketime's variables in its environment and its library mapped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_rate: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -293,7 +293,7 @@ pub async fn start(
     };
     let start = recorder.now();
     let mut dropped_bytes = None;
-    let (mut clock_rate, mut clock_faked, mut nudged) = (None, None, Vec::new());
+    let (mut clock_rate, mut nudged) = (None, Vec::new());
     let mut cut = partition::Cut {
         pairs: Vec::new(),
         minority: Vec::new(),
@@ -327,12 +327,6 @@ pub async fn start(
                 cluster.procs.restart_with_env(id, env.clone())?;
             }
             clock_rate = Some(clock::FAST);
-            clock_faked = Some(nodes.iter().all(|&id| {
-                cluster
-                    .procs
-                    .pid(id)
-                    .is_some_and(|pid| clock::has_env(pid, &env))
-            }));
             if let Target::LeaderOf { volume } = &target {
                 nudged = lead_from(cluster, volume, nodes[0]).await;
             }
@@ -356,7 +350,6 @@ pub async fn start(
         record: FaultRecord {
             dropped_bytes,
             clock_rate,
-            clock_faked,
             nudged,
             cut: cut.pairs.iter().map(|&(a, b)| [a, b]).collect(),
             minority: cut.minority,
@@ -571,6 +564,13 @@ pub fn heal(
         }
         FaultKind::SlowDisk => record.nodes.iter().for_each(|&id| cluster.disk(id).clear()),
         FaultKind::Clock => {
+            let env = clock::env(record.clock_rate.unwrap_or(clock::FAST))?;
+            record.clock_faked = Some(record.nodes.iter().all(|&id| {
+                cluster
+                    .procs
+                    .pid(id)
+                    .is_some_and(|pid| clock::has_env(pid, &env) && clock::preloaded(pid))
+            }));
             for &id in &record.nodes {
                 cluster.procs.restart_with_env(id, Vec::new())?;
             }
