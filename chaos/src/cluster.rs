@@ -1,6 +1,7 @@
 //! A storaged cluster whose nodes keep their data on fault filesystems and run in network
 //! namespaces of their own: a faultfs mount and a namespace per node, all removed on drop.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ pub struct FaultCluster {
     mounts: Vec<FaultMount>,
     pub net: ChaosNet,
     dir: WorkDir,
+    /// Nodes lost for good (`node-loss`): killed, their data wiped, never restarted.
+    pub lost: BTreeSet<u64>,
 }
 
 /// A directory made for one run and removed with everything in it on drop.
@@ -32,12 +35,14 @@ impl Drop for WorkDir {
 impl FaultCluster {
     /// Makes run `name`'s network (see `ChaosNet::create`), mounts a fault filesystem per node
     /// under a new directory in `parent` and starts `nodes` storaged processes (`bin`), each in
-    /// its namespace with its data dir on its mount. Needs root, /dev/fuse and iproute2.
+    /// its namespace with its data dir on its mount, with `extra_args`. Needs root, /dev/fuse
+    /// and iproute2.
     pub fn start(
         name: &str,
         parent: &Path,
         bin: &Path,
         nodes: usize,
+        extra_args: &[&str],
     ) -> Result<FaultCluster, Error> {
         let net = ChaosNet::create(name, nodes)?;
         let dir = WorkDir(parent.join(format!("cairn-chaos-{}-{}", std::process::id(), unique())));
@@ -53,12 +58,13 @@ impl FaultCluster {
             mounts.push(FaultMount::mount(&backing, &data)?);
             data_dirs.push(data);
         }
-        let procs = ProcCluster::start_placed(bin, &data_dirs, &net.placements(), &[])?;
+        let procs = ProcCluster::start_placed(bin, &data_dirs, &net.placements(), extra_args)?;
         Ok(FaultCluster {
             procs,
             mounts,
             net,
             dir,
+            lost: BTreeSet::new(),
         })
     }
 
@@ -71,24 +77,86 @@ impl FaultCluster {
         self.procs.nodes.iter().map(|n| n.id).collect()
     }
 
+    /// The nodes not lost for good.
+    pub fn live_ids(&self) -> Vec<u64> {
+        self.node_ids()
+            .into_iter()
+            .filter(|id| !self.lost.contains(id))
+            .collect()
+    }
+
     /// Where the run keeps its mounts and backing directories.
     pub fn dir(&self) -> &Path {
         &self.dir.0
     }
 
-    /// Waits until a meta leader answers with every node registered, and every replica of
-    /// `volumes` is a caught-up member.
+    /// Waits until a meta leader answers with every node registered, no replica of `volumes`
+    /// is on a lost node (the cluster rebuilt them elsewhere), and every replica is a
+    /// caught-up member.
     pub async fn wait_healthy(&self, volumes: &[String], within: Duration) -> Result<(), Error> {
         let started = std::time::Instant::now();
         self.procs
             .wait_ready(within)
             .await
             .map_err(Error::Cluster)?;
+        self.wait_off_lost(volumes, within.saturating_sub(started.elapsed()))
+            .await?;
         let names: Vec<&str> = volumes.iter().map(String::as_str).collect();
         self.procs
             .wait_replicas_healthy(&names, within.saturating_sub(started.elapsed()))
             .await
             .map_err(Error::Cluster)
+    }
+
+    /// Waits until no member of `volumes` is on a lost node.
+    async fn wait_off_lost(&self, volumes: &[String], within: Duration) -> Result<(), Error> {
+        if self.lost.is_empty() {
+            return Ok(());
+        }
+        let client = self.procs.client();
+        let deadline = std::time::Instant::now() + within;
+        let mut last = String::new();
+        'poll: while std::time::Instant::now() < deadline {
+            for volume in volumes {
+                let waiting = match client.get_volume(volume).await {
+                    Ok(v) => {
+                        let members: Vec<u64> = v.members.iter().map(|m| m.node_id).collect();
+                        last = format!("{volume}: members {members:?}, lost {:?}", self.lost);
+                        members.iter().any(|id| self.lost.contains(id))
+                    }
+                    Err(e) => {
+                        last = format!("{volume}: {}", e.message());
+                        true
+                    }
+                };
+                if waiting {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue 'poll;
+                }
+            }
+            return Ok(());
+        }
+        Err(Error::Cluster(format!(
+            "replicas not rebuilt off lost nodes within {within:?}: {last}"
+        )))
+    }
+
+    /// The members of each of `volumes` (empty where it could not be read).
+    pub async fn members(
+        &self,
+        volumes: &[String],
+    ) -> std::collections::BTreeMap<String, Vec<u64>> {
+        let client = self.procs.client();
+        let mut out = std::collections::BTreeMap::new();
+        for volume in volumes {
+            let ids = client
+                .get_volume(volume)
+                .await
+                .map(|v| v.members.iter().map(|m| m.node_id).collect())
+                .unwrap_or_default();
+            out.insert(volume.clone(), ids);
+        }
+        out
     }
 
     /// The last `lines` lines of every node's log, for a failure message.

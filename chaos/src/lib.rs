@@ -2,6 +2,7 @@
 //! schedule and record what clients saw, and the linearizability checker that judges the history.
 
 pub mod checker;
+pub mod clock;
 pub mod cluster;
 mod cpu;
 mod error;

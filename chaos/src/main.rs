@@ -23,6 +23,13 @@ struct Cli {
 enum Cmd {
     /// Runs one experiment (needs root and /dev/fuse: the nodes' data dirs are fault filesystems).
     Run(RunArgs),
+    /// Spins until this process's monotonic clock has advanced by `--for`, then prints the
+    /// clock's reading: run under a clock fault's environment, a caller timing it from outside
+    /// sees the rate libfaketime gives.
+    ClockProbe {
+        #[arg(long = "for", default_value = "1s", value_parser = parse_duration)]
+        spin: Duration,
+    },
 }
 
 #[derive(clap::Args)]
@@ -35,7 +42,8 @@ struct RunArgs {
     duration: Duration,
     /// Comma-separated faults: kill, pause, powerloss, powerloss-all, eio, disk-full, slow-disk,
     /// partition-isolate, partition-split, partition-bridge, partition-one-way, or partition
-    /// for all four shapes (partitions need nftables).
+    /// for all four shapes (partitions need nftables), clock (a node's clocks 2x fast, through
+    /// Debian's faketime), node-loss (a node killed and wiped for good; needs 4+ nodes).
     #[arg(
         long,
         default_value = "kill,pause,powerloss,powerloss-all,eio,disk-full,slow-disk,partition",
@@ -157,7 +165,17 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Cmd::Run(args) = Cli::parse().cmd;
+    let args = match Cli::parse().cmd {
+        Cmd::Run(args) => args,
+        Cmd::ClockProbe { spin } => {
+            let started = std::time::Instant::now();
+            while started.elapsed() < spin {
+                std::hint::spin_loop();
+            }
+            println!("{:.3}", started.elapsed().as_secs_f64());
+            return ExitCode::SUCCESS;
+        }
+    };
     let config = RunConfig {
         nodes: args.nodes,
         duration: args.duration,

@@ -1,6 +1,7 @@
 //! The nemesis: starts and heals one fault at a time on a `FaultCluster` (kill -9 and restart,
 //! SIGSTOP/SIGCONT, power loss, EIO on fsync, a full disk and a slow one through faultfs,
-//! network partitions through nftables) and logs each with its start and end.
+//! network partitions through nftables, a clock at twice the rate through libfaketime) and
+//! logs each with its start and end.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use cairn_faultfs::Op as DiskOp;
 use cairn_storaged::tls::Identity;
 use serde::{Deserialize, Serialize};
 
+use crate::clock;
 use crate::cluster::FaultCluster;
 use crate::error::Error;
 use crate::history::Recorder;
@@ -47,13 +49,21 @@ pub enum FaultKind {
     PartitionBridge,
     /// The target's packets to the next node by id dropped, that node's to it delivered.
     PartitionOneWay,
+    /// A node's storaged restarted with its clocks (monotonic included) running `clock::FAST`
+    /// times real time; on a volume's leader, that node is then made the volume's leader
+    /// (see `lead_from`). Healed by a restart at real time.
+    Clock,
+    /// A node's storaged killed and its data dir wiped, for good: the cluster must rebuild its
+    /// replicas on the other nodes (`--replica-down-timeout`). The heal leaves it removed;
+    /// later faults skip it. Needs a node beyond the replicas (4 or more).
+    NodeLoss,
 }
 
 /// The delay a `slow-disk` fault adds to every fsync.
 pub const SLOW_FSYNC: Duration = Duration::from_millis(200);
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Powerloss,
@@ -65,6 +75,8 @@ impl FaultKind {
         FaultKind::PartitionSplit,
         FaultKind::PartitionBridge,
         FaultKind::PartitionOneWay,
+        FaultKind::Clock,
+        FaultKind::NodeLoss,
     ];
 
     /// What `--faults partition` stands for.
@@ -111,6 +123,8 @@ impl FaultKind {
             FaultKind::PartitionSplit => "partition-split",
             FaultKind::PartitionBridge => "partition-bridge",
             FaultKind::PartitionOneWay => "partition-one-way",
+            FaultKind::Clock => "clock",
+            FaultKind::NodeLoss => "node-loss",
         }
     }
 }
@@ -182,6 +196,29 @@ pub struct FaultRecord {
     /// throughout).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub cpu_s: BTreeMap<u64, f64>,
+    /// The seconds over which `cpu_s` was counted (from the fault in place to its heal).
+    #[serde(default)]
+    pub cpu_over_s: f64,
+    /// `clock`: the rate its nodes' clocks ran at, and whether each process was seen, at the
+    /// heal, with libfaketime's variables in its environment and its library mapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_faked: Option<bool>,
+    /// `clock` on a volume's leader: the leaders paused (SIGSTOP, then SIGCONT) to hand that
+    /// volume's leadership to the skewed node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nudged: Vec<u64>,
+    /// `clock`: the volumes the skewed node led when the fault was healed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub led: Vec<String>,
+    /// Seconds from the heal until the cluster was whole again (for `node-loss`: until every
+    /// replica on the lost node was rebuilt elsewhere).
+    #[serde(default)]
+    pub whole_after_s: f64,
+    /// `node-loss`: each volume's members once the cluster was whole again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub members_after: BTreeMap<String, Vec<u64>>,
 }
 
 impl FaultRecord {
@@ -201,6 +238,13 @@ impl FaultRecord {
             minority: Vec::new(),
             majority_leaders: BTreeMap::new(),
             cpu_s: BTreeMap::new(),
+            cpu_over_s: 0.0,
+            clock_rate: None,
+            clock_faked: None,
+            nudged: Vec::new(),
+            led: Vec::new(),
+            whole_after_s: 0.0,
+            members_after: BTreeMap::new(),
         }
     }
 }
@@ -209,8 +253,9 @@ impl FaultRecord {
 #[derive(Debug)]
 pub struct ActiveFault {
     record: FaultRecord,
-    /// Each running node's (pid, CPU used) when the fault started.
+    /// Each running node's (pid, CPU used) once the fault was in place, and when that was.
     cpu_at_start: BTreeMap<u64, (u32, Duration)>,
+    cpu_since: Instant,
 }
 
 impl ActiveFault {
@@ -223,6 +268,10 @@ impl ActiveFault {
 const LEADER_WAIT: Duration = Duration::from_secs(20);
 /// How long a partition's majority side may take to have (or elect) a leader of its own.
 pub const MAJORITY_LEADER_WAIT: Duration = Duration::from_secs(15);
+/// How long a `clock` fault may take to make its skewed node a volume's leader.
+const LEAD_WAIT: Duration = Duration::from_secs(20);
+/// How long a leader paused to hand over leadership stays paused at most.
+const NUDGE_HOLD: Duration = Duration::from_secs(4);
 
 /// Starts `kind` on `target` (resolved to node ids now) and returns the fault to heal.
 pub async fn start(
@@ -240,11 +289,11 @@ pub async fn start(
                 .map_err(Error::Cluster)?,
         ],
         Target::Node { id } => vec![*id],
-        Target::All => cluster.node_ids(),
+        Target::All => cluster.live_ids(),
     };
-    let cpu_at_start = cpu_of(cluster);
     let start = recorder.now();
     let mut dropped_bytes = None;
+    let (mut clock_rate, mut nudged) = (None, Vec::new());
     let mut cut = partition::Cut {
         pairs: Vec::new(),
         minority: Vec::new(),
@@ -272,17 +321,119 @@ pub async fn start(
             let link = |id: u64| net.host_link(id).unwrap_or_default().to_string();
             partition::apply(&partition::rules(&net.table(), &cut.pairs, link))?;
         }
+        FaultKind::Clock => {
+            let env = clock::env(clock::FAST)?;
+            for &id in &nodes {
+                cluster.procs.restart_with_env(id, env.clone())?;
+            }
+            clock_rate = Some(clock::FAST);
+            if let Target::LeaderOf { volume } = &target {
+                nudged = lead_from(cluster, volume, nodes[0]).await;
+            }
+        }
+        FaultKind::NodeLoss => {
+            for &id in &nodes {
+                cluster.procs.kill9(id);
+                let data = cluster.procs.nodes[cluster.procs.index_of(id)]
+                    .data_dir
+                    .clone();
+                wipe(&data)?;
+                cluster.lost.insert(id);
+            }
+        }
     }
+    let cpu_at_start = cpu_of(cluster);
     tracing::info!(fault = kind.name(), ?nodes, ?dropped_bytes, cut = ?cut.pairs, "fault started");
     Ok(ActiveFault {
         cpu_at_start,
+        cpu_since: Instant::now(),
         record: FaultRecord {
             dropped_bytes,
+            clock_rate,
+            nudged,
             cut: cut.pairs.iter().map(|&(a, b)| [a, b]).collect(),
             minority: cut.minority,
             ..FaultRecord::new(kind, target, nodes, start)
         },
     })
+}
+
+/// Makes `node` (just restarted) the leader of `volume`'s group: once its replicas are caught
+/// up, pauses the group's leader until another leads (a node whose clock runs fast times
+/// out first, so it usually wins), then resumes it; again until `node` leads or `LEAD_WAIT`
+/// has passed. Returns the leaders it paused.
+async fn lead_from(cluster: &FaultCluster, volume: &str, node: u64) -> Vec<u64> {
+    let deadline = Instant::now() + LEAD_WAIT;
+    let mut paused = Vec::new();
+    if let Err(e) = cluster
+        .procs
+        .wait_replicas_healthy(&[volume], LEAD_WAIT)
+        .await
+    {
+        tracing::warn!(volume, node, error = %e, "clock: the skewed node did not catch up");
+        return paused;
+    }
+    let client = cluster.procs.client().with_deadline(Duration::from_secs(1));
+    let leader = async |client: &VolumeClient| {
+        client
+            .get_volume(volume)
+            .await
+            .map_or(0, |v| v.leader_node_id)
+    };
+    while Instant::now() < deadline {
+        let now = leader(&client).await;
+        if now == node {
+            tracing::info!(volume, node, ?paused, "clock: the skewed node leads");
+            return paused;
+        }
+        if now != 0 {
+            cluster.procs.pause(now, true);
+            paused.push(now);
+            let until = Instant::now() + NUDGE_HOLD;
+            loop {
+                let l = leader(&client).await;
+                if (l != 0 && l != now) || Instant::now() >= until {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            cluster.procs.pause(now, false);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tracing::warn!(
+        volume,
+        node,
+        ?paused,
+        "clock: the skewed node did not become the leader"
+    );
+    paused
+}
+
+/// Whether `kind` on `target` can start now: a node lost for good takes no further fault, and
+/// a node loss must leave at least `REPLICAS` nodes to rebuild on.
+pub fn possible(cluster: &FaultCluster, kind: FaultKind, target: &Target) -> bool {
+    if let Target::Node { id } = target
+        && cluster.lost.contains(id)
+    {
+        return false;
+    }
+    kind != FaultKind::NodeLoss || cluster.live_ids().len() > REPLICAS
+}
+
+/// Replicas of each chaos volume.
+pub const REPLICAS: usize = 3;
+
+/// Removes everything in a node's data dir, as a lost disk would.
+fn wipe(dir: &std::path::Path) -> Result<(), Error> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        match path.is_dir() {
+            true => std::fs::remove_dir_all(&path)?,
+            false => std::fs::remove_file(&path)?,
+        }
+    }
+    Ok(())
 }
 
 /// Each running node's pid and the CPU its storaged has used.
@@ -297,10 +448,22 @@ fn cpu_of(cluster: &FaultCluster) -> BTreeMap<u64, (u32, Duration)> {
         .collect()
 }
 
-/// While a partition with a minority holds: for each of `volumes` with most replicas outside
+/// During a `clock` fault: records the volumes its node leads. While a partition with a
+/// minority holds: for each of `volumes` with most replicas outside
 /// the minority, waits (up to `MAJORITY_LEADER_WAIT` in all) until the majority side, asked
 /// alone, names a leader outside the minority, and records what it named.
 pub async fn observe(cluster: &FaultCluster, fault: &mut ActiveFault, volumes: &[String]) {
+    if fault.record.kind == FaultKind::Clock {
+        let client = cluster.procs.client().with_deadline(Duration::from_secs(2));
+        for volume in volumes {
+            if let Ok(v) = client.get_volume(volume).await
+                && fault.record.nodes.contains(&v.leader_node_id)
+            {
+                fault.record.led.push(volume.clone());
+            }
+        }
+        return;
+    }
     let minority = fault.record.minority.clone();
     if minority.is_empty() {
         return;
@@ -356,6 +519,7 @@ pub fn heal(
     let mut record = fault.record;
     let kind = record.kind;
     let now = cpu_of(cluster);
+    record.cpu_over_s = fault.cpu_since.elapsed().as_secs_f64();
     record.cpu_s = fault
         .cpu_at_start
         .iter()
@@ -371,7 +535,11 @@ pub fn heal(
         .filter(|&id| {
             matches!(
                 kind,
-                FaultKind::Pause | FaultKind::Eio | FaultKind::DiskFull | FaultKind::SlowDisk
+                FaultKind::Pause
+                    | FaultKind::Eio
+                    | FaultKind::DiskFull
+                    | FaultKind::SlowDisk
+                    | FaultKind::Clock
             ) && !cluster.procs.is_alive(id)
         })
         .collect();
@@ -395,6 +563,20 @@ pub fn heal(
             restart(cluster, &record.nodes)?;
         }
         FaultKind::SlowDisk => record.nodes.iter().for_each(|&id| cluster.disk(id).clear()),
+        FaultKind::Clock => {
+            let env = clock::env(record.clock_rate.unwrap_or(clock::FAST))?;
+            record.clock_faked = Some(record.nodes.iter().all(|&id| {
+                cluster
+                    .procs
+                    .pid(id)
+                    .is_some_and(|pid| clock::has_env(pid, &env) && clock::preloaded(pid))
+            }));
+            for &id in &record.nodes {
+                cluster.procs.restart_with_env(id, Vec::new())?;
+            }
+        }
+        // The node stays lost; the cluster's rebuild is what `run` waits for next.
+        FaultKind::NodeLoss => {}
         FaultKind::PartitionIsolate
         | FaultKind::PartitionSplit
         | FaultKind::PartitionBridge

@@ -55,7 +55,11 @@ impl RunConfig {
             nodes: 3,
             duration: Duration::from_secs(30),
             seed: 0,
-            faults: FaultKind::ALL.to_vec(),
+            // Node loss needs a fourth node: asked for by name.
+            faults: FaultKind::ALL
+                .into_iter()
+                .filter(|k| *k != FaultKind::NodeLoss)
+                .collect(),
             report: None,
             history: None,
             storaged,
@@ -101,6 +105,11 @@ impl RunOutcome {
     }
 }
 
+/// With `node-loss` among the faults, a member silent this long is replaced
+/// (`storaged --replica-down-timeout`); other runs keep storaged's default (minutes), so that
+/// their faults never move replicas.
+pub const REPLICA_DOWN_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The volume size: enough for the blocks, in whole MiB.
 fn volume_size(blocks: u64) -> u64 {
     (blocks * BLOCK as u64).div_ceil(1 << 20).max(1) << 20
@@ -114,11 +123,25 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, Error> {
             "a run needs at least 3 nodes, one volume and one block".into(),
         ));
     }
+    let node_loss = config.faults.contains(&FaultKind::NodeLoss);
+    if node_loss && config.nodes <= nemesis::REPLICAS {
+        return Err(Error::Config(format!(
+            "faults: node-loss needs more than {} nodes (one to rebuild on), not {}",
+            nemesis::REPLICAS,
+            config.nodes
+        )));
+    }
+    let down = format!("{}s", REPLICA_DOWN_TIMEOUT.as_secs());
+    let extra: Vec<&str> = match node_loss {
+        true => vec!["--replica-down-timeout", &down],
+        false => vec![],
+    };
     let mut cluster = FaultCluster::start(
         &config.name,
         &config.work_dir,
         &config.storaged,
         config.nodes,
+        &extra,
     )?;
     let volumes: Vec<String> = (1..=config.volumes).map(|i| format!("chaos-{i}")).collect();
     setup(&cluster, &volumes, config).await?;
@@ -180,7 +203,7 @@ async fn setup(
         api.create_volume(pb::CreateVolumeRequest {
             name: name.clone(),
             size_bytes: volume_size(config.blocks_per_volume),
-            replicas: 3,
+            replicas: nemesis::REPLICAS as u32,
             ..Default::default()
         })
         .await
@@ -212,11 +235,21 @@ async fn inject(
             break;
         }
         tokio::time::sleep(step.gap).await;
+        if !nemesis::possible(cluster, step.kind, &step.target) {
+            tracing::info!(fault = step.kind.name(), target = ?step.target, lost = ?cluster.lost, "fault skipped: its node is lost or too few nodes are left");
+            continue;
+        }
         let mut fault = nemesis::start(cluster, recorder, step.kind, step.target).await?;
         tokio::time::sleep(step.hold).await;
         nemesis::observe(cluster, &mut fault, volumes).await;
-        log.push(nemesis::heal(cluster, recorder, fault)?);
+        let mut record = nemesis::heal(cluster, recorder, fault)?;
+        let healed = Instant::now();
         whole(cluster, volumes, config.recovery).await?;
+        record.whole_after_s = healed.elapsed().as_secs_f64();
+        if record.kind == FaultKind::NodeLoss {
+            record.members_after = cluster.members(volumes).await;
+        }
+        log.push(record);
     }
     tokio::time::sleep(config.duration.saturating_sub(started.elapsed())).await;
     Ok(log)

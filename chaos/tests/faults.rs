@@ -518,3 +518,114 @@ fn a_crashed_runs_network_is_removed_by_the_next_run_of_its_name() {
             .exists()
     );
 }
+
+/// libfaketime's environment really speeds up a process's monotonic clock (the one tokio and
+/// openraft time elections and leases with): `cairn-chaos clock-probe` spins 2 s by its own
+/// clock, which must take about 1 s of real time under the fault's rate, 2 s without.
+#[test]
+fn the_clock_faults_environment_runs_the_monotonic_clock_fast() {
+    let probe = sibling_bin("cairn-chaos");
+    let timed = |env: &[(String, String)]| {
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new(&probe)
+            .args(["clock-probe", "--for", "2s"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run cairn-chaos clock-probe (cargo build --workspace)");
+        assert!(out.status.success(), "{out:?}");
+        let own: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        (own, started.elapsed().as_secs_f64())
+    };
+    let env = cairn_chaos::clock::env(cairn_chaos::clock::FAST).expect("apt-get install faketime");
+    let (own, real) = timed(&env);
+    eprintln!("under the clock fault: {own:.3} s by its clock in {real:.3} s real");
+    assert!(
+        own >= 2.0 && (0.8..1.6).contains(&real),
+        "{own} s in {real} s"
+    );
+    let (own, real) = timed(&[]);
+    eprintln!("without: {own:.3} s by its clock in {real:.3} s real");
+    assert!(
+        own >= 2.0 && (1.9..3.0).contains(&real),
+        "{own} s in {real} s"
+    );
+}
+
+/// A clock running twice as fast on a volume's leader (storaged restarted under libfaketime,
+/// then made the leader by pausing the old one): its timers, leases included, run fast, and
+/// nothing is lost or read stale. Prints each node's CPU during the fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clock_running_fast_on_the_leader_loses_nothing() {
+    let mut config = config(31, &[FaultKind::Clock], Duration::from_secs(30));
+    config.targets = Targets::Leaders;
+    let outcome = run_clean(config).await;
+    assert!(outcome.report.faults["clock"] >= 1, "{:?}", outcome.report);
+    for f in &outcome.faults {
+        let rates: Vec<String> = f
+            .cpu_s
+            .iter()
+            .map(|(id, s)| format!("node {id}: {:.3} cores", s / f.cpu_over_s))
+            .collect();
+        eprintln!(
+            "clock x{:?} on {:?}: faked {:?}, leaders paused {:?}, led {:?}, CPU over {:.1} s: {}",
+            f.clock_rate,
+            f.nodes,
+            f.clock_faked,
+            f.nudged,
+            f.led,
+            f.cpu_over_s,
+            rates.join(", ")
+        );
+        assert_eq!(f.clock_faked, Some(true), "{f:?}");
+    }
+    assert!(
+        outcome.faults.iter().any(|f| !f.led.is_empty()),
+        "the skewed node never led a volume: {:?}",
+        outcome.faults
+    );
+}
+
+/// Four nodes; a replica holder (a volume's leader) is killed and its data dir wiped while the
+/// workload runs: the cluster rebuilds every replica it held on the other three (within the
+/// run's recovery bound), and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_loss_of_a_replica_holder_is_rebuilt_elsewhere_and_loses_nothing() {
+    let mut config = config(32, &[FaultKind::NodeLoss], Duration::from_secs(15));
+    config.nodes = 4;
+    config.targets = Targets::Leaders;
+    let outcome = run_clean(config).await;
+    let losses: Vec<&FaultRecord> = outcome
+        .faults
+        .iter()
+        .filter(|f| f.kind == FaultKind::NodeLoss)
+        .collect();
+    assert_eq!(
+        losses.len(),
+        1,
+        "one node loss on four nodes (a second would leave too few): {:?}",
+        outcome.faults
+    );
+    let f = losses[0];
+    eprintln!(
+        "node {:?} lost (target {:?}): whole again {:.2} s after, members {:?}",
+        f.nodes, f.target, f.whole_after_s, f.members_after
+    );
+    assert!(matches!(f.target, Target::LeaderOf { .. }), "{f:?}");
+    assert_eq!(f.members_after.len(), 2, "{f:?}");
+    for (volume, members) in &f.members_after {
+        assert_eq!(members.len(), 3, "{volume}: {members:?}");
+        assert!(!members.contains(&f.nodes[0]), "{volume}: {members:?}");
+    }
+}
+
+/// A node loss needs a node to rebuild on: with three nodes the run is refused before it
+/// starts anything, naming the field.
+#[tokio::test]
+async fn a_node_loss_on_three_nodes_is_refused() {
+    let config = config(33, &[FaultKind::NodeLoss], Duration::from_secs(5));
+    let err = run(&config).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "run configuration: faults: node-loss needs more than 3 nodes (one to rebuild on), not 3"
+    );
+}

@@ -30,6 +30,8 @@ pub struct ProcNode {
     pub data_dir: PathBuf,
     /// The network namespace it runs in (`None`: the host's).
     pub netns: Option<PathBuf>,
+    /// Environment variables its process gets besides the cluster's (e.g. libfaketime's).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -206,6 +208,7 @@ impl ProcCluster {
                     metrics_addr,
                     data_dir: data_dir.clone().unwrap_or_else(|| dir.clone()),
                     netns: placed.map(|p| p.netns.clone()),
+                    env: Vec::new(),
                     dir,
                     child: None,
                 }
@@ -264,6 +267,7 @@ impl ProcCluster {
             metrics_addr: format!("127.0.0.1:{}", free_port()),
             data_dir: dir.clone(),
             netns: None,
+            env: Vec::new(),
             dir,
             child: None,
         });
@@ -369,6 +373,7 @@ impl ProcCluster {
                 "RUST_LOG",
                 std::env::var("CAIRN_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
             )
+            .envs(node.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -452,6 +457,15 @@ impl ProcCluster {
     pub fn restart(&mut self, id: u64) -> std::io::Result<()> {
         self.kill9(id);
         let i = self.index_of(id);
+        self.spawn(i)
+    }
+
+    /// Restarts node `id` (`kill -9` first) with `env` as its extra environment, which later
+    /// restarts keep until the next call.
+    pub fn restart_with_env(&mut self, id: u64, env: Vec<(String, String)>) -> std::io::Result<()> {
+        self.kill9(id);
+        let i = self.index_of(id);
+        self.nodes[i].env = env;
         self.spawn(i)
     }
 
