@@ -309,9 +309,11 @@ fn a_history_with_a_lost_acknowledged_write_fails_the_report() {
     assert!(!report.clean());
 }
 
-/// Asserts that a partition fault really cut its pairs: the nftables rules dropped packets of
-/// the cluster's own traffic, and every group with most replicas on the majority side had a
-/// leader there. Prints each node's CPU during the partition.
+/// Asserts that a partition fault really cut its pairs: every group with most replicas on the
+/// majority side had a leader there. Prints each node's CPU during the partition. (Whether the
+/// rules dropped packets is asserted over the run: two followers of a third node's groups may
+/// exchange no packet at all in a 1.5 s cut, e.g. while their connection waits out a TCP
+/// retransmission backoff left by the previous cut.)
 fn assert_partition_took_effect(f: &FaultRecord) {
     let held = (f.end - f.start) as f64 / 1e9;
     eprintln!(
@@ -326,10 +328,6 @@ fn assert_partition_took_effect(f: &FaultRecord) {
     );
     assert!(!f.cut.is_empty(), "a partition that cut nothing: {f:?}");
     assert_eq!(f.dropped_packets.len(), f.cut.len(), "{f:?}");
-    assert!(
-        f.dropped_packets.iter().sum::<u64>() > 0,
-        "the rules dropped no packet: the partition did not reach the cluster's traffic: {f:?}"
-    );
     for (volume, leader) in &f.majority_leaders {
         assert!(
             *leader != 0 && !f.minority.contains(leader),
@@ -371,6 +369,17 @@ async fn partitions(
         outcome.report
     );
     outcome.faults.iter().for_each(assert_partition_took_effect);
+    let dropped: u64 = outcome
+        .faults
+        .iter()
+        .flat_map(|f| f.dropped_packets.iter())
+        .sum();
+    assert!(
+        dropped > 0,
+        "the rules dropped no packet in {} partitions: they never reached the cluster's traffic: {:?}",
+        outcome.faults.len(),
+        outcome.faults
+    );
     outcome
 }
 
