@@ -253,6 +253,33 @@ async fn a_drained_node_can_be_removed() {
     assert!(nodes.iter().all(|n| n.id != victim), "{nodes:?}");
 }
 
+/// Whether node `id` hosts `group` (`None`: it did not answer).
+async fn hosted(c: &ProcCluster, id: u64, group: u64) -> Option<bool> {
+    let addr = c.nodes[c.index_of(id)].addr.clone();
+    let channels = ChannelCache::new(c.security_for(&Identity::Node(id)));
+    cairn_storaged::node::status::ask(&channels, &addr, group, Duration::from_secs(1))
+        .await
+        .map(|s| s.hosted)
+}
+
+/// Waits, bounded, until node `id` no longer hosts `group` and has logged its removal.
+async fn wait_removed(c: &ProcCluster, id: u64, group: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        if hosted(c, id, group).await == Some(false)
+            && c.log_of(id)
+                .contains("volume group removed and its data deleted")
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {id} still hosts group {group} {within:?} after its return"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_returning_node_drops_its_replaced_replicas() {
     let _serial = SERIAL.lock().await;
@@ -262,42 +289,51 @@ async fn a_returning_node_drops_its_replaced_replicas() {
     let crcs = fill(&client, "back-a", 11, WRITTEN).await;
     let victim = v.members[0].node_id;
     let group = v.id;
-    let addr = c.nodes[c.index_of(victim)].addr.clone();
-    let channels = ChannelCache::new(c.security_for(&Identity::Node(victim)));
-    let hosted = |channels: ChannelCache, addr: String| async move {
-        cairn_storaged::node::status::ask(&channels, &addr, group, Duration::from_secs(1))
-            .await
-            .map(|s| s.hosted)
-    };
-    assert_eq!(hosted(channels.clone(), addr.clone()).await, Some(true));
+    assert_eq!(hosted(&c, victim, group).await, Some(true));
 
     c.kill9(victim);
     wait_whole(&client, &["back-a"], victim, HEAL).await;
     c.restart(victim).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if hosted(channels.clone(), addr.clone()).await == Some(false)
-            && c.log_of(victim)
-                .contains("volume group removed and its data deleted")
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {victim} still hosts group {} 30 s after its return",
-            group
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_removed(&c, victim, group, Duration::from_secs(30)).await;
     // Still gone after another start (nothing left on disk to reopen): a reopened
     // group would be hosted within its first reconcile, so a few seconds of grace.
     c.restart(victim).unwrap();
     c.wait_ready(READY).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(hosted(channels.clone(), addr.clone()).await, Some(false));
+    assert_eq!(hosted(&c, victim, group).await, Some(false));
     let v = client.get_volume("back-a").await.unwrap();
     assert!(whole(&v, victim), "{v:?}");
     verify(&client, "back-a", &crcs).await;
+}
+
+/// A volume deleted while one of its members is down is destroyed on that member when it
+/// returns: its reconcile sweep finds the group on disk that the catalogue no longer has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_volume_deleted_while_a_member_is_down_is_destroyed_when_it_returns() {
+    let _serial = SERIAL.lock().await;
+    // No repair during the test: the member stays a member while it is down.
+    let mut c = start("10m").await;
+    let client = c.client();
+    let v = create(&client, "gone-a", VOL_SIZE).await;
+    fill(&client, "gone-a", 12, WRITTEN).await;
+    let meta = client.cluster_status().await.unwrap().meta_leader_id;
+    let victim = v
+        .members
+        .iter()
+        .map(|m| m.node_id)
+        .find(|n| *n != meta)
+        .expect("a member that does not lead the meta group");
+    assert_eq!(hosted(&c, victim, v.id).await, Some(true));
+
+    c.kill9(victim);
+    client
+        .delete_volume("gone-a")
+        .await
+        .expect("a delete while one member is down");
+    let err = client.get_volume("gone-a").await.expect_err("deleted");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    c.restart(victim).unwrap();
+    wait_removed(&c, victim, v.id, Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
