@@ -35,7 +35,9 @@ enum FrontendArg {
 #[command(
     name = "cairn-csi",
     version,
-    about = "CSI driver csi.cairn.dev for Cairn"
+    about = "CSI driver csi.cairn.dev for Cairn",
+    after_help = "`cairn-csi probe --endpoint E [--ready]` asks a running cairn-csi for Identity.Probe: \
+                  exit 0 when it answers (with --ready: and is ready), 1 otherwise (exec probes)."
 )]
 struct Cli {
     /// Which services to serve (Identity is always served).
@@ -80,6 +82,45 @@ struct Cli {
     log_json: bool,
 }
 
+/// `cairn-csi probe`: for exec liveness and readiness probes in the manifests.
+#[derive(Debug, Parser)]
+#[command(name = "cairn-csi probe", version)]
+struct ProbeCli {
+    /// The running driver's socket: unix:///path/csi.sock (or a plain path).
+    #[arg(long, env = "CSI_ENDPOINT")]
+    endpoint: String,
+    /// Also require `ready: true` (a readiness probe); without it, an answer is enough (a
+    /// liveness probe: a driver whose storaged is away is alive, and restarting it helps nothing).
+    #[arg(long)]
+    ready: bool,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 5)]
+    timeout: u64,
+}
+
+/// Calls Identity.Probe on `cli.endpoint`: `Ok` when it answers (and is ready, if asked).
+async fn probe(cli: ProbeCli) -> Result<(), String> {
+    use cairn_proto::csi::v1::{ProbeRequest, identity_client::IdentityClient};
+    let path = cairn_proto::uds::socket_path(&cli.endpoint).map_err(|e| format!("--{e}"))?;
+    let call = async {
+        let channel = cairn_proto::uds::channel(path.clone())
+            .await
+            .map_err(|e| format!("connect {}: {e}", path.display()))?;
+        IdentityClient::new(channel)
+            .probe(ProbeRequest {})
+            .await
+            .map_err(|s| format!("Probe: {:?}: {}", s.code(), s.message()))
+    };
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(cli.timeout), call)
+        .await
+        .map_err(|_| format!("Probe: no answer within {} s", cli.timeout))??
+        .into_inner();
+    match reply.ready {
+        Some(false) if cli.ready => Err("Probe: the driver answered but is not ready".into()),
+        _ => Ok(()),
+    }
+}
+
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -91,16 +132,6 @@ fn init_logging(json: bool) {
     } else {
         b.init();
     }
-}
-
-fn socket_path(endpoint: &str) -> Result<PathBuf, String> {
-    let path = endpoint.strip_prefix("unix://").unwrap_or(endpoint);
-    if path.is_empty() || !path.starts_with('/') {
-        return Err(format!(
-            "--endpoint `{endpoint}`: expected unix:///absolute/path"
-        ));
-    }
-    Ok(PathBuf::from(path))
 }
 
 async fn shutdown_signal() {
@@ -116,6 +147,14 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().nth(1).as_deref() == Some("probe") {
+        let cli = ProbeCli::parse_from(std::env::args().skip(1));
+        if let Err(e) = probe(cli).await {
+            eprintln!("cairn-csi probe: {e}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let cli = Cli::parse();
     init_logging(cli.log_json);
     let serve_controller = matches!(cli.mode, Mode::Controller | Mode::All);
@@ -177,7 +216,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         NodeServer::new(NodeService::new(cfg, nb, volumes.clone()))
     });
 
-    let sock = socket_path(&cli.endpoint)?;
+    let sock = cairn_proto::uds::socket_path(&cli.endpoint).map_err(|e| format!("--{e}"))?;
     if let Some(parent) = sock.parent() {
         std::fs::create_dir_all(parent)?;
     }

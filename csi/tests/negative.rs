@@ -1,5 +1,5 @@
 //! Every refusal issue 3 lists, over the real sockets, asserting the exact gRPC code;
-//! plus Probe without storaged and the identity answers.
+//! plus Probe without storaged (and `cairn-csi probe`, the exec probe) and the identity answers.
 
 mod common;
 
@@ -47,8 +47,35 @@ async fn probe_is_not_ready_without_storaged() {
     assert!(!info.vendor_version.is_empty());
     let probe = id.probe(csi::ProbeRequest {}).await.unwrap().into_inner();
     assert_eq!(probe.ready, Some(false));
+
+    // The exec probe of the manifests: alive (it answers), not ready (storaged is away).
+    let endpoint = format!("unix://{}", sock.display());
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(csi_bin())
+            .args(["probe", "--timeout", "5", "--endpoint", &endpoint])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(run(&[]), (Some(0), String::new()));
+    let (code, err) = run(&["--ready"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not ready"), "{err}");
     child.kill().unwrap();
     child.wait().unwrap();
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("connect"), "{err}");
+    let out = std::process::Command::new(csi_bin())
+        .args(["probe", "--endpoint", "relative.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("absolute"));
 }
 
 fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {

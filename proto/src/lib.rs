@@ -1,10 +1,11 @@
 //! Generated gRPC types and services for Cairn, and what both of its servers share on the wire:
-//! the volume-name rule (`names`), the metadata keys (`wire`), the request log layer (`rpclog`)
-//! and mountinfo decoding.
+//! the volume-name rule (`names`), the metadata keys (`wire`), the request log layer (`rpclog`),
+//! mountinfo decoding and gRPC over Unix sockets (`uds`).
 
 pub mod mountinfo;
 pub mod names;
 pub mod rpclog;
+pub mod uds;
 pub mod wire;
 
 pub use names::{NameError, VolumeName};

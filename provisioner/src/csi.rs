@@ -8,11 +8,8 @@ use cairn_proto::csi::v1 as csi;
 use csi::controller_client::ControllerClient;
 use csi::identity_client::IdentityClient;
 use csi::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume, access_mode::Mode};
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
 use tokio::sync::OnceCell;
-use tonic::transport::{Channel, Endpoint, Uri};
-use tower::service_fn;
+use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 use crate::metrics::{CsiLabels, Metrics};
@@ -32,16 +29,8 @@ pub struct CsiClient {
 
 /// Parses `unix:///path/csi.sock` (or a bare path) into the socket path.
 pub fn socket_path(endpoint: &str) -> Result<PathBuf> {
-    let path = endpoint
-        .strip_prefix("unix://")
-        .or_else(|| endpoint.strip_prefix("unix:"))
-        .unwrap_or(endpoint);
-    if path.is_empty() || !path.starts_with('/') {
-        return Err(Error::Config(format!(
-            "--csi-endpoint must be unix:///absolute/path, got {endpoint:?}"
-        )));
-    }
-    Ok(PathBuf::from(path))
+    cairn_proto::uds::socket_path(endpoint)
+        .map_err(|e| Error::Config(format!("--csi-endpoint: {e}")))
 }
 
 impl CsiClient {
@@ -49,16 +38,7 @@ impl CsiClient {
     /// that is down at start (or restarts) is only a retried error.
     pub fn connect_lazy(endpoint: &str, driver: &str, metrics: Metrics) -> Result<Self> {
         let path = socket_path(endpoint)?;
-        let channel =
-            Endpoint::try_from("http://[::]:50051")
-                .map_err(|e| Error::Endpoint(e.to_string()))?
-                .connect_timeout(Duration::from_secs(5))
-                .connect_with_connector_lazy(service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
-                    }
-                }));
+        let channel = cairn_proto::uds::lazy_channel(path, Duration::from_secs(5));
         Ok(CsiClient {
             channel,
             driver: driver.to_string(),
@@ -311,6 +291,10 @@ mod tests {
         );
         assert_eq!(
             socket_path("/run/csi.sock").unwrap(),
+            PathBuf::from("/run/csi.sock")
+        );
+        assert_eq!(
+            socket_path("unix:/run/csi.sock").unwrap(),
             PathBuf::from("/run/csi.sock")
         );
         assert!(socket_path("tcp://1.2.3.4:5").is_err());

@@ -19,9 +19,6 @@ pub enum Error {
         /// The driver's message.
         message: String,
     },
-    /// The CSI endpoint could not be reached or configured.
-    #[error("CSI endpoint: {0}")]
-    Endpoint(String),
     /// The claim or class asks for something we reject (bad parameter, bad size…).
     #[error("invalid request: {0}")]
     Invalid(String),
@@ -67,7 +64,6 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Csi { .. } => "csi",
-            Error::Endpoint(_) => "endpoint",
             Error::Invalid(_) => "invalid",
             Error::Waiting(_) => "waiting",
             Error::Io { .. } => "io",

@@ -237,18 +237,24 @@ fn node_plugin_registers_the_socket_with_bidirectional_kubelet_mount() {
     assert!(reg.args.iter().flatten().any(
         |a| a == "--kubelet-registration-path=/var/lib/kubelet/plugins/csi.cairn.dev/csi.sock"
     ));
-    let local = pod
-        .containers
+    let local = o
+        .daemonsets
         .iter()
-        .find(|c| c.name == "local-provisioner")
-        .unwrap();
+        .find(|d| d.metadata.name.as_deref() == Some("cairn-local-provisioner"))
+        .expect("local provisioner daemonset");
+    let lpod = local.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(
+        lpod.service_account_name.as_deref(),
+        Some("cairn-local-provisioner")
+    );
     assert!(
-        local
+        lpod.containers[0]
             .args
             .iter()
             .flatten()
             .any(|a| a.starts_with("--node-name="))
     );
+    assert_eq!(pod.service_account_name.as_deref(), Some("cairn-node"));
 }
 
 #[test]
@@ -475,11 +481,19 @@ fn rbac_grants_exactly_what_the_controllers_call() {
             );
         }
     }
-    let node = o.cluster_roles["cairn-node"].rules.clone().unwrap();
-    assert!(grants(&node, "", "persistentvolumes", "create"));
+    let local = o.cluster_roles["cairn-local-provisioner"]
+        .rules
+        .clone()
+        .unwrap();
+    assert!(grants(&local, "", "persistentvolumes", "create"));
     assert!(
-        !grants(&node, "", "persistentvolumes", "patch"),
-        "the node role never patches PVs"
+        !grants(&local, "", "persistentvolumes", "patch"),
+        "the local provisioner never patches PVs"
+    );
+    // The node plugin's token cannot touch PVs: it has no role and no token at all.
+    assert!(
+        !o.cluster_roles.contains_key("cairn-node") && !o.roles.contains_key("cairn-node"),
+        "the CSI node plugin needs no API access"
     );
 }
 
@@ -570,5 +584,104 @@ fn kustomization_lists_every_manifest() {
     assert_eq!(
         listed, files,
         "the base lists every install manifest, in apply order"
+    );
+}
+
+/// Issue 20's rule for every container of the install: requests and limits, a liveness probe
+/// (Cairn's own containers a readiness probe too), and the least privilege its job allows:
+/// only storaged and the node plugin (mounts, FUSE, loop devices) are privileged; every other
+/// container cannot gain privileges and holds no capability; the controller runs as non-root.
+#[test]
+fn every_container_has_resources_probes_and_least_privilege() {
+    use k8s_openapi::api::core::v1::PodSpec;
+    let o = load();
+    let mut pods: Vec<(String, &PodSpec)> = Vec::new();
+    for d in &o.daemonsets {
+        let name = d.metadata.name.clone().unwrap_or_default();
+        pods.push((
+            name,
+            d.spec.as_ref().unwrap().template.spec.as_ref().unwrap(),
+        ));
+    }
+    for d in &o.deployments {
+        let name = d.metadata.name.clone().unwrap_or_default();
+        pods.push((
+            name,
+            d.spec.as_ref().unwrap().template.spec.as_ref().unwrap(),
+        ));
+    }
+    let privileged_ok = [
+        ("cairn-storaged", "storaged"),
+        ("cairn-csi-node", "cairn-csi"),
+    ];
+    let mut checked = 0;
+    for (pod, spec) in &pods {
+        for c in &spec.containers {
+            let at = format!("{pod}/{}", c.name);
+            let res = c
+                .resources
+                .as_ref()
+                .unwrap_or_else(|| panic!("{at}: resources"));
+            for key in ["cpu", "memory"] {
+                for (what, map) in [("request", &res.requests), ("limit", &res.limits)] {
+                    assert!(
+                        map.as_ref().is_some_and(|m| m.contains_key(key)),
+                        "{at}: {what} {key}"
+                    );
+                }
+            }
+            assert!(c.liveness_probe.is_some(), "{at}: livenessProbe");
+            let ours = c.image.as_deref().unwrap_or_default().starts_with("cairn:");
+            if ours {
+                assert!(c.readiness_probe.is_some(), "{at}: readinessProbe");
+            }
+            let sc = c.security_context.clone().unwrap_or_default();
+            if privileged_ok.contains(&(pod.as_str(), c.name.as_str())) {
+                assert_eq!(sc.privileged, Some(true), "{at}");
+            } else {
+                assert_ne!(sc.privileged, Some(true), "{at}: privileged without need");
+                assert_eq!(sc.allow_privilege_escalation, Some(false), "{at}");
+                assert_eq!(sc.read_only_root_filesystem, Some(true), "{at}");
+                let drop = sc.capabilities.and_then(|c| c.drop).unwrap_or_default();
+                assert_eq!(drop, vec!["ALL".to_string()], "{at}: capabilities");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 7, "only {checked} containers found");
+    let sa = |n: &str| {
+        pods.iter()
+            .find(|(p, _)| p == n)
+            .and_then(|(_, s)| s.service_account_name.clone())
+    };
+    let mut accounts: Vec<_> = [
+        "cairn-storaged",
+        "cairn-csi-node",
+        "cairn-local-provisioner",
+        "cairn-controller",
+    ]
+    .iter()
+    .map(|n| sa(n).unwrap_or_else(|| panic!("{n}: serviceAccountName")))
+    .collect();
+    accounts.dedup();
+    assert_eq!(
+        accounts.len(),
+        4,
+        "one service account per role: {accounts:?}"
+    );
+    let ctrl = pods
+        .iter()
+        .find(|(n, _)| n == "cairn-controller")
+        .unwrap()
+        .1;
+    let psc = ctrl
+        .security_context
+        .as_ref()
+        .expect("controller pod securityContext");
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert!(psc.run_as_user.is_some_and(|u| u != 0));
+    assert!(
+        psc.fs_group.is_some(),
+        "fsGroup: the TLS Secret must stay readable"
     );
 }

@@ -11,9 +11,8 @@ use csi::controller_client::ControllerClient;
 use csi::identity_client::IdentityClient;
 use csi::node_client::NodeClient;
 use csi::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume, access_mode::Mode};
-use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 /// Upper bound for a cluster or a plugin to come up.
 pub const STARTUP: Duration = Duration::from_secs(90);
@@ -418,15 +417,7 @@ impl Drop for Plugin {
 
 /// A tonic channel over a Unix socket.
 pub async fn connect(sock: &Path) -> Result<Channel, tonic::transport::Error> {
-    let sock = sock.to_path_buf();
-    Endpoint::try_from("http://[::]:50051")?
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let sock = sock.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(sock).await?))
-            }
-        }))
-        .await
+    cairn_proto::uds::channel(sock.to_path_buf()).await
 }
 
 impl Cluster {
