@@ -2,7 +2,7 @@
 # The long chaos run of issue 21: mixed faults, up to two at a time, on five storaged nodes with
 # the block workload; prints the verdict table (with storaged's CPU and bytes written) and keeps
 # the report, the plot and the run's log in $OUT. Needs root, /dev/fuse and nftables; build first.
-# DURATION (default 60m), SEED (1000), OVERLAP (2), FAULTS, OUT (/var/tmp/cairn-chaos-long).
+# DURATION (default 60m), SEED (1000), OVERLAP (2), FAULTS, OUT (/var/tmp/cairn-chaos-long), BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-60m}"
@@ -10,7 +10,7 @@ SEED="${SEED:-1000}"
 OVERLAP="${OVERLAP:-2}"
 FAULTS="${FAULTS:-kill,pause,powerloss,eio,disk-full,slow-disk,partition,clock}"
 OUT="${OUT:-/var/tmp/cairn-chaos-long}"
-BIN="${CARGO_TARGET_DIR:-target}/debug/cairn-chaos"
+BIN="${BIN:-${CARGO_TARGET_DIR:-target}/debug/cairn-chaos}"
 [ -x "$BIN" ] || { echo "chaos-long: $BIN is missing: cargo build --workspace first" >&2; exit 2; }
 mkdir -p "$OUT"
 set +e
