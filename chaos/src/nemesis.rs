@@ -293,11 +293,20 @@ const NUDGE_HOLD: Duration = Duration::from_secs(4);
 
 /// The node ids `target` stands for now (a volume's leader is asked for).
 pub async fn resolve(cluster: &FaultCluster, target: &Target) -> Result<Vec<u64>, Error> {
+    resolve_within(cluster, target, LEADER_WAIT).await
+}
+
+/// `resolve`, waiting at most `wait` for a volume's leader.
+pub async fn resolve_within(
+    cluster: &FaultCluster,
+    target: &Target,
+    wait: Duration,
+) -> Result<Vec<u64>, Error> {
     Ok(match target {
         Target::LeaderOf { volume } => vec![
             cluster
                 .procs
-                .volume_leader(volume, LEADER_WAIT)
+                .volume_leader(volume, wait)
                 .await
                 .map_err(Error::Cluster)?,
         ],

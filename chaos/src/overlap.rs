@@ -19,6 +19,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// How long a step that does not fit (it would break a majority of some group) waits for
 /// room before it is dropped.
 const FIT_WAIT: Duration = Duration::from_secs(15);
+/// How long a step waits for its volume's leader to be named (the loop must go on healing).
+const RESOLVE_WAIT: Duration = Duration::from_secs(2);
 
 /// Kinds that run alone: `powerloss-all` breaks every node, `node-loss` moves replicas, and a
 /// `clock` fault pauses other leaders to hand leadership to its node.
@@ -233,7 +235,15 @@ async fn try_start(
     if !quiet && (alone || partitioned) {
         return Ok(Attempt::NoRoom);
     }
-    let nodes = nemesis::resolve(cluster, &step.target).await?;
+    // Another fault may keep the leader from being named for now (a partition that leaves
+    // the node the client asks first without a meta quorum): try again later.
+    let nodes = match nemesis::resolve_within(cluster, &step.target, RESOLVE_WAIT).await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            tracing::info!(fault = step.kind.name(), target = ?step.target, error = %e, "target not resolved; retrying");
+            return Ok(Attempt::NoRoom);
+        }
+    };
     if !nemesis::spares(cluster, step.kind, &nodes) {
         tracing::info!(
             fault = step.kind.name(),
