@@ -730,3 +730,32 @@ async fn overlapping_faults_keep_every_group_a_majority_and_lose_nothing() {
         .count();
     assert_eq!(shaded, faults.len(), "one shaded rect per fault");
 }
+
+/// Bad input is refused before anything starts, naming the field: no overlap at all, the fs
+/// workload with a fault that would stop its node, and `--allow-majority-loss` (exit 2).
+#[tokio::test]
+async fn overlap_zero_fs_with_powerloss_all_and_majority_loss_are_refused() {
+    use cairn_chaos::workload::Workload;
+    let mut none = config(34, &[FaultKind::Kill], Duration::from_secs(5));
+    none.overlap = 0;
+    assert_eq!(
+        run(&none).await.unwrap_err().to_string(),
+        "run configuration: overlap: must be at least 1 (1 runs one fault at a time)"
+    );
+    let mut fs = config(35, &[FaultKind::PowerlossAll], Duration::from_secs(5));
+    fs.workloads = vec![Workload::Fs];
+    let err = run(&fs).await.unwrap_err().to_string();
+    assert!(
+        err.starts_with("run configuration: faults: powerloss-all stops node 1's storaged"),
+        "{err}"
+    );
+    let out = std::process::Command::new(sibling_bin("cairn-chaos"))
+        .args(["run", "--overlap", "2", "--allow-majority-loss"])
+        .output()
+        .expect("run cairn-chaos (cargo build --workspace)");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--allow-majority-loss: not supported"),
+        "{out:?}"
+    );
+}
