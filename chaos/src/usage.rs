@@ -23,8 +23,8 @@ pub struct Usage {
     pub over_s: f64,
     /// Bytes they passed to write(2) and the like (`wchar`).
     pub wchar: u64,
-    /// Bytes they caused to be written to storage (`write_bytes`; on a FUSE data dir the
-    /// filesystem's own process is charged instead).
+    /// Bytes they caused to be written to storage (`write_bytes`: on the fault filesystems,
+    /// what they dirtied through FUSE).
     pub write_bytes: u64,
     /// Bytes this process (the fault filesystems' FUSE servers run in it) wrote to storage.
     pub faultfs_write_bytes: u64,
