@@ -19,6 +19,8 @@ pub struct FaultCluster {
     dir: WorkDir,
     /// Nodes lost for good (`node-loss`): killed, their data wiped, never restarted.
     pub lost: BTreeSet<u64>,
+    /// Nodes whose storaged no fault may stop (the fs workload's volume is attached there).
+    pub protected: BTreeSet<u64>,
 }
 
 /// A directory made for one run and removed with everything in it on drop.
@@ -65,6 +67,7 @@ impl FaultCluster {
             net,
             dir,
             lost: BTreeSet::new(),
+            protected: BTreeSet::new(),
         })
     }
 

@@ -11,7 +11,7 @@ pub fn used(pid: u32) -> Option<Duration> {
 
 /// utime + stime, fields 14 and 15 of a stat line (the command, field 2, may hold spaces and
 /// parentheses: fields are counted after its last `)`).
-fn ticks_of(stat: &str) -> Option<u64> {
+pub(crate) fn ticks_of(stat: &str) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state): utime is field 14, index 11 here.
@@ -20,7 +20,7 @@ fn ticks_of(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
-fn ticks_per_second() -> f64 {
+pub(crate) fn ticks_per_second() -> f64 {
     match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
         Ok(Some(t)) if t > 0 => t as f64,
         _ => 100.0,

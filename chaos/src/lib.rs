@@ -9,10 +9,13 @@ mod error;
 pub mod history;
 pub mod nemesis;
 pub mod net;
+pub mod overlap;
 pub mod partition;
+pub mod plot;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod usage;
 pub mod workload;
 
 pub use checker::{Config, Report, check, check_final_reads};

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use cairn_chaos::workload::Workload;
 use cairn_chaos::{FaultKind, RunConfig, RunOutcome, Targets, run};
 use clap::{Parser, Subcommand};
 
@@ -22,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Runs one experiment (needs root and /dev/fuse: the nodes' data dirs are fault filesystems).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Spins until this process's monotonic clock has advanced by `--for`, then prints the
     /// clock's reading: run under a clock fault's environment, a caller timing it from outside
     /// sees the rate libfaketime gives.
@@ -56,6 +57,17 @@ struct RunArgs {
     name: String,
     #[arg(long, default_value_t = 3)]
     nodes: usize,
+    /// Comma-separated workloads: block (versioned blocks through the volume client), fs (ext4
+    /// on a volume attached on node 1 through the FUSE frontend; faults never stop node 1).
+    #[arg(long, default_value = "block", value_parser = parse_workloads)]
+    workload: Workloads,
+    /// Up to this many faults active at once (1: one at a time). Never more than a minority of
+    /// any group's replicas (the meta group's too) broken or catching up at once.
+    #[arg(long, default_value_t = 1)]
+    overlap: usize,
+    /// Would let overlapping faults break a majority of a group's replicas: not supported.
+    #[arg(long)]
+    allow_majority_loss: bool,
     /// Volumes (3 replicas each) the block workload writes.
     #[arg(long, default_value_t = 3)]
     volumes: usize,
@@ -68,6 +80,9 @@ struct RunArgs {
     /// Writes the history (every operation, final reads included) as JSON lines here.
     #[arg(long)]
     history: Option<PathBuf>,
+    /// Writes an SVG of latency over time (per workload) with the fault windows shaded here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// The storaged binary (default: the one beside this binary).
     #[arg(long)]
     storaged: Option<PathBuf>,
@@ -78,6 +93,15 @@ struct RunArgs {
 
 #[derive(Clone, Debug)]
 struct Faults(Vec<FaultKind>);
+
+#[derive(Clone, Debug)]
+struct Workloads(Vec<Workload>);
+
+fn parse_workloads(s: &str) -> Result<Workloads, String> {
+    Workload::parse_list(s)
+        .map(Workloads)
+        .map_err(|e| e.to_string())
+}
 
 fn parse_faults(s: &str) -> Result<Faults, String> {
     FaultKind::parse_list(s)
@@ -124,12 +148,34 @@ fn print_table(outcome: &RunOutcome, took: Duration) {
     );
     let faults: Vec<String> = r.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
     println!("faults                    {}", faults.join(", "));
+    if let Some(fs) = &r.fs {
+        println!(
+            "fs writes read back       ok {}, lost {}, corrupt {}; write errors {}; fsck -n {}",
+            fs.ok,
+            fs.lost,
+            fs.corrupt,
+            fs.errors,
+            if fs.fsck_clean { "clean" } else { "NOT CLEAN" }
+        );
+    }
     println!("acknowledged writes lost  {}", r.lost);
     println!("violations                {}", r.violations);
     for (kind, s) in &r.unavailable_max_s {
         println!("longest unavailability    {kind}: {s:.2} s");
     }
     println!("recovery after final heal {:.2} s", outcome.recovery_s);
+    let u = &outcome.usage;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "storaged usage            CPU {:.1} s in {:.0} s ({:.2} cores), written {:.1} MiB (wchar), {:.1} MiB (write_bytes), fault filesystems wrote {:.1} MiB to disk; {} processes",
+        u.cpu_s,
+        u.over_s,
+        u.cpu_s / u.over_s.max(1e-9),
+        mib(u.wchar),
+        mib(u.write_bytes),
+        mib(u.faultfs_write_bytes),
+        u.processes
+    );
     println!("run time                  {:.1} s", took.as_secs_f64());
     let problems = outcome.problems();
     if !problems.is_empty() {
@@ -166,7 +212,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = match Cli::parse().cmd {
-        Cmd::Run(args) => args,
+        Cmd::Run(args) => *args,
         Cmd::ClockProbe { spin } => {
             let started = std::time::Instant::now();
             while started.elapsed() < spin {
@@ -176,6 +222,12 @@ async fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    if args.allow_majority_loss {
+        eprintln!(
+            "--allow-majority-loss: not supported: overlapping faults never break more than a minority of a group's replicas (powerloss-all does, alone)"
+        );
+        return ExitCode::from(2);
+    }
     let config = RunConfig {
         nodes: args.nodes,
         duration: args.duration,
@@ -183,10 +235,13 @@ async fn main() -> ExitCode {
         faults: args.faults.0,
         report: args.report,
         history: args.history,
+        plot: args.plot,
         work_dir: args.work_dir,
         targets: args.targets,
         volumes: args.volumes,
         name: args.name,
+        workloads: args.workload.0,
+        overlap: args.overlap,
         ..RunConfig::new(args.storaged.unwrap_or_else(sibling_storaged))
     };
     let started = std::time::Instant::now();

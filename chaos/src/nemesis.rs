@@ -110,6 +110,11 @@ impl FaultKind {
         }
     }
 
+    /// Whether the fault kills, stops or restarts its nodes' storaged (at its start or heal).
+    pub fn stops_storaged(self) -> bool {
+        !matches!(self, FaultKind::SlowDisk) && self.shape().is_none()
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::Kill => "kill",
@@ -219,6 +224,13 @@ pub struct FaultRecord {
     /// `node-loss`: each volume's members once the cluster was whole again.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub members_after: BTreeMap<String, Vec<u64>>,
+    /// With `--overlap`: how many other faults were active when this one started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub overlapping: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl FaultRecord {
@@ -245,6 +257,7 @@ impl FaultRecord {
             led: Vec::new(),
             whole_after_s: 0.0,
             members_after: BTreeMap::new(),
+            overlapping: 0,
         }
     }
 }
@@ -262,6 +275,11 @@ impl ActiveFault {
     pub fn record(&self) -> &FaultRecord {
         &self.record
     }
+
+    /// Notes how many other faults were active when this one started.
+    pub fn set_overlapping(&mut self, n: usize) {
+        self.record.overlapping = n;
+    }
 }
 
 /// How long the nemesis waits for a volume's leader when a fault targets it.
@@ -273,6 +291,30 @@ const LEAD_WAIT: Duration = Duration::from_secs(20);
 /// How long a leader paused to hand over leadership stays paused at most.
 const NUDGE_HOLD: Duration = Duration::from_secs(4);
 
+/// The node ids `target` stands for now (a volume's leader is asked for).
+pub async fn resolve(cluster: &FaultCluster, target: &Target) -> Result<Vec<u64>, Error> {
+    resolve_within(cluster, target, LEADER_WAIT).await
+}
+
+/// `resolve`, waiting at most `wait` for a volume's leader.
+pub async fn resolve_within(
+    cluster: &FaultCluster,
+    target: &Target,
+    wait: Duration,
+) -> Result<Vec<u64>, Error> {
+    Ok(match target {
+        Target::LeaderOf { volume } => vec![
+            cluster
+                .procs
+                .volume_leader(volume, wait)
+                .await
+                .map_err(Error::Cluster)?,
+        ],
+        Target::Node { id } => vec![*id],
+        Target::All => cluster.live_ids(),
+    })
+}
+
 /// Starts `kind` on `target` (resolved to node ids now) and returns the fault to heal.
 pub async fn start(
     cluster: &mut FaultCluster,
@@ -280,17 +322,18 @@ pub async fn start(
     kind: FaultKind,
     target: Target,
 ) -> Result<ActiveFault, Error> {
-    let nodes = match &target {
-        Target::LeaderOf { volume } => vec![
-            cluster
-                .procs
-                .volume_leader(volume, LEADER_WAIT)
-                .await
-                .map_err(Error::Cluster)?,
-        ],
-        Target::Node { id } => vec![*id],
-        Target::All => cluster.live_ids(),
-    };
+    let nodes = resolve(cluster, &target).await?;
+    start_on(cluster, recorder, kind, target, nodes).await
+}
+
+/// Starts `kind` on `nodes`, which `target` resolved to, and returns the fault to heal.
+pub async fn start_on(
+    cluster: &mut FaultCluster,
+    recorder: &Recorder,
+    kind: FaultKind,
+    target: Target,
+    nodes: Vec<u64>,
+) -> Result<ActiveFault, Error> {
     let start = recorder.now();
     let mut dropped_bytes = None;
     let (mut clock_rate, mut nudged) = (None, Vec::new());
@@ -410,15 +453,21 @@ async fn lead_from(cluster: &FaultCluster, volume: &str, node: u64) -> Vec<u64> 
     paused
 }
 
-/// Whether `kind` on `target` can start now: a node lost for good takes no further fault, and
-/// a node loss must leave at least `REPLICAS` nodes to rebuild on.
+/// Whether `kind` on `target` can start now: a node lost for good takes no further fault, a
+/// node loss must leave at least `REPLICAS` nodes to rebuild on, and a protected node (where
+/// the fs workload's volume is attached) takes no fault that stops its storaged.
 pub fn possible(cluster: &FaultCluster, kind: FaultKind, target: &Target) -> bool {
     if let Target::Node { id } = target
-        && cluster.lost.contains(id)
+        && (cluster.lost.contains(id) || !spares(cluster, kind, &[*id]))
     {
         return false;
     }
     kind != FaultKind::NodeLoss || cluster.live_ids().len() > REPLICAS
+}
+
+/// Whether `kind` on `nodes` leaves every protected node's storaged running.
+pub fn spares(cluster: &FaultCluster, kind: FaultKind, nodes: &[u64]) -> bool {
+    !kind.stops_storaged() || !nodes.iter().any(|id| cluster.protected.contains(id))
 }
 
 /// Replicas of each chaos volume.

@@ -9,6 +9,7 @@ use crate::checker::{self, FinalReadProblem};
 use crate::history::{Op, Outcome};
 use crate::nemesis::FaultRecord;
 use crate::workload::block::FINAL_READER;
+use crate::workload::fs::FsCounts;
 
 /// The verdict of a run; serialises to exactly the keys `cairn-harness chaos --report` promises.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -25,6 +26,10 @@ pub struct RunReport {
     /// fault of that type was on.
     pub unavailable_max_s: BTreeMap<String, f64>,
     pub seed: u64,
+    /// The fs workload's acknowledged writes read back intact, missing, different, the write
+    /// errors it saw and the fsck verdict (only in runs with `--workload fs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs: Option<FsCounts>,
 }
 
 /// The workload's operations by outcome (the final reads are not counted).
@@ -67,7 +72,16 @@ impl RunReport {
             violations,
             unavailable_max_s: unavailable_max_s(history, faults),
             seed,
+            fs: None,
         }
+    }
+
+    /// Adds the fs workload's findings: its lost writes count as lost, its corrupt ones and
+    /// an unclean fsck as violations.
+    pub fn add_fs(&mut self, counts: FsCounts) {
+        self.lost += counts.lost;
+        self.violations += counts.corrupt + u64::from(!counts.fsck_clean);
+        self.fs = Some(counts);
     }
 
     /// Whether the run found nothing wrong.

@@ -15,7 +15,9 @@ use crate::history::{Op, Recorder};
 use crate::nemesis::{self, FaultKind, FaultRecord};
 use crate::report::RunReport;
 use crate::schedule::{Schedule, Targets};
+use crate::workload::Workload;
 use crate::workload::block::{BLOCK, BlockWorkload};
+use crate::workload::fs::{Ack, FsVolume};
 
 /// What a run does. The first five fields are `cairn-harness chaos`'s flags (`--nodes`,
 /// `--duration`, `--seed`, `--faults`, `--report`); the rest have defaults.
@@ -30,6 +32,8 @@ pub struct RunConfig {
     pub report: Option<PathBuf>,
     /// Where to write the history (final reads included) as JSON lines, for `history::read_jsonl`.
     pub history: Option<PathBuf>,
+    /// Where to write an SVG of latency over time with the faults shaded (`plot::svg`).
+    pub plot: Option<PathBuf>,
     /// The storaged binary.
     pub storaged: PathBuf,
     /// Where the run's mounts and data live (a new directory under it, removed afterwards).
@@ -47,6 +51,11 @@ pub struct RunConfig {
     /// The run's name, in its network's names (namespaces `cairn-chaos-NAME-K`, nftables
     /// table `cairn-chaos-NAME`): a new run removes what a crashed run of this name left.
     pub name: String,
+    /// The workloads that run under the faults (`block`, `fs`).
+    pub workloads: Vec<Workload>,
+    /// Up to this many faults active at once (1: one at a time, each healed and the cluster
+    /// whole again before the next); see `overlap`.
+    pub overlap: usize,
 }
 
 impl RunConfig {
@@ -62,6 +71,7 @@ impl RunConfig {
                 .collect(),
             report: None,
             history: None,
+            plot: None,
             storaged,
             work_dir: std::env::temp_dir(),
             targets: Targets::Any,
@@ -71,6 +81,8 @@ impl RunConfig {
             recovery: Duration::from_secs(60),
             lying_disks: false,
             name: "chaos".into(),
+            workloads: vec![Workload::Block],
+            overlap: 1,
         }
     }
 }
@@ -85,6 +97,12 @@ pub struct RunOutcome {
     pub final_reads: Vec<FinalReadProblem>,
     /// From the end of the workload (every fault healed) to a whole cluster.
     pub recovery_s: f64,
+    /// The fs workload's acknowledged writes, in the order acknowledged (empty without it).
+    pub fs_acks: Vec<Ack>,
+    /// Each volume's members at the end.
+    pub members: std::collections::BTreeMap<String, Vec<u64>>,
+    /// What the storaged processes used from the cluster's start to the final reads.
+    pub usage: crate::usage::Usage,
 }
 
 impl RunOutcome {
@@ -110,6 +128,11 @@ impl RunOutcome {
 /// their faults never move replicas.
 pub const REPLICA_DOWN_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The fs workload's volume, its size and the node it is attached on.
+pub const FS_VOLUME: &str = "chaos-fs";
+pub const FS_VOLUME_SIZE: u64 = 64 << 20;
+pub const FS_NODE: u64 = 1;
+
 /// The volume size: enough for the blocks, in whole MiB.
 fn volume_size(blocks: u64) -> u64 {
     (blocks * BLOCK as u64).div_ceil(1 << 20).max(1) << 20
@@ -118,10 +141,27 @@ fn volume_size(blocks: u64) -> u64 {
 /// Runs the whole experiment described by `config`. Needs root (FUSE, network namespaces)
 /// and, for partitions, nftables.
 pub async fn run(config: &RunConfig) -> Result<RunOutcome, Error> {
-    if config.nodes < 3 || config.volumes == 0 || config.blocks_per_volume == 0 {
+    let (block, fs) = (
+        config.workloads.contains(&Workload::Block),
+        config.workloads.contains(&Workload::Fs),
+    );
+    if config.nodes < 3 || (block && (config.volumes == 0 || config.blocks_per_volume == 0)) {
         return Err(Error::Config(
-            "a run needs at least 3 nodes, one volume and one block".into(),
+            "a run needs at least 3 nodes, and the block workload one volume and one block".into(),
         ));
+    }
+    if config.overlap == 0 {
+        return Err(Error::Config(
+            "overlap: must be at least 1 (1 runs one fault at a time)".into(),
+        ));
+    }
+    if !block && !fs {
+        return Err(Error::Config("workload: none named (block, fs)".into()));
+    }
+    if fs && config.faults.contains(&FaultKind::PowerlossAll) {
+        return Err(Error::Config(format!(
+            "faults: powerloss-all stops node {FS_NODE}'s storaged, where the fs workload's volume is attached (not supported with --workload fs yet)"
+        )));
     }
     let node_loss = config.faults.contains(&FaultKind::NodeLoss);
     if node_loss && config.nodes <= nemesis::REPLICAS {
@@ -143,8 +183,22 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, Error> {
         config.nodes,
         &extra,
     )?;
-    let volumes: Vec<String> = (1..=config.volumes).map(|i| format!("chaos-{i}")).collect();
+    let sampler = crate::usage::Sampler::start(cluster.dir().to_string_lossy().into_owned())?;
+    let block_volumes: Vec<String> = match block {
+        true => (1..=config.volumes).map(|i| format!("chaos-{i}")).collect(),
+        false => Vec::new(),
+    };
+    let mut volumes = block_volumes.clone();
+    if fs {
+        volumes.push(FS_VOLUME.to_string());
+    }
     setup(&cluster, &volumes, config).await?;
+    let recorder = Arc::new(Recorder::new());
+    // Declared after the cluster, so dropped (unmounted, its loop device released) before it.
+    let fs_volume = match fs {
+        true => Some(attach_fs(&mut cluster).await?),
+        false => None,
+    };
     if config.lying_disks {
         for id in cluster.node_ids() {
             cluster.disk(id).lie_fsync(Some("*.log"));
@@ -152,16 +206,26 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, Error> {
         tracing::warn!("every disk now ignores WAL fsyncs: this run is meant to lose writes");
     }
     let workload = BlockWorkload {
-        volumes: volumes.clone(),
+        volumes: block_volumes,
         blocks_per_volume: config.blocks_per_volume,
         clients_per_volume: config.clients_per_volume,
         seed: config.seed,
     };
-    let recorder = Arc::new(Recorder::new());
     let security = cluster.procs.security_for(&Identity::Admin);
     let clients = workload.start(&cluster.procs.addrs(), &security, Arc::clone(&recorder))?;
-    let faults = inject(&mut cluster, &recorder, &volumes, config).await;
+    let writer = match &fs_volume {
+        Some(v) => Some(v.start(Arc::clone(&recorder))?),
+        None => None,
+    };
+    let faults = match config.overlap {
+        1 => inject(&mut cluster, &recorder, &volumes, config).await,
+        _ => crate::overlap::inject(&mut cluster, &recorder, &volumes, config).await,
+    };
     clients.stop().await;
+    let written = match writer {
+        Some(w) => Some(w.stop().await?),
+        None => None,
+    };
     let faults = faults?;
     let healed = Instant::now();
     whole(&cluster, &volumes, config.recovery).await?;
@@ -169,14 +233,36 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, Error> {
     let finals = workload
         .final_reads(&cluster.procs.client(), &recorder, config.recovery)
         .await;
+    let (fs_counts, fs_acks) = match (fs_volume, written) {
+        (Some(v), Some((acks, errors))) => (Some(v.finish(&acks, errors).await?), acks),
+        _ => (None, Vec::new()),
+    };
+    let members = cluster.members(&volumes).await;
+    let usage = sampler.stop();
     let history = recorder.ops();
     let final_reads = checker::check_final_reads(&history, &finals)?;
     let check = checker::check(&history, &checker::Config::default())?;
-    let report = RunReport::new(config.seed, &history, &faults, &check, &final_reads);
+    let mut report = RunReport::new(config.seed, &history, &faults, &check, &final_reads);
+    if let Some(counts) = fs_counts {
+        report.add_fs(counts);
+    }
     tracing::info!(seed = config.seed, ops = ?report.ops, faults = ?report.faults, lost = report.lost, violations = report.violations, "chaos run checked");
     if let Some(path) = &config.report {
         let json = serde_json::to_vec_pretty(&report).map_err(std::io::Error::from)?;
         std::fs::write(path, json)?;
+    }
+    if let Some(path) = &config.plot {
+        let kinds: Vec<&str> = config.faults.iter().map(|k| k.name()).collect();
+        let title = format!(
+            "cairn-chaos seed {}, overlap {}: {} faults ({}), lost {}, violations {}",
+            config.seed,
+            config.overlap,
+            faults.len(),
+            kinds.join(","),
+            report.lost,
+            report.violations
+        );
+        std::fs::write(path, crate::plot::svg(&history, &fs_acks, &faults, &title))?;
     }
     if let Some(path) = &config.history {
         let file = std::io::BufWriter::new(std::fs::File::create(path)?);
@@ -189,7 +275,25 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, Error> {
         check,
         final_reads,
         recovery_s,
+        fs_acks,
+        members,
+        usage,
     })
+}
+
+/// Attaches the fs workload's volume on `FS_NODE` through its NodeService (with that node's
+/// CSI identity), formats and mounts it; from now on no fault stops that node's storaged.
+async fn attach_fs(cluster: &mut FaultCluster) -> Result<FsVolume, Error> {
+    let node = &cluster.procs.nodes[cluster.procs.index_of(FS_NODE)];
+    let me = cluster
+        .procs
+        .security_for(&Identity::CsiNode(node.name.clone()));
+    let api = cairn_client::NodeClient::connect(&node.addr, &me)
+        .map_err(|s| Error::Config(s.message().into()))?;
+    let mount = cluster.dir().join("fs-mount");
+    let fs = FsVolume::attach(FS_VOLUME, FS_NODE, api, &node.data_dir, mount).await?;
+    cluster.protected.insert(FS_NODE);
+    Ok(fs)
 }
 
 async fn setup(
@@ -202,7 +306,10 @@ async fn setup(
     for name in volumes {
         api.create_volume(pb::CreateVolumeRequest {
             name: name.clone(),
-            size_bytes: volume_size(config.blocks_per_volume),
+            size_bytes: match name.as_str() {
+                FS_VOLUME => FS_VOLUME_SIZE,
+                _ => volume_size(config.blocks_per_volume),
+            },
             replicas: nemesis::REPLICAS as u32,
             ..Default::default()
         })
@@ -236,10 +343,15 @@ async fn inject(
         }
         tokio::time::sleep(step.gap).await;
         if !nemesis::possible(cluster, step.kind, &step.target) {
-            tracing::info!(fault = step.kind.name(), target = ?step.target, lost = ?cluster.lost, "fault skipped: its node is lost or too few nodes are left");
+            tracing::info!(fault = step.kind.name(), target = ?step.target, lost = ?cluster.lost, "fault skipped: its node is lost or protected, or too few nodes are left");
             continue;
         }
-        let mut fault = nemesis::start(cluster, recorder, step.kind, step.target).await?;
+        let nodes = nemesis::resolve(cluster, &step.target).await?;
+        if !nemesis::spares(cluster, step.kind, &nodes) {
+            tracing::info!(fault = step.kind.name(), target = ?step.target, ?nodes, "fault skipped: it would stop a protected node's storaged");
+            continue;
+        }
+        let mut fault = nemesis::start_on(cluster, recorder, step.kind, step.target, nodes).await?;
         tokio::time::sleep(step.hold).await;
         nemesis::observe(cluster, &mut fault, volumes).await;
         let mut record = nemesis::heal(cluster, recorder, fault)?;

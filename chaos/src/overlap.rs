@@ -1,0 +1,349 @@
+//! Overlapping faults (`--overlap N`): up to N faults active at once on the seed's schedule,
+//! never more than a minority of any group's replicas broken or catching up at the same time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use cairn_proto::cairn::v1::ReplicaState;
+
+use crate::cluster::FaultCluster;
+use crate::error::Error;
+use crate::history::Recorder;
+use crate::nemesis::{self, ActiveFault, FaultKind, FaultRecord};
+use crate::partition::{self, Shape};
+use crate::run::RunConfig;
+use crate::schedule::{Schedule, Step};
+
+/// How often the injector looks at its faults, the recovering nodes and the schedule.
+const TICK: Duration = Duration::from_millis(100);
+/// How long a step that does not fit (it would break a majority of some group) waits for
+/// room before it is dropped.
+const FIT_WAIT: Duration = Duration::from_secs(15);
+/// How long a step waits for its volume's leader to be named (the loop must go on healing).
+const RESOLVE_WAIT: Duration = Duration::from_secs(2);
+
+/// Kinds that run alone: `powerloss-all` breaks every node, `node-loss` moves replicas, and a
+/// `clock` fault pauses other leaders to hand leadership to its node.
+pub fn exclusive(kind: FaultKind) -> bool {
+    matches!(
+        kind,
+        FaultKind::PowerlossAll | FaultKind::NodeLoss | FaultKind::Clock
+    )
+}
+
+/// The nodes a fault of `kind` on `nodes` breaks: its targets, or for a partition the minority
+/// it cuts off (isolate, split) or every node on either end of a cut pair (bridge, one-way).
+pub fn breaks(kind: FaultKind, nodes: &[u64], all: &[u64]) -> BTreeSet<u64> {
+    match kind.shape() {
+        Some(shape) => {
+            let cut = partition::cut(shape, nodes[0], all);
+            match shape {
+                Shape::Isolate | Shape::Split if !cut.minority.is_empty() => {
+                    cut.minority.into_iter().collect()
+                }
+                _ => cut.pairs.iter().flat_map(|&(a, b)| [a, b]).collect(),
+            }
+        }
+        None if kind == FaultKind::PowerlossAll => all.iter().copied().collect(),
+        None => nodes.iter().copied().collect(),
+    }
+}
+
+/// Whether `new` may break nodes now, with `busy` broken or catching up and `lost` gone: it
+/// shares no node with `busy`, and neither the meta group (every one of `nodes` a voter) nor
+/// any volume group (`members`) would have more than a minority of its replicas among them.
+pub fn fits(
+    new: &BTreeSet<u64>,
+    busy: &BTreeSet<u64>,
+    lost: &BTreeSet<u64>,
+    members: &BTreeMap<String, Vec<u64>>,
+    nodes: usize,
+) -> bool {
+    if !new.is_disjoint(busy) {
+        return false;
+    }
+    let down: BTreeSet<u64> = new.iter().chain(busy).chain(lost).copied().collect();
+    let minority = |replicas: usize| replicas.saturating_sub(1) / 2;
+    down.len() <= minority(nodes)
+        && members
+            .values()
+            .all(|m| m.iter().filter(|id| down.contains(id)).count() <= minority(m.len()))
+}
+
+struct Active {
+    fault: ActiveFault,
+    due: Instant,
+    breaks: BTreeSet<u64>,
+}
+
+/// Follows the schedule with up to `config.overlap` faults active at once (a step starts
+/// `gap` after the previous one started, once a slot is free and it fits); a healed fault's
+/// nodes count as broken until their replicas are caught up. Partitions share the run's one
+/// nftables table, so at most one is active. Returns the faults as they happened, each with
+/// `overlapping` (how many faults were active when it started).
+pub async fn inject(
+    cluster: &mut FaultCluster,
+    recorder: &Recorder,
+    volumes: &[String],
+    config: &RunConfig,
+) -> Result<Vec<FaultRecord>, Error> {
+    let started = Instant::now();
+    let end = started + config.duration;
+    let all = cluster.node_ids();
+    let mut schedule = Schedule::new(
+        config.seed,
+        &config.faults,
+        config.nodes,
+        volumes,
+        config.targets,
+    );
+    let mut members = cluster.members(volumes).await;
+    let mut log: Vec<FaultRecord> = Vec::new();
+    let mut active: Vec<Active> = Vec::new();
+    // Node -> (since when it is catching up, the faults whose heal left it so).
+    let mut recovering: BTreeMap<u64, (Instant, Vec<usize>)> = BTreeMap::new();
+    let mut next: Option<Step> = schedule.next();
+    let mut next_at = started + next.as_ref().map_or(Duration::ZERO, |s| s.gap);
+    let mut waiting_since: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let over = now >= end;
+        let (due, kept): (Vec<Active>, Vec<Active>) =
+            active.into_iter().partition(|a| over || a.due <= now);
+        active = kept;
+        for mut a in due {
+            nemesis::observe(cluster, &mut a.fault, volumes).await;
+            let record = nemesis::heal(cluster, recorder, a.fault)?;
+            let healed = Instant::now();
+            let index = log.len();
+            if record.kind == FaultKind::NodeLoss {
+                // Alone by `exclusive`: wait for the rebuild as the one-at-a-time run does.
+                cluster.wait_healthy(volumes, config.recovery).await?;
+                members = cluster.members(volumes).await;
+            } else {
+                for id in a.breaks {
+                    let entry = recovering.entry(id).or_insert((healed, Vec::new()));
+                    entry.1.push(index);
+                }
+            }
+            log.push(record);
+            if log[index].kind == FaultKind::NodeLoss {
+                log[index].whole_after_s = healed.elapsed().as_secs_f64();
+                log[index].members_after = members.clone();
+            }
+        }
+        if !recovering.is_empty() {
+            let caught_up = caught_up(cluster, volumes, recovering.keys().copied()).await;
+            for id in caught_up {
+                if let Some((since, faults)) = recovering.remove(&id) {
+                    for i in faults {
+                        let s = since.elapsed().as_secs_f64();
+                        log[i].whole_after_s = log[i].whole_after_s.max(s);
+                    }
+                }
+            }
+            if let Some((id, (since, _))) = recovering
+                .iter()
+                .find(|(_, (since, _))| since.elapsed() > config.recovery)
+            {
+                return Err(Error::Cluster(format!(
+                    "node {id}'s replicas not caught up {:?} after its fault was healed\n{}",
+                    since.elapsed(),
+                    cluster.log_tails(30)
+                )));
+            }
+        }
+        if over {
+            if active.is_empty() {
+                break;
+            }
+            continue;
+        }
+        if let Some(step) = next.clone()
+            && now >= next_at
+            && active.len() < config.overlap
+        {
+            let waited = *waiting_since.get_or_insert(now);
+            match try_start(
+                cluster,
+                recorder,
+                &step,
+                &active,
+                &recovering,
+                &members,
+                &all,
+            )
+            .await?
+            {
+                Attempt::Started(fault, breaks) => {
+                    let mut fault = *fault;
+                    fault.set_overlapping(active.len());
+                    active.push(Active {
+                        fault,
+                        due: (Instant::now() + step.hold).min(end),
+                        breaks,
+                    });
+                }
+                Attempt::Skipped => {}
+                Attempt::NoRoom if waited.elapsed() < FIT_WAIT => {
+                    tokio::time::sleep(TICK).await;
+                    continue;
+                }
+                Attempt::NoRoom => {
+                    tracing::info!(fault = step.kind.name(), target = ?step.target, "fault dropped: no room for it within the minority budget");
+                }
+            }
+            waiting_since = None;
+            next = schedule.next();
+            next_at = Instant::now() + next.as_ref().map_or(Duration::ZERO, |s| s.gap);
+            if next_at > end {
+                next = None;
+            }
+        }
+        tokio::time::sleep(TICK).await;
+    }
+    Ok(log)
+}
+
+enum Attempt {
+    Started(Box<ActiveFault>, BTreeSet<u64>),
+    /// Not possible at all (a lost or protected node): dropped at once.
+    Skipped,
+    /// Would break a majority, share a node with a fault, or is exclusive: try again later.
+    NoRoom,
+}
+
+async fn try_start(
+    cluster: &mut FaultCluster,
+    recorder: &Recorder,
+    step: &Step,
+    active: &[Active],
+    recovering: &BTreeMap<u64, (Instant, Vec<usize>)>,
+    members: &BTreeMap<String, Vec<u64>>,
+    all: &[u64],
+) -> Result<Attempt, Error> {
+    if !nemesis::possible(cluster, step.kind, &step.target) {
+        tracing::info!(fault = step.kind.name(), target = ?step.target, "fault skipped: its node is lost or protected, or too few nodes are left");
+        return Ok(Attempt::Skipped);
+    }
+    let quiet = active.is_empty() && recovering.is_empty();
+    let alone = exclusive(step.kind) || active.iter().any(|a| exclusive(a.fault.record().kind));
+    let partitioned = step.kind.shape().is_some()
+        && active
+            .iter()
+            .any(|a| a.fault.record().kind.shape().is_some());
+    if !quiet && (alone || partitioned) {
+        return Ok(Attempt::NoRoom);
+    }
+    // Another fault may keep the leader from being named for now (a partition that leaves
+    // the node the client asks first without a meta quorum): try again later.
+    let nodes = match nemesis::resolve_within(cluster, &step.target, RESOLVE_WAIT).await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            tracing::info!(fault = step.kind.name(), target = ?step.target, error = %e, "target not resolved; retrying");
+            return Ok(Attempt::NoRoom);
+        }
+    };
+    if !nemesis::spares(cluster, step.kind, &nodes) {
+        tracing::info!(
+            fault = step.kind.name(),
+            ?nodes,
+            "fault skipped: it would stop a protected node's storaged"
+        );
+        return Ok(Attempt::Skipped);
+    }
+    let new = breaks(step.kind, &nodes, all);
+    let busy: BTreeSet<u64> = active
+        .iter()
+        .flat_map(|a| a.breaks.iter().copied())
+        .chain(recovering.keys().copied())
+        .collect();
+    // Alone, a fault may break what its kind breaks (a one-at-a-time run's faults); with
+    // others, only within the minority budget.
+    if !quiet && !fits(&new, &busy, &cluster.lost, members, all.len()) {
+        return Ok(Attempt::NoRoom);
+    }
+    let fault = nemesis::start_on(cluster, recorder, step.kind, step.target.clone(), nodes).await?;
+    tracing::info!(fault = step.kind.name(), breaks = ?new, busy = ?busy, active = active.len(), "overlapping fault started");
+    Ok(Attempt::Started(Box::new(fault), new))
+}
+
+/// Which of `nodes` have every replica of `volumes` they hold caught up (a leader or a
+/// follower), with a meta leader answering.
+async fn caught_up(
+    cluster: &FaultCluster,
+    volumes: &[String],
+    nodes: impl Iterator<Item = u64>,
+) -> Vec<u64> {
+    let client = cluster.procs.client().with_deadline(Duration::from_secs(2));
+    let mut behind: BTreeSet<u64> = BTreeSet::new();
+    for volume in volumes {
+        match client.get_volume(volume).await {
+            Ok(v) => behind.extend(
+                v.members
+                    .iter()
+                    .filter(|m| !matches!(m.state(), ReplicaState::Leader | ReplicaState::Follower))
+                    .map(|m| m.node_id),
+            ),
+            Err(_) => return Vec::new(),
+        }
+    }
+    nodes.filter(|id| !behind.contains(id)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn the_budget_keeps_every_group_with_a_majority_up() {
+        let members: BTreeMap<String, Vec<u64>> = [
+            ("a".to_string(), vec![1, 2, 3]),
+            ("b".to_string(), vec![3, 4, 5]),
+        ]
+        .into();
+        let none = BTreeSet::new();
+        // Five nodes: two may be down, one per group of three.
+        assert!(fits(&set(&[1]), &set(&[4]), &none, &members, 5));
+        assert!(
+            !fits(&set(&[1]), &set(&[2]), &none, &members, 5),
+            "a: 1 and 2"
+        );
+        assert!(
+            !fits(&set(&[3]), &set(&[5]), &none, &members, 5),
+            "b: 3 and 5"
+        );
+        assert!(
+            !fits(&set(&[1]), &set(&[1]), &none, &members, 5),
+            "one node, two faults"
+        );
+        let a_only: BTreeMap<String, Vec<u64>> = [("a".to_string(), vec![1, 2, 3])].into();
+        assert!(
+            !fits(&set(&[1]), &set(&[4]), &set(&[5]), &a_only, 5),
+            "the meta group of five with node 5 lost may lose one more, not two"
+        );
+        assert!(fits(&set(&[1]), &none, &set(&[5]), &a_only, 5));
+        // Three nodes: nothing beside a fault.
+        assert!(!fits(&set(&[2]), &set(&[1]), &none, &BTreeMap::new(), 3));
+        assert!(fits(&set(&[2]), &none, &none, &BTreeMap::new(), 3));
+    }
+
+    #[test]
+    fn partitions_break_their_minority_or_both_ends_of_each_cut() {
+        let all = [1, 2, 3, 4, 5];
+        assert_eq!(breaks(FaultKind::PartitionIsolate, &[2], &all), set(&[2]));
+        assert_eq!(breaks(FaultKind::PartitionSplit, &[4], &all), set(&[4, 5]));
+        assert_eq!(breaks(FaultKind::PartitionOneWay, &[5], &all), set(&[5, 1]));
+        assert_eq!(
+            breaks(FaultKind::PartitionBridge, &[1], &all),
+            set(&[2, 3, 4, 5])
+        );
+        assert_eq!(breaks(FaultKind::Kill, &[3], &all), set(&[3]));
+        assert_eq!(breaks(FaultKind::PowerlossAll, &all, &all), set(&all));
+        assert!(exclusive(FaultKind::Clock) && !exclusive(FaultKind::Pause));
+    }
+}

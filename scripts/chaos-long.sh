@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The long chaos run of issue 21: mixed faults, up to two at a time, on five storaged nodes with
+# the block workload; prints the verdict table (with storaged's CPU and bytes written) and keeps
+# the report, the plot and the run's log in $OUT. Needs root, /dev/fuse and nftables; build first.
+# DURATION (default 60m), SEED (1000), OVERLAP (2), FAULTS, OUT (/var/tmp/cairn-chaos-long), BIN.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${DURATION:-60m}"
+SEED="${SEED:-1000}"
+OVERLAP="${OVERLAP:-2}"
+FAULTS="${FAULTS:-kill,pause,powerloss,eio,disk-full,slow-disk,partition,clock}"
+OUT="${OUT:-/var/tmp/cairn-chaos-long}"
+BIN="${BIN:-${CARGO_TARGET_DIR:-target}/debug/cairn-chaos}"
+[ -x "$BIN" ] || { echo "chaos-long: $BIN is missing: cargo build --workspace first" >&2; exit 2; }
+mkdir -p "$OUT"
+set +e
+"$BIN" run --name long --seed "$SEED" --duration "$DURATION" --nodes 5 --volumes 3 \
+  --overlap "$OVERLAP" --faults "$FAULTS" \
+  --report "$OUT/report.json" --plot "$OUT/latency.svg" 2>"$OUT/run.log" | tee "$OUT/table.txt"
+status=${PIPESTATUS[0]}
+set -e
+faults=$(python3 -c 'import json,sys; print(sum(json.load(open(sys.argv[1]))["faults"].values()))' "$OUT/report.json" 2>/dev/null || echo "?")
+echo "faults injected: $faults; exit status $status; report, plot and log in $OUT"
+exit "$status"
