@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use cairn_client::NodeClient;
 use cairn_proto::cairn::v1 as pb;
 use cairn_storaged::frontend::process::pid_alive;
-use cairn_storaged::testkit::ProcCluster;
+use cairn_storaged::testkit::{ProcCluster, frontend_pids};
 use cairn_storaged::tls::Identity;
 
 const VOLUME: &str = "mounted";
@@ -97,55 +97,20 @@ fn writer(path: PathBuf, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> Written
     }
 }
 
-/// Removes, even when the test fails, what the test and node 1's frontends put on the
-/// machine: the ext4 mount, loop devices and FUSE mounts under the run dir, frontend
-/// processes. Dropped before the cluster (declared after it).
+/// Unmounts the test's ext4 mount even when the test fails; dropped before the cluster
+/// (declared after it), whose drop then removes node 1's frontends and their devices.
 struct Cleanup {
     mnt: PathBuf,
-    run_dir: PathBuf,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let run = self.run_dir.display().to_string();
         let _ = std::process::Command::new("umount")
             .arg("-l")
             .arg(&self.mnt)
             .stderr(std::process::Stdio::null())
             .status();
-        for pid in frontend_pids(&self.run_dir) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let _ = std::process::Command::new("bash")
-            .args(["-c", &format!(
-                "for d in $(losetup -l -n -O NAME,BACK-FILE | awk '$2 ~ \"^{run}\" {{print $1}}'); do losetup -d $d; done; \
-                 for m in $(awk '$5 ~ \"^{run}\" {{print $5}}' /proc/self/mountinfo | sort -r); do umount -l $m; done"
-            )])
-            .status();
     }
-}
-
-/// Frontend processes whose command line names a path under `run_dir`.
-fn frontend_pids(run_dir: &Path) -> Vec<u32> {
-    let run = run_dir.as_os_str().as_encoded_bytes();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.get(1) == Some(&&b"frontend"[..])
-            && args.iter().any(|a| a.starts_with(run))
-            && pid_alive(pid)
-        {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 /// Waits up to `within` for `cond`, polling.
@@ -174,10 +139,7 @@ async fn restart_under_a_mounted_volume(how: Stop) {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let _cleanup = Cleanup {
-        mnt: mnt.clone(),
-        run_dir: node1.run_dir.clone(),
-    };
+    let _cleanup = Cleanup { mnt: mnt.clone() };
     let admin = cluster.client().with_deadline(Duration::from_secs(30));
     admin
         .create_volume(pb::CreateVolumeRequest {
