@@ -538,13 +538,24 @@ impl VolumeClient {
 
     /// An unfenced discard (generation 0), deduplicated like a write.
     pub async fn discard(&self, volume: &str, offset: u64, length: u64) -> Result<(), Status> {
+        self.discard_as(volume, offset, length, 0).await
+    }
+
+    /// A discard by the holder of publish `generation`, deduplicated like a write.
+    pub async fn discard_as(
+        &self,
+        volume: &str,
+        offset: u64,
+        length: u64,
+        generation: u64,
+    ) -> Result<(), Status> {
         let ticket = self.writes.begin(volume).await;
         self.call(Some(volume), Retry::Idempotent, |ch| {
             let req = pb::DiscardRequest {
                 volume: volume.to_string(),
                 offset,
                 length,
-                generation: 0,
+                generation,
                 client_id: ticket.client_id(),
                 seq: ticket.seq(),
                 first_incomplete: ticket.first_incomplete(),
@@ -556,9 +567,14 @@ impl VolumeClient {
 
     /// An unfenced flush (generation 0).
     pub async fn flush(&self, volume: &str) -> Result<(), Status> {
+        self.flush_as(volume, 0).await
+    }
+
+    /// A flush by the holder of publish `generation` (refused if that publish is not in force).
+    pub async fn flush_as(&self, volume: &str, generation: u64) -> Result<(), Status> {
         let req = pb::FlushRequest {
             volume: volume.to_string(),
-            generation: 0,
+            generation,
         };
         self.call(Some(volume), Retry::Idempotent, |ch| {
             let req = req.clone();

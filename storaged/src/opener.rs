@@ -1,16 +1,36 @@
 //! Connects the frontends to the node: opens a volume as a `BlockDevice` (through the
-//! volume I/O router) or, for a local volume, as its local-pool file.
+//! volume I/O router) or, for a local volume, as its local-pool file; says how to start
+//! a FUSE frontend process.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
 use crate::frontend::local_pool::{LocalPool, PoolKey};
+use crate::frontend::process::FrontendSpec;
 use crate::frontend::{Opened, VolumeOpener};
 use crate::meta::catalog::VolumeKind;
 use crate::node::StorageNode;
 use crate::volume::io::VolumeIo;
 use crate::{Error, Result};
+
+/// How long a frontend process lets one request stall (no leader, storaged restarting)
+/// before it fails the request with EIO; a restart takes seconds.
+const FRONTEND_IO_DEADLINE: Duration = Duration::from_secs(120);
+
+/// This process's binary (`storaged`), which runs frontends as `storaged frontend`; after
+/// the file was replaced (an upgrade in place) the new one at the same path.
+fn own_binary() -> Result<PathBuf> {
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map_err(|e| Error::Internal(format!("finding this process's binary: {e}")))?;
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    })
+}
 
 pub struct NodeOpener {
     pub node: Arc<StorageNode>,
@@ -20,6 +40,38 @@ pub struct NodeOpener {
 impl VolumeOpener for NodeOpener {
     fn catch_up(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move { self.node.fresh_catalog().await.map(|_| ()) })
+    }
+
+    fn frontend_spec(&self, volume: &str) -> BoxFuture<'_, Result<Option<FrontendSpec>>> {
+        let volume = volume.to_string();
+        Box::pin(async move {
+            let cfg = self.node.cfg();
+            // This node first (it leads attached volumes, decision 014), then the volume's
+            // other members, then every peer this node was told about.
+            let mut endpoints = vec![cfg.addr.clone()];
+            self.node.with_catalog(|cat| {
+                if let Some(vol) = cat.volumes.get(&volume) {
+                    for id in &vol.members {
+                        if let Some(n) = cat.nodes.get(id) {
+                            endpoints.push(n.addr.clone());
+                        }
+                    }
+                }
+            });
+            endpoints.extend(cfg.peers());
+            let mut seen = std::collections::HashSet::new();
+            endpoints.retain(|e| seen.insert(e.clone()));
+            let tls_dir = match &cfg.security {
+                cairn_client::Security::Tls(tls) => Some(tls.dir().to_path_buf()),
+                cairn_client::Security::Insecure => None,
+            };
+            Ok(Some(FrontendSpec {
+                exe: own_binary()?,
+                tls_dir,
+                endpoints,
+                io_deadline: FRONTEND_IO_DEADLINE,
+            }))
+        })
     }
 
     fn open(&self, volume: &str, generation: u64) -> BoxFuture<'_, Result<Opened>> {

@@ -85,12 +85,8 @@ impl Running {
             tracing::warn!(after = ?DRAIN, "calls still in flight at shutdown: stopping without them");
             self.served.abort();
         }
-        // Detach what this process exposed: its FUSE exports die with it anyway.
-        for a in self.attach.list() {
-            if let Err(e) = self.attach.detach(&a.volume).await {
-                tracing::warn!(volume = %a.volume, error = %e, "detach at shutdown failed");
-            }
-        }
+        // What lives in this process ends with it; frontend processes serve on (decision 041).
+        self.attach.shutdown().await;
         self.node.shutdown().await;
     }
 }

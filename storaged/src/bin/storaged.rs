@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cairn_storaged::discovery::{self, Plan, Seeds};
+use cairn_storaged::frontend::process::SUBCOMMAND;
+use cairn_storaged::frontend::standalone::{self, FrontendArgs};
 use cairn_storaged::node::NodeConfig;
 use cairn_storaged::peers;
 use cairn_storaged::raft::ChannelCache;
@@ -308,10 +310,28 @@ fn run(args: Args) -> Result<(), String> {
 }
 
 fn main() {
+    // `storaged frontend ...`: one volume's FUSE frontend, started by the attach manager.
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(SUBCOMMAND)) {
+        let args = FrontendArgs::parse_from(std::env::args_os().skip(1));
+        init_logs("text");
+        if let Err(e) = standalone::run(args) {
+            eprintln!("storaged frontend: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
     let args = Args::parse();
+    init_logs(&args.log_format);
+    if let Err(e) = run(args) {
+        eprintln!("storaged: {e}");
+        std::process::exit(2);
+    }
+}
+
+fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    if args.log_format == "json" {
+    if format == "json" {
         tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
@@ -322,9 +342,5 @@ fn main() {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
             .with_env_filter(filter)
             .init();
-    }
-    if let Err(e) = run(args) {
-        eprintln!("storaged: {e}");
-        std::process::exit(2);
     }
 }

@@ -1,5 +1,6 @@
 //! The attach manager: exposes volumes to this node's kernel (FUSE + loop, NBD, or a loop device
 //! on a local-pool file), and persists the attachment table (`service::node_api` serves it).
+//! FUSE frontends of a real node run in processes of their own, which it re-adopts at start.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -11,8 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use super::fuse::{self, FuseExport};
 use super::nbd::NbdServer;
+use super::process::{Control, FrontendProcess, FrontendSpec, Launch};
 use super::{BlockDevice, Opened, VolumeOpener, loopdev};
 use crate::{Error, Result};
+
+mod recover;
 
 /// File in the run directory holding the attachment table.
 pub const TABLE_FILE: &str = "attachments.json";
@@ -20,9 +24,10 @@ pub const TABLE_FILE: &str = "attachments.json";
 /// Attaches and detaches volumes on this node. Operations on one volume are serialised by a
 /// per-volume lock; different volumes proceed in parallel.
 ///
-/// The table is persisted to `<run_dir>/attachments.json` after every change. FUSE mounts and
-/// NBD servers live in this process, so they die with it; loop devices on local-pool files are
-/// kernel objects and survive. [`AttachManager::recover`] reconciles the two at startup.
+/// The table is persisted to `<run_dir>/attachments.json` after every change. FUSE frontends
+/// started as processes (`process.rs`) and loop devices are not this process's: they survive
+/// it, and [`AttachManager::recover`] adopts them at startup. NBD servers, and FUSE mounts of
+/// an opener that serves them in-process (test openers), die with this process.
 pub struct AttachManager {
     opener: Arc<dyn VolumeOpener>,
     run_dir: PathBuf,
@@ -50,6 +55,12 @@ enum Exposure {
         path: PathBuf,
         loop_dev: PathBuf,
     },
+    /// A FUSE frontend in a process of its own, a loop device on its `disk` file.
+    Process {
+        process: FrontendProcess,
+        mountpoint: PathBuf,
+        loop_dev: PathBuf,
+    },
 }
 
 /// One row of `attachments.json`.
@@ -64,6 +75,13 @@ struct Record {
     readonly: bool,
     /// The file under the loop device: the FUSE `disk` file or the local-pool file.
     backing: Option<PathBuf>,
+    /// A frontend process's pid and control socket.
+    #[serde(default)]
+    pid: Option<u32>,
+    #[serde(default)]
+    control: Option<PathBuf>,
+    #[serde(default)]
+    generation: u64,
 }
 
 /// What [`AttachManager::recover`] found and did.
@@ -71,6 +89,10 @@ struct Record {
 pub struct RecoveryReport {
     /// Local volumes whose loop device survived and is attached again.
     pub adopted: Vec<String>,
+    /// FUSE frontend processes still serving, adopted with their loop devices.
+    pub frontends: Vec<String>,
+    /// Volumes whose frontend process had died, attached again with a new one.
+    pub reattached: Vec<String>,
     /// Attachments of the previous process that could not survive it (FUSE, NBD, vanished loops).
     pub dropped: Vec<String>,
     /// Loop devices detached because their FUSE backing died with the previous process.
@@ -156,7 +178,14 @@ impl AttachManager {
                 (a, Exposure::Nbd { dev, server })
             }
             Opened::Replicated(dev) => {
-                let (mut a, exposure) = self.attach_fuse(volume, dev, readonly).await?;
+                let (mut a, exposure) = match self.opener.frontend_spec(volume).await? {
+                    Some(spec) => {
+                        let size = dev.size();
+                        self.attach_process(volume, &spec, size, readonly, generation)
+                            .await?
+                    }
+                    None => self.attach_fuse(volume, dev, readonly).await?,
+                };
                 a.generation = generation;
                 (a, exposure)
             }
@@ -224,15 +253,7 @@ impl AttachManager {
                 return Err(e);
             }
         };
-        let size = loopdev::size(&loop_dev)?;
-        let a = attachment(
-            volume,
-            Frontend::Fuse,
-            &loop_dev.to_string_lossy(),
-            "",
-            size,
-            readonly,
-        );
+        let a = fuse_attachment(volume, &loop_dev, readonly)?;
         Ok((
             a,
             Exposure::Fuse {
@@ -241,6 +262,45 @@ impl AttachManager {
                 loop_dev,
             },
         ))
+    }
+
+    /// Starts a frontend process serving `volume` and puts a loop device on its `disk` file.
+    async fn attach_process(
+        &self,
+        volume: &str,
+        spec: &FrontendSpec,
+        size: u64,
+        readonly: bool,
+        generation: u64,
+    ) -> Result<(pb::NodeAttachment, Exposure)> {
+        let mountpoint = self.fuse_dir().join(volume);
+        let disk = mountpoint.join(fuse::DISK_FILE);
+        for stale in loopdev::find(&disk).await? {
+            tracing::warn!(volume, device = %stale.name.display(), "detaching a stale loop device");
+            loopdev::detach(&stale.name).await?;
+        }
+        let launch = Launch {
+            volume,
+            mountpoint: &mountpoint,
+            readonly,
+            generation,
+            size,
+        };
+        let process = FrontendProcess::spawn(spec, &self.run_dir, launch).await?;
+        let loop_dev = match loopdev::attach(&disk, readonly).await {
+            Ok(l) => l,
+            Err(e) => {
+                process.stop().await;
+                return Err(e);
+            }
+        };
+        let a = fuse_attachment(volume, &loop_dev, readonly)?;
+        let exposure = Exposure::Process {
+            process,
+            mountpoint,
+            loop_dev,
+        };
+        Ok((a, exposure))
     }
 
     /// An existing attachment asked for again, under publish `generation`: the same or an
@@ -261,6 +321,15 @@ impl AttachManager {
                 existing.generation
             )));
         }
+        let process = match self.table_lock().get(volume).map(|a| &a.exposure) {
+            Some(Exposure::Process { process, .. }) => Some(process.clone()),
+            _ => None,
+        };
+        if let Some(process) = process {
+            process
+                .request(&Control::SetGeneration { generation })
+                .await?;
+        }
         let attachment = {
             let mut table = self.table_lock();
             let entry = table
@@ -270,6 +339,7 @@ impl AttachManager {
                 Exposure::Fuse { dev, .. } | Exposure::Nbd { dev, .. } => {
                     dev.set_generation(generation)
                 }
+                Exposure::Process { .. } => {}
                 Exposure::Local { .. } => return Ok(entry.attachment.clone()),
             }
             entry.attachment.generation = generation;
@@ -291,9 +361,9 @@ impl AttachManager {
             return Ok(());
         };
         let loop_dev = match &entry.exposure {
-            Exposure::Fuse { loop_dev, .. } | Exposure::Local { loop_dev, .. } => {
-                Some(loop_dev.clone())
-            }
+            Exposure::Fuse { loop_dev, .. }
+            | Exposure::Local { loop_dev, .. }
+            | Exposure::Process { loop_dev, .. } => Some(loop_dev.clone()),
             Exposure::Nbd { .. } => None,
         };
         if let Some(loop_dev) = loop_dev
@@ -306,9 +376,37 @@ impl AttachManager {
             Exposure::Fuse { export, .. } => unmount_blocking(export).await,
             Exposure::Nbd { server, .. } => server.stop().await,
             Exposure::Local { .. } => {}
+            Exposure::Process {
+                process,
+                mountpoint,
+                ..
+            } => {
+                process.stop().await;
+                // A frontend killed at the deadline leaves its mount behind.
+                if !fuse::mounts_under(&mountpoint)?.is_empty() {
+                    fuse::lazy_unmount(&mountpoint)?;
+                }
+            }
         }
         tracing::info!(volume, device = %entry.attachment.device_path, "detached");
         self.persist().await
+    }
+
+    /// At the process's exit: ends what lives in this process (NBD servers, in-process FUSE
+    /// mounts) with their loop devices; frontend processes and local loop devices stay, for
+    /// the next start to adopt.
+    pub async fn shutdown(&self) {
+        let in_process: Vec<String> = self
+            .table_lock()
+            .iter()
+            .filter(|(_, a)| matches!(a.exposure, Exposure::Fuse { .. } | Exposure::Nbd { .. }))
+            .map(|(v, _)| v.clone())
+            .collect();
+        for volume in in_process {
+            if let Err(e) = self.detach(&volume).await {
+                tracing::warn!(volume, error = %e, "detach at shutdown failed");
+            }
+        }
     }
 
     /// Every attachment, sorted by volume.
@@ -336,6 +434,7 @@ impl AttachManager {
             Loop { loop_dev: PathBuf, backing: PathBuf },
             Nbd(Arc<dyn BlockDevice>),
         }
+        let mut process = None;
         let kind = match self.table_lock().get(volume).map(|a| &a.exposure) {
             None => return Err(Error::not_found("attachment", volume)),
             Some(Exposure::Fuse {
@@ -349,7 +448,26 @@ impl AttachManager {
                 backing: path.clone(),
             },
             Some(Exposure::Nbd { dev, .. }) => Kind::Nbd(dev.clone()),
+            Some(Exposure::Process {
+                process: p,
+                mountpoint,
+                loop_dev,
+            }) => {
+                process = Some(p.clone());
+                Kind::Loop {
+                    loop_dev: loop_dev.clone(),
+                    backing: mountpoint.join(fuse::DISK_FILE),
+                }
+            }
         };
+        if let Some(process) = process {
+            // The frontend process learns the size from here (it cannot read the catalogue).
+            let size = match self.opener.open(volume, 0).await? {
+                Opened::Replicated(dev) => dev.size(),
+                Opened::Local { size, .. } => size,
+            };
+            process.request(&Control::SetSize { size }).await?;
+        }
         let size = match kind {
             // New NBD connections see the new size; an open one keeps the size it negotiated.
             Kind::Nbd(dev) => dev.size(),
@@ -372,103 +490,6 @@ impl AttachManager {
         tracing::info!(volume, size, "refreshed size");
         self.persist().await?;
         Ok(attachment)
-    }
-
-    /// Reconciles with what a previous storaged process left behind; call once at startup,
-    /// before serving:
-    /// - loop devices whose backing file is under `<run_dir>/fuse/` are detached (their FUSE
-    ///   server died, so every I/O on them fails; a filesystem still mounted on one must be
-    ///   unstaged and staged again by the CSI node plugin);
-    /// - mounts under `<run_dir>/fuse/` are lazily unmounted;
-    /// - local-volume attachments whose loop device still backs the same pool file are adopted;
-    ///   the others, and all FUSE and NBD attachments, are dropped from the table.
-    ///
-    /// Attachments made by this process are left alone.
-    #[tracing::instrument(skip(self), err)]
-    pub async fn recover(&self) -> Result<RecoveryReport> {
-        let mut report = RecoveryReport::default();
-        let records = self.load().await;
-        let fuse_dir = std::path::absolute(self.fuse_dir())?;
-        let live: Vec<PathBuf> = self
-            .table_lock()
-            .values()
-            .filter_map(|a| match &a.exposure {
-                Exposure::Fuse { loop_dev, .. } | Exposure::Local { loop_dev, .. } => {
-                    Some(loop_dev.clone())
-                }
-                Exposure::Nbd { .. } => None,
-            })
-            .collect();
-        let loops = loopdev::list().await?;
-        for l in &loops {
-            let Some(backing) = l.backing_path() else {
-                continue;
-            };
-            if backing.starts_with(&fuse_dir) && !live.contains(&l.name) {
-                match loopdev::detach(&l.name).await {
-                    Ok(()) => report.detached_loops.push(l.name.clone()),
-                    Err(e) => {
-                        tracing::warn!(device = %l.name.display(), error = %e, "stale loop device not released yet")
-                    }
-                }
-            }
-        }
-        let live_mounts: Vec<PathBuf> = self
-            .table_lock()
-            .values()
-            .filter_map(|a| match &a.exposure {
-                Exposure::Fuse { export, .. } => Some(export.mountpoint().to_path_buf()),
-                _ => None,
-            })
-            .collect();
-        for m in fuse::mounts_under(&fuse_dir)? {
-            if !live_mounts
-                .iter()
-                .any(|l| std::path::absolute(l).ok().as_deref() == Some(&m))
-            {
-                fuse::lazy_unmount(&m)?;
-                report.unmounted.push(m);
-            }
-        }
-        for r in records {
-            if self.table_lock().contains_key(&r.volume) {
-                continue;
-            }
-            let found = match (&r.kind[..], &r.backing) {
-                ("local", Some(backing)) => loops
-                    .iter()
-                    .find(|l| l.backing_path().as_deref() == Some(backing.as_path())),
-                _ => None,
-            };
-            let (Some(l), Some(path)) = (found, r.backing.clone()) else {
-                report.dropped.push(r.volume);
-                continue;
-            };
-            let size = loopdev::size(&l.name)?;
-            let a = attachment(
-                &r.volume,
-                Frontend::Unspecified,
-                &l.name.to_string_lossy(),
-                "",
-                size,
-                l.ro,
-            );
-            let exposure = Exposure::Local {
-                path,
-                loop_dev: l.name.clone(),
-            };
-            self.table_lock().insert(
-                r.volume.clone(),
-                Attached {
-                    attachment: a,
-                    exposure,
-                },
-            );
-            report.adopted.push(r.volume);
-        }
-        tracing::info!(adopted = ?report.adopted, dropped = ?report.dropped, detached = report.detached_loops.len(), unmounted = report.unmounted.len(), "recovered attachments");
-        self.persist().await?;
-        Ok(report)
     }
 
     fn table_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Attached>> {
@@ -556,11 +577,29 @@ fn attachment(
     }
 }
 
+/// A FUSE attachment through `loop_dev`, sized as the loop device is.
+fn fuse_attachment(volume: &str, loop_dev: &Path, readonly: bool) -> Result<pb::NodeAttachment> {
+    let size = loopdev::size(loop_dev)?;
+    Ok(attachment(
+        volume,
+        Frontend::Fuse,
+        &loop_dev.to_string_lossy(),
+        "",
+        size,
+        readonly,
+    ))
+}
+
 fn record(a: &Attached) -> Record {
     let (kind, backing) = match &a.exposure {
         Exposure::Fuse { export, .. } => ("fuse", Some(export.disk_path())),
         Exposure::Nbd { .. } => ("nbd", None),
         Exposure::Local { path, .. } => ("local", Some(path.clone())),
+        Exposure::Process { mountpoint, .. } => ("fuse", Some(mountpoint.join(fuse::DISK_FILE))),
+    };
+    let (pid, control) = match &a.exposure {
+        Exposure::Process { process, .. } => (Some(process.pid), Some(process.control.clone())),
+        _ => (None, None),
     };
     let at = &a.attachment;
     Record {
@@ -571,6 +610,9 @@ fn record(a: &Attached) -> Record {
         size_bytes: at.size_bytes,
         readonly: at.readonly,
         backing,
+        pid,
+        control,
+        generation: at.generation,
     }
 }
 
@@ -588,7 +630,14 @@ mod tests {
             size_bytes: 4096,
             readonly: false,
             backing: Some("/pool/v.img".into()),
+            pid: Some(42),
+            control: Some("/run/fe-1.sock".into()),
+            generation: 3,
         };
+        // A table written before frontend processes existed still reads.
+        let old = r#"[{"volume":"w","kind":"fuse","device_path":"/dev/loop1","nbd_uri":"","size_bytes":1,"readonly":true,"backing":null}]"#;
+        let read: Vec<Record> = serde_json::from_str(old).unwrap();
+        assert_eq!((read[0].pid, read[0].generation), (None, 0));
         let json = serde_json::to_string(std::slice::from_ref(&r)).unwrap();
         assert_eq!(serde_json::from_str::<Vec<Record>>(&json).unwrap(), vec![r]);
     }

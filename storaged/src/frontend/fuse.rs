@@ -121,6 +121,12 @@ impl FuseExport {
         self.mountpoint.join(DISK_FILE)
     }
 
+    /// Whether the session has ended on its own (unmounted from outside, or the connection
+    /// aborted through `/sys/fs/fuse/connections`).
+    pub fn is_finished(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.guard.is_finished())
+    }
+
     /// Unmounts (lazily if still busy) and waits for the session thread to end. Blocking.
     pub fn unmount(mut self) -> Result<()> {
         self.unmount_inner()

@@ -1,11 +1,13 @@
-//! Node-local kernel exposure of volumes ("frontends"): FUSE file + loop device, NBD export,
-//! loop device on a local-pool file, and the attach manager that owns them all.
+//! Node-local kernel exposure of volumes ("frontends"): FUSE file + loop device (served by a
+//! process of its own), NBD export, loop device on a local-pool file, and the attach manager.
 
 pub mod attach;
 pub mod fuse;
 pub mod local_pool;
 pub mod loopdev;
 pub mod nbd;
+pub mod process;
+pub mod standalone;
 
 use bytes::Bytes;
 use cairn_proto::VolumeName;
@@ -49,6 +51,14 @@ pub trait VolumeOpener: Send + Sync + 'static {
     /// Look up a volume by name; returns how to expose it.
     /// `generation` is the publish generation the volume's writes carry (0: unfenced).
     fn open(&self, volume: &str, generation: u64) -> BoxFuture<'_, crate::Result<Opened>>;
+    /// How to start a FUSE frontend for `volume` in a process of its own (`process.rs`);
+    /// `None` (the default, for openers of in-memory test devices): served in this process.
+    fn frontend_spec(
+        &self,
+        _volume: &str,
+    ) -> BoxFuture<'_, crate::Result<Option<process::FrontendSpec>>> {
+        Box::pin(async { Ok(None) })
+    }
     /// Returns once sizes seen through opened volumes reflect every committed resize.
     fn catch_up(&self) -> BoxFuture<'_, crate::Result<()>> {
         Box::pin(async { Ok(()) })
