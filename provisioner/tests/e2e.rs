@@ -1,5 +1,5 @@
-//! End to end: cairn-harness with real storaged, cairn-csi and cairn-provisioner processes
-//! (the `up --with-cairn` wiring), driven by the real kubectl and cairnctl.
+//! End to end: cairn-harness with Cairn installed by `kubectl apply -k manifests/` (or run as
+//! the harness's processes where a test controls one by name), driven by kubectl and cairnctl.
 
 mod common;
 
@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cairn_harness::components::{PROVISIONER, SYSTEM_NAMESPACE};
-use common::{Env, pod, poll, pvc, run};
+use common::{Env, pod, poll, pvc, run, run_processes};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -232,7 +232,7 @@ async fn online_expansion_seen_by_df() {
 /// binds the claim to exactly one volume named after the claim's uid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioner_restart_mid_provision_no_duplicate() {
-    run(|env| async move {
+    run_processes(|env| async move {
         let csi_pid = env
             .components
             .lock()
@@ -322,7 +322,7 @@ async fn lease_holder(env: &Env) -> Option<String> {
 /// takes the Lease and provisions the next claim.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_election_failover() {
-    run(|env| async move {
+    run_processes(|env| async move {
         poll("first replica holds the lease", BIND, || async {
             lease_holder(&env)
                 .await
@@ -434,7 +434,7 @@ async fn static_local_pv_binds_by_first_consumer() {
 /// volume list equals the PV list whenever things settle, and both end empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_list_matches_pv_list_after_storm() {
-    run(|env| async move {
+    run_processes(|env| async move {
         let names: Vec<String> = (0..6).map(|i| format!("storm-{i}")).collect();
         let all: String = names
             .iter()
@@ -565,7 +565,7 @@ async fn big_claim_lands_on_node_3(env: &Env, bind: Duration) {
 /// is gone and node-3 has room the claim is provisioned on node-3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_exhausted_leads_to_a_re_pick() {
-    run(|env| async move {
+    run_processes(|env| async move {
         fill_nodes(&env, &["node-1", "node-2", "node-3"]).await;
         let want = 8u64 << 30;
         poll("cairn-local capacity: every node short", BIND, || async {
@@ -625,7 +625,7 @@ async fn resource_exhausted_leads_to_a_re_pick() {
 /// whose 8Gi `cairn-local` claim waits for its first consumer lands on node-3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_capacity_skips_full_nodes() {
-    run(|env| async move {
+    run_processes(|env| async move {
         fill_nodes(&env, &["node-1", "node-2"]).await;
         let want = 8u64 << 30;
         poll(
@@ -733,7 +733,7 @@ async fn a_claim_cloned_from_another_holds_its_data() {
             .then_some(())
         })
         .await;
-        let log = env.component_log(&format!("{PROVISIONER}.log"));
+        let log = env.provisioner_log();
         assert!(
             log.contains("cloning protection added") && log.contains("cloning protection removed"),
             "{log}"

@@ -1,5 +1,6 @@
-//! The end-to-end fixture: a `cairn-harness` cluster with Cairn (`up --with-cairn`) in a temp
-//! dir, the real kubectl and cairnctl, bounded polling, and a leak check after teardown.
+//! The end-to-end fixture: a `cairn-harness` cluster with Cairn (`up --with-cairn`, the real
+//! install or the harness's processes) in a temp dir, kubectl, cairnctl, bounded polling, and a
+//! leak check after teardown. Which tests need the processes: docs/decisions/043.
 
 #![allow(dead_code)]
 
@@ -10,7 +11,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_harness::components::{CairnLayout, Components, find_binary};
+use cairn_harness::cluster::CairnInstall;
+use cairn_harness::components::{CairnLayout, Components, PROVISIONER, find_binary};
 use cairn_harness::{Cluster, ClusterConfig};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
@@ -24,13 +26,42 @@ pub struct Env {
     pub dir: PathBuf,
     pub kubeconfig: PathBuf,
     pub layout: CairnLayout,
+    /// How Cairn runs: the manifests' pods, or the harness's processes (`components`).
+    pub install: CairnInstall,
+    /// Cairn's processes, with `CairnInstall::Processes` (else empty).
     pub components: Mutex<Components>,
 }
 
-/// Starts a 3-node cluster with Cairn, runs `body`, then always tears down and checks
-/// that no process, mount or loop device of the cluster is left. A failure of `body` is
-/// re-raised after teardown, with the tails of the component logs printed first.
+/// `run_with` Cairn installed as a user installs it: `kubectl apply -k manifests/`, unless
+/// `CAIRN_E2E_INSTALL=processes` asks for the harness's processes everywhere (to compare the
+/// two, or to tell an install problem from a Cairn one).
 pub async fn run<F, Fut>(body: F)
+where
+    F: FnOnce(Arc<Env>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let install = match std::env::var("CAIRN_E2E_INSTALL").as_deref() {
+        Ok("processes") => CairnInstall::Processes,
+        Ok("manifests") | Err(_) => CairnInstall::Manifests,
+        Ok(other) => panic!("CAIRN_E2E_INSTALL={other}: expected processes or manifests"),
+    };
+    run_with(install, body).await
+}
+
+/// `run_with` Cairn as processes of the harness, for the tests that stop, freeze, restart or
+/// add one of them by name (docs/decisions/043).
+pub async fn run_processes<F, Fut>(body: F)
+where
+    F: FnOnce(Arc<Env>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    run_with(CairnInstall::Processes, body).await
+}
+
+/// Starts a 3-node cluster with Cairn installed the `install` way, runs `body`, then always
+/// tears down and checks that no process, mount or loop device of the cluster is left. A
+/// failure of `body` is re-raised after teardown, with the tails of the logs printed first.
+pub async fn run_with<F, Fut>(install: CairnInstall, body: F)
 where
     F: FnOnce(Arc<Env>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -47,24 +78,31 @@ where
         .tempdir()
         .expect("tempdir");
     let data = tmp.path().join("data");
+    let started = Instant::now();
     let mut cluster = Cluster::start(ClusterConfig {
         with_cairn: true,
+        cairn_install: install,
         ..ClusterConfig::new(&data, 3)
     })
     .await
     .unwrap_or_else(|e| {
-        dump_logs(&data.join("logs"));
-        panic!("cluster with Cairn starts: {e:?}")
+        dump_logs(&data);
+        panic!("cluster with Cairn ({install:?}) starts: {e:?}")
     });
+    eprintln!(
+        "cluster with Cairn ({install:?}) up in {:?}",
+        started.elapsed()
+    );
     let env = Arc::new(Env {
         dir: data.clone(),
         kubeconfig: cluster.kubeconfig.clone(),
         layout: cluster.cairn.clone().expect("cairn layout"),
+        install,
         components: Mutex::new(std::mem::take(&mut cluster.components)),
     });
     let result = tokio::spawn(body(env.clone())).await;
     if result.is_err() {
-        dump_logs(&data.join("logs"));
+        dump_logs(&data);
     }
     cluster.components = std::mem::take(&mut *env.components.lock().await);
     cluster.shutdown().await;
@@ -75,15 +113,40 @@ where
     assert!(leaks.is_empty(), "left behind after teardown: {leaks:#?}");
 }
 
-fn dump_logs(dir: &Path) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
+/// Container logs on every node: `DIR/nodes/<node>/kubelet/pods/<uid>/logs/<container>.log`.
+fn container_logs(data: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let dirs = |p: PathBuf| {
+        std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect::<Vec<_>>()
     };
-    for e in rd.flatten() {
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+    for node in dirs(data.join("nodes")) {
+        for pod in dirs(node.join("kubelet/pods")) {
+            out.extend(dirs(pod.join("logs")));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Prints the tails of the component logs (processes) and container logs (pods).
+fn dump_logs(data: &Path) {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data.join("logs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.extend(container_logs(data));
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(25)..].join("\n");
-        eprintln!("===== {} =====\n{tail}", e.path().display());
+        eprintln!("===== {} =====\n{tail}", path.display());
     }
 }
 
@@ -303,9 +366,23 @@ impl Env {
             .to_string()
     }
 
-    /// The full text of a component's log.
+    /// The full text of a component's log (`CairnInstall::Processes`).
     pub fn component_log(&self, file: &str) -> String {
         std::fs::read_to_string(self.dir.join("logs").join(file)).unwrap_or_default()
+    }
+
+    /// What the controller-role provisioner logged: its process's log, or the logs of the
+    /// `cairn-provisioner` containers of every controller pod (each replica, each restart).
+    pub fn provisioner_log(&self) -> String {
+        match self.install {
+            CairnInstall::Processes => self.component_log(&format!("{PROVISIONER}.log")),
+            CairnInstall::Manifests => container_logs(&self.dir)
+                .iter()
+                .filter(|p| p.file_name().is_some_and(|n| n == "cairn-provisioner.log"))
+                .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod env;
 pub mod images;
 pub mod plugins;
 mod pod_worker;
+pub mod probes;
 pub mod runtime;
 mod volumes;
 

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 use super::images::Source;
+use super::probes::{self, Kind, Verdict};
 use super::runtime::{self, ContainerSpec, Mount, Propagation};
 use super::volumes::Prepared;
 use super::{Kubelet, env};
@@ -39,6 +40,36 @@ struct Ctr {
     last: Option<State>,
     restarts: i32,
     restart_at: Option<Instant>,
+    /// The settled readiness of the running process (true without a readiness probe).
+    ready: bool,
+    /// Whether its startup probe succeeded (true without one).
+    started: bool,
+    /// Its probes, stopped with it.
+    probes: ProbeTasks,
+    /// Opens liveness and readiness once the startup probe succeeded.
+    gate: Option<watch::Sender<bool>>,
+    /// When a container being killed for a failed probe gets SIGKILL.
+    kill_at: Option<Instant>,
+    /// Killed for a failed liveness or startup probe: restarted unless the policy is Never.
+    probe_killed: bool,
+}
+
+/// A running container's probe tasks; dropping them stops them.
+#[derive(Default)]
+struct ProbeTasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl ProbeTasks {
+    fn stop(&mut self) {
+        for t in self.0.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for ProbeTasks {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 enum Outcome {
@@ -77,6 +108,10 @@ struct Worker {
     uid: String,
     ctrs: Vec<Ctr>,
     exits: (mpsc::UnboundedSender<Exit>, mpsc::UnboundedReceiver<Exit>),
+    probed: (
+        mpsc::UnboundedSender<probes::Report>,
+        mpsc::UnboundedReceiver<probes::Report>,
+    ),
     last_status: Value,
     start_time: String,
 }
@@ -103,6 +138,12 @@ pub(crate) async fn run(
             last: None,
             restarts: 0,
             restart_at: None,
+            ready: false,
+            started: false,
+            probes: ProbeTasks::default(),
+            gate: None,
+            kill_at: None,
+            probe_killed: false,
         })
         .collect();
     let mut w = Worker {
@@ -111,6 +152,7 @@ pub(crate) async fn run(
         uid,
         ctrs,
         exits: mpsc::unbounded_channel(),
+        probed: mpsc::unbounded_channel(),
         last_status: Value::Null,
         start_time: now(),
     };
@@ -221,8 +263,13 @@ impl Worker {
         }
         self.push_status();
         loop {
-            let next_restart = self.ctrs.iter().filter_map(|c| c.restart_at).min();
-            let sleep = next_restart.map_or(Duration::from_secs(3600), |t| {
+            let next = self
+                .ctrs
+                .iter()
+                .flat_map(|c| [c.restart_at, c.kill_at])
+                .flatten()
+                .min();
+            let sleep = next.map_or(Duration::from_secs(3600), |t| {
                 t.saturating_duration_since(Instant::now())
             });
             tokio::select! {
@@ -240,7 +287,14 @@ impl Worker {
                     }
                 }
                 Some((i, pid, code)) = self.exits.1.recv() => self.exited(i, pid, code),
+                Some(r) = self.probed.1.recv() => self.probed(r),
                 _ = tokio::time::sleep(sleep) => {
+                    for c in &mut self.ctrs {
+                        if c.kill_at.is_some_and(|t| t <= Instant::now()) {
+                            c.kill_at = None;
+                            if let Some(pid) = c.pid { runtime::signal(pid, Signal::SIGKILL); }
+                        }
+                    }
                     for i in 0..self.ctrs.len() {
                         if self.ctrs[i].restart_at.is_some_and(|t| t <= Instant::now()) {
                             self.ctrs[i].restart_at = None;
@@ -385,6 +439,7 @@ impl Worker {
                 self.ctrs[i].state = State::Running(at);
                 let tx = self.exits.0.clone();
                 runtime::remember(&self.uid, &c.name, pid, &spec);
+                self.start_probes(i, pid);
                 let (uid, name) = (self.uid.clone(), c.name.clone());
                 tokio::spawn(async move {
                     let code = match child.wait().await {
@@ -412,6 +467,88 @@ impl Worker {
         }
     }
 
+    /// Starts the probes of container `i`, now running as `pid`.
+    fn start_probes(&mut self, i: usize, pid: u32) {
+        let c = self.ctrs[i].c.clone();
+        let target = probes::Target {
+            pod_ip: self.kl.address(),
+            container: c.clone(),
+            pod_uid: self.uid.clone(),
+        };
+        let (kl, pod) = (self.kl.clone(), Arc::new(self.pod.clone()));
+        let unhealthy = move |kind: Kind, msg: &str| {
+            tracing::info!(node = %kl.node, pod = %pod_key(&pod), kind = kind.label(), error = msg, "probe failed");
+            kl.events.record_typed(
+                pod.as_ref(),
+                "Warning",
+                "Unhealthy",
+                &format!("{} probe failed: {msg}", kind.label()),
+            );
+        };
+        let (tasks, gate) = probes::spawn(target, i, pid, self.probed.0.clone(), unhealthy);
+        let ctr = &mut self.ctrs[i];
+        ctr.ready = Kind::Readiness.of(&c).is_none();
+        ctr.started = Kind::Startup.of(&c).is_none();
+        ctr.probe_killed = false;
+        ctr.kill_at = None;
+        ctr.probes = ProbeTasks(tasks);
+        ctr.gate = gate;
+    }
+
+    /// A probe's settled result changed: readiness is recorded, a successful startup opens
+    /// the other probes, a failed liveness or startup probe kills the container (SIGTERM,
+    /// SIGKILL after the grace period), after which its restart policy applies.
+    fn probed(&mut self, r: probes::Report) {
+        let deleting = self.deleting();
+        let policy = self.restart_policy();
+        let pod_grace = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds);
+        let ctr = &mut self.ctrs[r.ctr];
+        if ctr.pid != Some(r.pid) {
+            return;
+        }
+        tracing::info!(node = %self.kl.node, pod = %pod_key(&self.pod), container = %ctr.c.name, kind = r.kind.label(), verdict = ?r.verdict, "probe result");
+        match (r.kind, r.verdict) {
+            (Kind::Readiness, v) => ctr.ready = v == Verdict::Success,
+            (Kind::Startup, Verdict::Success) => {
+                ctr.started = true;
+                if let Some(g) = &ctr.gate {
+                    let _ = g.send(true);
+                }
+            }
+            // During termination liveness and startup no longer act (upstream stops them).
+            (Kind::Liveness | Kind::Startup, Verdict::Failure) if !deleting => {
+                let grace = r
+                    .kind
+                    .of(&ctr.c)
+                    .and_then(|p| p.termination_grace_period_seconds)
+                    .or(pod_grace)
+                    .unwrap_or(30)
+                    .max(0) as u64;
+                let mut msg = format!(
+                    "Container {} failed {} probe",
+                    ctr.c.name,
+                    r.kind.label().to_lowercase()
+                );
+                if policy != "Never" {
+                    msg.push_str(", will be restarted");
+                }
+                ctr.probes.stop();
+                ctr.ready = false;
+                ctr.probe_killed = true;
+                ctr.kill_at = Some(Instant::now() + Duration::from_secs(grace));
+                runtime::signal(r.pid, Signal::SIGTERM);
+                self.kl
+                    .events
+                    .record_typed(&self.pod, "Normal", "Killing", &msg);
+            }
+            _ => {}
+        }
+    }
+
     fn exited(&mut self, i: usize, pid: u32, code: i32) {
         // Whatever the container left behind in its process group goes too.
         runtime::signal(pid, Signal::SIGKILL);
@@ -420,6 +557,11 @@ impl Worker {
             return;
         }
         ctr.pid = None;
+        ctr.probes.stop();
+        ctr.gate = None;
+        ctr.kill_at = None;
+        ctr.ready = false;
+        ctr.started = false;
         let started = match &ctr.state {
             State::Running(at) => at.clone(),
             _ => now(),
@@ -438,8 +580,10 @@ impl Worker {
             .as_ref()
             .and_then(|s| s.restart_policy.clone())
             .unwrap_or_else(|| "Always".into());
+        // A container killed for a failed probe is restarted unless the policy is Never,
+        // whatever its exit code (upstream's computePodActions).
         let restart = self.pod.metadata.deletion_timestamp.is_none()
-            && (policy == "Always" || (policy == "OnFailure" && code != 0));
+            && (policy == "Always" || (policy == "OnFailure" && (code != 0 || ctr.probe_killed)));
         if restart {
             let backoff = Duration::from_secs(1 << ctr.restarts.clamp(0, 3) as u64);
             ctr.last = Some(ctr.state.clone());
@@ -462,6 +606,9 @@ impl Worker {
             .enumerate()
             .filter_map(|(i, c)| c.pid.map(|p| (i, p)))
             .collect();
+        for c in &mut self.ctrs {
+            c.probes.stop();
+        }
         for (_, pid) in &running {
             runtime::signal(
                 *pid,
@@ -590,8 +737,9 @@ impl Worker {
             .iter()
             .map(|c| {
                 let running = matches!(c.state, State::Running(_));
+                let (started, ready) = (running && c.started, running && c.started && c.ready);
                 let mut s = json!({"name": c.c.name, "image": c.c.image.clone().unwrap_or_default(), "imageID": "",
-                    "containerID": c.pid.map(|p| format!("cairn://{p}")), "ready": running, "started": running,
+                    "containerID": c.pid.map(|p| format!("cairn://{p}")), "ready": ready, "started": started,
                     "restartCount": c.restarts, "state": state_json(&c.state)});
                 if let Some(l) = &c.last {
                     s["lastState"] = state_json(l);
@@ -599,10 +747,11 @@ impl Worker {
                 s
             })
             .collect();
-        let all_running = self
+        // Ready: every container runs, has started (startup probe) and passes readiness.
+        let all_ready = self
             .ctrs
             .iter()
-            .all(|c| matches!(c.state, State::Running(_)));
+            .all(|c| matches!(c.state, State::Running(_)) && c.started && c.ready);
         let any_running = self
             .ctrs
             .iter()
@@ -637,7 +786,7 @@ impl Worker {
         } else {
             "Pending"
         };
-        let ready = if all_running && !self.deleting() {
+        let ready = if all_ready && !self.deleting() {
             "True"
         } else {
             "False"

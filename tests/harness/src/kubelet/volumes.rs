@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Volume,
+    ConfigMap, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Volume,
 };
 
 use super::Kubelet;
@@ -81,12 +81,26 @@ impl Kubelet {
                     format!("configmap \"{}\" not found", cm.name),
                 ));
             };
-            let files: Vec<(String, Vec<u8>)> = obj
+            let data: Vec<(String, Vec<u8>)> = obj
                 .data
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(k, v)| (k, v.into_bytes()))
+                .chain(
+                    obj.binary_data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0)),
+                )
                 .collect();
+            let files = project(
+                "configmap",
+                data,
+                cm.items.as_deref(),
+                cm.default_mode,
+                cm.optional == Some(true),
+            )
+            .map_err(|e| mount_error(&v.name, e))?;
             return write_files(&plugin_dir("kubernetes.io~configmap"), &files)
                 .map(prepared)
                 .map_err(|e| mount_error(&v.name, e));
@@ -95,14 +109,27 @@ impl Kubelet {
             let name = sec.secret_name.clone().unwrap_or_default();
             let obj = self.client.get::<Secret>(Some(ns), &name).ok().flatten();
             let Some(obj) = obj else {
+                if sec.optional == Some(true) {
+                    let dir = plugin_dir("kubernetes.io~secret");
+                    std::fs::create_dir_all(&dir).map_err(|e| mount_error(&v.name, e))?;
+                    return Ok(prepared(dir));
+                }
                 return Err(mount_error(&v.name, format!("secret \"{name}\" not found")));
             };
-            let files: Vec<(String, Vec<u8>)> = obj
+            let data: Vec<(String, Vec<u8>)> = obj
                 .data
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(k, v)| (k, v.0))
                 .collect();
+            let files = project(
+                "secret",
+                data,
+                sec.items.as_deref(),
+                sec.default_mode,
+                sec.optional == Some(true),
+            )
+            .map_err(|e| mount_error(&v.name, e))?;
             return write_files(&plugin_dir("kubernetes.io~secret"), &files)
                 .map(prepared)
                 .map_err(|e| mount_error(&v.name, e));
@@ -224,10 +251,126 @@ fn host_path(volume: &str, path: &str, ty: &str, seen: &Path) -> Result<PathBuf>
     Ok(PathBuf::from(path))
 }
 
-fn write_files(dir: &Path, files: &[(String, Vec<u8>)]) -> std::io::Result<PathBuf> {
+/// A configMap or secret volume's files as upstream's volume plugins lay them out: every key
+/// (or, with `items`, those keys at their paths), each with its item's `mode`, else
+/// `defaultMode`, else 0644. A key `items` names that the object lacks fails the mount
+/// unless the volume is `optional`.
+pub(crate) fn project(
+    what: &str,
+    data: Vec<(String, Vec<u8>)>,
+    items: Option<&[KeyToPath]>,
+    default_mode: Option<i32>,
+    optional: bool,
+) -> std::result::Result<Vec<(String, Vec<u8>, u32)>, String> {
+    let default = default_mode.map_or(0o644, |m| m as u32 & 0o777);
+    let Some(items) = items.filter(|i| !i.is_empty()) else {
+        return Ok(data.into_iter().map(|(k, v)| (k, v, default)).collect());
+    };
+    let mut out = Vec::new();
+    for it in items {
+        let rel = Path::new(&it.path);
+        if it.path.is_empty()
+            || rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!(
+                "items path {:?} must be relative and must not contain '..'",
+                it.path
+            ));
+        }
+        match data.iter().find(|(k, _)| *k == it.key) {
+            Some((_, v)) => {
+                let mode = it.mode.map_or(default, |m| m as u32 & 0o777);
+                out.push((it.path.clone(), v.clone(), mode));
+            }
+            None if optional => {}
+            None => {
+                return Err(format!(
+                    "{what} references non-existent {what} key: {}",
+                    it.key
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn write_files(dir: &Path, files: &[(String, Vec<u8>, u32)]) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
-    for (k, v) in files {
-        std::fs::write(dir.join(k), v)?;
+    for (k, v, mode) in files {
+        let path = dir.join(k);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, v)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))?;
     }
     Ok(dir.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn data() -> Vec<(String, Vec<u8>)> {
+        vec![
+            ("ca.crt".into(), b"ca".to_vec()),
+            ("tls.key".into(), b"key".to_vec()),
+        ]
+    }
+
+    fn item(key: &str, path: &str, mode: Option<i32>) -> KeyToPath {
+        KeyToPath {
+            key: key.into(),
+            path: path.into(),
+            mode,
+        }
+    }
+
+    #[test]
+    fn default_mode_and_item_modes_are_honoured_on_disk() {
+        let all = project("secret", data(), None, Some(0o400), false).unwrap();
+        assert_eq!(
+            all.iter().map(|f| (f.0.as_str(), f.2)).collect::<Vec<_>>(),
+            [("ca.crt", 0o400), ("tls.key", 0o400)]
+        );
+        let plain = project("configmap", data(), None, None, false).unwrap();
+        assert!(plain.iter().all(|f| f.2 == 0o644), "upstream's default");
+        let items = [
+            item("tls.key", "keys/tls.key", Some(0o600)),
+            item("ca.crt", "ca", None),
+        ];
+        let some = project("secret", data(), Some(&items), Some(0o440), false).unwrap();
+        assert_eq!(
+            some.iter().map(|f| (f.0.as_str(), f.2)).collect::<Vec<_>>(),
+            [("keys/tls.key", 0o600), ("ca", 0o440)]
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = write_files(&tmp.path().join("vol"), &some).unwrap();
+        let mode = |p: &str| std::fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode("keys/tls.key"), mode("ca")), (0o600, 0o440));
+        assert_eq!(std::fs::read(dir.join("ca")).unwrap(), b"ca");
+        assert!(!dir.join("tls.key").exists(), "only the items are written");
+    }
+
+    #[test]
+    fn missing_keys_and_escaping_paths_are_refused() {
+        let missing = [item("nope", "nope", None)];
+        let e = project("secret", data(), Some(&missing), None, false).unwrap_err();
+        assert_eq!(e, "secret references non-existent secret key: nope");
+        assert!(
+            project("secret", data(), Some(&missing), None, true)
+                .unwrap()
+                .is_empty()
+        );
+        for bad in ["../x", "/etc/passwd", ""] {
+            let items = [item("ca.crt", bad, None)];
+            let e = project("configmap", data(), Some(&items), None, false).unwrap_err();
+            assert!(e.contains("must be relative"), "{bad}: {e}");
+        }
+    }
 }
