@@ -88,6 +88,12 @@ pub fn condition(v: &pb::Volume) -> csi::VolumeCondition {
         .filter(|m| matches!(m.state(), State::Unreachable | State::Lagging))
         .map(|m| format!("replica on {} {}", name(m), m.state().word()))
         .collect();
+    let failed = v
+        .members
+        .iter()
+        .filter(|m| m.state() == State::Failed)
+        .map(|m| format!("replica on {} failed to open: {}", name(m), m.reason));
+    parts.extend(failed);
     parts.extend(lost);
     if parts.is_empty() {
         let up = v

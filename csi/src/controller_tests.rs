@@ -503,6 +503,15 @@ fn conditions_say_what_is_rebuilt_and_how_far() {
         crate::controller::condition(&v).message,
         "degraded: replica on node-3 unreachable"
     );
+    // A member whose node cannot open the group: the reason is passed on.
+    v.members[2] = pb::Replica {
+        reason: "io: bad spool".into(),
+        ..replica(3, pb::ReplicaState::Failed)
+    };
+    assert_eq!(
+        crate::controller::condition(&v).message,
+        "degraded: replica on node-3 failed to open: io: bad spool"
+    );
     v.health = pb::VolumeHealth::Unavailable as i32;
     v.members = vec![replica(1, pb::ReplicaState::Follower)];
     assert_eq!(

@@ -30,6 +30,7 @@ pub mod cairn {
                     ReplicaState::Lagging => "lagging",
                     ReplicaState::Unreachable => "unreachable",
                     ReplicaState::Rebuilding => "rebuilding",
+                    ReplicaState::Failed => "failed",
                 }
             }
         }

@@ -34,6 +34,10 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("internal: {0}")]
     Internal(String),
+    /// This node's own state on disk cannot be used (e.g. its meta group does not open):
+    /// it cannot serve until an operator repairs or replaces its data dir.
+    #[error("{0}")]
+    Corrupt(String),
     /// Another storaged's answer to a call made on the client's behalf, code kept.
     #[error("{message}")]
     Peer { code: Code, message: String },
@@ -67,6 +71,7 @@ impl Error {
             Error::NotLeader { .. } | Error::Unavailable(_) => Code::Unavailable,
             Error::Aborted(_) => Code::Aborted,
             Error::Engine(_) | Error::Io(_) | Error::Internal(_) => Code::Internal,
+            Error::Corrupt(_) => Code::DataLoss,
             Error::Peer { code, .. } => *code,
         }
     }

@@ -3,6 +3,8 @@
 
 pub mod chunks;
 pub mod discovery;
+#[cfg(feature = "testkit")]
+pub mod disk_faults;
 pub mod engine;
 pub mod error;
 pub mod fence;

@@ -59,6 +59,7 @@ pub struct Metrics {
     volume_health: Family<GroupLabels, Gauge>,
     rebuild_bytes: Counter,
     rebuild_remaining: Family<GroupLabels, Gauge>,
+    group_open_failed: Family<GroupLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -124,7 +125,14 @@ impl Default for Metrics {
             "rebuild_remaining_bytes",
             "Bytes of a volume snapshot this node is sending still to go (estimated), per volume",
         );
+        let group_open_failed = group(
+            &mut registry,
+            "group_open_failed",
+            "1 for each volume group placed here that failed to open (retried with backoff; \
+             the reason is in the log and in GetVolume)",
+        );
         Metrics {
+            group_open_failed,
             rebuild_remaining,
             quiet,
             volume_health,
@@ -163,8 +171,14 @@ impl Metrics {
     }
 
     /// The text exposition, with the group gauges set from `groups` (read just now) and
-    /// the bytes of outgoing rebuilds still to send by group (`remaining`).
-    pub fn encode(&self, groups: &[GroupSample], remaining: &BTreeMap<u64, u64>) -> String {
+    /// the bytes of outgoing rebuilds still to send by group (`remaining`) and the groups
+    /// that failed to open here (`failed`: group, volume name).
+    pub fn encode(
+        &self,
+        groups: &[GroupSample],
+        remaining: &BTreeMap<u64, u64>,
+        failed: &[(u64, String)],
+    ) -> String {
         let families = [
             &self.is_leader,
             &self.term,
@@ -174,6 +188,7 @@ impl Metrics {
             &self.quiet,
             &self.volume_health,
             &self.rebuild_remaining,
+            &self.group_open_failed,
         ];
         // Groups come and go: start from nothing so a removed group's series disappear.
         for f in families {
@@ -199,6 +214,13 @@ impl Metrics {
             if let Some(r) = remaining.get(&g.group) {
                 set(&self.rebuild_remaining, *r);
             }
+        }
+        for (group, volume) in failed {
+            let labels = GroupLabels {
+                volume: volume.clone(),
+                group: *group,
+            };
+            self.group_open_failed.get_or_create(&labels).set(1);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -32,6 +32,8 @@ pub struct ProcNode {
     pub netns: Option<PathBuf>,
     /// Environment variables its process gets besides the cluster's (e.g. libfaketime's).
     pub env: Vec<(String, String)>,
+    /// Arguments its process gets besides the cluster's (e.g. `--label zone=a`).
+    pub args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -107,6 +109,24 @@ impl ProcCluster {
             extra_args,
             Peers::Addresses,
             None,
+            &[],
+        )
+    }
+
+    /// Starts one node per entry of `zones` (ids 1..), each labelled `zone=<its entry>`.
+    pub fn start_zoned(bin: &Path, zones: &[&str], extra_args: &[&str]) -> std::io::Result<Self> {
+        let labels: Vec<Vec<String>> = zones
+            .iter()
+            .map(|z| vec!["--label".to_string(), format!("zone={z}")])
+            .collect();
+        Self::start_nodes(
+            &std::env::temp_dir(),
+            bin,
+            &vec![None; zones.len()],
+            extra_args,
+            Peers::Addresses,
+            None,
+            &labels,
         )
     }
 
@@ -124,6 +144,7 @@ impl ProcCluster {
             extra_args,
             peers,
             None,
+            &[],
         )
     }
 
@@ -170,10 +191,12 @@ impl ProcCluster {
             extra_args,
             Peers::Addresses,
             placements,
+            &[],
         )
     }
 
-    /// Starts the nodes (in the namespaces `placements` gives, else on loopback).
+    /// Starts the nodes (in the namespaces `placements` gives, else on loopback), node `i`
+    /// also getting `node_args[i]` (when given).
     fn start_nodes(
         parent: &Path,
         bin: &Path,
@@ -181,6 +204,7 @@ impl ProcCluster {
         extra_args: &[&str],
         peers: Peers,
         placements: Option<&[Placement]>,
+        node_args: &[Vec<String>],
     ) -> std::io::Result<Self> {
         let n = data_dirs.len();
         let root = tempfile::Builder::new()
@@ -209,6 +233,7 @@ impl ProcCluster {
                     data_dir: data_dir.clone().unwrap_or_else(|| dir.clone()),
                     netns: placed.map(|p| p.netns.clone()),
                     env: Vec::new(),
+                    args: node_args.get(k as usize - 1).cloned().unwrap_or_default(),
                     dir,
                     child: None,
                 }
@@ -268,6 +293,7 @@ impl ProcCluster {
             data_dir: dir.clone(),
             netns: None,
             env: Vec::new(),
+            args: Vec::new(),
             dir,
             child: None,
         });
@@ -368,6 +394,7 @@ impl ProcCluster {
             .args(["--capacity", "64GiB"])
             .args(metrics_args)
             .args(&self.extra_args)
+            .args(&node.args)
             .args(tls_args)
             .env(
                 "RUST_LOG",
@@ -481,6 +508,27 @@ impl ProcCluster {
             .child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// How node `id`'s process ended, once it has (`None` while it runs or was not started).
+    pub fn exit_status(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let i = self.index_of(id);
+        self.nodes[i].child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// CPU time (user + system) node `id`'s process has used so far, from `/proc`.
+    pub fn cpu_time(&self, id: u64) -> Option<Duration> {
+        let pid = self.pid(id)?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command (which may hold spaces) end with `)`: utime, stime are
+        // the 14th and 15th fields, the 12th and 13th after it.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // SAFETY: sysconf reads a constant of the system; no memory is involved.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (hz > 0).then(|| Duration::from_secs_f64(ticks as f64 / hz as f64))
     }
 
     pub fn is_running(&self, id: u64) -> bool {

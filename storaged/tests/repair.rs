@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cairn_proto::cairn::v1 as pb;
+use cairn_storaged::disk_faults;
 use cairn_storaged::raft::ChannelCache;
 use cairn_storaged::testkit::ProcCluster;
 use cairn_storaged::tls::Identity;
@@ -334,6 +335,69 @@ async fn a_volume_deleted_while_a_member_is_down_is_destroyed_when_it_returns() 
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     c.restart(victim).unwrap();
     wait_removed(&c, victim, v.id, Duration::from_secs(30)).await;
+}
+
+/// A crash between the steps of a destroy (spool files, data and applied state gone; the
+/// log and Raft state not yet) is finished at the next start: nothing of the group is
+/// left on disk, and the node says so in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_destroy_cut_by_a_crash_is_finished_at_the_next_start() {
+    let _serial = SERIAL.lock().await;
+    let mut c = start("10m").await;
+    let client = c.client();
+    let v = create(&client, "cut-a", VOL_SIZE).await;
+    fill(&client, "cut-a", 13, WRITTEN).await;
+    let meta = client.cluster_status().await.unwrap().meta_leader_id;
+    let victim = member_not(&v, meta);
+    let crash = vec![(
+        "CAIRN_TEST_CRASH_AT".to_string(),
+        format!("destroy:{}", v.id),
+    )];
+    c.restart_with_env(victim, crash).unwrap();
+    let deadline = Instant::now() + READY;
+    while hosted(&c, victim, v.id).await != Some(true) {
+        assert!(
+            Instant::now() < deadline,
+            "node {victim} did not reopen the group"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    client.delete_volume("cut-a").await.unwrap();
+    let deadline = Instant::now() + READY;
+    while c.exit_status(victim).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "node {victim} did not crash in its destroy"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let data_dir = c.nodes[c.index_of(victim)].data_dir.clone();
+    let left = disk_faults::group_keys(&data_dir, v.id).unwrap();
+    // Cut between the steps: the data went, the Raft state stayed.
+    assert_eq!((left["data"], left["meta"]), (0, 0), "{left:?}");
+    assert!(left["raft_state"] > 0, "{left:?}");
+
+    c.restart_with_env(victim, Vec::new()).unwrap();
+    let deadline = Instant::now() + READY;
+    let logged = |c: &ProcCluster, what: &str| {
+        c.log_of(victim)
+            .lines()
+            .any(|l| l.contains(what) && l.ends_with(&format!(" group={}", v.id)))
+    };
+    while !(logged(&c, "removing a group left on disk")
+        && logged(&c, "volume group removed and its data deleted"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node {victim} did not finish the destroy"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(hosted(&c, victim, v.id).await, Some(false));
+    c.kill9(victim);
+    let left = disk_faults::group_keys(&data_dir, v.id).unwrap();
+    assert!(left.values().all(|n| *n == 0), "{left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -178,7 +178,40 @@ fn check_identity_flags(args: &Args, initial: &BTreeMap<u64, String>) -> Result<
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
+/// Why storaged stopped: a message and the process's exit code.
+struct Exit {
+    code: i32,
+    message: String,
+}
+
+/// Bad flags or a start that failed.
+const EXIT_USAGE: i32 = 2;
+/// This node's data dir cannot be used (e.g. its meta group does not open).
+const EXIT_CORRUPT: i32 = 3;
+
+impl From<String> for Exit {
+    fn from(message: String) -> Self {
+        Exit {
+            code: EXIT_USAGE,
+            message,
+        }
+    }
+}
+
+impl From<cairn_storaged::Error> for Exit {
+    fn from(e: cairn_storaged::Error) -> Self {
+        let code = match e {
+            cairn_storaged::Error::Corrupt(_) => EXIT_CORRUPT,
+            _ => EXIT_USAGE,
+        };
+        Exit {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Exit> {
     let security = cairn_client::Security::from_flags(args.tls_dir.as_deref(), args.insecure)
         .map_err(|s| s.message().to_string())?;
     let mut initial = BTreeMap::new();
@@ -194,7 +227,7 @@ fn run(args: Args) -> Result<(), String> {
     }
     check_identity_flags(&args, &initial)?;
     if args.rebuild_concurrency == 0 {
-        return Err("--rebuild-concurrency: must be at least 1".into());
+        return Err(String::from("--rebuild-concurrency: must be at least 1").into());
     }
     let labels: BTreeMap<String, String> = args
         .labels
@@ -234,7 +267,8 @@ fn run(args: Args) -> Result<(), String> {
     {
         return Err(format!(
             "--advertise: `{addr}` is not an address peers can reach: give this node's own"
-        ));
+        )
+        .into());
     }
     let repair = RepairConfig {
         down_timeout: parse_duration("replica-down-timeout", &args.replica_down_timeout)?,
@@ -268,7 +302,8 @@ fn run(args: Args) -> Result<(), String> {
                 "--initial-cluster says node {} is at {expected}, but this node advertises \
                  {addr}, which resolves elsewhere",
                 plan.id
-            ));
+            )
+            .into());
         }
         let cfg = NodeConfig {
             id: plan.id,
@@ -295,8 +330,7 @@ fn run(args: Args) -> Result<(), String> {
             join: args.join,
             metrics_addr: args.metrics_addr,
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| e.to_string())?;
         tokio::select! {
@@ -323,8 +357,8 @@ fn main() {
     let args = Args::parse();
     init_logs(&args.log_format);
     if let Err(e) = run(args) {
-        eprintln!("storaged: {e}");
-        std::process::exit(2);
+        eprintln!("storaged: {}", e.message);
+        std::process::exit(e.code);
     }
 }
 

@@ -1,7 +1,7 @@
 //! Placement: picks distinct nodes for a volume's replicas, honouring required
-//! topology, then preferred topology, then the most free capacity.
+//! topology, then spreading over zones, then preferred topology, then the most free capacity.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::catalog::{Catalog, NODE_KEY, NodeRecord, VolumeKind, VolumeRecord, ZONE_KEY};
 use crate::{Error, Result};
@@ -102,11 +102,24 @@ pub fn place(cat: &Catalog, want: &Want<'_>) -> Result<Vec<u64>> {
         }
     })?;
     let mut out = vec![first.id];
-    for nd in ranked.iter().skip(1) {
-        if out.len() == n {
+    let mut zones: Vec<Option<&str>> = vec![first.zone()];
+    // Each next replica: in the requisite topology first, then in a zone no replica uses
+    // yet (spread over zones while there are enough), then by rank.
+    while out.len() < n {
+        let Some(nd) = ranked
+            .iter()
+            .filter(|nd| !out.contains(&nd.id))
+            .min_by_key(|nd| {
+                (
+                    !in_req(nd),
+                    nd.zone().is_some() && zones.contains(&nd.zone()),
+                )
+            })
+        else {
             break;
-        }
+        };
         out.push(nd.id);
+        zones.push(nd.zone());
     }
     if out.len() < n {
         return Err(Error::ResourceExhausted(format!(
@@ -116,6 +129,29 @@ pub fn place(cat: &Catalog, want: &Want<'_>) -> Result<Vec<u64>> {
         )));
     }
     Ok(out)
+}
+
+/// Why `volume`'s replicas span fewer zones than they could (`min(replicas, zones)`), if
+/// the cluster's nodes carry zones and they do; `None` otherwise.
+pub fn zone_warning(cat: &Catalog, volume: &VolumeRecord) -> Option<String> {
+    if volume.kind != VolumeKind::Replicated {
+        return None;
+    }
+    let all: BTreeSet<&str> = cat.nodes.values().filter_map(|n| n.zone()).collect();
+    let used: BTreeSet<&str> = volume
+        .members
+        .iter()
+        .filter_map(|m| cat.nodes.get(m)?.zone())
+        .collect();
+    let could = all.len().min(volume.replicas as usize);
+    (all.len() >= 2 && used.len() < could).then(|| {
+        format!(
+            "replicas span {} of the cluster's {} zones ({}): too few nodes with room in the others",
+            used.len(),
+            all.len(),
+            used.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    })
 }
 
 /// The node to take over `volume`'s replica from member `from`: not a member, not
@@ -153,22 +189,27 @@ mod tests {
     use super::super::catalog::NodeRole;
     use super::*;
 
-    fn cat() -> Catalog {
+    /// Nodes of (id, zone, capacity).
+    fn with_nodes(nodes: &[(u64, &str, u64)]) -> Catalog {
         let mut c = Catalog::default();
-        for (id, zone, cap) in [(1, "a", 10u64 << 30), (2, "b", 20 << 30), (3, "b", 5 << 30)] {
+        for (id, zone, cap) in nodes {
             c.nodes.insert(
-                id,
+                *id,
                 NodeRecord {
-                    id,
+                    id: *id,
                     name: format!("node-{id}"),
                     addr: String::new(),
                     labels: [("zone".to_string(), zone.to_string())].into(),
-                    capacity_bytes: cap,
+                    capacity_bytes: *cap,
                     role: NodeRole::Voter,
                 },
             );
         }
         c
+    }
+
+    fn cat() -> Catalog {
+        with_nodes(&[(1, "a", 10 << 30), (2, "b", 20 << 30), (3, "b", 5 << 30)])
     }
 
     fn term(k: &str, v: &str) -> Term {
@@ -228,6 +269,76 @@ mod tests {
             ),
             Err(Error::ResourceExhausted(_))
         ));
+    }
+
+    /// `zones[i]` is node i+1's zone; every node has 10 GiB.
+    fn zoned(zones: &[&str]) -> Catalog {
+        let nodes: Vec<(u64, &str, u64)> = zones
+            .iter()
+            .enumerate()
+            .map(|(i, z)| (i as u64 + 1, *z, 10 << 30))
+            .collect();
+        with_nodes(&nodes)
+    }
+
+    fn zones_of(c: &Catalog, members: &[u64]) -> std::collections::BTreeSet<String> {
+        members
+            .iter()
+            .map(|m| c.nodes[m].zone().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn replicas_spread_over_zones_first() {
+        let want = Want {
+            size: 1 << 30,
+            replicas: 3,
+            kind: VolumeKind::Replicated,
+            requisite: &[],
+            preferred: &[],
+        };
+        // Nodes 1 and 2 in zone a: by id alone, two replicas would share it.
+        let c = zoned(&["a", "a", "b", "b"]);
+        let got = place(&c, &want).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(zones_of(&c, &got).len(), 2, "{got:?}");
+        let c = zoned(&["a", "a", "b", "b", "c", "c"]);
+        let got = place(&c, &want).unwrap();
+        assert_eq!(zones_of(&c, &got).len(), 3, "{got:?}");
+        // Fewer zones than replicas: every zone used, then distinct nodes.
+        let c = zoned(&["a", "a", "a", "b"]);
+        let got = place(&c, &want).unwrap();
+        assert_eq!(zones_of(&c, &got).len(), 2, "{got:?}");
+        // A replacement takes the lost member's zone when a node there is free.
+        let vol = VolumeRecord {
+            id: 1,
+            name: "v".into(),
+            size: 1 << 30,
+            replicas: 3,
+            kind: VolumeKind::Replicated,
+            members: vec![1, 3, 5],
+            attachments: vec![],
+            labels: BTreeMap::new(),
+            created_unix: 0,
+            origin: None,
+            state: super::super::catalog::VolumeState::Ready,
+            generation: 0,
+            repair: None,
+        };
+        let c = zoned(&["a", "a", "b", "b", "c", "c"]);
+        assert_eq!(replacement(&c, &vol, 3, &|_| false), Some(4));
+        assert_eq!(replacement(&c, &vol, 3, &|n| n == 4), Some(2));
+        assert_eq!(zone_warning(&c, &vol), None);
+        let lopsided = VolumeRecord {
+            members: vec![1, 2, 3],
+            ..vol
+        };
+        assert_eq!(
+            zone_warning(&c, &lopsided).as_deref(),
+            Some(
+                "replicas span 2 of the cluster's 3 zones (a, b): too few nodes with room in the others"
+            )
+        );
     }
 
     #[test]

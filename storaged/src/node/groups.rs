@@ -4,10 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::engine::{Cf, Engine, keys};
 use crate::meta::catalog::{Catalog, VolumeKind, VolumeRecord};
+use crate::node::failed::Failed;
 use crate::node::meta::Meta;
 use crate::node::quiesce::Quiescer;
 use crate::raft::NetworkFactory;
@@ -142,6 +143,18 @@ fn on_disk(engine: &dyn Engine) -> Result<BTreeSet<u64>> {
     Ok(out)
 }
 
+/// Test hook (testkit builds only): `CAIRN_TEST_CRASH_AT=STEP:GROUP` kills the process
+/// (SIGKILL, as a crash) when it reaches `STEP` for `GROUP`.
+fn crash_point(step: &str, group: u64) {
+    #[cfg(feature = "testkit")]
+    if std::env::var("CAIRN_TEST_CRASH_AT").is_ok_and(|v| v == format!("{step}:{group}")) {
+        tracing::warn!(step, group, "CAIRN_TEST_CRASH_AT: killing this process");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+    #[cfg(not(feature = "testkit"))]
+    let _ = (step, group);
+}
+
 /// How soon a reconcile pass that failed, or left groups undecided, is retried.
 const RETRY_EVERY: Duration = Duration::from_secs(2);
 /// How often the groups are reconciled when the catalogue has not changed.
@@ -152,6 +165,8 @@ pub struct Groups {
     opener: Opener,
     meta: Arc<Meta>,
     running: RwLock<HashMap<u64, Raft>>,
+    /// Groups placed here that failed to open, retried with backoff.
+    failed: Failed,
     quiescer: Arc<Quiescer>,
 }
 
@@ -162,6 +177,7 @@ impl Groups {
             opener,
             meta,
             running: RwLock::new(HashMap::new()),
+            failed: Failed::default(),
             quiescer,
         }
     }
@@ -200,6 +216,41 @@ impl Groups {
             .cloned()
     }
 
+    /// Opens volume group `id` and, unless it joins as a replacement, initialises its
+    /// membership from the catalogue when it has none. A group opened but not initialised
+    /// is shut down again on error: nothing of a failed attempt keeps running.
+    async fn open_volume(&self, id: u64, vol: &VolumeRecord, cat: &Catalog) -> Result<Raft> {
+        let me = self.opener.me;
+        let raft = self.opener.open(id, Shared::new()).await?;
+        // A replacement (`repair.to`) joins as a learner its leader adds: it never
+        // initialises a membership of its own.
+        let joining = vol.repair.is_some_and(|r| r.to == me);
+        let initialized = match raft.is_initialized().await {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = raft.shutdown().await;
+                return Err(fatal(e));
+            }
+        };
+        if !joining && !initialized {
+            let members: BTreeMap<u64, Node> = vol
+                .members
+                .iter()
+                .filter(|m| vol.repair.is_none_or(|r| r.to != **m))
+                .filter_map(|m| self.meta.addr_of(cat, *m).map(|addr| (*m, Node { addr })))
+                .collect();
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!(volume = %vol.name, group = id, error = %e, "group already initialised");
+            }
+        }
+        Ok(raft)
+    }
+
+    /// Volume groups that failed to open here, and why (`failed.rs`).
+    pub fn failed(&self) -> &Failed {
+        &self.failed
+    }
+
     /// Starts groups this node should host and removes those it no longer should.
     /// `sweep`: also look for groups left on disk that the catalogue no longer places here (a
     /// scan of two column families). Returns whether such groups are still undecided (the
@@ -220,26 +271,36 @@ impl Groups {
             .keys()
             .copied()
             .collect();
+        // A group that left this node, or its volume, is no longer reported as failed here.
+        self.failed.retain(|g| mine.contains_key(&g));
+        let now = Instant::now();
         for (id, vol) in &mine {
-            if running.contains(id) {
+            if running.contains(id) || self.failed.waiting(*id, now) {
                 continue;
             }
-            let raft = self.opener.open(*id, Shared::new()).await?;
-            // A replacement (`repair.to`) joins as a learner its leader adds: it never
-            // initialises a membership of its own.
-            let joining = vol.repair.is_some_and(|r| r.to == me);
-            if !joining && !raft.is_initialized().await.map_err(fatal)? {
-                let members: BTreeMap<u64, Node> = vol
-                    .members
-                    .iter()
-                    .filter(|m| vol.repair.is_none_or(|r| r.to != **m))
-                    .filter_map(|m| self.meta.addr_of(&cat, *m).map(|addr| (*m, Node { addr })))
-                    .collect();
-                if let Err(e) = raft.initialize(members).await {
-                    tracing::debug!(volume = %vol.name, group = id, error = %e, "group already initialised");
+            // One group that cannot open (e.g. corrupt state on disk) must not keep the
+            // others down: it is reported, and retried with backoff.
+            let raft = match self.open_volume(*id, vol, &cat).await {
+                Ok(raft) => raft,
+                Err(e) => {
+                    let f = self.failed.record(*id, &vol.name, e.to_string(), now);
+                    tracing::error!(
+                        volume = %vol.name,
+                        group = id,
+                        error = %e,
+                        attempts = f.attempts,
+                        retry_in_s = f.retry_at.saturating_duration_since(now).as_secs(),
+                        "volume group failed to open; the other groups carry on"
+                    );
+                    continue;
                 }
+            };
+            match self.failed.clear(*id) {
+                Some(f) => {
+                    tracing::info!(volume = %vol.name, group = id, failed_attempts = f.attempts, "volume group started after failing to open")
+                }
+                None => tracing::info!(volume = %vol.name, group = id, "volume group started"),
             }
-            tracing::info!(volume = %vol.name, group = id, "volume group started");
             self.running
                 .write()
                 .expect("groups lock poisoned")
@@ -267,6 +328,10 @@ impl Groups {
             match self.meta.fresh().await {
                 Ok(fresh) => {
                     for id in self.stale(&fresh)? {
+                        tracing::info!(
+                            group = id,
+                            "removing a group left on disk (its volume left this node or a destroy was cut short)"
+                        );
                         self.destroy(id)?;
                     }
                 }
@@ -294,11 +359,15 @@ impl Groups {
             .collect())
     }
 
-    /// Deletes a group's log, Raft state and data (it no longer runs here).
+    /// Deletes a group's spool files, data and applied state, then its log and Raft state
+    /// (it no longer runs here). The Raft state goes last: a crash part-way leaves it, so
+    /// the next start's sweep (`on_disk`) finds the group and finishes the destroy.
     fn destroy(&self, id: u64) -> Result<()> {
-        LogStore::destroy(self.opener.engine.as_ref(), id)?;
-        GroupStateMachine::destroy(self.opener.engine.as_ref(), id)?;
+        crate::raft::snapshot::remove_spools(&self.opener.spool_dir, id);
         crate::raft::resume::discard(&self.opener.spool_dir, id);
+        GroupStateMachine::destroy(self.opener.engine.as_ref(), id)?;
+        crash_point("destroy", id);
+        LogStore::destroy(self.opener.engine.as_ref(), id)?;
         tracing::info!(group = id, "volume group removed and its data deleted");
         // The space comes back only once compactions drop the deleted range: ask for them
         // now, so that a node short of space (`space.rs`) recovers when a volume goes.
@@ -316,9 +385,10 @@ impl Groups {
     }
 
     /// Reconciles on every catalogue change, forever; between changes, 2 s after a pass that
-    /// failed or could not decide, else every 30 s. The sweep for groups left on disk runs at
-    /// start, on changes and after such a pass: an idle node with many volumes neither copies
-    /// its catalogue nor scans its column families every 2 s.
+    /// failed or could not decide, when a failed group's backoff ends, else every 30 s. The
+    /// sweep for groups left on disk runs at start, on changes and after such a pass: an idle
+    /// node with many volumes neither copies its catalogue nor scans its column families
+    /// every 2 s.
     pub(super) async fn reconcile_loop(self: Arc<Self>) {
         let mut changed = self.meta.changes();
         let mut sweep = true;
@@ -329,7 +399,11 @@ impl Groups {
             });
             // Between changes a pass finds nothing to do: the timer only retries a pass that
             // failed or could not decide (every 2 s), else checks once every 30 s.
-            let wait = if again { RETRY_EVERY } else { CHECK_EVERY };
+            let mut wait = if again { RETRY_EVERY } else { CHECK_EVERY };
+            // A group that failed to open is tried again when its backoff ends.
+            if let Some(at) = self.failed.next_retry() {
+                wait = wait.min(at.saturating_duration_since(Instant::now()));
+            }
             sweep = tokio::select! {
                 _ = changed.changed() => true,
                 _ = tokio::time::sleep(wait) => again,

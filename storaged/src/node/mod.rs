@@ -1,6 +1,7 @@
 //! A storaged node: the shared engine and channels, and the parts built on them — catalogue
 //! access (`meta`), group lifecycle (`groups`), leader-side block I/O (`io`) and `status`.
 
+pub mod failed;
 pub mod groups;
 pub mod io;
 pub mod leadership;
@@ -15,7 +16,6 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::Result;
 use crate::engine::Engine;
 use crate::identity;
 use crate::meta::catalog::{Catalog, MetaCommand, MetaReply, NodeRecord};
@@ -24,6 +24,7 @@ use crate::raft::state_machine::Shared;
 use crate::raft::wal_sync::WalSyncer;
 use crate::raft::{ChannelCache, META_GROUP, Node, Raft};
 use crate::rebuild::Rebuilds;
+use crate::{Error, Result};
 
 use self::groups::{Groups, Opener, fatal};
 use self::io::NodeIo;
@@ -103,7 +104,20 @@ impl StorageNode {
         let cluster = identity::cluster_id(&cfg.security)?;
         let dir = identity::check_stamp(&cfg.data_dir, cfg.id, &cluster)?;
         let shared = Shared::new();
-        let raft = opener.open(META_GROUP, shared.clone()).await?;
+        // Without its meta group a node can do nothing: say so and stop, rather than
+        // serve half a node or crash-loop on an unexplained error.
+        let raft = opener
+            .open(META_GROUP, shared.clone())
+            .await
+            .map_err(|e| {
+                tracing::error!(node = cfg.id, data_dir = %cfg.data_dir.display(), error = %e, "the meta group cannot be opened");
+                Error::Corrupt(format!(
+                    "the meta group (this node's catalogue and membership) cannot be opened \
+                     from {}: {e}; restore the data dir, or remove this node from the cluster \
+                     (cairnctl node remove) and start it on an empty one",
+                    cfg.data_dir.display()
+                ))
+            })?;
         let empty = !raft.is_initialized().await.map_err(fatal)?;
         let admission = if empty {
             let peers = cfg.peers();
@@ -218,6 +232,9 @@ impl StorageNode {
 
     pub fn group_status(&self, group: u64) -> GroupStatus {
         let mut s = status::group_status(self.group(group));
+        if !s.hosted {
+            s.open_error = self.groups.failed().reason(group);
+        }
         if s.leader == Some(self.cfg.id) {
             s.rebuilds = self.rebuilds.of_group(group);
         }
@@ -316,6 +333,14 @@ impl Exposition for StorageNode {
             &|g| quiescer.is_quiet(g),
             &|peer| quiescer.is_silent(peer),
         );
-        self.metrics.encode(&samples, &self.rebuilds.remaining())
+        let failed: Vec<(u64, String)> = self
+            .groups
+            .failed()
+            .all()
+            .into_iter()
+            .map(|(g, f)| (g, f.volume))
+            .collect();
+        self.metrics
+            .encode(&samples, &self.rebuilds.remaining(), &failed)
     }
 }

@@ -71,6 +71,8 @@ pub struct GroupStatus {
     pub joint: bool,
     /// On the leader: the snapshot streams it is sending, by target node.
     pub rebuilds: BTreeMap<u64, crate::rebuild::Progress>,
+    /// Not hosted because opening it here failed (retried with backoff): the error.
+    pub open_error: Option<String>,
 }
 
 /// Asks the node at `addr` for its view of `group` (`None`: no answer within `within`).
@@ -123,6 +125,7 @@ pub fn group_status(raft: Option<Raft>) -> GroupStatus {
         learners: membership.learner_ids().collect(),
         joint: membership.get_joint_config().len() > 1,
         rebuilds: BTreeMap::new(),
+        open_error: None,
     }
 }
 

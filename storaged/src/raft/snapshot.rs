@@ -198,6 +198,18 @@ pub fn spool_prefix(group: u64) -> String {
     format!("g{group}-")
 }
 
+/// Removes `group`'s spool files in `dir` (what a crash left, or a group that is gone).
+pub fn remove_spools(dir: &Path, group: u64) {
+    let prefix = spool_prefix(group);
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// A new spool file name of `group` in `dir` (unique in this process).
 fn spool_name(dir: &Path, group: u64) -> PathBuf {
     static SEQ: AtomicU64 = AtomicU64::new(0);

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::dedup::{DedupTable, Verdict};
 use super::log_window::LogWindow;
-use super::snapshot::{PAGE_BYTES, Page, SpoolReader, spool_prefix};
+use super::snapshot::{PAGE_BYTES, Page, SpoolReader, remove_spools};
 use super::{
     LogId, META_GROUP, Request, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
     TypeConfig,
@@ -124,7 +124,16 @@ impl GroupStateMachine {
             let (last_log_id, membership, path): (Option<LogId>, StoredMembership, PathBuf) =
                 decode(&m)?;
             tracing::warn!(group, path = %path.display(), "finishing a snapshot install a crash interrupted");
-            sm.install_from(last_log_id, membership, &path)?;
+            sm.install_from(last_log_id, membership, &path)
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "finishing the snapshot install a crash interrupted, from {}: {e}",
+                            path.display()
+                        ),
+                    )
+                })?;
         }
         if group != META_GROUP {
             *sm.dedup.lock().expect("dedup table poisoned") =
@@ -135,14 +144,7 @@ impl GroupStateMachine {
 
     /// Spools snapshots under `dir`, and removes what a crash left there for this group.
     pub fn with_spool_dir(mut self, dir: PathBuf) -> Self {
-        let prefix = spool_prefix(self.group);
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
+        remove_spools(&dir, self.group);
         self.spool_dir = dir;
         self
     }
@@ -183,6 +185,20 @@ impl GroupStateMachine {
             .get(Cf::Meta, &keys::named(group, FENCE))?
             .map(|b| decode(&b).map_err(crate::Error::Io))
             .transpose()
+    }
+
+    /// Test hook: marks `group` as a crash in the middle of a snapshot install leaves it,
+    /// to be finished from the spool file at `path` when the group next opens.
+    #[cfg(feature = "testkit")]
+    pub fn mark_installing(engine: &dyn Engine, group: u64, path: &Path) -> io::Result<()> {
+        let mut b = Batch::default();
+        let marker = (
+            None::<LogId>,
+            StoredMembership::default(),
+            path.to_path_buf(),
+        );
+        b.put(Cf::Meta, keys::named(group, INSTALLING), encode(&marker)?);
+        engine.write(b, true).map_err(io_err)
     }
 
     /// Removes the group's data and applied state (after the volume is deleted).
@@ -704,7 +720,7 @@ mod tests {
     #[cfg(feature = "rocks")]
     #[tokio::test]
     async fn an_interrupted_snapshot_install_is_finished_at_open() {
-        use crate::raft::snapshot::{Page, SpoolWriter};
+        use crate::raft::snapshot::{Page, SpoolWriter, spool_prefix};
         let dir = tempfile::tempdir().unwrap();
         let spool_dir = dir.path().join("snapshots");
         let group = 9;

@@ -74,6 +74,8 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
         labels: crate::meta::stored::api_labels(v).into_iter().collect(),
         created_unix: v.created_unix,
         source: v.source().map(|s| s.to_string()).unwrap_or_default(),
+        health_reason: String::new(),
+        zone_warning: crate::meta::placement::zone_warning(cat, v).unwrap_or_default(),
     };
     let name_of = |id: u64| {
         cat.nodes
@@ -92,6 +94,7 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
                 matched_index: 0,
                 target_index: 0,
                 rebuild: None,
+                reason: String::new(),
             })
             .collect();
         if v.kind == VolumeKind::Local {
@@ -117,10 +120,13 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
         .and_then(|(_, ls)| ls.last_log_index)
         .unwrap_or(0);
     let mut up_to_date = 0u32;
+    let mut failures = Vec::new();
     for (id, s) in &statuses {
         use pb::ReplicaState as State;
+        let failed = s.as_ref().and_then(|s| s.open_error.clone());
         let (state, matched) = match (&leader, s) {
             (_, None) => (State::Unreachable, 0),
+            (_, Some(_)) if failed.is_some() => (State::Failed, 0),
             (Some((lid, _)), Some(_)) if lid == id => (State::Leader, target),
             (Some((_, ls)), Some(_)) => {
                 let m = ls.matched.get(id).copied().flatten();
@@ -155,17 +161,48 @@ pub async fn volume(node: &StorageNode, cat: &Catalog, v: &VolumeRecord, live: b
                 .as_ref()
                 .and_then(|(_, ls)| ls.rebuilds.get(id))
                 .map(progress),
+            reason: failed.clone().unwrap_or_default(),
         });
+        if let Some(reason) = failed {
+            failures.push(format!(
+                "replica on {} failed to open: {reason}",
+                name_of(*id)
+            ));
+        }
     }
     if let Some((lid, _)) = &leader {
         out.leader_node_id = *lid;
     }
     // Degraded: fewer up-to-date voters than replicas, or a replacement under way.
     let rebuilding = v.repair.is_some() || !learners.is_empty();
-    out.health = match leader {
+    let health = match leader {
         None => pb::VolumeHealth::Unavailable,
         Some(_) if up_to_date >= v.replicas && !rebuilding => pb::VolumeHealth::Healthy,
         Some(_) => pb::VolumeHealth::Degraded,
-    } as i32;
+    };
+    out.health = health as i32;
+    out.health_reason = health_reason(health, &failures, up_to_date, v, rebuilding);
     out
+}
+
+/// Why a volume is not healthy: replicas that failed to open first, else what the count
+/// of members says; empty when healthy.
+fn health_reason(
+    health: pb::VolumeHealth,
+    failures: &[String],
+    up_to_date: u32,
+    v: &VolumeRecord,
+    rebuilding: bool,
+) -> String {
+    if health == pb::VolumeHealth::Healthy {
+        return String::new();
+    }
+    if !failures.is_empty() {
+        return failures.join("; ");
+    }
+    match health {
+        pb::VolumeHealth::Unavailable => "no member leads the group (no quorum)".into(),
+        _ if rebuilding => "a replica is being rebuilt".into(),
+        _ => format!("{up_to_date} of {} replicas up to date", v.replicas),
+    }
 }

@@ -111,8 +111,8 @@ fn kind_name(k: i32) -> &'static str {
 fn volume_json(v: &pb::Volume) -> serde_json::Value {
     json!({
         "id": v.id, "name": v.name, "size_bytes": v.size_bytes, "replicas": v.replicas,
-        "type": kind_name(v.kind), "health": v.health().word(), "leader_node_id": v.leader_node_id,
-        "members": v.members.iter().map(|m| json!({"node_id": m.node_id, "node": m.node_name, "state": m.state().word(), "matched_index": m.matched_index, "target_index": m.target_index, "rebuild": m.rebuild.as_ref().map(|r| json!({"copied_bytes": r.copied_bytes, "total_bytes": r.total_bytes, "percent": r.percent, "eta_seconds": r.eta_seconds}))})).collect::<Vec<_>>(),
+        "type": kind_name(v.kind), "health": v.health().word(), "health_reason": v.health_reason, "zone_warning": v.zone_warning, "leader_node_id": v.leader_node_id,
+        "members": v.members.iter().map(|m| json!({"node_id": m.node_id, "node": m.node_name, "state": m.state().word(), "reason": m.reason, "matched_index": m.matched_index, "target_index": m.target_index, "rebuild": m.rebuild.as_ref().map(|r| json!({"copied_bytes": r.copied_bytes, "total_bytes": r.total_bytes, "percent": r.percent, "eta_seconds": r.eta_seconds}))})).collect::<Vec<_>>(),
         "attachments": v.attachments.iter().map(|a| json!({"node": a.node_name, "readonly": a.readonly})).collect::<Vec<_>>(),
         "source": v.source,
     })
@@ -229,6 +229,12 @@ async fn get(client: &VolumeClient, out: Output, name: &str) -> Result<(), Statu
         v.health().word(),
         v.leader_node_id
     );
+    if !v.health_reason.is_empty() {
+        println!("health reason: {}", v.health_reason);
+    }
+    if !v.zone_warning.is_empty() {
+        println!("zones: {}", v.zone_warning);
+    }
     if !v.source.is_empty() {
         println!("source: {}", v.source);
     }
@@ -247,6 +253,8 @@ async fn get(client: &VolumeClient, out: Output, name: &str) -> Result<(), Statu
                 m.target_index,
                 (m.matched_index.min(m.target_index) * 100) / m.target_index
             )
+        } else if !m.reason.is_empty() {
+            format!(" ({})", m.reason)
         } else {
             String::new()
         };

@@ -145,6 +145,7 @@ impl PeerConn {
             }
             Ok(Err(status)) => {
                 attempt.observe::<()>(&Err(status.clone()));
+                self.refusals.refused();
                 if status.code() == tonic::Code::Unimplemented {
                     tracing::info!(
                         group,
@@ -157,6 +158,7 @@ impl PeerConn {
             }
             Ok(Ok(r)) => {
                 attempt.answered();
+                self.refusals.accepted();
                 r.into_inner()
             }
         };

@@ -121,6 +121,36 @@ impl PeerHealth {
     }
 }
 
+/// One group's refused attempts to open an append stream to a peer that answers but does
+/// not take the group (it does not host it, e.g. it failed to open there, or its Raft
+/// stopped): the next open waits, jittered and doubling from 50 ms to 2 s. openraft's own
+/// backoff cannot pace these: it sleeps only between requests it hands to a stream, and a
+/// refused open takes none, so the leader would reopen at once, in a loop.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    count: u32,
+    until: Option<Instant>,
+}
+
+impl Refusals {
+    pub fn refused(&mut self) {
+        self.count = self.count.saturating_add(1);
+        self.until = Some(Instant::now() + jittered(delay(self.count)));
+    }
+
+    pub fn accepted(&mut self) {
+        self.count = 0;
+        self.until = None;
+    }
+
+    /// Waits until the next open may go (at once after an accepted one).
+    pub async fn wait(&self) {
+        if let Some(at) = self.until {
+            tokio::time::sleep_until(at).await;
+        }
+    }
+}
+
 /// One attempt to reach a peer. A peer that answered at all (even with an error of its
 /// own) is reachable; a transport failure or no answer in time is not. An attempt
 /// dropped unfinished after `ABANDONED_AFTER` counts as no answer.
@@ -208,6 +238,23 @@ mod tests {
         assert!(second >= Duration::from_millis(80), "{second:?}: doubled");
         h.attempt().answered();
         assert!(h.backing_off().is_none(), "an answer ends the backoff");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_opens_back_off_until_one_is_accepted() {
+        let mut r = Refusals::default();
+        let t0 = Instant::now();
+        r.wait().await;
+        assert_eq!(Instant::now(), t0, "nothing refused: no wait");
+        r.refused();
+        r.refused();
+        r.wait().await;
+        let waited = Instant::now() - t0;
+        assert!(waited >= Duration::from_millis(80), "{waited:?}: doubled");
+        r.accepted();
+        let t1 = Instant::now();
+        r.wait().await;
+        assert_eq!(Instant::now(), t1, "accepted: no wait");
     }
 
     #[test]

@@ -68,6 +68,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             health: self.channels.health(&node.addr),
             channels: self.channels.clone(),
             streams: true,
+            refusals: backoff::Refusals::default(),
             rebuilds: self.rebuilds.clone(),
         }
     }
@@ -84,6 +85,8 @@ pub struct PeerConn {
     /// Whether the peer has `AppendStream` (false once it answered UNIMPLEMENTED: a
     /// storaged from before it, during a rolling upgrade).
     streams: bool,
+    /// This group's append streams the peer refused (`backoff::Refusals`).
+    refusals: backoff::Refusals,
     rebuilds: Arc<Rebuilds>,
 }
 
@@ -184,6 +187,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
             // from the log: a dead peer is tried once per backoff step, not in a loop.
             self.health.ready().await;
             if self.streams {
+                self.refusals.wait().await;
                 self.open_stream(input, option).await
             } else {
                 stream_append_sequential(self, input, option).await
@@ -275,6 +279,7 @@ impl PeerConn {
             addr,
             channels,
             streams: true,
+            refusals: backoff::Refusals::default(),
             rebuilds: crate::rebuild::Rebuilds::new(crate::rebuild::DEFAULT_RATE, 2),
         }
     }
