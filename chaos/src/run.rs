@@ -291,7 +291,7 @@ async fn attach_fs(cluster: &mut FaultCluster) -> Result<FsVolume, Error> {
     let api = cairn_client::NodeClient::connect(&node.addr, &me)
         .map_err(|s| Error::Config(s.message().into()))?;
     let mount = cluster.dir().join("fs-mount");
-    let fs = FsVolume::attach(FS_VOLUME, FS_NODE, api, &node.data_dir, mount).await?;
+    let fs = FsVolume::attach(FS_VOLUME, FS_NODE, api, &node.run_dir(), mount).await?;
     cluster.protected.insert(FS_NODE);
     Ok(fs)
 }

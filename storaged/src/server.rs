@@ -31,6 +31,8 @@ pub struct ServerOptions {
     pub join: Vec<String>,
     /// Where to serve Prometheus `/metrics` and `/healthz`; none when `None`.
     pub metrics_addr: Option<SocketAddr>,
+    /// Runtime state: the attachment table, FUSE mountpoints, frontend control sockets.
+    pub run_dir: PathBuf,
 }
 
 /// The server side of `NodeConfig::security`: mutual TLS (done by `serve!`'s incoming
@@ -143,7 +145,7 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
         node: node.clone(),
         pool,
     });
-    let attach = Arc::new(AttachManager::new(opener, opts.node.data_dir.join("run")));
+    let attach = Arc::new(AttachManager::new(opener, opts.run_dir.clone()));
     match attach.recover().await {
         Ok(report) => tracing::info!(?report, "attachments recovered"),
         Err(e) => tracing::warn!(error = %e, "attachment recovery failed"),

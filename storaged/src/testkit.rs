@@ -37,6 +37,14 @@ pub struct ProcNode {
     child: Option<Child>,
 }
 
+impl ProcNode {
+    /// Its `--run-dir`: beside its log, so a data dir on a filesystem without Unix sockets
+    /// (cairn-faultfs) still has frontend control sockets.
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+}
+
 /// Where a node of `ProcCluster::start_placed` runs: a network namespace of its own (a file
 /// such as `/run/netns/NAME`) and its address there, on which it listens and is reached.
 #[derive(Clone, Debug)]
@@ -390,6 +398,8 @@ impl ProcCluster {
         let child = cmd
             .args(["--listen", &node.addr, "--data-dir"])
             .arg(&node.data_dir)
+            .arg("--run-dir")
+            .arg(node.run_dir())
             .args(peer_args)
             .args(["--capacity", "64GiB"])
             .args(metrics_args)
@@ -715,7 +725,7 @@ impl Drop for ProcCluster {
                 let _ = c.wait();
             }
             // Frontend processes outlive storaged by design (decision 041): end them too.
-            remove_frontends(&n.data_dir.join("run"));
+            remove_frontends(&n.run_dir());
         }
     }
 }

@@ -305,10 +305,10 @@ trait ClonePaths {
 
 impl ClonePaths for cairn_storaged::testkit::ProcNode {
     fn clone_paths(&self) -> NodePaths {
-        let data = std::fs::canonicalize(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
+        let run = self.run_dir();
         NodePaths {
             addr: self.addr.clone(),
-            run_dir: data.join("run"),
+            run_dir: std::fs::canonicalize(&run).unwrap_or(run),
         }
     }
 }

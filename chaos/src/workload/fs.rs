@@ -101,7 +101,7 @@ impl FsVolume {
         volume: &str,
         node: u64,
         api: NodeClient,
-        data_dir: &Path,
+        run_dir: &Path,
         mount: PathBuf,
     ) -> Result<FsVolume, Error> {
         let a = api
@@ -120,7 +120,7 @@ impl FsVolume {
             volume: volume.to_string(),
             node,
             device: a.device_path.clone(),
-            frontend: data_dir.join("run/fuse").join(volume),
+            frontend: run_dir.join("fuse").join(volume),
             mount,
             api,
             mounted: false,

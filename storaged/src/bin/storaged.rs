@@ -75,6 +75,10 @@ struct Args {
     /// timers stop on every member until its next I/O or message (0: never).
     #[arg(long, default_value_t = 2_000)]
     quiet_after_ms: u64,
+    /// Runtime state: the attachment table, FUSE mountpoints and frontend control sockets
+    /// (default: DATA_DIR/run). Must be on a filesystem that holds Unix sockets.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
     /// Serve Prometheus metrics (`/metrics`) and `/healthz` on this address, e.g.
     /// 0.0.0.0:9810. Off by default.
     #[arg(long)]
@@ -329,6 +333,10 @@ fn run(args: Args) -> Result<(), Exit> {
             listen: args.listen,
             join: args.join,
             metrics_addr: args.metrics_addr,
+            run_dir: args
+                .run_dir
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("run")),
         })
         .await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
