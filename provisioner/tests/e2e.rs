@@ -381,7 +381,9 @@ async fn leader_election_failover() {
 /// lands on node-3 and writes into that directory; released, the PV is wiped and offered again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_local_pv_binds_by_first_consumer() {
-    run(|env| async move {
+    // On the processes: it names the discovered directory by its host path, which the
+    // install's provisioner (inside node-3's mount namespace) sees as /mnt/cairn-disks/…
+    run_processes(|env| async move {
         let disk = env.layout.discovery_dir("node-3").join("disk-a");
         std::fs::create_dir_all(&disk).expect("disk dir");
         let path = disk.display().to_string();
