@@ -87,11 +87,23 @@ pub fn cluster_id(security: &cairn_client::Security) -> Result<BTreeSet<String>>
 }
 
 /// How a start joins its Raft: `Initialize` bootstraps the meta group with the initial
-/// voters; `Start` runs it empty, for the leader to bring up to date.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// voters; `Start` runs it empty, for the leader to bring up to date. `Start` carries the
+/// nodes the answering peers know (meta voters, learners, catalogue): until this node's
+/// own catalogue arrives, only they may send it Raft messages (`raft_sender`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
     Initialize,
-    Start,
+    Start { senders: BTreeSet<u64> },
+}
+
+impl Admission {
+    /// The nodes an empty node takes Raft messages from before it has a catalogue.
+    pub fn first_senders(&self, initial: &BTreeMap<u64, String>) -> BTreeSet<u64> {
+        match self {
+            Admission::Initialize => initial.keys().copied().collect(),
+            Admission::Start { senders } => senders.clone(),
+        }
+    }
 }
 
 /// How the data dir looked when `check_stamp` read it.
@@ -212,6 +224,14 @@ pub fn knows(status: &GroupStatus, me: u64) -> bool {
     status.catalogue_nodes.contains(&me) || matches!(status.matched.get(&me), Some(Some(_)))
 }
 
+/// Every node the answers name: meta voters, learners and catalogue entries.
+fn known_nodes<'a>(answers: impl Iterator<Item = &'a GroupStatus>) -> BTreeSet<u64> {
+    answers
+        .flat_map(|s| s.voters.iter().chain(&s.learners).chain(&s.catalogue_nodes))
+        .copied()
+        .collect()
+}
+
 /// Whether `status` shows a formed meta group: voters, or log entries.
 fn formed(status: &GroupStatus) -> bool {
     !status.voters.is_empty() || status.last_log_index.is_some()
@@ -255,8 +275,9 @@ pub async fn admit(
             )));
         }
         if let Some((addr, _)) = answers.iter().find(|(_, s)| formed(s)) {
-            tracing::info!(node = me, peer = %addr, "identity probe: a cluster runs and does not know this node id; starting empty");
-            return Ok(Admission::Start);
+            let senders = known_nodes(answers.iter().map(|(_, s)| s));
+            tracing::info!(node = me, peer = %addr, senders = ?senders, "identity probe: a cluster runs and does not know this node id; starting empty");
+            return Ok(Admission::Start { senders });
         }
         let empty_voters = answers
             .iter()

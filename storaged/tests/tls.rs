@@ -144,14 +144,23 @@ async fn forged_raft_messages_change_nothing() {
     let addr = cluster.nodes[0].addr.clone();
     let huge = before.term + 1_000;
 
-    // node:9 is not a member: its (valid) certificate does not make it a leader.
+    // node:9 is not a member: its (valid) certificate does not make it a leader, not even
+    // on a node that started empty and has not heard from the meta leader yet (sent to
+    // every node right after the cluster is ready, when a late joiner may be in that window).
     let nine = cluster.security_for(&Identity::Node(9));
-    let err = RaftServiceClient::new(channel(&nine, &addr))
-        .append_entries(heartbeat(META_GROUP, huge, 9))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    assert!(err.message().contains("node 9"), "{}", err.message());
+    for node in &cluster.nodes {
+        let err = RaftServiceClient::new(channel(&nine, &node.addr))
+            .append_entries(heartbeat(META_GROUP, huge, 9))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::PermissionDenied,
+            "node {}: {err:?}",
+            node.id
+        );
+        assert!(err.message().contains("node 9"), "{}", err.message());
+    }
 
     // node:2's certificate cannot speak for node 3.
     let two = cluster.security_for(&Identity::Node(2));

@@ -10,7 +10,7 @@ pub mod quiesce;
 pub mod space;
 pub mod status;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -86,6 +86,8 @@ pub struct StorageNode {
     io: NodeIo,
     metrics: Arc<Metrics>,
     rebuilds: Arc<Rebuilds>,
+    /// Started empty: the nodes it takes Raft messages from until its catalogue arrives.
+    first_senders: BTreeSet<u64>,
 }
 
 impl StorageNode {
@@ -131,6 +133,10 @@ impl StorageNode {
             }
             identity::write_stamp(&cfg.data_dir, cfg.id, &cfg.initial_cluster, &cluster)?;
         }
+        let first_senders = admission
+            .as_ref()
+            .map(|a| a.first_senders(&cfg.initial_cluster))
+            .unwrap_or_default();
         if admission == Some(identity::Admission::Initialize) {
             let members: BTreeMap<u64, Node> = cfg
                 .initial_cluster
@@ -175,6 +181,7 @@ impl StorageNode {
             io,
             metrics,
             rebuilds,
+            first_senders,
         });
         tokio::spawn(crate::repair::run(Arc::downgrade(&node)));
         Ok(node)
@@ -182,6 +189,12 @@ impl StorageNode {
 
     pub fn cfg(&self) -> &NodeConfig {
         &self.cfg
+    }
+
+    /// Started empty: the nodes that may send it Raft messages while it has no catalogue
+    /// (`service/raft_sender.rs`); empty for a node that started with Raft state.
+    pub fn first_senders(&self) -> &BTreeSet<u64> {
+        &self.first_senders
     }
 
     /// The peer channels, shared by every group's transport and by forwarded requests.

@@ -53,8 +53,10 @@ pub fn speaks_for(node: &StorageNode, who: &Identity, id: u64) -> bool {
 /// Refuses a message claiming to come from node `claimed` in `group` unless the caller
 /// (`None`: a plaintext server) holds `node:<claimed>` and `claimed` is a member of the
 /// group. A member may be missing from a lagging replica's view of the group, so a node
-/// registered in the catalogue is accepted too, as is any sender to a replica that has
-/// no membership yet (a new replica waiting for its first entries).
+/// registered in the catalogue is accepted too. A node that started empty has neither
+/// until the meta leader reaches it: it takes messages only from the nodes its peers
+/// named at its start (`identity::Admission`), so a valid certificate of a stranger
+/// cannot raise its term or feed it a log in that window.
 pub fn check_sender(
     node: &StorageNode,
     caller: Option<&Identity>,
@@ -69,12 +71,18 @@ pub fn check_sender(
             "identity `{who}` may not speak for node {claimed} in group {group}"
         )));
     }
-    let known = {
+    let (member, no_members) = {
         let m = raft.metrics().borrow_watched().membership_config.clone();
         let members = m.membership();
-        members.get_node(&claimed).is_some() || members.nodes().next().is_none()
+        (
+            members.get_node(&claimed).is_some(),
+            members.nodes().next().is_none(),
+        )
     };
-    if known || node.catalog().nodes.contains_key(&claimed) {
+    let (registered, no_catalogue) =
+        node.with_catalog(|c| (c.nodes.contains_key(&claimed), c.nodes.is_empty()));
+    let first = no_members && no_catalogue && node.first_senders().contains(&claimed);
+    if member || registered || first {
         return Ok(());
     }
     tracing::warn!(
