@@ -3,6 +3,9 @@
 //! same run: the frontend's ceiling (the same FUSE + loop + ext4 path over a volume held in
 //! memory, storaged's `fuse_ceiling` example) and the limit (ext4 on a loop device on a file).
 //!
+//! The replicated rows run twice: with each FUSE frontend in a process of its own (as
+//! shipped) and served inside storaged (`--in-process-frontends`), to show that hop's cost.
+//!
 //! Run by `scripts/bench-csi.sh`; prints IOPS/MB/s per workload and the ratios to both.
 //! Environment: `BENCH_SECONDS` (per fio job, default 10), `BENCH_FILE_MIB` (default 256).
 
@@ -347,6 +350,29 @@ async fn main() {
         "bench-csi: fio {} s per job on a {} MiB file, direct=1, libaio",
         s.seconds, s.file_mib
     );
+    let mut rows: Vec<(&str, Vec<Figure>)> = Vec::new();
+    // The frontend's own hop first (FUSE served inside storaged, no gRPC between the
+    // frontend and the node), on a cluster of its own, so its cost shows in this run.
+    {
+        let inproc = Cluster::start_with(3, &["--in-process-frontends"]).await;
+        let ctrl = Plugin::controller(&inproc).await;
+        let node = Plugin::node(&inproc, 0).await;
+        for (label, id, replicas) in [
+            (
+                "ext4, 3 replicas (fuse in storaged)",
+                "bench-r3-inproc",
+                "3",
+            ),
+            ("ext4, 1 replica (fuse in storaged)", "bench-r1-inproc", "1"),
+        ] {
+            eprintln!("bench-csi: {label}");
+            let params = [("replicas", replicas)];
+            rows.push((
+                label,
+                through_csi(&inproc, &ctrl, &node, id, &params, &s).await,
+            ));
+        }
+    }
     let cluster = Cluster::start(3).await;
     // The cluster's directory (and its logs) goes away when a panic unwinds: keep the logs.
     let dir = cluster.dir.path().to_path_buf();
@@ -364,7 +390,6 @@ async fn main() {
     }));
     let ctrl = Plugin::controller(&cluster).await;
     let node = Plugin::node(&cluster, 0).await;
-    let mut rows: Vec<(&str, Vec<Figure>)> = Vec::new();
     for (label, id, params) in [
         (
             "ext4, 3 replicas (fuse)",

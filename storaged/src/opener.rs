@@ -35,6 +35,8 @@ fn own_binary() -> Result<PathBuf> {
 pub struct NodeOpener {
     pub node: Arc<StorageNode>,
     pub pool: Arc<LocalPool>,
+    /// Where frontend processes send block requests (`frontend/nbd_local.rs`).
+    pub data_socket: std::path::PathBuf,
 }
 
 impl VolumeOpener for NodeOpener {
@@ -46,12 +48,15 @@ impl VolumeOpener for NodeOpener {
         let volume = volume.to_string();
         Box::pin(async move {
             let cfg = self.node.cfg();
-            // This node first (it leads attached volumes, decision 014), then the volume's
-            // other members, then every peer this node was told about.
-            let mut endpoints = vec![cfg.addr.clone()];
+            if cfg.in_process_frontends {
+                return Ok(None);
+            }
+            // Used only while this node's storaged is away: the volume's other members,
+            // then every peer this node was told about.
+            let mut endpoints = Vec::new();
             self.node.with_catalog(|cat| {
                 if let Some(vol) = cat.volumes.get(&volume) {
-                    for id in &vol.members {
+                    for id in vol.members.iter().filter(|id| **id != cfg.id) {
                         if let Some(n) = cat.nodes.get(id) {
                             endpoints.push(n.addr.clone());
                         }
@@ -60,13 +65,14 @@ impl VolumeOpener for NodeOpener {
             });
             endpoints.extend(cfg.peers());
             let mut seen = std::collections::HashSet::new();
-            endpoints.retain(|e| seen.insert(e.clone()));
+            endpoints.retain(|e| *e != cfg.addr && seen.insert(e.clone()));
             let tls_dir = match &cfg.security {
                 cairn_client::Security::Tls(tls) => Some(tls.dir().to_path_buf()),
                 cairn_client::Security::Insecure => None,
             };
             Ok(Some(FrontendSpec {
                 exe: own_binary()?,
+                data_socket: self.data_socket.clone(),
                 tls_dir,
                 endpoints,
                 io_deadline: FRONTEND_IO_DEADLINE,

@@ -68,6 +68,8 @@ macro_rules! serve {
 pub struct Running {
     pub node: Arc<StorageNode>,
     pub attach: Arc<AttachManager>,
+    /// Frontend processes' block requests; closed (they wait and reconnect) when this goes.
+    _data_socket: crate::frontend::nbd_local::LocalNbd,
     stop: Option<oneshot::Sender<()>>,
     /// Ends the `AppendStream`s peers keep open to this node.
     closing: tokio::sync::watch::Sender<bool>,
@@ -144,7 +146,11 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
     let opener = Arc::new(NodeOpener {
         node: node.clone(),
         pool,
+        data_socket: opts.run_dir.join(crate::frontend::nbd_local::SOCKET),
     });
+    // Before attachments are recovered: adopted frontends reconnect to it.
+    std::fs::create_dir_all(&opts.run_dir)?;
+    let data_socket = crate::frontend::nbd_local::LocalNbd::start(&opts.run_dir, opener.clone())?;
     let attach = Arc::new(AttachManager::new(opener, opts.run_dir.clone()));
     match attach.recover().await {
         Ok(report) => tracing::info!(?report, "attachments recovered"),
@@ -189,6 +195,7 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
     Ok(Running {
         node,
         attach,
+        _data_socket: data_socket,
         stop: Some(stop_tx),
         closing: closing_tx,
         served,

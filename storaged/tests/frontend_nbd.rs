@@ -1,11 +1,17 @@
-//! The NBD frontend against real NBD clients: `qemu-io`, `qemu-img` and `qemu-nbd --list`.
+//! The NBD frontend against real NBD clients: `qemu-io`, `qemu-img` and `qemu-nbd --list`;
+//! and the frontend processes' data socket, from qemu-io and from their own client.
 
 mod frontend_support;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use cairn_proto::cairn::v1::Frontend;
+use cairn_storaged::frontend::BlockDevice;
 use cairn_storaged::frontend::attach::AttachManager;
+use cairn_storaged::frontend::nbd_client::NbdDevice;
+use cairn_storaged::frontend::nbd_local::{LocalNbd, export_name};
 use frontend_support::{Cleanup, FakeOpener, MemDevice, random_bytes, sh};
 
 const MIB: u64 = 1 << 20;
@@ -176,4 +182,97 @@ async fn readonly_export_refuses_writes() {
     );
     assert_eq!(dev.allocated_blocks(), 0);
     mgr.detach("vol-nbd-ro").await.unwrap();
+}
+
+/// The frontend processes' data socket (`nbd_local.rs`) speaks NBD to a real client: qemu-io
+/// writes and reads a volume through it by the export name `<volume>@<generation>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_io_uses_the_local_data_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opener = Arc::new(FakeOpener::default());
+    let dev = MemDevice::new(8 * MIB);
+    opener.add_replicated("vol-sock", dev.clone());
+    let server = LocalNbd::start(tmp.path(), opener).unwrap();
+    let uri = format!(
+        "nbd+unix:///{}?socket={}",
+        export_name("vol-sock", 3, false),
+        server.path().display()
+    );
+    qemu_io(&uri, &["write -P 0x5a 4096 8192", "read -P 0x5a 4096 8192"]).await;
+    assert_eq!(dev.bytes(4096, 8192), vec![0x5a; 8192]);
+    // A read-only export refuses writes; an unknown volume is no export at all.
+    let ro = format!(
+        "nbd+unix:///{}?socket={}",
+        export_name("vol-sock", 3, true),
+        server.path().display()
+    );
+    let out = sh(&format!(
+        "qemu-io -f raw '{ro}' -c 'write 0 4096' 2>&1 || true"
+    ))
+    .await;
+    assert!(
+        out.contains("Permission denied") || out.contains("failed"),
+        "a writable open of a read-only export: {out}"
+    );
+    qemu_io_with("-r", &ro, &["read -P 0x5a 4096 8192"]).await;
+    let out = sh(&format!(
+        "qemu-io -f raw 'nbd+unix:///nope@0?socket={}' -c 'read 0 512' 2>&1 || true",
+        server.path().display()
+    ))
+    .await;
+    assert!(
+        !out.contains("read 512/512"),
+        "an unknown volume was served: {out}"
+    );
+}
+
+/// The frontend's client of that socket: I/O round trips, survives the server going away and
+/// coming back (a storaged restart), and without a server fails at its deadline, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_frontend_client_reconnects_after_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opener = Arc::new(FakeOpener::default());
+    let dev = MemDevice::new(8 * MIB);
+    opener.add_replicated("vol-re", dev.clone());
+    let server = LocalNbd::start(tmp.path(), opener.clone()).unwrap();
+    let socket = server.path().to_path_buf();
+    let client = Arc::new(NbdDevice::new(
+        socket.clone(),
+        "vol-re",
+        8 * MIB,
+        0,
+        false,
+        Duration::from_secs(20),
+        None,
+    ));
+    client
+        .write(8192, Bytes::from(vec![0x11; 4096]))
+        .await
+        .unwrap();
+    assert_eq!(client.read(8192, 4096).await.unwrap(), vec![0x11; 4096]);
+
+    // The server goes (its connections close); a write waits for the next one.
+    drop(server);
+    let c = client.clone();
+    let pending = tokio::spawn(async move { c.write(0, Bytes::from(vec![0x22; 4096])).await });
+    let server = LocalNbd::start(tmp.path(), opener.clone()).unwrap();
+    pending.await.unwrap().expect("the write after the restart");
+    assert_eq!(dev.bytes(0, 4096), vec![0x22; 4096]);
+    assert_eq!(client.read(8192, 4096).await.unwrap(), vec![0x11; 4096]);
+
+    // No server and no fallback: the request fails once its deadline has passed.
+    drop(server);
+    let short = NbdDevice::new(
+        socket,
+        "vol-re",
+        8 * MIB,
+        0,
+        false,
+        Duration::from_millis(600),
+        None,
+    );
+    let started = Instant::now();
+    let err = short.read(0, 4096).await.unwrap_err();
+    assert!(started.elapsed() >= Duration::from_millis(600), "{err}");
+    assert!(err.to_string().contains("no answer"), "{err}");
 }

@@ -175,6 +175,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[]).await
+    }
+
+    /// `start`, with `extra` flags for every storaged.
+    pub async fn start_with(n: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("cairn-csi-it-")
             .tempdir_in("/var/tmp")
@@ -210,6 +215,7 @@ impl Cluster {
                 .args(["--capacity", "20GiB"])
                 .arg("--tls-dir")
                 .arg(&tls)
+                .args(extra)
                 // storaged logs to stdout; keep both streams.
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)

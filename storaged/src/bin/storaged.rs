@@ -104,6 +104,11 @@ struct Args {
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text")]
     log_format: String,
+    /// Serve FUSE attachments inside storaged instead of one `storaged frontend` process
+    /// each: one hop less per I/O, but a restart of storaged then fails mounted volumes
+    /// (EIO until staged again). For benchmarks and tests, not production.
+    #[arg(long)]
+    in_process_frontends: bool,
 }
 
 fn parse_kv(field: &str, s: &str) -> Result<(String, String), String> {
@@ -327,6 +332,7 @@ fn run(args: Args) -> Result<(), Exit> {
                 .then(|| std::time::Duration::from_millis(args.quiet_after_ms)),
             repair,
             reserve,
+            in_process_frontends: args.in_process_frontends,
         };
         let running = start(ServerOptions {
             node: cfg,

@@ -6,6 +6,8 @@ pub mod fuse;
 pub mod local_pool;
 pub mod loopdev;
 pub mod nbd;
+pub mod nbd_client;
+pub mod nbd_local;
 pub mod process;
 pub mod standalone;
 

@@ -1,13 +1,14 @@
-//! The NBD frontend: a fixed-newstyle NBD server exporting one [`BlockDevice`] on a loopback
-//! TCP port, with concurrent requests per connection and simple replies.
+//! The NBD frontend: a fixed-newstyle NBD server with concurrent requests per connection and
+//! simple replies, exporting one [`BlockDevice`] on a loopback TCP port, or (`nbd_local.rs`)
+//! any attached volume to this node's frontend processes over a Unix socket.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use futures::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -15,48 +16,51 @@ use super::BlockDevice;
 use crate::{Error, Result};
 
 // Handshake (https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md).
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
-const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 2;
-const FLAG_C_FIXED_NEWSTYLE: u32 = 1;
-const FLAG_C_NO_ZEROES: u32 = 2;
-const OPT_EXPORT_NAME: u32 = 1;
-const OPT_ABORT: u32 = 2;
-const OPT_LIST: u32 = 3;
-const OPT_INFO: u32 = 6;
-const OPT_GO: u32 = 7;
-const REP_ACK: u32 = 1;
-const REP_SERVER: u32 = 2;
-const REP_INFO: u32 = 3;
-const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
-const REP_ERR_INVALID: u32 = (1 << 31) + 3;
-const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
-const INFO_EXPORT: u16 = 0;
-const INFO_NAME: u16 = 1;
-const INFO_BLOCK_SIZE: u16 = 3;
+pub(crate) const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+pub(crate) const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+pub(crate) const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+pub(crate) const FLAG_FIXED_NEWSTYLE: u16 = 1;
+pub(crate) const FLAG_NO_ZEROES: u16 = 2;
+pub(crate) const FLAG_C_FIXED_NEWSTYLE: u32 = 1;
+pub(crate) const FLAG_C_NO_ZEROES: u32 = 2;
+pub(crate) const OPT_EXPORT_NAME: u32 = 1;
+pub(crate) const OPT_ABORT: u32 = 2;
+pub(crate) const OPT_LIST: u32 = 3;
+pub(crate) const OPT_INFO: u32 = 6;
+pub(crate) const OPT_GO: u32 = 7;
+pub(crate) const REP_ACK: u32 = 1;
+pub(crate) const REP_SERVER: u32 = 2;
+pub(crate) const REP_INFO: u32 = 3;
+pub(crate) const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
+pub(crate) const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+pub(crate) const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
+pub(crate) const INFO_EXPORT: u16 = 0;
+pub(crate) const INFO_NAME: u16 = 1;
+pub(crate) const INFO_BLOCK_SIZE: u16 = 3;
 // Transmission flags.
-const TF_HAS_FLAGS: u16 = 1;
-const TF_READ_ONLY: u16 = 2;
-const TF_SEND_FLUSH: u16 = 4;
-const TF_SEND_FUA: u16 = 8;
-const TF_SEND_TRIM: u16 = 32;
-const TF_SEND_WRITE_ZEROES: u16 = 64;
+pub(crate) const TF_HAS_FLAGS: u16 = 1;
+pub(crate) const TF_READ_ONLY: u16 = 2;
+pub(crate) const TF_SEND_FLUSH: u16 = 4;
+pub(crate) const TF_SEND_FUA: u16 = 8;
+pub(crate) const TF_SEND_TRIM: u16 = 32;
+pub(crate) const TF_SEND_WRITE_ZEROES: u16 = 64;
 // Transmission.
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-const CMD_READ: u16 = 0;
-const CMD_WRITE: u16 = 1;
-const CMD_DISC: u16 = 2;
-const CMD_FLUSH: u16 = 3;
-const CMD_TRIM: u16 = 4;
-const CMD_WRITE_ZEROES: u16 = 6;
-const CMD_FLAG_FUA: u16 = 1;
-const CMD_FLAG_NO_HOLE: u16 = 2;
-const EPERM: u32 = 1;
-const EINVAL: u32 = 22;
-const ENOSPC: u32 = 28;
+pub(crate) const REQUEST_MAGIC: u32 = 0x2560_9513;
+pub(crate) const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+pub(crate) const CMD_READ: u16 = 0;
+pub(crate) const CMD_WRITE: u16 = 1;
+pub(crate) const CMD_DISC: u16 = 2;
+pub(crate) const CMD_FLUSH: u16 = 3;
+pub(crate) const CMD_TRIM: u16 = 4;
+pub(crate) const CMD_WRITE_ZEROES: u16 = 6;
+pub(crate) const CMD_FLAG_FUA: u16 = 1;
+pub(crate) const CMD_FLAG_NO_HOLE: u16 = 2;
+pub(crate) const EPERM: u32 = 1;
+pub(crate) const EINVAL: u32 = 22;
+pub(crate) const ENOSPC: u32 = 28;
+/// The protocol's "shutting down": here, no leader or quorum for now (an election, a
+/// restart); a client may retry. Every other failure is EIO.
+pub(crate) const ESHUTDOWN: u32 = 108;
 
 /// Largest option payload and I/O request accepted.
 const MAX_OPTION: u32 = 64 << 10;
@@ -64,10 +68,36 @@ const MAX_IO: u32 = 32 << 20;
 /// Requests in flight per connection.
 const MAX_INFLIGHT: usize = 64;
 
-struct Export {
-    name: String,
-    dev: Arc<dyn BlockDevice>,
-    readonly: bool,
+pub(crate) struct Export {
+    pub name: String,
+    pub dev: Arc<dyn BlockDevice>,
+    pub readonly: bool,
+}
+
+/// Where a connection's export comes from, by the name the client asks for.
+pub(crate) trait ExportSource: Send + Sync + 'static {
+    fn find<'a>(&'a self, name: &'a [u8]) -> BoxFuture<'a, Option<Arc<Export>>>;
+    /// What `NBD_OPT_LIST` answers.
+    fn names(&self) -> Vec<String>;
+}
+
+/// A server of one export, also the default (empty name) one.
+impl ExportSource for Export {
+    fn find<'a>(&'a self, name: &'a [u8]) -> BoxFuture<'a, Option<Arc<Export>>> {
+        Box::pin(async move {
+            self.matches(name).then(|| {
+                Arc::new(Export {
+                    name: self.name.clone(),
+                    dev: self.dev.clone(),
+                    readonly: self.readonly,
+                })
+            })
+        })
+    }
+
+    fn names(&self) -> Vec<String> {
+        vec![self.name.clone()]
+    }
 }
 
 /// A running NBD server for one volume. Dropping it (or [`NbdServer::stop`]) closes the
@@ -135,15 +165,19 @@ impl Drop for NbdServer {
 }
 
 async fn accept_loop(listener: TcpListener, export: Arc<Export>) {
+    let source: Arc<dyn ExportSource> = export.clone();
     // Connection tasks live in the set: aborting this task aborts them all.
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let export = export.clone();
+                    let (export, source) = (export.clone(), source.clone());
                     conns.spawn(async move {
-                        if let Err(e) = serve(stream, &export).await {
+                        if let Err(e) = stream.set_nodelay(true) {
+                            tracing::debug!(volume = %export.name, %peer, error = %e, "NBD connection: TCP_NODELAY");
+                        }
+                        if let Err(e) = serve(stream, source).await {
                             tracing::debug!(volume = %export.name, %peer, error = %e, "NBD connection ended");
                         }
                     });
@@ -155,23 +189,30 @@ async fn accept_loop(listener: TcpListener, export: Arc<Export>) {
     }
 }
 
-async fn serve(stream: TcpStream, export: &Arc<Export>) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
-    let (rd, wr) = stream.into_split();
+/// Serves one connection: the handshake, then the export the client chose.
+pub(crate) async fn serve<S>(stream: S, source: Arc<dyn ExportSource>) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
     let mut rd = BufReader::with_capacity(256 << 10, rd);
     let mut wr = BufWriter::with_capacity(256 << 10, wr);
-    if handshake(&mut rd, &mut wr, export).await? {
-        transmission(rd, wr, export.clone()).await?;
+    if let Some(export) = handshake(&mut rd, &mut wr, &*source).await? {
+        transmission(rd, wr, export).await?;
     }
     Ok(())
 }
 
-/// Option haggling; true when the client entered transmission.
-async fn handshake(
-    rd: &mut BufReader<OwnedReadHalf>,
-    wr: &mut BufWriter<OwnedWriteHalf>,
-    export: &Export,
-) -> std::io::Result<bool> {
+/// Option haggling; the export once the client entered transmission.
+async fn handshake<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    source: &dyn ExportSource,
+) -> std::io::Result<Option<Arc<Export>>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     wr.write_u64(NBDMAGIC).await?;
     wr.write_u64(IHAVEOPT).await?;
     wr.write_u16(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).await?;
@@ -194,29 +235,31 @@ async fn handshake(
         rd.read_exact(&mut data).await?;
         match opt {
             OPT_EXPORT_NAME => {
-                if !export.matches(&data) {
-                    return Ok(false); // the protocol's only answer here is to hang up
-                }
+                let Some(export) = source.find(&data).await else {
+                    return Ok(None); // the protocol's only answer here is to hang up
+                };
                 wr.write_u64(export.dev.size()).await?;
                 wr.write_u16(export.transmission_flags()).await?;
                 if !no_zeroes {
                     wr.write_all(&[0; 124]).await?;
                 }
                 wr.flush().await?;
-                return Ok(true);
+                return Ok(Some(export));
             }
             OPT_ABORT => {
                 option_reply(wr, opt, REP_ACK, &[]).await?;
                 wr.flush().await?;
-                return Ok(false);
+                return Ok(None);
             }
             OPT_LIST if len != 0 => {
                 option_reply(wr, opt, REP_ERR_INVALID, b"LIST takes no data").await?
             }
             OPT_LIST => {
-                let mut item = (export.name.len() as u32).to_be_bytes().to_vec();
-                item.extend_from_slice(export.name.as_bytes());
-                option_reply(wr, opt, REP_SERVER, &item).await?;
+                for name in source.names() {
+                    let mut item = (name.len() as u32).to_be_bytes().to_vec();
+                    item.extend_from_slice(name.as_bytes());
+                    option_reply(wr, opt, REP_SERVER, &item).await?;
+                }
                 option_reply(wr, opt, REP_ACK, &[]).await?;
             }
             OPT_INFO | OPT_GO => {
@@ -225,11 +268,11 @@ async fn handshake(
                     wr.flush().await?;
                     continue;
                 };
-                if !export.matches(name) {
+                let Some(export) = source.find(name).await else {
                     option_reply(wr, opt, REP_ERR_UNKNOWN, b"no such export").await?;
                     wr.flush().await?;
                     continue;
-                }
+                };
                 let mut info = INFO_EXPORT.to_be_bytes().to_vec();
                 info.extend_from_slice(&export.dev.size().to_be_bytes());
                 info.extend_from_slice(&export.transmission_flags().to_be_bytes());
@@ -249,7 +292,7 @@ async fn handshake(
                 option_reply(wr, opt, REP_ACK, &[]).await?;
                 if opt == OPT_GO {
                     wr.flush().await?;
-                    return Ok(true);
+                    return Ok(Some(export));
                 }
             }
             _ => option_reply(wr, opt, REP_ERR_UNSUP, &[]).await?,
@@ -292,8 +335,8 @@ fn parse_info(data: &[u8]) -> Option<(&[u8], Vec<u16>)> {
     ))
 }
 
-async fn option_reply(
-    wr: &mut BufWriter<OwnedWriteHalf>,
+async fn option_reply<W: AsyncWrite + Unpin>(
+    wr: &mut W,
     opt: u32,
     kind: u32,
     data: &[u8],
@@ -316,11 +359,11 @@ struct Reply {
 }
 
 /// Reads requests and runs up to [`MAX_INFLIGHT`] at once; a writer task serialises replies.
-async fn transmission(
-    mut rd: BufReader<OwnedReadHalf>,
-    wr: BufWriter<OwnedWriteHalf>,
-    export: Arc<Export>,
-) -> std::io::Result<()> {
+async fn transmission<R, W>(mut rd: R, wr: W, export: Arc<Export>) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, rx) = mpsc::channel::<Reply>(MAX_INFLIGHT);
     let mut tasks = JoinSet::new();
     let writer = tokio::spawn(write_replies(wr, rx));
@@ -386,8 +429,8 @@ async fn transmission(
     result
 }
 
-async fn write_replies(
-    mut wr: BufWriter<OwnedWriteHalf>,
+async fn write_replies<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::Receiver<Reply>,
 ) -> std::io::Result<()> {
     while let Some(r) = rx.recv().await {
@@ -422,7 +465,12 @@ async fn execute(
     }
     let io = |e: Error| {
         tracing::warn!(volume = %export.name, cmd, offset, length, error = %e, "NBD request failed");
-        super::errno_of(&e) as u32
+        match e.code() {
+            tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::DeadlineExceeded => {
+                ESHUTDOWN
+            }
+            _ => super::errno_of(&e) as u32,
+        }
     };
     let len = u64::from(length);
     let data = match cmd {

@@ -25,14 +25,16 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest path a Unix socket address holds (`sun_path` less its NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
-/// What storaged needs to start frontends: its own binary, how to reach the cluster, and the
+/// What storaged needs to start frontends: its own binary, its frontend data socket
+/// (`nbd_local.rs`), how to reach the cluster while this node's storaged is away, and the
 /// I/O deadline after which a stalled request fails (EIO).
 #[derive(Clone, Debug)]
 pub struct FrontendSpec {
     pub exe: PathBuf,
+    pub data_socket: PathBuf,
     /// The node's `--tls-dir` (its own certificate); `None`: plaintext (`--insecure`).
     pub tls_dir: Option<PathBuf>,
-    /// This node's address first, then the volume's other members.
+    /// The volume's other members, then every peer this node was told about.
     pub endpoints: Vec<String>,
     pub io_deadline: Duration,
 }
@@ -153,6 +155,8 @@ impl FrontendProcess {
             .arg(&control)
             .args(["--size", &launch.size.to_string()])
             .args(["--generation", &launch.generation.to_string()])
+            .arg("--data-socket")
+            .arg(&spec.data_socket)
             .args(["--endpoints", &spec.endpoints.join(",")])
             .args([
                 "--io-deadline-ms",

@@ -1,19 +1,18 @@
-//! The body of `storaged frontend`: one volume's FUSE mount served by a process of its own
-//! over gRPC to the volume's leader (cairn-client), so storaged's restarts only stall its I/O.
+//! The body of `storaged frontend`: one volume's FUSE mount served by a process of its own,
+//! its block requests sent to the node's storaged over NBD on a Unix socket (`nbd_client.rs`),
+//! so storaged's restarts only stall its I/O.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use cairn_client::{Security, VolumeClient};
-use futures::future::BoxFuture;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
 use super::BlockDevice;
 use super::fuse::FuseExport;
+use super::nbd_client::NbdDevice;
 use super::process::{Control, FrontendStatus, Reply};
 use crate::{Error, Result};
 
@@ -41,64 +40,20 @@ pub struct FrontendArgs {
     pub generation: u64,
     #[arg(long)]
     pub readonly: bool,
-    /// storaged addresses, this node's first (`HOST:PORT,...`).
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// storaged's frontend data socket (`RUN_DIR/nbd.sock`).
+    #[arg(long)]
+    pub data_socket: PathBuf,
+    /// Other storaged addresses (`HOST:PORT,...`), tried while this node's is away.
+    #[arg(long, value_delimiter = ',')]
     pub endpoints: Vec<String>,
-    /// How long one request may stall (storaged down, no leader) before it fails with EIO.
-    #[arg(long, default_value_t = 120_000)]
-    pub io_deadline_ms: u64,
-    /// The node's own `ca.crt`, `tls.crt`, `tls.key`.
+    /// The node's own `ca.crt`, `tls.crt`, `tls.key` (for `--endpoints`).
     #[arg(long)]
     pub tls_dir: Option<PathBuf>,
     #[arg(long)]
     pub insecure: bool,
-}
-
-/// A volume reached through the cluster's `BlockService`, as the FUSE filesystem sees it.
-struct ClientDevice {
-    client: VolumeClient,
-    volume: String,
-    size: AtomicU64,
-    generation: AtomicU64,
-}
-
-impl BlockDevice for ClientDevice {
-    fn size(&self) -> u64 {
-        self.size.load(Ordering::Relaxed)
-    }
-
-    fn read(&self, offset: u64, len: u32) -> BoxFuture<'_, Result<Vec<u8>>> {
-        Box::pin(async move { Ok(self.client.read(&self.volume, offset, len).await?) })
-    }
-
-    fn write(&self, offset: u64, data: Bytes) -> BoxFuture<'_, Result<()>> {
-        let generation = self.generation.load(Ordering::Relaxed);
-        Box::pin(async move {
-            Ok(self
-                .client
-                .write_as(&self.volume, offset, data, generation)
-                .await?)
-        })
-    }
-
-    fn discard(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<()>> {
-        let generation = self.generation.load(Ordering::Relaxed);
-        Box::pin(async move {
-            Ok(self
-                .client
-                .discard_as(&self.volume, offset, len, generation)
-                .await?)
-        })
-    }
-
-    fn flush(&self) -> BoxFuture<'_, Result<()>> {
-        let generation = self.generation.load(Ordering::Relaxed);
-        Box::pin(async move { Ok(self.client.flush_as(&self.volume, generation).await?) })
-    }
-
-    fn set_generation(&self, generation: u64) {
-        self.generation.store(generation, Ordering::Relaxed);
-    }
+    /// How long one request may stall (storaged down, no leader) before it fails with EIO.
+    #[arg(long, default_value_t = 120_000)]
+    pub io_deadline_ms: u64,
 }
 
 /// Runs the frontend until a stop request, SIGTERM/SIGINT, or the end of its FUSE session.
@@ -107,22 +62,32 @@ pub fn run(args: FrontendArgs) -> std::result::Result<(), String> {
     if args.io_deadline_ms == 0 {
         return Err("--io-deadline-ms: must be greater than 0".into());
     }
-    let security = Security::from_flags(args.tls_dir.as_deref(), args.insecure)
-        .map_err(|s| s.message().to_string())?;
-    let client = VolumeClient::new(args.endpoints.clone(), security)
-        .map_err(|s| format!("--endpoints: {}", s.message()))?
-        .with_deadline(Duration::from_millis(args.io_deadline_ms));
+    let io_deadline = Duration::from_millis(args.io_deadline_ms);
+    let fallback = if args.endpoints.is_empty() {
+        None
+    } else {
+        let security = Security::from_flags(args.tls_dir.as_deref(), args.insecure)
+            .map_err(|s| s.message().to_string())?;
+        let client = VolumeClient::new(args.endpoints.clone(), security)
+            .map_err(|s| format!("--endpoints: {}", s.message()))?
+            .with_deadline(io_deadline);
+        Some(client)
+    };
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    rt.block_on(serve(args, client)).map_err(|e| e.to_string())
+    rt.block_on(serve(args, fallback))
+        .map_err(|e| e.to_string())
 }
 
-async fn serve(args: FrontendArgs, client: VolumeClient) -> Result<()> {
-    let dev = Arc::new(ClientDevice {
-        client,
-        volume: args.volume.clone(),
-        size: AtomicU64::new(args.size),
-        generation: AtomicU64::new(args.generation),
-    });
+async fn serve(args: FrontendArgs, fallback: Option<VolumeClient>) -> Result<()> {
+    let dev = Arc::new(NbdDevice::new(
+        args.data_socket.clone(),
+        &args.volume,
+        args.size,
+        args.generation,
+        args.readonly,
+        Duration::from_millis(args.io_deadline_ms),
+        fallback,
+    ));
     let handle = tokio::runtime::Handle::current();
     let (d, m, v, ro) = (
         dev.clone() as Arc<dyn BlockDevice>,
@@ -179,7 +144,7 @@ async fn serve(args: FrontendArgs, client: VolumeClient) -> Result<()> {
 
 struct Ctx<'a> {
     args: &'a FrontendArgs,
-    dev: &'a ClientDevice,
+    dev: &'a NbdDevice,
 }
 
 /// Answers one control connection (one request); true when it asked to stop.
@@ -199,7 +164,7 @@ async fn answer(stream: tokio::net::UnixStream, ctx: &Ctx<'_>) -> bool {
             let stop = req == Control::Stop;
             match req {
                 Control::SetGeneration { generation } => ctx.dev.set_generation(generation),
-                Control::SetSize { size } => ctx.dev.size.store(size, Ordering::Relaxed),
+                Control::SetSize { size } => ctx.dev.set_size(size),
                 Control::Status | Control::Stop => {}
             }
             if !matches!(req, Control::Status) {
@@ -220,7 +185,7 @@ fn status(ctx: &Ctx<'_>) -> FrontendStatus {
         volume: ctx.args.volume.clone(),
         pid: std::process::id(),
         mountpoint: ctx.args.mountpoint.clone(),
-        generation: ctx.dev.generation.load(Ordering::Relaxed),
+        generation: ctx.dev.generation(),
         size: ctx.dev.size(),
         readonly: ctx.args.readonly,
     }

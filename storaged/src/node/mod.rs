@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub repair: crate::repair::RepairConfig,
     /// Bytes kept free on the data filesystem (`None`: 5 % of it, at most 1 GiB).
     pub reserve: Option<u64>,
+    /// FUSE frontends served inside this process (`--in-process-frontends`).
+    pub in_process_frontends: bool,
 }
 
 impl NodeConfig {
