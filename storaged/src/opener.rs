@@ -81,8 +81,24 @@ impl VolumeOpener for NodeOpener {
     }
 
     fn open(&self, volume: &str, generation: u64) -> BoxFuture<'_, Result<Opened>> {
-        let volume = volume.to_string();
-        Box::pin(async move {
+        Box::pin(self.open_with(volume.to_string(), generation, None))
+    }
+
+    fn open_for_frontend(&self, volume: &str, generation: u64) -> BoxFuture<'_, Result<Opened>> {
+        Box::pin(self.open_with(volume.to_string(), generation, Some(FRONTEND_IO_DEADLINE)))
+    }
+}
+
+impl NodeOpener {
+    /// A volume for a frontend; `deadline`: how long its requests wait for a leader (`None`:
+    /// the router's default).
+    async fn open_with(
+        &self,
+        volume: String,
+        generation: u64,
+        deadline: Option<Duration>,
+    ) -> Result<Opened> {
+        {
             // Fresh, not the local copy: the volume may have been created a moment ago.
             let cat = self.node.fresh_catalog().await?;
             let vol = cat
@@ -117,10 +133,15 @@ impl VolumeOpener for NodeOpener {
                         size: vol.size,
                     })
                 }
-                VolumeKind::Replicated => Ok(Opened::Replicated(
-                    VolumeIo::new(self.node.clone()).device(&volume, generation),
-                )),
+                VolumeKind::Replicated => {
+                    let io = VolumeIo::new(self.node.clone());
+                    let io = match deadline {
+                        Some(d) => io.with_deadline(d),
+                        None => io,
+                    };
+                    Ok(Opened::Replicated(io.device(&volume, generation)))
+                }
             }
-        })
+        }
     }
 }

@@ -53,6 +53,16 @@ pub trait VolumeOpener: Send + Sync + 'static {
     /// Look up a volume by name; returns how to expose it.
     /// `generation` is the publish generation the volume's writes carry (0: unfenced).
     fn open(&self, volume: &str, generation: u64) -> BoxFuture<'_, crate::Result<Opened>>;
+    /// `open`, for a frontend process's requests (`nbd_local.rs`): they wait out elections
+    /// and lost quorums as long as the frontend would, since it cannot resend a write under
+    /// the same write identity.
+    fn open_for_frontend(
+        &self,
+        volume: &str,
+        generation: u64,
+    ) -> BoxFuture<'_, crate::Result<Opened>> {
+        self.open(volume, generation)
+    }
     /// How to start a FUSE frontend for `volume` in a process of its own (`process.rs`);
     /// `None` (the default, for openers of in-memory test devices): served in this process.
     fn frontend_spec(

@@ -359,49 +359,38 @@ impl NbdDevice {
         })
     }
 
-    /// Sends one request until it is answered, waiting out storaged's restarts and elections
-    /// up to the I/O deadline (through the fallback while the local socket fails).
+    /// Sends one request until storaged answers it: through the fallback while the local
+    /// socket fails, else waiting for the socket up to the I/O deadline.
     async fn request(&self, op: Op<'_>) -> Result<Vec<u8>> {
         let (cmd, offset, len, payload) = op.wire();
         let start = Instant::now();
         let mut backoff = Duration::from_millis(5);
         loop {
-            let why = if self.local_due() {
+            if self.local_due() {
                 match self.connection().await {
                     Ok(conn) => match conn.call(cmd, offset, len, payload).await {
                         Outcome::Done(data) => {
                             self.local_failed(false);
                             return Ok(data);
                         }
-                        Outcome::Errno(ESHUTDOWN) => {
-                            Some("no leader or quorum for now".to_string())
-                        }
                         Outcome::Errno(errno) => return Err(error_of(errno, &self.volume)),
-                        Outcome::Lost => None,
+                        Outcome::Lost => {}
                     },
                     Err(e) => {
                         tracing::debug!(volume = %self.volume, error = %e, "frontend socket");
-                        None
                     }
                 }
-            } else {
-                None
-            };
-            let why = match (why, &self.fallback) {
-                (Some(why), _) => why,
-                (None, Some(client)) => {
-                    self.local_failed(true);
-                    return self.through_fallback(client, op).await;
-                }
-                (None, None) => "storaged's frontend socket does not answer".to_string(),
-            };
+            }
+            if let Some(client) = &self.fallback {
+                self.local_failed(true);
+                return self.through_fallback(client, op).await;
+            }
             if start.elapsed() >= self.io_deadline {
                 return Err(Error::Unavailable(format!(
-                    "volume `{}`: no answer within {:?}: {why}",
+                    "volume `{}`: no answer within {:?}: storaged's frontend socket does not answer",
                     self.volume, self.io_deadline
                 )));
             }
-            tracing::debug!(volume = %self.volume, cmd, reason = %why, "block request waits");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -412,6 +401,7 @@ impl NbdDevice {
 fn error_of(errno: u32, volume: &str) -> Error {
     match errno {
         ENOSPC => Error::ResourceExhausted(format!("volume `{volume}`: no space")),
+        ESHUTDOWN => Error::Unavailable(format!("volume `{volume}`: no leader or quorum")),
         EPERM => Error::FailedPrecondition(format!("volume `{volume}` is read-only")),
         EINVAL => Error::OutOfRange(format!("volume `{volume}`: request out of range")),
         e => Error::Io(std::io::Error::from_raw_os_error(e as i32)),

@@ -48,7 +48,7 @@ impl ExportSource for Volumes {
     fn find<'a>(&'a self, name: &'a [u8]) -> BoxFuture<'a, Option<Arc<Export>>> {
         Box::pin(async move {
             let (volume, generation, readonly) = parse_export(name)?;
-            match self.opener.open(&volume, generation).await {
+            match self.opener.open_for_frontend(&volume, generation).await {
                 Ok(Opened::Replicated(dev)) => Some(Arc::new(Export {
                     name: volume,
                     dev,

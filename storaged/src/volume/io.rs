@@ -45,6 +45,7 @@ const MAX_MESSAGE: usize = 8 << 20;
 pub struct VolumeIo {
     node: Arc<StorageNode>,
     writes: Arc<WriteIds>,
+    limits: Limits,
 }
 
 /// What one try of a request leads to.
@@ -77,7 +78,15 @@ impl VolumeIo {
         VolumeIo {
             node,
             writes: Arc::new(WriteIds::new()),
+            limits: IO_LIMITS,
         }
+    }
+
+    /// Waits up to `deadline` for a leader (an election, a lost quorum) before a request
+    /// fails, resending under the request's one write identity meanwhile.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.limits.deadline = deadline;
+        self
     }
 
     pub fn node(&self) -> &Arc<StorageNode> {
@@ -102,7 +111,7 @@ impl VolumeIo {
         };
         self.route(
             volume,
-            IO_LIMITS,
+            self.limits,
             || self.node.io().read(volume, offset, u64::from(length)),
             |mut c| {
                 let req = req.clone();
@@ -124,7 +133,7 @@ impl VolumeIo {
         let ticket = self.writes.begin(volume).await;
         self.route(
             volume,
-            IO_LIMITS,
+            self.limits,
             || {
                 let id = write_id(&ticket);
                 self.node
@@ -158,7 +167,7 @@ impl VolumeIo {
         let ticket = self.writes.begin(volume).await;
         self.route(
             volume,
-            IO_LIMITS,
+            self.limits,
             || {
                 let id = write_id(&ticket);
                 self.node
@@ -188,7 +197,7 @@ impl VolumeIo {
         };
         self.route(
             volume,
-            IO_LIMITS,
+            self.limits,
             || self.node.io().flush(volume, generation),
             |mut c| {
                 let req = req.clone();
@@ -206,7 +215,7 @@ impl VolumeIo {
         };
         self.route(
             volume,
-            IO_LIMITS,
+            self.limits,
             || self.node.io().fence(volume),
             |mut c| {
                 let req = req.clone();
