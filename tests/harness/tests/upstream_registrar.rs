@@ -146,18 +146,47 @@ async fn the_upstream_registrar_registers_cairn_csi() {
     .await;
     assert_eq!(before, "", "no driver before the registrar runs");
 
-    // The registrar as the node DaemonSet runs it, with the host's paths.
+    // The registrar as the node DaemonSet runs it, with the host's paths; first with a
+    // registration path where no plugin answers: the kubelet refuses it and it exits 1,
+    // leaving its socket file, as a registrar whose driver is not ready yet does.
     let reg_dir = root.join("plugins_registry");
     let reg_sock = reg_dir.join(format!("{DRIVER}-reg.sock"));
-    let reg = Proc::spawn(
-        Command::new(&registrar)
-            .arg(format!("--csi-address={}", sock.display()))
-            .arg("--kubelet-registration-path=/var/lib/kubelet/elsewhere/csi.cairn.dev/csi.sock")
-            .arg(format!("--plugin-registration-path={}", reg_dir.display()))
-            .arg("--v=5"),
-        &logs.join("registrar.log"),
+    let registrar_at = |kubelet_path: &str, log: &str| {
+        Proc::spawn(
+            Command::new(&registrar)
+                .arg(format!("--csi-address={}", sock.display()))
+                .arg(format!("--kubelet-registration-path={kubelet_path}"))
+                .arg(format!("--plugin-registration-path={}", reg_dir.display()))
+                .arg("--v=5"),
+            &logs.join(log),
+        )
+    };
+    let read = |name: &str| std::fs::read_to_string(logs.join(name)).unwrap_or_default();
+    let refused = registrar_at("/var/lib/kubelet/elsewhere/nothing.sock", "refused.log");
+    let status = eventually(
+        "the refused registrar exits",
+        Duration::from_secs(60),
+        || async { refused.exited() },
+    )
+    .await;
+    assert_eq!(status.code(), Some(1), "{}", read("refused.log"));
+    assert!(
+        read("refused.log").contains("PluginRegistered:false"),
+        "{}",
+        read("refused.log")
     );
-    let log = || std::fs::read_to_string(logs.join("registrar.log")).unwrap_or_default();
+    assert!(
+        reg_sock.exists(),
+        "the refused registrar's socket file stays"
+    );
+    assert_eq!(csinode_drivers(&t).await.as_deref(), Some(""));
+
+    // Restarted with the plugin's path, it replaces the socket: registered this time.
+    let reg = registrar_at(
+        "/var/lib/kubelet/elsewhere/csi.cairn.dev/csi.sock",
+        "registrar.log",
+    );
+    let log = || read("registrar.log");
     let want = format!("{DRIVER} node-1");
     eventually(
         "CSINode lists csi.cairn.dev, registered by the upstream registrar",
@@ -177,11 +206,7 @@ async fn the_upstream_registrar_registers_cairn_csi() {
     eventually(
         "the registrar heard NotifyRegistrationStatus",
         Duration::from_secs(30),
-        || async {
-            log()
-                .contains("Received NotifyRegistrationStatus call")
-                .then_some(())
-        },
+        || async { log().contains("PluginRegistered:true").then_some(()) },
     )
     .await;
     let topology = t
