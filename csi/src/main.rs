@@ -54,10 +54,14 @@ struct Cli {
     #[arg(long, value_delimiter = ',', required = true)]
     storaged: Vec<String>,
     /// Directory holding `ca.crt`, `tls.crt` and `tls.key` for calls to storaged: a
-    /// `controller` certificate in controller mode, `csi-node:<node name>` in node mode.
-    /// (The CSI socket itself is local and stays plaintext.)
+    /// `controller` certificate in controller and all modes, `csi-node:<node name>` in node
+    /// mode. (The CSI socket itself is local and stays plaintext.)
     #[arg(long, env = "CAIRN_TLS_DIR")]
     tls_dir: Option<PathBuf>,
+    /// All mode with TLS: the `csi-node:<node name>` certificate directory for this node's
+    /// storaged (attach, detach), as one certificate carries one identity.
+    #[arg(long, env = "CAIRN_NODE_TLS_DIR")]
+    node_tls_dir: Option<PathBuf>,
     /// Talk to a plaintext (`--insecure`) storaged.
     #[arg(long)]
     insecure: bool,
@@ -168,10 +172,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--local-pool is ignored: storaged creates local volumes in its own pool"
         );
     }
+    match (cli.mode, cli.tls_dir.is_some(), cli.node_tls_dir.is_some()) {
+        (Mode::All, true, false) => {
+            return Err(
+                "--mode all with --tls-dir (a `controller` certificate) also needs \
+                        --node-tls-dir DIR (a `csi-node:<node name>` certificate): storaged \
+                        lets only its own node's csi-node attach and detach"
+                    .into(),
+            );
+        }
+        (Mode::All, true, true) | (_, _, false) => {}
+        (_, _, true) => return Err("--node-tls-dir is only for --mode all with --tls-dir".into()),
+    }
     let security = cairn_client::Security::from_flags(cli.tls_dir.as_deref(), cli.insecure)?;
     if matches!(security, cairn_client::Security::Insecure) {
         tracing::warn!("calling storaged in PLAINTEXT without a certificate (--insecure)");
     }
+    let node_security = match &cli.node_tls_dir {
+        Some(dir) => cairn_client::Security::from_flags(Some(dir), false)?,
+        None => security.clone(),
+    };
     let volumes: Arc<dyn VolumeBackend> = Arc::new(cairn_client::VolumeClient::new(
         cli.storaged.clone(),
         security.clone(),
@@ -184,7 +204,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .find(|s| !s.trim().is_empty())
             .ok_or("--storaged is empty")?;
         Some(Arc::new(cairn_client::NodeClient::connect(
-            local, &security,
+            local,
+            &node_security,
         )?))
     } else {
         None

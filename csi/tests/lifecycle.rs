@@ -354,3 +354,22 @@ async fn local_volume_is_pinned_to_its_node() {
     controller_unpublish(&ctrl, id, "node-2").await;
     delete(&ctrl, id).await;
 }
+
+/// `--mode all` (the default mode) under mutual TLS: one process holds both certificates,
+/// `controller` for the cluster and `csi-node:<node>` for its node's attach and detach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_mode_with_both_certificates_runs_the_whole_cycle() {
+    let cluster = Cluster::start(3).await;
+    let all = Plugin::all(&cluster, 0).await;
+    let cap = mount_cap(Mode::SingleNodeWriter, "ext4");
+    let id = "pvc-all-mode";
+    create(&all, create_req(id, 32 * MIB, cap.clone(), &[])).await;
+    let ctx = controller_publish(&all, id, "node-1", &cap).await.unwrap();
+    let (staging, target) =
+        stage_and_publish(&all, &cluster, 0, id, ctx, cap.clone(), "pod-all").await;
+    std::fs::write(target.join("hello"), b"all mode").unwrap();
+    assert_eq!(std::fs::read(target.join("hello")).unwrap(), b"all mode");
+    unpublish_and_unstage(&all, id, &staging, &target).await;
+    controller_unpublish(&all, id, "node-1").await;
+    delete(&all, id).await;
+}

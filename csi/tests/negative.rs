@@ -645,3 +645,39 @@ async fn volume_limit_per_node_and_names_storaged_refuses() {
         .unwrap();
     }
 }
+
+/// One certificate carries one identity: `--mode all` with a `--tls-dir` but no
+/// `--node-tls-dir` would fail every attach, so it is refused at start, naming the flag; and
+/// `--node-tls-dir` outside all mode is refused too.
+#[test]
+fn all_mode_with_tls_needs_the_node_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = format!("unix://{}", dir.path().join("csi.sock").display());
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(csi_bin())
+            .args([
+                "--storaged",
+                "127.0.0.1:1",
+                "--node-id",
+                "node-1",
+                "--endpoint",
+                &sock,
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let tls = dir.path().join("tls");
+    let tls = tls.to_str().unwrap();
+    let (code, err) = run(&["--mode", "all", "--tls-dir", tls]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--node-tls-dir"), "{err}");
+    let (code, err) = run(&["--mode", "node", "--tls-dir", tls, "--node-tls-dir", tls]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("only for --mode all"), "{err}");
+    assert!(!dir.path().join("csi.sock").exists(), "nothing was served");
+}

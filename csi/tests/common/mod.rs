@@ -337,6 +337,35 @@ impl Plugin {
         .await
     }
 
+    /// Controller and node plugin of cluster node `i` in one process (`--mode all`), with a
+    /// `controller` certificate and the node's `csi-node` one.
+    pub async fn all(cluster: &Cluster, i: usize) -> Plugin {
+        let root = cluster.kubelet_root(i);
+        std::fs::create_dir_all(&root).unwrap();
+        let sock = cluster.dir.path().join(format!("csi-all-{}.sock", i + 1));
+        let log = cluster.dir.path().join(format!("csi-all-{}.log", i + 1));
+        let name = &cluster.nodes[i].name;
+        let (ctrl_tls, node_tls) = (
+            cluster.tls_dir("controller"),
+            cluster.tls_dir(&format!("csi-node:{name}")),
+        );
+        let args = [
+            "--mode",
+            "all",
+            "--node-id",
+            name,
+            "--storaged",
+            &cluster.endpoints_for(i),
+            "--kubelet-root",
+            root.to_str().unwrap(),
+            "--tls-dir",
+            ctrl_tls.to_str().unwrap(),
+            "--node-tls-dir",
+            node_tls.to_str().unwrap(),
+        ];
+        Plugin::start(&sock, &args, &log).await
+    }
+
     pub async fn controller(cluster: &Cluster) -> Plugin {
         let sock = cluster.dir.path().join("csi-controller.sock");
         let log = cluster.dir.path().join("csi-controller.log");

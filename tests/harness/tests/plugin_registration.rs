@@ -212,17 +212,17 @@ async fn a_registrar_registers_its_plugin_and_the_limit_holds() {
     );
 
     // A registrar for an unsupported CSI version is refused, with the reason.
-    let old_sock = root.join("plugins_registry/old-reg.sock");
-    let (old, mut old_rx) = registrar(&old_sock, &["0.3.0"]);
+    let sock = root.join(format!("plugins_registry/{DRIVER}-reg.sock"));
+    let (old, mut old_rx) = registrar(&sock, &["0.3.0"]);
     let verdict = told(&mut old_rx).await;
     assert!(
         !verdict.plugin_registered && verdict.error.contains("0.3.0"),
         "{verdict:?}"
     );
+    // It exits leaving its socket file, and its restart binds a new socket at the same path
+    // (as the upstream registrar does after a refusal): a new registration.
     old.abort();
-    std::fs::remove_file(&old_sock).unwrap();
-
-    let sock = root.join(format!("plugins_registry/{DRIVER}-reg.sock"));
+    assert!(sock.exists(), "the refused registrar's socket file stays");
     let (reg, mut rx) = registrar(&sock, &["1.0.0"]);
     let verdict = told(&mut rx).await;
     assert!(verdict.plugin_registered, "{verdict:?}");

@@ -28,10 +28,31 @@ pub struct Registered {
     pub endpoint: PathBuf,
 }
 
-/// Registration sockets seen so far, by path (a failed one is retried when it changes).
+/// Registration sockets seen so far, by path: the socket file they were seen as, and the
+/// plugin it registered (None: refused). A socket replaced at the same path (a restarted
+/// registrar unlinks its old one and binds anew) is a new one, as the kubelet's inotify
+/// watcher sees it: registered again.
 #[derive(Default)]
 pub struct Registry {
-    seen: Mutex<BTreeMap<PathBuf, Option<Registered>>>,
+    seen: Mutex<BTreeMap<PathBuf, (SocketFile, Option<Registered>)>>,
+}
+
+/// Which file a socket path is: inode and change time (an inode number alone may be reused
+/// at once by the next socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SocketFile {
+    ino: u64,
+    ctime: (i64, i64),
+}
+
+/// The socket at `p`, if `p` is one.
+fn socket_file(p: &Path) -> Option<SocketFile> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(p).ok()?;
+    m.file_type().is_socket().then(|| SocketFile {
+        ino: m.ino(),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
 }
 
 /// The node's `/var/lib/kubelet` is this kubelet's root: a path a plugin reports under it
@@ -99,40 +120,34 @@ async fn register(root: &Path, socket: &Path) -> Result<Registered, String> {
     verdict
 }
 
-fn is_socket(p: &Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket())
-}
-
 impl Registry {
     /// One pass over `<root>/plugins_registry`: registers new sockets and forgets the
     /// plugins whose socket went away. Returns whether the registered set changed.
     pub async fn scan(&self, root: &Path, node: &str) -> bool {
         let dir = root.join("plugins_registry");
-        let present: Vec<PathBuf> = std::fs::read_dir(&dir)
+        let present: BTreeMap<PathBuf, SocketFile> = std::fs::read_dir(&dir)
             .into_iter()
             .flatten()
             .flatten()
-            .map(|e| e.path())
-            .filter(|p| is_socket(p))
+            .filter_map(|e| Some((e.path(), socket_file(&e.path())?)))
             .collect();
         let mut removed = false;
-        let fresh: Vec<PathBuf> = {
+        let fresh: Vec<(PathBuf, SocketFile)> = {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             let before = seen.len();
-            seen.retain(|p, _| present.contains(p));
+            seen.retain(|p, (file, _)| present.get(p) == Some(file));
             if seen.len() != before {
-                tracing::info!(node, "plugin registration socket removed");
+                tracing::info!(node, "plugin registration socket removed or replaced");
                 removed = true;
             }
             present
                 .iter()
-                .filter(|p| !seen.contains_key(*p))
-                .cloned()
+                .filter(|(p, _)| !seen.contains_key(*p))
+                .map(|(p, f)| (p.clone(), *f))
                 .collect()
         };
         let mut changed = removed;
-        for socket in fresh {
+        for (socket, file) in fresh {
             let outcome = register(root, &socket).await;
             match &outcome {
                 Ok(r) => {
@@ -146,7 +161,7 @@ impl Registry {
             self.seen
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(socket, outcome.ok());
+                .insert(socket, (file, outcome.ok()));
         }
         changed
     }
@@ -157,7 +172,7 @@ impl Registry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .flatten()
+            .filter_map(|(_, r)| r.as_ref())
             .map(|r| r.endpoint.clone())
             .collect()
     }
