@@ -142,6 +142,10 @@ impl VolumeClient {
                     None => l.meta.clone(),
                 }
             });
+            // Addresses that failed this round without naming another: a hint back to one
+            // of them (a leader's old address, still in the others' catalogue after it
+            // moved) is not followed again in the same round; the other endpoints are tried.
+            let mut failed: Vec<String> = Vec::new();
             for addr in self.candidates(known) {
                 if start.elapsed() >= self.deadline {
                     break;
@@ -173,12 +177,14 @@ impl VolumeClient {
                 }
                 maybe_executed |= !unexecuted(&status);
                 tracing::debug!(addr = %addr, code = ?status.code(), msg = status.message(), "storaged call retry");
-                if let Some(hint) = leader_hint(&status)
-                    && hint != addr
-                {
-                    next_hint = Some(hint);
-                    last_err = Some(status);
-                    break;
+                match leader_hint(&status) {
+                    Some(hint) if hint != addr && !failed.contains(&hint) => {
+                        next_hint = Some(hint);
+                        last_err = Some(status);
+                        break;
+                    }
+                    Some(_) => {}
+                    None => failed.push(addr),
                 }
                 last_err = Some(status);
             }

@@ -497,6 +497,20 @@ impl ProcCluster {
         self.spawn(i)
     }
 
+    /// Restarts node `id` (`kill -9` first) on a new port, with the same data dir and id
+    /// and the cluster's flags unchanged (its `--initial-cluster` entry still names the old
+    /// address): a pod that came back with a new IP. Returns the new address.
+    pub fn restart_at_new_address(&mut self, id: u64) -> std::io::Result<String> {
+        self.kill9(id);
+        let i = self.index_of(id);
+        let mut addr: std::net::SocketAddr =
+            self.nodes[i].addr.parse().map_err(std::io::Error::other)?;
+        addr.set_port(free_port());
+        self.nodes[i].addr = addr.to_string();
+        self.spawn(i)?;
+        Ok(self.nodes[i].addr.clone())
+    }
+
     /// Restarts node `id` (`kill -9` first) with `env` as its extra environment, which later
     /// restarts keep until the next call.
     pub fn restart_with_env(&mut self, id: u64, env: Vec<(String, String)>) -> std::io::Result<()> {

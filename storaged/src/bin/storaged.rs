@@ -307,12 +307,22 @@ fn run(args: Args) -> Result<(), Exit> {
         if let Some(expected) = plan.initial_cluster.get(&plan.id)
             && !peers::same_endpoint("initial-cluster", expected, &addr).await
         {
-            return Err(format!(
-                "--initial-cluster says node {} is at {expected}, but this node advertises \
-                 {addr}, which resolves elsewhere",
-                plan.id
-            )
-            .into());
+            // A node that has run before (its data dir stamped with its id) and comes back
+            // elsewhere (a pod that moved) re-registers at its new address, and its groups
+            // follow. At a first start the mismatch is a mistake in the flags.
+            let ran_before = cairn_storaged::identity::read_stamp(&args.data_dir)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.node_id == plan.id);
+            if !ran_before {
+                return Err(format!(
+                    "--initial-cluster says node {} is at {expected}, but this node advertises \
+                     {addr}, which resolves elsewhere",
+                    plan.id
+                )
+                .into());
+            }
+            tracing::warn!(node = plan.id, listed = %expected, advertised = %addr, "this node has moved since --initial-cluster was written: it re-registers at the address it advertises");
         }
         let cfg = NodeConfig {
             id: plan.id,

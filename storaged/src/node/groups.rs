@@ -11,12 +11,12 @@ use crate::meta::catalog::{Catalog, VolumeKind, VolumeRecord};
 use crate::node::failed::Failed;
 use crate::node::meta::Meta;
 use crate::node::quiesce::Quiescer;
-use crate::raft::NetworkFactory;
 use crate::raft::log_store::LogStore;
 use crate::raft::log_window::{FOLLOWER_KEEP_BYTES, KEEP_BYTES, LogWindow};
 use crate::raft::state_machine::{GroupStateMachine, Shared};
 use crate::raft::wal_sync::WalSyncer;
 use crate::raft::{ChannelCache, META_GROUP, Node, Raft, config};
+use crate::raft::{Members, NetworkFactory};
 use crate::rebuild::Rebuilds;
 use crate::{Error, Result};
 use openraft::async_runtime::WatchReceiver;
@@ -47,10 +47,12 @@ impl Opener {
             .map_err(Error::Io)?
             .with_snapshot_requests(want_snapshot, window.clone())
             .with_spool_dir(self.spool_dir.clone());
+        let members = Members::default();
         let net = NetworkFactory {
             group,
             channels: self.channels.clone(),
             rebuilds: self.rebuilds.clone(),
+            members: members.clone(),
         };
         let raft = Raft::new(
             self.me,
@@ -61,6 +63,7 @@ impl Opener {
         )
         .await
         .map_err(fatal)?;
+        members.follow(raft.server_metrics());
         // Ends when the group shuts down and its state machine (the sender) is dropped.
         let trigger = raft.clone();
         tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! A storaged node: the shared engine and channels, and the parts built on them — catalogue
-//! access (`meta`), group lifecycle (`groups`), leader-side block I/O (`io`) and `status`.
+//! access (`meta`), groups and their members' addresses (`groups`, `addresses`), I/O, `status`.
 
+pub mod addresses;
 pub mod failed;
 pub mod groups;
 pub mod io;
@@ -168,6 +169,7 @@ impl StorageNode {
         );
         tokio::spawn(groups.clone().reconcile_loop());
         tokio::spawn(leadership::run(cfg.id, meta.clone(), groups.clone()));
+        tokio::spawn(addresses::run(cfg.id, meta.clone(), groups.clone()));
         tokio::spawn(quiesce::run(
             groups.quiescer().clone(),
             meta.clone(),

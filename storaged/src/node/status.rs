@@ -73,6 +73,8 @@ pub struct GroupStatus {
     pub rebuilds: BTreeMap<u64, crate::rebuild::Progress>,
     /// Not hosted because opening it here failed (retried with backoff): the error.
     pub open_error: Option<String>,
+    /// Each member's address in the membership as this node knows it (appended last).
+    pub addrs: BTreeMap<u64, String>,
 }
 
 /// Asks the node at `addr` for its view of `group` (`None`: no answer within `within`).
@@ -126,6 +128,10 @@ pub fn group_status(raft: Option<Raft>) -> GroupStatus {
         joint: membership.get_joint_config().len() > 1,
         rebuilds: BTreeMap::new(),
         open_error: None,
+        addrs: membership
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect(),
     }
 }
 

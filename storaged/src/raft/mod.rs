@@ -179,7 +179,7 @@ pub use dedup::WriteId;
 pub type NodeId = u64;
 pub type Node = openraft::BasicNode;
 pub use snapshot::SnapshotData;
-pub use transport::{ChannelCache, GROUP_METADATA, NetworkFactory, TARGET_METADATA};
+pub use transport::{ChannelCache, GROUP_METADATA, Members, NetworkFactory, TARGET_METADATA};
 pub type Raft = openraft::Raft<TypeConfig, state_machine::GroupStateMachine>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;

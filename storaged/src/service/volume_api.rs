@@ -261,6 +261,11 @@ impl VolumeApi {
         } else {
             cat.nodes.get(&r.id).map(|n| n.capacity_bytes).unwrap_or(0)
         };
+        // A node back on a new address (a pod that moved): the catalogue takes it here, and
+        // each group's leader then gives it to the group's membership (`node/addresses.rs`).
+        if let Some(old) = cat.nodes.get(&r.id).filter(|n| n.addr != r.addr) {
+            tracing::info!(node = r.id, name = %name, old = %old.addr, new = %r.addr, "node registered at a new address");
+        }
         let rec = NodeRecord {
             id: r.id,
             name,

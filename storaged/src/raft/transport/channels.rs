@@ -33,6 +33,15 @@ impl ChannelCache {
         self.get_for(addr, addr)
     }
 
+    /// Drops the channels to `addr` (a peer that moved away from it); whether there were
+    /// any. A later call for `addr` connects anew; its reachability record stays.
+    pub fn forget(&self, addr: &str) -> bool {
+        let mut m = self.channels.lock().expect("channel cache poisoned");
+        let plain = m.remove(addr).is_some();
+        let append = m.remove(&format!("{addr}#append")).is_some();
+        plain || append
+    }
+
     /// The reachability of the node at `addr`, shared by all groups and channels.
     pub fn health(&self, addr: &str) -> Arc<PeerHealth> {
         let mut m = self.health.lock().expect("peer health map poisoned");
@@ -79,5 +88,22 @@ impl ChannelCache {
     fn limits(c: RaftServiceClient<Channel>) -> RaftServiceClient<Channel> {
         c.max_decoding_message_size(512 << 20)
             .max_encoding_message_size(512 << 20)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn forgetting_an_address_drops_its_channels_only() {
+        let c = ChannelCache::new(Security::Insecure);
+        c.get("127.0.0.1:1").unwrap();
+        c.stream_client("127.0.0.1:1").unwrap();
+        c.get("127.0.0.1:2").unwrap();
+        assert!(c.forget("127.0.0.1:1"));
+        assert!(!c.forget("127.0.0.1:1"), "nothing left to drop");
+        let m = c.channels.lock().unwrap();
+        assert_eq!(m.keys().collect::<Vec<_>>(), ["127.0.0.1:2"]);
     }
 }

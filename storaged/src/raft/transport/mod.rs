@@ -4,6 +4,7 @@
 mod append_stream;
 mod backoff;
 mod channels;
+mod members;
 mod snapshot;
 #[cfg(test)]
 mod test_peer;
@@ -44,6 +45,7 @@ fn addressed<T>(msg: T, target: NodeId) -> tonic::Request<T> {
 }
 pub use backoff::{CEILING as BACKOFF_CEILING, PeerHealth};
 pub use channels::ChannelCache;
+pub use members::Members;
 
 use super::{AppendEntriesRequest, Node, NodeId, Snapshot, StreamAppendResult, TypeConfig, Vote};
 use super::{decode, encode};
@@ -55,6 +57,8 @@ pub struct NetworkFactory {
     pub channels: ChannelCache,
     /// The node's rebuild budget, shared by every group's outgoing snapshots.
     pub rebuilds: Arc<Rebuilds>,
+    /// The group's current membership: where its peers are now.
+    pub members: Members,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -70,6 +74,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             streams: true,
             refusals: backoff::Refusals::default(),
             rebuilds: self.rebuilds.clone(),
+            members: self.members.clone(),
         }
     }
 }
@@ -88,6 +93,8 @@ pub struct PeerConn {
     /// This group's append streams the peer refused (`backoff::Refusals`).
     refusals: backoff::Refusals,
     rebuilds: Arc<Rebuilds>,
+    /// The group's membership, asked before each call whether the peer moved.
+    members: Members,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +111,21 @@ fn status_error(target: NodeId, status: &tonic::Status) -> RPCError<TypeConfig> 
 }
 
 impl PeerConn {
+    /// Dials the peer where the group's membership has it now: a node that came back on
+    /// a new address is followed, and the channels to its old one are dropped.
+    fn follow_moves(&mut self) {
+        let Some(new) = self.members.moved(self.target, &self.addr) else {
+            return;
+        };
+        let old = std::mem::replace(&mut self.addr, new);
+        self.health = self.channels.health(&self.addr);
+        if self.channels.forget(&old) {
+            tracing::info!(group = self.group, node = self.target, old = %old, new = %self.addr, "peer moved: dialling its new address");
+        } else {
+            tracing::debug!(group = self.group, node = self.target, old = %old, new = %self.addr, "peer moved: dialling its new address");
+        }
+    }
+
     /// Refuses at once while the peer is backing off: for messages that openraft sends
     /// on a timer (heartbeats, votes) and that must not queue behind a dead peer.
     fn refuse_while_backing_off(&self) -> Result<(), RPCError<TypeConfig>> {
@@ -154,6 +176,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         rpc: AppendEntriesRequest,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.follow_moves();
         let payload = encode_append(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let ttl = append_stream::append_ttl(option.hard_ttl(), payload.len());
         self.call(Kind::Append, payload, ttl).await
@@ -173,6 +196,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
     where
         S: futures::Stream<Item = AppendEntriesRequest> + OptionalSend + Unpin + 'static,
     {
+        self.follow_moves();
         // A stream of one request (openraft's heartbeats, every 100 ms per follower)
         // goes as a unary AppendEntries: opening an HTTP/2 stream for it costs more. A
         // heartbeat to a peer backing off fails at once: the next one is 100 ms away.
@@ -200,6 +224,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.follow_moves();
         self.refuse_while_backing_off()?;
         let payload = encode_msg(&rpc)?;
         self.call(Kind::Vote, payload, option.hard_ttl()).await
@@ -210,6 +235,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.follow_moves();
         self.refuse_while_backing_off()?;
         let payload = encode_msg(&rpc)?;
         match self.send(Kind::PreVote, payload, option.hard_ttl()).await? {
@@ -228,6 +254,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         rpc: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.follow_moves();
         let payload = encode_msg(&rpc)?;
         // The named node waits up to an election timeout for its log to be flushed.
         let ttl = option.hard_ttl().max(unary::TRANSFER_TTL);
@@ -241,6 +268,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        self.follow_moves();
         // No overall deadline: a large volume takes as long as it takes, page by page
         // under HTTP/2 flow control. openraft cancels a transfer it no longer wants.
         let send = async {
@@ -281,6 +309,7 @@ impl PeerConn {
             streams: true,
             refusals: backoff::Refusals::default(),
             rebuilds: crate::rebuild::Rebuilds::new(crate::rebuild::DEFAULT_RATE, 2),
+            members: Members::default(),
         }
     }
 }
