@@ -142,7 +142,7 @@ mod tests {
             let n = export_name(v, g, ro);
             assert_eq!(parse_export(n.as_bytes()), Some((v.to_string(), g, ro)));
         }
-        for bad in ["", "pvc-1", "pvc-1@", "pvc-1@x", "@3", "PVC@1", "pvc@1@rw"] {
+        for bad in ["", "pvc-1", "pvc-1@", "pvc-1@x", "@3", "a b@1", "pvc@1@rw"] {
             assert_eq!(parse_export(bad.as_bytes()), None, "{bad}");
         }
     }
