@@ -71,7 +71,7 @@ struct RunArgs {
     /// Volumes (3 replicas each) the block workload writes.
     #[arg(long, default_value_t = 3)]
     volumes: usize,
-    /// Single-node faults hit `any` node or always a volume's `leaders`.
+    /// Single-node faults hit `any` node, always a volume's `leaders`, or always `node:N`.
     #[arg(long, default_value = "any", value_parser = parse_targets)]
     targets: Targets,
     /// Writes the report as JSON here.
@@ -113,7 +113,10 @@ fn parse_targets(s: &str) -> Result<Targets, String> {
     match s {
         "any" => Ok(Targets::Any),
         "leaders" => Ok(Targets::Leaders),
-        other => Err(format!("unknown targets {other:?} (any, leaders)")),
+        other => match other.strip_prefix("node:").map(str::parse::<u64>) {
+            Some(Ok(id)) if id > 0 => Ok(Targets::Node(id)),
+            _ => Err(format!("unknown targets {other:?} (any, leaders, node:N)")),
+        },
     }
 }
 

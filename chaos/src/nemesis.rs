@@ -115,6 +115,17 @@ impl FaultKind {
         !matches!(self, FaultKind::SlowDisk) && self.shape().is_none()
     }
 
+    /// Whether the fault stands for the loss of the whole node (its power, its disk): on a
+    /// real node that takes the kernel's mounts too, which the fs workload's mount on the host
+    /// cannot model, so the node where it is attached is spared these. A storaged kill, pause
+    /// or restart is not one: the frontend process carries the mount through it.
+    pub fn takes_node_down(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Powerloss | FaultKind::PowerlossAll | FaultKind::Eio | FaultKind::NodeLoss
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::Kill => "kill",
@@ -455,7 +466,7 @@ async fn lead_from(cluster: &FaultCluster, volume: &str, node: u64) -> Vec<u64> 
 
 /// Whether `kind` on `target` can start now: a node lost for good takes no further fault, a
 /// node loss must leave at least `REPLICAS` nodes to rebuild on, and a protected node (where
-/// the fs workload's volume is attached) takes no fault that stops its storaged.
+/// the fs workload's volume is attached) takes no fault that takes the whole node down.
 pub fn possible(cluster: &FaultCluster, kind: FaultKind, target: &Target) -> bool {
     if let Target::Node { id } = target
         && (cluster.lost.contains(id) || !spares(cluster, kind, &[*id]))
@@ -465,9 +476,9 @@ pub fn possible(cluster: &FaultCluster, kind: FaultKind, target: &Target) -> boo
     kind != FaultKind::NodeLoss || cluster.live_ids().len() > REPLICAS
 }
 
-/// Whether `kind` on `nodes` leaves every protected node's storaged running.
+/// Whether `kind` on `nodes` leaves every protected node up (its storaged may stop).
 pub fn spares(cluster: &FaultCluster, kind: FaultKind, nodes: &[u64]) -> bool {
-    !kind.stops_storaged() || !nodes.iter().any(|id| cluster.protected.contains(id))
+    !kind.takes_node_down() || !nodes.iter().any(|id| cluster.protected.contains(id))
 }
 
 /// Replicas of each chaos volume.

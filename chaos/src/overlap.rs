@@ -248,7 +248,7 @@ async fn try_start(
         tracing::info!(
             fault = step.kind.name(),
             ?nodes,
-            "fault skipped: it would stop a protected node's storaged"
+            "fault skipped: it would take down the node where the fs workload is attached"
         );
         return Ok(Attempt::Skipped);
     }

@@ -150,6 +150,14 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, Error> {
             "a run needs at least 3 nodes, and the block workload one volume and one block".into(),
         ));
     }
+    if let Targets::Node(id) = config.targets
+        && id as usize > config.nodes
+    {
+        return Err(Error::Config(format!(
+            "targets: node:{id} is not one of the run's {} nodes",
+            config.nodes
+        )));
+    }
     if config.overlap == 0 {
         return Err(Error::Config(
             "overlap: must be at least 1 (1 runs one fault at a time)".into(),
@@ -282,7 +290,8 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, Error> {
 }
 
 /// Attaches the fs workload's volume on `FS_NODE` through its NodeService (with that node's
-/// CSI identity), formats and mounts it; from now on no fault stops that node's storaged.
+/// CSI identity), formats and mounts it; from now on no fault takes that node down (a power
+/// loss, a lost disk), though its storaged may be killed, paused or restarted.
 async fn attach_fs(cluster: &mut FaultCluster) -> Result<FsVolume, Error> {
     let node = &cluster.procs.nodes[cluster.procs.index_of(FS_NODE)];
     let me = cluster
@@ -348,7 +357,7 @@ async fn inject(
         }
         let nodes = nemesis::resolve(cluster, &step.target).await?;
         if !nemesis::spares(cluster, step.kind, &nodes) {
-            tracing::info!(fault = step.kind.name(), target = ?step.target, ?nodes, "fault skipped: it would stop a protected node's storaged");
+            tracing::info!(fault = step.kind.name(), target = ?step.target, ?nodes, "fault skipped: it would take down the node where the fs workload is attached");
             continue;
         }
         let mut fault = nemesis::start_on(cluster, recorder, step.kind, step.target, nodes).await?;

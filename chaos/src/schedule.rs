@@ -18,6 +18,8 @@ pub enum Targets {
     Any,
     /// Always the leader of a volume's group.
     Leaders,
+    /// Always this node (`--targets node:N`): e.g. the node where the fs workload is mounted.
+    Node(u64),
 }
 
 /// One scheduled fault: after `gap` without faults, `kind` on `target` for `hold`.
@@ -67,6 +69,7 @@ impl Schedule {
         let leader = match self.targets {
             Targets::Leaders => true,
             Targets::Any => self.rng.random_bool(0.5),
+            Targets::Node(id) => return Target::Node { id },
         };
         match leader && !self.volumes.is_empty() {
             true => Target::LeaderOf {
@@ -137,6 +140,10 @@ mod tests {
                 .iter()
                 .all(|s| matches!(s.target, Target::LeaderOf { .. } | Target::All))
         );
+        assert!(steps(7, Targets::Node(2)).iter().all(|s| match s.kind {
+            FaultKind::PowerlossAll => s.target == Target::All,
+            _ => s.target == Target::Node { id: 2 },
+        }));
         assert_eq!(
             Schedule::new(1, &[], 3, &[], Targets::Any).next(),
             None,
