@@ -38,10 +38,12 @@ struct Args {
     #[arg(long)]
     only: Option<String>,
     /// Also measure this other storaged build (a before/after in one run): its cases run
-    /// first, labelled `base`, on a cluster of their own.
+    /// first, labelled `base`, on a cluster of their own. Repeat it for several builds
+    /// (`base`, `base2`, …, e.g. the points of a bisection), each compared with this build
+    /// and with the one before it.
     #[arg(long)]
-    baseline: Option<PathBuf>,
-    /// Run the baseline in plaintext (`--insecure`): for a build from before mutual TLS, give
+    baseline: Vec<PathBuf>,
+    /// Run the baselines in plaintext (`--insecure`): for a build from before mutual TLS, give
     /// a wrapper that drops that flag.
     #[arg(long, requires = "baseline")]
     baseline_insecure: bool,
@@ -491,8 +493,14 @@ async fn main() {
         args.seconds
     );
     let mut builds = Vec::new();
-    if let Some(base) = &args.baseline {
-        builds.push((base.clone(), "base ", args.baseline_insecure));
+    let base_prefixes: Vec<String> = (1..=args.baseline.len())
+        .map(|i| match i {
+            1 => "base ".to_string(),
+            i => format!("base{i} "),
+        })
+        .collect();
+    for (base, prefix) in args.baseline.iter().zip(&base_prefixes) {
+        builds.push((base.clone(), prefix.as_str(), args.baseline_insecure));
     }
     if args.plaintext_too {
         builds.push((sibling_bin("storaged"), "plain ", true));
@@ -525,7 +533,8 @@ async fn main() {
         "\namp: disk bytes the servers wrote ÷ (user bytes × copies); cpu µs: server CPU per op"
     );
     println!("\nratio of bytes/s, storaged (3 replicas) ÷ etcd (3 members), same run:");
-    for prefix in ["base ", "plain ", ""] {
+    let prefixes = base_prefixes.iter().map(String::as_str);
+    for prefix in prefixes.chain(["plain ", ""]) {
         for (a, b) in pairs {
             let a = format!("{prefix}{a}");
             if let (Some(x), Some(y)) = (find(&all, &a), find(&all, b)) {
@@ -537,15 +546,29 @@ async fn main() {
         }
     }
     // A plaintext baseline is compared with this build in plaintext when both ran.
-    let base_against = if args.baseline_insecure && args.plaintext_too {
-        ("plain ", "this build ÷ the baseline, both plaintext")
+    let (now, both) = if args.baseline_insecure && args.plaintext_too {
+        ("plain ", ", both plaintext")
     } else {
-        ("", "this build ÷ the baseline")
+        ("", "")
     };
-    for (now_prefix, prefix, what) in [
-        (base_against.0, "base ", base_against.1),
-        ("", "plain ", "TLS ÷ plaintext"),
-    ] {
+    let mut comparisons: Vec<(&str, &str, String)> = Vec::new();
+    for (i, base) in base_prefixes.iter().enumerate() {
+        let which = base.trim();
+        comparisons.push((
+            now,
+            base,
+            format!(
+                "this build ÷ {which} ({}){both}",
+                args.baseline[i].display()
+            ),
+        ));
+        if i > 0 {
+            let before = base_prefixes[i - 1].as_str();
+            comparisons.push((base, before, format!("{which} ÷ {}", before.trim())));
+        }
+    }
+    comparisons.push(("", "plain ", "TLS ÷ plaintext".into()));
+    for (now_prefix, prefix, what) in &comparisons {
         let rows: Vec<_> = all
             .iter()
             .filter(|s| s.label.starts_with(&format!("{now_prefix}storaged ")))
