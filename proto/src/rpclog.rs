@@ -86,25 +86,21 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let (service, method) = split_path(req.uri().path());
+        // The level is part of a span's static metadata, so each arm names its own macro.
+        macro_rules! rpc_span {
+            ($level:ident) => {
+                tracing::$level!(
+                    "rpc",
+                    service = service.as_str(),
+                    method = method.as_str(),
+                    volume_id = Empty,
+                    node = Empty
+                )
+            };
+        }
         let span = match self.verbosity {
-            Verbosity::EveryCall => {
-                tracing::info_span!(
-                    "rpc",
-                    service = service.as_str(),
-                    method = method.as_str(),
-                    volume_id = Empty,
-                    node = Empty
-                )
-            }
-            Verbosity::Quiet => {
-                tracing::debug_span!(
-                    "rpc",
-                    service = service.as_str(),
-                    method = method.as_str(),
-                    volume_id = Empty,
-                    node = Empty
-                )
-            }
+            Verbosity::EveryCall => rpc_span!(info_span),
+            Verbosity::Quiet => rpc_span!(debug_span),
         };
         let verbosity = self.verbosity;
         let start = Instant::now();

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cairn_client::{WriteIds, WriteTicket};
 use cairn_proto::cairn::v1 as pb;
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use pb::block_service_client::BlockServiceClient;
 use tonic::transport::Channel;
@@ -56,6 +57,12 @@ enum Step<T> {
     Redirect(String),
     /// No leader to ask now (an election, a lost quorum, a leader not answering).
     Wait(Error),
+}
+
+/// What a write-identity request changes: data written, or a range discarded.
+enum Change {
+    Write(Bytes),
+    Discard(u64),
 }
 
 /// Where the next try goes.
@@ -130,30 +137,8 @@ impl VolumeIo {
         data: Bytes,
         generation: u64,
     ) -> Result<()> {
-        let ticket = self.writes.begin(volume).await;
-        self.route(
-            volume,
-            self.limits,
-            || {
-                let id = write_id(&ticket);
-                self.node
-                    .io()
-                    .write(volume, offset, data.clone(), generation, Some(id))
-            },
-            |mut c| {
-                let req = pb::WriteRequest {
-                    volume: volume.to_string(),
-                    offset,
-                    data: data.clone(),
-                    generation,
-                    client_id: ticket.client_id(),
-                    seq: ticket.seq(),
-                    first_incomplete: ticket.first_incomplete(),
-                };
-                async move { c.write(req).await.map(|_| ()) }
-            },
-        )
-        .await
+        self.change(volume, offset, Change::Write(data), generation)
+            .await
     }
 
     /// Discards like `write`: one write identity for every try.
@@ -164,27 +149,61 @@ impl VolumeIo {
         length: u64,
         generation: u64,
     ) -> Result<()> {
+        self.change(volume, offset, Change::Discard(length), generation)
+            .await
+    }
+
+    async fn change(
+        &self,
+        volume: &str,
+        offset: u64,
+        change: Change,
+        generation: u64,
+    ) -> Result<()> {
         let ticket = self.writes.begin(volume).await;
         self.route(
             volume,
             self.limits,
             || {
-                let id = write_id(&ticket);
-                self.node
-                    .io()
-                    .discard(volume, offset, length, generation, Some(id))
+                let (id, io) = (Some(write_id(&ticket)), self.node.io());
+                match &change {
+                    Change::Write(data) => io
+                        .write(volume, offset, data.clone(), generation, id)
+                        .boxed(),
+                    Change::Discard(length) => {
+                        io.discard(volume, offset, *length, generation, id).boxed()
+                    }
+                }
             },
             |mut c| {
-                let req = pb::DiscardRequest {
-                    volume: volume.to_string(),
-                    offset,
-                    length,
-                    generation,
-                    client_id: ticket.client_id(),
-                    seq: ticket.seq(),
-                    first_incomplete: ticket.first_incomplete(),
-                };
-                async move { c.discard(req).await.map(|_| ()) }
+                let (volume, client_id) = (volume.to_string(), ticket.client_id());
+                let (seq, first_incomplete) = (ticket.seq(), ticket.first_incomplete());
+                match &change {
+                    Change::Write(data) => {
+                        let req = pb::WriteRequest {
+                            volume,
+                            offset,
+                            data: data.clone(),
+                            generation,
+                            client_id,
+                            seq,
+                            first_incomplete,
+                        };
+                        async move { c.write(req).await.map(|_| ()) }.boxed()
+                    }
+                    Change::Discard(length) => {
+                        let req = pb::DiscardRequest {
+                            volume,
+                            offset,
+                            length: *length,
+                            generation,
+                            client_id,
+                            seq,
+                            first_incomplete,
+                        };
+                        async move { c.discard(req).await.map(|_| ()) }.boxed()
+                    }
+                }
             },
         )
         .await

@@ -128,6 +128,17 @@ impl PeerConn {
 
     /// Refuses at once while the peer is backing off: for messages that openraft sends
     /// on a timer (heartbeats, votes) and that must not queue behind a dead peer.
+    /// A vote or pre-vote, encoded for the peer at its current address; refused at once
+    /// while the peer is backing off.
+    fn vote_payload(
+        &mut self,
+        rpc: &VoteRequest<TypeConfig>,
+    ) -> Result<Vec<u8>, RPCError<TypeConfig>> {
+        self.follow_moves();
+        self.refuse_while_backing_off()?;
+        encode_msg(rpc)
+    }
+
     fn refuse_while_backing_off(&self) -> Result<(), RPCError<TypeConfig>> {
         match self.health.backing_off() {
             None => Ok(()),
@@ -224,9 +235,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.follow_moves();
-        self.refuse_while_backing_off()?;
-        let payload = encode_msg(&rpc)?;
+        let payload = self.vote_payload(&rpc)?;
         self.call(Kind::Vote, payload, option.hard_ttl()).await
     }
 
@@ -235,9 +244,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.follow_moves();
-        self.refuse_while_backing_off()?;
-        let payload = encode_msg(&rpc)?;
+        let payload = self.vote_payload(&rpc)?;
         match self.send(Kind::PreVote, payload, option.hard_ttl()).await? {
             // A peer running a storaged from before Pre-Vote: count it as granting, as
             // openraft does for a network without the call, so a rolling upgrade stays
