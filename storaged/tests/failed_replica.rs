@@ -9,7 +9,8 @@ use cairn_proto::cairn::v1 as pb;
 use cairn_storaged::disk_faults;
 use cairn_storaged::testkit::ProcCluster;
 use repair_support::{
-    READY, bin, create, create_on, fill, member, member_not, verify, wait_volume, wait_whole,
+    READY, bin, create, create_on, fill, member, member_not, spool_files, verify, wait_log,
+    wait_volume, wait_whole,
 };
 
 const VOL_SIZE: u64 = 16 << 20;
@@ -17,18 +18,6 @@ const WRITTEN: u64 = 4 << 20;
 /// From the restart with a corrupt replica until the volume is whole again: 3 s of failing
 /// to open, then a snapshot and the log to the fourth node.
 const HEAL: Duration = Duration::from_secs(60);
-
-/// Polls until `cond` holds on node `id`'s log (bounded).
-async fn wait_log(c: &ProcCluster, id: u64, what: &str, cond: impl Fn(&str) -> bool) {
-    let deadline = Instant::now() + HEAL;
-    while !c.log_of(id).lines().any(&cond) {
-        assert!(
-            Instant::now() < deadline,
-            "node {id}'s log never showed {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_that_fails_to_open_is_replaced_and_its_node_keeps_the_rest() {
@@ -91,7 +80,7 @@ async fn a_replica_that_fails_to_open_is_replaced_and_its_node_keeps_the_rest() 
 
     // The meta leader said why; it replaced the replica as failed, not its node as down.
     let why = format!("replica on node {victim} failed to open: ");
-    wait_log(&c, meta, "the failed-open repair", |l| {
+    wait_log(&c, meta, "the failed-open repair", HEAL, |l| {
         l.contains(&why) && l.contains("corrupt.snap") && l.contains("; replacing it")
     })
     .await;
@@ -103,7 +92,7 @@ async fn a_replica_that_fails_to_open_is_replaced_and_its_node_keeps_the_rest() 
 
     // The victim, no longer a member, dropped its report and destroyed its corrupt copy.
     let removed = format!("volume group removed and its data deleted group={}", bad.id);
-    wait_log(&c, victim, "the corrupt copy removed", |l| {
+    wait_log(&c, victim, "the corrupt copy removed", HEAL, |l| {
         l.ends_with(&removed)
     })
     .await;
@@ -116,13 +105,11 @@ async fn a_replica_that_fails_to_open_is_replaced_and_its_node_keeps_the_rest() 
         assert!(Instant::now() < deadline, "the failed open still reported");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let spool_prefix = format!("g{}-", bad.id);
-    let spools = std::fs::read_dir(data_dir.join("snapshots"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&spool_prefix))
-        .count();
-    assert_eq!(spools, 0, "the corrupt spool file is removed");
+    assert_eq!(
+        spool_files(&data_dir, bad.id),
+        0,
+        "the corrupt spool file is removed"
+    );
 
     // The victim still serves its other replica, and stays a member of it.
     verify(&client, "own", &own_crcs).await;

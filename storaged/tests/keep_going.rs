@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use cairn_proto::cairn::v1 as pb;
 use cairn_storaged::disk_faults;
 use cairn_storaged::testkit::ProcCluster;
-use repair_support::{READY, bin, cairnctl, create, create_on, fill, member, verify, wait_volume};
+use repair_support::{
+    READY, bin, cairnctl, create, create_on, fill, member, spool_files, verify, wait_log,
+    wait_volume,
+};
 
 const VOL_SIZE: u64 = 16 << 20;
 const WRITTEN: u64 = 2 << 20;
@@ -156,18 +159,12 @@ async fn one_bad_group_is_reported_and_every_other_group_serves() {
         "volume group removed and its data deleted group={}",
         bad1.id
     );
-    let deadline = Instant::now() + READY;
-    while !c.log_of(1).lines().any(|l| l.ends_with(&removed)) {
-        assert!(Instant::now() < deadline, "bad-1 not removed from node 1");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let spool_prefix = format!("g{}-", bad1.id);
-    let spools = std::fs::read_dir(data_dir.join("snapshots"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&spool_prefix))
-        .count();
-    assert_eq!(spools, 0, "bad-1's corrupt spool file is removed");
+    wait_log(&c, 1, "bad-1 removed", READY, |l| l.ends_with(&removed)).await;
+    assert_eq!(
+        spool_files(&data_dir, bad1.id),
+        0,
+        "bad-1's corrupt spool file is removed"
+    );
     c.kill9(1);
     let left = disk_faults::group_keys(&data_dir, bad1.id).unwrap();
     assert!(left.values().all(|n| *n == 0), "{left:?}");

@@ -206,3 +206,31 @@ pub fn member(v: &pb::Volume, node: u64) -> &pb::Replica {
         .find(|m| m.node_id == node)
         .unwrap_or_else(|| panic!("node {node} is not a member of {v:?}"))
 }
+
+/// Polls until a line of node `id`'s log satisfies `cond` (bounded by `within`).
+pub async fn wait_log(
+    c: &ProcCluster,
+    id: u64,
+    what: &str,
+    within: Duration,
+    cond: impl Fn(&str) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    while !c.log_of(id).lines().any(&cond) {
+        assert!(
+            Instant::now() < deadline,
+            "node {id}'s log never showed {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Spool files of `group` left in the snapshot directory of data dir `data_dir`.
+pub fn spool_files(data_dir: &Path, group: u64) -> usize {
+    let prefix = format!("g{group}-");
+    std::fs::read_dir(data_dir.join("snapshots"))
+        .expect("the snapshot directory")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .count()
+}
