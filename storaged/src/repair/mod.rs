@@ -124,15 +124,22 @@ async fn tick(node: &Arc<StorageNode>, since: Instant) -> Result<()> {
         let group = leader_view(node, &cat, vol, &quiet).await;
         let busy = |n: u64| inflight.get(&n).copied().unwrap_or(0) >= cfg.concurrency;
         let step = lost.plan(&cat, vol, group.as_ref(), &busy);
+        // A replacement of a replica that fails to open, on a node that is up: say why.
+        let mut failed_open = None;
         if let Step::Start(r) = &step {
             *inflight.entry(r.to).or_default() += 1;
-            if let Some(reason) = lost.failed_only(r.from, vol.id) {
-                tracing::warn!(volume = %vol.name, group = vol.id, node = r.from, to = r.to,
-                    "replica on node {} failed to open: {reason}; replacing it", r.from);
-            }
+            failed_open = lost.failed_only(r.from, vol.id).map(|why| (*r, why));
         }
-        if let Err(e) = execute(node, &cat, vol, group.as_ref(), step).await {
-            tracing::warn!(volume = %vol.name, group = vol.id, error = %e, "repair step failed; retrying next tick");
+        match execute(node, &cat, vol, group.as_ref(), step).await {
+            Err(e) => {
+                tracing::warn!(volume = %vol.name, group = vol.id, error = %e, "repair step failed; retrying next tick");
+            }
+            Ok(()) => {
+                if let Some((r, why)) = failed_open {
+                    tracing::warn!(volume = %vol.name, group = vol.id, node = r.from, to = r.to,
+                        "replica on node {} failed to open: {why}; replacing it", r.from);
+                }
+            }
         }
     }
     Ok(())
