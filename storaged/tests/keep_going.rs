@@ -7,62 +7,19 @@ mod repair_support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cairn_client::VolumeClient;
 use cairn_proto::cairn::v1 as pb;
 use cairn_storaged::disk_faults;
 use cairn_storaged::testkit::ProcCluster;
-use repair_support::{READY, bin, cairnctl, create, fill, verify};
+use repair_support::{
+    READY, bin, cairnctl, create, create_on, fill, member, spool_files, verify, wait_log,
+    wait_volume,
+};
 
 const VOL_SIZE: u64 = 16 << 20;
 const WRITTEN: u64 = 2 << 20;
 
 /// One cluster at a time: the machine's cores are shared.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A 1-replica volume on node `node` (its only copy: only that node can serve it).
-async fn create_on(client: &VolumeClient, name: &str, node: &str) -> pb::Volume {
-    let term = pb::TopologyTerm {
-        segments: [("topology.cairn.dev/node".to_string(), node.to_string())].into(),
-    };
-    client
-        .create_volume(pb::CreateVolumeRequest {
-            name: name.into(),
-            size_bytes: VOL_SIZE,
-            replicas: 1,
-            requisite: vec![term],
-            ..Default::default()
-        })
-        .await
-        .expect("create a 1-replica volume")
-}
-
-/// Polls GetVolume until `pred` holds (bounded); the volume as last seen.
-async fn wait_volume(
-    client: &VolumeClient,
-    name: &str,
-    within: Duration,
-    pred: impl Fn(&pb::Volume) -> bool,
-) -> pb::Volume {
-    let deadline = Instant::now() + within;
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Ok(v) = client.get_volume(name).await {
-            if pred(&v) {
-                return v;
-            }
-            last = Some(v);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("volume {name} not as expected within {within:?}: {last:?}");
-}
-
-fn member(v: &pb::Volume, node: u64) -> &pb::Replica {
-    v.members
-        .iter()
-        .find(|m| m.node_id == node)
-        .unwrap_or_else(|| panic!("node {node} is not a member of {v:?}"))
-}
 
 /// Log lines of node `id` reporting a failed open of `group`.
 fn failed_opens(c: &ProcCluster, id: u64, group: u64) -> usize {
@@ -81,8 +38,8 @@ async fn one_bad_group_is_reported_and_every_other_group_serves() {
     c.wait_ready(READY).await.unwrap();
     let client = c.client();
     // On node 1 only: `good-1` must be served by node 1 itself after the restart.
-    let good1 = create_on(&client, "good-1", "node-1").await;
-    let bad1 = create_on(&client, "bad-1", "node-1").await;
+    let good1 = create_on(&client, "good-1", "node-1", VOL_SIZE).await;
+    let bad1 = create_on(&client, "bad-1", "node-1", VOL_SIZE).await;
     let good3 = create(&client, "good-3", VOL_SIZE).await;
     let bad3 = create(&client, "bad-3", VOL_SIZE).await;
     for v in [&good1, &bad1, &good3, &bad3] {
@@ -202,18 +159,12 @@ async fn one_bad_group_is_reported_and_every_other_group_serves() {
         "volume group removed and its data deleted group={}",
         bad1.id
     );
-    let deadline = Instant::now() + READY;
-    while !c.log_of(1).lines().any(|l| l.ends_with(&removed)) {
-        assert!(Instant::now() < deadline, "bad-1 not removed from node 1");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let spool_prefix = format!("g{}-", bad1.id);
-    let spools = std::fs::read_dir(data_dir.join("snapshots"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&spool_prefix))
-        .count();
-    assert_eq!(spools, 0, "bad-1's corrupt spool file is removed");
+    wait_log(&c, 1, "bad-1 removed", READY, |l| l.ends_with(&removed)).await;
+    assert_eq!(
+        spool_files(&data_dir, bad1.id),
+        0,
+        "bad-1's corrupt spool file is removed"
+    );
     c.kill9(1);
     let left = disk_faults::group_keys(&data_dir, bad1.id).unwrap();
     assert!(left.values().all(|n| *n == 0), "{left:?}");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::{Cf, Engine, keys};
 use crate::meta::catalog::{Catalog, VolumeKind, VolumeRecord};
-use crate::node::failed::Failed;
+use crate::node::failed::{Failed, PeerFailed};
 use crate::node::meta::Meta;
 use crate::node::quiesce::Quiescer;
 use crate::raft::log_store::LogStore;
@@ -170,6 +170,8 @@ pub struct Groups {
     running: RwLock<HashMap<u64, Raft>>,
     /// Groups placed here that failed to open, retried with backoff.
     failed: Failed,
+    /// Groups that failed to open on peers, as their pings report them.
+    peer_failed: PeerFailed,
     quiescer: Arc<Quiescer>,
 }
 
@@ -181,6 +183,7 @@ impl Groups {
             meta,
             running: RwLock::new(HashMap::new()),
             failed: Failed::default(),
+            peer_failed: PeerFailed::default(),
             quiescer,
         }
     }
@@ -252,6 +255,11 @@ impl Groups {
     /// Volume groups that failed to open here, and why (`failed.rs`).
     pub fn failed(&self) -> &Failed {
         &self.failed
+    }
+
+    /// Volume groups that failed to open on peers, from their pings (`failed.rs`).
+    pub fn peer_failed(&self) -> &PeerFailed {
+        &self.peer_failed
     }
 
     /// Starts groups this node should host and removes those it no longer should.

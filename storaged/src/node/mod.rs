@@ -244,7 +244,20 @@ impl StorageNode {
         self.io.space().peer_reported(from, ping.short_of_space);
         self.groups.quiescer().pinged_by(&self.groups, from, boot);
         self.groups.quiescer().on_notices(&self.groups, notices);
+        let now = std::time::Instant::now();
+        self.groups
+            .peer_failed()
+            .reported(from, &ping.failed_groups, now);
         self.io.space().short()
+    }
+
+    /// Replicas that failed to open, here and on the peers that report them in their pings,
+    /// by (node, group): for how long, and why. Empty while every group opens.
+    pub fn failing_replicas(&self) -> failed::Failing {
+        let now = std::time::Instant::now();
+        let mut out = self.groups.peer_failed().failing(now);
+        out.extend(self.groups.failed().failing(self.cfg.id, now));
+        out
     }
 
     pub fn group_status(&self, group: u64) -> GroupStatus {

@@ -396,7 +396,9 @@ pub(super) async fn run(
                 .map(|n| (n.id, n.addr.clone()))
                 .collect()
         });
+        let failed_groups = groups.failed().report(now);
         for (peer, addr) in peers {
+            let failed_groups = failed_groups.clone();
             let notices = quiescer
                 .outbox
                 .lock()
@@ -418,6 +420,7 @@ pub(super) async fn run(
                     boot,
                     quiesce: notices.clone(),
                     short_of_space: space.short(),
+                    failed_groups,
                 };
                 let sent = tokio::time::timeout(PING_TIMEOUT, client.ping(req)).await;
                 match sent {

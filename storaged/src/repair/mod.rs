@@ -1,5 +1,6 @@
 //! Replica repair, run by the meta leader: replaces volume-group members on nodes down
-//! longer than `--replica-down-timeout` or draining, one idempotent step per group a tick.
+//! longer than `--replica-down-timeout`, failing to open their replica as long (051), or
+//! draining, one idempotent step per group a tick.
 
 pub mod change;
 pub mod plan;
@@ -15,6 +16,7 @@ use self::change::MemberChange;
 use self::plan::{GroupView, Nodes, Step, Wait};
 use crate::meta::catalog::{Catalog, MetaCommand, VolumeKind, VolumeRecord};
 use crate::node::StorageNode;
+use crate::node::failed::Failing;
 use crate::{Error, Result};
 
 /// How often the meta leader looks for work.
@@ -98,14 +100,17 @@ async fn tick(node: &Arc<StorageNode>, since: Instant) -> Result<()> {
     };
     let down = |n: u64| silent_for(n) > cfg.down_timeout;
     let quiet = |n: u64| silent_for(n) > QUIET;
-    // Nothing down, draining or being repaired in the local catalogue: no linearizable read
+    // Replicas failing to open, from the nodes' pings: none, and no work, as a rule.
+    let failing = node.failing_replicas();
+    let lost = Lost {
+        down: &down,
+        failing: &failing,
+        timeout: cfg.down_timeout,
+    };
+    // Nothing lost, draining or being repaired in the local catalogue: no linearizable read
     // and no copy of the catalogue this second (with a thousand idle volumes, that was most
     // of the meta leader's idle work). A change not applied here yet is seen next tick.
-    let care = |cat: &Catalog| {
-        cat.volumes
-            .values()
-            .any(|v| v.kind == VolumeKind::Replicated && needs_care(cat, v, &down))
-    };
+    let care = |cat: &Catalog| cat.volumes.values().any(|v| lost.needs_care(cat, v));
     if !node.with_catalog(care) {
         return Ok(());
     }
@@ -113,37 +118,78 @@ async fn tick(node: &Arc<StorageNode>, since: Instant) -> Result<()> {
     let mut inflight: BTreeMap<u64, usize> =
         cat.nodes.keys().map(|n| (*n, cat.repairs_to(*n))).collect();
     for vol in cat.volumes.values() {
-        if vol.kind != VolumeKind::Replicated || !needs_care(&cat, vol, &down) {
+        if !lost.needs_care(&cat, vol) {
             continue;
         }
         let group = leader_view(node, &cat, vol, &quiet).await;
         let busy = |n: u64| inflight.get(&n).copied().unwrap_or(0) >= cfg.concurrency;
-        let step = plan::plan(
-            &cat,
-            vol,
-            group.as_ref(),
-            &Nodes {
-                down: &down,
-                busy: &busy,
-            },
-        );
+        let step = lost.plan(&cat, vol, group.as_ref(), &busy);
+        // A replacement of a replica that fails to open, on a node that is up: say why.
+        let mut failed_open = None;
         if let Step::Start(r) = &step {
             *inflight.entry(r.to).or_default() += 1;
+            failed_open = lost.failed_only(r.from, vol.id).map(|why| (*r, why));
         }
-        if let Err(e) = execute(node, &cat, vol, group.as_ref(), step).await {
-            tracing::warn!(volume = %vol.name, group = vol.id, error = %e, "repair step failed; retrying next tick");
+        match execute(node, &cat, vol, group.as_ref(), step).await {
+            Err(e) => {
+                tracing::warn!(volume = %vol.name, group = vol.id, error = %e, "repair step failed; retrying next tick");
+            }
+            Ok(()) => {
+                if let Some((r, why)) = failed_open {
+                    tracing::warn!(volume = %vol.name, group = vol.id, node = r.from, to = r.to,
+                        "replica on node {} failed to open: {why}; replacing it", r.from);
+                }
+            }
         }
     }
     Ok(())
 }
 
-/// A volume with a replacement under way, a member down or a member draining.
-fn needs_care(cat: &Catalog, vol: &VolumeRecord, down: &dyn Fn(u64) -> bool) -> bool {
-    vol.repair.is_some()
-        || vol
-            .members
-            .iter()
-            .any(|m| down(*m) || cat.nodes.get(m).is_some_and(|n| n.draining()))
+/// Which members the repair loop takes as lost, volume by volume: those on a node down,
+/// and those whose replica of that volume has failed to open for longer than the down
+/// timeout (the node keeps its other replicas).
+struct Lost<'a> {
+    down: &'a (dyn Fn(u64) -> bool + Sync),
+    failing: &'a Failing,
+    timeout: Duration,
+}
+
+impl Lost<'_> {
+    /// Why `node`'s replica of `group` is lost although the node is up: it failed to
+    /// open for longer than the timeout (the last error).
+    fn failed_only(&self, node: u64, group: u64) -> Option<&str> {
+        if (self.down)(node) {
+            return None;
+        }
+        let (failing_for, reason) = self.failing.get(&(node, group))?;
+        (*failing_for > self.timeout).then_some(reason.as_str())
+    }
+
+    /// Whether `node`'s replica of `group` is lost.
+    fn member(&self, node: u64, group: u64) -> bool {
+        (self.down)(node) || self.failed_only(node, group).is_some()
+    }
+
+    /// A replicated volume with a replacement under way, a member lost or a member draining.
+    fn needs_care(&self, cat: &Catalog, vol: &VolumeRecord) -> bool {
+        vol.kind == VolumeKind::Replicated
+            && (vol.repair.is_some()
+                || vol.members.iter().any(|m| {
+                    self.member(*m, vol.id) || cat.nodes.get(m).is_some_and(|n| n.draining())
+                }))
+    }
+
+    /// The planner's next step for `vol`, with its own members' losses.
+    fn plan(
+        &self,
+        cat: &Catalog,
+        vol: &VolumeRecord,
+        group: Option<&GroupView>,
+        busy: &dyn Fn(u64) -> bool,
+    ) -> Step {
+        let down = |n: u64| self.member(n, vol.id);
+        plan::plan(cat, vol, group, &Nodes { down: &down, busy })
+    }
 }
 
 /// The group as its leader reports it, asking every member not `quiet` at once.
@@ -235,5 +281,78 @@ async fn execute(
             tracing::warn!(volume = %vol.name, group = vol.id, from = r.from, to = r.to, "replica repair aborted: the new member went down");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::catalog::Repair;
+    use crate::repair::plan::tests::{cat, view};
+
+    const TIMEOUT: Duration = Duration::from_secs(3);
+
+    /// `cat(4)`'s volume `v` (group 1) and a second volume `w` (group 2), both on 1, 2, 3.
+    fn two_volumes() -> Catalog {
+        let mut c = cat(4);
+        let mut w = c.volumes["v"].clone();
+        (w.id, w.name) = (2, "w".into());
+        c.volumes.insert("w".into(), w);
+        c
+    }
+
+    fn step(c: &Catalog, vol: &str, down: &[u64], failing: &Failing) -> (bool, Step) {
+        let down = |n: u64| down.contains(&n);
+        let lost = Lost {
+            down: &down,
+            failing,
+            timeout: TIMEOUT,
+        };
+        let g = view(1, &[1, 2, 3], &[], 100);
+        let vol = &c.volumes[vol];
+        (
+            lost.needs_care(c, vol),
+            lost.plan(c, vol, Some(&g), &|_| false),
+        )
+    }
+
+    fn failing(node: u64, group: u64, for_: Duration) -> Failing {
+        [((node, group), (for_, "bad spool".to_string()))].into()
+    }
+
+    #[test]
+    fn a_replica_failed_longer_than_the_timeout_is_replaced_on_another_node() {
+        let c = two_volumes();
+        let long = failing(3, 1, TIMEOUT + Duration::from_secs(1));
+        let start = Step::Start(Repair { from: 3, to: 4 });
+        assert_eq!(step(&c, "v", &[], &long), (true, start));
+        // Its node is up and keeps its replica of `w`.
+        assert_eq!(step(&c, "w", &[], &long), (false, Step::Idle));
+        // Failed for less than the timeout: left alone.
+        let short = failing(3, 1, TIMEOUT - Duration::from_millis(1));
+        assert_eq!(step(&c, "v", &[], &short), (false, Step::Idle));
+        assert_eq!(step(&c, "v", &[], &Failing::new()), (false, Step::Idle));
+        // A down node is not a target, whatever failed where.
+        assert_eq!(
+            step(&c, "v", &[4], &long),
+            (true, Step::Wait(plan::Wait::NoTarget { from: 3 }))
+        );
+    }
+
+    #[test]
+    fn the_reason_is_given_only_for_a_member_lost_by_a_failed_open() {
+        let down = |n: u64| n == 2;
+        let mut f = failing(3, 1, TIMEOUT * 2);
+        f.extend(failing(2, 1, TIMEOUT * 2));
+        let lost = Lost {
+            down: &down,
+            failing: &f,
+            timeout: TIMEOUT,
+        };
+        assert_eq!(lost.failed_only(3, 1), Some("bad spool"));
+        assert_eq!(lost.failed_only(3, 2), None);
+        // Down anyway: replaced as a lost node, without the failed-open reason.
+        assert_eq!(lost.failed_only(2, 1), None);
+        assert!(lost.member(2, 7) && lost.member(3, 1) && !lost.member(3, 2));
     }
 }

@@ -177,13 +177,13 @@ fn next_repair(cat: &Catalog, vol: &VolumeRecord, g: &GroupView, nodes: &Nodes) 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
     use crate::meta::catalog::{MetaCommand, NodeRecord, NodeRole, VolumeState};
 
-    fn cat(nodes: u64) -> Catalog {
+    pub(crate) fn cat(nodes: u64) -> Catalog {
         let mut c = Catalog::default();
         for id in 1..=nodes {
             c.nodes.insert(
@@ -219,7 +219,7 @@ mod tests {
         c
     }
 
-    fn view(leader: u64, voters: &[u64], learners: &[u64], last: u64) -> GroupView {
+    pub(crate) fn view(leader: u64, voters: &[u64], learners: &[u64], last: u64) -> GroupView {
         GroupView {
             leader,
             voters: voters.iter().copied().collect(),

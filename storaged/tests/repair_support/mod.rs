@@ -161,3 +161,76 @@ pub async fn wait_whole(
     }
     panic!("volumes not whole without node {gone} within {within:?}: {last}");
 }
+
+/// A 1-replica volume on node `node` (its only copy: only that node can serve it).
+pub async fn create_on(client: &VolumeClient, name: &str, node: &str, size: u64) -> pb::Volume {
+    let term = pb::TopologyTerm {
+        segments: [("topology.cairn.dev/node".to_string(), node.to_string())].into(),
+    };
+    client
+        .create_volume(pb::CreateVolumeRequest {
+            name: name.into(),
+            size_bytes: size,
+            replicas: 1,
+            requisite: vec![term],
+            ..Default::default()
+        })
+        .await
+        .expect("create a 1-replica volume")
+}
+
+/// Polls GetVolume until `pred` holds (bounded); the volume as last seen.
+pub async fn wait_volume(
+    client: &VolumeClient,
+    name: &str,
+    within: Duration,
+    pred: impl Fn(&pb::Volume) -> bool,
+) -> pb::Volume {
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Ok(v) = client.get_volume(name).await {
+            if pred(&v) {
+                return v;
+            }
+            last = Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("volume {name} not as expected within {within:?}: {last:?}");
+}
+
+pub fn member(v: &pb::Volume, node: u64) -> &pb::Replica {
+    v.members
+        .iter()
+        .find(|m| m.node_id == node)
+        .unwrap_or_else(|| panic!("node {node} is not a member of {v:?}"))
+}
+
+/// Polls until a line of node `id`'s log satisfies `cond` (bounded by `within`).
+pub async fn wait_log(
+    c: &ProcCluster,
+    id: u64,
+    what: &str,
+    within: Duration,
+    cond: impl Fn(&str) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    while !c.log_of(id).lines().any(&cond) {
+        assert!(
+            Instant::now() < deadline,
+            "node {id}'s log never showed {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Spool files of `group` left in the snapshot directory of data dir `data_dir`.
+pub fn spool_files(data_dir: &Path, group: u64) -> usize {
+    let prefix = format!("g{group}-");
+    std::fs::read_dir(data_dir.join("snapshots"))
+        .expect("the snapshot directory")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .count()
+}
