@@ -185,6 +185,26 @@ impl ProcCluster {
         Self::start_on_dirs(bin, data_dirs, extra_args, Some(placements))
     }
 
+    /// Like `start_on`, node `i` also getting `node_args[i]` (e.g. its own `--capacity`,
+    /// which then replaces the default 64GiB).
+    pub fn start_on_with(
+        bin: &Path,
+        data_dirs: &[PathBuf],
+        node_args: &[Vec<String>],
+        extra_args: &[&str],
+    ) -> std::io::Result<Self> {
+        let data_dirs: Vec<Option<PathBuf>> = data_dirs.iter().cloned().map(Some).collect();
+        Self::start_nodes(
+            &std::env::temp_dir(),
+            bin,
+            &data_dirs,
+            extra_args,
+            Peers::Addresses,
+            None,
+            node_args,
+        )
+    }
+
     fn start_on_dirs(
         bin: &Path,
         data_dirs: &[PathBuf],
@@ -373,6 +393,16 @@ impl ProcCluster {
             .iter()
             .any(|a| a.starts_with("--metrics-addr"));
         let node = &mut self.nodes[i];
+        let own_capacity = self
+            .extra_args
+            .iter()
+            .chain(&node.args)
+            .any(|a| a == "--capacity");
+        let capacity_args: &[&str] = if own_capacity {
+            &[]
+        } else {
+            &["--capacity", "64GiB"]
+        };
         let metrics_args = if own_metrics {
             vec!["--metrics-addr".to_string(), node.metrics_addr.clone()]
         } else {
@@ -401,7 +431,7 @@ impl ProcCluster {
             .arg("--run-dir")
             .arg(node.run_dir())
             .args(peer_args)
-            .args(["--capacity", "64GiB"])
+            .args(capacity_args)
             .args(metrics_args)
             .args(&self.extra_args)
             .args(&node.args)

@@ -118,6 +118,7 @@ async fn tick(node: &Arc<StorageNode>, since: Instant) -> Result<()> {
         }
         let group = leader_view(node, &cat, vol, &quiet).await;
         let busy = |n: u64| inflight.get(&n).copied().unwrap_or(0) >= cfg.concurrency;
+        let live = node.live_usage();
         let step = plan::plan(
             &cat,
             vol,
@@ -125,6 +126,7 @@ async fn tick(node: &Arc<StorageNode>, since: Instant) -> Result<()> {
             &Nodes {
                 down: &down,
                 busy: &busy,
+                live: &live,
             },
         );
         if let Step::Start(r) = &step {
