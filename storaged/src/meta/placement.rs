@@ -2,7 +2,8 @@
 //! topology, then spreading over zones, then preferred topology, then the most free capacity.
 //!
 //! Free capacity is one rule (decision 050): provisioned sizes up to `capacity × overcommit`,
-//! and, while the node's usage report is fresh, no more than its real free space allows.
+//! and, while the node's usage report is fresh, no more than its real free space allows. The
+//! ranking among nodes that fit uses the provisioned room (stable; real readings jitter).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -104,9 +105,14 @@ impl Room {
     }
 }
 
+/// `capacity × overcommit − allocated`: the ranking's measure among nodes that fit.
+pub fn provisioned(cat: &Catalog, node: &NodeRecord) -> u64 {
+    scaled(node.capacity_bytes, node.overcommit()).saturating_sub(cat.allocated(node.id))
+}
+
 pub fn room(cat: &Catalog, live: &Live, node: &NodeRecord) -> Room {
     let oc = node.overcommit();
-    let provisioned = scaled(node.capacity_bytes, oc).saturating_sub(cat.allocated(node.id));
+    let provisioned = provisioned(cat, node);
     let real = live.get(&node.id).map(|u| {
         let real = node
             .capacity_bytes
@@ -192,13 +198,13 @@ pub fn place(cat: &Catalog, live: &Live, want: &Want<'_>) -> Result<Vec<u64>> {
         (
             !in_req(a),
             pref_rank(a),
-            std::cmp::Reverse(free(cat, live, a)),
+            std::cmp::Reverse(provisioned(cat, a)),
             a.id,
         )
             .cmp(&(
                 !in_req(b),
                 pref_rank(b),
-                std::cmp::Reverse(free(cat, live, b)),
+                std::cmp::Reverse(provisioned(cat, b)),
                 b.id,
             ))
     });
@@ -325,7 +331,7 @@ pub fn replacement(
         .min_by_key(|n| {
             (
                 n.zone().is_some() && zones.contains(&n.zone()),
-                std::cmp::Reverse(free(cat, live, n)),
+                std::cmp::Reverse(provisioned(cat, n)),
                 n.id,
             )
         })
@@ -526,6 +532,9 @@ mod tests {
         .into();
         assert_eq!(free(&c, &live, &c.nodes[&1]), 1 << 30);
         assert_eq!(place(&c, &live, &want(2 << 30)).unwrap(), vec![2]);
+        // Among nodes that fit, the most provisioned room ranks first (not real readings).
+        let both: Live = [(1, report(7 << 30, 50 << 30)), (2, report(0, 50 << 30))].into();
+        assert_eq!(place(&c, &both, &want(2 << 30)).unwrap(), vec![1]);
         // The filesystem's free bytes less the reserve bind too.
         let tight: Live = [(
             2,
