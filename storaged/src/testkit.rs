@@ -164,7 +164,7 @@ impl ProcCluster {
         data_dirs: &[PathBuf],
         extra_args: &[&str],
     ) -> std::io::Result<Self> {
-        Self::start_on_dirs(bin, data_dirs, extra_args, None)
+        Self::start_on_dirs(bin, data_dirs, extra_args, None, &[])
     }
 
     /// Like `start_on`, each node in the network namespace and on the address of its
@@ -182,7 +182,7 @@ impl ProcCluster {
                 data_dirs.len()
             )));
         }
-        Self::start_on_dirs(bin, data_dirs, extra_args, Some(placements))
+        Self::start_on_dirs(bin, data_dirs, extra_args, Some(placements), &[])
     }
 
     /// Like `start_on`, node `i` also getting `node_args[i]` (e.g. its own `--capacity`,
@@ -193,16 +193,7 @@ impl ProcCluster {
         node_args: &[Vec<String>],
         extra_args: &[&str],
     ) -> std::io::Result<Self> {
-        let data_dirs: Vec<Option<PathBuf>> = data_dirs.iter().cloned().map(Some).collect();
-        Self::start_nodes(
-            &std::env::temp_dir(),
-            bin,
-            &data_dirs,
-            extra_args,
-            Peers::Addresses,
-            None,
-            node_args,
-        )
+        Self::start_on_dirs(bin, data_dirs, extra_args, None, node_args)
     }
 
     fn start_on_dirs(
@@ -210,6 +201,7 @@ impl ProcCluster {
         data_dirs: &[PathBuf],
         extra_args: &[&str],
         placements: Option<&[Placement]>,
+        node_args: &[Vec<String>],
     ) -> std::io::Result<Self> {
         let data_dirs: Vec<Option<PathBuf>> = data_dirs.iter().cloned().map(Some).collect();
         Self::start_nodes(
@@ -219,7 +211,7 @@ impl ProcCluster {
             extra_args,
             Peers::Addresses,
             placements,
-            &[],
+            node_args,
         )
     }
 

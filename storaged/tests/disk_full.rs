@@ -76,6 +76,15 @@ fn block(i: u64) -> Bytes {
     Bytes::from(v)
 }
 
+/// A client of `cluster` once it is ready.
+async fn ready(cluster: &ProcCluster) -> VolumeClient {
+    cluster
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .expect("cluster ready");
+    cluster.client()
+}
+
 async fn create(client: &VolumeClient, name: &str, size_bytes: u64) {
     client
         .create_volume(pb::CreateVolumeRequest {
@@ -106,11 +115,7 @@ async fn a_full_node_refuses_writes_loses_nothing_and_recovers_when_a_volume_goe
     let cluster =
         ProcCluster::start_on(bin(), &dirs, &["--reserve", "160MiB", "--overcommit", "8"])
             .expect("start");
-    cluster
-        .wait_ready(Duration::from_secs(60))
-        .await
-        .expect("cluster ready");
-    let client = cluster.client();
+    let client = ready(&cluster).await;
     create(&client, "small", 64 * MIB).await;
     create(&client, "big", 2048 * MIB).await;
     client
@@ -242,11 +247,7 @@ async fn placement_counts_bytes_really_used_and_overcommit_lets_sizes_pass_capac
     ];
     let cluster = ProcCluster::start_on_with(bin(), &dirs, &node_args, &["--reserve", "64MiB"])
         .expect("start");
-    cluster
-        .wait_ready(Duration::from_secs(60))
-        .await
-        .expect("cluster ready");
-    let client = cluster.client();
+    let client = ready(&cluster).await;
 
     // Both nodes' usage reports reach the catalogue's answers, with their overcommit.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -366,6 +366,29 @@ mod tests {
         with_nodes(&[(1, "a", 10 << 30), (2, "b", 20 << 30), (3, "b", 5 << 30)])
     }
 
+    fn volume(name: &str, size: u64, kind: VolumeKind, members: &[u64]) -> VolumeRecord {
+        VolumeRecord {
+            id: 1,
+            name: name.into(),
+            size,
+            replicas: members.len() as u32,
+            kind,
+            members: members.to_vec(),
+            attachments: vec![],
+            labels: BTreeMap::new(),
+            created_unix: 0,
+            origin: None,
+            state: super::super::catalog::VolumeState::Ready,
+            generation: 0,
+            repair: None,
+        }
+    }
+
+    fn set_overcommit(c: &mut Catalog, node: u64, factor: &str) {
+        let labels = &mut c.nodes.get_mut(&node).unwrap().labels;
+        labels.insert(OVERCOMMIT_LABEL.into(), factor.into());
+    }
+
     fn term(k: &str, v: &str) -> Term {
         [(k.to_string(), v.to_string())].into()
     }
@@ -470,21 +493,7 @@ mod tests {
         let got = place(&c, &Live::new(), &want).unwrap();
         assert_eq!(zones_of(&c, &got).len(), 2, "{got:?}");
         // A replacement takes the lost member's zone when a node there is free.
-        let vol = VolumeRecord {
-            id: 1,
-            name: "v".into(),
-            size: 1 << 30,
-            replicas: 3,
-            kind: VolumeKind::Replicated,
-            members: vec![1, 3, 5],
-            attachments: vec![],
-            labels: BTreeMap::new(),
-            created_unix: 0,
-            origin: None,
-            state: super::super::catalog::VolumeState::Ready,
-            generation: 0,
-            repair: None,
-        };
+        let vol = volume("v", 1 << 30, VolumeKind::Replicated, &[1, 3, 5]);
         let c = zoned(&["a", "a", "b", "b", "c", "c"]);
         assert_eq!(replacement(&c, &vol, 3, &Live::new(), &|_| false), Some(4));
         assert_eq!(replacement(&c, &vol, 3, &Live::new(), &|n| n == 4), Some(2));
@@ -580,26 +589,8 @@ mod tests {
     #[test]
     fn overcommit_lets_provisioned_sizes_pass_capacity_but_not_real_space() {
         let mut c = with_nodes(&[(1, "a", 10 << 30)]);
-        c.nodes
-            .get_mut(&1)
-            .unwrap()
-            .labels
-            .insert(OVERCOMMIT_LABEL.into(), "2".into());
-        let v = VolumeRecord {
-            id: 1,
-            name: "big".into(),
-            size: 8 << 30,
-            replicas: 1,
-            kind: VolumeKind::Local,
-            members: vec![1],
-            attachments: vec![],
-            labels: BTreeMap::new(),
-            created_unix: 0,
-            origin: None,
-            state: super::super::catalog::VolumeState::Ready,
-            generation: 0,
-            repair: None,
-        };
+        set_overcommit(&mut c, 1, "2");
+        let v = volume("big", 8 << 30, VolumeKind::Local, &[1]);
         c.volumes.insert(v.name.clone(), v);
         let none = Live::new();
         // 20 GiB provisionable, 8 allocated: a 10 GiB volume fits (capacity − allocated is 2).
@@ -623,11 +614,7 @@ mod tests {
     #[test]
     fn without_a_fresh_report_the_provisioned_rule_applies_scaled() {
         let mut c = with_nodes(&[(1, "a", 10 << 30), (2, "b", 10 << 30)]);
-        c.nodes
-            .get_mut(&2)
-            .unwrap()
-            .labels
-            .insert(OVERCOMMIT_LABEL.into(), "1.5".into());
+        set_overcommit(&mut c, 2, "1.5");
         // Node 1 reports real usage; node 2 none (stale or an older node).
         let live: Live = [(1, report(4 << 30, 50 << 30))].into();
         assert_eq!(free(&c, &live, &c.nodes[&1]), 6 << 30);
@@ -679,11 +666,7 @@ mod tests {
         }
         // A label that does not parse counts as 1.0.
         let mut c = with_nodes(&[(1, "a", 1 << 30)]);
-        c.nodes
-            .get_mut(&1)
-            .unwrap()
-            .labels
-            .insert(OVERCOMMIT_LABEL.into(), "0.1".into());
+        set_overcommit(&mut c, 1, "0.1");
         assert_eq!(c.nodes[&1].overcommit(), 1.0);
     }
 
