@@ -164,7 +164,7 @@ impl ProcCluster {
         data_dirs: &[PathBuf],
         extra_args: &[&str],
     ) -> std::io::Result<Self> {
-        Self::start_on_dirs(bin, data_dirs, extra_args, None)
+        Self::start_on_dirs(bin, data_dirs, extra_args, None, &[])
     }
 
     /// Like `start_on`, each node in the network namespace and on the address of its
@@ -182,7 +182,18 @@ impl ProcCluster {
                 data_dirs.len()
             )));
         }
-        Self::start_on_dirs(bin, data_dirs, extra_args, Some(placements))
+        Self::start_on_dirs(bin, data_dirs, extra_args, Some(placements), &[])
+    }
+
+    /// Like `start_on`, node `i` also getting `node_args[i]` (e.g. its own `--capacity`,
+    /// which then replaces the default 64GiB).
+    pub fn start_on_with(
+        bin: &Path,
+        data_dirs: &[PathBuf],
+        node_args: &[Vec<String>],
+        extra_args: &[&str],
+    ) -> std::io::Result<Self> {
+        Self::start_on_dirs(bin, data_dirs, extra_args, None, node_args)
     }
 
     fn start_on_dirs(
@@ -190,6 +201,7 @@ impl ProcCluster {
         data_dirs: &[PathBuf],
         extra_args: &[&str],
         placements: Option<&[Placement]>,
+        node_args: &[Vec<String>],
     ) -> std::io::Result<Self> {
         let data_dirs: Vec<Option<PathBuf>> = data_dirs.iter().cloned().map(Some).collect();
         Self::start_nodes(
@@ -199,7 +211,7 @@ impl ProcCluster {
             extra_args,
             Peers::Addresses,
             placements,
-            &[],
+            node_args,
         )
     }
 
@@ -373,6 +385,16 @@ impl ProcCluster {
             .iter()
             .any(|a| a.starts_with("--metrics-addr"));
         let node = &mut self.nodes[i];
+        let own_capacity = self
+            .extra_args
+            .iter()
+            .chain(&node.args)
+            .any(|a| a == "--capacity");
+        let capacity_args: &[&str] = if own_capacity {
+            &[]
+        } else {
+            &["--capacity", "64GiB"]
+        };
         let metrics_args = if own_metrics {
             vec!["--metrics-addr".to_string(), node.metrics_addr.clone()]
         } else {
@@ -401,7 +423,7 @@ impl ProcCluster {
             .arg("--run-dir")
             .arg(node.run_dir())
             .args(peer_args)
-            .args(["--capacity", "64GiB"])
+            .args(capacity_args)
             .args(metrics_args)
             .args(&self.extra_args)
             .args(&node.args)

@@ -1,6 +1,7 @@
 //! A node whose data filesystem fills up, with real processes on a small loop-mounted ext4:
 //! writes to its volumes are refused cleanly (RESOURCE_EXHAUSTED) before the disk is full,
-//! nothing acknowledged is lost, and deleting a volume gives the space back so writes resume.
+//! nothing acknowledged is lost, and deleting a volume gives the space back so writes resume;
+//! and placement counts the bytes really used on each node, with `--overcommit` (050).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,6 +76,15 @@ fn block(i: u64) -> Bytes {
     Bytes::from(v)
 }
 
+/// A client of `cluster` once it is ready.
+async fn ready(cluster: &ProcCluster) -> VolumeClient {
+    cluster
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .expect("cluster ready");
+    cluster.client()
+}
+
 async fn create(client: &VolumeClient, name: &str, size_bytes: u64) {
     client
         .create_volume(pb::CreateVolumeRequest {
@@ -101,12 +111,11 @@ async fn a_full_node_refuses_writes_loses_nothing_and_recovers_when_a_volume_goe
         std::fs::create_dir_all(d).expect("data dir");
     }
     let reserve = 160 * MIB;
-    let cluster = ProcCluster::start_on(bin(), &dirs, &["--reserve", "160MiB"]).expect("start");
-    cluster
-        .wait_ready(Duration::from_secs(60))
-        .await
-        .expect("cluster ready");
-    let client = cluster.client();
+    // `big` is thin-provisioned: 2 GiB on a 640 MiB disk needs the overcommit.
+    let cluster =
+        ProcCluster::start_on(bin(), &dirs, &["--reserve", "160MiB", "--overcommit", "8"])
+            .expect("start");
+    let client = ready(&cluster).await;
     create(&client, "small", 64 * MIB).await;
     create(&client, "big", 2048 * MIB).await;
     client
@@ -184,4 +193,149 @@ async fn a_full_node_refuses_writes_loses_nothing_and_recovers_when_a_volume_goe
         let got = client.read("small", off, MIB as u32).await.expect("read");
         assert!(got == block(i), "`small` at {off} changed");
     }
+}
+
+fn on_node(name: &str, size_bytes: u64, node: &str, required: bool) -> pb::CreateVolumeRequest {
+    let term = pb::TopologyTerm {
+        segments: [("topology.cairn.dev/node".to_string(), node.to_string())].into(),
+    };
+    pb::CreateVolumeRequest {
+        name: name.into(),
+        size_bytes,
+        replicas: 1,
+        requisite: if required { vec![term.clone()] } else { vec![] },
+        preferred: vec![term],
+        ..Default::default()
+    }
+}
+
+/// What GetCapacity says a one-replica volume on `node` may have.
+async fn room_on(client: &VolumeClient, node: &str) -> u64 {
+    client
+        .get_capacity(pb::GetCapacityRequest {
+            topology: Some(pb::TopologyTerm {
+                segments: [("topology.cairn.dev/node".to_string(), node.to_string())].into(),
+            }),
+            kind: pb::VolumeKind::Replicated as i32,
+            replicas: 1,
+        })
+        .await
+        .expect("get capacity")
+        .available_bytes
+}
+
+async fn node_view(client: &VolumeClient, id: u64) -> pb::Node {
+    let nodes = client.list_nodes().await.expect("list nodes");
+    nodes.into_iter().find(|n| n.id == id).expect("node listed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn placement_counts_bytes_really_used_and_overcommit_lets_sizes_pass_capacity() {
+    let tmp = tempfile::tempdir_in("/var/tmp").expect("temp dir");
+    // Node 1: a 1 GiB disk offering 64 GiB (the testkit's default): only real usage can stop
+    // it. Node 2: 1 GiB offered, twice over, on a large disk.
+    let fs = SmallFs::new(tmp.path(), 1024 * MIB);
+    let dirs = [fs.mnt.join("data"), tmp.path().join("node-2")];
+    for d in &dirs {
+        std::fs::create_dir_all(d).expect("data dir");
+    }
+    let node_args = [
+        vec![],
+        ["--capacity", "1GiB", "--overcommit", "2"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    let cluster = ProcCluster::start_on_with(bin(), &dirs, &node_args, &["--reserve", "64MiB"])
+        .expect("start");
+    let client = ready(&cluster).await;
+
+    // Both nodes' usage reports reach the catalogue's answers, with their overcommit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let used_before = loop {
+        let (n1, n2) = (node_view(&client, 1).await, node_view(&client, 2).await);
+        if n1.used_bytes > 0 && n2.used_bytes > 0 {
+            assert_eq!((n1.overcommit, n2.overcommit), (1.0, 2.0));
+            break n1.used_bytes;
+        }
+        assert!(Instant::now() < deadline, "no usage reports: {n1:?} {n2:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // Write 400 MiB to a volume on node 1.
+    client
+        .create_volume(on_node("a", 512 * MIB, "node-1", true))
+        .await
+        .expect("create a on node 1");
+    let before = room_on(&client, "node-1").await;
+    assert!(
+        before > 600 * MIB,
+        "node 1 has {before} bytes of room before the writes"
+    );
+    for i in 0..400u64 {
+        client
+            .write("a", i * MIB, block(i))
+            .await
+            .unwrap_or_else(|e| panic!("write {i}: {e}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let used = node_view(&client, 1).await.used_bytes;
+        let room = room_on(&client, "node-1").await;
+        if used >= used_before + 300 * MIB && room < 600 * MIB {
+            eprintln!(
+                "node 1: {} MiB used, {} MiB of room",
+                used / MIB,
+                room / MIB
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1's usage did not grow: {used} bytes used, {room} bytes of room"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // 600 MiB fits node 1 by provisioned sizes (64 GiB − 512 MiB) but not by real space:
+    // preferred there, it goes to node 2; required there, it is refused, saying why.
+    let b = client
+        .create_volume(on_node("b", 600 * MIB, "node-1", false))
+        .await
+        .expect("create b");
+    let members: Vec<u64> = b.members.iter().map(|m| m.node_id).collect();
+    assert_eq!(
+        members,
+        vec![2],
+        "b must avoid node 1, whose disk is used up"
+    );
+    let err = client
+        .create_volume(on_node("c", 600 * MIB, "node-1", true))
+        .await
+        .expect_err("node 1 has no real room for c");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("really free") && err.message().contains("`node-1`"),
+        "{}",
+        err.message()
+    );
+
+    // Node 2 (1 GiB, overcommit 2) takes 600 + 768 MiB of volumes, beyond its capacity, then
+    // refuses by provisioned sizes (2 GiB in all), not by real usage.
+    client
+        .create_volume(on_node("d", 768 * MIB, "node-2", true))
+        .await
+        .expect("node 2 takes d past its capacity");
+    let n2 = node_view(&client, 2).await;
+    assert!(
+        n2.allocated_bytes > n2.capacity_bytes,
+        "allocated {} of {}",
+        n2.allocated_bytes,
+        n2.capacity_bytes
+    );
+    let err = client
+        .create_volume(on_node("e", 768 * MIB, "node-2", true))
+        .await
+        .expect_err("2 GiB provisioned on node 2 at most");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(!err.message().contains("really free"), "{}", err.message());
 }

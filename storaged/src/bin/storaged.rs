@@ -9,6 +9,7 @@ use std::time::Duration;
 use cairn_storaged::discovery::{self, Plan, Seeds};
 use cairn_storaged::frontend::process::SUBCOMMAND;
 use cairn_storaged::frontend::standalone::{self, FrontendArgs};
+use cairn_storaged::meta::placement;
 use cairn_storaged::node::NodeConfig;
 use cairn_storaged::peers;
 use cairn_storaged::raft::ChannelCache;
@@ -63,6 +64,10 @@ struct Args {
     /// fills; deletes still work (default: 5 % of the filesystem, at most 1GiB).
     #[arg(long)]
     reserve: Option<String>,
+    /// Thin over-provisioning: provisioned volume sizes may reach `--capacity` times this, e.g.
+    /// `2` (default 1.0: none). Data really written must still fit (RESOURCE_EXHAUSTED if not).
+    #[arg(long, default_value = "1.0")]
+    overcommit: String,
     /// Memory for recently written and read block data (RocksDB blob cache), e.g. `1GiB`
     /// (default: 256MiB).
     #[arg(long)]
@@ -238,11 +243,26 @@ fn run(args: Args) -> Result<(), Exit> {
     if args.rebuild_concurrency == 0 {
         return Err(String::from("--rebuild-concurrency: must be at least 1").into());
     }
-    let labels: BTreeMap<String, String> = args
+    let mut labels: BTreeMap<String, String> = args
         .labels
         .iter()
         .map(|l| parse_kv("label", l))
         .collect::<Result<_, _>>()?;
+    let overcommit = placement::parse_overcommit(&args.overcommit)?;
+    if labels.contains_key(placement::OVERCOMMIT_LABEL) {
+        return Err(format!(
+            "--label: `{}` is set by --overcommit",
+            placement::OVERCOMMIT_LABEL
+        )
+        .into());
+    }
+    // Registered with the node's record (absent: 1.0).
+    if overcommit != 1.0 {
+        labels.insert(
+            placement::OVERCOMMIT_LABEL.to_string(),
+            overcommit.to_string(),
+        );
+    }
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| format!("--data-dir {}: {e}", args.data_dir.display()))?;
     if let Some(c) = &args.cache_size {

@@ -2,6 +2,7 @@
 //! node's cordon and drain flags (kept in reserved labels, so older catalogues load).
 
 use super::catalog::{Catalog, CommandError, MetaReply, NodeRecord, Repair, not_found};
+use super::placement::OVERCOMMIT_LABEL;
 
 /// On a node: present while no new replicas may be placed there.
 const CORDONED_LABEL: &str = "cairn.dev/cordoned";
@@ -19,9 +20,9 @@ impl NodeRecord {
 
     /// The labels an operator gave the node, without the reserved ones.
     pub fn user_labels(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.labels
-            .iter()
-            .filter(|(k, _)| k.as_str() != CORDONED_LABEL && k.as_str() != DRAINING_LABEL)
+        self.labels.iter().filter(|(k, _)| {
+            ![CORDONED_LABEL, DRAINING_LABEL, OVERCOMMIT_LABEL].contains(&k.as_str())
+        })
     }
 
     /// Takes the cordon and drain flags of `old` (a re-registration keeps them).

@@ -238,17 +238,37 @@ impl StorageNode {
     }
 
     /// Takes a peer's ping: it is alive, and the groups it quiesced may go quiet here.
-    /// Takes a ping from `from`; whether this node is short of space, for the reply.
-    pub fn on_ping(&self, ping: &cairn_proto::cairn::v1::PingRequest) -> bool {
+    /// Answers with this node's space: short of it, and its usage.
+    pub fn on_ping(
+        &self,
+        ping: &cairn_proto::cairn::v1::PingRequest,
+    ) -> cairn_proto::cairn::v1::PingReply {
         let (from, boot, notices) = (ping.from, ping.boot, &ping.quiesce);
-        self.io.space().peer_reported(from, ping.short_of_space);
+        let space = self.io.space();
+        space.peer_reported(from, ping.short_of_space);
+        space.peer_usage(
+            from,
+            space::from_wire(ping.used_bytes, ping.fs_free_bytes, ping.reserve_bytes),
+        );
         self.groups.quiescer().pinged_by(&self.groups, from, boot);
         self.groups.quiescer().on_notices(&self.groups, notices);
         let now = std::time::Instant::now();
         self.groups
             .peer_failed()
             .reported(from, &ping.failed_groups, now);
-        self.io.space().short()
+        let mine = space.report();
+        cairn_proto::cairn::v1::PingReply {
+            node: self.cfg.id,
+            short_of_space: space.short(),
+            used_bytes: mine.map(|u| u.used),
+            fs_free_bytes: mine.map(|u| u.fs_free),
+            reserve_bytes: mine.map(|u| u.reserve),
+        }
+    }
+
+    /// The nodes' fresh usage reports, as placement takes them.
+    pub fn live_usage(&self) -> crate::meta::placement::Live {
+        self.io.space().live()
     }
 
     /// Replicas that failed to open, here and on the peers that report them in their pings,

@@ -387,6 +387,10 @@ pub(super) async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // The data dir walk (cached a second) runs off the async workers.
+        let measuring = space.clone();
+        let _ = tokio::task::spawn_blocking(move || measuring.used()).await;
+        let mine = space.report();
         let now = Instant::now();
         quiescer.quiesce_led(&groups, now);
         let peers: Vec<(u64, String)> = meta.with_catalog(|cat| {
@@ -421,11 +425,21 @@ pub(super) async fn run(
                     quiesce: notices.clone(),
                     short_of_space: space.short(),
                     failed_groups,
+                    used_bytes: mine.map(|u| u.used),
+                    fs_free_bytes: mine.map(|u| u.fs_free),
+                    reserve_bytes: mine.map(|u| u.reserve),
                 };
                 let sent = tokio::time::timeout(PING_TIMEOUT, client.ping(req)).await;
                 match sent {
                     Ok(Ok(reply)) => {
-                        space.peer_reported(peer, reply.into_inner().short_of_space);
+                        let reply = reply.into_inner();
+                        space.peer_reported(peer, reply.short_of_space);
+                        let usage = super::space::from_wire(
+                            reply.used_bytes,
+                            reply.fs_free_bytes,
+                            reply.reserve_bytes,
+                        );
+                        space.peer_usage(peer, usage);
                         q.answered(&groups_for_ping, peer, Instant::now(), false)
                     }
                     // Nothing listens there: the peer's process is gone. Its groups here

@@ -6,6 +6,9 @@
 //! any group that has such a member with RESOURCE_EXHAUSTED, before RocksDB itself meets ENOSPC
 //! on any replica. Deletes, discards and Raft traffic go on, so space can be freed; once the
 //! filesystem has the reserve free again the refusals stop by themselves.
+//!
+//! Pings also carry each node's real usage (decision 050): the bytes its data dir occupies,
+//! the filesystem's free bytes and the reserve. Placement counts them while fresh.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::meta::placement::{Live, Usage};
 
 /// How long a free-space reading is trusted before `statvfs` is asked again.
 const FRESH_FOR: Duration = Duration::from_millis(200);
@@ -22,6 +26,10 @@ const PEER_REPORT_FOR: Duration = Duration::from_secs(3);
 /// The default reserve's bounds: 5 % of the filesystem, at most 1 GiB.
 const DEFAULT_SHARE: f64 = 0.05;
 const DEFAULT_MAX: u64 = 1 << 30;
+/// How long a measure of the data dir's usage is kept before it is walked again.
+const USED_FOR: Duration = Duration::from_secs(1);
+/// The data dir's runtime subdirectory: sockets and FUSE mountpoints, never walked.
+const RUN_DIR: &str = "run";
 
 /// The reserve of a filesystem of `total` bytes when `--reserve` is not given.
 pub fn default_reserve(total: u64) -> u64 {
@@ -49,6 +57,10 @@ pub struct Space {
     reserve: u64,
     reading: Mutex<Option<Reading>>,
     short_peers: Mutex<HashMap<u64, Instant>>,
+    /// This node's data dir usage: when it was measured and the bytes.
+    used: Mutex<Option<(Instant, u64)>>,
+    /// What peers last reported of their usage, and when.
+    peer_usage: Mutex<HashMap<u64, (Instant, Usage)>>,
 }
 
 impl Space {
@@ -67,7 +79,58 @@ impl Space {
                 free,
             })),
             short_peers: Mutex::default(),
+            used: Mutex::default(),
+            peer_usage: Mutex::default(),
         })
+    }
+
+    /// Bytes the data dir occupies on disk now (a measure at most `USED_FOR` old): every
+    /// file's allocated blocks, on the data dir's filesystem only, the run dir left out.
+    /// A walk of a few thousand files; call it off the async workers.
+    pub fn used(&self) -> u64 {
+        if let Some((at, used)) = *self.used.lock().expect("space usage poisoned")
+            && at.elapsed() < USED_FOR
+        {
+            return used;
+        }
+        let used = dir_usage(&self.dir);
+        *self.used.lock().expect("space usage poisoned") = Some((Instant::now(), used));
+        used
+    }
+
+    /// This node's usage as a ping carries it; `None` before the first measure.
+    pub fn report(&self) -> Option<Usage> {
+        let (at, used) = (*self.used.lock().expect("space usage poisoned"))?;
+        (at.elapsed() < PEER_REPORT_FOR).then(|| Usage {
+            used,
+            fs_free: self.free(),
+            reserve: self.reserve,
+        })
+    }
+
+    /// Records what `peer` said of its usage (nothing: an older node, which reports none).
+    pub fn peer_usage(&self, peer: u64, usage: Option<Usage>) {
+        let mut peers = self.peer_usage.lock().expect("peer usage poisoned");
+        match usage {
+            Some(u) => peers.insert(peer, (Instant::now(), u)),
+            None => peers.remove(&peer),
+        };
+    }
+
+    /// The fresh usage reports: this node's and its peers' at most `PEER_REPORT_FOR` old.
+    pub fn live(&self) -> Live {
+        let mut live: Live = self
+            .peer_usage
+            .lock()
+            .expect("peer usage poisoned")
+            .iter()
+            .filter(|(_, (at, _))| at.elapsed() < PEER_REPORT_FOR)
+            .map(|(peer, (_, u))| (*peer, *u))
+            .collect();
+        if let Some(mine) = self.report() {
+            live.insert(self.me, mine);
+        }
+        live
     }
 
     pub fn reserve(&self) -> u64 {
@@ -164,6 +227,45 @@ impl Space {
             nodes.join(", ")
         )))
     }
+}
+
+/// A usage report off the wire: all three figures, or none (an older node).
+pub fn from_wire(used: Option<u64>, fs_free: Option<u64>, reserve: Option<u64>) -> Option<Usage> {
+    Some(Usage {
+        used: used?,
+        fs_free: fs_free?,
+        reserve: reserve?,
+    })
+}
+
+/// Allocated bytes of the files under `dir` on its filesystem (not crossing mounts), the
+/// top-level run dir left out; what cannot be read counts nothing.
+fn dir_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(root) = std::fs::symlink_metadata(dir) else {
+        return 0;
+    };
+    let mut total = 0u64;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(md) = entry.metadata() else {
+                continue;
+            };
+            if md.dev() != root.dev() || (d == dir && entry.file_name() == RUN_DIR) {
+                continue;
+            }
+            if md.is_dir() {
+                todo.push(entry.path());
+            } else {
+                total += md.blocks() * 512;
+            }
+        }
+    }
+    total
 }
 
 #[cfg(test)]

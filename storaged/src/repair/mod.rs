@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use self::change::MemberChange;
 use self::plan::{GroupView, Nodes, Step, Wait};
 use crate::meta::catalog::{Catalog, MetaCommand, VolumeKind, VolumeRecord};
+use crate::meta::placement;
 use crate::node::StorageNode;
 use crate::node::failed::Failing;
 use crate::{Error, Result};
@@ -123,7 +124,8 @@ async fn tick(node: &Arc<StorageNode>, since: Instant) -> Result<()> {
         }
         let group = leader_view(node, &cat, vol, &quiet).await;
         let busy = |n: u64| inflight.get(&n).copied().unwrap_or(0) >= cfg.concurrency;
-        let step = lost.plan(&cat, vol, group.as_ref(), &busy);
+        let live = node.live_usage();
+        let step = lost.plan(&cat, vol, group.as_ref(), &busy, &live);
         // A replacement of a replica that fails to open, on a node that is up: say why.
         let mut failed_open = None;
         if let Step::Start(r) = &step {
@@ -186,9 +188,19 @@ impl Lost<'_> {
         vol: &VolumeRecord,
         group: Option<&GroupView>,
         busy: &dyn Fn(u64) -> bool,
+        live: &placement::Live,
     ) -> Step {
         let down = |n: u64| self.member(n, vol.id);
-        plan::plan(cat, vol, group, &Nodes { down: &down, busy })
+        plan::plan(
+            cat,
+            vol,
+            group,
+            &Nodes {
+                down: &down,
+                busy,
+                live,
+            },
+        )
     }
 }
 
@@ -312,7 +324,7 @@ mod tests {
         let vol = &c.volumes[vol];
         (
             lost.needs_care(c, vol),
-            lost.plan(c, vol, Some(&g), &|_| false),
+            lost.plan(c, vol, Some(&g), &|_| false, &Default::default()),
         )
     }
 

@@ -93,6 +93,8 @@ pub struct Nodes<'a> {
     pub down: &'a dyn Fn(u64) -> bool,
     /// Already the target of `--rebuild-concurrency` replacements.
     pub busy: &'a dyn Fn(u64) -> bool,
+    /// The nodes' fresh usage reports (placement counts real usage by them).
+    pub live: &'a placement::Live,
 }
 
 /// The next step for `vol`, whose group's leader reports `group` (`None`: no leader).
@@ -170,7 +172,7 @@ fn next_repair(cat: &Catalog, vol: &VolumeRecord, g: &GroupView, nodes: &Nodes) 
         return Step::Idle;
     };
     let unusable = |n: u64| (nodes.down)(n) || (nodes.busy)(n);
-    match placement::replacement(cat, vol, from, &unusable) {
+    match placement::replacement(cat, vol, from, nodes.live, &unusable) {
         Some(to) => Step::Start(Repair { from, to }),
         None => Step::Wait(Wait::NoTarget { from }),
     }
@@ -244,6 +246,7 @@ pub(crate) mod tests {
             &Nodes {
                 down: &down,
                 busy: &busy,
+                live: &placement::Live::new(),
             },
         )
     }
@@ -341,7 +344,16 @@ pub(crate) mod tests {
         let g = view(1, &[1, 2, 3], &[], 100);
         let down = |n: u64| n == 3;
         let plan_with = |busy: &dyn Fn(u64) -> bool| {
-            plan(&c, &c.volumes["v"], Some(&g), &Nodes { down: &down, busy })
+            plan(
+                &c,
+                &c.volumes["v"],
+                Some(&g),
+                &Nodes {
+                    down: &down,
+                    busy,
+                    live: &placement::Live::new(),
+                },
+            )
         };
         assert_eq!(
             plan_with(&|_| false),

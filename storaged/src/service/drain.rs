@@ -28,7 +28,7 @@ async fn set(node: &StorageNode, id: u64, cordoned: bool, draining: bool) -> Res
         })
         .await?
     {
-        MetaReply::Node(n) => Ok(view::node(&node.catalog(), &n, true)),
+        MetaReply::Node(n) => Ok(view::node(&node.catalog(), &node.live_usage(), &n, true)),
         other => Err(Error::Internal(format!("unexpected meta reply {other:?}"))),
     }
 }
@@ -52,6 +52,7 @@ pub async fn drain(node: &StorageNode, name: &str) -> Result<pb::DrainNodeRespon
         .values()
         .filter(|v| v.members.contains(&n.id))
         .collect();
+    let live = node.live_usage();
     for v in &held {
         if v.kind == VolumeKind::Local {
             return Err(Error::FailedPrecondition(format!(
@@ -62,7 +63,7 @@ pub async fn drain(node: &StorageNode, name: &str) -> Result<pb::DrainNodeRespon
         if v.repair.is_some_and(|r| r.from == n.id) {
             continue;
         }
-        if placement::replacement(&cat, v, n.id, &|id| id == n.id).is_none() {
+        if placement::replacement(&cat, v, n.id, &live, &|id| id == n.id).is_none() {
             return Err(Error::FailedPrecondition(format!(
                 "no node can take the replica of volume `{}` on node `{name}` \
                  (replicas go to distinct, uncordoned nodes with {} bytes free)",

@@ -453,10 +453,6 @@ impl RaftService for RaftApi {
                 ping.from
             )));
         }
-        let short_of_space = self.node.on_ping(&ping);
-        Ok(Response::new(PingReply {
-            node: self.node.cfg().id,
-            short_of_space,
-        }))
+        Ok(Response::new(self.node.on_ping(&ping)))
     }
 }

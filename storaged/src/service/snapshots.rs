@@ -184,6 +184,7 @@ pub async fn create(
             let src = replicated(&cat, "source_volume", &r.source_volume)?;
             let members = placement::place(
                 &cat,
+                &node.live_usage(),
                 &Want {
                     size: src.size,
                     replicas: src.replicas,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use cairn_proto::cairn::v1 as pb;
 
 use crate::meta::catalog::{Catalog, NodeRecord, NodeRole, VolumeKind, VolumeRecord};
+use crate::meta::placement::Live;
 use crate::node::status::LAG_ENTRIES;
 use crate::node::{GroupStatus, StorageNode};
 
@@ -16,7 +17,7 @@ pub fn kind(k: VolumeKind) -> i32 {
     }
 }
 
-pub fn node(cat: &Catalog, n: &NodeRecord, reachable: bool) -> pb::Node {
+pub fn node(cat: &Catalog, live: &Live, n: &NodeRecord, reachable: bool) -> pb::Node {
     pb::Node {
         id: n.id,
         name: n.name.clone(),
@@ -34,6 +35,8 @@ pub fn node(cat: &Catalog, n: &NodeRecord, reachable: bool) -> pb::Node {
         reachable,
         cordoned: n.cordoned(),
         draining: n.draining(),
+        used_bytes: live.get(&n.id).map_or(0, |u| u.used),
+        overcommit: n.overcommit(),
     }
 }
 

@@ -14,7 +14,7 @@ use crate::meta::catalog::{
     Catalog, MetaCommand, MetaReply, NodeRecord, NodeRole, Origin, VolumeKind, VolumeRecord,
     VolumeState, now_unix,
 };
-use crate::meta::placement::{self, Term, Want};
+use crate::meta::placement::{self, Live, Term, Want};
 use crate::node::StorageNode;
 use crate::raft::Node;
 use crate::service::{drain, snapshots, validate, view};
@@ -94,7 +94,7 @@ impl VolumeApi {
             requisite: &requisite,
             preferred: &preferred,
         };
-        let members = placement::place(&cat, &want)?;
+        let members = placement::place(&cat, &self.node.live_usage(), &want)?;
         let rec = VolumeRecord {
             id: 0,
             name: r.name.clone(),
@@ -136,9 +136,10 @@ impl VolumeApi {
             ));
         }
         let delta = r.size_bytes - v.size;
+        let live = self.node.live_usage();
         for m in &v.members {
             if let Some(n) = cat.nodes.get(m)
-                && placement::free(&cat, n) < delta
+                && placement::free(&cat, &live, n) < delta
             {
                 return Err(Error::ResourceExhausted(format!(
                     "node `{}` has less than {delta} bytes free to grow `{}`",
@@ -157,7 +158,11 @@ impl VolumeApi {
         Ok(view::volume(&self.node, &self.node.catalog(), &v, false).await)
     }
 
-    fn capacity(cat: &Catalog, r: &pb::GetCapacityRequest) -> Result<pb::GetCapacityResponse> {
+    fn capacity(
+        cat: &Catalog,
+        live: &Live,
+        r: &pb::GetCapacityRequest,
+    ) -> Result<pb::GetCapacityResponse> {
         let kind = validate::kind(r.kind)?;
         let replicas = validate::replicas(r.replicas, kind)? as usize;
         let term: Term = r
@@ -171,32 +176,14 @@ impl VolumeApi {
             .values()
             .filter(|n| placement::matches(n, &term))
             .collect();
-        let best_local = matching
-            .iter()
-            .map(|n| placement::free(cat, n))
-            .max()
-            .unwrap_or(0);
-        let available = match kind {
-            VolumeKind::Local => best_local,
-            VolumeKind::Replicated => {
-                let mut frees: Vec<u64> = cat
-                    .nodes
-                    .values()
-                    .map(|n| placement::free(cat, n))
-                    .collect();
-                frees.sort_unstable_by(|a, b| b.cmp(a));
-                let rth = if frees.len() >= replicas {
-                    frees[replicas - 1]
-                } else {
-                    0
-                };
-                best_local.min(rth)
-            }
-        };
+        let available = placement::available(cat, live, &matching, kind, replicas);
         Ok(pb::GetCapacityResponse {
             available_bytes: available,
             maximum_volume_size: available,
-            nodes: matching.iter().map(|n| view::node(cat, n, true)).collect(),
+            nodes: matching
+                .iter()
+                .map(|n| view::node(cat, live, n, true))
+                .collect(),
         })
     }
 
@@ -216,6 +203,11 @@ impl VolumeApi {
             r.name.clone()
         };
         validate::name("name", &name)?;
+        if let Some(oc) = r.labels.get(placement::OVERCOMMIT_LABEL) {
+            placement::parse_overcommit(oc).map_err(|e| {
+                Error::invalid("labels", format!("`{}`: {e}", placement::OVERCOMMIT_LABEL))
+            })?;
+        }
         // Nothing has run yet: an answer without a leader (asked of a node outside the
         // cluster, e.g. the registering node itself through a seed name) is a not-leader
         // refusal, so the caller tries another node.
@@ -279,7 +271,12 @@ impl VolumeApi {
             .propose_meta(MetaCommand::RegisterNode(rec))
             .await?
         {
-            MetaReply::Node(n) => Ok(view::node(&self.node.catalog(), &n, true)),
+            MetaReply::Node(n) => Ok(view::node(
+                &self.node.catalog(),
+                &self.node.live_usage(),
+                &n,
+                true,
+            )),
             other => Err(Error::Internal(format!("unexpected meta reply {other:?}"))),
         }
     }
@@ -411,7 +408,8 @@ impl VolumeService for VolumeApi {
         req: Request<pb::GetCapacityRequest>,
     ) -> Result<Response<pb::GetCapacityResponse>, Status> {
         let cat = self.node.read_catalog().await?;
-        Ok(Response::new(Self::capacity(&cat, req.get_ref())?))
+        let live = self.node.live_usage();
+        Ok(Response::new(Self::capacity(&cat, &live, req.get_ref())?))
     }
 
     #[tracing::instrument(skip_all, fields(volume = %req.get_ref().name, node = %req.get_ref().node_name))]
@@ -481,6 +479,7 @@ impl VolumeService for VolumeApi {
         let cat = self.node.read_catalog().await?;
         let m = self.node.meta_raft().metrics().borrow_watched().clone();
         let reach = self.reachable();
+        let live = self.node.live_usage();
         Ok(Response::new(pb::ClusterStatusResponse {
             meta_leader_id: m.current_leader.unwrap_or(0),
             term: m.current_term,
@@ -488,7 +487,7 @@ impl VolumeService for VolumeApi {
             nodes: cat
                 .nodes
                 .values()
-                .map(|n| view::node(&cat, n, reach.get(&n.id).copied().unwrap_or(false)))
+                .map(|n| view::node(&cat, &live, n, reach.get(&n.id).copied().unwrap_or(false)))
                 .collect(),
             volume_count: cat.volumes.len() as u32,
         }))
@@ -534,11 +533,12 @@ impl VolumeService for VolumeApi {
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let cat = self.node.read_catalog().await?;
         let reach = self.reachable();
+        let live = self.node.live_usage();
         Ok(Response::new(pb::ListNodesResponse {
             nodes: cat
                 .nodes
                 .values()
-                .map(|n| view::node(&cat, n, reach.get(&n.id).copied().unwrap_or(false)))
+                .map(|n| view::node(&cat, &live, n, reach.get(&n.id).copied().unwrap_or(false)))
                 .collect(),
         }))
     }

@@ -166,7 +166,8 @@ async fn drain(client: &VolumeClient, out: Output, name: &str, wait: u64) -> Res
 fn node_json(n: &pb::Node) -> serde_json::Value {
     json!({"id": n.id, "name": n.name, "addr": n.addr, "role": n.role, "reachable": n.reachable,
            "cordoned": n.cordoned, "draining": n.draining,
-           "capacity_bytes": n.capacity_bytes, "allocated_bytes": n.allocated_bytes, "labels": n.labels})
+           "capacity_bytes": n.capacity_bytes, "allocated_bytes": n.allocated_bytes,
+           "used_bytes": n.used_bytes, "overcommit": n.overcommit, "labels": n.labels})
 }
 
 fn print_nodes(out: Output, nodes: &[pb::Node]) {
@@ -175,8 +176,8 @@ fn print_nodes(out: Output, nodes: &[pb::Node]) {
         return;
     }
     println!(
-        "{:<4} {:<12} {:<22} {:<8} {:<9} {:<11} {:>10} {:>10}",
-        "ID", "NAME", "ADDR", "ROLE", "REACHABLE", "SCHEDULE", "CAPACITY", "ALLOCATED"
+        "{:<4} {:<12} {:<22} {:<8} {:<9} {:<11} {:>10} {:>10} {:>10}",
+        "ID", "NAME", "ADDR", "ROLE", "REACHABLE", "SCHEDULE", "CAPACITY", "ALLOCATED", "USED"
     );
     for n in nodes {
         let schedule = match (n.draining, n.cordoned) {
@@ -184,16 +185,29 @@ fn print_nodes(out: Output, nodes: &[pb::Node]) {
             (false, true) => "cordoned",
             _ => "ready",
         };
+        // Capacity with its overcommit when there is one, e.g. `10GiB×2`.
+        let capacity = if n.overcommit > 1.0 {
+            format!("{}×{}", human(n.capacity_bytes), n.overcommit)
+        } else {
+            human(n.capacity_bytes)
+        };
+        // No fresh report (an older node, or one not heard from): `-`.
+        let used = if n.used_bytes > 0 {
+            human(n.used_bytes)
+        } else {
+            "-".to_string()
+        };
         println!(
-            "{:<4} {:<12} {:<22} {:<8} {:<9} {:<11} {:>10} {:>10}",
+            "{:<4} {:<12} {:<22} {:<8} {:<9} {:<11} {:>10} {:>10} {:>10}",
             n.id,
             n.name,
             n.addr,
             n.role,
             n.reachable,
             schedule,
-            human(n.capacity_bytes),
-            human(n.allocated_bytes)
+            capacity,
+            human(n.allocated_bytes),
+            used
         );
     }
 }
