@@ -52,7 +52,7 @@ cluster_start() {
   for _ in $(seq 150); do
     ctl -o json cluster status 2>/dev/null | python3 -c \
       'import json,sys; s=json.load(sys.stdin); sys.exit(0 if len(s["nodes"]) >= 3 else 1)' \
-      && return 0
+      2>/dev/null && return 0
     sleep 0.2
   done
   echo "cluster did not start; logs in $CLUSTER_DIR" >&2
