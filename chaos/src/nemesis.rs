@@ -43,7 +43,8 @@ pub enum FaultKind {
     /// A node cut from every other, both ways (clients on the host still reach it). Healed,
     /// like every partition, by deleting the run's nftables table.
     PartitionIsolate,
-    /// A minority (the target and the next nodes by id, ⌊(n−1)/2⌋ in all) cut from the rest.
+    /// A minority (the target and the next nodes by id, ⌊(n−1)/2⌋ in all, the target's group
+    /// mates last) cut from the rest.
     PartitionSplit,
     /// The target sees every node; the others, in two halves, do not see the other half.
     PartitionBridge,
@@ -326,6 +327,18 @@ pub async fn resolve_within(
     })
 }
 
+/// The other members of the group whose leader `target` names (`leader`, resolved), read
+/// from `members`; empty when the target is a node or all of them.
+pub fn fellows(target: &Target, leader: u64, members: &BTreeMap<String, Vec<u64>>) -> Vec<u64> {
+    match target {
+        Target::LeaderOf { volume } => members
+            .get(volume)
+            .map(|m| m.iter().copied().filter(|&id| id != leader).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
 /// Starts `kind` on `target` (resolved to node ids now) and returns the fault to heal.
 pub async fn start(
     cluster: &mut FaultCluster,
@@ -370,7 +383,12 @@ pub async fn start_on(
         | FaultKind::PartitionBridge
         | FaultKind::PartitionOneWay => {
             let shape = kind.shape().expect("a partition kind");
-            cut = partition::cut(shape, nodes[0], &cluster.node_ids());
+            let members = match &target {
+                Target::LeaderOf { volume } => cluster.members(std::slice::from_ref(volume)).await,
+                _ => BTreeMap::new(),
+            };
+            let mates = fellows(&target, nodes[0], &members);
+            cut = partition::cut(shape, nodes[0], &cluster.node_ids(), &mates);
             let net = &cluster.net;
             let link = |id: u64| net.host_link(id).unwrap_or_default().to_string();
             partition::apply(&partition::rules(&net.table(), &cut.pairs, link))?;

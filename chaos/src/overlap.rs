@@ -32,11 +32,12 @@ pub fn exclusive(kind: FaultKind) -> bool {
 }
 
 /// The nodes a fault of `kind` on `nodes` breaks: its targets, or for a partition the minority
-/// it cuts off (isolate, split) or every node on either end of a cut pair (bridge, one-way).
-pub fn breaks(kind: FaultKind, nodes: &[u64], all: &[u64]) -> BTreeSet<u64> {
+/// it cuts off (isolate, split) or every node on either end of a cut pair (bridge, one-way);
+/// `fellows` are the target group's other members (`nemesis::fellows`).
+pub fn breaks(kind: FaultKind, nodes: &[u64], all: &[u64], fellows: &[u64]) -> BTreeSet<u64> {
     match kind.shape() {
         Some(shape) => {
-            let cut = partition::cut(shape, nodes[0], all);
+            let cut = partition::cut(shape, nodes[0], all, fellows);
             match shape {
                 Shape::Isolate | Shape::Split if !cut.minority.is_empty() => {
                     cut.minority.into_iter().collect()
@@ -252,7 +253,8 @@ async fn try_start(
         );
         return Ok(Attempt::Skipped);
     }
-    let new = breaks(step.kind, &nodes, all);
+    let mates = nemesis::fellows(&step.target, nodes[0], members);
+    let new = breaks(step.kind, &nodes, all, &mates);
     let busy: BTreeSet<u64> = active
         .iter()
         .flat_map(|a| a.breaks.iter().copied())
@@ -335,15 +337,24 @@ mod tests {
     #[test]
     fn partitions_break_their_minority_or_both_ends_of_each_cut() {
         let all = [1, 2, 3, 4, 5];
-        assert_eq!(breaks(FaultKind::PartitionIsolate, &[2], &all), set(&[2]));
-        assert_eq!(breaks(FaultKind::PartitionSplit, &[4], &all), set(&[4, 5]));
-        assert_eq!(breaks(FaultKind::PartitionOneWay, &[5], &all), set(&[5, 1]));
         assert_eq!(
-            breaks(FaultKind::PartitionBridge, &[1], &all),
+            breaks(FaultKind::PartitionIsolate, &[2], &all, &[]),
+            set(&[2])
+        );
+        assert_eq!(
+            breaks(FaultKind::PartitionSplit, &[4], &all, &[]),
+            set(&[4, 5])
+        );
+        assert_eq!(
+            breaks(FaultKind::PartitionOneWay, &[5], &all, &[]),
+            set(&[5, 1])
+        );
+        assert_eq!(
+            breaks(FaultKind::PartitionBridge, &[1], &all, &[]),
             set(&[2, 3, 4, 5])
         );
-        assert_eq!(breaks(FaultKind::Kill, &[3], &all), set(&[3]));
-        assert_eq!(breaks(FaultKind::PowerlossAll, &all, &all), set(&all));
+        assert_eq!(breaks(FaultKind::Kill, &[3], &all, &[]), set(&[3]));
+        assert_eq!(breaks(FaultKind::PowerlossAll, &all, &all, &[]), set(&all));
         assert!(exclusive(FaultKind::Clock) && !exclusive(FaultKind::Pause));
     }
 }

@@ -13,7 +13,8 @@ use crate::error::Error;
 pub enum Shape {
     /// The target alone on one side, every other node on the other.
     Isolate,
-    /// A minority (the target and the nodes after it by id, ⌊(n−1)/2⌋ in all) from the rest.
+    /// A minority (the target and the nodes after it by id, ⌊(n−1)/2⌋ in all) from the rest;
+    /// nodes that share the target's group come last, so the target loses its group's majority.
     Split,
     /// The target sees every node; the others, in two halves, do not see the other half.
     Bridge,
@@ -29,13 +30,19 @@ pub struct Cut {
     pub minority: Vec<u64>,
 }
 
-/// What `shape` cuts when it targets `target` among `nodes`.
-pub fn cut(shape: Shape, target: u64, nodes: &[u64]) -> Cut {
+/// What `shape` cuts when it targets `target` among `nodes`; `fellows` are the other members
+/// of the group the target leads (empty when it targets a node), which a split leaves on the
+/// majority side where it can.
+pub fn cut(shape: Shape, target: u64, nodes: &[u64], fellows: &[u64]) -> Cut {
     let mut sorted = nodes.to_vec();
     sorted.sort_unstable();
     // The nodes from the target on, by id, wrapping around.
     let at = sorted.iter().position(|&n| n == target).unwrap_or(0);
-    let order: Vec<u64> = sorted[at..].iter().chain(&sorted[..at]).copied().collect();
+    let mut order: Vec<u64> = sorted[at..].iter().chain(&sorted[..at]).copied().collect();
+    if shape == Shape::Split && order.len() > 1 {
+        // A stable sort: after the target, non-members first, each part still by id.
+        order[1..].sort_by_key(|n| fellows.contains(n));
+    }
     let across = |a: &[u64], b: &[u64]| -> Vec<(u64, u64)> {
         let mut pairs = Vec::new();
         for &x in a {
@@ -161,25 +168,41 @@ mod tests {
 
     #[test]
     fn each_shape_cuts_the_pairs_it_names() {
-        let iso = cut(Shape::Isolate, 2, &THREE);
+        let iso = cut(Shape::Isolate, 2, &THREE, &[]);
         assert_eq!(iso.pairs, both(&[(2, 1), (2, 3)]));
         assert_eq!(iso.minority, [2]);
         // Of five nodes, two (the target and the next by id, wrapping) lose the majority.
-        let split = cut(Shape::Split, 5, &FIVE);
+        let split = cut(Shape::Split, 5, &FIVE, &[]);
         assert_eq!(split.minority, [1, 5]);
         assert_eq!(
             split.pairs,
             both(&[(5, 2), (5, 3), (5, 4), (1, 2), (1, 3), (1, 4)])
         );
-        assert_eq!(cut(Shape::Split, 1, &THREE), cut(Shape::Isolate, 1, &THREE));
+        assert_eq!(
+            cut(Shape::Split, 1, &THREE, &[2]),
+            cut(Shape::Isolate, 1, &THREE, &[])
+        );
         // The bridge node 3 is in no pair; its two sides are cut from each other.
-        let bridge = cut(Shape::Bridge, 3, &FIVE);
+        let bridge = cut(Shape::Bridge, 3, &FIVE, &[4]);
         assert_eq!(bridge.pairs, both(&[(4, 1), (4, 2), (5, 1), (5, 2)]));
         assert!(bridge.minority.is_empty());
-        assert_eq!(cut(Shape::Bridge, 2, &THREE).pairs, both(&[(3, 1)]));
+        assert_eq!(cut(Shape::Bridge, 2, &THREE, &[]).pairs, both(&[(3, 1)]));
         // One way: only the target's packets to the next node.
-        assert_eq!(cut(Shape::OneWay, 3, &THREE).pairs, [(3, 1)]);
-        assert_eq!(cut(Shape::OneWay, 1, &THREE).pairs, [(1, 2)]);
+        assert_eq!(cut(Shape::OneWay, 3, &THREE, &[]).pairs, [(3, 1)]);
+        assert_eq!(cut(Shape::OneWay, 1, &THREE, &[]).pairs, [(1, 2)]);
+    }
+
+    #[test]
+    fn a_split_leaves_the_targets_group_mates_on_the_majority_side() {
+        // Node 2 leads a group on {1, 2, 3}: next by id would be 3, which would keep the
+        // group's majority with the leader; the minority takes node 4 instead.
+        let split = cut(Shape::Split, 2, &FIVE, &[1, 3]);
+        assert_eq!(split.minority, [2, 4]);
+        // Every node after the target shares its group: by id, as before.
+        assert_eq!(cut(Shape::Split, 2, &FIVE, &[1, 3, 4, 5]).minority, [2, 3]);
+        // Seven nodes, three in the minority, group on {6, 7, 1}: two non-members join 6.
+        let seven = [1, 2, 3, 4, 5, 6, 7];
+        assert_eq!(cut(Shape::Split, 6, &seven, &[7, 1]).minority, [2, 3, 6]);
     }
 
     #[test]

@@ -711,8 +711,26 @@ async fn overlapping_faults_keep_every_group_a_majority_and_lose_nothing() {
         "no fault started while another was active: {faults:?}"
     );
     let all: Vec<u64> = (1..=5).collect();
-    // A fault's nodes are broken from its start until they caught up after its heal.
-    let broken = |f: &FaultRecord| cairn_chaos::overlap::breaks(f.kind, &f.nodes, &all);
+    // A fault's nodes are broken from its start until they caught up after its heal: what it
+    // recorded as applied (a partition's minority, else both ends of its cut pairs; for the
+    // other kinds, its nodes), each checked against what the scheduler says the kind breaks.
+    let broken = |f: &FaultRecord| -> std::collections::BTreeSet<u64> {
+        let applied: std::collections::BTreeSet<u64> = if !f.minority.is_empty() {
+            f.minority.iter().copied().collect()
+        } else if f.kind.shape().is_some() {
+            f.cut.iter().flatten().copied().collect()
+        } else {
+            f.nodes.iter().copied().collect()
+        };
+        if f.kind.shape().is_none() || f.minority.is_empty() {
+            assert_eq!(
+                applied,
+                cairn_chaos::overlap::breaks(f.kind, &f.nodes, &all, &[]),
+                "{f:?}"
+            );
+        }
+        applied
+    };
     let until = |f: &FaultRecord| f.end + (f.whole_after_s * 1e9) as u64;
     for f in faults {
         let down: std::collections::BTreeSet<u64> = faults
