@@ -318,6 +318,18 @@ async fn placement_counts_bytes_really_used_and_overcommit_lets_sizes_pass_capac
         "{}",
         err.message()
     );
+    // Growing `a` by 600 MiB fails the same way, and leaves its size as it was.
+    let err = client
+        .resize_volume("a", 1112 * MIB)
+        .await
+        .expect_err("node 1 has no real room to grow a");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("really free") && err.message().contains("`node-1`"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(client.get_volume("a").await.unwrap().size_bytes, 512 * MIB);
 
     // Node 2 (1 GiB, overcommit 2) takes 600 + 768 MiB of volumes, beyond its capacity, then
     // refuses by provisioned sizes (2 GiB in all), not by real usage.

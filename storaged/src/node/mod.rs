@@ -170,6 +170,7 @@ impl StorageNode {
         tokio::spawn(groups.clone().reconcile_loop());
         tokio::spawn(leadership::run(cfg.id, meta.clone(), groups.clone()));
         tokio::spawn(addresses::run(cfg.id, meta.clone(), groups.clone()));
+        tokio::spawn(space::measure_loop(Arc::downgrade(&space)));
         tokio::spawn(quiesce::run(
             groups.quiescer().clone(),
             meta.clone(),

@@ -387,9 +387,7 @@ pub(super) async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        // The data dir walk (cached a second) runs off the async workers.
-        let measuring = space.clone();
-        let _ = tokio::task::spawn_blocking(move || measuring.used()).await;
+        // Measured by `space::measure_loop`, never waited for here.
         let mine = space.report();
         let now = Instant::now();
         quiescer.quiesce_led(&groups, now);

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -26,8 +26,8 @@ const PEER_REPORT_FOR: Duration = Duration::from_secs(3);
 /// The default reserve's bounds: 5 % of the filesystem, at most 1 GiB.
 const DEFAULT_SHARE: f64 = 0.05;
 const DEFAULT_MAX: u64 = 1 << 30;
-/// How long a measure of the data dir's usage is kept before it is walked again.
-const USED_FOR: Duration = Duration::from_secs(1);
+/// How often the data dir's usage is measured (a walk of its files).
+const MEASURE_EVERY: Duration = Duration::from_secs(1);
 /// The data dir's runtime subdirectory: sockets and FUSE mountpoints, never walked.
 const RUN_DIR: &str = "run";
 
@@ -84,15 +84,10 @@ impl Space {
         })
     }
 
-    /// Bytes the data dir occupies on disk now (a measure at most `USED_FOR` old): every
-    /// file's allocated blocks, on the data dir's filesystem only, the run dir left out.
-    /// A walk of a few thousand files; call it off the async workers.
-    pub fn used(&self) -> u64 {
-        if let Some((at, used)) = *self.used.lock().expect("space usage poisoned")
-            && at.elapsed() < USED_FOR
-        {
-            return used;
-        }
+    /// Walks the data dir and records the bytes it occupies on disk: every file's allocated
+    /// blocks, on the data dir's filesystem only, the run dir left out. A walk of a few
+    /// thousand files: `measure_loop` runs it off the async workers.
+    fn measure(&self) -> u64 {
         let used = dir_usage(&self.dir);
         *self.used.lock().expect("space usage poisoned") = Some((Instant::now(), used));
         used
@@ -229,6 +224,19 @@ impl Space {
     }
 }
 
+/// Runs while `space` lives: measures the data dir's usage every `MEASURE_EVERY` on a
+/// blocking thread. Its own task, so a slow walk (a huge or hung filesystem) delays only
+/// the usage reports, which go stale after `PEER_REPORT_FOR`, never the pings.
+pub async fn measure_loop(space: Weak<Space>) {
+    let mut tick = tokio::time::interval(MEASURE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(space) = space.upgrade() else { return };
+        let _ = tokio::task::spawn_blocking(move || space.measure()).await;
+    }
+}
+
 /// A usage report off the wire: all three figures, or none (an older node).
 pub fn from_wire(used: Option<u64>, fs_free: Option<u64>, reserve: Option<u64>) -> Option<Usage> {
     Some(Usage {
@@ -277,6 +285,29 @@ mod tests {
         assert_eq!(default_reserve(100 << 20), 5 << 20);
         assert_eq!(default_reserve(10 << 30), 512 << 20);
         assert_eq!(default_reserve(100 << 30), 1 << 30);
+    }
+
+    #[tokio::test]
+    async fn the_measure_loop_reports_usage_and_ends_with_its_space() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), vec![7u8; 256 << 10]).unwrap();
+        let space = std::sync::Arc::new(Space::new(1, dir.path(), Some(0)).unwrap());
+        assert!(space.report().is_none(), "nothing measured yet");
+        let task = tokio::spawn(measure_loop(std::sync::Arc::downgrade(&space)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let usage = loop {
+            if let Some(u) = space.report() {
+                break u;
+            }
+            assert!(Instant::now() < deadline, "no usage measured within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(usage.used >= 256 << 10, "{usage:?}");
+        drop(space);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the loop ends once its space is gone")
+            .unwrap();
     }
 
     #[test]

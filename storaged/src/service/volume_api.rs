@@ -138,11 +138,19 @@ impl VolumeApi {
         let delta = r.size_bytes - v.size;
         let live = self.node.live_usage();
         for m in &v.members {
-            if let Some(n) = cat.nodes.get(m)
-                && placement::free(&cat, &live, n) < delta
-            {
+            let Some(n) = cat.nodes.get(m) else { continue };
+            let room = placement::room(&cat, &live, n);
+            if room.provisioned < delta {
                 return Err(Error::ResourceExhausted(format!(
-                    "node `{}` has less than {delta} bytes free to grow `{}`",
+                    "node `{}` has {} bytes free by provisioned sizes, less than the {delta} \
+                     needed to grow `{}`",
+                    n.name, room.provisioned, v.name
+                )));
+            }
+            if let Some(real) = room.real.filter(|real| *real < delta) {
+                return Err(Error::ResourceExhausted(format!(
+                    "node `{}` has {real} bytes really free (data already written counts, \
+                     with its amplification), less than the {delta} needed to grow `{}`",
                     n.name, v.name
                 )));
             }
