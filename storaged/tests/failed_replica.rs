@@ -9,8 +9,8 @@ use cairn_proto::cairn::v1 as pb;
 use cairn_storaged::disk_faults;
 use cairn_storaged::testkit::ProcCluster;
 use repair_support::{
-    READY, bin, create, create_on, fill, member, member_not, spool_files, verify, wait_log,
-    wait_volume, wait_whole,
+    READY, bin, create, create_on, fill, member, spool_files, verify, wait_log, wait_volume,
+    wait_whole,
 };
 
 const VOL_SIZE: u64 = 16 << 20;
@@ -30,9 +30,8 @@ async fn a_replica_that_fails_to_open_is_replaced_and_its_node_keeps_the_rest() 
     c.wait_ready(READY).await.unwrap();
     let client = c.client();
     let bad = create(&client, "bad", VOL_SIZE).await;
-    let meta = client.cluster_status().await.unwrap().meta_leader_id;
-    // The victim holds a replica of `bad` and does not lead the meta group.
-    let victim = member_not(&bad, meta);
+    // The victim leads `bad` (and maybe the meta group too).
+    let victim = c.volume_leader("bad", READY).await.unwrap();
     let fourth = (1..=4u64)
         .find(|n| bad.members.iter().all(|m| m.node_id != *n))
         .expect("a node without a replica");
@@ -42,6 +41,24 @@ async fn a_replica_that_fails_to_open_is_replaced_and_its_node_keeps_the_rest() 
     let bad_crcs = fill(&client, "bad", 1, WRITTEN).await;
     let own_crcs = fill(&client, "own", 2, WRITTEN).await;
 
+    // `bad` goes quiet on every member before the kill: the victim comes back answering
+    // pings, so only its report of the failed replica can wake the other two to elect.
+    let label = "volume=\"bad\"";
+    let deadline = Instant::now() + READY;
+    for m in &bad.members {
+        while c
+            .metric_where(m.node_id, "cairn_storaged_raft_quiet", label)
+            .await
+            != Some(1.0)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "bad never went quiet on node {}",
+                m.node_id
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     c.kill9(victim);
     let data_dir = c.nodes[c.index_of(victim)].data_dir.clone();
     let t0 = Instant::now();
@@ -52,14 +69,17 @@ async fn a_replica_that_fails_to_open_is_replaced_and_its_node_keeps_the_rest() 
         t0.elapsed()
     );
 
-    // First reported FAILED, the volume degraded (the victim answers: it is not down).
+    // First reported FAILED, the volume degraded (the victim answers: it is not down), once
+    // the other two have a leader (the victim may have led the group: until the survivors
+    // elect one, the group is rightly unavailable).
     let v = wait_volume(&client, "bad", READY, |v| {
         v.members
             .iter()
             .any(|m| m.node_id == victim && m.state() == pb::ReplicaState::Failed)
+            && v.health() == pb::VolumeHealth::Degraded
     })
     .await;
-    assert_eq!(v.health(), pb::VolumeHealth::Degraded, "{v:?}");
+    assert_ne!(v.leader_node_id, victim, "{v:?}");
     assert!(member(&v, victim).reason.contains("corrupt.snap"), "{v:?}");
     assert_eq!(
         c.metric_sum(victim, "cairn_storaged_group_open_failed")
@@ -78,17 +98,31 @@ async fn a_replica_that_fails_to_open_is_replaced_and_its_node_keeps_the_rest() 
     );
     verify(&client, "bad", &bad_crcs).await;
 
-    // The meta leader said why; it replaced the replica as failed, not its node as down.
+    // The meta leader (the victim may have led it, so whichever did the repair) said why; it
+    // replaced the replica as failed, not its node as down.
     let why = format!("replica on node {victim} failed to open: ");
-    wait_log(&c, meta, "the failed-open repair", HEAL, |l| {
-        l.contains(&why) && l.contains("corrupt.snap") && l.contains("; replacing it")
-    })
-    .await;
+    let said =
+        |l: &str| l.contains(&why) && l.contains("corrupt.snap") && l.contains("; replacing it");
+    let deadline = Instant::now() + HEAL;
+    let repairer = loop {
+        if let Some(id) = (1..=4u64).find(|id| c.log_of(*id).lines().any(said)) {
+            break id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node's log showed the failed-open repair"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let started = format!(
         "replica repair started volume=bad group={} from={victim} to={fourth}",
         bad.id
     );
-    assert!(c.log_of(meta).contains(&started), "{}", c.log_of(meta));
+    assert!(
+        c.log_of(repairer).contains(&started),
+        "{}",
+        c.log_of(repairer)
+    );
 
     // The victim, no longer a member, dropped its report and destroyed its corrupt copy.
     let removed = format!("volume group removed and its data deleted group={}", bad.id);

@@ -267,11 +267,40 @@ impl Quiescer {
 
     /// Wakes every quiet group here whose leader is `peer`.
     fn wake_led_by(&self, groups: &Groups, peer: u64) {
+        let woken = self.wake_where(groups, |_, leader| leader == peer);
+        if woken > 0 {
+            tracing::info!(
+                peer,
+                groups = woken,
+                "peer not answering: its quiet groups here woken"
+            );
+        }
+    }
+
+    /// Wakes the quiet groups here that `peer` led and now reports failed to open (it came
+    /// back without them): it answers pings, so it is not silent, yet it will never lead
+    /// them again, and without a wake nobody here would campaign until the next I/O.
+    pub fn wake_failed_at(&self, groups: &Groups, peer: u64, failed: &[u64]) {
+        if failed.is_empty() {
+            return;
+        }
+        let woken = self.wake_where(groups, |g, leader| leader == peer && failed.contains(&g));
+        if woken > 0 {
+            tracing::info!(
+                peer,
+                groups = woken,
+                "peer failed to open groups it led: they are woken here"
+            );
+        }
+    }
+
+    /// Wakes the quiet groups for which `pick(group, leader)` holds; how many.
+    fn wake_where(&self, groups: &Groups, pick: impl Fn(u64, u64) -> bool) -> usize {
         let woken: Vec<u64> = {
             let mut q = self.quiet.lock().expect("quiet map poisoned");
             let ids: Vec<u64> = q
                 .iter()
-                .filter(|(_, l)| **l == peer)
+                .filter(|(g, l)| pick(**g, **l))
                 .map(|(g, _)| *g)
                 .collect();
             for g in &ids {
@@ -284,13 +313,7 @@ impl Quiescer {
                 raft.runtime_config().tick(true);
             }
         }
-        if !woken.is_empty() {
-            tracing::info!(
-                peer,
-                groups = woken.len(),
-                "peer not answering: its quiet groups here woken"
-            );
-        }
+        woken.len()
     }
 
     /// Takes a ping from `peer` (alive, started as `boot`): a peer that restarted or was
