@@ -192,3 +192,46 @@ async fn a_node_back_on_a_new_address_is_followed_by_the_catalogue_and_its_group
         "led by a live node: {v:?}"
     );
 }
+
+/// Two of a volume's three replicas move at once (two pods rescheduled together): while they
+/// are away the volume has no quorum; back on new ports, they elect through the member that
+/// stayed (whose address they still have), the catalogue (the meta group keeps its quorum of
+/// five) and both memberships take both new addresses, and nothing written is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_majority_of_a_volume_moving_at_once_is_followed_and_loses_nothing() {
+    let mut c = ProcCluster::start(bin(), 5, &[]).unwrap();
+    c.wait_ready(READY).await.unwrap();
+    let client = c.client();
+    let vol = create(&client, "moved2", VOL_SIZE).await;
+    let mut crcs = fill(&client, "moved2", 9, WRITTEN).await;
+    let meta = client.cluster_status().await.unwrap().meta_leader_id;
+    let members: Vec<u64> = vol.members.iter().map(|m| m.node_id).collect();
+    let movers: Vec<u64> = members
+        .iter()
+        .copied()
+        .filter(|&n| n != meta)
+        .take(2)
+        .collect();
+    assert_eq!(movers.len(), 2, "{members:?}, meta leader {meta}");
+
+    let mut moved = Vec::new();
+    for &id in &movers {
+        c.terminate(id, Duration::from_secs(20)).await;
+    }
+    for &id in &movers {
+        let old = c.nodes[c.index_of(id)].addr.clone();
+        let new = c.restart_at_new_address(id).unwrap();
+        assert_ne!(new, old);
+        moved.push((id, old, new));
+    }
+    for (id, old, new) in &moved {
+        let took = wait_followed(&c, &members, vol.id, *id, new).await.unwrap();
+        eprintln!("node {id} moved {old} -> {new}: followed in {took:?}");
+    }
+    c.wait_replicas_healthy(&["moved2"], FOLLOW).await.unwrap();
+    let off = WRITTEN;
+    let took = write_piece(&client, "moved2", off, 0x5a).await;
+    eprintln!("write after both moves served after {took:?}");
+    crcs.insert(off, crc32fast::hash(&[0x5au8; PIECE as usize]));
+    verify(&client, "moved2", &crcs).await;
+}
