@@ -71,6 +71,12 @@ struct RunArgs {
     /// Volumes (3 replicas each) the block workload writes.
     #[arg(long, default_value_t = 3)]
     volumes: usize,
+    /// The quiet gap before each fault, drawn from `MIN..MAX` (the maximum excluded).
+    #[arg(long, default_value = "500ms..2500ms", value_parser = parse_gap)]
+    gap: std::ops::Range<u64>,
+    /// How long each fault is held, drawn from `MIN..MAX` (the maximum excluded).
+    #[arg(long, default_value = "500ms..4s", value_parser = parse_hold)]
+    hold: std::ops::Range<u64>,
     /// Single-node faults hit `any` node, always a volume's `leaders`, or always `node:N`.
     #[arg(long, default_value = "any", value_parser = parse_targets)]
     targets: Targets,
@@ -121,6 +127,14 @@ fn parse_targets(s: &str) -> Result<Targets, String> {
 }
 
 /// `250ms`, `30s`, `10m`, `1h`, or a bare number of seconds.
+fn parse_gap(s: &str) -> Result<std::ops::Range<u64>, String> {
+    cairn_chaos::schedule::parse_range("gap", s, parse_duration)
+}
+
+fn parse_hold(s: &str) -> Result<std::ops::Range<u64>, String> {
+    cairn_chaos::schedule::parse_range("hold", s, parse_duration)
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -245,6 +259,10 @@ async fn main() -> ExitCode {
         name: args.name,
         workloads: args.workload.0,
         overlap: args.overlap,
+        pacing: cairn_chaos::schedule::Pacing {
+            gap_ms: args.gap,
+            hold_ms: args.hold,
+        },
         ..RunConfig::new(args.storaged.unwrap_or_else(sibling_storaged))
     };
     let started = std::time::Instant::now();

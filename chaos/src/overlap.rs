@@ -97,6 +97,7 @@ pub async fn inject(
         config.nodes,
         volumes,
         config.targets,
+        config.pacing.clone(),
     );
     let mut members = cluster.members(volumes).await;
     let mut log: Vec<FaultRecord> = Vec::new();

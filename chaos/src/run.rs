@@ -1,7 +1,7 @@
 //! A chaos run: a storaged cluster on fault filesystems, the block workload, faults on the seed's
 //! schedule, then a final heal, recovery, final reads and the checker's verdict.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,8 @@ pub struct RunConfig {
     /// Up to this many faults active at once (1: one at a time, each healed and the cluster
     /// whole again before the next); see `overlap`.
     pub overlap: usize,
+    /// The bounds of each fault's quiet gap and hold.
+    pub pacing: crate::schedule::Pacing,
 }
 
 impl RunConfig {
@@ -83,6 +85,7 @@ impl RunConfig {
             name: "chaos".into(),
             workloads: vec![Workload::Block],
             overlap: 1,
+            pacing: crate::schedule::Pacing::default(),
         }
     }
 }
@@ -258,6 +261,9 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, Error> {
     if let Some(path) = &config.report {
         let json = serde_json::to_vec_pretty(&report).map_err(std::io::Error::from)?;
         std::fs::write(path, json)?;
+        if !report.clean() {
+            keep_evidence(path, &cluster, &faults)?;
+        }
     }
     if let Some(path) = &config.plot {
         let kinds: Vec<&str> = config.faults.iter().map(|k| k.name()).collect();
@@ -287,6 +293,31 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, Error> {
         members,
         usage,
     })
+}
+
+/// After a failed verdict, beside the report at `report`: every node's storaged log
+/// (`REPORT.node-N.log`) and the faults as they happened (`REPORT.faults.json`, times in ns
+/// since the run's start, as in the history), since the run's directory goes with the run.
+fn keep_evidence(
+    report: &Path,
+    cluster: &FaultCluster,
+    faults: &[FaultRecord],
+) -> Result<(), Error> {
+    let beside = |suffix: &str| {
+        let mut name = report.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    for id in cluster.node_ids() {
+        std::fs::write(beside(&format!(".node-{id}.log")), cluster.procs.log_of(id))?;
+    }
+    let json = serde_json::to_vec_pretty(faults).map_err(std::io::Error::from)?;
+    std::fs::write(beside(".faults.json"), json)?;
+    eprintln!(
+        "the verdict failed: storaged logs and the fault log kept beside {}",
+        report.display()
+    );
+    Ok(())
 }
 
 /// Attaches the fs workload's volume on `FS_NODE` through its NodeService (with that node's
@@ -344,6 +375,7 @@ async fn inject(
         config.nodes,
         volumes,
         config.targets,
+        config.pacing.clone(),
     );
     for step in schedule {
         let left = config.duration.saturating_sub(started.elapsed());

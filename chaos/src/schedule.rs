@@ -38,11 +38,49 @@ pub struct Schedule {
     nodes: u64,
     volumes: Vec<String>,
     targets: Targets,
+    pacing: Pacing,
 }
 
-/// Bounds of the quiet gap before a fault and of the fault itself.
-const GAP_MS: std::ops::Range<u64> = 500..2_500;
-const HOLD_MS: std::ops::Range<u64> = 500..4_000;
+/// The bounds, in milliseconds, of the quiet gap before each fault and of the fault itself
+/// (`--gap`, `--hold`: `MIN..MAX`, the maximum excluded).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Pacing {
+    pub gap_ms: std::ops::Range<u64>,
+    pub hold_ms: std::ops::Range<u64>,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Pacing {
+            gap_ms: 500..2_500,
+            hold_ms: 500..4_000,
+        }
+    }
+}
+
+/// Parses a `--gap`/`--hold` range such as `200ms..1s` (the maximum excluded), with
+/// `parse` reading each bound; the error names `field`.
+pub fn parse_range(
+    field: &str,
+    s: &str,
+    parse: impl Fn(&str) -> Result<Duration, String>,
+) -> Result<std::ops::Range<u64>, String> {
+    let (lo, hi) = s
+        .split_once("..")
+        .ok_or_else(|| format!("--{field} `{s}`: expected MIN..MAX, e.g. 200ms..1s"))?;
+    let lo = parse(lo)
+        .map_err(|e| format!("--{field} `{s}`: {e}"))?
+        .as_millis() as u64;
+    let hi = parse(hi)
+        .map_err(|e| format!("--{field} `{s}`: {e}"))?
+        .as_millis() as u64;
+    if lo >= hi {
+        return Err(format!(
+            "--{field} `{s}`: the minimum must be below the maximum"
+        ));
+    }
+    Ok(lo..hi)
+}
 
 impl Schedule {
     /// A schedule over `kinds` (none: no faults) for nodes 1..=`nodes` and `volumes`.
@@ -52,6 +90,7 @@ impl Schedule {
         nodes: usize,
         volumes: &[String],
         targets: Targets,
+        pacing: Pacing,
     ) -> Schedule {
         Schedule {
             rng: StdRng::seed_from_u64(seed),
@@ -59,6 +98,7 @@ impl Schedule {
             nodes: nodes as u64,
             volumes: volumes.to_vec(),
             targets,
+            pacing,
         }
     }
 
@@ -88,10 +128,10 @@ impl Iterator for Schedule {
         if self.kinds.is_empty() {
             return None;
         }
-        let gap = Duration::from_millis(self.rng.random_range(GAP_MS));
+        let gap = Duration::from_millis(self.rng.random_range(self.pacing.gap_ms.clone()));
         let kind = self.kinds[self.rng.random_range(0..self.kinds.len())];
         let target = self.target(kind);
-        let hold = Duration::from_millis(self.rng.random_range(HOLD_MS));
+        let hold = Duration::from_millis(self.rng.random_range(self.pacing.hold_ms.clone()));
         Some(Step {
             gap,
             kind,
@@ -107,9 +147,16 @@ mod tests {
 
     fn steps(seed: u64, targets: Targets) -> Vec<Step> {
         let volumes = vec!["a".to_string(), "b".to_string()];
-        Schedule::new(seed, &FaultKind::ALL, 3, &volumes, targets)
-            .take(50)
-            .collect()
+        Schedule::new(
+            seed,
+            &FaultKind::ALL,
+            3,
+            &volumes,
+            targets,
+            Pacing::default(),
+        )
+        .take(50)
+        .collect()
     }
 
     #[test]
@@ -122,8 +169,16 @@ mod tests {
     fn steps_stay_in_bounds_and_cover_every_kind() {
         let all = steps(7, Targets::Any);
         for step in &all {
-            assert!(GAP_MS.contains(&(step.gap.as_millis() as u64)));
-            assert!(HOLD_MS.contains(&(step.hold.as_millis() as u64)));
+            assert!(
+                Pacing::default()
+                    .gap_ms
+                    .contains(&(step.gap.as_millis() as u64))
+            );
+            assert!(
+                Pacing::default()
+                    .hold_ms
+                    .contains(&(step.hold.as_millis() as u64))
+            );
             match (&step.kind, &step.target) {
                 (FaultKind::PowerlossAll, Target::All) => {}
                 (FaultKind::PowerlossAll, other) => panic!("powerloss-all on {other:?}"),
@@ -145,9 +200,38 @@ mod tests {
             _ => s.target == Target::Node { id: 2 },
         }));
         assert_eq!(
-            Schedule::new(1, &[], 3, &[], Targets::Any).next(),
+            Schedule::new(1, &[], 3, &[], Targets::Any, Pacing::default()).next(),
             None,
             "no kinds, no faults"
+        );
+    }
+
+    #[test]
+    fn pacing_ranges_parse_and_bad_ones_name_the_flag() {
+        let ms = |s: &str| -> Result<Duration, String> {
+            let n = s.strip_suffix("ms").ok_or("no unit")?;
+            n.parse()
+                .map(Duration::from_millis)
+                .map_err(|_| "not a number".to_string())
+        };
+        assert_eq!(parse_range("gap", "100ms..600ms", ms), Ok(100..600));
+        for bad in ["100ms", "600ms..100ms", "5ms..5ms", "x..1ms"] {
+            let e = parse_range("gap", bad, ms).unwrap_err();
+            assert!(e.starts_with("--gap `"), "{bad}: {e}");
+        }
+        // Steps keep to the given bounds.
+        let pacing = Pacing {
+            gap_ms: 10..20,
+            hold_ms: 30..40,
+        };
+        let steps: Vec<Step> = Schedule::new(3, &FaultKind::ALL, 3, &[], Targets::Any, pacing)
+            .take(100)
+            .collect();
+        assert!(
+            steps
+                .iter()
+                .all(|s| (10..20).contains(&(s.gap.as_millis() as u64))
+                    && (30..40).contains(&(s.hold.as_millis() as u64)))
         );
     }
 }

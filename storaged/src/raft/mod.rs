@@ -210,6 +210,14 @@ pub fn config(meta: bool, snapshot_logs: u64) -> Arc<openraft::Config> {
         // first whether it would be elected, so it never inflates its term and, back in
         // touch, makes a healthy leader step down (`RaftService.PreVote`).
         enable_pre_vote: Some(true),
+        // A restarted leader stands for election like any node (openraft would otherwise
+        // resume its term at once). After a power loss its log may lack the tail of its own
+        // term: entries it had sent and that two followers made durable and committed before
+        // its own fsync. Resuming that term, it would give the same log ids to new entries,
+        // and followers that hold the old ones would keep them: acknowledged writes lost or
+        // served stale (found by `cairn-chaos` with an EIO fault on a leader's disk, healed
+        // by its power loss). Elected anew, it needs a log as complete as a majority's.
+        enable_leader_restore: Some(false),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(if meta {
             1000
         } else {
