@@ -139,3 +139,53 @@ async fn quiet_groups_wake_on_io_and_elect_when_their_leader_dies() {
     assert_eq!(fast.read(vol, 8192, 4096).await.unwrap(), vec![9u8; 4096]);
     eprintln!("{vol}: leader node {leader} killed, write served after {resumed:?}");
 }
+
+/// Volume `v`'s group's term on node `id`.
+async fn volume_term(c: &ProcCluster, id: u64, v: &str) -> u64 {
+    c.metric_where(id, "cairn_storaged_raft_term", &format!("volume=\"{v}\""))
+        .await
+        .unwrap_or(0.0) as u64
+}
+
+/// A leader killed and restarted at once, while its group is quiet (so no follower's timer
+/// would notice it was gone), does not resume its term: after a power loss its log may lack
+/// entries of that term that the followers committed, so it must be elected anew like any
+/// node (openraft's leader restore is off). The group's term moves and I/O is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_of_a_quiet_group_is_elected_anew() {
+    let mut c = ProcCluster::start(env!("CARGO_BIN_EXE_storaged").as_ref(), 3, &[]).unwrap();
+    c.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let client = c.client().with_deadline(Duration::from_secs(20));
+    let v = VOLS[0];
+    client
+        .create_volume(pb::CreateVolumeRequest {
+            name: v.into(),
+            size_bytes: 16 << 20,
+            replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .write(v, 0, bytes::Bytes::from(vec![7u8; 4096]))
+        .await
+        .unwrap();
+    let all = [1u64, 2, 3];
+    wait_quiet(&c, &all, 3, Duration::from_secs(20)).await;
+    let leader = c.volume_leader(v, Duration::from_secs(10)).await.unwrap();
+    let before = volume_term(&c, leader, v).await;
+    assert!(before > 0);
+    c.kill9(leader);
+    c.restart(leader).unwrap();
+    client
+        .write(v, 4096, bytes::Bytes::from(vec![8u8; 4096]))
+        .await
+        .expect("a write after the leader's restart");
+    assert_eq!(client.read(v, 0, 4096).await.unwrap(), vec![7u8; 4096]);
+    let now = c.volume_leader(v, Duration::from_secs(10)).await.unwrap();
+    let after = volume_term(&c, now, v).await;
+    assert!(
+        after > before,
+        "node {leader}, restarted, still leads {v} in term {before} (now led by {now} in term {after})"
+    );
+}
