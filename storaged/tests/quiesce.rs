@@ -189,3 +189,39 @@ async fn a_restarted_leader_of_a_quiet_group_is_elected_anew() {
         "node {leader}, restarted, still leads {v} in term {before} (now led by {now} in term {after})"
     );
 }
+
+/// With `--read-policy read-index` (every read confirmed by a quorum, whatever the clocks
+/// do), reads see every acknowledged write, across the leader's death; a policy storaged
+/// does not know is refused at start, naming the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_under_the_read_index_policy_see_every_acknowledged_write() {
+    let bin = env!("CARGO_BIN_EXE_storaged");
+    let bad = std::process::Command::new(bin)
+        .args(["--read-policy", "guess"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--read-policy"));
+
+    let mut c = ProcCluster::start(bin.as_ref(), 3, &["--read-policy", "read-index"]).unwrap();
+    c.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let client = c.client().with_deadline(Duration::from_secs(20));
+    let v = VOLS[1];
+    client
+        .create_volume(pb::CreateVolumeRequest {
+            name: v.into(),
+            size_bytes: 16 << 20,
+            replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for i in 0..8u8 {
+        let data = bytes::Bytes::from(vec![i; 4096]);
+        client.write(v, 0, data).await.unwrap();
+        assert_eq!(client.read(v, 0, 4096).await.unwrap(), vec![i; 4096]);
+    }
+    let leader = c.volume_leader(v, Duration::from_secs(10)).await.unwrap();
+    c.kill9(leader);
+    assert_eq!(client.read(v, 0, 4096).await.unwrap(), vec![7u8; 4096]);
+}

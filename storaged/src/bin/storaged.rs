@@ -10,7 +10,7 @@ use cairn_storaged::discovery::{self, Plan, Seeds};
 use cairn_storaged::frontend::process::SUBCOMMAND;
 use cairn_storaged::frontend::standalone::{self, FrontendArgs};
 use cairn_storaged::meta::placement;
-use cairn_storaged::node::NodeConfig;
+use cairn_storaged::node::{NodeConfig, ReadPolicy};
 use cairn_storaged::peers;
 use cairn_storaged::raft::ChannelCache;
 use cairn_storaged::repair::RepairConfig;
@@ -80,6 +80,11 @@ struct Args {
     /// timers stop on every member until its next I/O or message (0: never).
     #[arg(long, default_value_t = 2_000)]
     quiet_after_ms: u64,
+    /// How leaders make reads linearizable: `lease` (no round trip while the leader's lease
+    /// holds; assumes clocks run at about the same rate) or `read-index` (a quorum confirms
+    /// the leader for every read; safe whatever the clocks do).
+    #[arg(long, value_enum, default_value_t = ReadPolicy::Lease)]
+    read_policy: ReadPolicy,
     /// Runtime state: the attachment table, FUSE mountpoints and frontend control sockets
     /// (default: DATA_DIR/run). Must be on a filesystem that holds Unix sockets.
     #[arg(long)]
@@ -363,6 +368,7 @@ fn run(args: Args) -> Result<(), Exit> {
             repair,
             reserve,
             in_process_frontends: args.in_process_frontends,
+            read_policy: args.read_policy,
         };
         let running = start(ServerOptions {
             node: cfg,

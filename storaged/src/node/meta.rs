@@ -30,6 +30,7 @@ pub struct Meta {
     raft: Raft,
     shared: Arc<Shared>,
     channels: ChannelCache,
+    read_policy: super::ReadPolicy,
 }
 
 impl Meta {
@@ -39,10 +40,12 @@ impl Meta {
         raft: Raft,
         shared: Arc<Shared>,
         channels: ChannelCache,
+        read_policy: super::ReadPolicy,
     ) -> Self {
         Meta {
             me,
             initial,
+            read_policy,
             raft,
             shared,
             channels,
@@ -130,9 +133,12 @@ impl Meta {
     }
 
     /// On the leader of `group`: waits until a read there is linearizable (lease, else
-    /// read index) and returns the index it had to see applied.
+    /// read index; only read index with `--read-policy read-index`) and returns the index it
+    /// had to see applied.
     pub async fn linearize(&self, raft: &Raft, group: u64) -> Result<u64> {
-        if let Ok(r) = raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
+        if self.read_policy == super::ReadPolicy::Lease
+            && let Ok(r) = raft.ensure_linearizable(ReadPolicy::LeaseRead).await
+        {
             return Ok(r.index());
         }
         match raft.ensure_linearizable(ReadPolicy::ReadIndex).await {

@@ -58,6 +58,20 @@ pub struct NodeConfig {
     pub reserve: Option<u64>,
     /// FUSE frontends served inside this process (`--in-process-frontends`).
     pub in_process_frontends: bool,
+    /// How leaders make reads linearizable (`--read-policy`).
+    pub read_policy: ReadPolicy,
+}
+
+/// How a leader makes a read linearizable (`storaged --read-policy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadPolicy {
+    /// A leader whose lease (a quorum's acknowledgement within the election timeout) holds
+    /// reads at once, else asks a quorum: safe while clocks run at about the same rate.
+    #[default]
+    Lease,
+    /// Every read waits for a quorum to confirm the leader (one round trip, shared by the
+    /// reads in flight): safe whatever the clocks do.
+    ReadIndex,
 }
 
 impl NodeConfig {
@@ -156,6 +170,7 @@ impl StorageNode {
             raft,
             shared,
             channels.clone(),
+            cfg.read_policy,
         ));
         let groups = Arc::new(Groups::new(opener, meta.clone(), cfg.quiet_after));
         let metrics = Arc::new(Metrics::default());
