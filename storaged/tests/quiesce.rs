@@ -11,6 +11,19 @@ use cairn_storaged::tls::Identity;
 
 const VOLS: [&str; 3] = ["quiet-a", "quiet-b", "quiet-c"];
 
+/// Creates `v`: 16 MiB, 3 replicas.
+async fn create(client: &VolumeClient, v: &str) {
+    client
+        .create_volume(pb::CreateVolumeRequest {
+            name: v.into(),
+            size_bytes: 16 << 20,
+            replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
 /// Quiet groups on every running node of `nodes`, summed.
 async fn quiet_groups(c: &ProcCluster, nodes: &[u64]) -> u64 {
     let mut sum = 0.0;
@@ -59,15 +72,7 @@ async fn quiet_groups_wake_on_io_and_elect_when_their_leader_dies() {
     c.wait_ready(Duration::from_secs(30)).await.unwrap();
     let client = c.client().with_deadline(Duration::from_secs(20));
     for v in VOLS {
-        client
-            .create_volume(pb::CreateVolumeRequest {
-                name: v.into(),
-                size_bytes: 16 << 20,
-                replicas: 3,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        create(&client, v).await;
         client
             .write(v, 0, bytes::Bytes::from(vec![7u8; 4096]))
             .await
@@ -157,15 +162,7 @@ async fn a_restarted_leader_of_a_quiet_group_is_elected_anew() {
     c.wait_ready(Duration::from_secs(30)).await.unwrap();
     let client = c.client().with_deadline(Duration::from_secs(20));
     let v = VOLS[0];
-    client
-        .create_volume(pb::CreateVolumeRequest {
-            name: v.into(),
-            size_bytes: 16 << 20,
-            replicas: 3,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    create(&client, v).await;
     client
         .write(v, 0, bytes::Bytes::from(vec![7u8; 4096]))
         .await
@@ -207,15 +204,7 @@ async fn reads_under_the_read_index_policy_see_every_acknowledged_write() {
     c.wait_ready(Duration::from_secs(30)).await.unwrap();
     let client = c.client().with_deadline(Duration::from_secs(20));
     let v = VOLS[1];
-    client
-        .create_volume(pb::CreateVolumeRequest {
-            name: v.into(),
-            size_bytes: 16 << 20,
-            replicas: 3,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    create(&client, v).await;
     for i in 0..8u8 {
         let data = bytes::Bytes::from(vec![i; 4096]);
         client.write(v, 0, data).await.unwrap();
