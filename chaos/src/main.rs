@@ -126,7 +126,6 @@ fn parse_targets(s: &str) -> Result<Targets, String> {
     }
 }
 
-/// `250ms`, `30s`, `10m`, `1h`, or a bare number of seconds.
 fn parse_gap(s: &str) -> Result<std::ops::Range<u64>, String> {
     cairn_chaos::schedule::parse_range("gap", s, parse_duration)
 }
@@ -135,6 +134,7 @@ fn parse_hold(s: &str) -> Result<std::ops::Range<u64>, String> {
     cairn_chaos::schedule::parse_range("hold", s, parse_duration)
 }
 
+/// `250ms`, `30s`, `10m`, `1h`, or a bare number of seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());

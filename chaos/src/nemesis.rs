@@ -383,8 +383,11 @@ pub async fn start_on(
         | FaultKind::PartitionBridge
         | FaultKind::PartitionOneWay => {
             let shape = kind.shape().expect("a partition kind");
-            let members = match &target {
-                Target::LeaderOf { volume } => cluster.members(std::slice::from_ref(volume)).await,
+            // Only a split chooses its minority by the target's group.
+            let members = match (&target, kind) {
+                (Target::LeaderOf { volume }, FaultKind::PartitionSplit) => {
+                    cluster.members(std::slice::from_ref(volume)).await
+                }
                 _ => BTreeMap::new(),
             };
             let mates = fellows(&target, nodes[0], &members);

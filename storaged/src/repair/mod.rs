@@ -172,13 +172,18 @@ impl Lost<'_> {
         (self.down)(node) || self.failed_only(node, group).is_some()
     }
 
-    /// A replicated volume with a replacement under way, a member lost or a member draining.
+    /// A replicated volume with a replacement under way, or a member lost or draining while
+    /// another member holds a copy to rebuild from (with every member lost, as for a 1-replica
+    /// volume on a dead node, nothing can be done until one comes back).
     fn needs_care(&self, cat: &Catalog, vol: &VolumeRecord) -> bool {
+        let lost = |m: &u64| self.member(*m, vol.id);
         vol.kind == VolumeKind::Replicated
             && (vol.repair.is_some()
-                || vol.members.iter().any(|m| {
-                    self.member(*m, vol.id) || cat.nodes.get(m).is_some_and(|n| n.draining())
-                }))
+                || (vol
+                    .members
+                    .iter()
+                    .any(|m| lost(m) || cat.nodes.get(m).is_some_and(|n| n.draining()))
+                    && !vol.members.iter().all(lost)))
     }
 
     /// The planner's next step for `vol`, with its own members' losses.
@@ -349,6 +354,20 @@ mod tests {
             step(&c, "v", &[4], &long),
             (true, Step::Wait(plan::Wait::NoTarget { from: 3 }))
         );
+    }
+
+    #[test]
+    fn a_volume_with_every_member_lost_needs_no_care_until_one_returns() {
+        let c = two_volumes();
+        let gone = |down: &[u64]| step(&c, "v", down, &Failing::new()).0;
+        assert!(gone(&[3]), "one of three lost: rebuilt from the others");
+        assert!(gone(&[2, 3]), "two of three lost: the third is a source");
+        assert!(!gone(&[1, 2, 3]), "no copy left to rebuild from");
+        // Every member's replica failed to open: the same.
+        let mut f = failing(1, 1, TIMEOUT * 2);
+        f.extend(failing(2, 1, TIMEOUT * 2));
+        f.extend(failing(3, 1, TIMEOUT * 2));
+        assert!(!step(&c, "v", &[], &f).0);
     }
 
     #[test]
