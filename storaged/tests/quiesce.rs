@@ -24,6 +24,15 @@ async fn create(client: &VolumeClient, v: &str) {
         .unwrap();
 }
 
+/// Creates `v` and writes its first 4 KiB (sevens).
+async fn create_written(client: &VolumeClient, v: &str) {
+    create(client, v).await;
+    client
+        .write(v, 0, bytes::Bytes::from(vec![7u8; 4096]))
+        .await
+        .unwrap();
+}
+
 /// Quiet groups on every running node of `nodes`, summed.
 async fn quiet_groups(c: &ProcCluster, nodes: &[u64]) -> u64 {
     let mut sum = 0.0;
@@ -72,11 +81,7 @@ async fn quiet_groups_wake_on_io_and_elect_when_their_leader_dies() {
     c.wait_ready(Duration::from_secs(30)).await.unwrap();
     let client = c.client().with_deadline(Duration::from_secs(20));
     for v in VOLS {
-        create(&client, v).await;
-        client
-            .write(v, 0, bytes::Bytes::from(vec![7u8; 4096]))
-            .await
-            .unwrap();
+        create_written(&client, v).await;
     }
     let all = [1u64, 2, 3];
     // Every member of every group goes quiet: 3 groups x 3 members.
@@ -162,11 +167,7 @@ async fn a_restarted_leader_of_a_quiet_group_is_elected_anew() {
     c.wait_ready(Duration::from_secs(30)).await.unwrap();
     let client = c.client().with_deadline(Duration::from_secs(20));
     let v = VOLS[0];
-    create(&client, v).await;
-    client
-        .write(v, 0, bytes::Bytes::from(vec![7u8; 4096]))
-        .await
-        .unwrap();
+    create_written(&client, v).await;
     let all = [1u64, 2, 3];
     wait_quiet(&c, &all, 3, Duration::from_secs(20)).await;
     let leader = c.volume_leader(v, Duration::from_secs(10)).await.unwrap();
