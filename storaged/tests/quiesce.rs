@@ -174,11 +174,16 @@ async fn a_restarted_leader_of_a_quiet_group_is_elected_anew() {
     let before = volume_term(&c, leader, v).await;
     assert!(before > 0);
     c.kill9(leader);
+    let killed = Instant::now();
     c.restart(leader).unwrap();
     client
         .write(v, 4096, bytes::Bytes::from(vec![8u8; 4096]))
         .await
         .expect("a write after the leader's restart");
+    eprintln!(
+        "{v}: leader node {leader} killed and restarted, a write served after {:?}",
+        killed.elapsed()
+    );
     assert_eq!(client.read(v, 0, 4096).await.unwrap(), vec![7u8; 4096]);
     let now = c.volume_leader(v, Duration::from_secs(10)).await.unwrap();
     let after = volume_term(&c, now, v).await;
