@@ -229,6 +229,16 @@ async fn node_view(client: &VolumeClient, id: u64) -> pb::Node {
     nodes.into_iter().find(|n| n.id == id).expect("node listed")
 }
 
+/// A refusal for want of real space on node 1: RESOURCE_EXHAUSTED, saying so and naming it.
+fn refused_really_free_on_node_1(err: &tonic::Status) {
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("really free") && err.message().contains("`node-1`"),
+        "{}",
+        err.message()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn placement_counts_bytes_really_used_and_overcommit_lets_sizes_pass_capacity() {
     let tmp = tempfile::tempdir_in("/var/tmp").expect("temp dir");
@@ -312,23 +322,13 @@ async fn placement_counts_bytes_really_used_and_overcommit_lets_sizes_pass_capac
         .create_volume(on_node("c", 600 * MIB, "node-1", true))
         .await
         .expect_err("node 1 has no real room for c");
-    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    assert!(
-        err.message().contains("really free") && err.message().contains("`node-1`"),
-        "{}",
-        err.message()
-    );
+    refused_really_free_on_node_1(&err);
     // Growing `a` by 600 MiB fails the same way, and leaves its size as it was.
     let err = client
         .resize_volume("a", 1112 * MIB)
         .await
         .expect_err("node 1 has no real room to grow a");
-    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    assert!(
-        err.message().contains("really free") && err.message().contains("`node-1`"),
-        "{}",
-        err.message()
-    );
+    refused_really_free_on_node_1(&err);
     assert_eq!(client.get_volume("a").await.unwrap().size_bytes, 512 * MIB);
 
     // Node 2 (1 GiB, overcommit 2) takes 600 + 768 MiB of volumes, beyond its capacity, then

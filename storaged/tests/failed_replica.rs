@@ -42,7 +42,8 @@ async fn a_replica_that_fails_to_open_is_replaced_and_its_node_keeps_the_rest() 
     let own_crcs = fill(&client, "own", 2, WRITTEN).await;
 
     // `bad` goes quiet on every member before the kill: the victim comes back answering
-    // pings, so only its report of the failed replica can wake the other two to elect.
+    // pings but never campaigns, so only its restart, seen in its pings, can wake the other
+    // two to elect.
     let label = "volume=\"bad\"";
     let deadline = Instant::now() + READY;
     for m in &bad.members {

@@ -272,10 +272,6 @@ impl StorageNode {
         self.groups
             .peer_failed()
             .reported(from, &ping.failed_groups, now);
-        let failed: Vec<u64> = ping.failed_groups.iter().map(|f| f.group_id).collect();
-        self.groups
-            .quiescer()
-            .wake_failed_at(&self.groups, from, &failed);
         let mine = space.report();
         cairn_proto::cairn::v1::PingReply {
             node: self.cfg.id,

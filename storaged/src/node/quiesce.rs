@@ -277,19 +277,16 @@ impl Quiescer {
         }
     }
 
-    /// Wakes the quiet groups here that `peer` led and now reports failed to open (it came
-    /// back without them): it answers pings, so it is not silent, yet it will never lead
-    /// them again, and without a wake nobody here would campaign until the next I/O.
-    pub fn wake_failed_at(&self, groups: &Groups, peer: u64, failed: &[u64]) {
-        if failed.is_empty() {
-            return;
-        }
-        let woken = self.wake_where(groups, |g, leader| leader == peer && failed.contains(&g));
+    /// Wakes the quiet groups here that `peer` led before it restarted: a restarted node
+    /// leads nothing until it is elected again (decision 052), and if its replica failed to
+    /// open it never campaigns, so without a wake nobody here would until the next I/O.
+    fn wake_led_before_restart(&self, groups: &Groups, peer: u64) {
+        let woken = self.wake_where(groups, |_, leader| leader == peer);
         if woken > 0 {
             tracing::info!(
                 peer,
                 groups = woken,
-                "peer failed to open groups it led: they are woken here"
+                "peer restarted: the quiet groups it led here are woken"
             );
         }
     }
@@ -318,12 +315,16 @@ impl Quiescer {
 
     /// Takes a ping from `peer` (alive, started as `boot`): a peer that restarted or was
     /// silent gets heartbeats again from every group led here that it is a member of, so it
-    /// catches up, and hears from its leaders before its election timers run out.
+    /// catches up, and hears from its leaders before its election timers run out; the quiet
+    /// groups a restarted peer led are woken here, to elect.
     pub fn pinged_by(&self, groups: &Groups, peer: u64, boot: u64) {
         let restarted = {
             let mut boots = self.boots.lock().expect("boots map poisoned");
             boots.insert(peer, boot) != Some(boot)
         };
+        if restarted {
+            self.wake_led_before_restart(groups, peer);
+        }
         self.answered(groups, peer, Instant::now(), restarted);
     }
 
