@@ -1,8 +1,10 @@
 //! Block semantics of a replicated volume, below Raft: 4 KiB chunks in the `data` column
-//! family (absent when unwritten or all zero), and the one check of an I/O against a volume.
+//! family (inline, or pointers into the value log; absent when unwritten or all zero), and
+//! the one check of an I/O against a volume.
 
 use std::collections::BTreeMap;
 
+use crate::engine::vlog::{self, ValuePtr};
 use crate::engine::{Batch, Cf, Engine, keys};
 use crate::{Error, Result};
 
@@ -69,10 +71,16 @@ pub fn check_bounds(offset: u64, len: u64, size: u64) -> Result<()> {
     }
 }
 
+/// A chunk's new bytes, and where the value log holds them if it does (pointer, CRC).
+struct Chunk {
+    bytes: Vec<u8>,
+    at: Option<(ValuePtr, u32)>,
+}
+
 /// Chunks touched while applying one batch of entries; `None` means zeroed.
 #[derive(Default)]
 pub struct Overlay {
-    chunks: BTreeMap<u64, Option<Vec<u8>>>,
+    chunks: BTreeMap<u64, Option<Chunk>>,
     /// Whole-chunk ranges `[start, end)` zeroed by discards, deleted with one range delete.
     cleared: Vec<(u64, u64)>,
 }
@@ -80,7 +88,9 @@ pub struct Overlay {
 impl Overlay {
     fn load(&mut self, engine: &dyn Engine, group: u64, idx: u64) -> Result<Vec<u8>> {
         if let Some(c) = self.chunks.get(&idx) {
-            return Ok(c.clone().unwrap_or_else(|| vec![0; CHUNK as usize]));
+            return Ok(c
+                .as_ref()
+                .map_or_else(|| vec![0; CHUNK as usize], |c| c.bytes.clone()));
         }
         if self.cleared.iter().any(|(s, e)| (*s..*e).contains(&idx)) {
             return Ok(vec![0; CHUNK as usize]);
@@ -90,13 +100,15 @@ impl Overlay {
             .unwrap_or_else(|| vec![0; CHUNK as usize]))
     }
 
-    /// Applies `data` at `offset` (read-modify-write for partial chunks).
+    /// Applies `data` at `offset` (read-modify-write for partial chunks). `at`: where
+    /// the value log holds `data` (durable); whole chunks then point there, written once.
     pub fn write(
         &mut self,
         engine: &dyn Engine,
         group: u64,
         offset: u64,
         data: &[u8],
+        at: Option<ValuePtr>,
     ) -> Result<()> {
         let mut pos = 0usize;
         while pos < data.len() {
@@ -106,13 +118,17 @@ impl Overlay {
             let n = (CHUNK as usize - within).min(data.len() - pos);
             let piece = &data[pos..pos + n];
             let chunk = if within == 0 && n == CHUNK as usize {
-                piece.to_vec()
+                let at = at.map(|p| (p.slice(pos as u32, n as u32), crc32fast::hash(piece)));
+                Chunk {
+                    bytes: piece.to_vec(),
+                    at,
+                }
             } else {
                 let mut c = self.load(engine, group, idx)?;
                 c[within..within + n].copy_from_slice(piece);
-                c
+                Chunk { bytes: c, at: None }
             };
-            let zero = chunk.iter().all(|b| *b == 0);
+            let zero = chunk.bytes.iter().all(|b| *b == 0);
             self.chunks
                 .insert(idx, if zero { None } else { Some(chunk) });
             pos += n;
@@ -147,7 +163,9 @@ impl Overlay {
                 let mut c = self.load(engine, group, idx)?;
                 c[within as usize..(within + n) as usize].fill(0);
                 let zero = c.iter().all(|b| *b == 0);
-                self.chunks.insert(idx, if zero { None } else { Some(c) });
+                let chunk = Chunk { bytes: c, at: None };
+                self.chunks
+                    .insert(idx, if zero { None } else { Some(chunk) });
             }
             abs += n;
         }
@@ -166,7 +184,11 @@ impl Overlay {
         for (idx, c) in self.chunks {
             let k = keys::group_key(group, idx).to_vec();
             match c {
-                Some(data) => batch.put(Cf::Data, k, data),
+                Some(Chunk {
+                    at: Some((ptr, crc)),
+                    ..
+                }) => batch.put(Cf::Data, k, vlog::chunk_value(ptr, crc)),
+                Some(Chunk { bytes, at: None }) => batch.put(Cf::Data, k, bytes),
                 None => batch.delete(Cf::Data, k),
             }
         }
@@ -219,7 +241,7 @@ mod tests {
     fn holes_read_as_zero_and_zero_chunks_are_not_stored() {
         let e = MemEngine::new();
         assert_eq!(read(&e, 7, 0, 8192).unwrap(), vec![0; 8192]);
-        apply(&e, |o| o.write(&e, 7, 4096, &[0u8; 4096]).unwrap());
+        apply(&e, |o| o.write(&e, 7, 4096, &[0u8; 4096], None).unwrap());
         assert_eq!(
             e.approximate_size(Cf::Data, &keys::group_start(7), &keys::group_end(7)),
             0
@@ -269,7 +291,7 @@ mod tests {
                     model[off as usize..(off + len) as usize].fill(0);
                 } else {
                     let data = vec![byte; len as usize];
-                    apply(&e, |o| o.write(&e, 7, off, &data).unwrap());
+                    apply(&e, |o| o.write(&e, 7, off, &data, None).unwrap());
                     model[off as usize..(off + len) as usize].copy_from_slice(&data);
                 }
             }

@@ -4,6 +4,8 @@
 pub mod mem;
 #[cfg(feature = "rocks")]
 pub mod rocks;
+pub mod vlog;
+pub mod vlog_gc;
 
 use crate::Result;
 
@@ -108,7 +110,26 @@ impl Drop for Pages {
 
 /// What storaged needs from a key-value engine.
 pub trait Engine: Send + Sync + 'static {
+    /// A value; a `data` chunk kept in the value log is read from it (`vlog.rs`).
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// A value as stored: a `data` chunk in the value log is its pointer.
+    fn get_raw(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.get(cf, key)
+    }
+    /// Where block payloads are written once, if this engine has one (test engines
+    /// keep payloads inline).
+    fn value_log(&self) -> Option<&vlog::ValueLog> {
+        None
+    }
+    /// For each `(key, expected, new)`: the raw `data` value at `key` becomes `new` if it
+    /// is still `expected`, atomically with respect to every other write of `data`
+    /// (value log garbage collection); unlogged, like apply. Returns how many changed.
+    fn swap_data(&self, swaps: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>) -> Result<usize> {
+        let _ = swaps;
+        Err(crate::Error::Internal(
+            "this engine keeps no value log".into(),
+        ))
+    }
     /// Applies `batch` atomically; with `sync` it is durable (WAL fsynced) on return.
     fn write(&self, batch: Batch, sync: bool) -> Result<()>;
     /// Keys in `[start, end)` in order, at most `limit`.

@@ -3,13 +3,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rocksdb::{
     Cache, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, FlushOptions, IteratorMode,
     Options, ReadOptions, WriteBatch, WriteOptions,
 };
 
+use super::vlog::ValueLog;
 use super::{Batch, Cf, Engine, Kv, Op, Pages, send_pages};
 use crate::{Error, Result};
 
@@ -43,6 +44,11 @@ pub struct RocksEngine {
     state_wal_dirty: AtomicBool,
     /// Whether blob GC is on for `data` now (see `blob_gc_wanted`).
     blob_gc: AtomicBool,
+    /// Block payloads, written once (`<data-dir>/vlog`, decision 053).
+    vlog: ValueLog,
+    /// Held by every write of `data` and by `swap_data`, so a garbage collector's
+    /// compare-and-swap of a chunk pointer never overwrites a newer apply.
+    data_writes: Mutex<()>,
 }
 
 /// Garbage share of the live blob bytes at which blob GC is switched on, and below which
@@ -157,6 +163,13 @@ fn db_options(direct: bool) -> Options {
     opts
 }
 
+fn touches_data(batch: &Batch) -> bool {
+    batch.ops.iter().any(|op| {
+        let (Op::Put(cf, ..) | Op::Delete(cf, ..) | Op::DeleteRange(cf, ..)) = op;
+        *cf == Cf::Data
+    })
+}
+
 /// Whether files in `dir` can be opened with O_DIRECT (not on every filesystem, e.g.
 /// older tmpfs); probed with a scratch file, which is removed.
 fn direct_io_works(dir: &Path) -> bool {
@@ -238,11 +251,14 @@ impl RocksEngine {
             state.drop_cf(cf.name())?;
         }
         let log = open_log_db(&log_dir, direct)?;
+        let vlog = ValueLog::open(&dir.join("vlog"))?;
         let engine = RocksEngine {
             log,
             state,
             state_wal_dirty: AtomicBool::new(false),
             blob_gc: AtomicBool::new(false),
+            vlog,
+            data_writes: Mutex::new(()),
         };
         // Not settable through `Options` in this binding; a mutable option, so set here.
         engine.state.set_options_cf(
@@ -308,6 +324,19 @@ impl RocksEngine {
             fsync_dir(parent)?;
         }
         Ok(n)
+    }
+
+    fn lock_data(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.data_writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A `data` value as its chunk's bytes: one the value log holds is read from it.
+    fn resolve(&self, cf: Cf, v: Vec<u8>) -> Result<Vec<u8>> {
+        if cf == Cf::Data {
+            self.vlog.resolve(v)
+        } else {
+            Ok(v)
+        }
     }
 
     fn db(&self, cf: Cf) -> &DB {
@@ -394,13 +423,25 @@ fn copy_log_cfs(old: &DB, log: &DB) -> Result<u64> {
 
 impl Engine for RocksEngine {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db(cf)
+            .get_cf(self.cf(cf), key)?
+            .map(|v| self.resolve(cf, v))
+            .transpose()
+    }
+
+    fn get_raw(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.db(cf).get_cf(self.cf(cf), key)?)
+    }
+
+    fn value_log(&self) -> Option<&ValueLog> {
+        Some(&self.vlog)
     }
 
     fn write(&self, batch: Batch, sync: bool) -> Result<()> {
         let Some(db) = self.target(&batch)? else {
             return Ok(());
         };
+        let _data = touches_data(&batch).then(|| self.lock_data());
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         db.write_opt(self.batch(batch), &wo)?;
@@ -421,10 +462,26 @@ impl Engine for RocksEngine {
                 "unlogged write outside the applied state".into(),
             ));
         }
+        let _data = touches_data(&batch).then(|| self.lock_data());
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
         self.state.write_opt(self.batch(batch), &wo)?;
         Ok(())
+    }
+
+    fn swap_data(&self, swaps: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>) -> Result<usize> {
+        let _data = self.lock_data();
+        let mut b = Batch::default();
+        for (key, expected, new) in swaps {
+            if self.get_raw(Cf::Data, &key)?.as_deref() == Some(&expected[..]) {
+                b.put(Cf::Data, key, new);
+            }
+        }
+        let n = b.ops.len();
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.state.write_opt(self.batch(b), &wo)?;
+        Ok(n)
     }
 
     fn persist(&self) -> Result<()> {
@@ -450,7 +507,7 @@ impl Engine for RocksEngine {
         let mut out = Vec::new();
         for item in it.take(limit) {
             let (k, v) = item?;
-            out.push((k.to_vec(), v.to_vec()));
+            out.push((k.to_vec(), self.resolve(cf, v.to_vec())?));
         }
         Ok(out)
     }
@@ -465,7 +522,7 @@ impl Engine for RocksEngine {
         match it.next() {
             Some(item) => {
                 let (k, v) = item?;
-                Ok(Some((k.to_vec(), v.to_vec())))
+                Ok(Some((k.to_vec(), self.resolve(cf, v.to_vec())?)))
             }
             None => Ok(None),
         }
@@ -522,6 +579,8 @@ impl Engine for RocksEngine {
     ) -> Result<Pages> {
         let (taken_tx, taken_rx) = std::sync::mpsc::sync_channel(1);
         let pages = Pages::spawn("cairn-scan-pages", move |tx| {
+            // The view may point at value log segments collected meanwhile: keep them.
+            let _pin = self.vlog.pin();
             let db = self.db(cf);
             // A RocksDB snapshot: the pages show the range as of this moment.
             let snap = db.snapshot();
@@ -537,8 +596,8 @@ impl Engine for RocksEngine {
                 IteratorMode::From(&start, Direction::Forward),
             );
             let items = it.map(|r| {
-                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(crate::Error::from)
+                let (k, v) = r?;
+                Ok((k.to_vec(), self.resolve(cf, v.to_vec())?))
             });
             send_pages(items, page_bytes, &tx);
         })?;

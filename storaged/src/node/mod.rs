@@ -111,6 +111,7 @@ impl StorageNode {
     pub async fn start(cfg: NodeConfig, engine: Arc<dyn Engine>) -> Result<Arc<Self>> {
         let channels = ChannelCache::new(cfg.security.clone());
         let rebuilds = Rebuilds::new(cfg.repair.rate, cfg.repair.concurrency);
+        tokio::spawn(crate::engine::vlog_gc::run(Arc::downgrade(&engine)));
         let opener = Opener {
             me: cfg.id,
             snapshot_logs: cfg.snapshot_logs,
@@ -186,6 +187,7 @@ impl StorageNode {
         tokio::spawn(leadership::run(cfg.id, meta.clone(), groups.clone()));
         tokio::spawn(addresses::run(cfg.id, meta.clone(), groups.clone()));
         tokio::spawn(space::measure_loop(Arc::downgrade(&space)));
+
         tokio::spawn(quiesce::run(
             groups.quiescer().clone(),
             meta.clone(),

@@ -1,5 +1,5 @@
-//! Raft log storage for one group in the shared engine: entries in `raft_log`,
-//! vote/committed/last-purged in `raft_state`. Appends complete after the WAL fsync.
+//! Raft log storage for one group in the shared engine: entries in `raft_log` (their block
+//! data in the value log), vote/committed/last-purged in `raft_state`; durable after the fsync.
 
 use std::fmt::Debug;
 use std::io;
@@ -13,8 +13,10 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use super::log_cache::{DEFAULT_BUDGET, LogCache};
 use super::wal_sync::WalSyncer;
 use super::{
-    Entry, LogId, TypeConfig, Vote, decode, encode, encode_sized, entry_size_hint, io_err,
+    Entry, LogId, TypeConfig, Vote, decode, encode, encode_sized, entry_data, entry_data_mut,
+    entry_size_hint, io_err,
 };
+use crate::engine::vlog::{self, ValueLog, ValuePtr};
 use crate::engine::{Batch, Cf, Engine, keys};
 
 #[derive(Clone)]
@@ -28,6 +30,56 @@ pub struct LogStore {
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const PURGED: &str = "purged";
+
+/// Where in `raft_state` the wal-sync thread records the value log's durable position.
+pub fn vlog_synced_key() -> Vec<u8> {
+    keys::named(u64::MAX, "vlog-synced")
+}
+
+/// An entry as stored in `raft_log`: whole, or (a write, with a value log) its data
+/// appended to the value log and the rest of the entry after the pointer.
+pub fn stored_value(engine: &dyn Engine, group: u64, e: &Entry) -> io::Result<Vec<u8>> {
+    match (engine.value_log(), entry_data(e)) {
+        (Some(vl), Some((offset, data))) if !data.is_empty() => {
+            let origin = vlog::Origin {
+                group,
+                index: e.index(),
+                offset,
+            };
+            let ptr = vl.append(origin, data).map_err(io_err)?;
+            let mut rest = e.clone();
+            if let Some(d) = entry_data_mut(&mut rest) {
+                *d = bytes::Bytes::new();
+            }
+            Ok(vlog::log_value(ptr, &encode(&rest)?))
+        }
+        _ => encode_sized(e, entry_size_hint(e)),
+    }
+}
+
+/// An entry from its `raft_log` value, its data read back from the value log.
+pub fn decode_stored(engine: &dyn Engine, v: &[u8]) -> io::Result<Entry> {
+    let Some((ptr, rest)) = vlog::split_log_value(v) else {
+        return decode(v);
+    };
+    let vl = engine
+        .value_log()
+        .ok_or_else(|| io::Error::other("a log entry points into a value log this engine lacks"))?;
+    let mut e: Entry = decode(rest)?;
+    let data = vl.read(ptr).map_err(io_err)?;
+    if let Some(d) = entry_data_mut(&mut e) {
+        *d = bytes::Bytes::from(data);
+    }
+    Ok(e)
+}
+
+/// Where the data of entry `index` of `group` lies in the value log, if it does.
+pub fn stored_ptr(engine: &dyn Engine, group: u64, index: u64) -> io::Result<Option<ValuePtr>> {
+    let v = engine
+        .get_raw(Cf::RaftLog, &keys::group_key(group, index))
+        .map_err(io_err)?;
+    Ok(v.as_deref().and_then(vlog::split_log_value).map(|(p, _)| p))
+}
 
 impl LogStore {
     pub fn new(engine: Arc<dyn Engine>, group: u64, syncer: WalSyncer) -> Self {
@@ -54,6 +106,57 @@ impl LogStore {
         let mut b = Batch::default();
         b.put(Cf::RaftState, keys::named(self.group, name), encode(v)?);
         self.engine.write(b, sync).map_err(io_err)
+    }
+
+    /// After a crash, drops the log's tail from the first entry whose data did not reach
+    /// the value log whole. Such an entry was never reported durable (its append completes
+    /// only after both the value log and the WAL are synced), so no quorum counted it; but
+    /// RocksDB's WAL may have been synced for another reason (a vote) with it in.
+    fn drop_torn_tail(&self) -> io::Result<()> {
+        let Some(vl) = self.engine.value_log() else {
+            return Ok(());
+        };
+        let synced: u64 = self
+            .engine
+            .get(Cf::RaftState, &vlog_synced_key())
+            .map_err(io_err)?
+            .map(|b| decode(&b))
+            .transpose()?
+            .unwrap_or(0);
+        let start = keys::group_start(self.group);
+        let mut end = keys::group_end(self.group);
+        let mut torn_from = None;
+        while let Some((k, v)) = self
+            .engine
+            .last_in_range(Cf::RaftLog, &start, &end)
+            .map_err(io_err)?
+        {
+            let Some((ptr, _)) = vlog::split_log_value(&v) else {
+                break;
+            };
+            if ValueLog::before(ptr, synced) {
+                break;
+            }
+            if !vl.check(ptr) {
+                torn_from = Some(keys::suffix_of(&k));
+            }
+            end = k;
+        }
+        if let Some(from) = torn_from {
+            tracing::warn!(
+                group = self.group,
+                from,
+                "dropping log entries whose data was not durable at the crash"
+            );
+            let mut b = Batch::default();
+            b.delete_range(
+                Cf::RaftLog,
+                keys::group_key(self.group, from).to_vec(),
+                keys::group_end(self.group),
+            );
+            self.engine.write(b, true).map_err(io_err)?;
+        }
+        Ok(())
     }
 
     /// Removes every trace of this group's log and Raft state.
@@ -102,7 +205,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 usize::MAX,
             )
             .map_err(io_err)?;
-        kvs.iter().map(|(_, v)| decode::<Entry>(v)).collect()
+        kvs.iter()
+            .map(|(_, v)| decode_stored(self.engine.as_ref(), v))
+            .collect()
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
@@ -114,6 +219,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        self.drop_torn_tail()?;
         let last = self
             .engine
             .last_in_range(
@@ -124,7 +230,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(io_err)?;
         let last_purged_log_id: Option<LogId> = self.get_state(PURGED)?;
         let last_log_id = match last {
-            Some((_, v)) => Some(decode::<Entry>(&v)?.log_id()),
+            Some((_, v)) => Some(decode_stored(self.engine.as_ref(), &v)?.log_id()),
             None => last_purged_log_id,
         };
         Ok(LogState {
@@ -160,7 +266,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             b.put(
                 Cf::RaftLog,
                 keys::group_key(self.group, e.index()).to_vec(),
-                encode_sized(e, entry_size_hint(e))?,
+                stored_value(self.engine.as_ref(), self.group, e)?,
             );
         }
         // Readable on return; durable when the shared syncer's fsync completes.

@@ -252,16 +252,33 @@ pub fn encode_sized<T: Serialize>(v: &T, hint: usize) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// About how many bytes an entry encodes to: its block payload plus framing.
-pub fn entry_size_hint(e: &Entry) -> usize {
-    64 + match &e.payload {
+/// The volume offset and block payload an entry carries, if it is a write.
+pub fn entry_data(e: &Entry) -> Option<(u64, &bytes::Bytes)> {
+    match &e.payload {
+        openraft::EntryPayload::Normal(
+            Request::Write { offset, data }
+            | Request::FencedWrite { offset, data, .. }
+            | Request::TaggedWrite { offset, data, .. },
+        ) => Some((*offset, data)),
+        _ => None,
+    }
+}
+
+/// The block payload of a write entry, to replace (`log_store.rs` stores it apart).
+pub fn entry_data_mut(e: &mut Entry) -> Option<&mut bytes::Bytes> {
+    match &mut e.payload {
         openraft::EntryPayload::Normal(
             Request::Write { data, .. }
             | Request::FencedWrite { data, .. }
             | Request::TaggedWrite { data, .. },
-        ) => data.len(),
-        _ => 0,
+        ) => Some(data),
+        _ => None,
     }
+}
+
+/// About how many bytes an entry encodes to: its block payload plus framing.
+pub fn entry_size_hint(e: &Entry) -> usize {
+    64 + entry_data(e).map_or(0, |(_, d)| d.len())
 }
 
 /// The most one decoded message may claim (bincode's limit): the transport's largest

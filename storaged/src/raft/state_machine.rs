@@ -13,6 +13,7 @@ use openraft::{EntryPayload, OptionalSend};
 use tokio::sync::{mpsc, watch};
 
 use super::dedup::{DedupTable, Verdict};
+use super::log_store;
 use super::log_window::LogWindow;
 use super::snapshot::{PAGE_BYTES, Page, SpoolReader, remove_spools};
 use super::{
@@ -21,6 +22,7 @@ use super::{
 };
 use super::{decode, encode, io_err};
 use crate::chunks::Overlay;
+use crate::engine::vlog::ValuePtr;
 use crate::engine::{Batch, Cf, Engine, keys};
 use crate::fence::{self, Access, Fence};
 use crate::meta::catalog::Catalog;
@@ -155,6 +157,22 @@ impl GroupStateMachine {
         self.want_snapshot = Some(tx);
         self.window = Some(window);
         self
+    }
+
+    /// Where the value log holds the data of entry `index` (`len` bytes), made durable
+    /// first if this node's own append is not yet (a leader applies what a quorum of
+    /// others made durable): chunks must never point at bytes a crash could lose.
+    fn durable_ptr(&self, index: u64, len: usize) -> io::Result<Option<ValuePtr>> {
+        let Some(vl) = self.engine.value_log() else {
+            return Ok(None);
+        };
+        match log_store::stored_ptr(self.engine.as_ref(), self.group, index)? {
+            Some(p) if p.len as usize == len => {
+                vl.sync_upto(p).map_err(io_err)?;
+                Ok(Some(p))
+            }
+            _ => Ok(None),
+        }
     }
 
     fn count_applied(&self, bytes: u64) {
@@ -449,8 +467,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
                                 | Request::TaggedWrite { offset, data, .. },
                             ) => {
                                 written += data.len() as u64;
+                                let at = self.durable_ptr(log_id.index(), data.len())?;
                                 overlay
-                                    .write(self.engine.as_ref(), self.group, offset, &data)
+                                    .write(self.engine.as_ref(), self.group, offset, &data, at)
                                     .map_err(io_err)?;
                                 if let Some(id) = id {
                                     dedup.table.applied(id);

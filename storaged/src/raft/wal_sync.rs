@@ -1,13 +1,14 @@
-//! Group commit for Raft log appends: one thread fsyncs the shared WAL once for
-//! every append queued since the last fsync, across all groups on the node.
+//! Group commit for Raft log appends: one thread fsyncs the value log and the shared WAL
+//! once for every append queued since the last fsync, across all groups on the node.
 
 use std::sync::Arc;
 use std::sync::mpsc;
 
 use openraft::storage::IOFlushed;
 
-use super::TypeConfig;
-use crate::engine::Engine;
+use super::log_store::vlog_synced_key;
+use super::{TypeConfig, encode};
+use crate::engine::{Batch, Cf, Engine};
 
 #[derive(Clone)]
 pub struct WalSyncer {
@@ -30,6 +31,31 @@ impl Drop for Inner {
     }
 }
 
+/// Makes every earlier append durable: the value log's segments and RocksDB's WAL, the
+/// two fsyncs at once. The WAL also records the value log's position that the previous
+/// round made durable, so after a crash only entries past it need checking
+/// (`LogStore::drop_torn_tail`).
+fn sync_both(engine: &dyn Engine) -> crate::Result<()> {
+    let Some(vl) = engine.value_log() else {
+        return engine.sync_wal();
+    };
+    let mut b = Batch::default();
+    b.put(
+        Cf::RaftState,
+        vlog_synced_key(),
+        encode(&vl.synced_position()).map_err(crate::Error::Io)?,
+    );
+    engine.write(b, false)?;
+    std::thread::scope(|s| {
+        let values = s.spawn(|| vl.sync());
+        let wal = engine.sync_wal();
+        let values = values
+            .join()
+            .unwrap_or_else(|_| Err(crate::Error::Internal("value log sync panicked".into())));
+        wal.and(values)
+    })
+}
+
 impl WalSyncer {
     pub fn start(engine: Arc<dyn Engine>) -> Self {
         let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
@@ -42,7 +68,7 @@ impl WalSyncer {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
                     let res = match engine.upgrade() {
-                        Some(e) => e.sync_wal().map_err(|e| e.to_string()),
+                        Some(e) => sync_both(e.as_ref()).map_err(|e| e.to_string()),
                         None => Err("the storage engine is closed".to_string()),
                     };
                     for cb in waiting {
