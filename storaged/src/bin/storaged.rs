@@ -72,6 +72,10 @@ struct Args {
     /// (default: 256MiB).
     #[arg(long)]
     cache_size: Option<String>,
+    /// Value log size below which none of it is collected, e.g. `1GiB`: overwritten data is
+    /// reclaimed (its live chunks copied forward) only past it (default: 256MiB).
+    #[arg(long, default_value = "256MiB")]
+    value_log_floor: String,
     /// Log entries after which a volume's Raft group snapshots and purges its log (it also
     /// does so after every 32 MiB of writes).
     #[arg(long, default_value_t = 4_096)]
@@ -284,6 +288,8 @@ fn run(args: Args) -> Result<(), Exit> {
         Some(c) => parse_size::parse_size(c).map_err(|e| format!("--capacity `{c}`: {e}"))?,
         None => fs_size(&args.data_dir),
     };
+    let value_log_floor = parse_size::parse_size(&args.value_log_floor)
+        .map_err(|e| format!("--value-log-floor `{}`: {e}", args.value_log_floor))?;
     let reserve = args
         .reserve
         .as_deref()
@@ -369,6 +375,7 @@ fn run(args: Args) -> Result<(), Exit> {
             reserve,
             in_process_frontends: args.in_process_frontends,
             read_policy: args.read_policy,
+            value_log_floor,
         };
         let running = start(ServerOptions {
             node: cfg,
@@ -406,6 +413,8 @@ fn main() {
     }
     let args = Args::parse();
     init_logs(&args.log_format);
+    // Crash points armed by `FAILPOINTS` (tests only; nothing is armed without it).
+    let _failpoints = fail::FailScenario::setup();
     if let Err(e) = run(args) {
         eprintln!("storaged: {}", e.message);
         std::process::exit(e.code);

@@ -19,8 +19,9 @@ const SWAP_BATCH: usize = 256;
 /// How often a node looks for segments to collect.
 pub const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Runs while the engine lives: a pass every `EVERY`, on a blocking thread.
-pub async fn run(engine: std::sync::Weak<dyn Engine>) {
+/// Runs while the engine lives: a pass every `EVERY`, on a blocking thread, collecting
+/// past `floor` bytes (`storaged --value-log-floor`, default `FLOOR_BYTES`).
+pub async fn run(engine: std::sync::Weak<dyn Engine>, floor: u64) {
     let collector = std::sync::Arc::new(std::sync::Mutex::new(Collector::default()));
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -32,7 +33,7 @@ pub async fn run(engine: std::sync::Weak<dyn Engine>) {
         let collector = collector.clone();
         let done = tokio::task::spawn_blocking(move || {
             let mut c = collector.lock().unwrap_or_else(|p| p.into_inner());
-            c.pass(engine.as_ref(), FLOOR_BYTES)
+            c.pass(engine.as_ref(), floor)
         })
         .await;
         if let Ok(Err(e)) = done {
@@ -107,10 +108,14 @@ impl Collector {
                 continue;
             }
             pass.copied_bytes += copy_forward(engine, vl, live)?;
+            crash_point("vlog-gc-copied");
             // The copies and the pointers to them durable before the old bytes go.
             vl.sync()?;
+            crash_point("vlog-gc-synced");
             engine.persist()?;
+            crash_point("vlog-gc-persisted");
             vl.remove(seg)?;
+            crash_point("vlog-gc-removed");
             tracing::info!(
                 segment = seg,
                 bytes = size,
@@ -123,6 +128,15 @@ impl Collector {
         }
         Ok(pass)
     }
+}
+
+/// A step of a collection at which a test can stop the process as `kill -9` would
+/// (`FAILPOINTS=vlog-gc-synced=return`, read at start: `tests/vlog_crash.rs`).
+fn crash_point(name: &str) {
+    fail::fail_point!(name, |_| {
+        tracing::error!(point = name, "crash point reached: aborting");
+        std::process::abort()
+    });
 }
 
 /// The live chunks of `seg`, or `Pinned` if the Raft log still needs one of its records.

@@ -60,6 +60,8 @@ pub struct NodeConfig {
     pub in_process_frontends: bool,
     /// How leaders make reads linearizable (`--read-policy`).
     pub read_policy: ReadPolicy,
+    /// Value log bytes below which none is collected (`--value-log-floor`).
+    pub value_log_floor: u64,
 }
 
 /// How a leader makes a read linearizable (`storaged --read-policy`).
@@ -111,7 +113,10 @@ impl StorageNode {
     pub async fn start(cfg: NodeConfig, engine: Arc<dyn Engine>) -> Result<Arc<Self>> {
         let channels = ChannelCache::new(cfg.security.clone());
         let rebuilds = Rebuilds::new(cfg.repair.rate, cfg.repair.concurrency);
-        tokio::spawn(crate::engine::vlog_gc::run(Arc::downgrade(&engine)));
+        tokio::spawn(crate::engine::vlog_gc::run(
+            Arc::downgrade(&engine),
+            cfg.value_log_floor,
+        ));
         let opener = Opener {
             me: cfg.id,
             snapshot_logs: cfg.snapshot_logs,
