@@ -555,10 +555,25 @@ impl Engine for RocksEngine {
             .first()
             .copied()
             .unwrap_or(0);
+        let prop = |name: &str| db.property_int_value_cf(handle, name).ok().flatten();
+        if cf == Cf::Data {
+            // Every `data` key is a 4 KiB chunk, its value inline (in a blob file, the SST
+            // holding an index) or in the value log (the SST holding a pointer): the
+            // range's share of the keys, by its share of the SST bytes, times 4 KiB.
+            // Memtables are not counted.
+            return match (
+                prop("rocksdb.live-sst-files-size"),
+                prop("rocksdb.estimate-num-keys"),
+            ) {
+                (Some(all), Some(keys)) if all > 0 => {
+                    (sst as u128 * keys as u128 / all as u128) as u64 * crate::chunks::CHUNK
+                }
+                _ => 0,
+            };
+        }
         // Large values live in blob files, which the binding's estimate leaves out: add
         // the range's share of the live blob bytes, prorated by its share of the SSTs (as
         // RocksDB's own `include_blob_files` does). Memtables are not counted.
-        let prop = |name: &str| db.property_int_value_cf(handle, name).ok().flatten();
         let blobs = prop("rocksdb.live-blob-file-size")
             .unwrap_or(0)
             .saturating_sub(prop("rocksdb.live-blob-file-garbage-size").unwrap_or(0));
@@ -625,10 +640,10 @@ mod tests {
         assert!(e.get(Cf::Meta, b"m").unwrap().is_some());
     }
 
-    /// The estimate of a group's bytes counts the values kept in blob files, and only
-    /// that group's share of them.
+    /// The estimate of a group's bytes counts its chunks, inline or in the value log, and
+    /// only that group's.
     #[test]
-    fn approximate_size_counts_blob_values_of_the_range_only() {
+    fn approximate_size_counts_the_chunks_of_the_range_only() {
         let dir = tempfile::tempdir().unwrap();
         let e = RocksEngine::open(&dir.path().join("db")).unwrap();
         let put = |group: u64, chunks: u64| {
@@ -648,8 +663,22 @@ mod tests {
             }
             e.write(b, false).unwrap();
         };
-        put(3, 1024); // 4 MiB
+        put(3, 512); // 2 MiB inline
         put(4, 256); // 1 MiB
+        // And 2 MiB more of group 3 in the value log.
+        let vl = e.value_log().unwrap();
+        let mut b = Batch::default();
+        for idx in 512..1024u64 {
+            let origin = super::super::vlog::Origin {
+                group: 3,
+                index: idx,
+                offset: idx * 4096,
+            };
+            let ptr = vl.append(origin, &[idx as u8; 4096]).unwrap();
+            let v = super::super::vlog::chunk_value(ptr, crc32fast::hash(&[idx as u8; 4096]));
+            b.put(Cf::Data, keys::group_key(3, idx).to_vec(), v);
+        }
+        e.write(b, false).unwrap();
         e.persist().unwrap();
         let size =
             |g: u64| e.approximate_size(Cf::Data, &keys::group_start(g), &keys::group_end(g));

@@ -254,36 +254,50 @@ impl ValueLog {
     /// Appends `payload`, written by `origin`; readable on return, durable after the
     /// next `sync`.
     pub fn append(&self, origin: Origin, payload: &[u8]) -> Result<ValuePtr> {
-        let h = header(origin, payload);
-        let need = (HEADER + payload.len()) as u64;
+        Ok(self.append_all(&[(origin, payload)])?[0])
+    }
+
+    /// Appends several payloads with one write per segment they land in.
+    pub fn append_all(&self, records: &[(Origin, &[u8])]) -> Result<Vec<ValuePtr>> {
+        let mut out = Vec::with_capacity(records.len());
         let mut t = self.lock_tail();
-        if t.len > 0 && t.len + need > SEGMENT_BYTES {
-            let seg = t.seg + 1;
-            let file = create_segment(&self.dir, seg)?;
-            self.files
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(seg, file.clone());
-            t.seg = seg;
-            t.file = file;
-            t.len = 0;
-            t.dir_dirty = true;
+        let mut buf = Vec::new();
+        let mut buf_at = t.len;
+        for (origin, payload) in records {
+            let need = (HEADER + payload.len()) as u64;
+            if t.len > 0 && t.len + need > SEGMENT_BYTES {
+                // Everything so far lands in the segment being sealed.
+                t.file.write_all_at(&buf, buf_at)?;
+                buf.clear();
+                let seg = t.seg + 1;
+                let file = create_segment(&self.dir, seg)?;
+                self.files
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(seg, file.clone());
+                t.seg = seg;
+                t.file = file;
+                t.len = 0;
+                t.dir_dirty = true;
+                buf_at = 0;
+            }
+            // Header and payload in one write: torn, the header's CRCs fail.
+            buf.extend_from_slice(&header(*origin, payload));
+            buf.extend_from_slice(payload);
+            out.push(ValuePtr {
+                seg: t.seg,
+                off: (t.len + HEADER as u64) as u32,
+                len: payload.len() as u32,
+            });
+            t.len += need;
+            let seg = t.seg;
+            t.dirty.insert(seg);
+            self.appended.fetch_add(need, Ordering::Relaxed);
         }
-        let off = t.len;
-        // One write: the header and payload land together or the header's CRC fails.
-        let mut buf = Vec::with_capacity(need as usize);
-        buf.extend_from_slice(&h);
-        buf.extend_from_slice(payload);
-        t.file.write_all_at(&buf, off)?;
-        t.len += need;
-        let seg = t.seg;
-        t.dirty.insert(seg);
-        self.appended.fetch_add(need, Ordering::Relaxed);
-        Ok(ValuePtr {
-            seg,
-            off: (off + HEADER as u64) as u32,
-            len: payload.len() as u32,
-        })
+        if !buf.is_empty() {
+            t.file.write_all_at(&buf, buf_at)?;
+        }
+        Ok(out)
     }
 
     fn file(&self, seg: u32) -> Result<Arc<File>> {

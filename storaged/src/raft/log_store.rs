@@ -36,25 +36,49 @@ pub fn vlog_synced_key() -> Vec<u8> {
     keys::named(u64::MAX, "vlog-synced")
 }
 
-/// An entry as stored in `raft_log`: whole, or (a write, with a value log) its data
-/// appended to the value log and the rest of the entry after the pointer.
-pub fn stored_value(engine: &dyn Engine, group: u64, e: &Entry) -> io::Result<Vec<u8>> {
-    match (engine.value_log(), entry_data(e)) {
-        (Some(vl), Some((offset, data))) if !data.is_empty() => {
+/// Entries as stored in `raft_log`: whole, or (writes, with a value log) their data
+/// appended to the value log, in one write, and the rest of each entry after its pointer.
+pub fn stored_values(
+    engine: &dyn Engine,
+    group: u64,
+    entries: &[Entry],
+) -> io::Result<Vec<Vec<u8>>> {
+    let vl = engine.value_log();
+    fn apart(with_log: bool, e: &Entry) -> Option<(u64, &bytes::Bytes)> {
+        entry_data(e).filter(|(_, d)| with_log && !d.is_empty())
+    }
+    let apart = |e| apart(vl.is_some(), e);
+    let records: Vec<(vlog::Origin, &[u8])> = entries
+        .iter()
+        .filter_map(|e| {
+            let (offset, data) = apart(e)?;
             let origin = vlog::Origin {
                 group,
                 index: e.index(),
                 offset,
             };
-            let ptr = vl.append(origin, data).map_err(io_err)?;
-            let mut rest = e.clone();
-            if let Some(d) = entry_data_mut(&mut rest) {
-                *d = bytes::Bytes::new();
-            }
-            Ok(vlog::log_value(ptr, &encode(&rest)?))
-        }
-        _ => encode_sized(e, entry_size_hint(e)),
+            Some((origin, &data[..]))
+        })
+        .collect();
+    let mut ptrs = match vl {
+        Some(vl) if !records.is_empty() => vl.append_all(&records).map_err(io_err)?,
+        _ => Vec::new(),
     }
+    .into_iter();
+    entries
+        .iter()
+        .map(|e| match apart(e) {
+            Some(_) => {
+                let ptr = ptrs.next().expect("one pointer per record");
+                let mut rest = e.clone();
+                if let Some(d) = entry_data_mut(&mut rest) {
+                    *d = bytes::Bytes::new();
+                }
+                Ok(vlog::log_value(ptr, &encode(&rest)?))
+            }
+            None => encode_sized(e, entry_size_hint(e)),
+        })
+        .collect()
 }
 
 /// An entry from its `raft_log` value, its data read back from the value log.
@@ -262,11 +286,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let mut b = Batch::default();
-        for e in &entries {
+        let values = stored_values(self.engine.as_ref(), self.group, &entries)?;
+        for (e, v) in entries.iter().zip(values) {
             b.put(
                 Cf::RaftLog,
                 keys::group_key(self.group, e.index()).to_vec(),
-                stored_value(self.engine.as_ref(), self.group, e)?,
+                v,
             );
         }
         // Readable on return; durable when the shared syncer's fsync completes.

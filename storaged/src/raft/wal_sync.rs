@@ -32,10 +32,10 @@ impl Drop for Inner {
 }
 
 /// Makes every earlier append durable: the value log's segments and RocksDB's WAL, the
-/// two fsyncs at once. The WAL also records the value log's position that the previous
-/// round made durable, so after a crash only entries past it need checking
-/// (`LogStore::drop_torn_tail`).
-fn sync_both(engine: &dyn Engine) -> crate::Result<()> {
+/// two fsyncs at once (the value log's on `values`). The WAL also records the value log's
+/// position that the previous round made durable, so after a crash only entries past it
+/// need checking (`LogStore::drop_torn_tail`).
+fn sync_both(engine: &Arc<dyn Engine>, values: &ValueSyncThread) -> crate::Result<()> {
     let Some(vl) = engine.value_log() else {
         return engine.sync_wal();
     };
@@ -46,14 +46,58 @@ fn sync_both(engine: &dyn Engine) -> crate::Result<()> {
         encode(&vl.synced_position()).map_err(crate::Error::Io)?,
     );
     engine.write(b, false)?;
-    std::thread::scope(|s| {
-        let values = s.spawn(|| vl.sync());
-        let wal = engine.sync_wal();
-        let values = values
-            .join()
-            .unwrap_or_else(|_| Err(crate::Error::Internal("value log sync panicked".into())));
-        wal.and(values)
-    })
+    let (done_tx, done_rx) = mpsc::sync_channel(1);
+    let asked = values.tx.send((engine.clone(), done_tx)).is_ok();
+    let wal = engine.sync_wal();
+    let values = match asked.then(|| done_rx.recv().ok()).flatten() {
+        Some(r) => r,
+        None => Err(crate::Error::Internal(
+            "value log sync thread stopped".into(),
+        )),
+    };
+    wal.and(values)
+}
+
+type ValueSyncJob = (Arc<dyn Engine>, mpsc::SyncSender<crate::Result<()>>);
+
+/// The thread that fsyncs the value log while the wal-sync thread fsyncs the WAL; it
+/// ends (and is joined) with the wal-sync thread.
+struct ValueSyncThread {
+    tx: mpsc::Sender<ValueSyncJob>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ValueSyncThread {
+    fn start() -> Self {
+        let (tx, rx) = mpsc::channel::<ValueSyncJob>();
+        let thread = std::thread::Builder::new()
+            .name("vlog-sync".into())
+            .spawn(move || {
+                while let Ok((engine, done)) = rx.recv() {
+                    let r = match engine.value_log() {
+                        Some(vl) => vl.sync(),
+                        None => Ok(()),
+                    };
+                    drop(engine);
+                    let _ = done.send(r);
+                }
+            })
+            .expect("spawn vlog-sync thread");
+        ValueSyncThread {
+            tx,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ValueSyncThread {
+    fn drop(&mut self) {
+        let (tx, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl WalSyncer {
@@ -64,11 +108,12 @@ impl WalSyncer {
         let thread = std::thread::Builder::new()
             .name("wal-sync".into())
             .spawn(move || {
+                let values = ValueSyncThread::start();
                 while let Ok(first) = rx.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
                     let res = match engine.upgrade() {
-                        Some(e) => sync_both(e.as_ref()).map_err(|e| e.to_string()),
+                        Some(e) => sync_both(&e, &values).map_err(|e| e.to_string()),
                         None => Err("the storage engine is closed".to_string()),
                     };
                     for cb in waiting {
