@@ -219,10 +219,13 @@ impl ValueLog {
             else {
                 continue;
             };
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(seg_path(dir, seg))?;
+            let path = seg_path(dir, seg);
+            let f = OpenOptions::new().read(true).write(true).open(&path)?;
+            if f.metadata()?.len() == 0 {
+                // Opened and never appended to: nothing can point into it.
+                std::fs::remove_file(&path)?;
+                continue;
+            }
             files.insert(seg, Arc::new(f));
         }
         let seg = files.keys().next_back().map_or(1, |s| s + 1);
