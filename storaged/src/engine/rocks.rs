@@ -251,7 +251,15 @@ impl RocksEngine {
             state.drop_cf(cf.name())?;
         }
         let log = open_log_db(&log_dir, direct)?;
-        let vlog = ValueLog::open(&dir.join("vlog"))?;
+        let mark = log
+            .get_cf(
+                log.cf_handle(Cf::RaftState.name())
+                    .expect("column families are created at open"),
+                super::vlog::synced_key(),
+            )?
+            .and_then(|b| Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?)))
+            .unwrap_or(0);
+        let vlog = ValueLog::open(&dir.join("vlog"), mark)?;
         let engine = RocksEngine {
             log,
             state,

@@ -139,6 +139,13 @@ pub struct ValueLog {
     retired: Mutex<Vec<(Instant, u32)>>,
     /// Point-in-time readers (snapshot streams) running: retired segments stay open.
     pins: Arc<AtomicUsize>,
+    previous_mark: u64,
+}
+
+/// Where (in `raft_state`) the durable position is recorded at every group commit, as 8
+/// little-endian bytes: after a crash, data before it is whole.
+pub fn synced_key() -> Vec<u8> {
+    super::keys::named(u64::MAX, "vlog-synced")
 }
 
 /// Held by a long point-in-time reader: deleted segments stay readable meanwhile.
@@ -152,6 +159,11 @@ impl Drop for Pin {
 
 /// How long a deleted segment stays open for readers that found a pointer into it.
 const RETIRED_GRACE: Duration = Duration::from_secs(10);
+
+/// The number of the segment file called `name`, if it is one.
+pub fn segment_number(name: &std::ffi::OsStr) -> Option<u32> {
+    name.to_str()?.strip_suffix(".seg")?.parse().ok()
+}
 
 fn seg_path(dir: &Path, seg: u32) -> PathBuf {
     dir.join(format!("{seg:010}.seg"))
@@ -207,18 +219,18 @@ fn parse_header(h: &[u8; HEADER]) -> Option<(u32, Origin, u32)> {
 impl ValueLog {
     /// Opens the log in `dir` (created if missing). Appends always go to a new segment:
     /// the tail of the last one may be torn by a crash, and nothing is appended after it.
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// Earlier segments are fsynced first: a process killed before its last sync left
+    /// bytes in the page cache that this run counts as durable. `previous_mark` is the
+    /// durable position the last run recorded (`synced_key`; 0 if none).
+    pub fn open(dir: &Path, previous_mark: u64) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut files = BTreeMap::new();
+        let mut highest = 0;
         for entry in std::fs::read_dir(dir)? {
-            let name = entry?.file_name();
-            let Some(seg) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".seg"))
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
+            let Some(seg) = segment_number(&entry?.file_name()) else {
                 continue;
             };
+            highest = highest.max(seg);
             let path = seg_path(dir, seg);
             let f = OpenOptions::new().read(true).write(true).open(&path)?;
             if f.metadata()?.len() == 0 {
@@ -226,9 +238,11 @@ impl ValueLog {
                 std::fs::remove_file(&path)?;
                 continue;
             }
+            f.sync_data()?;
             files.insert(seg, Arc::new(f));
         }
-        let seg = files.keys().next_back().map_or(1, |s| s + 1);
+        // Never a number used before, so no old pointer can name the new segment.
+        let seg = highest + 1;
         let file = create_segment(dir, seg)?;
         files.insert(seg, file.clone());
         std::fs::File::open(dir)?.sync_all()?;
@@ -247,7 +261,14 @@ impl ValueLog {
             appended: AtomicU64::new(0),
             retired: Mutex::new(Vec::new()),
             pins: Arc::new(AtomicUsize::new(0)),
+            previous_mark,
         })
+    }
+
+    /// The durable position the previous run recorded: log entries whose data lies past
+    /// it may have been torn by its end (`LogStore::drop_torn_tail` checks them).
+    pub fn previous_mark(&self) -> u64 {
+        self.previous_mark
     }
 
     fn lock_tail(&self) -> std::sync::MutexGuard<'_, Tail> {
@@ -346,8 +367,9 @@ impl ValueLog {
         }
     }
 
-    /// Whether the whole record `ptr` starts is intact (after a crash: was it durable?).
-    pub fn check(&self, ptr: ValuePtr) -> bool {
+    /// Whether the whole record `ptr` starts is intact and was written by entry `index` of
+    /// `group` (after a crash: was it durable?).
+    pub fn check(&self, ptr: ValuePtr, group: u64, index: u64) -> bool {
         let Ok(file) = self.file(ptr.seg) else {
             return false;
         };
@@ -358,10 +380,10 @@ impl ValueLog {
         if file.read_exact_at(&mut h, at).is_err() {
             return false;
         }
-        let Some((len, _, crc)) = parse_header(&h) else {
+        let Some((len, origin, crc)) = parse_header(&h) else {
             return false;
         };
-        if len != ptr.len {
+        if len != ptr.len || origin.group != group || origin.index != index {
             return false;
         }
         self.read(ptr)
@@ -516,7 +538,7 @@ mod tests {
     #[test]
     fn records_read_back_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let log = ValueLog::open(dir.path()).unwrap();
+        let log = ValueLog::open(dir.path(), 0).unwrap();
         let at = |group, index| Origin {
             group,
             index,
@@ -544,20 +566,21 @@ mod tests {
             ]
         );
         drop(log);
-        let log = ValueLog::open(dir.path()).unwrap();
+        let log = ValueLog::open(dir.path(), 0).unwrap();
         assert_ne!(
             log.active(),
             a.seg,
             "appends go to a new segment after a reopen"
         );
-        assert!(log.check(a) && log.check(b));
+        assert!(log.check(a, 3, 10) && log.check(b, 4, 11));
+        assert!(!log.check(a, 3, 11), "another entry's record");
         assert_eq!(log.read(b).unwrap(), vec![7u8; 4096]);
     }
 
     #[test]
     fn a_torn_record_fails_its_check_and_ends_the_scan() {
         let dir = tempfile::tempdir().unwrap();
-        let log = ValueLog::open(dir.path()).unwrap();
+        let log = ValueLog::open(dir.path(), 0).unwrap();
         let at = |index| Origin {
             group: 1,
             index,
@@ -572,19 +595,19 @@ mod tests {
             .open(seg_path(dir.path(), a.seg))
             .unwrap();
         f.set_len(u64::from(b.off) + 50).unwrap();
-        let log = ValueLog::open(dir.path()).unwrap();
-        assert!(log.check(a));
-        assert!(!log.check(b));
+        let log = ValueLog::open(dir.path(), 0).unwrap();
+        assert!(log.check(a, 1, 1));
+        assert!(!log.check(b, 1, 2));
         assert_eq!(log.records(a.seg).unwrap().len(), 1);
         // A payload damaged in place fails its checksum.
         f.write_all_at(&[9u8], u64::from(a.off)).unwrap();
-        assert!(!log.check(a));
+        assert!(!log.check(a, 1, 1));
     }
 
     #[test]
     fn segments_roll_over_and_old_ones_can_be_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let log = ValueLog::open(dir.path()).unwrap();
+        let log = ValueLog::open(dir.path(), 0).unwrap();
         let big = vec![5u8; 1 << 20];
         let at = |index| Origin {
             group: 1,
@@ -608,7 +631,7 @@ mod tests {
         drop(pin);
         log.close_retired();
         assert!(log.read(first).is_err());
-        assert!(!log.check(first));
+        assert!(!log.check(first, 1, 1));
         assert_eq!(log.read(last).unwrap(), big);
         assert!(log.segments().iter().all(|(s, _)| *s != first.seg));
     }

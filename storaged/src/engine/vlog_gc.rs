@@ -108,10 +108,9 @@ impl Collector {
                 continue;
             }
             pass.copied_bytes += copy_forward(engine, vl, live)?;
-            crash_point("vlog-gc-copied");
-            // The copies and the pointers to them durable before the old bytes go.
-            vl.sync()?;
-            crash_point("vlog-gc-synced");
+            crash_point("vlog-gc-swapped");
+            // The pointers to the copies durable (the copies were synced before the
+            // swap) before the old bytes go.
             engine.persist()?;
             crash_point("vlog-gc-persisted");
             vl.remove(seg)?;
@@ -196,6 +195,10 @@ fn copy_forward(engine: &dyn Engine, vl: &ValueLog, live: Vec<Live>) -> Result<u
             copied += bytes.len() as u64;
             swaps.push((l.key.clone(), l.raw.clone(), vlog::chunk_value(ptr, l.crc)));
         }
+        // Copies durable before anything points at them: a flush (a full memtable, any
+        // group's snapshot) may persist the new pointers at any moment after the swap.
+        vl.sync()?;
+        crash_point("vlog-gc-synced");
         engine.swap_data(swaps)?;
     }
     Ok(copied)

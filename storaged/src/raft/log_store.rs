@@ -31,11 +31,6 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const PURGED: &str = "purged";
 
-/// Where in `raft_state` the wal-sync thread records the value log's durable position.
-pub fn vlog_synced_key() -> Vec<u8> {
-    keys::named(u64::MAX, "vlog-synced")
-}
-
 /// Entries as stored in `raft_log`: whole, or (writes, with a value log) their data
 /// appended to the value log, in one write, and the rest of each entry after its pointer.
 pub fn stored_values(
@@ -140,13 +135,7 @@ impl LogStore {
         let Some(vl) = self.engine.value_log() else {
             return Ok(());
         };
-        let synced: u64 = self
-            .engine
-            .get(Cf::RaftState, &vlog_synced_key())
-            .map_err(io_err)?
-            .map(|b| decode(&b))
-            .transpose()?
-            .unwrap_or(0);
+        let synced = vl.previous_mark();
         let start = keys::group_start(self.group);
         let mut end = keys::group_end(self.group);
         let mut torn_from = None;
@@ -161,8 +150,9 @@ impl LogStore {
             if ValueLog::before(ptr, synced) {
                 break;
             }
-            if !vl.check(ptr) {
-                torn_from = Some(keys::suffix_of(&k));
+            let index = keys::suffix_of(&k);
+            if !vl.check(ptr, self.group, index) {
+                torn_from = Some(index);
             }
             end = k;
         }

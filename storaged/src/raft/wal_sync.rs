@@ -6,9 +6,8 @@ use std::sync::mpsc;
 
 use openraft::storage::IOFlushed;
 
-use super::log_store::vlog_synced_key;
-use super::{TypeConfig, encode};
-use crate::engine::{Batch, Cf, Engine};
+use super::TypeConfig;
+use crate::engine::{Batch, Cf, Engine, vlog};
 
 #[derive(Clone)]
 pub struct WalSyncer {
@@ -42,8 +41,8 @@ fn sync_both(engine: &Arc<dyn Engine>, values: &ValueSyncThread) -> crate::Resul
     let mut b = Batch::default();
     b.put(
         Cf::RaftState,
-        vlog_synced_key(),
-        encode(&vl.synced_position()).map_err(crate::Error::Io)?,
+        vlog::synced_key(),
+        vl.synced_position().to_le_bytes().to_vec(),
     );
     engine.write(b, false)?;
     let (done_tx, done_rx) = mpsc::sync_channel(1);
