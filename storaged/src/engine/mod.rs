@@ -121,11 +121,13 @@ pub trait Engine: Send + Sync + 'static {
     fn value_log(&self) -> Option<&vlog::ValueLog> {
         None
     }
-    /// For each `(key, expected, new)`: the raw `data` value at `key` becomes `new` if it
-    /// is still `expected`, atomically with respect to every other write of `data`
-    /// (value log garbage collection); unlogged, like apply. Returns how many changed.
-    fn swap_data(&self, swaps: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>) -> Result<usize> {
-        let _ = swaps;
+    /// For each `(key, expected, new)`: the raw value at `key` in `cf` (`data` or
+    /// `raft_log`) becomes `new` if it is still `expected`, atomically with respect to
+    /// every other write of that column family (value log collection); written like the
+    /// column family's own writes (unlogged for `data`), durable at `persist`. Returns how
+    /// many changed.
+    fn swap(&self, cf: Cf, swaps: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>) -> Result<usize> {
+        let _ = (cf, swaps);
         Err(crate::Error::Internal(
             "this engine keeps no value log".into(),
         ))

@@ -46,9 +46,10 @@ pub struct RocksEngine {
     blob_gc: AtomicBool,
     /// Block payloads, written once (`<data-dir>/vlog`, decision 053).
     vlog: ValueLog,
-    /// Held by every write of `data` and by `swap_data`, so a garbage collector's
-    /// compare-and-swap of a chunk pointer never overwrites a newer apply.
+    /// Held by every write of `data` (of `raft_log`) and by `swap`, so a collector's
+    /// compare-and-swap of a pointer never overwrites a newer apply (append).
     data_writes: Mutex<()>,
+    log_writes: Mutex<()>,
 }
 
 /// Garbage share of the live blob bytes at which blob GC is switched on, and below which
@@ -163,10 +164,12 @@ fn db_options(direct: bool) -> Options {
     opts
 }
 
-fn touches_data(batch: &Batch) -> bool {
-    batch.ops.iter().any(|op| {
+/// The column family of `batch` whose writes `swap` may race with (a batch targets one
+/// database, so at most one of `data` and `raft_log`).
+fn swapped_cf(batch: &Batch) -> Option<Cf> {
+    batch.ops.iter().find_map(|op| {
         let (Op::Put(cf, ..) | Op::Delete(cf, ..) | Op::DeleteRange(cf, ..)) = op;
-        *cf == Cf::Data
+        matches!(cf, Cf::Data | Cf::RaftLog).then_some(*cf)
     })
 }
 
@@ -267,6 +270,7 @@ impl RocksEngine {
             blob_gc: AtomicBool::new(false),
             vlog,
             data_writes: Mutex::new(()),
+            log_writes: Mutex::new(()),
         };
         // Not settable through `Options` in this binding; a mutable option, so set here.
         engine.state.set_options_cf(
@@ -334,8 +338,14 @@ impl RocksEngine {
         Ok(n)
     }
 
-    fn lock_data(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.data_writes.lock().unwrap_or_else(|p| p.into_inner())
+    /// The lock `swap` holds for `cf` (`data` or `raft_log`).
+    fn lock_writes(&self, cf: Cf) -> std::sync::MutexGuard<'_, ()> {
+        let lock = if cf == Cf::Data {
+            &self.data_writes
+        } else {
+            &self.log_writes
+        };
+        lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A `data` value as its chunk's bytes: one the value log holds is read from it.
@@ -449,7 +459,7 @@ impl Engine for RocksEngine {
         let Some(db) = self.target(&batch)? else {
             return Ok(());
         };
-        let _data = touches_data(&batch).then(|| self.lock_data());
+        let _held = swapped_cf(&batch).map(|cf| self.lock_writes(cf));
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         db.write_opt(self.batch(batch), &wo)?;
@@ -470,25 +480,28 @@ impl Engine for RocksEngine {
                 "unlogged write outside the applied state".into(),
             ));
         }
-        let _data = touches_data(&batch).then(|| self.lock_data());
+        let _held = swapped_cf(&batch).map(|cf| self.lock_writes(cf));
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
         self.state.write_opt(self.batch(batch), &wo)?;
         Ok(())
     }
 
-    fn swap_data(&self, swaps: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>) -> Result<usize> {
-        let _data = self.lock_data();
+    fn swap(&self, cf: Cf, swaps: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>) -> Result<usize> {
+        if !matches!(cf, Cf::Data | Cf::RaftLog) {
+            return Err(Error::Internal(format!("no swaps in {}", cf.name())));
+        }
+        let _held = self.lock_writes(cf);
         let mut b = Batch::default();
         for (key, expected, new) in swaps {
-            if self.get_raw(Cf::Data, &key)?.as_deref() == Some(&expected[..]) {
-                b.put(Cf::Data, key, new);
+            if self.get_raw(cf, &key)?.as_deref() == Some(&expected[..]) {
+                b.put(cf, key, new);
             }
         }
         let n = b.ops.len();
         let mut wo = WriteOptions::default();
-        wo.disable_wal(true);
-        self.state.write_opt(self.batch(b), &wo)?;
+        wo.disable_wal(cf == Cf::Data);
+        self.db(cf).write_opt(self.batch(b), &wo)?;
         Ok(n)
     }
 

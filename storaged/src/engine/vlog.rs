@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -140,6 +140,8 @@ pub struct ValueLog {
     /// Point-in-time readers (snapshot streams) running: retired segments stay open.
     pins: Arc<AtomicUsize>,
     previous_mark: u64,
+    /// An fsync failed: nothing appended since can be made durable (`sync`).
+    failed: AtomicBool,
 }
 
 /// Where (in `raft_state`) the durable position is recorded at every group commit, as 8
@@ -262,6 +264,7 @@ impl ValueLog {
             retired: Mutex::new(Vec::new()),
             pins: Arc::new(AtomicUsize::new(0)),
             previous_mark,
+            failed: AtomicBool::new(false),
         })
     }
 
@@ -291,18 +294,9 @@ impl ValueLog {
             let need = (HEADER + payload.len()) as u64;
             if t.len > 0 && t.len + need > SEGMENT_BYTES {
                 // Everything so far lands in the segment being sealed.
-                t.file.write_all_at(&buf, buf_at)?;
+                self.write_at(&mut t, &buf, buf_at)?;
                 buf.clear();
-                let seg = t.seg + 1;
-                let file = create_segment(&self.dir, seg)?;
-                self.files
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(seg, file.clone());
-                t.seg = seg;
-                t.file = file;
-                t.len = 0;
-                t.dir_dirty = true;
+                self.roll(&mut t)?;
                 buf_at = 0;
             }
             // Header and payload in one write: torn, the header's CRCs fail.
@@ -319,9 +313,36 @@ impl ValueLog {
             self.appended.fetch_add(need, Ordering::Relaxed);
         }
         if !buf.is_empty() {
-            t.file.write_all_at(&buf, buf_at)?;
+            self.write_at(&mut t, &buf, buf_at)?;
         }
         Ok(out)
+    }
+
+    /// Writes `buf` at `at` of the tail segment. If that fails (ENOSPC, EIO), part of it
+    /// may be there: the segment is sealed at `at` (a scan of it stops there, so it is
+    /// never collected) and appends go on in a new one.
+    fn write_at(&self, t: &mut Tail, buf: &[u8], at: u64) -> Result<()> {
+        if let Err(e) = t.file.write_all_at(buf, at) {
+            t.len = at;
+            self.roll(t)?;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Starts the next segment as the tail.
+    fn roll(&self, t: &mut Tail) -> Result<()> {
+        let seg = t.seg + 1;
+        let file = create_segment(&self.dir, seg)?;
+        self.files
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(seg, file.clone());
+        t.seg = seg;
+        t.file = file;
+        t.len = 0;
+        t.dir_dirty = true;
+        Ok(())
     }
 
     fn file(&self, seg: u32) -> Result<Arc<File>> {
@@ -344,6 +365,38 @@ impl ValueLog {
                     ptr.seg, ptr.off, ptr.len
                 ))
             })?;
+        Ok(buf)
+    }
+
+    /// The payload of the record at `ptr`, checked: whole (both CRCs) and written by entry
+    /// `index` of `group`.
+    pub fn read_record(&self, ptr: ValuePtr, group: u64, index: u64) -> Result<Vec<u8>> {
+        let at = u64::from(ptr.off)
+            .checked_sub(HEADER as u64)
+            .ok_or_else(|| Error::Corrupt(format!("value log pointer {ptr:?} has no header")))?;
+        let mut buf = vec![0u8; HEADER + ptr.len as usize];
+        self.file(ptr.seg)?
+            .read_exact_at(&mut buf, at)
+            .map_err(|e| {
+                Error::Corrupt(format!(
+                    "value log segment {} offset {}: {e}",
+                    ptr.seg, ptr.off
+                ))
+            })?;
+        let h: &[u8; HEADER] = buf[..HEADER].try_into().expect("header length");
+        let whole = parse_header(h).is_some_and(|(len, origin, crc)| {
+            len == ptr.len
+                && origin.group == group
+                && origin.index == index
+                && crc32fast::hash(&buf[HEADER..]) == crc
+        });
+        if !whole {
+            return Err(Error::Corrupt(format!(
+                "value log segment {} offset {}: the record of entry {index} of group {group} is damaged",
+                ptr.seg, ptr.off
+            )));
+        }
+        buf.drain(..HEADER);
         Ok(buf)
     }
 
@@ -370,29 +423,27 @@ impl ValueLog {
     /// Whether the whole record `ptr` starts is intact and was written by entry `index` of
     /// `group` (after a crash: was it durable?).
     pub fn check(&self, ptr: ValuePtr, group: u64, index: u64) -> bool {
-        let Ok(file) = self.file(ptr.seg) else {
-            return false;
-        };
-        let Some(at) = u64::from(ptr.off).checked_sub(HEADER as u64) else {
-            return false;
-        };
-        let mut h = [0u8; HEADER];
-        if file.read_exact_at(&mut h, at).is_err() {
-            return false;
-        }
-        let Some((len, origin, crc)) = parse_header(&h) else {
-            return false;
-        };
-        if len != ptr.len || origin.group != group || origin.index != index {
-            return false;
-        }
-        self.read(ptr)
-            .is_ok_and(|payload| crc32fast::hash(&payload) == crc)
+        self.read_record(ptr, group, index).is_ok()
     }
 
-    /// Makes every record appended before the call durable.
+    /// Makes every record appended before the call durable. After one fsync fails, every
+    /// later sync fails too: the kernel may have dropped the pages it could not write, and a
+    /// second fsync would report success over them.
     pub fn sync(&self) -> Result<()> {
+        self.sync_to(None)
+    }
+
+    fn sync_to(&self, need: Option<ValuePtr>) -> Result<()> {
         let _one = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::Io(std::io::Error::other(
+                "an earlier fsync of the value log failed",
+            )));
+        }
+        if need.is_some_and(|p| self.is_synced(p)) {
+            // Another sync covered it while this one waited for the lock.
+            return Ok(());
+        }
         let (point, dirty, dir_dirty) = {
             let mut t = self.lock_tail();
             let point = position(t.seg, t.len);
@@ -402,11 +453,18 @@ impl ValueLog {
                 std::mem::take(&mut t.dir_dirty),
             )
         };
-        for seg in dirty {
-            self.file(seg)?.sync_data()?;
-        }
-        if dir_dirty {
-            std::fs::File::open(&self.dir)?.sync_all()?;
+        let synced = (|| -> Result<()> {
+            for seg in dirty {
+                self.file(seg)?.sync_data()?;
+            }
+            if dir_dirty {
+                std::fs::File::open(&self.dir)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = synced {
+            self.failed.store(true, Ordering::Release);
+            return Err(e);
         }
         self.synced.fetch_max(point, Ordering::AcqRel);
         Ok(())
@@ -422,7 +480,7 @@ impl ValueLog {
         if self.is_synced(ptr) {
             return Ok(());
         }
-        self.sync()
+        self.sync_to(Some(ptr))
     }
 
     /// The durable position: every record before it survives a crash (see `synced_before`).
@@ -484,8 +542,9 @@ impl ValueLog {
         self.appended.load(Ordering::Relaxed)
     }
 
-    /// The records of segment `seg` in order, up to the first that is not intact.
-    pub fn records(&self, seg: u32) -> Result<Vec<Record>> {
+    /// The records of segment `seg` in order, up to the first that is not intact, and
+    /// whether that was the end of the file (if not, records after a hole are not seen).
+    pub fn records(&self, seg: u32) -> Result<(Vec<Record>, bool)> {
         let file = self.file(seg)?;
         let size = file.metadata()?.len();
         let mut out = Vec::new();
@@ -510,7 +569,7 @@ impl ValueLog {
             });
             at = end;
         }
-        Ok(out)
+        Ok((out, at == size))
     }
 
     /// Deletes segment `seg`, never the active one. It stays open for reads a while
@@ -551,7 +610,8 @@ mod tests {
         assert!(!log.is_synced(b));
         log.sync().unwrap();
         assert!(log.is_synced(a) && log.is_synced(b));
-        let recs = log.records(a.seg).unwrap();
+        let (recs, whole) = log.records(a.seg).unwrap();
+        assert!(whole);
         assert_eq!(
             recs,
             vec![
@@ -598,7 +658,9 @@ mod tests {
         let log = ValueLog::open(dir.path(), 0).unwrap();
         assert!(log.check(a, 1, 1));
         assert!(!log.check(b, 1, 2));
-        assert_eq!(log.records(a.seg).unwrap().len(), 1);
+        let (recs, whole) = log.records(a.seg).unwrap();
+        assert_eq!(recs.len(), 1);
+        assert!(!whole, "the scan stopped at the torn record");
         // A payload damaged in place fails its checksum.
         f.write_all_at(&[9u8], u64::from(a.off)).unwrap();
         assert!(!log.check(a, 1, 1));

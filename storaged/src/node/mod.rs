@@ -113,9 +113,14 @@ impl StorageNode {
     pub async fn start(cfg: NodeConfig, engine: Arc<dyn Engine>) -> Result<Arc<Self>> {
         let channels = ChannelCache::new(cfg.security.clone());
         let rebuilds = Rebuilds::new(cfg.repair.rate, cfg.repair.concurrency);
+        let cut = crate::raft::log_store::recover_torn_tails(engine.as_ref())?;
+        if cut > 0 {
+            tracing::warn!(groups = cut, "log tails cut after a crash");
+        }
         tokio::spawn(crate::engine::vlog_gc::run(
             Arc::downgrade(&engine),
             cfg.value_log_floor,
+            crate::raft::state_machine::GroupStateMachine::applied_index,
         ));
         let opener = Opener {
             me: cfg.id,

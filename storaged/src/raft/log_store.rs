@@ -76,8 +76,9 @@ pub fn stored_values(
         .collect()
 }
 
-/// An entry from its `raft_log` value, its data read back from the value log.
-pub fn decode_stored(engine: &dyn Engine, v: &[u8]) -> io::Result<Entry> {
+/// An entry of `group` from its `raft_log` value, its data read back from the value log
+/// (checked: the record must be whole and that entry's).
+pub fn decode_stored(engine: &dyn Engine, group: u64, v: &[u8]) -> io::Result<Entry> {
     let Some((ptr, rest)) = vlog::split_log_value(v) else {
         return decode(v);
     };
@@ -85,11 +86,87 @@ pub fn decode_stored(engine: &dyn Engine, v: &[u8]) -> io::Result<Entry> {
         .value_log()
         .ok_or_else(|| io::Error::other("a log entry points into a value log this engine lacks"))?;
     let mut e: Entry = decode(rest)?;
-    let data = vl.read(ptr).map_err(io_err)?;
+    let data = vl.read_record(ptr, group, e.index()).map_err(io_err)?;
     if let Some(d) = entry_data_mut(&mut e) {
         *d = bytes::Bytes::from(data);
     }
     Ok(e)
+}
+
+/// After a crash, for every group with log entries, drops the log's tail from the first
+/// entry whose data did not reach the value log whole, and a `committed` mark that pointed
+/// into what was dropped. Such an entry was never reported durable here (an append completes
+/// only after both the value log and the WAL are synced), so no quorum counted this node's
+/// copy; but RocksDB's WAL may have been synced with it in for another reason (a vote). Runs
+/// at start, before any group opens or appends: only entries past the previous run's durable
+/// position are read (`ValueLog::previous_mark`). Returns how many groups were cut.
+pub fn recover_torn_tails(engine: &dyn Engine) -> crate::Result<usize> {
+    let Some(vl) = engine.value_log() else {
+        return Ok(0);
+    };
+    let mark = vl.previous_mark();
+    let mut cut = 0;
+    let mut cursor = keys::group_start(0).to_vec();
+    let last = keys::group_end(u64::MAX);
+    while let Some((k, _)) = engine.scan(Cf::RaftLog, &cursor, &last, 1)?.pop() {
+        let group = u64::from_be_bytes(k[..8].try_into().expect("16-byte log keys"));
+        if let Some(from) = torn_from(engine, vl, mark, group)? {
+            tracing::warn!(
+                group,
+                from,
+                "dropping log entries whose data was not durable at the crash"
+            );
+            let mut b = Batch::default();
+            b.delete_range(
+                Cf::RaftLog,
+                keys::group_key(group, from).to_vec(),
+                keys::group_end(group),
+            );
+            let committed = engine.get(Cf::RaftState, &keys::named(group, COMMITTED))?;
+            let committed: Option<LogId> = committed
+                .map(|b| decode::<Option<LogId>>(&b))
+                .transpose()?
+                .flatten();
+            if committed.is_some_and(|c| c.index() >= from) {
+                // Known again from the leader; a mark past the log's end would stop the
+                // group from opening.
+                b.delete(Cf::RaftState, keys::named(group, COMMITTED));
+            }
+            engine.write(b, true)?;
+            cut += 1;
+        }
+        if group == u64::MAX {
+            break;
+        }
+        cursor = keys::group_start(group + 1).to_vec();
+    }
+    Ok(cut)
+}
+
+/// The first index of `group`'s log whose value log record is not whole, walking back
+/// from the end until an entry whose data lies before `mark`.
+fn torn_from(
+    engine: &dyn Engine,
+    vl: &ValueLog,
+    mark: u64,
+    group: u64,
+) -> crate::Result<Option<u64>> {
+    let start = keys::group_start(group);
+    let mut end = keys::group_end(group);
+    let mut torn = None;
+    while let Some((k, v)) = engine.last_in_range(Cf::RaftLog, &start, &end)? {
+        let index = keys::suffix_of(&k);
+        if let Some((ptr, _)) = vlog::split_log_value(&v) {
+            if ValueLog::before(ptr, mark) {
+                break;
+            }
+            if !vl.check(ptr, group, index) {
+                torn = Some(index);
+            }
+        }
+        end = k;
+    }
+    Ok(torn)
 }
 
 /// Where the data of entry `index` of `group` lies in the value log, if it does.
@@ -125,52 +202,6 @@ impl LogStore {
         let mut b = Batch::default();
         b.put(Cf::RaftState, keys::named(self.group, name), encode(v)?);
         self.engine.write(b, sync).map_err(io_err)
-    }
-
-    /// After a crash, drops the log's tail from the first entry whose data did not reach
-    /// the value log whole. Such an entry was never reported durable (its append completes
-    /// only after both the value log and the WAL are synced), so no quorum counted it; but
-    /// RocksDB's WAL may have been synced for another reason (a vote) with it in.
-    fn drop_torn_tail(&self) -> io::Result<()> {
-        let Some(vl) = self.engine.value_log() else {
-            return Ok(());
-        };
-        let synced = vl.previous_mark();
-        let start = keys::group_start(self.group);
-        let mut end = keys::group_end(self.group);
-        let mut torn_from = None;
-        while let Some((k, v)) = self
-            .engine
-            .last_in_range(Cf::RaftLog, &start, &end)
-            .map_err(io_err)?
-        {
-            let Some((ptr, _)) = vlog::split_log_value(&v) else {
-                break;
-            };
-            if ValueLog::before(ptr, synced) {
-                break;
-            }
-            let index = keys::suffix_of(&k);
-            if !vl.check(ptr, self.group, index) {
-                torn_from = Some(index);
-            }
-            end = k;
-        }
-        if let Some(from) = torn_from {
-            tracing::warn!(
-                group = self.group,
-                from,
-                "dropping log entries whose data was not durable at the crash"
-            );
-            let mut b = Batch::default();
-            b.delete_range(
-                Cf::RaftLog,
-                keys::group_key(self.group, from).to_vec(),
-                keys::group_end(self.group),
-            );
-            self.engine.write(b, true).map_err(io_err)?;
-        }
-        Ok(())
     }
 
     /// Removes every trace of this group's log and Raft state.
@@ -220,7 +251,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             )
             .map_err(io_err)?;
         kvs.iter()
-            .map(|(_, v)| decode_stored(self.engine.as_ref(), v))
+            .map(|(_, v)| decode_stored(self.engine.as_ref(), self.group, v))
             .collect()
     }
 
@@ -233,7 +264,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
-        self.drop_torn_tail()?;
         let last = self
             .engine
             .last_in_range(
@@ -244,7 +274,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(io_err)?;
         let last_purged_log_id: Option<LogId> = self.get_state(PURGED)?;
         let last_log_id = match last {
-            Some((_, v)) => Some(decode_stored(self.engine.as_ref(), &v)?.log_id()),
+            Some((_, v)) => Some(decode_stored(self.engine.as_ref(), self.group, &v)?.log_id()),
             None => last_purged_log_id,
         };
         Ok(LogState {

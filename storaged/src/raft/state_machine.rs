@@ -185,6 +185,14 @@ impl GroupStateMachine {
         }
     }
 
+    /// The log index `group` has applied, as the engine holds it now (`None`: nothing
+    /// yet, or unreadable); for value log collection (`vlog_gc::AppliedIndex`).
+    pub fn applied_index(engine: &dyn Engine, group: u64) -> Option<u64> {
+        let b = engine.get(Cf::Meta, &keys::named(group, APPLIED)).ok()??;
+        let (applied, _): (Option<LogId>, StoredMembership) = decode(&b).ok()?;
+        applied.map(|l| l.index())
+    }
+
     fn read_applied(&self) -> io::Result<(Option<LogId>, StoredMembership)> {
         match self
             .engine
