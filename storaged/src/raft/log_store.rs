@@ -144,7 +144,9 @@ pub fn recover_torn_tails(engine: &dyn Engine) -> crate::Result<usize> {
 }
 
 /// The first index of `group`'s log whose value log record is not whole, walking back
-/// from the end until an entry whose data lies before `mark`.
+/// from the end past entries without data (they may follow a torn one) until an entry
+/// whose data lies before `mark`, or a write stored whole (from a build before the value
+/// log: durable before any mark), or the log's start.
 fn torn_from(
     engine: &dyn Engine,
     vl: &ValueLog,
@@ -156,12 +158,22 @@ fn torn_from(
     let mut torn = None;
     while let Some((k, v)) = engine.last_in_range(Cf::RaftLog, &start, &end)? {
         let index = keys::suffix_of(&k);
-        if let Some((ptr, _)) = vlog::split_log_value(&v) {
-            if ValueLog::before(ptr, mark) {
-                break;
+        match vlog::split_log_value(&v) {
+            Some((ptr, _)) if ValueLog::before(ptr, mark) => break,
+            Some((ptr, _)) => {
+                if !vl.check(ptr, group, index) {
+                    torn = Some(index);
+                }
             }
-            if !vl.check(ptr, group, index) {
-                torn = Some(index);
+            None => {
+                let whole_write = decode::<Entry>(&v)
+                    .ok()
+                    .as_ref()
+                    .and_then(entry_data)
+                    .is_some_and(|(_, d)| !d.is_empty());
+                if whole_write {
+                    break;
+                }
             }
         }
         end = k;
@@ -345,5 +357,79 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             keys::group_key(self.group, log_id.index() + 1).to_vec(),
         );
         self.engine.write(b, false).map_err(io_err)
+    }
+}
+
+#[cfg(all(test, feature = "rocks"))]
+mod tests {
+    use super::*;
+    use crate::engine::RocksEngine;
+    use crate::raft::Request;
+
+    fn write_entry(index: u64) -> Entry {
+        let id = openraft::testing::log_id::<TypeConfig>(1, 1, index);
+        let data = bytes::Bytes::from(vec![index as u8; 4096]);
+        Entry::new_normal(id, Request::write(index * 4096, data, 0, None))
+    }
+
+    /// An entry whose record is not whole is cut with everything after it (an entry
+    /// without data included), and so is a `committed` mark that pointed past the cut;
+    /// entries before it, and other groups, are kept.
+    #[test]
+    fn a_torn_tail_is_cut_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = RocksEngine::open(&dir.path().join("db")).unwrap();
+        let mut entries: Vec<Entry> = (1..=4).map(write_entry).collect();
+        entries.push(Entry::new_normal(
+            openraft::testing::log_id::<TypeConfig>(1, 1, 5),
+            Request::discard(0, 4096, 0, None),
+        ));
+        let values = stored_values(&e, 7, &entries).unwrap();
+        let other = stored_values(&e, 8, &[write_entry(1)]).unwrap();
+        let mut b = Batch::default();
+        for (i, v) in values.into_iter().enumerate() {
+            let v = if i == 2 {
+                // Entry 3's pointer names entry 2's record: not that entry's, so not whole.
+                let (p, rest) = vlog::split_log_value(&v).unwrap();
+                let p2 = ValuePtr {
+                    off: p.off - (vlog::HEADER as u32 + 4096),
+                    ..p
+                };
+                vlog::log_value(p2, rest)
+            } else {
+                v
+            };
+            b.put(Cf::RaftLog, keys::group_key(7, i as u64 + 1).to_vec(), v);
+        }
+        b.put(
+            Cf::RaftLog,
+            keys::group_key(8, 1).to_vec(),
+            other.into_iter().next().unwrap(),
+        );
+        let committed = Some(openraft::testing::log_id::<TypeConfig>(1, 1, 4));
+        b.put(
+            Cf::RaftState,
+            keys::named(7, COMMITTED),
+            encode(&committed).unwrap(),
+        );
+        e.write(b, true).unwrap();
+        e.value_log().unwrap().sync().unwrap();
+
+        assert_eq!(recover_torn_tails(&e).unwrap(), 1);
+        let left = |g| {
+            e.scan(Cf::RaftLog, &keys::group_start(g), &keys::group_end(g), 100)
+                .unwrap()
+                .len()
+        };
+        assert_eq!(left(7), 2, "entries 1 and 2 kept, 3 to 5 cut");
+        assert_eq!(left(8), 1);
+        assert_eq!(
+            e.get(Cf::RaftState, &keys::named(7, COMMITTED)).unwrap(),
+            None
+        );
+        let kept = e.get(Cf::RaftLog, &keys::group_key(7, 2)).unwrap().unwrap();
+        let entry = decode_stored(&e, 7, &kept).unwrap();
+        assert_eq!(entry_data(&entry).unwrap().1[..], vec![2u8; 4096][..]);
+        assert_eq!(recover_torn_tails(&e).unwrap(), 0, "nothing more to cut");
     }
 }
