@@ -16,8 +16,9 @@ pub const FLOOR_BYTES: u64 = 256 << 20;
 /// Under uniform random overwrites the oldest segment falls to it once the log holds
 /// about ln 4 ≈ 1.4 times the live data.
 pub const LIVE_SHARE_MAX: f64 = 0.25;
-/// Chunks copied per compare-and-swap batch (one hold of the data write lock).
-const SWAP_BATCH: usize = 256;
+/// Things copied per compare-and-swap batch: one hold of a write lock that every apply
+/// (append) also takes, across this many point reads.
+const SWAP_BATCH: usize = 64;
 /// How often a node looks for segments to collect.
 pub const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
