@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 
 use cairn_client::VolumeClient;
 use cairn_proto::cairn::v1 as pb;
+use cairn_storaged::identity;
+use cairn_storaged::node::status;
+use cairn_storaged::raft::{ChannelCache, META_GROUP};
 use cairn_storaged::testkit::ProcCluster;
+use cairn_storaged::tls::Identity;
 
 const VOL: &str = "ident";
 
@@ -198,10 +202,33 @@ fn wait_exit(child: &mut std::process::Child, within: Duration) -> Option<ExitSt
     None
 }
 
+/// Polls until node `asked`'s view of the meta group knows node `id` (bounded).
+async fn knows_within(cluster: &ProcCluster, asked: u64, id: u64, within: Duration) -> bool {
+    let addr = cluster.nodes[cluster.index_of(asked)].addr.clone();
+    let channels = ChannelCache::new(cluster.security_for(&Identity::Node(asked)));
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(s) = status::ask(&channels, &addr, META_GROUP, Duration::from_secs(1)).await
+            && identity::knows(&s, id)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_foreign_clusters_dir_is_refused_and_a_wiped_member_never_bootstraps_alone() {
     let (mut cluster, client) = cluster_with_volume().await;
     client.write(VOL, 0, vec![7u8; 4096].into()).await.unwrap();
+    // Node 3 is the peer that refuses the wiped node 2 below, so it must know node 2 first:
+    // a node that started empty learns the catalogue from the meta leader a moment later.
+    assert!(
+        knows_within(&cluster, 3, 2, Duration::from_secs(30)).await,
+        "node 3's meta group never learnt node 2:\n{}",
+        cluster.log_of(3)
+    );
     let dir2 = cluster.nodes[cluster.index_of(2)].dir.clone();
     let stamp = std::fs::read_to_string(dir2.join("IDENTITY")).unwrap();
     assert!(
