@@ -451,6 +451,14 @@ impl Engine for RocksEngine {
         Ok(self.db(cf).get_cf(self.cf(cf), key)?)
     }
 
+    fn get_raw_many(&self, cf: Cf, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.db(cf)
+            .batched_multi_get_cf(self.cf(cf), keys, false)
+            .into_iter()
+            .map(|r| Ok(r?.map(|v| v.to_vec())))
+            .collect()
+    }
+
     fn value_log(&self) -> Option<&ValueLog> {
         Some(&self.vlog)
     }

@@ -190,6 +190,28 @@ pub struct Origin {
     pub offset: u64,
 }
 
+/// Writes every byte of `parts` in order at `at`: `pwritev`, at most `IOV_MAX` slices a
+/// call, resumed after a short write.
+fn write_all_vectored_at(
+    file: &File,
+    mut parts: &mut [std::io::IoSlice<'_>],
+    mut at: u64,
+) -> std::io::Result<()> {
+    const IOV_MAX: usize = 1024;
+    while !parts.is_empty() {
+        let n = parts.len().min(IOV_MAX);
+        let written = match nix::sys::uio::pwritev(file, &parts[..n], at as i64) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(w) => w,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        at += written as u64;
+        std::io::IoSlice::advance_slices(&mut parts, written);
+    }
+    Ok(())
+}
+
 fn header(origin: Origin, payload: &[u8]) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[..4].copy_from_slice(&MAGIC.to_le_bytes());
@@ -284,24 +306,22 @@ impl ValueLog {
         Ok(self.append_all(&[(origin, payload)])?[0])
     }
 
-    /// Appends several payloads with one write per segment they land in.
+    /// Appends several payloads with one write per segment they land in (a `pwritev`
+    /// of headers and payloads where they lie: the payloads are not copied).
     pub fn append_all(&self, records: &[(Origin, &[u8])]) -> Result<Vec<ValuePtr>> {
+        let headers: Vec<[u8; HEADER]> = records.iter().map(|(o, p)| header(*o, p)).collect();
         let mut out = Vec::with_capacity(records.len());
         let mut t = self.lock_tail();
-        let mut buf = Vec::new();
-        let mut buf_at = t.len;
-        for (origin, payload) in records {
+        // Records `[first, i)` go at `first_at` of the tail segment.
+        let (mut first, mut first_at) = (0, t.len);
+        for (i, (_, payload)) in records.iter().enumerate() {
             let need = (HEADER + payload.len()) as u64;
             if t.len > 0 && t.len + need > SEGMENT_BYTES {
                 // Everything so far lands in the segment being sealed.
-                self.write_at(&mut t, &buf, buf_at)?;
-                buf.clear();
+                self.write_at(&mut t, &headers[first..i], &records[first..i], first_at)?;
                 self.roll(&mut t)?;
-                buf_at = 0;
+                (first, first_at) = (i, 0);
             }
-            // Header and payload in one write: torn, the header's CRCs fail.
-            buf.extend_from_slice(&header(*origin, payload));
-            buf.extend_from_slice(payload);
             out.push(ValuePtr {
                 seg: t.seg,
                 off: (t.len + HEADER as u64) as u32,
@@ -312,17 +332,28 @@ impl ValueLog {
             t.dirty.insert(seg);
             self.appended.fetch_add(need, Ordering::Relaxed);
         }
-        if !buf.is_empty() {
-            self.write_at(&mut t, &buf, buf_at)?;
+        if first < records.len() {
+            self.write_at(&mut t, &headers[first..], &records[first..], first_at)?;
         }
         Ok(out)
     }
 
-    /// Writes `buf` at `at` of the tail segment. If that fails (ENOSPC, EIO), part of it
-    /// may be there: the segment is sealed at `at` (a scan of it stops there, so it is
-    /// never collected) and appends go on in a new one.
-    fn write_at(&self, t: &mut Tail, buf: &[u8], at: u64) -> Result<()> {
-        if let Err(e) = t.file.write_all_at(buf, at) {
+    /// Writes the records (each header, then its payload) at `at` of the tail segment. If
+    /// that fails (ENOSPC, EIO), part of it may be there: the segment is sealed at `at` (a
+    /// scan of it stops there, so it is never collected) and appends go on in a new one.
+    fn write_at(
+        &self,
+        t: &mut Tail,
+        headers: &[[u8; HEADER]],
+        records: &[(Origin, &[u8])],
+        at: u64,
+    ) -> Result<()> {
+        let mut parts: Vec<std::io::IoSlice> = headers
+            .iter()
+            .zip(records)
+            .flat_map(|(h, (_, p))| [std::io::IoSlice::new(h), std::io::IoSlice::new(p)])
+            .collect();
+        if let Err(e) = write_all_vectored_at(&t.file, &mut parts, at) {
             t.len = at;
             self.roll(t)?;
             return Err(e.into());

@@ -77,16 +77,62 @@ enum Survey {
     Live(Vec<Live>),
 }
 
-/// Segments left alone (too live, or with a hole a scan cannot see past), with the bytes
-/// appended and the time then: surveyed again after another segment's worth of writes or
-/// `RESURVEY_AFTER` (a deleted volume frees chunks without any writes).
-#[derive(Default)]
-pub struct Collector {
-    left: HashMap<u32, (u64, std::time::Instant)>,
+/// A segment left alone (too live, or with a hole a scan cannot see past): when it was
+/// surveyed (bytes appended then, and the time), its live bytes then, and how many more
+/// bytes must be appended before it is surveyed again.
+struct Left {
+    at: u64,
+    when: std::time::Instant,
+    live: u64,
+    wait: u64,
 }
 
-/// How long a segment left alone is not surveyed again, at most.
+/// Surveys cost a point read per chunk, so they are spent where they can pay: a segment
+/// too live is surveyed again only once enough bytes were appended that overwrites could
+/// have brought it down to `LIVE_SHARE_MAX` (each appended byte kills at most one live
+/// byte), and twice as late each time a survey finds it about as live as before (cold
+/// data); and the surveys of a pass that free nothing cover at most twice what was
+/// appended since the pass before (at least one segment).
+#[derive(Default)]
+pub struct Collector {
+    left: HashMap<u32, Left>,
+    /// Bytes appended at the previous pass.
+    seen: u64,
+}
+
+/// How long a segment left alone is not surveyed again, at most (a deleted volume or a
+/// discard frees chunks without any writes).
 const RESURVEY_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+/// The least and the most appended bytes a segment left alone waits for.
+const WAIT_MIN: u64 = vlog::SEGMENT_BYTES / 16;
+const WAIT_MAX: u64 = vlog::SEGMENT_BYTES * 64;
+
+impl Left {
+    fn due(&self, appended: u64) -> bool {
+        appended >= self.at.saturating_add(self.wait) || self.when.elapsed() >= RESURVEY_AFTER
+    }
+}
+
+fn live_bytes(live: &[Live]) -> u64 {
+    live.iter().map(|l| u64::from(l.ptr.len)).sum()
+}
+
+/// Whether a segment of `size` bytes with `live` things in it is worth collecting.
+fn collectible(size: u64, live: &[Live]) -> bool {
+    size == 0 || live_bytes(live) as f64 <= size as f64 * LIVE_SHARE_MAX
+}
+
+/// How long a segment of `size` bytes found with `live` bytes waits, given what the
+/// survey before found (`before`).
+fn wait_for(size: u64, live: u64, before: Option<&Left>) -> u64 {
+    let over = live.saturating_sub((size as f64 * LIVE_SHARE_MAX) as u64);
+    match before {
+        // Hardly anything died since: cold data, back off.
+        Some(b) if b.live.saturating_sub(live) < WAIT_MIN => b.wait.saturating_mul(2),
+        _ => over,
+    }
+    .clamp(WAIT_MIN, WAIT_MAX)
+}
 
 impl Collector {
     /// Collects the oldest sealed segments worth it while the log holds more than `floor`
@@ -100,35 +146,55 @@ impl Collector {
         let mut total: u64 = segments.iter().map(|(_, n)| n).sum();
         let active = vl.active();
         let appended = vl.appended_bytes();
-        self.left.retain(|seg, (at, when)| {
-            segments.iter().any(|(s, _)| s == seg)
-                && appended < *at + vlog::SEGMENT_BYTES
-                && when.elapsed() < RESURVEY_AFTER
-        });
+        self.left
+            .retain(|seg, _| segments.iter().any(|(s, _)| s == seg));
+        let mut budget = appended
+            .saturating_sub(self.seen)
+            .saturating_mul(2)
+            .max(vlog::SEGMENT_BYTES);
+        self.seen = appended;
         let mut pass = Pass::default();
         let mut emptied = Vec::new();
         for (seg, size) in segments {
-            if total <= floor || seg == active {
+            if total <= floor || seg == active || budget == 0 {
                 break;
             }
-            if self.left.contains_key(&seg) {
+            if self.left.get(&seg).is_some_and(|l| !l.due(appended)) {
                 continue;
             }
-            let live = match survey(engine, vl, seg, applied)? {
+            let before = self.left.remove(&seg);
+            let mut leave = |live: u64, wait: u64| {
+                let when = std::time::Instant::now();
+                self.left.insert(
+                    seg,
+                    Left {
+                        at: appended,
+                        when,
+                        live,
+                        wait,
+                    },
+                );
+            };
+            let surveyed = survey(engine, vl, seg, applied)?;
+            if !matches!(&surveyed, Survey::Live(l) if collectible(size, l)) {
+                // Only a survey that frees nothing counts against the budget.
+                budget = budget.saturating_sub(size);
+            }
+            let live = match surveyed {
                 Survey::Pinned => continue,
                 Survey::Holed => {
                     tracing::warn!(
                         segment = seg,
                         "value log segment has a damaged record: not collected"
                     );
-                    self.left.insert(seg, (appended, std::time::Instant::now()));
+                    leave(size, u64::MAX);
                     continue;
                 }
                 Survey::Live(live) => live,
             };
-            let live_bytes: u64 = live.iter().map(|l| u64::from(l.ptr.len)).sum();
-            if size > 0 && live_bytes as f64 > size as f64 * LIVE_SHARE_MAX {
-                self.left.insert(seg, (appended, std::time::Instant::now()));
+            let live_bytes = live_bytes(&live);
+            if !collectible(size, &live) {
+                leave(live_bytes, wait_for(size, live_bytes, before.as_ref()));
                 continue;
             }
             pass.copied_bytes += copy_forward(engine, vl, live)?;
@@ -171,25 +237,34 @@ fn crash_point(name: &str) {
 /// What is live in `seg`: chunks pointing into it, and the data of Raft log entries not
 /// yet purged (an idle volume's last writes may never be: they are copied too, once
 /// applied). `Pinned` if an entry in it is not yet applied.
+///
+/// Reads, in this order: each group's applied index, the log entries, the chunks. Apply
+/// writes a batch's chunks and `applied` at once, so an entry applied by the first read
+/// has its chunks visible to the last; one applied later still has its log entry
+/// pointing here when that is read (purges come after apply), so it pins the segment.
 fn survey(engine: &dyn Engine, vl: &ValueLog, seg: u32, applied: AppliedIndex) -> Result<Survey> {
-    let mut live = Vec::new();
-    let mut applied_of: HashMap<u64, Option<u64>> = HashMap::new();
     let (records, whole) = vl.records(seg)?;
     if !whole {
         return Ok(Survey::Holed);
     }
-    for rec in records {
-        let Origin { group, index, .. } = rec.origin;
-        // Read before the chunks: apply writes a batch's chunks and `applied` at once,
-        // so an entry applied by now has its chunks visible below.
-        let done = *applied_of
+    let mut applied_of: HashMap<u64, Option<u64>> = HashMap::new();
+    for rec in &records {
+        let group = rec.origin.group;
+        applied_of
             .entry(group)
             .or_insert_with(|| applied(engine, group));
-        let key = keys::group_key(group, index).to_vec();
-        if let Some(raw) = engine.get_raw(Cf::RaftLog, &key)?
+    }
+    let log_keys: Vec<Vec<u8>> = records
+        .iter()
+        .map(|r| keys::group_key(r.origin.group, r.origin.index).to_vec())
+        .collect();
+    let log_values = engine.get_raw_many(Cf::RaftLog, &log_keys)?;
+    let mut live = Vec::new();
+    for ((rec, key), raw) in records.iter().zip(log_keys).zip(log_values) {
+        if let Some(raw) = raw
             && vlog::split_log_value(&raw).is_some_and(|(p, _)| p == rec.ptr)
         {
-            if done.is_none_or(|a| a < index) {
+            if applied_of[&rec.origin.group].is_none_or(|a| a < rec.origin.index) {
                 return Ok(Survey::Pinned);
             }
             live.push(Live {
@@ -201,34 +276,43 @@ fn survey(engine: &dyn Engine, vl: &ValueLog, seg: u32, applied: AppliedIndex) -
                 origin: rec.origin,
             });
         }
-        let start = rec.origin.offset;
+    }
+    // Every whole chunk each record covers, with where it would point if still live.
+    let mut wanted = Vec::new();
+    for rec in &records {
+        let Origin {
+            group,
+            index,
+            offset: start,
+        } = rec.origin;
         let end = start + u64::from(rec.ptr.len);
         for chunk in start.div_ceil(CHUNK)..end / CHUNK {
-            let key = keys::group_key(group, chunk).to_vec();
-            let Some(raw) = engine.get_raw(Cf::Data, &key)? else {
-                continue;
+            let want = rec.ptr.slice((chunk * CHUNK - start) as u32, CHUNK as u32);
+            let origin = Origin {
+                group,
+                index,
+                offset: chunk * CHUNK,
             };
-            if raw.len() != CHUNK_PTR_LEN {
-                continue;
-            }
-            let within = (chunk * CHUNK - start) as u32;
-            let want = rec.ptr.slice(within, CHUNK as u32);
-            if let Some((ptr, crc)) = vlog::split_chunk_value(&raw)
-                && ptr == want
-            {
-                live.push(Live {
-                    cf: Cf::Data,
-                    key,
-                    raw,
-                    ptr,
-                    crc: Some(crc),
-                    origin: Origin {
-                        group,
-                        index,
-                        offset: chunk * CHUNK,
-                    },
-                });
-            }
+            wanted.push((keys::group_key(group, chunk).to_vec(), want, origin));
+        }
+    }
+    let chunk_keys: Vec<Vec<u8>> = wanted.iter().map(|(k, ..)| k.clone()).collect();
+    let values = engine.get_raw_many(Cf::Data, &chunk_keys)?;
+    for ((key, want, origin), raw) in wanted.into_iter().zip(values) {
+        let Some(raw) = raw.filter(|r| r.len() == CHUNK_PTR_LEN) else {
+            continue;
+        };
+        if let Some((ptr, crc)) = vlog::split_chunk_value(&raw)
+            && ptr == want
+        {
+            live.push(Live {
+                cf: Cf::Data,
+                key,
+                raw,
+                ptr,
+                crc: Some(crc),
+                origin,
+            });
         }
     }
     Ok(Survey::Live(live))
@@ -241,6 +325,7 @@ type Swap = (Vec<u8>, Vec<u8>, Vec<u8>);
 /// replaced it meanwhile. Returns the bytes copied.
 fn copy_forward(engine: &dyn Engine, vl: &ValueLog, live: Vec<Live>) -> Result<u64> {
     let mut copied = 0;
+    let mut moved = Vec::with_capacity(live.len());
     for batch in live.chunks(SWAP_BATCH) {
         let mut payloads = Vec::with_capacity(batch.len());
         for l in batch {
@@ -256,18 +341,21 @@ fn copy_forward(engine: &dyn Engine, vl: &ValueLog, live: Vec<Live>) -> Result<u
             .zip(&payloads)
             .map(|(l, b)| (l.origin, &b[..]))
             .collect();
-        let ptrs = vl.append_all(&records)?;
-        // Copies durable before anything points at them: a flush (a full memtable, any
-        // group's snapshot) may persist the new pointers at any moment after the swap.
-        vl.sync()?;
-        crash_point("vlog-gc-synced");
+        moved.extend(vl.append_all(&records)?);
+    }
+    // Copies durable before anything points at them: a flush (a full memtable, any
+    // group's snapshot) may persist the new pointers at any moment after the swap.
+    vl.sync()?;
+    crash_point("vlog-gc-synced");
+    let pairs: Vec<(&Live, ValuePtr)> = live.iter().zip(moved).collect();
+    for batch in pairs.chunks(SWAP_BATCH) {
         let mut swaps: HashMap<Cf, Vec<Swap>> = HashMap::new();
-        for (l, ptr) in batch.iter().zip(ptrs) {
+        for (l, ptr) in batch {
             let new_raw = match l.crc {
-                Some(crc) => vlog::chunk_value(ptr, crc),
+                Some(crc) => vlog::chunk_value(*ptr, crc),
                 None => {
                     let rest = vlog::split_log_value(&l.raw).map_or(&[][..], |(_, r)| r);
-                    vlog::log_value(ptr, rest)
+                    vlog::log_value(*ptr, rest)
                 }
             };
             swaps
@@ -430,5 +518,39 @@ mod tests {
         assert_eq!(rest, b"rest");
         assert_eq!(vl.read(moved).unwrap(), vec![1u8; 4096]);
         assert!(vl.check(moved, 9, 42));
+    }
+
+    #[test]
+    fn a_live_segment_waits_for_what_could_kill_it_and_cold_ones_back_off() {
+        const MIB: u64 = 1 << 20;
+        let size = vlog::SEGMENT_BYTES;
+        let left = |live, wait| Left {
+            at: 0,
+            when: std::time::Instant::now(),
+            live,
+            wait,
+        };
+        // 60 MiB live of 64: at least 44 MiB must be overwritten to reach a quarter.
+        assert_eq!(wait_for(size, 60 * MIB, None), 44 * MIB);
+        // Barely above a quarter: the least wait.
+        assert_eq!(wait_for(size, 17 * MIB, None), WAIT_MIN);
+        // Found as live as before: twice the last wait, up to the most.
+        assert_eq!(
+            wait_for(size, 60 * MIB, Some(&left(60 * MIB, 44 * MIB))),
+            88 * MIB
+        );
+        assert_eq!(
+            wait_for(size, 60 * MIB, Some(&left(60 * MIB, WAIT_MAX))),
+            WAIT_MAX
+        );
+        // Overwrites did kill some of it: back to what is still over a quarter.
+        assert_eq!(
+            wait_for(size, 40 * MIB, Some(&left(60 * MIB, 88 * MIB))),
+            24 * MIB
+        );
+        // Due by bytes appended since, or by time.
+        let l = left(60 * MIB, 44 * MIB);
+        assert!(!l.due(44 * MIB - 1));
+        assert!(l.due(44 * MIB));
     }
 }
