@@ -172,25 +172,34 @@ where
             tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut errors = 0u64;
+                let mut first_error = None;
                 let mut i = w as u64 * 1_000_003;
                 while Instant::now() < deadline {
                     let t = Instant::now();
                     match op(i).await {
                         Ok(()) => lat.push(t.elapsed().as_micros() as u64),
-                        Err(_) => errors += 1,
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert(e);
+                        }
                     }
                     i += 1;
                 }
-                (lat, errors)
+                (lat, errors, first_error)
             })
         })
         .collect();
     let mut all = Vec::new();
     let mut errors = 0;
+    let mut first_error = None;
     for t in tasks {
-        let (l, e) = t.await.expect("bench worker");
+        let (l, e, first) = t.await.expect("bench worker");
         all.extend(l);
         errors += e;
+        first_error = first_error.or(first);
+    }
+    if let Some(e) = first_error {
+        eprintln!("{label}: {errors} failed operations; the first: {e}");
     }
     let secs_taken = start.elapsed().as_secs_f64();
     all.sort_unstable();

@@ -84,9 +84,9 @@ struct Args {
     /// timers stop on every member until its next I/O or message (0: never).
     #[arg(long, default_value_t = 2_000)]
     quiet_after_ms: u64,
-    /// How leaders make reads linearizable: `lease` (no round trip while the leader's lease
-    /// holds; assumes clocks run at about the same rate) or `read-index` (a quorum confirms
-    /// the leader for every read; safe whatever the clocks do).
+    /// How leaders make reads linearizable: `lease` (no round trip within half the leader's
+    /// lease; assumes no clock runs over 2x as fast as another) or `read-index` (a quorum
+    /// confirms the leader for every read; safe whatever the clocks do).
     #[arg(long, value_enum, default_value_t = ReadPolicy::Lease)]
     read_policy: ReadPolicy,
     /// Runtime state: the attachment table, FUSE mountpoints and frontend control sockets

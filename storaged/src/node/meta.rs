@@ -22,6 +22,24 @@ const FOLLOWER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// 300–600 ms, longer under load).
 const LEADER_WAIT: Duration = Duration::from_secs(3);
 
+/// The share of openraft's leader lease (the election timeout, counted from when the last
+/// message a quorum acknowledged was sent) within which a leader reads on its lease. A
+/// follower refuses other candidates for a whole election timeout by its own clock after
+/// hearing from the leader, so lease reads stay linearizable while no follower's clock runs
+/// more than 1 / `LEASE_SHARE` times as fast as the leader's (decision 054).
+pub const LEASE_SHARE: f64 = 0.5;
+
+/// Whether `raft`'s leader lease is still within `LEASE_SHARE` of its length (`true`
+/// when no quorum acknowledged anything yet: openraft's own check decides, and holds only
+/// for a group of one voter).
+fn lease_within_margin(raft: &Raft) -> bool {
+    use openraft::Instant as _;
+    let lease = Duration::from_millis(raft.config().election_timeout_max).mul_f64(LEASE_SHARE);
+    let metrics = raft.metrics();
+    let acked = metrics.borrow_watched().last_quorum_acked;
+    acked.is_none_or(|at| at.elapsed() < lease)
+}
+
 /// The meta group as this node sees it.
 pub struct Meta {
     me: u64,
@@ -137,6 +155,7 @@ impl Meta {
     /// had to see applied.
     pub async fn linearize(&self, raft: &Raft, group: u64) -> Result<u64> {
         if self.read_policy == super::ReadPolicy::Lease
+            && lease_within_margin(raft)
             && let Ok(r) = raft.ensure_linearizable(ReadPolicy::LeaseRead).await
         {
             return Ok(r.index());

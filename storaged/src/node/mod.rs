@@ -67,8 +67,8 @@ pub struct NodeConfig {
 /// How a leader makes a read linearizable (`storaged --read-policy`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReadPolicy {
-    /// A leader whose lease (a quorum's acknowledgement within the election timeout) holds
-    /// reads at once, else asks a quorum: safe while clocks run at about the same rate.
+    /// A leader within half its lease (a quorum's acknowledgement within the election
+    /// timeout) reads at once, else asks a quorum: safe while clocks run at most 2x apart.
     #[default]
     Lease,
     /// Every read waits for a quorum to confirm the leader (one round trip, shared by the
