@@ -12,7 +12,7 @@ OVERLAP="${OVERLAP:-2}"
 VOLUMES="${VOLUMES:-2}"
 GAP="${GAP:-50ms..400ms}"
 HOLD="${HOLD:-100ms..1s}"
-FAULTS="${FAULTS:-kill,pause,powerloss,eio,disk-full,slow-disk,partition,clock}"
+FAULTS="${FAULTS:-kill,pause,powerloss,eio,disk-full,slow-disk,partition,clock,clock-slow}"
 OUT="${OUT:-/var/tmp/cairn-chaos-long}"
 BIN="${BIN:-${CARGO_TARGET_DIR:-target}/debug/cairn-chaos}"
 [ -x "$BIN" ] || { echo "chaos-long: $BIN is missing: cargo build --workspace first" >&2; exit 2; }

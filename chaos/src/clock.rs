@@ -7,6 +7,9 @@ use crate::error::Error;
 
 /// The rate a `clock` fault runs the target's clocks at: twice as fast as real time.
 pub const FAST: f64 = 2.0;
+/// The rate a `clock-slow` fault runs them at: half as fast. Either keeps every two nodes'
+/// clocks within the 2x of each other that storaged's lease reads allow (decision 054).
+pub const SLOW: f64 = 0.5;
 
 /// Where Debian's `faketime` package puts the multithreaded preload library.
 fn library() -> PathBuf {

@@ -43,8 +43,9 @@ struct RunArgs {
     duration: Duration,
     /// Comma-separated faults: kill, pause, powerloss, powerloss-all, eio, disk-full, slow-disk,
     /// partition-isolate, partition-split, partition-bridge, partition-one-way, or partition
-    /// for all four shapes (partitions need nftables), clock (a node's clocks 2x fast, through
-    /// Debian's faketime), node-loss (a node killed and wiped for good; needs 4+ nodes).
+    /// for all four shapes (partitions need nftables), clock and clock-slow (a node's clocks
+    /// 2x fast or half as fast, through Debian's faketime), node-loss (a node killed and
+    /// wiped for good; needs 4+ nodes).
     #[arg(
         long,
         default_value = "kill,pause,powerloss,powerloss-all,eio,disk-full,slow-disk,partition",

@@ -54,6 +54,11 @@ pub enum FaultKind {
     /// times real time; on a volume's leader, that node is then made the volume's leader
     /// (see `lead_from`). Healed by a restart at real time.
     Clock,
+    /// A node's storaged restarted with its clocks running `clock::SLOW` times real time (its
+    /// timers, leases included, run late: the lease margin of decision 054 is what keeps
+    /// reads safe if it leads). No leadership is handed to it: a slow node loses elections.
+    /// Healed by a restart at real time.
+    ClockSlow,
     /// A node's storaged killed and its data dir wiped, for good: the cluster must rebuild its
     /// replicas on the other nodes (`--replica-down-timeout`). The heal leaves it removed;
     /// later faults skip it. Needs a node beyond the replicas (4 or more).
@@ -64,7 +69,7 @@ pub enum FaultKind {
 pub const SLOW_FSYNC: Duration = Duration::from_millis(200);
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Powerloss,
@@ -77,6 +82,7 @@ impl FaultKind {
         FaultKind::PartitionBridge,
         FaultKind::PartitionOneWay,
         FaultKind::Clock,
+        FaultKind::ClockSlow,
         FaultKind::NodeLoss,
     ];
 
@@ -127,6 +133,15 @@ impl FaultKind {
         )
     }
 
+    /// The rate a clock fault runs its node's clocks at (`None`: not a clock fault).
+    pub fn clock_rate(self) -> Option<f64> {
+        match self {
+            FaultKind::Clock => Some(clock::FAST),
+            FaultKind::ClockSlow => Some(clock::SLOW),
+            _ => None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::Kill => "kill",
@@ -141,6 +156,7 @@ impl FaultKind {
             FaultKind::PartitionBridge => "partition-bridge",
             FaultKind::PartitionOneWay => "partition-one-way",
             FaultKind::Clock => "clock",
+            FaultKind::ClockSlow => "clock-slow",
             FaultKind::NodeLoss => "node-loss",
         }
     }
@@ -396,13 +412,14 @@ pub async fn start_on(
             let link = |id: u64| net.host_link(id).unwrap_or_default().to_string();
             partition::apply(&partition::rules(&net.table(), &cut.pairs, link))?;
         }
-        FaultKind::Clock => {
-            let env = clock::env(clock::FAST)?;
+        FaultKind::Clock | FaultKind::ClockSlow => {
+            let rate = kind.clock_rate().expect("a clock kind");
+            let env = clock::env(rate)?;
             for &id in &nodes {
                 cluster.procs.restart_with_env(id, env.clone())?;
             }
-            clock_rate = Some(clock::FAST);
-            if let Target::LeaderOf { volume } = &target {
+            clock_rate = Some(rate);
+            if let (FaultKind::Clock, Target::LeaderOf { volume }) = (kind, &target) {
                 nudged = lead_from(cluster, volume, nodes[0]).await;
             }
         }
@@ -534,7 +551,7 @@ fn cpu_of(cluster: &FaultCluster) -> BTreeMap<u64, (u32, Duration)> {
 /// the minority, waits (up to `MAJORITY_LEADER_WAIT` in all) until the majority side, asked
 /// alone, names a leader outside the minority, and records what it named.
 pub async fn observe(cluster: &FaultCluster, fault: &mut ActiveFault, volumes: &[String]) {
-    if fault.record.kind == FaultKind::Clock {
+    if fault.record.kind.clock_rate().is_some() {
         let client = cluster.procs.client().with_deadline(Duration::from_secs(2));
         for volume in volumes {
             if let Ok(v) = client.get_volume(volume).await
@@ -621,6 +638,7 @@ pub fn heal(
                     | FaultKind::DiskFull
                     | FaultKind::SlowDisk
                     | FaultKind::Clock
+                    | FaultKind::ClockSlow
             ) && !cluster.procs.is_alive(id)
         })
         .collect();
@@ -644,8 +662,12 @@ pub fn heal(
             restart(cluster, &record.nodes)?;
         }
         FaultKind::SlowDisk => record.nodes.iter().for_each(|&id| cluster.disk(id).clear()),
-        FaultKind::Clock => {
-            let env = clock::env(record.clock_rate.unwrap_or(clock::FAST))?;
+        FaultKind::Clock | FaultKind::ClockSlow => {
+            let rate = record
+                .clock_rate
+                .or(kind.clock_rate())
+                .unwrap_or(clock::FAST);
+            let env = clock::env(rate)?;
             record.clock_faked = Some(record.nodes.iter().all(|&id| {
                 cluster
                     .procs

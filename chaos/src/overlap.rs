@@ -22,12 +22,13 @@ const FIT_WAIT: Duration = Duration::from_secs(15);
 /// How long a step waits for its volume's leader to be named (the loop must go on healing).
 const RESOLVE_WAIT: Duration = Duration::from_secs(2);
 
-/// Kinds that run alone: `powerloss-all` breaks every node, `node-loss` moves replicas, and a
-/// `clock` fault pauses other leaders to hand leadership to its node.
+/// Kinds that run alone: `powerloss-all` breaks every node, `node-loss` moves replicas, a
+/// `clock` fault pauses other leaders to hand leadership to its node, and two clock faults at
+/// once could put two clocks 4x apart, past what lease reads allow (decision 054).
 pub fn exclusive(kind: FaultKind) -> bool {
     matches!(
         kind,
-        FaultKind::PowerlossAll | FaultKind::NodeLoss | FaultKind::Clock
+        FaultKind::PowerlossAll | FaultKind::NodeLoss | FaultKind::Clock | FaultKind::ClockSlow
     )
 }
 
@@ -357,5 +358,6 @@ mod tests {
         assert_eq!(breaks(FaultKind::Kill, &[3], &all, &[]), set(&[3]));
         assert_eq!(breaks(FaultKind::PowerlossAll, &all, &all, &[]), set(&all));
         assert!(exclusive(FaultKind::Clock) && !exclusive(FaultKind::Pause));
+        assert!(exclusive(FaultKind::ClockSlow));
     }
 }

@@ -569,6 +569,13 @@ fn the_clock_faults_environment_runs_the_monotonic_clock_fast() {
         own >= 2.0 && (0.8..1.6).contains(&real),
         "{own} s in {real} s"
     );
+    let env = cairn_chaos::clock::env(cairn_chaos::clock::SLOW).unwrap();
+    let (own, real) = timed(&env);
+    eprintln!("under the slow clock fault: {own:.3} s by its clock in {real:.3} s real");
+    assert!(
+        own >= 2.0 && (3.6..6.0).contains(&real),
+        "{own} s in {real} s"
+    );
     let (own, real) = timed(&[]);
     eprintln!("without: {own:.3} s by its clock in {real:.3} s real");
     assert!(
@@ -609,6 +616,29 @@ async fn a_clock_running_fast_on_the_leader_loses_nothing() {
         "the skewed node never led a volume: {:?}",
         outcome.faults
     );
+}
+
+/// A clock running at half speed on the node that led a volume (storaged restarted under
+/// libfaketime, so it comes back a follower and, slow, loses elections): nothing is lost or
+/// read stale while it runs late among the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clock_running_slow_on_a_node_loses_nothing() {
+    let mut config = config(33, &[FaultKind::ClockSlow], Duration::from_secs(20));
+    config.targets = Targets::Leaders;
+    let outcome = run_clean(config).await;
+    assert!(
+        outcome.report.faults["clock-slow"] >= 1,
+        "{:?}",
+        outcome.report
+    );
+    for f in &outcome.faults {
+        eprintln!(
+            "clock x{:?} on {:?}: faked {:?}, led {:?}",
+            f.clock_rate, f.nodes, f.clock_faked, f.led
+        );
+        assert_eq!(f.clock_rate, Some(cairn_chaos::clock::SLOW), "{f:?}");
+        assert_eq!(f.clock_faked, Some(true), "{f:?}");
+    }
 }
 
 /// Four nodes; a replica holder (a volume's leader) is killed and its data dir wiped while the
