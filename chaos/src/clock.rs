@@ -10,6 +10,9 @@ pub const FAST: f64 = 2.0;
 /// The rate a `clock-slow` fault runs them at: half as fast. Either keeps every two nodes'
 /// clocks within the 2x of each other that storaged's lease reads allow (decision 054).
 pub const SLOW: f64 = 0.5;
+/// How far apart any two nodes' clock rates may be (decision 054): a fast and a slow clock at
+/// once would be 4x apart, so overlapping runs never start them together.
+pub const MAX_APART: f64 = 2.0;
 
 /// Where Debian's `faketime` package puts the multithreaded preload library.
 fn library() -> PathBuf {

@@ -51,8 +51,8 @@ pub enum FaultKind {
     /// The target's packets to the next node by id dropped, that node's to it delivered.
     PartitionOneWay,
     /// A node's storaged restarted with its clocks (monotonic included) running `clock::FAST`
-    /// times real time; on a volume's leader, that node is then made the volume's leader
-    /// (see `lead_from`). Healed by a restart at real time.
+    /// times real time; on a volume's leader with no other fault active, that node is then
+    /// made the volume's leader (see `lead_from`). Healed by a restart at real time.
     Clock,
     /// A node's storaged restarted with its clocks running `clock::SLOW` times real time (its
     /// timers, leases included, run late: the lease margin of decision 054 is what keeps
@@ -363,16 +363,19 @@ pub async fn start(
     target: Target,
 ) -> Result<ActiveFault, Error> {
     let nodes = resolve(cluster, &target).await?;
-    start_on(cluster, recorder, kind, target, nodes).await
+    start_on(cluster, recorder, kind, target, nodes, true).await
 }
 
 /// Starts `kind` on `nodes`, which `target` resolved to, and returns the fault to heal.
+/// `alone`: no other fault is active, so a `clock` fault on a leader may pause other leaders
+/// to hand it leadership (`lead_from`); beside other faults that could break a majority.
 pub async fn start_on(
     cluster: &mut FaultCluster,
     recorder: &Recorder,
     kind: FaultKind,
     target: Target,
     nodes: Vec<u64>,
+    alone: bool,
 ) -> Result<ActiveFault, Error> {
     let start = recorder.now();
     let mut dropped_bytes = None;
@@ -419,7 +422,7 @@ pub async fn start_on(
                 cluster.procs.restart_with_env(id, env.clone())?;
             }
             clock_rate = Some(rate);
-            if let (FaultKind::Clock, Target::LeaderOf { volume }) = (kind, &target) {
+            if let (FaultKind::Clock, Target::LeaderOf { volume }, true) = (kind, &target, alone) {
                 nudged = lead_from(cluster, volume, nodes[0]).await;
             }
         }

@@ -1,15 +1,17 @@
 //! Overlapping faults (`--overlap N`): up to N faults active at once on the seed's schedule,
-//! never more than a minority of any group's replicas broken or catching up at the same time.
+//! never more than a minority of any group's replicas broken or catching up at the same time,
+//! and never two clocks more than `clock::MAX_APART` apart.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use cairn_proto::cairn::v1::ReplicaState;
 
+use crate::clock;
 use crate::cluster::FaultCluster;
 use crate::error::Error;
 use crate::history::Recorder;
-use crate::nemesis::{self, ActiveFault, FaultKind, FaultRecord};
+use crate::nemesis::{self, ActiveFault, FaultKind, FaultRecord, Target};
 use crate::partition::{self, Shape};
 use crate::run::RunConfig;
 use crate::schedule::{Schedule, Step};
@@ -22,14 +24,38 @@ const FIT_WAIT: Duration = Duration::from_secs(15);
 /// How long a step waits for its volume's leader to be named (the loop must go on healing).
 const RESOLVE_WAIT: Duration = Duration::from_secs(2);
 
-/// Kinds that run alone: `powerloss-all` breaks every node, `node-loss` moves replicas, a
-/// `clock` fault pauses other leaders to hand leadership to its node, and two clock faults at
-/// once could put two clocks 4x apart, past what lease reads allow (decision 054).
+/// Kinds that run alone: `powerloss-all` breaks every node, `node-loss` moves replicas.
+///
+/// A clock fault is not one: its node counts as broken while it restarts and catches up (at
+/// the fault's start and at its heal), and in between as up though skewed, so that partitions,
+/// kills and pauses of other nodes, or of that one, run beside a skewed clock (decision 056).
 pub fn exclusive(kind: FaultKind) -> bool {
-    matches!(
-        kind,
-        FaultKind::PowerlossAll | FaultKind::NodeLoss | FaultKind::Clock | FaultKind::ClockSlow
-    )
+    matches!(kind, FaultKind::PowerlossAll | FaultKind::NodeLoss)
+}
+
+/// Whether a clock fault at `rate` on `nodes` may start beside the clocks already skewed
+/// (`skewed`: node → rate): no node is skewed twice, and every two clocks, real time included,
+/// stay within `clock::MAX_APART` of each other, the most lease reads allow (decision 054):
+/// two fast clocks may run together, a fast and a slow one may not.
+pub fn clock_fits(rate: f64, nodes: &[u64], skewed: &BTreeMap<u64, f64>) -> bool {
+    if nodes.iter().any(|id| skewed.contains_key(id)) {
+        return false;
+    }
+    let rates = skewed.values().copied().chain([rate, 1.0]);
+    let (lo, hi) = rates.fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(r), hi.max(r)));
+    hi / lo <= clock::MAX_APART * (1.0 + 1e-9)
+}
+
+/// The nodes whose clocks the active faults skew, with their rates.
+fn skewed(active: &[Active]) -> BTreeMap<u64, f64> {
+    active
+        .iter()
+        .filter_map(|a| {
+            let r = a.fault.record();
+            Some((r.nodes.clone(), r.kind.clock_rate()?))
+        })
+        .flat_map(|(nodes, rate)| nodes.into_iter().map(move |id| (id, rate)))
+        .collect()
 }
 
 /// The nodes a fault of `kind` on `nodes` breaks: its targets, or for a partition the minority
@@ -111,10 +137,24 @@ pub async fn inject(
     loop {
         let now = Instant::now();
         let over = now >= end;
-        let (due, kept): (Vec<Active>, Vec<Active>) =
+        let (mut due, kept): (Vec<Active>, Vec<Active>) =
             active.into_iter().partition(|a| over || a.due <= now);
         active = kept;
+        // Clocks heal last: their restarts must fit beside what the others leave recovering.
+        due.sort_by_key(|a| a.fault.record().kind.clock_rate().is_some());
         for mut a in due {
+            let kind = a.fault.record().kind;
+            let nodes = a.fault.record().nodes.clone();
+            let held: BTreeSet<u64> = active.iter().flat_map(|a| a.breaks.clone()).collect();
+            let catching_up: BTreeSet<u64> = recovering.keys().copied().collect();
+            if kind.clock_rate().is_some()
+                && !over
+                && !restart_fits(&nodes, &held, &catching_up, &cluster.lost, &members, &all)
+            {
+                // The heal is a restart: it waits, like a start, until it breaks no majority.
+                active.push(a);
+                continue;
+            }
             nemesis::observe(cluster, &mut a.fault, volumes).await;
             let record = nemesis::heal(cluster, recorder, a.fault)?;
             let healed = Instant::now();
@@ -124,7 +164,12 @@ pub async fn inject(
                 cluster.wait_healthy(volumes, config.recovery).await?;
                 members = cluster.members(volumes).await;
             } else {
-                for id in a.breaks {
+                // A clock fault's heal restarted its nodes; the others' nodes were broken.
+                let restarted = match kind.clock_rate() {
+                    Some(_) => nodes.into_iter().collect(),
+                    None => a.breaks,
+                };
+                for id in restarted {
                     let entry = recovering.entry(id).or_insert((healed, Vec::new()));
                     entry.1.push(index);
                 }
@@ -181,6 +226,16 @@ pub async fn inject(
                 Attempt::Started(fault, breaks) => {
                     let mut fault = *fault;
                     fault.set_overlapping(active.len());
+                    // A skewed node is up once it caught up after its restart.
+                    let breaks = match fault.record().kind.clock_rate() {
+                        Some(_) => {
+                            for &id in &fault.record().nodes {
+                                recovering.entry(id).or_insert((Instant::now(), Vec::new()));
+                            }
+                            BTreeSet::new()
+                        }
+                        None => breaks,
+                    };
                     active.push(Active {
                         fault,
                         due: (Instant::now() + step.hold).min(end),
@@ -238,6 +293,11 @@ async fn try_start(
     if !quiet && (alone || partitioned) {
         return Ok(Attempt::NoRoom);
     }
+    if let (Some(rate), Target::Node { id }) = (step.kind.clock_rate(), &step.target)
+        && !clock_fits(rate, &[*id], &skewed(active))
+    {
+        return Ok(Attempt::NoRoom);
+    }
     // Another fault may keep the leader from being named for now (a partition that leaves
     // the node the client asks first without a meta quorum): try again later.
     let nodes = match nemesis::resolve_within(cluster, &step.target, RESOLVE_WAIT).await {
@@ -267,9 +327,51 @@ async fn try_start(
     if !quiet && !fits(&new, &busy, &cluster.lost, members, all.len()) {
         return Ok(Attempt::NoRoom);
     }
-    let fault = nemesis::start_on(cluster, recorder, step.kind, step.target.clone(), nodes).await?;
+    if let Some(rate) = step.kind.clock_rate()
+        && !clock_fits(rate, &nodes, &skewed(active))
+    {
+        return Ok(Attempt::NoRoom);
+    }
+    let fault = nemesis::start_on(
+        cluster,
+        recorder,
+        step.kind,
+        step.target.clone(),
+        nodes,
+        quiet,
+    )
+    .await?;
     tracing::info!(fault = step.kind.name(), breaks = ?new, busy = ?busy, active = active.len(), "overlapping fault started");
     Ok(Attempt::Started(Box::new(fault), new))
+}
+
+/// Whether a clock fault's heal, a restart of `nodes` at real time, may run now: no active
+/// fault breaks one of them (`held`), and their restart keeps every group a majority beside
+/// the nodes broken or catching up (`recovering`; a node already catching up counts once).
+pub fn restart_fits(
+    nodes: &[u64],
+    held: &BTreeSet<u64>,
+    recovering: &BTreeSet<u64>,
+    lost: &BTreeSet<u64>,
+    members: &BTreeMap<String, Vec<u64>>,
+    all: &[u64],
+) -> bool {
+    if nodes.iter().any(|id| held.contains(id)) {
+        return false;
+    }
+    let busy: BTreeSet<u64> = held
+        .iter()
+        .chain(recovering)
+        .copied()
+        .filter(|id| !nodes.contains(id))
+        .collect();
+    fits(
+        &nodes.iter().copied().collect(),
+        &busy,
+        lost,
+        members,
+        all.len(),
+    )
 }
 
 /// Which of `nodes` have every replica of `volumes` they hold caught up (a leader or a
@@ -357,7 +459,57 @@ mod tests {
         );
         assert_eq!(breaks(FaultKind::Kill, &[3], &all, &[]), set(&[3]));
         assert_eq!(breaks(FaultKind::PowerlossAll, &all, &all, &[]), set(&all));
-        assert!(exclusive(FaultKind::Clock) && !exclusive(FaultKind::Pause));
-        assert!(exclusive(FaultKind::ClockSlow));
+        assert!(exclusive(FaultKind::NodeLoss) && !exclusive(FaultKind::Pause));
+        assert!(!exclusive(FaultKind::Clock) && !exclusive(FaultKind::ClockSlow));
+    }
+
+    #[test]
+    fn clocks_stay_within_twice_each_other_and_one_skew_per_node() {
+        let none = BTreeMap::new();
+        assert!(clock_fits(clock::FAST, &[1], &none));
+        assert!(clock_fits(clock::SLOW, &[1], &none));
+        assert!(!clock_fits(4.0, &[1], &none), "4x real time");
+        let fast: BTreeMap<u64, f64> = [(2, clock::FAST)].into();
+        assert!(clock_fits(clock::FAST, &[1], &fast), "two fast clocks");
+        assert!(
+            !clock_fits(clock::SLOW, &[1], &fast),
+            "fast and slow: 4x apart"
+        );
+        assert!(
+            !clock_fits(clock::FAST, &[2], &fast),
+            "one node skewed twice"
+        );
+        let slow: BTreeMap<u64, f64> = [(3, clock::SLOW)].into();
+        assert!(clock_fits(clock::SLOW, &[1], &slow));
+        assert!(!clock_fits(clock::FAST, &[1], &slow));
+    }
+
+    #[test]
+    fn a_clock_heal_waits_until_its_restart_fits() {
+        let members: BTreeMap<String, Vec<u64>> = [("a".to_string(), vec![1, 2, 3])].into();
+        let all = [1, 2, 3, 4, 5];
+        // Node 1's restart with `held` broken by active faults and `catching_up` recovering.
+        let node_1 = |held: &[u64], catching_up: &[u64]| {
+            restart_fits(
+                &[1],
+                &set(held),
+                &set(catching_up),
+                &BTreeSet::new(),
+                &members,
+                &all,
+            )
+        };
+        assert!(node_1(&[], &[]));
+        assert!(
+            !node_1(&[1], &[]),
+            "isolated by a partition: waits for its heal"
+        );
+        assert!(!node_1(&[2], &[]), "node 2 of its group down: a majority");
+        assert!(!node_1(&[], &[3]), "node 3 of its group catching up");
+        assert!(
+            node_1(&[4], &[]),
+            "node 4 is in no volume group; meta may lose two of five"
+        );
+        assert!(node_1(&[4], &[1]), "node 1 catching up already counts once");
     }
 }

@@ -392,7 +392,8 @@ async fn inject(
             tracing::info!(fault = step.kind.name(), target = ?step.target, ?nodes, "fault skipped: it would take down the node where the fs workload is attached");
             continue;
         }
-        let mut fault = nemesis::start_on(cluster, recorder, step.kind, step.target, nodes).await?;
+        let mut fault =
+            nemesis::start_on(cluster, recorder, step.kind, step.target, nodes, true).await?;
         tokio::time::sleep(step.hold).await;
         nemesis::observe(cluster, &mut fault, volumes).await;
         let mut record = nemesis::heal(cluster, recorder, fault)?;

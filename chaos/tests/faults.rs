@@ -5,91 +5,19 @@
 // lost and every key linearizable. The checker's own ability to fail is tested twice: on a
 // hand-made history, and on a real run's history with one acknowledged write taken away.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use cairn_chaos::checker::{self, FinalReadProblem};
 use cairn_chaos::net::ChaosNet;
 use cairn_chaos::workload::block::FINAL_READER;
 use cairn_chaos::{
-    FaultKind, FaultRecord, Key, Op, OpKind, Outcome, RunConfig, RunOutcome, RunReport, Target,
-    Targets, Value, run,
+    FaultKind, FaultRecord, Key, Op, OpKind, Outcome, RunOutcome, RunReport, Target, Targets,
+    Value, run,
 };
 use cairn_storaged::testkit::sibling_bin;
 
-/// One cluster at a time: the runs share two cores with everything else.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A run that has not finished by then failed; dropping it kills its processes and unmounts.
-const RUN_BOUND: Duration = Duration::from_secs(100);
-
-/// Each test's run has a name of its own: its network's names carry it.
-fn config(seed: u64, faults: &[FaultKind], duration: Duration) -> RunConfig {
-    let storaged: PathBuf = sibling_bin("storaged");
-    assert!(
-        storaged.exists(),
-        "{} is missing: build the workspace first (cargo build --workspace)",
-        storaged.display()
-    );
-    RunConfig {
-        seed,
-        faults: faults.to_vec(),
-        duration,
-        volumes: 2,
-        recovery: Duration::from_secs(40),
-        name: format!("seed-{seed}"),
-        ..RunConfig::new(storaged)
-    }
-}
-
-/// Runs `config` and asserts a clean verdict with faults injected and operations acknowledged.
-async fn run_clean(config: RunConfig) -> RunOutcome {
-    let _serial = SERIAL.lock().await;
-    let started = std::time::Instant::now();
-    let outcome = tokio::time::timeout(RUN_BOUND, run(&config))
-        .await
-        .unwrap_or_else(|_| panic!("chaos run (seed {}) took over {RUN_BOUND:?}", config.seed))
-        .unwrap_or_else(|e| panic!("chaos run (seed {}) failed: {e}", config.seed));
-    let report = &outcome.report;
-    eprintln!(
-        "report: {}\nrun {:.1} s, recovery after the final heal {:.2} s, {} ops checked\nfaults:",
-        serde_json::to_string(report).unwrap(),
-        started.elapsed().as_secs_f64(),
-        outcome.recovery_s,
-        outcome.history.len(),
-    );
-    for f in &outcome.faults {
-        eprintln!("  {}", serde_json::to_string(f).unwrap());
-    }
-    if !report.clean() {
-        let path = std::env::temp_dir().join(format!("cairn-chaos-seed-{}.jsonl", config.seed));
-        let file = std::fs::File::create(&path).unwrap();
-        cairn_chaos::history::write_jsonl(std::io::BufWriter::new(file), &outcome.history).unwrap();
-        eprintln!("the history is in {}", path.display());
-    }
-    assert!(
-        report.faults.values().sum::<u64>() > 0,
-        "the schedule injected no fault"
-    );
-    assert!(
-        report.ops.ok > 0 || report.fs.as_ref().is_some_and(|fs| fs.ok > 0),
-        "no operation succeeded: {report:?}"
-    );
-    assert_eq!(
-        (report.lost, report.violations),
-        (0, 0),
-        "seed {}:\n{}",
-        config.seed,
-        outcome.problems()
-    );
-    assert_eq!(
-        outcome.check.gave_up().count(),
-        0,
-        "the checker gave up:\n{}",
-        outcome.problems()
-    );
-    outcome
-}
+mod common;
+use common::{RUN_BOUND, SERIAL, config, run_clean};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_kill_loop_loses_nothing_and_a_removed_write_is_caught() {
@@ -727,75 +655,6 @@ async fn ext4_on_a_volume_keeps_every_acknowledged_write_under_faults() {
         "no kill or pause of node {FS_NODE}'s storaged ran under the mount: {:?}",
         outcome.faults
     );
-}
-
-/// Up to two faults at once on five nodes (kills, pauses, isolations): some start while
-/// another is active, yet no group (a volume's, or the meta group of every node) ever has a
-/// majority of its replicas broken or catching up, and nothing is lost. The run's plot is
-/// well-formed SVG with one shaded rect per fault.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn overlapping_faults_keep_every_group_a_majority_and_lose_nothing() {
-    let mut config = config(
-        42,
-        &[
-            FaultKind::Kill,
-            FaultKind::Pause,
-            FaultKind::PartitionIsolate,
-        ],
-        Duration::from_secs(30),
-    );
-    config.nodes = 5;
-    config.overlap = 2;
-    let plot = std::env::temp_dir().join(format!("cairn-chaos-plot-{}.svg", std::process::id()));
-    config.plot = Some(plot.clone());
-    let outcome = run_clean(config).await;
-    let faults = &outcome.faults;
-    assert!(
-        faults.iter().any(|f| f.overlapping >= 1),
-        "no fault started while another was active: {faults:?}"
-    );
-    let all: Vec<u64> = (1..=5).collect();
-    // A fault's nodes are broken from its start until they caught up after its heal: what it
-    // recorded as applied (a partition's minority, else both ends of its cut pairs; for the
-    // other kinds, its nodes), each checked against what the scheduler says the kind breaks.
-    let broken = |f: &FaultRecord| -> std::collections::BTreeSet<u64> {
-        let applied: std::collections::BTreeSet<u64> = if !f.minority.is_empty() {
-            f.minority.iter().copied().collect()
-        } else if f.kind.shape().is_some() {
-            f.cut.iter().flatten().copied().collect()
-        } else {
-            f.nodes.iter().copied().collect()
-        };
-        if f.kind.shape().is_none() || f.minority.is_empty() {
-            assert_eq!(
-                applied,
-                cairn_chaos::overlap::breaks(f.kind, &f.nodes, &all, &[]),
-                "{f:?}"
-            );
-        }
-        applied
-    };
-    let until = |f: &FaultRecord| f.end + (f.whole_after_s * 1e9) as u64;
-    for f in faults {
-        let down: std::collections::BTreeSet<u64> = faults
-            .iter()
-            .filter(|g| g.start <= f.start && until(g) >= f.start)
-            .flat_map(broken)
-            .collect();
-        assert!(down.len() <= 2, "at {}: {down:?} broken", f.start);
-        for (volume, members) in &outcome.members {
-            let hit = members.iter().filter(|m| down.contains(m)).count();
-            assert!(hit <= 1, "{volume} {members:?}: {down:?} broken at once");
-        }
-    }
-    let text = std::fs::read_to_string(&plot).expect("the plot was written");
-    std::fs::remove_file(&plot).unwrap();
-    let doc = roxmltree::Document::parse(&text).expect("the plot is well-formed XML");
-    let shaded = doc
-        .descendants()
-        .filter(|n| n.has_tag_name("rect") && n.attribute("class") == Some("fault"))
-        .count();
-    assert_eq!(shaded, faults.len(), "one shaded rect per fault");
 }
 
 /// Bad input is refused before anything starts, naming the field: no overlap at all, the fs
