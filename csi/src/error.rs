@@ -33,6 +33,9 @@ pub enum CsiError {
     /// A dependency (storaged) cannot be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller's deadline (`grpc-timeout`) ran out before the answer was known.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// A local system call failed.
     #[error("{context}: {source}")]
     Io {
@@ -87,6 +90,7 @@ impl CsiError {
             CsiError::Aborted(_) => Code::Aborted,
             CsiError::Unimplemented(_) => Code::Unimplemented,
             CsiError::Unavailable(_) => Code::Unavailable,
+            CsiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             CsiError::Io { .. } | CsiError::Command { .. } | CsiError::Internal(_) => {
                 Code::Internal
             }

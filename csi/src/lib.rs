@@ -10,6 +10,7 @@ pub mod identity;
 pub mod limiter;
 pub mod mount;
 pub mod node;
+pub mod node_info;
 pub mod params;
 pub mod paths;
 pub mod rpc;

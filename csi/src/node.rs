@@ -18,9 +18,10 @@ use crate::filesystem_vol;
 use crate::format;
 use crate::limiter::Limiter;
 use crate::mount::{self, MountEntry};
-use crate::params::{Capability, TOPOLOGY_NODE_KEY, TOPOLOGY_ZONE_KEY, parse_capability};
+use crate::node_info::{self, INFO_WAIT};
+use crate::params::{Capability, parse_capability};
 use crate::paths::PathPolicy;
-use crate::rpc::{RpcResult, reply, require, require_some};
+use crate::rpc::{RpcResult, caller_deadline, reply, require, require_some};
 use crate::storaged::{NodeBackend, VolumeBackend};
 
 /// Bound on a statvfs that might hang on a broken mount.
@@ -516,32 +517,6 @@ impl NodeService {
             capacity_bytes: size as i64,
         })
     }
-
-    async fn info(&self) -> Result<csi::NodeGetInfoResponse> {
-        let nodes = self
-            .cluster
-            .list_nodes()
-            .await
-            .map_err(|s| CsiError::storaged("list nodes", s))?;
-        let mut segments =
-            HashMap::from([(TOPOLOGY_NODE_KEY.to_string(), self.cfg.node_id.clone())]);
-        if let Some(zone) = nodes
-            .iter()
-            .find(|n| n.name == self.cfg.node_id)
-            .and_then(|n| {
-                n.labels
-                    .get("zone")
-                    .or_else(|| n.labels.get(TOPOLOGY_ZONE_KEY))
-            })
-        {
-            segments.insert(TOPOLOGY_ZONE_KEY.to_string(), zone.clone());
-        }
-        Ok(csi::NodeGetInfoResponse {
-            node_id: self.cfg.node_id.clone(),
-            max_volumes_per_node: self.cfg.max_volumes_per_node,
-            accessible_topology: Some(csi::Topology { segments }),
-        })
-    }
 }
 
 /// The node capabilities issue 3 asks for.
@@ -634,10 +609,20 @@ impl Node for NodeService {
     }
     async fn node_get_info(
         &self,
-        _: Request<csi::NodeGetInfoRequest>,
+        r: Request<csi::NodeGetInfoRequest>,
     ) -> RpcResult<csi::NodeGetInfoResponse> {
         record_subject("", &self.cfg.node_id);
-        reply(self.info().await)
+        let deadline = caller_deadline(&r);
+        reply(
+            node_info::node_info(
+                &*self.cluster,
+                &self.cfg.node_id,
+                self.cfg.max_volumes_per_node,
+                INFO_WAIT,
+                deadline,
+            )
+            .await,
+        )
     }
 }
 

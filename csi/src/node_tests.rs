@@ -2,6 +2,7 @@
 //! storaged's NodeService: stage/publish cycles, restart, conflicts, rollback, expansion.
 
 use super::*;
+use crate::params::{TOPOLOGY_NODE_KEY, TOPOLOGY_ZONE_KEY};
 use crate::storaged::fake::FakeVolumes;
 use csi::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume, access_mode::Mode};
 use std::collections::BTreeMap;

@@ -160,9 +160,9 @@ fn issue(root: &Path, identity: &str) -> PathBuf {
     out
 }
 
-/// A storaged process.
+/// A storaged process (None: planned, not started yet).
 pub struct Storaged {
-    pub child: Child,
+    pub child: Option<Child>,
     pub addr: String,
     pub name: String,
 }
@@ -171,6 +171,8 @@ pub struct Storaged {
 pub struct Cluster {
     pub nodes: Vec<Storaged>,
     pub dir: tempfile::TempDir,
+    initial: String,
+    extra: Vec<String>,
 }
 
 impl Cluster {
@@ -180,6 +182,13 @@ impl Cluster {
 
     /// `start`, with `extra` flags for every storaged.
     pub async fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        let mut cluster = Self::plan(n, extra);
+        cluster.launch().await;
+        cluster
+    }
+
+    /// The cluster's directory, CA, addresses and node names, with no storaged running yet.
+    pub fn plan(n: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("cairn-csi-it-")
             .tempdir_in("/var/tmp")
@@ -191,23 +200,42 @@ impl Cluster {
             .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
-        let bin = storaged_bin();
         let ca = dir.path().join("certs").join("ca");
         certs(&["init", "--dir", ca.to_str().unwrap()]);
-        let mut nodes = Vec::new();
-        for (i, port) in ports.iter().enumerate() {
+        let nodes = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| Storaged {
+                child: None,
+                addr: format!("127.0.0.1:{port}"),
+                name: format!("node-{}", i + 1),
+            })
+            .collect();
+        Cluster {
+            nodes,
+            dir,
+            initial,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Starts every planned storaged, then waits until storaged lists them all.
+    pub async fn launch(&mut self) {
+        let bin = storaged_bin();
+        for (i, node) in self.nodes.iter_mut().enumerate() {
             let id = i + 1;
-            let data = dir.path().join(format!("storaged-{id}"));
+            let data = self.dir.path().join(format!("storaged-{id}"));
             std::fs::create_dir_all(&data).unwrap();
-            let tls = issue(dir.path(), &format!("node:{id}"));
-            let log = std::fs::File::create(dir.path().join(format!("storaged-{id}.log"))).unwrap();
+            let tls = issue(self.dir.path(), &format!("node:{id}"));
+            let log =
+                std::fs::File::create(self.dir.path().join(format!("storaged-{id}.log"))).unwrap();
             let child = Command::new(&bin)
                 .args(["--node-id", &id.to_string()])
-                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--listen", &node.addr])
                 .arg("--data-dir")
                 .arg(&data)
-                .args(["--initial-cluster", &initial])
-                .args(["--node-name", &format!("node-{id}")])
+                .args(["--initial-cluster", &self.initial])
+                .args(["--node-name", &node.name])
                 .args([
                     "--label",
                     &format!("zone=zone-{}", if id == 1 { "a" } else { "b" }),
@@ -215,22 +243,17 @@ impl Cluster {
                 .args(["--capacity", "20GiB"])
                 .arg("--tls-dir")
                 .arg(&tls)
-                .args(extra)
+                .args(&self.extra)
                 // storaged logs to stdout; keep both streams.
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
                 .spawn()
                 .expect("spawn storaged");
-            nodes.push(Storaged {
-                child,
-                addr: format!("127.0.0.1:{port}"),
-                name: format!("node-{id}"),
-            });
+            node.child = Some(child);
         }
-        let cluster = Cluster { nodes, dir };
+        let n = self.nodes.len();
         let client =
-            cairn_client::VolumeClient::new(cluster.endpoints(), cluster.security("admin"))
-                .unwrap();
+            cairn_client::VolumeClient::new(self.endpoints(), self.security("admin")).unwrap();
         wait_for("storaged cluster with all nodes", STARTUP, || {
             let client = client.clone();
             async move {
@@ -241,7 +264,6 @@ impl Cluster {
             }
         })
         .await;
-        cluster
     }
 
     /// A `--tls-dir` for `identity` (`controller`, `csi-node:node-1`, ...), issued on first use.
@@ -282,8 +304,8 @@ impl Drop for Cluster {
         // Unmount first, so storaged's FUSE exports are not busy, then stop storaged.
         let kubelets = self.dir.path().join("kubelet");
         cleanup_under(&kubelets);
-        for n in &mut self.nodes {
-            stop(&mut n.child);
+        for child in self.nodes.iter_mut().filter_map(|n| n.child.as_mut()) {
+            stop(child);
         }
         cleanup_under(self.dir.path());
     }
@@ -311,58 +333,58 @@ impl Plugin {
 
     /// A node plugin for cluster node `i`, with its own kubelet root.
     pub async fn node(cluster: &Cluster, i: usize) -> Plugin {
-        let root = cluster.kubelet_root(i);
-        std::fs::create_dir_all(&root).unwrap();
-        let sock = cluster.dir.path().join(format!("csi-node-{}.sock", i + 1));
-        let log = cluster.dir.path().join(format!("csi-node-{}.log", i + 1));
-        Plugin::start(
-            &sock,
-            &[
-                "--mode",
-                "node",
-                "--node-id",
-                &cluster.nodes[i].name,
-                "--storaged",
-                &cluster.endpoints_for(i),
-                "--kubelet-root",
-                root.to_str().unwrap(),
-                "--tls-dir",
-                cluster
-                    .tls_dir(&format!("csi-node:{}", cluster.nodes[i].name))
-                    .to_str()
-                    .unwrap(),
-            ],
-            &log,
-        )
-        .await
+        let mut p = Plugin::node_plan(cluster, i);
+        p.spawn().await;
+        p
     }
 
-    /// Controller and node plugin of cluster node `i` in one process (`--mode all`), with a
-    /// `controller` certificate and the node's `csi-node` one.
-    pub async fn all(cluster: &Cluster, i: usize) -> Plugin {
+    /// A node plugin for cluster node `i`, started whether its storaged runs or not: it is
+    /// waited for until it answers Probe, ready or not.
+    pub async fn node_unready(cluster: &Cluster, i: usize) -> Plugin {
+        let mut p = Plugin::node_plan(cluster, i);
+        p.spawn_then(false).await;
+        p
+    }
+
+    fn node_plan(cluster: &Cluster, i: usize) -> Plugin {
+        let tls = cluster.tls_dir(&format!("csi-node:{}", cluster.nodes[i].name));
+        Plugin {
+            child: None,
+            socket: cluster.dir.path().join(format!("csi-node-{}.sock", i + 1)),
+            args: Plugin::on_node(cluster, i, "node", &tls),
+            log: cluster.dir.path().join(format!("csi-node-{}.log", i + 1)),
+        }
+    }
+
+    /// The flags of a plugin in `mode` on cluster node `i` (its kubelet root created), calling
+    /// storaged with the certificate in `tls`.
+    fn on_node(cluster: &Cluster, i: usize, mode: &str, tls: &Path) -> Vec<String> {
         let root = cluster.kubelet_root(i);
         std::fs::create_dir_all(&root).unwrap();
-        let sock = cluster.dir.path().join(format!("csi-all-{}.sock", i + 1));
-        let log = cluster.dir.path().join(format!("csi-all-{}.log", i + 1));
-        let name = &cluster.nodes[i].name;
-        let (ctrl_tls, node_tls) = (
-            cluster.tls_dir("controller"),
-            cluster.tls_dir(&format!("csi-node:{name}")),
-        );
         let args = [
             "--mode",
-            "all",
+            mode,
             "--node-id",
-            name,
+            &cluster.nodes[i].name,
             "--storaged",
             &cluster.endpoints_for(i),
             "--kubelet-root",
             root.to_str().unwrap(),
             "--tls-dir",
-            ctrl_tls.to_str().unwrap(),
-            "--node-tls-dir",
-            node_tls.to_str().unwrap(),
+            tls.to_str().unwrap(),
         ];
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Controller and node plugin of cluster node `i` in one process (`--mode all`), with a
+    /// `controller` certificate and the node's `csi-node` one.
+    pub async fn all(cluster: &Cluster, i: usize) -> Plugin {
+        let sock = cluster.dir.path().join(format!("csi-all-{}.sock", i + 1));
+        let log = cluster.dir.path().join(format!("csi-all-{}.log", i + 1));
+        let node_tls = cluster.tls_dir(&format!("csi-node:{}", cluster.nodes[i].name));
+        let mut args = Plugin::on_node(cluster, i, "all", &cluster.tls_dir("controller"));
+        args.extend(["--node-tls-dir".into(), node_tls.to_str().unwrap().into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Plugin::start(&sock, &args, &log).await
     }
 
@@ -383,6 +405,11 @@ impl Plugin {
     }
 
     async fn spawn(&mut self) {
+        self.spawn_then(true).await;
+    }
+
+    /// Starts the process, then waits until it answers Probe (`ready`: and is ready).
+    async fn spawn_then(&mut self, ready: bool) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -399,7 +426,7 @@ impl Plugin {
             .expect("spawn cairn-csi");
         self.child = Some(child);
         let sock = self.socket.clone();
-        wait_for("cairn-csi Probe ready", STARTUP, || {
+        wait_for("cairn-csi Probe", STARTUP, || {
             let sock = sock.clone();
             async move {
                 let ch = connect(&sock).await.ok()?;
@@ -407,7 +434,7 @@ impl Plugin {
                     .probe(csi::ProbeRequest {})
                     .await
                     .ok()?;
-                (r.into_inner().ready == Some(true)).then_some(())
+                (!ready || r.into_inner().ready == Some(true)).then_some(())
             }
         })
         .await;
