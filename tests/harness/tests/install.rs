@@ -3,17 +3,92 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_harness::cluster::CairnInstall;
 use cairn_harness::components::{DRIVER, find_binary};
 use cairn_harness::install::NAMESPACE;
+use cairn_harness::kubelet::images::ImageMap;
 use cairn_harness::{Cluster, ClusterConfig};
 use cairn_proto::cairn::v1 as pb;
 use common::*;
 use serde_json::Value;
+
+/// The upstream registrar binary (as in upstream_registrar.rs): when set, the manifests'
+/// node-driver-registrar sidecar runs it; unset (CI), the sidecar is left out as unmapped.
+const REGISTRAR_ENV: &str = "CAIRN_UPSTREAM_REGISTRAR";
+const REGISTRAR_IMAGE: &str = "registry.k8s.io/sig-storage/csi-node-driver-registrar";
+const REGISTRAR: &str = "node-driver-registrar";
+
+/// The directory to map the registrar image to, when `REGISTRAR_ENV` names the binary.
+fn registrar_dir() -> Option<PathBuf> {
+    let bin = PathBuf::from(std::env::var_os(REGISTRAR_ENV)?);
+    assert!(
+        bin.is_file() && bin.file_name() == Some("csi-node-driver-registrar".as_ref()),
+        "{REGISTRAR_ENV}={} must be a file named csi-node-driver-registrar (an image runs the \
+         executable named like its repository)",
+        bin.display()
+    );
+    bin.parent().map(Path::to_path_buf)
+}
+
+/// The node plugin pods: (name, node, the registrar container's restartCount if it runs).
+async fn csi_node_pods(t: &TestCluster) -> Vec<(String, String, Option<i64>)> {
+    let pods = pods_of(t, "cairn-csi-node").await;
+    let mut out: Vec<_> = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let restarts = p["status"]["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["name"] == REGISTRAR)
+                .and_then(|c| c["restartCount"].as_i64());
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                restarts,
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    out
+}
+
+/// Each node's registrar restarts, once every registrar was told it is registered.
+async fn registrar_restarts(t: &TestCluster) -> BTreeMap<String, i64> {
+    eventually(
+        "every node's registrar told PluginRegistered:true by the kubelet",
+        Duration::from_secs(240),
+        || async {
+            let pods = csi_node_pods(t).await;
+            let mut out = BTreeMap::new();
+            for (pod, node, restarts) in pods {
+                let log = t
+                    .kubectl(&["logs", "-n", NAMESPACE, &pod, "-c", REGISTRAR])
+                    .await;
+                let log = String::from_utf8_lossy(&log.stdout).into_owned();
+                if !log.contains("PluginRegistered:true") {
+                    return None;
+                }
+                out.insert(node, restarts?);
+            }
+            (out.len() == 3).then_some(out)
+        },
+    )
+    .await
+}
 
 /// storaged's catalogue as `admin` sees it: (name, id, address).
 async fn catalogue(c: &Cluster) -> Vec<(String, u64, String)> {
@@ -47,20 +122,15 @@ async fn json(t: &TestCluster, args: &[&str]) -> Value {
     serde_json::from_str(&t.must(&a).await).expect("kubectl json")
 }
 
+/// The pods of the app `name` in Cairn's namespace, as `kubectl get pods -o json` lists them.
+async fn pods_of(t: &TestCluster, name: &str) -> Value {
+    let selector = format!("app.kubernetes.io/name={name}");
+    json(t, &["get", "pods", "-n", NAMESPACE, "-l", &selector]).await
+}
+
 /// The storaged pod on `node`: (name, uid).
 async fn storaged_pod(t: &TestCluster, node: &str) -> Option<(String, String)> {
-    let pods = json(
-        t,
-        &[
-            "get",
-            "pods",
-            "-n",
-            NAMESPACE,
-            "-l",
-            "app.kubernetes.io/name=cairn-storaged",
-        ],
-    )
-    .await;
+    let pods = pods_of(t, "cairn-storaged").await;
     pods["items"]
         .as_array()?
         .iter()
@@ -113,15 +183,37 @@ async fn with_cairn_is_kubectl_apply_k_of_the_manifests() {
         );
     }
     let loops_before = cairn_loops(Path::new("/nonexistent"));
+    let registrar = registrar_dir();
+    let mut images = ImageMap::with_defaults();
+    if let Some(dir) = &registrar {
+        images
+            .add_flag(&format!("{REGISTRAR_IMAGE}={}", dir.display()))
+            .expect("map the registrar image");
+    }
     let started = Instant::now();
     let t = TestCluster::start_with(|c| ClusterConfig {
         nodes: 3,
         with_cairn: true,
         cairn_install: CairnInstall::Manifests,
+        images: Arc::new(images),
         ..c
     })
     .await;
     eprintln!("up --with-cairn (manifests) took {:?}", started.elapsed());
+    // With the registrar: none restarted. The kubelet's NodeGetInfo at registration comes
+    // while storaged is still forming; a refusal makes the registrar exit (issue 20).
+    let none_restarted: BTreeMap<String, i64> = ["node-1", "node-2", "node-3"]
+        .map(|n| (n.to_string(), 0))
+        .into();
+    if registrar.is_some() {
+        let restarts = registrar_restarts(&t).await;
+        eprintln!("registrar restarts after install: {restarts:?}");
+        assert_eq!(restarts, none_restarted, "registrar restarts after install");
+    } else {
+        eprintln!("{REGISTRAR_ENV} unset: the registrar sidecar is left out (unmapped image)");
+        let pods = csi_node_pods(&t).await;
+        assert!(pods.iter().all(|p| p.2.is_none()), "{pods:?}");
+    }
     let data = t.dir.path().join("data");
     let m = t.c().machines.as_ref().expect("nodes");
     let index = m.network.index;
@@ -243,6 +335,11 @@ async fn with_cairn_is_kubectl_apply_k_of_the_manifests() {
         )
         .await;
         assert!(out >= 2, "{pod}: {out} boots");
+    }
+
+    if registrar.is_some() {
+        let restarts = registrar_restarts(&t).await;
+        assert_eq!(restarts, none_restarted, "registrar restarts by the end");
     }
 
     // Teardown: the claims go, then the cluster; nothing of it is left.

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use cairn_proto::csi::v1 as csi;
 use csi::identity_client::IdentityClient;
@@ -20,6 +21,10 @@ use super::Kubelet;
 use crate::controllers::attach_detach::{attach_required, attachment_name, unique_volume_name};
 use crate::registry::WriteOptions;
 use crate::resources;
+
+/// Bound on NodeGetInfo for a plugin found without registration, asked at every refresh
+/// (the kubelet's loop waits for it): a plugin whose storaged is away is left out until the next.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connects a gRPC channel to a Unix socket.
 pub async fn connect(path: &Path) -> Result<Channel, String> {
@@ -119,9 +124,9 @@ impl Plugins {
         }
     }
 
+    /// Sockets found without a registration: the configured ones and `<root>/plugins/*/csi.sock`.
     fn sockets(&self) -> Vec<PathBuf> {
         let mut out = self.extra.clone();
-        out.extend(self.registrations.endpoints());
         if let Ok(rd) = std::fs::read_dir(self.root.join("plugins")) {
             for e in rd.flatten() {
                 let s = e.path().join("csi.sock");
@@ -141,10 +146,24 @@ impl Plugins {
             .cloned()
     }
 
-    /// Rescans plugin sockets; registers new drivers in CSINode and node labels.
+    /// Rescans plugin sockets; registers new drivers in CSINode and node labels. A plugin
+    /// registered through `plugins_registry` keeps what NodeGetInfo answered at its
+    /// registration, as upstream's; a socket found otherwise is asked again, within `REFRESH_TIMEOUT`.
     pub async fn refresh(&self, kl: &Kubelet) {
-        let mut found = HashMap::new();
+        let registered = self.registrations.registered();
+        let mut found: HashMap<String, PluginInfo> = registered
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    plugin_info(r.endpoint.clone(), r.node_info.clone()),
+                )
+            })
+            .collect();
         for sock in self.sockets() {
+            if registered.iter().any(|r| r.endpoint == sock) {
+                continue;
+            }
             let Ok(ch) = connect(&sock).await else {
                 continue;
             };
@@ -154,26 +173,17 @@ impl Plugins {
             else {
                 continue;
             };
-            let Ok(ni) = NodeClient::new(ch)
-                .node_get_info(csi::NodeGetInfoRequest {})
-                .await
-            else {
+            let mut req = tonic::Request::new(csi::NodeGetInfoRequest {});
+            req.set_timeout(REFRESH_TIMEOUT);
+            let mut client = NodeClient::new(ch);
+            let call = client.node_get_info(req);
+            let Ok(Ok(ni)) = tokio::time::timeout(REFRESH_TIMEOUT, call).await else {
                 continue;
             };
-            let (info, ni) = (info.into_inner(), ni.into_inner());
-            let topology = ni
-                .accessible_topology
-                .map(|t| t.segments.into_iter().collect())
-                .unwrap_or_default();
-            found.insert(
-                info.name,
-                PluginInfo {
-                    socket: sock,
-                    node_id: ni.node_id,
-                    topology,
-                    max_volumes: ni.max_volumes_per_node,
-                },
-            );
+            let name = info.into_inner().name;
+            found
+                .entry(name)
+                .or_insert_with(|| plugin_info(sock, ni.into_inner()));
         }
         let changed = {
             let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
@@ -190,6 +200,19 @@ impl Plugins {
         {
             update_csinode(kl, &found);
         }
+    }
+}
+
+/// What the kubelet keeps of a plugin's NodeGetInfo answer.
+fn plugin_info(socket: PathBuf, ni: csi::NodeGetInfoResponse) -> PluginInfo {
+    PluginInfo {
+        socket,
+        node_id: ni.node_id,
+        topology: ni
+            .accessible_topology
+            .map(|t| t.segments.into_iter().collect())
+            .unwrap_or_default(),
+        max_volumes: ni.max_volumes_per_node,
     }
 }
 

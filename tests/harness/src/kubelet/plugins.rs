@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use cairn_proto::csi::v1 as csi;
 
@@ -20,22 +22,36 @@ use api::registration_client::RegistrationClient;
 /// The CSI versions this kubelet speaks, as upstream's CSI plugin handler checks them.
 const CSI_VERSIONS: [&str; 1] = ["1."];
 
+/// The kubelet's bound on NodeGetInfo at registration: `csiTimeout` (2 minutes) in upstream's
+/// pkg/volume/csi/csi_plugin.go, sent as the call's deadline (`grpc-timeout`), as Go's
+/// context deadline is.
+pub const CSI_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A plugin registered through its registration socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Registered {
     pub name: String,
     /// The CSI endpoint on this kubelet's side (`/var/lib/kubelet/…` rebased on the root).
     pub endpoint: PathBuf,
+    /// NodeGetInfo's answer at registration: what upstream installs in CSINode, once.
+    pub node_info: csi::NodeGetInfoResponse,
 }
 
 /// Registration sockets seen so far, by path: the socket file they were seen as, and the
-/// plugin it registered (None: refused). A socket replaced at the same path (a restarted
-/// registrar unlinks its old one and binds anew) is a new one, as the kubelet's inotify
-/// watcher sees it: registered again.
+/// plugin it registered (None: refused, or still registering). A socket replaced at the same
+/// path (a restarted registrar unlinks its old one and binds anew) is a new one, as the
+/// kubelet's inotify watcher sees it: registered again. Each registration runs on its own
+/// task, as upstream's operation executor runs it on its own goroutine: a NodeGetInfo that
+/// takes its time holds up nothing else.
 #[derive(Default)]
 pub struct Registry {
-    seen: Mutex<BTreeMap<PathBuf, (SocketFile, Option<Registered>)>>,
+    seen: Arc<Mutex<Seen>>,
+    /// A registration finished since the last scan (the registered set may have changed).
+    settled: Arc<AtomicBool>,
 }
+
+/// Registration sockets by path: the socket file, and what it registered.
+type Seen = BTreeMap<PathBuf, (SocketFile, Option<Registered>)>;
 
 /// Which file a socket path is: inode and change time (an inode number alone may be reused
 /// at once by the next socket).
@@ -89,13 +105,24 @@ async fn validate(root: &Path, info: &api::PluginInfo) -> Result<Registered, Str
     }
     let endpoint = rebase(root, &info.endpoint);
     let ch = connect(&endpoint).await?;
-    csi::node_client::NodeClient::new(ch)
-        .node_get_info(csi::NodeGetInfoRequest {})
+    let mut req = tonic::Request::new(csi::NodeGetInfoRequest {});
+    req.set_timeout(CSI_TIMEOUT);
+    let mut client = csi::node_client::NodeClient::new(ch);
+    let call = client.node_get_info(req);
+    let node_info = tokio::time::timeout(CSI_TIMEOUT, call)
         .await
-        .map_err(|e| format!("NodeGetInfo on {}: {}", endpoint.display(), e.message()))?;
+        .map_err(|_| {
+            format!(
+                "NodeGetInfo on {}: context deadline exceeded",
+                endpoint.display()
+            )
+        })?
+        .map_err(|e| format!("NodeGetInfo on {}: {}", endpoint.display(), e.message()))?
+        .into_inner();
     Ok(Registered {
         name: info.name.clone(),
         endpoint,
+        node_info,
     })
 }
 
@@ -121,8 +148,9 @@ async fn register(root: &Path, socket: &Path) -> Result<Registered, String> {
 }
 
 impl Registry {
-    /// One pass over `<root>/plugins_registry`: registers new sockets and forgets the
-    /// plugins whose socket went away. Returns whether the registered set changed.
+    /// One pass over `<root>/plugins_registry`: starts registering new sockets and forgets
+    /// the plugins whose socket went away. Returns whether the registered set changed
+    /// (a socket went, or a registration finished since the last pass).
     pub async fn scan(&self, root: &Path, node: &str) -> bool {
         let dir = root.join("plugins_registry");
         let present: BTreeMap<PathBuf, SocketFile> = std::fs::read_dir(&dir)
@@ -131,49 +159,51 @@ impl Registry {
             .flatten()
             .filter_map(|e| Some((e.path(), socket_file(&e.path())?)))
             .collect();
-        let mut removed = false;
-        let fresh: Vec<(PathBuf, SocketFile)> = {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            let before = seen.len();
-            seen.retain(|p, (file, _)| present.get(p) == Some(file));
-            if seen.len() != before {
-                tracing::info!(node, "plugin registration socket removed or replaced");
-                removed = true;
-            }
-            present
-                .iter()
-                .filter(|(p, _)| !seen.contains_key(*p))
-                .map(|(p, f)| (p.clone(), *f))
-                .collect()
-        };
-        let mut changed = removed;
-        for (socket, file) in fresh {
-            let outcome = register(root, &socket).await;
-            match &outcome {
-                Ok(r) => {
-                    tracing::info!(node, plugin = %r.name, endpoint = %r.endpoint.display(), "plugin registered");
-                    changed = true;
-                }
-                Err(e) => {
-                    tracing::warn!(node, socket = %socket.display(), error = %e, "plugin registration failed")
-                }
-            }
-            self.seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(socket, (file, outcome.ok()));
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let before = seen.len();
+        seen.retain(|p, (file, _)| present.get(p) == Some(file));
+        let removed = seen.len() != before;
+        if removed {
+            tracing::info!(node, "plugin registration socket removed or replaced");
         }
-        changed
+        for (socket, file) in present {
+            if seen.contains_key(&socket) {
+                continue;
+            }
+            seen.insert(socket.clone(), (file, None));
+            let (seen, settled) = (self.seen.clone(), self.settled.clone());
+            let (root, node) = (root.to_path_buf(), node.to_string());
+            tokio::spawn(async move {
+                let outcome = register(&root, &socket).await;
+                match &outcome {
+                    Ok(r) => {
+                        tracing::info!(node, plugin = %r.name, endpoint = %r.endpoint.display(), "plugin registered")
+                    }
+                    Err(e) => {
+                        tracing::warn!(node, socket = %socket.display(), error = %e, "plugin registration failed")
+                    }
+                }
+                let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                // Only for the socket file it registered: a replaced one registers anew.
+                if let Some((f, slot)) = seen.get_mut(&socket)
+                    && *f == file
+                {
+                    *slot = outcome.ok();
+                }
+                settled.store(true, Ordering::SeqCst);
+            });
+        }
+        drop(seen);
+        self.settled.swap(false, Ordering::SeqCst) || removed
     }
 
-    /// The CSI endpoints of registered plugins.
-    pub fn endpoints(&self) -> Vec<PathBuf> {
+    /// The plugins registered so far.
+    pub fn registered(&self) -> Vec<Registered> {
         self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter_map(|(_, r)| r.as_ref())
-            .map(|r| r.endpoint.clone())
+            .filter_map(|(_, r)| r.clone())
             .collect()
     }
 }
