@@ -377,6 +377,18 @@ impl Node {
         std::thread::spawn(move || -> Result<()> {
             unshare(CloneFlags::CLONE_FS).map_err(Error::internal)?;
             setns(mnt.as_fd(), CloneFlags::CLONE_NEWNS).map_err(Error::internal)?;
+            // First of all, nothing the node mounts or unmounts may reach the host: the new
+            // namespace's copies of the host's shared mounts are peers of the host's own (all
+            // of them on a systemd host, `/run/netns` wherever `ip netns` ran), so detaching a
+            // copy below would unmount the host's, and a bind on `/run` would cover the host's.
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_SLAVE,
+                None::<&str>,
+            )
+            .map_err(|e| Error::Internal(format!("make-rslave /: {e}")))?;
             let info =
                 std::fs::read_to_string("/proc/thread-self/mountinfo").map_err(Error::internal)?;
             for m in crate::kubelet::runtime::hidden_host_mounts(&info)

@@ -137,16 +137,21 @@ async fn nodes_have_their_own_address_hostname_and_paths() {
     shutdown_leaves_nothing(t, &data, index).await;
 }
 
-/// A harness that dies leaves its nodes running; the next start on the same data directory
-/// removes them and starts cleanly, on the same subnet.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashed_harness_leaves_nothing_in_the_way() {
+/// A scratch data directory (removed on drop) for two nodes, and their names.
+fn two_nodes() -> (tempfile::TempDir, std::path::PathBuf, Vec<String>) {
     let tmp = tempfile::Builder::new()
         .prefix("cairn-harness-test")
         .tempdir()
         .unwrap();
     let data = tmp.path().join("data");
-    let names = vec!["node-1".to_string(), "node-2".to_string()];
+    (tmp, data, vec!["node-1".to_string(), "node-2".to_string()])
+}
+
+/// A harness that dies leaves its nodes running; the next start on the same data directory
+/// removes them and starts cleanly, on the same subnet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_harness_leaves_nothing_in_the_way() {
+    let (_tmp, data, names) = two_nodes();
     let crashed = Nodes::start(&data, &names).expect("nodes");
     let index = crashed.network.index;
     std::mem::forget(crashed);
@@ -159,4 +164,49 @@ async fn a_crashed_harness_leaves_nothing_in_the_way() {
     again.shutdown();
     let left = leftovers(&data, index);
     assert!(left.is_empty(), "left after teardown: {left:#?}");
+}
+
+/// Starting and stopping nodes changes no mount of the host. A network namespace the host
+/// made (`ip netns add`: an nsfs mount under `/run/netns`, which `ip` makes shared) lies under
+/// `/run`, which each node covers with its own; the node detaches its copies of such mounts,
+/// and a copy that stayed a peer of the host's took the host's mount with it (a chaos run's
+/// storaged then failed to enter its namespace: setns EINVAL).
+#[test]
+fn nodes_leave_the_hosts_mounts_alone() {
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let probe = Netns(format!("cairn-probe-{}", std::process::id()));
+    let ip = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .expect("run ip")
+            .success()
+    };
+    assert!(ip(&["netns", "add", &probe.0]));
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(&format!("/run/netns/{}", probe.0)))
+    };
+    assert!(mounted(), "ip netns add mounted nothing");
+    let (_tmp, data, names) = two_nodes();
+    let mut nodes = Nodes::start(&data, &names).expect("nodes");
+    let during = mounted();
+    let usable = ip(&["netns", "exec", &probe.0, "true"]);
+    nodes.shutdown();
+    assert!(
+        during,
+        "starting nodes unmounted the host's /run/netns/{}",
+        probe.0
+    );
+    assert!(usable, "the host's namespace {} cannot be entered", probe.0);
+    assert!(mounted(), "stopping nodes unmounted /run/netns/{}", probe.0);
 }
