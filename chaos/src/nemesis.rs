@@ -419,7 +419,7 @@ pub async fn start_on(
             let rate = kind.clock_rate().expect("a clock kind");
             let env = clock::env(rate)?;
             for &id in &nodes {
-                cluster.procs.restart_with_env(id, env.clone())?;
+                restart_with(cluster, id, Some(env.clone()))?;
             }
             clock_rate = Some(rate);
             if let (FaultKind::Clock, Target::LeaderOf { volume }, true) = (kind, &target, alone) {
@@ -678,7 +678,7 @@ pub fn heal(
                     .is_some_and(|pid| clock::has_env(pid, &env) && clock::preloaded(pid))
             }));
             for &id in &record.nodes {
-                cluster.procs.restart_with_env(id, Vec::new())?;
+                restart_with(cluster, id, Some(Vec::new()))?;
             }
         }
         // The node stays lost; the cluster's rebuild is what `run` waits for next.
@@ -736,7 +736,21 @@ fn powerloss(cluster: &mut FaultCluster, nodes: &[u64]) -> u64 {
 
 fn restart(cluster: &mut FaultCluster, nodes: &[u64]) -> Result<(), Error> {
     for &id in nodes {
-        cluster.procs.restart(id)?;
+        restart_with(cluster, id, None)?;
     }
     Ok(())
+}
+
+/// Restarts node `id` (`kill -9` first), with `env` as its environment from now on if given;
+/// the error names the node.
+fn restart_with(
+    cluster: &mut FaultCluster,
+    id: u64,
+    env: Option<Vec<(String, String)>>,
+) -> Result<(), Error> {
+    match env {
+        Some(env) => cluster.procs.restart_with_env(id, env),
+        None => cluster.procs.restart(id),
+    }
+    .map_err(|e| Error::Cluster(format!("restart node {id}: {e}")))
 }

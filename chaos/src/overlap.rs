@@ -291,11 +291,18 @@ async fn try_start(
             .iter()
             .any(|a| a.fault.record().kind.shape().is_some());
     if !quiet && (alone || partitioned) {
+        tracing::debug!(
+            fault = step.kind.name(),
+            alone,
+            partitioned,
+            "no room: not alone"
+        );
         return Ok(Attempt::NoRoom);
     }
     if let (Some(rate), Target::Node { id }) = (step.kind.clock_rate(), &step.target)
         && !clock_fits(rate, &[*id], &skewed(active))
     {
+        tracing::debug!(fault = step.kind.name(), node = id, "no room: clocks apart");
         return Ok(Attempt::NoRoom);
     }
     // Another fault may keep the leader from being named for now (a partition that leaves
@@ -325,11 +332,18 @@ async fn try_start(
     // Alone, a fault may break what its kind breaks (a one-at-a-time run's faults); with
     // others, only within the minority budget.
     if !quiet && !fits(&new, &busy, &cluster.lost, members, all.len()) {
+        tracing::debug!(
+            fault = step.kind.name(),
+            ?new,
+            ?busy,
+            "no room: over the budget"
+        );
         return Ok(Attempt::NoRoom);
     }
     if let Some(rate) = step.kind.clock_rate()
         && !clock_fits(rate, &nodes, &skewed(active))
     {
+        tracing::debug!(fault = step.kind.name(), ?nodes, "no room: clocks apart");
         return Ok(Attempt::NoRoom);
     }
     let fault = nemesis::start_on(
