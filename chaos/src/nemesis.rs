@@ -582,33 +582,41 @@ pub async fn observe(cluster: &FaultCluster, fault: &mut ActiveFault, volumes: &
     };
     let client = client.with_deadline(Duration::from_secs(2));
     let deadline = Instant::now() + MAJORITY_LEADER_WAIT;
-    for volume in volumes {
-        let mut seen = 0;
-        loop {
-            if let Ok(v) = client.get_volume(volume).await {
-                let outside = v
-                    .members
-                    .iter()
-                    .filter(|m| !minority.contains(&m.node_id))
-                    .count();
-                if outside * 2 <= v.members.len() {
-                    break;
+    // Every volume at once: the run's other faults wait while this one heals.
+    let seen = futures::future::join_all(volumes.iter().map(|volume| {
+        let (client, minority) = (&client, &minority);
+        async move {
+            let mut seen = 0;
+            loop {
+                if let Ok(v) = client.get_volume(volume).await {
+                    let outside = v
+                        .members
+                        .iter()
+                        .filter(|m| !minority.contains(&m.node_id))
+                        .count();
+                    if outside * 2 <= v.members.len() {
+                        return None;
+                    }
+                    seen = v.leader_node_id;
                 }
-                seen = v.leader_node_id;
+                if (seen != 0 && !minority.contains(&seen)) || Instant::now() >= deadline {
+                    tracing::info!(
+                        volume,
+                        leader = seen,
+                        ?minority,
+                        "leader seen by the majority side"
+                    );
+                    return Some((volume.clone(), seen));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            if (seen != 0 && !minority.contains(&seen)) || Instant::now() >= deadline {
-                tracing::info!(
-                    volume,
-                    leader = seen,
-                    ?minority,
-                    "leader seen by the majority side"
-                );
-                fault.record.majority_leaders.insert(volume.clone(), seen);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
+    }))
+    .await;
+    fault
+        .record
+        .majority_leaders
+        .extend(seen.into_iter().flatten());
 }
 
 /// Heals `fault`: the nodes it stopped run again, with their disks fault-free.

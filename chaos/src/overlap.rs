@@ -181,7 +181,8 @@ pub async fn inject(
             }
         }
         if !recovering.is_empty() {
-            let caught_up = caught_up(cluster, volumes, recovering.keys().copied()).await;
+            let waiting: BTreeSet<u64> = recovering.keys().copied().collect();
+            let caught_up = caught_up(cluster, volumes, &members, &waiting).await;
             for id in caught_up {
                 if let Some((since, faults)) = recovering.remove(&id) {
                     for i in faults {
@@ -389,16 +390,31 @@ pub fn restart_fits(
 }
 
 /// Which of `nodes` have every replica of `volumes` they hold caught up (a leader or a
-/// follower), with a meta leader answering.
+/// follower), with a meta leader answering. Only the volumes that `members` places on one of
+/// `nodes` are asked (one at least, for the meta leader), all at once: each answer waits for
+/// its members' status, up to 400 ms for one that is down.
 async fn caught_up(
     cluster: &FaultCluster,
     volumes: &[String],
-    nodes: impl Iterator<Item = u64>,
+    members: &BTreeMap<String, Vec<u64>>,
+    nodes: &BTreeSet<u64>,
 ) -> Vec<u64> {
     let client = cluster.procs.client().with_deadline(Duration::from_secs(2));
+    let mut asked: Vec<&String> = volumes
+        .iter()
+        .filter(|v| {
+            members
+                .get(*v)
+                .is_none_or(|m| m.iter().any(|id| nodes.contains(id)))
+        })
+        .collect();
+    if asked.is_empty() {
+        asked.extend(volumes.first());
+    }
+    let answers = futures::future::join_all(asked.into_iter().map(|v| client.get_volume(v))).await;
     let mut behind: BTreeSet<u64> = BTreeSet::new();
-    for volume in volumes {
-        match client.get_volume(volume).await {
+    for answer in answers {
+        match answer {
             Ok(v) => behind.extend(
                 v.members
                     .iter()
@@ -408,7 +424,11 @@ async fn caught_up(
             Err(_) => return Vec::new(),
         }
     }
-    nodes.filter(|id| !behind.contains(id)).collect()
+    nodes
+        .iter()
+        .copied()
+        .filter(|id| !behind.contains(id))
+        .collect()
 }
 
 #[cfg(test)]
