@@ -297,11 +297,19 @@ pub struct ActiveFault {
     /// Each running node's (pid, CPU used) once the fault was in place, and when that was.
     cpu_at_start: BTreeMap<u64, (u32, Duration)>,
     cpu_since: Instant,
+    /// A partition's watch of its majority side (`watch`): volume → the leader it named.
+    majority: Option<tokio::task::JoinHandle<BTreeMap<String, u64>>>,
 }
 
 impl ActiveFault {
     pub fn record(&self) -> &FaultRecord {
         &self.record
+    }
+
+    /// Whether what `watch` waits for is settled: a heal before that would not show whether
+    /// the partition took effect.
+    pub fn observed(&self) -> bool {
+        self.majority.as_ref().is_none_or(|h| h.is_finished())
     }
 
     /// Notes how many other faults were active when this one started.
@@ -442,6 +450,7 @@ pub async fn start_on(
     Ok(ActiveFault {
         cpu_at_start,
         cpu_since: Instant::now(),
+        majority: None,
         record: FaultRecord {
             dropped_bytes,
             clock_rate,
@@ -549,22 +558,29 @@ fn cpu_of(cluster: &FaultCluster) -> BTreeMap<u64, (u32, Duration)> {
         .collect()
 }
 
-/// During a `clock` fault: records the volumes its node leads. While a partition with a
-/// minority holds: for each of `volumes` with most replicas outside
-/// the minority, waits (up to `MAJORITY_LEADER_WAIT` in all) until the majority side, asked
-/// alone, names a leader outside the minority, and records what it named.
+/// Records what a fault did to leadership, before its heal: for a clock fault, the volumes its
+/// node leads now; for a partition, what `watch` saw (waiting for it to settle).
 pub async fn observe(cluster: &FaultCluster, fault: &mut ActiveFault, volumes: &[String]) {
     if fault.record.kind.clock_rate().is_some() {
         let client = cluster.procs.client().with_deadline(Duration::from_secs(2));
-        for volume in volumes {
-            if let Ok(v) = client.get_volume(volume).await
-                && fault.record.nodes.contains(&v.leader_node_id)
-            {
+        let leaders = futures::future::join_all(volumes.iter().map(|v| client.get_volume(v))).await;
+        for (volume, v) in volumes.iter().zip(leaders) {
+            if v.is_ok_and(|v| fault.record.nodes.contains(&v.leader_node_id)) {
                 fault.record.led.push(volume.clone());
             }
         }
         return;
     }
+    if let Some(watch) = fault.majority.take() {
+        fault.record.majority_leaders = watch.await.unwrap_or_default();
+    }
+}
+
+/// For a partition that cuts off a minority: watches in the background, for each of `volumes`
+/// with most replicas outside the minority, until the majority side, asked alone, names a
+/// leader outside the minority (up to `MAJORITY_LEADER_WAIT`), and keeps what it named for
+/// `observe`. The run goes on meanwhile; `ActiveFault::observed` says when it is settled.
+pub fn watch(cluster: &FaultCluster, fault: &mut ActiveFault, volumes: &[String]) {
     let minority = fault.record.minority.clone();
     if minority.is_empty() {
         return;
@@ -581,42 +597,52 @@ pub async fn observe(cluster: &FaultCluster, fault: &mut ActiveFault, volumes: &
         return;
     };
     let client = client.with_deadline(Duration::from_secs(2));
-    let deadline = Instant::now() + MAJORITY_LEADER_WAIT;
-    // Every volume at once: the run's other faults wait while this one heals.
-    let seen = futures::future::join_all(volumes.iter().map(|volume| {
-        let (client, minority) = (&client, &minority);
-        async move {
-            let mut seen = 0;
-            loop {
-                if let Ok(v) = client.get_volume(volume).await {
-                    let outside = v
-                        .members
-                        .iter()
-                        .filter(|m| !minority.contains(&m.node_id))
-                        .count();
-                    if outside * 2 <= v.members.len() {
-                        return None;
-                    }
-                    seen = v.leader_node_id;
-                }
-                if (seen != 0 && !minority.contains(&seen)) || Instant::now() >= deadline {
-                    tracing::info!(
-                        volume,
-                        leader = seen,
-                        ?minority,
-                        "leader seen by the majority side"
-                    );
-                    return Some((volume.clone(), seen));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    let volumes = volumes.to_vec();
+    fault.majority = Some(tokio::spawn(async move {
+        let deadline = Instant::now() + MAJORITY_LEADER_WAIT;
+        let seen = futures::future::join_all(
+            volumes
+                .iter()
+                .map(|volume| majority_leader(&client, volume, &minority, deadline)),
+        )
+        .await;
+        seen.into_iter().flatten().collect()
+    }));
+}
+
+/// The leader `client` (the majority side) names for `volume` once it is outside `minority`,
+/// or whatever it named last at `deadline`; `None` if most of the volume's replicas are in the
+/// minority.
+async fn majority_leader(
+    client: &VolumeClient,
+    volume: &str,
+    minority: &[u64],
+    deadline: Instant,
+) -> Option<(String, u64)> {
+    let mut seen = 0;
+    loop {
+        if let Ok(v) = client.get_volume(volume).await {
+            let outside = v
+                .members
+                .iter()
+                .filter(|m| !minority.contains(&m.node_id))
+                .count();
+            if outside * 2 <= v.members.len() {
+                return None;
             }
+            seen = v.leader_node_id;
         }
-    }))
-    .await;
-    fault
-        .record
-        .majority_leaders
-        .extend(seen.into_iter().flatten());
+        if (seen != 0 && !minority.contains(&seen)) || Instant::now() >= deadline {
+            tracing::info!(
+                volume,
+                leader = seen,
+                ?minority,
+                "leader seen by the majority side"
+            );
+            return Some((volume.to_string(), seen));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Heals `fault`: the nodes it stopped run again, with their disks fault-free.

@@ -147,6 +147,11 @@ pub async fn inject(
             let nodes = a.fault.record().nodes.clone();
             let held: BTreeSet<u64> = active.iter().flat_map(|a| a.breaks.clone()).collect();
             let catching_up: BTreeSet<u64> = recovering.keys().copied().collect();
+            // A partition heals once its watch of the majority side has settled.
+            if !over && !a.fault.observed() {
+                active.push(a);
+                continue;
+            }
             if kind.clock_rate().is_some()
                 && !over
                 && !restart_fits(&nodes, &held, &catching_up, &cluster.lost, &members, &all)
@@ -185,6 +190,7 @@ pub async fn inject(
             let caught_up = caught_up(cluster, volumes, &members, &waiting).await;
             for id in caught_up {
                 if let Some((since, faults)) = recovering.remove(&id) {
+                    tracing::debug!(node = id, after_s = since.elapsed().as_secs_f64(), faults = ?faults.iter().map(|&i| log[i].kind.name()).collect::<Vec<_>>(), "caught up");
                     for i in faults {
                         let s = since.elapsed().as_secs_f64();
                         log[i].whole_after_s = log[i].whole_after_s.max(s);
@@ -227,6 +233,7 @@ pub async fn inject(
                 Attempt::Started(fault, breaks) => {
                     let mut fault = *fault;
                     fault.set_overlapping(active.len());
+                    nemesis::watch(cluster, &mut fault, volumes);
                     // A skewed node is up once it caught up after its restart.
                     let breaks = match fault.record().kind.clock_rate() {
                         Some(_) => {

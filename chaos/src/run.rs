@@ -394,6 +394,7 @@ async fn inject(
         }
         let mut fault =
             nemesis::start_on(cluster, recorder, step.kind, step.target, nodes, true).await?;
+        nemesis::watch(cluster, &mut fault, volumes);
         tokio::time::sleep(step.hold).await;
         nemesis::observe(cluster, &mut fault, volumes).await;
         let mut record = nemesis::heal(cluster, recorder, fault)?;
