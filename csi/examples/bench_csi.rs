@@ -4,7 +4,8 @@
 //! memory, storaged's `fuse_ceiling` example) and the limit (ext4 on a loop device on a file).
 //!
 //! The replicated rows run twice: with each FUSE frontend in a process of its own (as
-//! shipped) and served inside storaged (`--in-process-frontends`), to show that hop's cost.
+//! shipped) and served inside storaged (`--in-process-frontends`), to show that hop's cost;
+//! the 3-replica row a third time on a plaintext cluster (`--insecure`), to show TLS's.
 //!
 //! Run by `scripts/bench-csi.sh`; prints IOPS/MB/s per workload and the ratios to both.
 //! Environment: `BENCH_SECONDS` (per fio job, default 10), `BENCH_FILE_MIB` (default 256).
@@ -372,6 +373,20 @@ async fn main() {
                 through_csi(&inproc, &ctrl, &node, id, &params, &s).await,
             ));
         }
+    }
+    // TLS's cost: the shipped path (frontend process) on a plaintext cluster of its own, every
+    // hop (plugins, frontend, storaged, Raft) without TLS.
+    {
+        let plain = Cluster::start_with(3, &["--insecure"]).await;
+        let ctrl = Plugin::controller(&plain).await;
+        let node = Plugin::node(&plain, 0).await;
+        let label = "ext4, 3 replicas (fuse, no TLS)";
+        eprintln!("bench-csi: {label}");
+        let params = [("replicas", "3")];
+        rows.push((
+            label,
+            through_csi(&plain, &ctrl, &node, "bench-r3-plain", &params, &s).await,
+        ));
     }
     let cluster = Cluster::start(3).await;
     // The cluster's directory (and its logs) goes away when a panic unwinds: keep the logs.

@@ -222,11 +222,13 @@ impl Cluster {
     /// Starts every planned storaged, then waits until storaged lists them all.
     pub async fn launch(&mut self) {
         let bin = storaged_bin();
+        let tls: Vec<Vec<String>> = (1..=self.nodes.len())
+            .map(|id| self.tls_args(&format!("node:{id}")))
+            .collect();
         for (i, node) in self.nodes.iter_mut().enumerate() {
             let id = i + 1;
             let data = self.dir.path().join(format!("storaged-{id}"));
             std::fs::create_dir_all(&data).unwrap();
-            let tls = issue(self.dir.path(), &format!("node:{id}"));
             let log =
                 std::fs::File::create(self.dir.path().join(format!("storaged-{id}.log"))).unwrap();
             let child = Command::new(&bin)
@@ -241,8 +243,7 @@ impl Cluster {
                     &format!("zone=zone-{}", if id == 1 { "a" } else { "b" }),
                 ])
                 .args(["--capacity", "20GiB"])
-                .arg("--tls-dir")
-                .arg(&tls)
+                .args(&tls[i])
                 .args(&self.extra)
                 // storaged logs to stdout; keep both streams.
                 .stdout(log.try_clone().unwrap())
@@ -271,9 +272,40 @@ impl Cluster {
         issue(self.dir.path(), identity)
     }
 
+    /// Whether the cluster runs in plaintext (started with `--insecure`).
+    pub fn insecure(&self) -> bool {
+        self.extra.iter().any(|a| a == "--insecure")
+    }
+
+    /// The flags by which a process with `identity` calls or serves the cluster: its
+    /// `--tls-dir`, or none on a plaintext cluster (whose extra flags, or the plugin's
+    /// `--insecure`, say so).
+    fn tls_args(&self, identity: &str) -> Vec<String> {
+        match self.insecure() {
+            true => Vec::new(),
+            false => vec![
+                "--tls-dir".into(),
+                self.tls_dir(identity).to_string_lossy().into_owned(),
+            ],
+        }
+    }
+
+    /// A plugin's flags to call the cluster as `identity`.
+    fn plugin_tls_args(&self, identity: &str) -> Vec<String> {
+        match self.insecure() {
+            true => vec!["--insecure".into()],
+            false => self.tls_args(identity),
+        }
+    }
+
     /// How a client with `identity` reaches the cluster.
     pub fn security(&self, identity: &str) -> cairn_client::Security {
-        cairn_client::Security::from_flags(Some(&self.tls_dir(identity)), false).unwrap()
+        match self.insecure() {
+            true => cairn_client::Security::Insecure,
+            false => {
+                cairn_client::Security::from_flags(Some(&self.tls_dir(identity)), false).unwrap()
+            }
+        }
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -347,18 +379,18 @@ impl Plugin {
     }
 
     fn node_plan(cluster: &Cluster, i: usize) -> Plugin {
-        let tls = cluster.tls_dir(&format!("csi-node:{}", cluster.nodes[i].name));
+        let tls = cluster.plugin_tls_args(&format!("csi-node:{}", cluster.nodes[i].name));
         Plugin {
             child: None,
             socket: cluster.dir.path().join(format!("csi-node-{}.sock", i + 1)),
-            args: Plugin::on_node(cluster, i, "node", &tls),
+            args: Plugin::on_node(cluster, i, "node", tls),
             log: cluster.dir.path().join(format!("csi-node-{}.log", i + 1)),
         }
     }
 
     /// The flags of a plugin in `mode` on cluster node `i` (its kubelet root created), calling
-    /// storaged with the certificate in `tls`.
-    fn on_node(cluster: &Cluster, i: usize, mode: &str, tls: &Path) -> Vec<String> {
+    /// storaged with the TLS flags `tls`.
+    fn on_node(cluster: &Cluster, i: usize, mode: &str, tls: Vec<String>) -> Vec<String> {
         let root = cluster.kubelet_root(i);
         std::fs::create_dir_all(&root).unwrap();
         let args = [
@@ -370,10 +402,8 @@ impl Plugin {
             &cluster.endpoints_for(i),
             "--kubelet-root",
             root.to_str().unwrap(),
-            "--tls-dir",
-            tls.to_str().unwrap(),
         ];
-        args.iter().map(|s| s.to_string()).collect()
+        args.iter().map(|s| s.to_string()).chain(tls).collect()
     }
 
     /// Controller and node plugin of cluster node `i` in one process (`--mode all`), with a
@@ -382,8 +412,11 @@ impl Plugin {
         let sock = cluster.dir.path().join(format!("csi-all-{}.sock", i + 1));
         let log = cluster.dir.path().join(format!("csi-all-{}.log", i + 1));
         let node_tls = cluster.tls_dir(&format!("csi-node:{}", cluster.nodes[i].name));
-        let mut args = Plugin::on_node(cluster, i, "all", &cluster.tls_dir("controller"));
-        args.extend(["--node-tls-dir".into(), node_tls.to_str().unwrap().into()]);
+        let tls = cluster.plugin_tls_args("controller");
+        let mut args = Plugin::on_node(cluster, i, "all", tls);
+        if !cluster.insecure() {
+            args.extend(["--node-tls-dir".into(), node_tls.to_str().unwrap().into()]);
+        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Plugin::start(&sock, &args, &log).await
     }
@@ -392,15 +425,14 @@ impl Plugin {
         let sock = cluster.dir.path().join("csi-controller.sock");
         let log = cluster.dir.path().join("csi-controller.log");
         let eps = cluster.endpoints().join(",");
-        let tls = cluster.tls_dir("controller");
-        let args = [
-            "--mode",
-            "controller",
-            "--storaged",
-            &eps,
-            "--tls-dir",
-            tls.to_str().unwrap(),
+        let mut args = vec![
+            "--mode".to_string(),
+            "controller".into(),
+            "--storaged".into(),
+            eps,
         ];
+        args.extend(cluster.plugin_tls_args("controller"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Plugin::start(&sock, &args, &log).await
     }
 
