@@ -311,7 +311,19 @@ pub const LEASES: ResourceType = rt!(
     []
 );
 
-/// Every served resource type, in discovery order.
+pub const CRDS: ResourceType = rt!(
+    "apiextensions.k8s.io",
+    "v1",
+    "customresourcedefinitions",
+    "customresourcedefinition",
+    "CustomResourceDefinition",
+    false,
+    ["crd", "crds"],
+    ["status"],
+    ["api-extensions"]
+);
+
+/// Every built-in resource type, in discovery order (custom ones are the registry's).
 pub const ALL: &[ResourceType] = &[
     NAMESPACES,
     NODES,
@@ -338,6 +350,7 @@ pub const ALL: &[ResourceType] = &[
     CLUSTERROLEBINDINGS,
     ROLES,
     ROLEBINDINGS,
+    CRDS,
 ];
 
 /// The resource served at `group`/`version`/`plural`.
@@ -345,6 +358,11 @@ pub fn lookup(group: &str, version: &str, plural: &str) -> Option<ResourceType> 
     ALL.iter()
         .copied()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// Whether `rt` is one of the built-in types (not served for a CustomResourceDefinition).
+pub fn is_builtin(rt: &ResourceType) -> bool {
+    lookup(rt.group, rt.version, rt.plural).is_some()
 }
 
 /// The resource for an object's `apiVersion` and `kind`.

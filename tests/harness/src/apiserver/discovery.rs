@@ -1,9 +1,9 @@
 //! Discovery documents: /version, /api, /apis, group and group-version
-//! resource lists, built from the resource table.
+//! resource lists, built from the served types (built-in and from CRDs).
 
 use serde_json::{Value, json};
 
-use crate::resources::{self, ResourceType};
+use crate::resources::ResourceType;
 
 pub fn version() -> Value {
     json!({
@@ -18,22 +18,64 @@ pub fn core_versions() -> Value {
         "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]})
 }
 
-fn group_entry(group: &str, version: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+/// Kubernetes version order: GA before beta before alpha, higher numbers first
+/// (the key sorts ascending; v2 < v1 < v1beta2 < v1beta1 < v1alpha1 < other).
+fn version_key(v: &str) -> (u8, i64, i64, String) {
+    let Some(rest) = v.strip_prefix('v') else {
+        return (3, 0, 0, v.to_string());
+    };
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let Ok(major) = digits.parse::<i64>() else {
+        return (3, 0, 0, v.to_string());
+    };
+    let tail = &rest[digits.len()..];
+    let (level, num) = match tail {
+        "" => (0, "0"),
+        t if t.starts_with("beta") => (1, &t[4..]),
+        t if t.starts_with("alpha") => (2, &t[5..]),
+        _ => return (3, 0, 0, v.to_string()),
+    };
+    match num.parse::<i64>() {
+        Ok(n) => (level, -major, -n, String::new()),
+        Err(_) => (3, 0, 0, v.to_string()),
+    }
 }
 
-pub fn group_list() -> Value {
-    let groups: Vec<Value> = resources::groups()
+/// Groups in first-served order, each with its versions, preferred first.
+fn groups(types: &[ResourceType]) -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut out: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+    for r in types.iter().filter(|r| !r.group.is_empty()) {
+        match out.iter_mut().find(|(g, _)| *g == r.group) {
+            Some((_, vs)) if !vs.contains(&r.version) => vs.push(r.version),
+            Some(_) => {}
+            None => out.push((r.group, vec![r.version])),
+        }
+    }
+    for (_, vs) in &mut out {
+        vs.sort_by_key(|v| version_key(v));
+    }
+    out
+}
+
+fn group_entry(group: &str, versions: &[&str]) -> Value {
+    let gvs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
+    json!({"name": group, "versions": gvs, "preferredVersion": gvs[0]})
+}
+
+pub fn group_list(types: &[ResourceType]) -> Value {
+    let groups: Vec<Value> = groups(types)
         .into_iter()
-        .map(|(g, v)| group_entry(g, v))
+        .map(|(g, vs)| group_entry(g, &vs))
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
-pub fn group(name: &str) -> Option<Value> {
-    let (g, v) = resources::groups().into_iter().find(|(g, _)| *g == name)?;
-    let mut out = group_entry(g, v);
+pub fn group(types: &[ResourceType], name: &str) -> Option<Value> {
+    let (g, vs) = groups(types).into_iter().find(|(g, _)| *g == name)?;
+    let mut out = group_entry(g, &vs);
     out["kind"] = json!("APIGroup");
     out["apiVersion"] = json!("v1");
     Some(out)
@@ -77,9 +119,9 @@ fn sub_entry(rt: &ResourceType, sub: &str) -> Value {
 }
 
 /// The APIResourceList for `group`/`version` (`""` for the core group).
-pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+pub fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Option<Value> {
     let mut list = Vec::new();
-    for rt in resources::ALL
+    for rt in types
         .iter()
         .filter(|r| r.group == group && r.version == version)
     {
@@ -107,4 +149,19 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     Some(
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preferred_version_is_the_most_stable() {
+        let mut vs = vec!["v1alpha1", "v1beta1", "v2", "v1", "v1beta2", "foo"];
+        vs.sort_by_key(|v| version_key(v));
+        assert_eq!(
+            vs,
+            vec!["v2", "v1", "v1beta2", "v1beta1", "v1alpha1", "foo"]
+        );
+    }
 }

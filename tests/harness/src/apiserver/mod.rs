@@ -162,10 +162,10 @@ struct Target {
     sub: Option<String>,
 }
 
-fn parse_target(group: &str, version: &str, segs: &[&str]) -> Result<Target> {
-    let find = |plural: &str| resources::lookup(group, version, plural).ok_or(Error::NoRoute);
+fn parse_target(reg: &Registry, group: &str, version: &str, segs: &[&str]) -> Result<Target> {
+    let find = |plural: &str| reg.lookup(group, version, plural).ok_or(Error::NoRoute);
     let t = match segs {
-        ["namespaces", ns, res, rest @ ..] if resources::lookup(group, version, res).is_some() => {
+        ["namespaces", ns, res, rest @ ..] if reg.lookup(group, version, res).is_some() => {
             let rt = find(res)?;
             if !rt.namespaced {
                 return Err(Error::NoRoute);
@@ -222,39 +222,44 @@ async fn route(
         .filter(|s| !s.is_empty())
         .collect();
     let get = method == Method::GET;
+    let types = if get {
+        st.registry.served_types()
+    } else {
+        Vec::new()
+    };
     match segs.as_slice() {
         ["version"] if get => return Ok(json_response(200, &discovery::version())),
         ["healthz" | "readyz" | "livez"] if get => {
             return Ok((StatusCode::OK, "ok").into_response());
         }
         ["api"] if get => return Ok(json_response(200, &discovery::core_versions())),
-        ["apis"] if get => return Ok(json_response(200, &discovery::group_list())),
+        ["apis"] if get => return Ok(json_response(200, &discovery::group_list(&types))),
         ["api", v] if get => {
-            return discovery::resource_list("", v)
+            return discovery::resource_list(&types, "", v)
                 .map(|d| json_response(200, &d))
                 .ok_or(Error::NoRoute);
         }
         ["apis", g] if get => {
-            return discovery::group(g)
+            return discovery::group(&types, g)
                 .map(|d| json_response(200, &d))
                 .ok_or(Error::NoRoute);
         }
         ["apis", g, v] if get => {
-            return discovery::resource_list(g, v)
+            return discovery::resource_list(&types, g, v)
                 .map(|d| json_response(200, &d))
                 .ok_or(Error::NoRoute);
         }
-        ["openapi", "v3"] if get => return Ok(json_response(200, &openapi::index())),
+        ["openapi", "v3"] if get => return Ok(json_response(200, &openapi::index(&types))),
         ["openapi", "v3", rest @ ..] if get => {
-            return openapi::document(&rest.join("/"))
+            return openapi::document(&types, &rest.join("/"))
                 .map(|d| json_response(200, &d))
                 .ok_or(Error::NoRoute);
         }
         _ => {}
     }
     let target = match segs.as_slice() {
-        ["api", v, rest @ ..] => parse_target("", v, rest)?,
-        ["apis", g, v, rest @ ..] => parse_target(g, v, rest)?,
+        ["api", v, rest @ ..] => parse_target(&st.registry, "", v, rest)?,
+        ["apis", g, v, rest @ ..] => parse_target(&st.registry, g, v, rest)?,
         _ => return Err(Error::NoRoute),
     };
     let accept = headers
@@ -372,6 +377,12 @@ async fn route(
         }
         (Method::PATCH, Some(n), s @ (None | Some("status"))) => {
             let pt = PatchType::from_content_type(&ct)?;
+            if pt == PatchType::Strategic && !resources::is_builtin(&rt) {
+                // As apiextensions-apiserver: custom resources have no patch strategies.
+                return Err(Error::UnsupportedMediaType(
+                    "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml".into(),
+                ));
+            }
             let p = patch::parse_body(pt, &body)?;
             let sub = if s.is_some() { Sub::Status } else { Sub::Main };
             let existed = reg.get(&rt, ns, n).is_ok();

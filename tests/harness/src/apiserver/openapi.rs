@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::resources;
+use crate::resources::ResourceType;
 
 fn gv_key(group: &str, version: &str) -> String {
     if group.is_empty() {
@@ -14,10 +14,14 @@ fn gv_key(group: &str, version: &str) -> String {
 }
 
 /// GET /openapi/v3: the index of group-version documents.
-pub fn index() -> Value {
+pub fn index(types: &[ResourceType]) -> Value {
     let mut paths = Map::new();
     let mut gvs = vec![("", "v1")];
-    gvs.extend(resources::groups());
+    for t in types.iter().filter(|t| !t.group.is_empty()) {
+        if !gvs.contains(&(t.group, t.version)) {
+            gvs.push((t.group, t.version));
+        }
+    }
     for (g, v) in gvs {
         let key = gv_key(g, v);
         paths.insert(
@@ -29,9 +33,11 @@ pub fn index() -> Value {
 }
 
 /// GET /openapi/v3/<api/v1 | apis/group/version>.
-pub fn document(path: &str) -> Option<Value> {
+/// No type lists strategic merge patch: kubectl then builds it from its compiled-in
+/// types for built-in kinds and sends a merge patch for custom ones.
+pub fn document(types: &[ResourceType], path: &str) -> Option<Value> {
     let mut paths = Map::new();
-    for rt in resources::ALL {
+    for rt in types {
         if gv_key(rt.group, rt.version) != path {
             continue;
         }
@@ -50,14 +56,15 @@ pub fn document(path: &str) -> Option<Value> {
             {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
             {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
         ]);
+        let content = json!({
+            "application/json-patch+json": {"schema": {"type": "object"}},
+            "application/merge-patch+json": {"schema": {"type": "object"}},
+            "application/apply-patch+yaml": {"schema": {"type": "object"}},
+        });
         let op = json!({
             "operationId": format!("patch{}", rt.kind),
             "parameters": params,
-            "requestBody": {"content": {
-                "application/json-patch+json": {"schema": {"type": "object"}},
-                "application/merge-patch+json": {"schema": {"type": "object"}},
-                "application/apply-patch+yaml": {"schema": {"type": "object"}},
-            }},
+            "requestBody": {"content": content},
             "responses": {"200": {"description": "OK"}},
             "x-kubernetes-action": "patch",
             "x-kubernetes-group-version-kind": {"group": rt.group, "version": rt.version, "kind": rt.kind},

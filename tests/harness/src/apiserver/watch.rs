@@ -14,7 +14,7 @@ use super::table;
 use crate::error::Error;
 use crate::registry::Registry;
 use crate::registry::selectors::{FieldSelector, LabelSelector};
-use crate::resources::ResourceType;
+use crate::resources::{self, ResourceType};
 use crate::store::{Change, EventType};
 
 pub struct WatchParams {
@@ -38,6 +38,11 @@ impl WatchParams {
     fn wrap(&self, obj: &Value) -> Value {
         if self.as_table {
             table::table(&self.rt, std::slice::from_ref(obj), 0)
+        } else if !resources::is_builtin(&self.rt) {
+            // A custom object is seen in the version watched (conversion None).
+            let mut o = obj.clone();
+            o["apiVersion"] = json!(self.rt.api_version());
+            o
         } else {
             obj.clone()
         }

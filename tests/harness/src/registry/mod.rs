@@ -1,14 +1,17 @@
 //! REST semantics on top of the store: create, update, patch, delete with
 //! finalizers and grace periods, status/binding/scale subresources.
 
+mod crd;
+pub mod custom;
 pub mod defaults;
 pub mod patch;
 pub mod quantity;
+pub mod schema;
 pub mod selectors;
 pub mod typed;
 pub mod validation;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use serde_json::{Value, json};
 
@@ -136,11 +139,17 @@ const STALE: &str =
 
 pub struct Registry {
     store: Arc<Store>,
+    custom: RwLock<custom::Catalog>,
 }
 
 impl Registry {
     pub fn new(store: Arc<Store>) -> Arc<Registry> {
-        Arc::new(Registry { store })
+        let r = Registry {
+            store,
+            custom: RwLock::default(),
+        };
+        r.refresh_custom();
+        Arc::new(r)
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -150,6 +159,7 @@ impl Registry {
     pub fn get(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<Value> {
         self.store
             .get(&ObjectKey::new(rt, ns, name))
+            .map(|o| Self::as_version(rt, o))
             .ok_or_else(|| not_found(rt, name))
     }
 
@@ -165,6 +175,7 @@ impl Registry {
             items
                 .into_iter()
                 .filter(|o| ls.matches(o) && fs.matches(o))
+                .map(|o| Self::as_version(rt, o))
                 .collect(),
             rv,
         )
@@ -271,8 +282,16 @@ impl Registry {
                 )));
             }
         }
-        let mut obj = typed::normalize(rt, &body, opts.strict)?;
+        if self.custom().find(rt).is_some_and(|t| t.terminating) {
+            return Err(Error::MethodNotAllowed);
+        }
+        let mut obj = self.normalize(rt, &body, opts.strict)?;
         defaults::on_create(rt, &mut obj, self.default_class().as_deref());
+        if *rt == resources::CRDS {
+            crd::prepare_create(&mut obj);
+        } else if !resources::is_builtin(rt) && rt.has_subresource("status") {
+            obj.as_object_mut().map(|m| m.remove("status"));
+        }
         let causes = validation::validate(rt, &obj);
         if !causes.is_empty() {
             return Err(invalid(rt, &name, causes));
@@ -304,6 +323,10 @@ impl Registry {
             Ok(Mutation::Put(obj))
         })?;
         let out = out.unwrap_or_default();
+        if *rt == resources::CRDS {
+            self.crd_changed(&name);
+            return Ok(self.get(rt, None, &name).unwrap_or(out));
+        }
         if rt.group == resources::EVENTS_V1.group && rt.kind == "Event" {
             // One store on a real API server: `kubectl describe` must show these too.
             if let Err(e) = self.create(&resources::EVENTS, ns, core_event_of(&out), opts) {
@@ -347,7 +370,7 @@ impl Registry {
             {
                 return Err(conflict(rt, name, STALE));
             }
-            let mut new = typed::normalize(rt, &body, opts.strict)?;
+            let mut new = self.normalize(rt, &body, opts.strict)?;
             for field in [
                 "uid",
                 "creationTimestamp",
@@ -381,6 +404,9 @@ impl Registry {
             let mut causes = validation::validate(rt, &new);
             if sub == Sub::Main {
                 causes.extend(validation::validate_update(rt, old, &new, &ctx));
+                if *rt == resources::CRDS {
+                    causes.extend(crd::validate_update(old, &new));
+                }
             }
             if !old["metadata"]["deletionTimestamp"].is_null() {
                 let oldf = old["metadata"]["finalizers"]
@@ -402,7 +428,18 @@ impl Registry {
             if !causes.is_empty() {
                 return Err(invalid(rt, name, causes));
             }
-            if old.get("spec") != new.get("spec") {
+            // A custom object's generation counts every change outside metadata but /status.
+            let body_of = |o: &Value| {
+                let mut o = o.clone();
+                o.as_object_mut().map(|m| m.remove("metadata"));
+                o
+            };
+            let changed = if resources::is_builtin(rt) {
+                old.get("spec") != new.get("spec")
+            } else {
+                sub == Sub::Main && body_of(old) != body_of(&new)
+            };
+            if changed {
                 let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
                 new["metadata"]["generation"] = json!(g + 1);
             }
@@ -418,6 +455,7 @@ impl Registry {
             }
             Ok(Mutation::Put(new))
         })?;
+        self.changed(rt, name, opts.dry_run);
         Ok(dry.or(out).unwrap_or_default())
     }
 
@@ -502,6 +540,9 @@ impl Registry {
         name: &str,
         opts: &DeleteOptions,
     ) -> Result<Value> {
+        if *rt == resources::CRDS {
+            return self.delete_crd(name, opts);
+        }
         let key = ObjectKey::new(rt, ns.filter(|_| rt.namespaced), name);
         let mut result = None;
         let out = self.store.mutate(&key, |prev| {
@@ -593,6 +634,7 @@ impl Registry {
             }
             Self::commit(opts, new, &mut result)
         })?;
+        self.changed(rt, name, opts.dry_run);
         Ok(result.or(out).unwrap_or_default())
     }
 

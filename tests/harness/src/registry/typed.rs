@@ -7,6 +7,8 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::events::v1::Event as EventV1;
 use k8s_openapi::api::rbac::v1 as rbac;
 use k8s_openapi::api::storage::v1 as storage;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -54,11 +56,31 @@ pub fn normalize(rt: &ResourceType, v: &Value, strict: bool) -> Result<Value> {
         (_, "RoleBinding") => roundtrip::<rbac::RoleBinding>(v),
         ("events.k8s.io", "Event") => roundtrip::<EventV1>(v),
         ("coordination.k8s.io", "Lease") => roundtrip::<Lease>(v),
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            roundtrip::<CustomResourceDefinition>(v)
+        }
         _ => Ok(v.clone()),
     }?;
+    check_unknown(v, &out, "", strict)?;
+    Ok(out)
+}
+
+/// A custom object's metadata, decoded as ObjectMeta (unknown fields as in `normalize`).
+pub fn object_meta(v: &Value, strict: bool) -> Result<Value> {
+    let v = if v.is_null() {
+        &Value::Object(Default::default())
+    } else {
+        v
+    };
+    let out = roundtrip::<ObjectMeta>(v)?;
+    check_unknown(v, &out, "metadata", strict)?;
+    Ok(out)
+}
+
+fn check_unknown(v: &Value, out: &Value, prefix: &str, strict: bool) -> Result<()> {
     if strict {
         let mut unknown = Vec::new();
-        find_unknown(v, &out, String::new(), &mut unknown);
+        find_unknown(v, out, prefix.to_string(), &mut unknown);
         if !unknown.is_empty() {
             let list: Vec<String> = unknown
                 .iter()
@@ -70,7 +92,7 @@ pub fn normalize(rt: &ResourceType, v: &Value, strict: bool) -> Result<Value> {
             )));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Fields present (non-null) in `input` that the typed round trip dropped.

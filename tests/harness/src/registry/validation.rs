@@ -7,7 +7,7 @@ use super::quantity::{self, QUANTITY_ERROR};
 use crate::error::Cause;
 use crate::resources::ResourceType;
 
-fn is_dns_subdomain(s: &str) -> bool {
+pub(super) fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|l| {
@@ -19,7 +19,7 @@ fn is_dns_subdomain(s: &str) -> bool {
         })
 }
 
-fn is_dns_label(s: &str) -> bool {
+pub(super) fn is_dns_label(s: &str) -> bool {
     s.len() <= 63 && !s.contains('.') && is_dns_subdomain(s)
 }
 
