@@ -2,12 +2,14 @@
 # The long chaos run of issue 21: mixed faults, up to two at a time, on five storaged nodes with
 # the block workload; prints the verdict table (with storaged's CPU and bytes written) and keeps
 # the report, the plot and the run's log in $OUT. Needs root, /dev/fuse and nftables; build first.
-# DURATION (default 30m), SEED (1000), OVERLAP (2), VOLUMES (2), GAP (50ms..400ms), HOLD
-# (100ms..1s): about 34 faults a minute on 2 cores; FAULTS, OUT (/var/tmp/cairn-chaos-long), BIN.
+# DURATION (default 30m), SEED (1000), NODES (5), OVERLAP (2), VOLUMES (2), GAP (50ms..400ms), HOLD
+# (100ms..1s): about 34 faults a minute on 2 cores (NODES=9 OVERLAP=4 VOLUMES=3 GAP=10ms..100ms
+# HOLD=100ms..500ms: about 53); FAULTS, OUT (/var/tmp/cairn-chaos-long), BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-30m}"
 SEED="${SEED:-1000}"
+NODES="${NODES:-5}"
 OVERLAP="${OVERLAP:-2}"
 VOLUMES="${VOLUMES:-2}"
 GAP="${GAP:-50ms..400ms}"
@@ -18,7 +20,7 @@ BIN="${BIN:-${CARGO_TARGET_DIR:-target}/debug/cairn-chaos}"
 [ -x "$BIN" ] || { echo "chaos-long: $BIN is missing: cargo build --workspace first" >&2; exit 2; }
 mkdir -p "$OUT"
 set +e
-"$BIN" run --name long --seed "$SEED" --duration "$DURATION" --nodes 5 --volumes "$VOLUMES" \
+"$BIN" run --name long --seed "$SEED" --duration "$DURATION" --nodes "$NODES" --volumes "$VOLUMES" \
   --overlap "$OVERLAP" --gap "$GAP" --hold "$HOLD" --faults "$FAULTS" \
   --report "$OUT/report.json" --plot "$OUT/latency.svg" 2>"$OUT/run.log" | tee "$OUT/table.txt"
 status=${PIPESTATUS[0]}
