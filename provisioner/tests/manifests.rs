@@ -13,10 +13,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+fn manifests_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
+}
+
 fn manifest_files() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
     let mut out = Vec::new();
-    let mut dirs = vec![root];
+    let mut dirs = vec![manifests_root()];
     while let Some(d) = dirs.pop() {
         for e in std::fs::read_dir(&d).expect("manifests dir") {
             let p = e.expect("entry").path();
@@ -128,6 +131,8 @@ fn load() -> Objects {
             "VolumeSnapshot" | "PersistentVolumeClaim" => {}
             // The kustomize base (checked by `kustomization_lists_every_manifest`).
             "Kustomization" => {}
+            // crds/: the VolumeSnapshot CRDs, a prerequisite installed apart (docs/manifests.md).
+            "CustomResourceDefinition" if f.starts_with(manifests_root().join("crds")) => {}
             other => panic!("{}: unexpected kind {other:?}", f.display()),
         }
     }
@@ -213,6 +218,25 @@ fn node_plugin_registers_the_socket_with_bidirectional_kubelet_mount() {
         .find(|d| d.metadata.name.as_deref() == Some("cairn-csi-node"))
         .expect("node daemonset");
     let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    // It attaches through its own node's storaged: only where storaged runs.
+    let storaged = o
+        .daemonsets
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some("cairn-storaged"))
+        .and_then(|d| {
+            d.spec
+                .as_ref()?
+                .template
+                .spec
+                .as_ref()?
+                .node_selector
+                .clone()
+        });
+    assert!(storaged.is_some(), "storaged has a nodeSelector");
+    assert_eq!(
+        pod.node_selector, storaged,
+        "the node plugin's nodeSelector"
+    );
     let csi = pod
         .containers
         .iter()
@@ -563,7 +587,7 @@ fn every_storaged_client_uses_tls_from_a_secret() {
 
 #[test]
 fn kustomization_lists_every_manifest() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    let root = manifests_root();
     let k: Value = serde_yaml::from_str(
         &std::fs::read_to_string(root.join("kustomization.yaml")).expect("kustomization.yaml"),
     )
