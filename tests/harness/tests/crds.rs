@@ -29,6 +29,12 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// `kubectl apply -f -` of `yaml`, which must succeed.
+async fn apply(t: &TestCluster, yaml: &str) {
+    let out = t.kubectl_stdin(&["apply", "-f", "-"], yaml).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 async fn get_json(t: &TestCluster, args: &[&str]) -> Value {
     let mut a = vec!["get"];
     a.extend_from_slice(args);
@@ -89,12 +95,8 @@ async fn snapshot_crds_install_and_serve_volume_snapshots() {
     }
 
     // Create: the status subresource means a created object carries no status.
-    let out = t.kubectl_stdin(&["apply", "-f", "-"], CLASS).await;
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = t
-        .kubectl_stdin(&["apply", "-f", "-"], &snapshot("snap", false))
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    apply(&t, CLASS).await;
+    apply(&t, &snapshot("snap", false)).await;
     let vs = get_json(&t, &["vs", "snap"]).await;
     assert_eq!(vs["apiVersion"], "snapshot.storage.k8s.io/v1");
     assert!(vs.get("status").is_none(), "{vs}");
@@ -179,10 +181,7 @@ async fn snapshot_crds_install_and_serve_volume_snapshots() {
     assert_eq!(kinds, vec!["MODIFIED 2", "MODIFIED 2", "DELETED"]);
 
     // A finalizer holds deletion until it is removed.
-    let out = t
-        .kubectl_stdin(&["apply", "-f", "-"], &snapshot("held", true))
-        .await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    apply(&t, &snapshot("held", true)).await;
     t.must(&["delete", "vs", "held", "--wait=false"]).await;
     let vs = get_json(&t, &["vs", "held"]).await;
     assert!(vs["metadata"]["deletionTimestamp"].is_string(), "{vs}");
@@ -200,10 +199,7 @@ async fn snapshot_crds_install_and_serve_volume_snapshots() {
 
     // Deleting the CRD deletes its objects; one with a finalizer holds the CRD, Terminating.
     for n in ["a", "b"] {
-        let out = t
-            .kubectl_stdin(&["apply", "-f", "-"], &snapshot(n, n == "b"))
-            .await;
-        assert!(out.status.success(), "{}", stderr(&out));
+        apply(&t, &snapshot(n, n == "b")).await;
     }
     t.must(&[
         "delete",
@@ -311,8 +307,7 @@ spec:
 #[tokio::test]
 async fn schema_defaults_pruning_and_validation_of_a_custom_resource() {
     let t = api_only().await;
-    let out = t.kubectl_stdin(&["apply", "-f", "-"], WIDGETS).await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    apply(&t, WIDGETS).await;
     t.must(&[
         "wait",
         "--for=condition=Established",
@@ -324,8 +319,7 @@ async fn schema_defaults_pruning_and_validation_of_a_custom_resource() {
     assert_eq!(crd["spec"]["names"]["singular"], "widget", "CRD defaults");
     assert_eq!(crd["spec"]["names"]["listKind"], "WidgetList");
     let widget = "apiVersion: test.cairn.dev/v1\nkind: Widget\nmetadata:\n  name: w\nspec:\n  size: 3\n  ports:\n  - port: 80\n";
-    let out = t.kubectl_stdin(&["apply", "-f", "-"], widget).await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    apply(&t, widget).await;
     let w = get_json(&t, &["widget", "w"]).await;
     assert_eq!(
         w["spec"],
@@ -334,16 +328,14 @@ async fn schema_defaults_pruning_and_validation_of_a_custom_resource() {
     );
     // A second apply updates through a merge patch; defaults fill what it leaves out.
     let changed = widget.replace("size: 3", "size: 4\n  mode: safe");
-    let out = t.kubectl_stdin(&["apply", "-f", "-"], &changed).await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    apply(&t, &changed).await;
     let w = get_json(&t, &["widget", "w"]).await;
     assert_eq!(
         (w["spec"]["size"].clone(), w["spec"]["mode"].clone()),
         (json!(4), json!("safe"))
     );
     assert_eq!(w["metadata"]["generation"], 2);
-    let out = t.kubectl_stdin(&["apply", "-f", "-"], widget).await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    apply(&t, widget).await;
     let w = get_json(&t, &["widget", "w"]).await;
     assert_eq!(w["spec"]["mode"], "fast", "removed field defaulted again");
 
@@ -435,8 +427,7 @@ async fn invalid_crds_are_422s_naming_the_field_and_change_nothing() {
     assert!(!groups.groups.iter().any(|g| g.name == "test.cairn.dev"));
 
     // On update, the group and plural are immutable.
-    let out = t.kubectl_stdin(&["apply", "-f", "-"], WIDGETS).await;
-    assert!(out.status.success(), "{}", stderr(&out));
+    apply(&t, WIDGETS).await;
     let out = t
         .kubectl(&[
             "patch",
@@ -459,5 +450,79 @@ async fn invalid_crds_are_422s_naming_the_field_and_change_nothing() {
     );
     let crd = get_json(&t, &["crd", "widgets.test.cairn.dev"]).await;
     assert_eq!(crd["spec"]["scope"], "Cluster");
+    t.shutdown().await;
+}
+
+#[tokio::test]
+async fn custom_objects_go_with_their_namespace_and_their_owners() {
+    let t = TestCluster::start(0).await;
+    t.must(&["apply", "-f", crds_dir().to_str().unwrap()]).await;
+    t.must(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/volumesnapshots.snapshot.storage.k8s.io",
+    ])
+    .await;
+    apply(
+        &t,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: gone\n",
+    )
+    .await;
+    let out = t
+        .kubectl_stdin(
+            &["apply", "-n", "gone", "-f", "-"],
+            &snapshot("in-ns", false),
+        )
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A custom owner of a ConfigMap, and a ConfigMap owner of a custom object.
+    apply(&t, &snapshot("owner", false)).await;
+    let uid = t
+        .must(&["get", "vs", "owner", "-o", "jsonpath={.metadata.uid}"])
+        .await;
+    let owned_cm = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: owned\n  ownerReferences:\n  - {{apiVersion: snapshot.storage.k8s.io/v1, kind: VolumeSnapshot, name: owner, uid: {uid}}}\n"
+    );
+    apply(&t, &owned_cm).await;
+    apply(
+        &t,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: parent\n",
+    )
+    .await;
+    let uid = t
+        .must(&["get", "cm", "parent", "-o", "jsonpath={.metadata.uid}"])
+        .await;
+    let child = snapshot("child", false).replace(
+        "  name: child\n",
+        &format!("  name: child\n  ownerReferences:\n  - {{apiVersion: v1, kind: ConfigMap, name: parent, uid: {uid}}}\n"),
+    );
+    apply(&t, &child).await;
+    let vs = get_json(&t, &["vs", "child"]).await;
+    assert_eq!(vs["metadata"]["ownerReferences"][0]["name"], "parent");
+
+    t.must(&["delete", "namespace", "gone", "--wait=false"])
+        .await;
+    t.must(&["delete", "vs", "owner"]).await;
+    t.must(&["delete", "cm", "parent"]).await;
+    for (what, args) in [
+        ("the namespace is gone", ["get", "namespace", "gone"]),
+        (
+            "the ConfigMap owned by a VolumeSnapshot is gone",
+            ["get", "cm", "owned"],
+        ),
+        (
+            "the VolumeSnapshot owned by a ConfigMap is gone",
+            ["get", "vs", "child"],
+        ),
+    ] {
+        eventually(what, Duration::from_secs(20), || async {
+            let out = t.kubectl(&args).await;
+            stderr(&out).contains("NotFound").then_some(())
+        })
+        .await;
+    }
+    let left = t.must(&["get", "vs", "-A", "-o", "name"]).await;
+    assert_eq!(left.trim(), "", "no VolumeSnapshot left");
     t.shutdown().await;
 }

@@ -1,13 +1,13 @@
 //! The garbage collector (ownerReferences with background, foreground and
 //! orphan propagation) and the namespace controller that empties namespaces.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Value, json};
 
 use crate::client::Client;
 use crate::registry::DeleteOptions;
-use crate::resources::{self, ResourceType};
+use crate::resources::ResourceType;
 
 pub struct GarbageCollector {
     client: Client,
@@ -38,9 +38,15 @@ impl GarbageCollector {
 
     pub fn reconcile(&self) {
         let mut all: Vec<Entry> = Vec::new();
-        for rt in resources::ALL.iter().filter(|r| r.group != "events.k8s.io") {
-            for obj in self.client.list_values(rt) {
-                all.push(Entry { rt: *rt, obj });
+        // Custom types too; a resource served in several versions is read once.
+        let mut seen = HashSet::new();
+        let types = self.client.registry().served_types();
+        for rt in types
+            .into_iter()
+            .filter(|r| r.group != "events.k8s.io" && seen.insert(r.qualified()))
+        {
+            for obj in self.client.list_values(&rt) {
+                all.push(Entry { rt, obj });
             }
         }
         let by_uid: HashMap<String, &Entry> = all
