@@ -149,6 +149,18 @@ async fn snapshot_crds_install_and_serve_volume_snapshots() {
     assert_eq!(vs["spec"]["volumeSnapshotClassName"], "other");
     assert!(vs["metadata"].get("labels").is_none(), "{vs}");
     assert_eq!(vs["metadata"]["generation"], 2);
+    // kubectl get prints the CRD's additionalPrinterColumns.
+    let table = t.must(&["get", "vs", "snap"]).await;
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    let want = "NAME READYTOUSE SOURCEPVC SOURCESNAPSHOTCONTENT RESTORESIZE SNAPSHOTCLASS SNAPSHOTCONTENT CREATIONTIME AGE";
+    assert_eq!(header, want.split(' ').collect::<Vec<_>>(), "{table}");
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        row[..5],
+        ["snap", "true", "data", "1Gi", "other"],
+        "{table}"
+    );
     // Custom resources have no patch strategies: kubectl's default patch type is refused.
     let out = t
         .kubectl(&[
@@ -325,6 +337,17 @@ async fn schema_defaults_pruning_and_validation_of_a_custom_resource() {
         w["spec"],
         json!({"size": 3, "mode": "fast", "limits": {"iops": 100},
             "ports": [{"port": 80, "protocol": "TCP"}]})
+    );
+    // Without printer columns, kubectl get prints NAME and AGE.
+    let table = t.must(&["get", "widgets"]).await;
+    assert_eq!(
+        table
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["NAME", "AGE"]
     );
     // A second apply updates through a merge patch; defaults fill what it leaves out.
     let changed = widget.replace("size: 3", "size: 4\n  mode: safe");

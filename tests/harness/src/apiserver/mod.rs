@@ -300,6 +300,7 @@ async fn route(
                     send_initial_events: q.get("sendInitialEvents").is_some_and(|b| b == "true"),
                     timeout: Duration::from_secs(timeout),
                     as_table,
+                    columns: reg.custom_type(&rt).map(|t| t.columns),
                     bookmark_interval: st.cfg.bookmark_interval,
                 };
                 let body = watch::start(reg.clone(), params);
@@ -318,7 +319,7 @@ async fn route(
                     .as_str()
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0);
-                return Ok(json_response(200, &table::table(&rt, &[obj], rv)));
+                return Ok(json_response(200, &to_table(reg, &rt, &[obj], rv)));
             }
             Ok(json_response(200, &obj))
         }
@@ -483,12 +484,20 @@ fn list(
         meta["remainingItemCount"] = json!(remaining);
     }
     if as_table {
-        return Ok(json_response(200, &table::table(rt, &items, rv)));
+        return Ok(json_response(200, &to_table(reg, rt, &items, rv)));
     }
     Ok(json_response(
         200,
         &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": items}),
     ))
+}
+
+/// A Table of `items`: built-in columns, or a custom type's printer columns.
+fn to_table(reg: &Registry, rt: &ResourceType, items: &[Value], rv: u64) -> Value {
+    match reg.custom_type(rt) {
+        Some(t) => table::custom_table(&t.columns, items, rv),
+        None => table::table(rt, items, rv),
+    }
 }
 
 fn item_key(o: &Value) -> String {

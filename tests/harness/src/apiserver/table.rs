@@ -6,7 +6,12 @@ use serde_json::{Value, json};
 use crate::resources::ResourceType;
 
 fn age(obj: &Value) -> String {
-    let Some(ts) = obj["metadata"]["creationTimestamp"].as_str() else {
+    since(obj["metadata"]["creationTimestamp"].as_str())
+}
+
+/// The time since an RFC 3339 timestamp, as kubectl prints ages.
+fn since(ts: Option<&str>) -> String {
+    let Some(ts) = ts else {
         return "<unknown>".into();
     };
     let Ok(t) = chrono::DateTime::parse_from_rfc3339(ts) else {
@@ -333,6 +338,62 @@ pub fn table(rt: &ResourceType, items: &[Value], rv: u64) -> Value {
         .map(|o| {
             json!({"cells": cells(rt, o), "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
                 "metadata": o["metadata"]}})
+        })
+        .collect();
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv.to_string()},
+        "columnDefinitions": defs, "rows": rows})
+}
+
+/// The value at a simple JSONPath (`.status.readyToUse`); Null when absent or not simple.
+fn at_path<'a>(obj: &'a Value, path: &str) -> &'a Value {
+    path.trim_start_matches('.')
+        .split('.')
+        .fold(obj, |v, seg| v.get(seg).unwrap_or(&Value::Null))
+}
+
+/// A printer column's cell: strings as text, dates as ages, other types only when the
+/// value has the column's type (null otherwise, as apiextensions-apiserver does).
+fn cell(ty: &str, v: &Value) -> Value {
+    match (ty, v) {
+        (_, Value::Null) => Value::Null,
+        ("string", Value::String(_)) => v.clone(),
+        ("string", other) => json!(other.to_string()),
+        ("date", Value::String(ts)) => match chrono::DateTime::parse_from_rfc3339(ts) {
+            Ok(_) => json!(since(Some(ts))),
+            Err(_) => json!("<invalid>"),
+        },
+        ("integer", Value::Number(n)) => n.as_f64().map_or(Value::Null, |f| json!(f as i64)),
+        ("number", Value::Number(_)) | ("boolean", Value::Bool(_)) => v.clone(),
+        _ => Value::Null,
+    }
+}
+
+/// A Table of custom objects, as apiextensions-apiserver prints them: NAME, then the
+/// version's additionalPrinterColumns (AGE when it declares none); dates print as ages.
+pub fn custom_table(columns: &[Value], items: &[Value], rv: u64) -> Value {
+    let age = [json!({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"})];
+    let cols = if columns.is_empty() {
+        &age[..]
+    } else {
+        columns
+    };
+    let mut defs = vec![json!({"name": "Name", "type": "string", "format": "name",
+        "description": "", "priority": 0})];
+    defs.extend(cols.iter().map(|c| {
+        json!({"name": c["name"], "type": c["type"], "format": c["format"].as_str().unwrap_or_default(),
+            "description": c["description"].as_str().unwrap_or_default(),
+            "priority": c["priority"].as_i64().unwrap_or(0)})
+    }));
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|o| {
+            let mut cells = vec![o["metadata"]["name"].clone()];
+            for c in cols {
+                let v = at_path(o, c["jsonPath"].as_str().unwrap_or_default());
+                cells.push(cell(c["type"].as_str().unwrap_or_default(), v));
+            }
+            json!({"cells": cells, "object": {"kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}})
         })
         .collect();
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv.to_string()},

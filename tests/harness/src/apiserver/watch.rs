@@ -27,6 +27,8 @@ pub struct WatchParams {
     pub send_initial_events: bool,
     pub timeout: Duration,
     pub as_table: bool,
+    /// A custom type's printer columns (None for built-in types).
+    pub columns: Option<Vec<Value>>,
     pub bookmark_interval: Duration,
 }
 
@@ -37,7 +39,10 @@ impl WatchParams {
 
     fn wrap(&self, obj: &Value) -> Value {
         if self.as_table {
-            table::table(&self.rt, std::slice::from_ref(obj), 0)
+            match &self.columns {
+                Some(c) => table::custom_table(c, std::slice::from_ref(obj), 0),
+                None => table::table(&self.rt, std::slice::from_ref(obj), 0),
+            }
         } else if !resources::is_builtin(&self.rt) {
             // A custom object is seen in the version watched (conversion None).
             let mut o = obj.clone();

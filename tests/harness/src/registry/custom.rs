@@ -19,6 +19,8 @@ pub struct CustomType {
     pub crd: String,
     /// The CRD is being deleted: no new objects may be created.
     pub terminating: bool,
+    /// The version's `additionalPrinterColumns`, for `kubectl get`.
+    pub columns: Vec<Value>,
 }
 
 /// Served custom types plus the interned `'static` strings their `ResourceType`s
@@ -114,6 +116,10 @@ impl Catalog {
                     schema: v["schema"]["openAPIV3Schema"].clone(),
                     crd: crd["metadata"]["name"].as_str().unwrap_or_default().into(),
                     terminating: !crd["metadata"]["deletionTimestamp"].is_null(),
+                    columns: v["additionalPrinterColumns"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default(),
                 });
             }
         }
