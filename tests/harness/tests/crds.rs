@@ -549,3 +549,35 @@ async fn custom_objects_go_with_their_namespace_and_their_owners() {
     assert_eq!(left.trim(), "", "no VolumeSnapshot left");
     t.shutdown().await;
 }
+
+#[tokio::test]
+async fn crds_and_their_objects_survive_an_api_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = || cairn_harness::ClusterConfig {
+        api_only: true,
+        ..cairn_harness::ClusterConfig::new(&data, 0)
+    };
+    let c = cairn_harness::Cluster::start(cfg()).await.unwrap();
+    let out = kubectl(&c.kubeconfig, &["apply", "-f", "-"], Some(WIDGETS)).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let widget =
+        "apiVersion: test.cairn.dev/v1\nkind: Widget\nmetadata:\n  name: kept\nspec:\n  size: 1\n";
+    let out = kubectl(&c.kubeconfig, &["apply", "-f", "-"], Some(widget)).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    c.shutdown().await;
+    let c = cairn_harness::Cluster::start(cfg()).await.unwrap();
+    let out = kubectl(
+        &c.kubeconfig,
+        &["get", "widget", "kept", "-o", "jsonpath={.spec.mode}"],
+        None,
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "fast",
+        "{}",
+        stderr(&out)
+    );
+    c.shutdown().await;
+}
