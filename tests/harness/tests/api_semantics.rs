@@ -170,11 +170,7 @@ async fn finalizers_hold_deletion_until_removed() {
 async fn objects_survive_an_api_server_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let cfg = || cairn_harness::ClusterConfig {
-        api_only: true,
-        ..cairn_harness::ClusterConfig::new(&data, 0)
-    };
-    let c = cairn_harness::Cluster::start(cfg()).await.unwrap();
+    let c = api_only_at(&data).await;
     let rv = {
         let out = kubectl(
             &c.kubeconfig,
@@ -202,7 +198,7 @@ async fn objects_survive_an_api_server_restart() {
         String::from_utf8_lossy(&out.stdout).parse::<u64>().unwrap()
     };
     c.shutdown().await;
-    let c = cairn_harness::Cluster::start(cfg()).await.unwrap();
+    let c = api_only_at(&data).await;
     let out = kubectl(
         &c.kubeconfig,
         &["get", "cm", "kept", "-o", "jsonpath={.data.a}"],

@@ -554,11 +554,7 @@ async fn custom_objects_go_with_their_namespace_and_their_owners() {
 async fn crds_and_their_objects_survive_an_api_server_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let cfg = || cairn_harness::ClusterConfig {
-        api_only: true,
-        ..cairn_harness::ClusterConfig::new(&data, 0)
-    };
-    let c = cairn_harness::Cluster::start(cfg()).await.unwrap();
+    let c = api_only_at(&data).await;
     let out = kubectl(&c.kubeconfig, &["apply", "-f", "-"], Some(WIDGETS)).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let widget =
@@ -566,7 +562,7 @@ async fn crds_and_their_objects_survive_an_api_server_restart() {
     let out = kubectl(&c.kubeconfig, &["apply", "-f", "-"], Some(widget)).await;
     assert!(out.status.success(), "{}", stderr(&out));
     c.shutdown().await;
-    let c = cairn_harness::Cluster::start(cfg()).await.unwrap();
+    let c = api_only_at(&data).await;
     let out = kubectl(
         &c.kubeconfig,
         &["get", "widget", "kept", "-o", "jsonpath={.spec.mode}"],

@@ -78,6 +78,16 @@ impl TestCluster {
     }
 }
 
+/// An API-server-only cluster on `data`; another one on the same `data` finds its objects.
+pub async fn api_only_at(data: &Path) -> Cluster {
+    Cluster::start(ClusterConfig {
+        api_only: true,
+        ..ClusterConfig::new(data, 0)
+    })
+    .await
+    .unwrap()
+}
+
 pub async fn kubectl(kubeconfig: &Path, args: &[&str], input: Option<&str>) -> Output {
     use tokio::io::AsyncWriteExt;
     let mut cmd = tokio::process::Command::new(KUBECTL);
