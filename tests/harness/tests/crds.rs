@@ -577,3 +577,42 @@ async fn crds_and_their_objects_survive_an_api_server_restart() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test]
+async fn served_versions_share_their_objects_and_storage_versions_are_recorded() {
+    let t = api_only().await;
+    apply(&t, WIDGETS).await;
+    apply(
+        &t,
+        "apiVersion: test.cairn.dev/v1\nkind: Widget\nmetadata:\n  name: w\nspec:\n  size: 1\n",
+    )
+    .await;
+    // A v2, made the storage version: v1 objects are read through either version.
+    let v2 = WIDGETS.replace("    storage: true\n", "    storage: false\n")
+        + &WIDGETS[WIDGETS.find("  - name: v1").unwrap()..].replace("name: v1", "name: v2");
+    apply(&t, &v2).await;
+    let crd = get_json(&t, &["crd", "widgets.test.cairn.dev"]).await;
+    assert_eq!(crd["status"]["storedVersions"], json!(["v1", "v2"]));
+    for v in ["v1", "v2"] {
+        let res = format!("widgets.{v}.test.cairn.dev");
+        let got = t
+            .must(&[
+                "get",
+                &res,
+                "w",
+                "-o",
+                "jsonpath={.apiVersion} {.spec.size}",
+            ])
+            .await;
+        assert_eq!(got, format!("test.cairn.dev/{v} 1"));
+    }
+    let groups = t.kube().await.list_api_groups().await.unwrap();
+    let g = groups
+        .groups
+        .iter()
+        .find(|g| g.name == "test.cairn.dev")
+        .unwrap();
+    assert_eq!(g.preferred_version.as_ref().unwrap().version, "v2");
+    assert_eq!(g.versions.len(), 2);
+    t.shutdown().await;
+}

@@ -180,6 +180,26 @@ pub fn prepare_create(crd: &mut Value) {
     crd["status"] = json!({"storedVersions": stored, "acceptedNames": {"plural": "", "kind": ""}});
 }
 
+/// PrepareForUpdate: a new storage version joins `status.storedVersions`.
+fn record_storage_version(crd: &mut Value) {
+    let storage = crd["spec"]["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["storage"] == true)
+        .map(|v| v["name"].clone());
+    let Some(storage) = storage else { return };
+    if !crd["status"]["storedVersions"].is_array() {
+        crd["status"]["storedVersions"] = json!([]);
+    }
+    let stored = crd["status"]["storedVersions"]
+        .as_array_mut()
+        .expect("array");
+    if !stored.contains(&storage) {
+        stored.push(storage);
+    }
+}
+
 /// Sets condition `ty` on a CRD, keeping lastTransitionTime while the status holds.
 fn set_condition(crd: &mut Value, ty: &str, status: &str, reason: &str, message: &str) {
     if !crd["status"]["conditions"].is_array() {
@@ -305,6 +325,7 @@ impl Registry {
         self.update_crd(name, "names", |old| {
             let mut new = old.clone();
             accept_names(&mut new, &others);
+            record_storage_version(&mut new);
             Some(new)
         });
     }
@@ -532,6 +553,20 @@ mod tests {
                 "spec.versions"
             ]
         );
+    }
+
+    #[test]
+    fn a_new_storage_version_is_recorded() {
+        let mut c = crd();
+        prepare_create(&mut c);
+        c["spec"]["versions"][0]["storage"] = json!(false);
+        c["spec"]["versions"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "v2", "served": true, "storage": true}));
+        record_storage_version(&mut c);
+        record_storage_version(&mut c);
+        assert_eq!(c["status"]["storedVersions"], json!(["v1", "v2"]));
     }
 
     #[test]
