@@ -18,6 +18,15 @@ fn cm(name: &str) -> ConfigMap {
     serde_json::from_value(json!({"metadata": {"name": name}, "data": {"k": "0"}})).unwrap()
 }
 
+/// A cluster of the API server alone, in a temporary directory.
+async fn api_only() -> TestCluster {
+    TestCluster::start_with(|c| cairn_harness::ClusterConfig {
+        api_only: true,
+        ..c
+    })
+    .await
+}
+
 #[tokio::test]
 async fn watch_resumes_from_a_resource_version_and_expires_with_410() {
     let t = TestCluster::start_with(|c| cairn_harness::ClusterConfig {
@@ -95,11 +104,7 @@ async fn watch_resumes_from_a_resource_version_and_expires_with_410() {
 
 #[tokio::test]
 async fn stale_resource_version_is_a_conflict() {
-    let t = TestCluster::start_with(|c| cairn_harness::ClusterConfig {
-        api_only: true,
-        ..c
-    })
-    .await;
+    let t = api_only().await;
     let api: Api<ConfigMap> = Api::namespaced(t.kube().await, "default");
     let v1 = api
         .create(&PostParams::default(), &cm("occ"))
@@ -131,11 +136,7 @@ async fn stale_resource_version_is_a_conflict() {
 
 #[tokio::test]
 async fn finalizers_hold_deletion_until_removed() {
-    let t = TestCluster::start_with(|c| cairn_harness::ClusterConfig {
-        api_only: true,
-        ..c
-    })
-    .await;
+    let t = api_only().await;
     let api: Api<ConfigMap> = Api::namespaced(t.kube().await, "default");
     let mut obj = cm("held");
     obj.metadata.finalizers = Some(vec!["example.com/hold".into()]);
@@ -227,11 +228,7 @@ async fn objects_survive_an_api_server_restart() {
 
 #[tokio::test]
 async fn malformed_manifests_get_a_status_naming_the_field() {
-    let t = TestCluster::start_with(|c| cairn_harness::ClusterConfig {
-        api_only: true,
-        ..c
-    })
-    .await;
+    let t = api_only().await;
     let bad_pvc = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: bad\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: lots\n";
     let out = t.kubectl_stdin(&["apply", "-f", "-"], bad_pvc).await;
     assert!(!out.status.success());
@@ -277,5 +274,52 @@ async fn malformed_manifests_get_a_status_naming_the_field() {
             .items
             .is_empty()
     );
+    t.shutdown().await;
+}
+
+/// A JSON patch `replace` of a missing object member sets it, as kube-apiserver's
+/// evanphx/json-patch v4 does (csi-snapshotter replaces `/metadata/annotations` on a
+/// VolumeSnapshotContent that has none); a missing parent is still a 422.
+#[tokio::test]
+async fn json_patch_replace_sets_a_missing_member() {
+    let t = api_only().await;
+    // (`kubectl create configmap` sends a protobuf body, which the harness answers 415.)
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: plain\n";
+    let out = t.kubectl_stdin(&["create", "-f", "-"], cm).await;
+    assert!(out.status.success(), "{out:?}");
+    let replace = |path: &str| {
+        format!(r#"[{{"op":"replace","path":"{path}","value":{{"snapshot":"yes"}}}}]"#)
+    };
+    t.must(&[
+        "patch",
+        "configmap",
+        "plain",
+        "--type=json",
+        "-p",
+        &replace("/metadata/annotations"),
+    ])
+    .await;
+    let got = t
+        .must(&[
+            "get",
+            "configmap",
+            "plain",
+            "-o",
+            "jsonpath={.metadata.annotations.snapshot}",
+        ])
+        .await;
+    assert_eq!(got, "yes");
+    let out = t
+        .kubectl(&[
+            "patch",
+            "configmap",
+            "plain",
+            "--type=json",
+            "-p",
+            &replace("/nothing/here"),
+        ])
+        .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is invalid"), "{err}");
     t.shutdown().await;
 }

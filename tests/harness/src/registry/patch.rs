@@ -43,22 +43,49 @@ pub fn apply(pt: PatchType, target: &Value, patch: &Value) -> Result<Value> {
     let mut out = target.clone();
     match pt {
         PatchType::Merge => json_patch::merge(&mut out, patch),
-        PatchType::Json => {
-            let p: json_patch::Patch = serde_json::from_value(patch.clone())
-                .map_err(|e| Error::BadRequest(format!("the json patch is malformed: {e}")))?;
-            json_patch::patch(&mut out, &p).map_err(|e| Error::Invalid {
-                kind: String::new(),
-                group: String::new(),
-                name: String::new(),
-                causes: vec![crate::error::Cause::invalid(
-                    "",
-                    format!("the json patch could not be applied: {e}"),
-                )],
-            })?;
-        }
+        PatchType::Json => json_patch_ops(&mut out, patch)?,
         PatchType::Strategic | PatchType::Apply => strategic_merge(&mut out, patch),
     }
     Ok(out)
+}
+
+/// Applies a JSON patch (RFC 6902) op by op, as kube-apiserver's evanphx/json-patch v4 does:
+/// a `replace` of a missing member of an object sets it (the library reads a missing key as
+/// null), which csi-snapshotter relies on to replace `/metadata/annotations` on an object that
+/// has none. A failed op leaves `out` half-patched; the caller drops it.
+fn json_patch_ops(out: &mut Value, patch: &Value) -> Result<()> {
+    let malformed = |e: String| Error::BadRequest(format!("the json patch is malformed: {e}"));
+    let ops = patch
+        .as_array()
+        .ok_or_else(|| malformed("not a JSON array".into()))?;
+    for op in ops {
+        let mut op = op.clone();
+        if op["op"] == "replace"
+            && let Some(path) = op["path"].as_str()
+            && let Some((parent, key)) = path.rsplit_once('/')
+        {
+            let key = key.replace("~1", "/").replace("~0", "~");
+            if out
+                .pointer(parent)
+                .and_then(Value::as_object)
+                .is_some_and(|o| !o.contains_key(&key))
+            {
+                op["op"] = "add".into();
+            }
+        }
+        let p: json_patch::Patch =
+            serde_json::from_value(Value::Array(vec![op])).map_err(|e| malformed(e.to_string()))?;
+        json_patch::patch(out, &p).map_err(|e| Error::Invalid {
+            kind: String::new(),
+            group: String::new(),
+            name: String::new(),
+            causes: vec![crate::error::Cause::invalid(
+                "",
+                format!("the json patch could not be applied: {e}"),
+            )],
+        })?;
+    }
+    Ok(())
 }
 
 /// The merge key of a list field under strategic merge, or None for "replace".
@@ -218,6 +245,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out["metadata"]["labels"]["a"], "9");
+        // A missing object member is replaced (set), as evanphx/json-patch v4 does; a missing
+        // parent or array element is still an error.
+        let out = apply(
+            PatchType::Json,
+            &o,
+            &json!([{"op": "replace", "path": "/metadata/annotations", "value": {"x": "y"}}]),
+        )
+        .unwrap();
+        assert_eq!(out["metadata"]["annotations"], json!({"x": "y"}));
+        for path in ["/spec/annotations", "/metadata/labels/a/b"] {
+            let p = json!([{"op": "replace", "path": path, "value": 1}]);
+            assert!(apply(PatchType::Json, &o, &p).is_err(), "{path}");
+        }
         assert!(
             apply(
                 PatchType::Json,
