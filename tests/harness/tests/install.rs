@@ -5,14 +5,11 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cairn_harness::cluster::CairnInstall;
-use cairn_harness::components::{DRIVER, find_binary};
+use cairn_harness::Cluster;
+use cairn_harness::components::DRIVER;
 use cairn_harness::install::NAMESPACE;
-use cairn_harness::kubelet::images::ImageMap;
-use cairn_harness::{Cluster, ClusterConfig};
 use cairn_proto::cairn::v1 as pb;
 use common::*;
 use serde_json::Value;
@@ -176,30 +173,13 @@ fn cairn_loops(dir: &Path) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_cairn_is_kubectl_apply_k_of_the_manifests() {
-    for bin in ["storaged", "cairn-csi", "cairn-provisioner"] {
-        assert!(
-            find_binary(bin).is_some(),
-            "{bin} not built: run `cargo build --workspace` first"
-        );
-    }
     let loops_before = cairn_loops(Path::new("/nonexistent"));
     let registrar = registrar_dir();
-    let mut images = ImageMap::with_defaults();
-    if let Some(dir) = &registrar {
-        images
-            .add_flag(&format!("{REGISTRAR_IMAGE}={}", dir.display()))
-            .expect("map the registrar image");
-    }
-    let started = Instant::now();
-    let t = TestCluster::start_with(|c| ClusterConfig {
-        nodes: 3,
-        with_cairn: true,
-        cairn_install: CairnInstall::Manifests,
-        images: Arc::new(images),
-        ..c
-    })
-    .await;
-    eprintln!("up --with-cairn (manifests) took {:?}", started.elapsed());
+    let images: Vec<String> = registrar
+        .iter()
+        .map(|dir| format!("{REGISTRAR_IMAGE}={}", dir.display()))
+        .collect();
+    let t = start_install(&images).await;
     // With the registrar: none restarted. The kubelet's NodeGetInfo at registration comes
     // while storaged is still forming; a refusal makes the registrar exit (issue 20).
     let none_restarted: BTreeMap<String, i64> = ["node-1", "node-2", "node-3"]

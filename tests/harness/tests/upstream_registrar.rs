@@ -5,8 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::process::Command;
 use std::time::Duration;
 
 use cairn_harness::cluster::kubelet_root;
@@ -35,54 +34,6 @@ fn registrar_bin() -> Option<PathBuf> {
         None => {
             eprintln!("SKIPPED: {ENV} is not set; {HOW}");
             None
-        }
-    }
-}
-
-/// A child process ended (SIGTERM, then SIGKILL after 10 s) when dropped.
-struct Proc(Mutex<Child>);
-
-impl Proc {
-    fn spawn(cmd: &mut Command, log: &Path) -> Proc {
-        let out = std::fs::File::create(log).unwrap();
-        Proc(Mutex::new(
-            cmd.stdout(out.try_clone().unwrap())
-                .stderr(out)
-                .stdin(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")),
-        ))
-    }
-
-    fn exited(&self) -> Option<std::process::ExitStatus> {
-        self.child().try_wait().ok().flatten()
-    }
-
-    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// SIGTERM, then SIGKILL after 10 s; the exit status.
-    fn stop(&self) -> Option<std::process::ExitStatus> {
-        use nix::sys::signal::{Signal, kill};
-        let pid = nix::unistd::Pid::from_raw(self.child().id() as i32);
-        let _ = kill(pid, Signal::SIGTERM);
-        for _ in 0..200 {
-            if let Some(status) = self.exited() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let mut child = self.child();
-        let _ = child.kill();
-        child.wait().ok()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.exited().is_none() {
-            self.stop();
         }
     }
 }

@@ -4,7 +4,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cairn_harness::{Cluster, ClusterConfig};
@@ -71,11 +72,51 @@ impl TestCluster {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
+    /// kubectl with `input` on stdin that must succeed; returns stdout.
+    pub async fn must_stdin(&self, args: &[&str], input: &str) -> String {
+        let out = self.kubectl_stdin(args, input).await;
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(c) = self.cluster.take() {
             c.shutdown().await;
         }
     }
+}
+
+/// `up --with-cairn` as a user installs it (`kubectl apply -k manifests/`) on 3 nodes, with
+/// `images` (`NAME=DIR`) mapped besides the defaults; says how long it took.
+pub async fn start_install(images: &[String]) -> TestCluster {
+    use cairn_harness::cluster::CairnInstall;
+    use cairn_harness::kubelet::images::ImageMap;
+    for bin in ["storaged", "cairn-csi", "cairn-provisioner"] {
+        assert!(
+            cairn_harness::components::find_binary(bin).is_some(),
+            "{bin} not built: run `cargo build --workspace` first"
+        );
+    }
+    let mut map = ImageMap::with_defaults();
+    for flag in images {
+        map.add_flag(flag)
+            .unwrap_or_else(|e| panic!("map the image {flag}: {e}"));
+    }
+    let started = Instant::now();
+    let t = TestCluster::start_with(|c| ClusterConfig {
+        nodes: 3,
+        with_cairn: true,
+        cairn_install: CairnInstall::Manifests,
+        images: std::sync::Arc::new(map),
+        ..c
+    })
+    .await;
+    eprintln!("up --with-cairn (manifests) took {:?}", started.elapsed());
+    t
 }
 
 /// An API-server-only cluster on `data`; another one on the same `data` finds its objects.
@@ -193,4 +234,52 @@ pub async fn shutdown_leaves_nothing(t: TestCluster, data: &Path, index: u8) {
     t.shutdown().await;
     let left = leftovers(data, index);
     assert!(left.is_empty(), "left after teardown: {left:#?}");
+}
+
+/// A child process ended (SIGTERM, then SIGKILL after 10 s) when dropped.
+pub struct Proc(Mutex<Child>);
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command, log: &Path) -> Proc {
+        let out = std::fs::File::create(log).unwrap();
+        Proc(Mutex::new(
+            cmd.stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")),
+        ))
+    }
+
+    pub fn exited(&self) -> Option<std::process::ExitStatus> {
+        self.child().try_wait().ok().flatten()
+    }
+
+    fn child(&self) -> std::sync::MutexGuard<'_, Child> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s; the exit status.
+    pub fn stop(&self) -> Option<std::process::ExitStatus> {
+        use nix::sys::signal::{Signal, kill};
+        let pid = nix::unistd::Pid::from_raw(self.child().id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        for _ in 0..200 {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut child = self.child();
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            self.stop();
+        }
+    }
 }
