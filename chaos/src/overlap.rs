@@ -145,20 +145,19 @@ pub async fn inject(
         for mut a in due {
             let kind = a.fault.record().kind;
             let nodes = a.fault.record().nodes.clone();
-            let held: BTreeSet<u64> = active.iter().flat_map(|a| a.breaks.clone()).collect();
-            let catching_up: BTreeSet<u64> = recovering.keys().copied().collect();
             // A partition heals once its watch of the majority side has settled.
             if !over && !a.fault.observed() {
                 active.push(a);
                 continue;
             }
-            if kind.clock_rate().is_some()
-                && !over
-                && !restart_fits(&nodes, &held, &catching_up, &cluster.lost, &members, &all)
-            {
-                // The heal is a restart: it waits, like a start, until it breaks no majority.
-                active.push(a);
-                continue;
+            // A clock's heal is a restart: it waits, like a start, until it breaks no majority.
+            if kind.clock_rate().is_some() && !over {
+                let held: BTreeSet<u64> = active.iter().flat_map(|a| a.breaks.clone()).collect();
+                let catching_up: BTreeSet<u64> = recovering.keys().copied().collect();
+                if !restart_fits(&nodes, &held, &catching_up, &cluster.lost, &members, &all) {
+                    active.push(a);
+                    continue;
+                }
             }
             nemesis::observe(cluster, &mut a.fault, volumes).await;
             let record = nemesis::heal(cluster, recorder, a.fault)?;
