@@ -5,6 +5,7 @@ mod discovery;
 mod exec;
 mod logs;
 mod openapi;
+pub mod protobuf;
 pub mod table;
 mod watch;
 
@@ -440,7 +441,10 @@ async fn route(
 }
 
 fn parse_json(body: &[u8], ct: &str) -> Result<Value> {
-    if ct.contains("protobuf") || ct.contains("cbor") {
+    if ct.contains("protobuf") {
+        return protobuf::decode(body);
+    }
+    if ct.contains("cbor") {
         return Err(Error::UnsupportedMediaType(
             "application/json, application/yaml".into(),
         ));
