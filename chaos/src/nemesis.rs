@@ -41,7 +41,7 @@ pub enum FaultKind {
     /// Every fsync on a node's disk takes `SLOW_FSYNC` longer. Healed by clearing the delay.
     SlowDisk,
     /// A node cut from every other, both ways (clients on the host still reach it). Healed,
-    /// like every partition, by deleting the run's nftables table.
+    /// like every partition, by deleting its own nftables table.
     PartitionIsolate,
     /// A minority (the target and the next nodes by id, ⌊(n−1)/2⌋ in all, the target's group
     /// mates last) cut from the rest.
@@ -299,6 +299,8 @@ pub struct ActiveFault {
     cpu_since: Instant,
     /// A partition's watch of its majority side (`watch`): volume → the leader it named.
     majority: Option<tokio::task::JoinHandle<BTreeMap<String, u64>>>,
+    /// A partition's own nftables table (`ChaosNet::partition_table`).
+    table: Option<String>,
 }
 
 impl ActiveFault {
@@ -392,6 +394,7 @@ pub async fn start_on(
         pairs: Vec::new(),
         minority: Vec::new(),
     };
+    let mut table = None;
     match kind {
         FaultKind::Kill => nodes.iter().for_each(|&id| cluster.procs.kill9(id)),
         FaultKind::Pause => nodes.iter().for_each(|&id| cluster.procs.pause(id, true)),
@@ -421,7 +424,9 @@ pub async fn start_on(
             cut = partition::cut(shape, nodes[0], &cluster.node_ids(), &mates);
             let net = &cluster.net;
             let link = |id: u64| net.host_link(id).unwrap_or_default().to_string();
-            partition::apply(&partition::rules(&net.table(), &cut.pairs, link))?;
+            let own = net.partition_table();
+            partition::apply(&partition::rules(&own, &cut.pairs, link))?;
+            table = Some(own);
         }
         FaultKind::Clock | FaultKind::ClockSlow => {
             let rate = kind.clock_rate().expect("a clock kind");
@@ -451,6 +456,7 @@ pub async fn start_on(
         cpu_at_start,
         cpu_since: Instant::now(),
         majority: None,
+        table,
         record: FaultRecord {
             dropped_bytes,
             clock_rate,
@@ -652,6 +658,7 @@ pub fn heal(
     fault: ActiveFault,
 ) -> Result<FaultRecord, Error> {
     let mut record = fault.record;
+    let table = fault.table;
     let kind = record.kind;
     let now = cpu_of(cluster);
     record.cpu_over_s = fault.cpu_since.elapsed().as_secs_f64();
@@ -721,7 +728,7 @@ pub fn heal(
         | FaultKind::PartitionSplit
         | FaultKind::PartitionBridge
         | FaultKind::PartitionOneWay => {
-            let table = cluster.net.table();
+            let table = table.unwrap_or_else(|| cluster.net.table());
             // The heal goes on without the counters rather than leave the partition in place.
             let counters = partition::dropped(&table).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "partition counters unreadable");

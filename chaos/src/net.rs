@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cairn_netns::{Bridge, attach_veth, ip, kill_until_gone};
@@ -43,6 +44,8 @@ pub struct ChaosNet {
     pub bridge: Bridge,
     pub nodes: Vec<NodeNet>,
     down: bool,
+    /// The number of the next partition's table (`partition_table`).
+    partitions: AtomicU64,
 }
 
 /// A run name: 1 to 32 of `a-z`, `0-9`, `-`, starting with a letter or digit.
@@ -93,6 +96,7 @@ impl ChaosNet {
             bridge,
             nodes: Vec::with_capacity(nodes),
             down: false,
+            partitions: AtomicU64::new(1),
         };
         for k in 1..=nodes {
             // On an error `net` is dropped, which removes what was made.
@@ -126,9 +130,16 @@ impl ChaosNet {
             .collect()
     }
 
-    /// The nftables table (bridge family) this run's partitions live in.
+    /// The nftables table (bridge family) of a partition made by hand (tests).
     pub fn table(&self) -> String {
         table_of(&self.name)
+    }
+
+    /// A new nftables table (bridge family) for one partition of the nemesis: each partition
+    /// has its own, so partitions overlap and each heals (and counts its drops) alone.
+    pub fn partition_table(&self) -> String {
+        let k = self.partitions.fetch_add(1, Ordering::Relaxed);
+        format!("{}{PARTITION_SEP}{k}", table_of(&self.name))
     }
 
     /// Node `id`'s (1-based) link on the bridge.
@@ -167,10 +178,49 @@ fn table_of(run: &str) -> String {
     format!("{ALIAS}-{run}")
 }
 
-/// Deletes run `name`'s partition table and its namespaces (after killing their processes),
+/// Between a run's table name and a partition's number: not allowed in run names, so no run's
+/// tables are another run's.
+const PARTITION_SEP: &str = "_p";
+
+/// Of the bridge-family tables `names`, those of run `run`: its hand-made table and its
+/// partitions' tables.
+fn tables_of<'a>(run: &str, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let base = table_of(run);
+    names
+        .into_iter()
+        .filter(|n| {
+            *n == base
+                || n.strip_prefix(&base)
+                    .and_then(|r| r.strip_prefix(PARTITION_SEP))
+                    .is_some_and(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_digit()))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The names of the bridge-family nftables tables now present.
+fn bridge_tables() -> Vec<String> {
+    let Ok(json) = cairn_netns::run("nft", &["-j", "list", "tables", "bridge"], None) else {
+        return Vec::new();
+    };
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+    doc["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["table"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Deletes run `name`'s partition tables and its namespaces (after killing their processes),
 /// each even if another failed.
 fn remove(name: &str) {
-    let _ = crate::partition::heal(&table_of(name));
+    let tables = bridge_tables();
+    for table in tables_of(name, tables.iter().map(String::as_str)) {
+        if let Err(e) = crate::partition::heal(&table) {
+            tracing::warn!(%table, error = %e, "partition table removal failed");
+        }
+    }
     let prefix = format!("{ALIAS}-{name}-");
     let entries = std::fs::read_dir(NETNS_DIR).map(|rd| rd.flatten().collect::<Vec<_>>());
     for e in entries.unwrap_or_default() {
@@ -253,6 +303,25 @@ pub fn cleanup_leftovers(name: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runs_tables_are_its_own_and_its_partitions() {
+        let names = [
+            "cairn-chaos-a",
+            "cairn-chaos-a_p1",
+            "cairn-chaos-a_p12",
+            "cairn-chaos-a-p1",
+            "cairn-chaos-ab_p1",
+            "cairn-chaos-a_p",
+            "cairn-chaos-a_px",
+            "other",
+        ];
+        assert_eq!(
+            tables_of("a", names),
+            ["cairn-chaos-a", "cairn-chaos-a_p1", "cairn-chaos-a_p12"]
+        );
+        assert_eq!(tables_of("a-p1", names), ["cairn-chaos-a-p1"]);
+    }
 
     #[test]
     fn run_names_are_checked() {

@@ -106,8 +106,8 @@ struct Active {
 
 /// Follows the schedule with up to `config.overlap` faults active at once (a step starts
 /// `gap` after the previous one started, once a slot is free and it fits); a healed fault's
-/// nodes count as broken until their replicas are caught up. Partitions share the run's one
-/// nftables table, so at most one is active. Returns the faults as they happened, each with
+/// nodes count as broken until their replicas are caught up. Each partition has its own
+/// nftables table, so partitions overlap too. Returns the faults as they happened, each with
 /// `overlapping` (how many faults were active when it started).
 pub async fn inject(
     cluster: &mut FaultCluster,
@@ -293,17 +293,8 @@ async fn try_start(
     }
     let quiet = active.is_empty() && recovering.is_empty();
     let alone = exclusive(step.kind) || active.iter().any(|a| exclusive(a.fault.record().kind));
-    let partitioned = step.kind.shape().is_some()
-        && active
-            .iter()
-            .any(|a| a.fault.record().kind.shape().is_some());
-    if !quiet && (alone || partitioned) {
-        tracing::debug!(
-            fault = step.kind.name(),
-            alone,
-            partitioned,
-            "no room: not alone"
-        );
+    if !quiet && alone {
+        tracing::debug!(fault = step.kind.name(), "no room: not alone");
         return Ok(Attempt::NoRoom);
     }
     if let (Some(rate), Target::Node { id }) = (step.kind.clock_rate(), &step.target)
