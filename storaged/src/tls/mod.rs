@@ -19,16 +19,24 @@ pub use identity::Identity;
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// The connections `listener` accepts, each after a mutual TLS handshake with the
-/// certificate and CA on disk at that moment (`cairn_client::reload`). Handshakes run
-/// concurrently, so a slow client holds up no other; a failed one is dropped. Accepting
-/// stops once the stream is dropped (the server stopped).
+/// certificate and CA on disk at that moment (`cairn_client::reload`); see `accept_tls`.
 pub fn tls_incoming(
     listener: TcpListener,
     tls: &Arc<Reloading>,
 ) -> crate::Result<ReceiverStream<std::io::Result<TlsStream<TcpStream>>>> {
     let config = cairn_client::reload::server_config(tls)
         .map_err(|e| crate::Error::invalid("tls-dir", e.message().to_string()))?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    Ok(accept_tls(listener, Arc::new(config)))
+}
+
+/// The connections `listener` accepts, each after a TLS handshake under `config`.
+/// Handshakes run concurrently, so a slow client holds up no other; a failed one is
+/// dropped. Accepting stops once the stream is dropped (the server stopped).
+pub fn accept_tls(
+    listener: TcpListener,
+    config: Arc<tokio_rustls::rustls::ServerConfig>,
+) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -58,5 +66,5 @@ pub fn tls_incoming(
             });
         }
     });
-    Ok(ReceiverStream::new(rx))
+    ReceiverStream::new(rx)
 }

@@ -15,6 +15,7 @@ use crate::client::Client;
 use crate::components::{self, CairnLayout, Components};
 use crate::controllers::{self, attach_detach, gc, pv_binder, run_loop, statefulset};
 use crate::error::{Error, Result};
+use crate::in_cluster::{self, InCluster};
 use crate::install;
 use crate::kubelet::images::ImageMap;
 use crate::kubelet::{Kubelet, KubeletConfig};
@@ -78,6 +79,8 @@ pub struct Cluster {
     pub machines: Option<Nodes>,
     /// The API server on the node bridge (what pods and node components reach).
     pub node_api: Option<ApiServer>,
+    /// The API server's HTTPS listener on the node bridge (what in-cluster config reaches).
+    pub https_api: Option<ApiServer>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -107,20 +110,22 @@ fn bootstrap(reg: &Registry) -> Result<()> {
 }
 
 /// Creates the nodes (namespaces, bridge) and serves the API on the bridge, with the nodes'
-/// kubeconfig (`DIR/kubeconfig-nodes`, also `/etc/cairn/kubeconfig` in every node).
+/// kubeconfig (`DIR/kubeconfig-nodes`, also `/etc/cairn/kubeconfig` in every node), and
+/// over HTTPS for in-cluster config (`in_cluster`).
 async fn start_nodes(
     data_dir: &Path,
     names: &[String],
     registry: &Arc<Registry>,
     api: &ApiServer,
     cfg: ApiServerConfig,
-) -> Result<(Nodes, ApiServer)> {
+) -> Result<(Nodes, ApiServer, (ApiServer, InCluster))> {
     let dir = data_dir.to_path_buf();
     let names = names.to_vec();
     let mut m = tokio::task::spawn_blocking(move || Nodes::start(&dir, &names))
         .await
         .map_err(Error::internal)??;
     let gw = std::net::IpAddr::from(m.network.gateway());
+    let https_cfg = cfg.clone();
     let napi =
         match apiserver::serve(registry.clone(), (gw, api.addr.port()).into(), cfg.clone()).await {
             Ok(s) => Ok(s),
@@ -137,8 +142,18 @@ async fn start_nodes(
         }
         Ok(napi)
     });
-    match written {
-        Ok(napi) => Ok((m, napi)),
+    let started = match written {
+        Ok(napi) => match in_cluster::start(data_dir, registry, gw, https_cfg).await {
+            Ok(https) => Ok((napi, https)),
+            Err(e) => {
+                napi.stop().await;
+                Err(e)
+            }
+        },
+        Err(e) => Err(e),
+    };
+    match started {
+        Ok((napi, https)) => Ok((m, napi, https)),
         Err(e) => {
             tokio::task::spawn_blocking(move || m.shutdown()).await.ok();
             Err(e)
@@ -146,11 +161,15 @@ async fn start_nodes(
     }
 }
 
-async fn stop_nodes(machines: Option<Nodes>, node_api: Option<ApiServer>) {
+async fn stop_nodes(
+    machines: Option<Nodes>,
+    node_api: Option<ApiServer>,
+    https_api: Option<ApiServer>,
+) {
     if let Some(mut m) = machines {
         let _ = tokio::task::spawn_blocking(move || m.shutdown()).await;
     }
-    if let Some(a) = node_api {
+    for a in node_api.into_iter().chain(https_api) {
         a.stop().await;
     }
 }
@@ -182,6 +201,7 @@ impl Cluster {
         let mut nodes = Vec::new();
         let mut components = Components::default();
         let (mut machines, mut node_api) = (None, None);
+        let (mut https_api, mut in_cluster) = (None, None);
         if !cfg.api_only {
             let resync = Duration::from_secs(1);
             let binder = pv_binder::PvBinder::new(client.clone());
@@ -257,7 +277,7 @@ impl Cluster {
             )));
             let names: Vec<String> = (1..=cfg.nodes).map(|i| format!("node-{i}")).collect();
             if !names.is_empty() {
-                let (m, napi) =
+                let (m, napi, (https, ic)) =
                     match start_nodes(&data_dir, &names, &registry, &api, api_cfg.clone()).await {
                         Ok(v) => v,
                         Err(e) => {
@@ -280,7 +300,26 @@ impl Cluster {
                 )));
                 machines = Some(m);
                 node_api = Some(napi);
+                https_api = Some(https);
+                in_cluster = Some(ic);
             }
+            let https_port = https_api.as_ref().map(|a: &ApiServer| a.addr.port());
+            let sac = controllers::serviceaccounts::ServiceAccountController::new(
+                client.clone(),
+                https_port,
+            );
+            tasks.push(tokio::spawn(run_loop(
+                "serviceaccount",
+                store.clone(),
+                vec![
+                    resources::NAMESPACES,
+                    resources::SERVICEACCOUNTS,
+                    resources::SERVICES,
+                ],
+                resync,
+                stop_rx.clone(),
+                move || sac.reconcile(),
+            )));
             for (i, node) in names.into_iter().enumerate() {
                 let root = kubelet_root(&data_dir, &node);
                 std::fs::create_dir_all(root.join("plugins")).map_err(Error::internal)?;
@@ -289,10 +328,10 @@ impl Cluster {
                     images: cfg.images.clone(),
                     ..KubeletConfig::new(&node, root)
                 };
-                if let (Some(m), Some(napi)) = (&machines, &node_api) {
+                if let Some(m) = &machines {
                     kc.address = m.nodes[i].address.into();
                     kc.namespaces = Some(m.nodes[i].namespaces());
-                    kc.api = Some(napi.addr);
+                    kc.in_cluster = in_cluster.clone();
                 }
                 let kubelet = Kubelet::new(client.clone(), kc);
                 tasks.push(tokio::spawn(kubelet.run(stop_rx.clone())));
@@ -336,7 +375,7 @@ impl Cluster {
                         let _ = t.await;
                     }
                     components.stop_all().await;
-                    stop_nodes(machines, node_api).await;
+                    stop_nodes(machines, node_api, https_api).await;
                     api.stop().await;
                     return Err(e);
                 }
@@ -352,6 +391,7 @@ impl Cluster {
             components,
             machines,
             node_api,
+            https_api,
             stop,
             tasks,
         })
@@ -370,7 +410,12 @@ impl Cluster {
             let _ = t.await;
         }
         self.components.stop_all().await;
-        stop_nodes(self.machines.take(), self.node_api.take()).await;
+        stop_nodes(
+            self.machines.take(),
+            self.node_api.take(),
+            self.https_api.take(),
+        )
+        .await;
         self.api.stop().await;
         tracing::info!("cluster down");
     }

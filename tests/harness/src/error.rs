@@ -71,6 +71,9 @@ pub enum Error {
     BadRequest(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A credential the API server did not issue, or one no longer valid.
+    #[error("Unauthorized")]
+    Unauthorized,
     #[error("the server could not find the requested resource")]
     NoRoute,
     #[error("the server does not allow this method on the requested resource")]
@@ -101,6 +104,7 @@ impl Error {
             Error::Invalid { .. } => 422,
             Error::BadRequest(_) => 400,
             Error::Forbidden(_) => 403,
+            Error::Unauthorized => 401,
             Error::MethodNotAllowed => 405,
             Error::UnsupportedMediaType(_) => 415,
             Error::Gone { .. } => 410,
@@ -116,6 +120,7 @@ impl Error {
             Error::Invalid { .. } => "Invalid",
             Error::BadRequest(_) => "BadRequest",
             Error::Forbidden(_) => "Forbidden",
+            Error::Unauthorized => "Unauthorized",
             Error::MethodNotAllowed => "MethodNotAllowed",
             Error::UnsupportedMediaType(_) => "UnsupportedMediaType",
             Error::Gone { .. } => "Expired",

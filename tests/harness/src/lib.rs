@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod components;
 pub mod controllers;
 pub mod error;
+pub mod in_cluster;
 pub mod install;
 pub mod kubelet;
 pub mod node;

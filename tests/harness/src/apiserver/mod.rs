@@ -1,12 +1,14 @@
 //! The HTTP front of the API server: path routing to discovery, OpenAPI,
 //! list/watch/get and the write verbs; errors leave as `Status` objects.
 
+pub mod auth;
 mod discovery;
 mod exec;
 mod logs;
 mod openapi;
 pub mod protobuf;
 pub mod table;
+pub mod tls;
 mod watch;
 
 use std::collections::HashMap;
@@ -37,6 +39,15 @@ pub type LogLocator = Arc<dyn Fn(&Value, &str) -> Option<PathBuf> + Send + Sync>
 pub struct ApiServerConfig {
     pub log_locator: Option<LogLocator>,
     pub bookmark_interval: Duration,
+    /// Serve HTTPS, authenticating bearer tokens (`auth`), instead of plain HTTP.
+    pub https: Option<Https>,
+}
+
+/// An HTTPS listener's certificate and the tokens it accepts.
+#[derive(Clone)]
+pub struct Https {
+    pub certs: tls::ServingCerts,
+    pub tokens: Arc<auth::Tokens>,
 }
 
 impl Default for ApiServerConfig {
@@ -44,6 +55,7 @@ impl Default for ApiServerConfig {
         ApiServerConfig {
             log_locator: None,
             bookmark_interval: Duration::from_secs(15),
+            https: None,
         }
     }
 }
@@ -56,13 +68,14 @@ struct AppState {
 /// A running API server; dropping `shutdown` (or calling `stop`) ends it.
 pub struct ApiServer {
     pub addr: SocketAddr,
+    scheme: &'static str,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl ApiServer {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     pub async fn stop(mut self) {
@@ -76,7 +89,7 @@ impl ApiServer {
     }
 }
 
-/// Binds `listen` and serves the registry over plain HTTP.
+/// Binds `listen` and serves the registry over plain HTTP, or HTTPS with `cfg.https`.
 pub async fn serve(
     registry: Arc<Registry>,
     listen: SocketAddr,
@@ -84,23 +97,37 @@ pub async fn serve(
 ) -> Result<ApiServer> {
     let listener = TcpListener::bind(listen).await.map_err(Error::internal)?;
     let addr = listener.local_addr().map_err(Error::internal)?;
+    let tls = cfg.https.as_ref().map(|h| h.certs.config.clone());
     let state = Arc::new(AppState { registry, cfg });
     let app = axum::Router::new().fallback(handle).with_state(state);
     let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = rx.await;
-        });
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "api server stopped");
+    let (scheme, handle) = match tls {
+        None => ("http", tokio::spawn(run(listener, app, rx))),
+        Some(tls) => {
+            let listener = tls::TlsListener::new(listener, tls)?;
+            ("https", tokio::spawn(run(listener, app, rx)))
         }
-    });
-    tracing::info!(%addr, "api server listening");
+    };
+    tracing::info!(%addr, scheme, "api server listening");
     Ok(ApiServer {
         addr,
+        scheme,
         shutdown: Some(tx),
         handle: Some(handle),
     })
+}
+
+async fn run<L>(listener: L, app: axum::Router, stop: oneshot::Receiver<()>)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop.await;
+    });
+    if let Err(e) = server.await {
+        tracing::error!(error = %e, "api server stopped");
+    }
 }
 
 fn json_response(code: u16, v: &Value) -> Response {
@@ -129,6 +156,12 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
+    if let Some(h) = &st.cfg.https {
+        match auth::authenticate(&h.tokens, &st.registry, &headers, &method, &path) {
+            Ok(user) => tracing::trace!(%method, %path, user = %user.name(), "authenticated"),
+            Err(e) => return error_response(&e),
+        }
+    }
     if let Some((ns, name)) = exec::target(&path) {
         let query = uri.query().unwrap_or_default();
         return match exec::serve(&st.registry, &ns, &name, query, ws) {

@@ -3,10 +3,11 @@
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 
-use super::Kubelet;
+use super::{Kubelet, service_account};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// The kubeconfig every node has (the API server's bridge address), given to its pods.
+/// The kubeconfig every node has (the API server's bridge address, plain HTTP), mounted in
+/// its pods but not named by `KUBECONFIG`: pods use in-cluster config, as upstream's.
 pub const NODE_KUBECONFIG: &str = "/etc/cairn/kubeconfig";
 
 /// Puts an image's directory of executables first on `PATH`, as an image's own `PATH`
@@ -90,12 +91,8 @@ pub fn build(kl: &Kubelet, pod: &Pod, c: &Container) -> Result<Vec<(String, Stri
         ("PATH".into(), DEFAULT_PATH.into()),
         ("HOSTNAME".into(), hostname),
     ];
-    if let Some(api) = kl.api() {
-        env.push(("KUBERNETES_SERVICE_HOST".into(), api.ip().to_string()));
-        env.push(("KUBERNETES_SERVICE_PORT".into(), api.port().to_string()));
-        // The harness serves plain HTTP without tokens, so in-cluster config (HTTPS with a
-        // service account token) cannot reach it; the node's kubeconfig stands in for it.
-        env.push(("KUBECONFIG".into(), NODE_KUBECONFIG.into()));
+    if let Some(ic) = kl.in_cluster() {
+        env.extend(service_account::env(ic));
     }
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();

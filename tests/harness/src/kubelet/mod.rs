@@ -8,10 +8,11 @@ pub mod plugins;
 mod pod_worker;
 pub mod probes;
 pub mod runtime;
+mod service_account;
 mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,8 +44,8 @@ pub struct KubeletConfig {
     pub address: IpAddr,
     /// The node's namespaces its pods run in (none: the host's).
     pub namespaces: Option<crate::node::Namespaces>,
-    /// The API server as the node reaches it (`KUBERNETES_SERVICE_HOST`/`_PORT` in pods).
-    pub api: Option<SocketAddr>,
+    /// How pods reach the API server (`service_account`): its HTTPS address, CA, tokens.
+    pub in_cluster: Option<crate::in_cluster::InCluster>,
     /// Which executables each image runs (`--image`).
     pub images: Arc<images::ImageMap>,
 }
@@ -66,7 +67,7 @@ impl KubeletConfig {
             csi_sockets: Vec::new(),
             address: IpAddr::from([127, 0, 0, 1]),
             namespaces: None,
-            api: None,
+            in_cluster: None,
             images: Arc::new(images::ImageMap::with_defaults()),
         }
     }
@@ -117,9 +118,9 @@ impl Kubelet {
         self.cfg.namespaces.clone()
     }
 
-    /// The API server's address as pods on this node reach it.
-    pub(crate) fn api(&self) -> Option<SocketAddr> {
-        self.cfg.api
+    /// How pods on this node reach the API server.
+    pub(crate) fn in_cluster(&self) -> Option<&crate::in_cluster::InCluster> {
+        self.cfg.in_cluster.as_ref()
     }
 
     /// `path` (absolute, as seen in the node) as this process reaches it.

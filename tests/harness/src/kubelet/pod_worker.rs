@@ -384,6 +384,7 @@ impl Worker {
                 propagation: Propagation::parse(m.mount_propagation.as_deref()),
             });
         }
+        self.kl.mount_service_account(volumes, &mut mounts);
         // What a kubelet mounts into every container on its node: the node's hosts file
         // (cluster names, `controllers::dns`) and its kubeconfig (`env::NODE_KUBECONFIG`).
         if let Some(ns) = self.kl.namespaces() {

@@ -44,6 +44,7 @@ impl Kubelet {
         {
             out.push(self.setup_volume(&ns, &uid, pod, &v).await?);
         }
+        out.extend(self.project_service_account(pod)?);
         Ok(out)
     }
 
@@ -297,7 +298,10 @@ pub(crate) fn project(
     Ok(out)
 }
 
-fn write_files(dir: &Path, files: &[(String, Vec<u8>, u32)]) -> std::io::Result<PathBuf> {
+pub(super) fn write_files(
+    dir: &Path,
+    files: &[(String, Vec<u8>, u32)],
+) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
     for (k, v, mode) in files {
