@@ -81,8 +81,25 @@ pub struct Cluster {
     pub node_api: Option<ApiServer>,
     /// The API server's HTTPS listener on the node bridge (what in-cluster config reaches).
     pub https_api: Option<ApiServer>,
-    stop: watch::Sender<bool>,
+    /// Each node's kubelet, which a whole-node fault kills and starts again (`node_faults`).
+    pub(crate) kubelets: Vec<KubeletRun>,
+    pub(crate) stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// A running kubelet: its config (to start it again) and its task.
+pub(crate) struct KubeletRun {
+    pub(crate) cfg: KubeletConfig,
+    pub(crate) kubelet: Arc<Kubelet>,
+    pub(crate) task: JoinHandle<()>,
+}
+
+impl KubeletRun {
+    pub(crate) fn spawn(client: Client, cfg: KubeletConfig, stop: &watch::Sender<bool>) -> Self {
+        let kubelet = Kubelet::new(client, cfg.clone());
+        let task = tokio::spawn(kubelet.clone().run(stop.subscribe()));
+        KubeletRun { cfg, kubelet, task }
+    }
 }
 
 /// The kubelet root of a node inside the data directory.
@@ -199,6 +216,7 @@ impl Cluster {
         let client = Client::new(registry.clone());
         let mut tasks = Vec::new();
         let mut nodes = Vec::new();
+        let mut kubelets = Vec::new();
         let mut components = Components::default();
         let (mut machines, mut node_api) = (None, None);
         let (mut https_api, mut in_cluster) = (None, None);
@@ -333,8 +351,7 @@ impl Cluster {
                     kc.namespaces = Some(m.nodes[i].namespaces());
                     kc.in_cluster = in_cluster.clone();
                 }
-                let kubelet = Kubelet::new(client.clone(), kc);
-                tasks.push(tokio::spawn(kubelet.run(stop_rx.clone())));
+                kubelets.push(KubeletRun::spawn(client.clone(), kc, &stop));
                 nodes.push(node);
             }
         }
@@ -371,7 +388,7 @@ impl Cluster {
                 Ok(l) => cairn = Some(l),
                 Err(e) => {
                     let _ = stop.send(true);
-                    for t in tasks.drain(..) {
+                    for t in tasks.drain(..).chain(kubelets.drain(..).map(|k| k.task)) {
                         let _ = t.await;
                     }
                     components.stop_all().await;
@@ -392,6 +409,7 @@ impl Cluster {
             machines,
             node_api,
             https_api,
+            kubelets,
             stop,
             tasks,
         })
@@ -406,7 +424,8 @@ impl Cluster {
     /// in that order.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        for t in self.tasks.drain(..) {
+        let kubelets = self.kubelets.drain(..).map(|k| k.task);
+        for t in self.tasks.drain(..).chain(kubelets) {
             let _ = t.await;
         }
         self.components.stop_all().await;

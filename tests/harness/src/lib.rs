@@ -11,6 +11,7 @@ pub mod in_cluster;
 pub mod install;
 pub mod kubelet;
 pub mod node;
+pub mod node_faults;
 pub mod pvutil;
 pub mod registry;
 pub mod resources;

@@ -17,7 +17,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use cairn_netns::{
-    Bridge, attach_veth, ip, kill_until_gone, link_exists, ns_id, signal_all, wait_gone,
+    Bridge, attach_veth, ip, kill_until_gone, link_exists, ns_id, processes_in, signal_all,
+    wait_gone,
 };
 
 use crate::error::{Error, Result};
@@ -45,6 +46,8 @@ const NETWORK_FILE: &str = "network";
 const HOLDER_MARK: &str = "cairn-node:";
 const HOLDER_SCRIPT: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `pause` keeps stopping the node's processes until all of them are stopped.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A node's namespaces as pods and components join them: the holder's pid (it changes when
 /// the node restarts, so every holder of this handle follows).
@@ -274,6 +277,8 @@ pub struct Node {
     bridge: String,
     gateway: Ipv4Addr,
     net_index: u8,
+    /// Between `pause` and `resume` (or a kill).
+    paused: bool,
 }
 
 impl Node {
@@ -288,6 +293,7 @@ impl Node {
             bridge: net.bridge.clone(),
             gateway: net.gateway(),
             net_index: net.index,
+            paused: false,
         }
     }
 
@@ -476,8 +482,65 @@ impl Node {
         self.reap();
     }
 
+    /// Whether the node runs (started, not stopped or killed since).
+    pub fn running(&self) -> bool {
+        self.holder.is_some()
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// SIGSTOPs every process of the node (holder, pods, components), as a frozen machine:
+    /// repeated (bounded) until every process in its network namespace is stopped, so one
+    /// started meanwhile is stopped too. Idempotent; how many processes are stopped.
+    pub fn pause(&mut self) -> Result<usize> {
+        let net = self
+            .ns
+            .net_id()
+            .filter(|_| self.running())
+            .ok_or_else(|| Error::Internal(format!("node {} is not running", self.name)))?;
+        let was = self.paused;
+        self.paused = true;
+        let deadline = std::time::Instant::now() + PAUSE_TIMEOUT;
+        loop {
+            let procs = processes_in(&net);
+            let running: Vec<i32> = procs.iter().copied().filter(|p| !stopped(*p)).collect();
+            if running.is_empty() {
+                tracing::info!(node = %self.name, processes = procs.len(), already = was, "node paused");
+                return Ok(procs.len());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Internal(format!(
+                    "node {}: processes {running:?} not stopped after {PAUSE_TIMEOUT:?}",
+                    self.name
+                )));
+            }
+            for p in running {
+                let _ = kill(Pid::from_raw(p), Signal::SIGSTOP);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGCONTs every process of the node. Idempotent (a node not paused is left alone);
+    /// how many processes were continued.
+    pub fn resume(&mut self) -> usize {
+        if !std::mem::replace(&mut self.paused, false) {
+            return 0;
+        }
+        let n = self
+            .ns
+            .net_id()
+            .map_or(0, |net| signal_all(&net, Signal::SIGCONT));
+        tracing::info!(node = %self.name, processes = n, "node resumed");
+        n
+    }
+
     /// SIGTERMs everything in the node, waits (bounded) for it to exit, then kills the rest.
     pub fn stop(&mut self) {
+        // A stopped process acts on SIGTERM only once continued.
+        self.resume();
         if let Some(net) = self.ns.net_id()
             && signal_all(&net, Signal::SIGTERM) > 0
             && !wait_gone(&net, STOP_TIMEOUT)
@@ -504,8 +567,20 @@ impl Node {
         }
         let _ = std::fs::remove_file(self.dir.join("holder.pid"));
         self.ns.0.store(0, Ordering::SeqCst);
+        self.paused = false;
         tracing::info!(node = %self.name, "node stopped");
     }
+}
+
+/// Whether process `pid` is stopped (state `T` in `/proc/<pid>/stat`), or gone (a zombie).
+fn stopped(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // The state follows the command name, which is in parentheses and may hold any byte.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_none_or(|s| matches!(s, "T" | "Z" | "X"))
 }
 
 /// Makes `target` exist in this mount namespace without touching the host: the nearest

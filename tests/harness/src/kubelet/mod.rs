@@ -78,6 +78,15 @@ struct Worker {
     task: JoinHandle<()>,
 }
 
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub struct Kubelet {
     pub(crate) node: String,
     pub(crate) root: PathBuf,
@@ -251,7 +260,8 @@ impl Kubelet {
         }
         let me = self.clone();
         let mut hb_shutdown = shutdown.clone();
-        let hb = tokio::spawn(async move {
+        // Aborted with this task too (`crash`).
+        let hb = AbortOnDrop(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             let mut expand = tokio::time::interval(Duration::from_secs(2));
             // The plugin watcher: upstream watches plugins_registry with inotify.
@@ -264,7 +274,7 @@ impl Kubelet {
                     _ = hb_shutdown.changed() => break,
                 }
             }
-        });
+        }));
         let store = self.client.registry().store().clone();
         let interests = vec![
             resources::PODS,
@@ -284,8 +294,24 @@ impl Kubelet {
             move || me.sync(),
         )
         .await;
-        hb.abort();
+        drop(hb);
         self.stop_all().await;
+    }
+
+    /// The kubelet dies with its node (a whole-node kill): every pod worker is aborted where
+    /// it is, with no container stopped and no volume unmounted; the caller aborts `run`.
+    pub fn crash(&self) {
+        let workers: Vec<Worker> = self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, w)| w)
+            .collect();
+        for w in &workers {
+            w.task.abort();
+        }
+        tracing::warn!(node = %self.node, pods = workers.len(), "kubelet crashed");
     }
 
     fn my_pods(&self) -> Vec<Pod> {

@@ -1,0 +1,457 @@
+//! Whole-node faults under an fs workload through a pod, CSI and a real ext4 on a 3-replica
+//! Cairn volume: every record acknowledged after its fsync is in the file, intact and in order.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cairn_harness::cluster::kubelet_root;
+use cairn_harness::install::NAMESPACE;
+use cairn_harness::kubelet::Kubelet;
+use cairn_harness::kubelet::runtime;
+use cairn_harness::registry::now;
+use cairn_proto::cairn::v1 as pb;
+use common::*;
+use serde_json::{Value, json};
+
+/// The node the writer runs on; the faults of the first part hit the other two.
+const WRITER_NODE: &str = "node-1";
+const RECORD: usize = 64;
+/// Acknowledged records the writer must add after each fault (the volume keeps serving).
+const PROGRESS: usize = 20;
+const LIMIT: Duration = Duration::from_secs(120);
+/// The least time a fault lasts (it lasts until the writer made `PROGRESS` too).
+const FAULT_MIN: Duration = Duration::from_secs(4);
+
+/// Appends 64-byte records `SEQ(16) FILLER(37) FNV1A32(8)\n` with an fsync after each, and
+/// prints `ack SEQ UNIX_TIME` only once the fsync returned. On start it keeps the longest
+/// prefix of valid records (a kill may leave an unacknowledged tail) and goes on from there;
+/// once `/data/stop` exists it prints `stopped COUNT` and idles.
+const WRITER: &str = r#"
+import os, time
+R = 64
+def fnv(b):
+    h = 0x811c9dc5
+    for x in b:
+        h = ((h ^ x) * 0x01000193) & 0xffffffff
+    return h
+def rec(n):
+    body = b"%016d %037x" % (n, (n * 2654435761) % (1 << 64))
+    return body + b" %08x\n" % fnv(body)
+fd = os.open("/data/log", os.O_RDWR | os.O_CREAT, 0o644)
+data = os.pread(fd, os.fstat(fd).st_size, 0)
+n = 0
+while (n + 1) * R <= len(data) and data[n * R:(n + 1) * R] == rec(n):
+    n += 1
+os.ftruncate(fd, n * R)
+os.fsync(fd)
+print("start %d %.3f" % (n, time.time()), flush=True)
+while not os.path.exists("/data/stop"):
+    os.pwrite(fd, rec(n), n * R)
+    os.fsync(fd)
+    print("ack %d %.3f" % (n, time.time()), flush=True)
+    n += 1
+print("stopped %d" % n, flush=True)
+while True:
+    time.sleep(3600)
+"#;
+
+/// The record the writer writes at position `n` (the same bytes as its `rec`).
+fn record(n: u64) -> Vec<u8> {
+    let filler = n.wrapping_mul(2654435761);
+    let body = format!("{n:016} {filler:037x}");
+    let mut h: u32 = 0x811c9dc5;
+    for b in body.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x01000193);
+    }
+    format!("{body} {h:08x}\n").into_bytes()
+}
+
+fn manifests() -> Vec<Value> {
+    vec![
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "fs-log"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "cairn-replicated",
+                "resources": {"requests": {"storage": "256Mi"}}}}),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "writer"},
+            "spec": {"nodeSelector": {"kubernetes.io/hostname": WRITER_NODE},
+                "containers": [{"name": "writer", "image": "busybox",
+                    "command": ["python3", "-c", WRITER],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "fs-log"}}]}}),
+    ]
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// What the writer printed, in order: its acks (sequence, time), starts, and its stop.
+#[derive(Debug, Default)]
+struct Log {
+    acks: Vec<(u64, f64)>,
+    /// Each start: (the sequence it goes on from, how many acks came before it).
+    starts: Vec<(u64, usize)>,
+    stopped: Option<u64>,
+}
+
+impl Log {
+    fn acked(&self) -> usize {
+        self.acks.len()
+    }
+
+    /// The highest sequence acknowledged before `t` (none: nothing yet).
+    fn max_acked_before(&self, t: f64) -> Option<u64> {
+        self.acks.iter().filter(|a| a.1 < t).map(|a| a.0).max()
+    }
+
+    /// Each start goes on past every record acknowledged before it (none was lost), and
+    /// acks count up by one from there.
+    fn check_order(&self) {
+        assert_eq!(self.starts.first(), Some(&(0, 0)), "the first start");
+        for (k, (from, pos)) in self.starts.iter().enumerate() {
+            if let Some(max) = self.acks[..*pos].iter().map(|a| a.0).max() {
+                assert!(
+                    *from > max,
+                    "start {k} from record {from}: records up to {max} were acknowledged"
+                );
+            }
+            let end = self.starts.get(k + 1).map_or(self.acks.len(), |s| s.1);
+            for (i, (n, _)) in self.acks[*pos..end].iter().enumerate() {
+                assert_eq!(*n, from + i as u64, "ack {} after start {k}", pos + i);
+            }
+        }
+    }
+
+    /// The longest time without an ack within [from, to] (gaps clipped to it): the stall.
+    fn stall(&self, from: f64, to: f64) -> f64 {
+        let mut times: Vec<f64> = self.acks.iter().map(|a| a.1).collect();
+        times.sort_by(f64::total_cmp);
+        let mut prev = times.iter().copied().rfind(|t| *t <= from).unwrap_or(from);
+        let mut worst: f64 = 0.0;
+        for t in times.into_iter().filter(|t| *t > from) {
+            worst = worst.max(t.min(to) - prev.max(from));
+            if t >= to {
+                break;
+            }
+            prev = t;
+        }
+        worst
+    }
+}
+
+struct Writer {
+    uid: String,
+    log: PathBuf,
+}
+
+impl Writer {
+    fn read(&self) -> Log {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut out = Log::default();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f.as_slice() {
+                ["ack", n, t] => {
+                    if let (Ok(n), Ok(t)) = (n.parse(), t.parse()) {
+                        out.acks.push((n, t));
+                    }
+                }
+                ["start", n, _] => {
+                    if let Ok(n) = n.parse() {
+                        out.starts.push((n, out.acks.len()));
+                    }
+                }
+                ["stopped", n] => out.stopped = n.parse().ok(),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The writer's file as its container sees it (`/data/log` through its mount).
+    fn container_path(&self, rel: &str) -> Option<PathBuf> {
+        runtime::running(&self.uid, "writer")
+            .map(|r| PathBuf::from(format!("/proc/{}/root/data/{rel}", r.pid)))
+    }
+
+    /// Waits until the writer acknowledged `more` records more than it had.
+    async fn progress(&self, what: &str, more: usize) -> Log {
+        self.progress_for(what, more, Duration::ZERO).await
+    }
+
+    /// Waits until the writer acknowledged `more` records more than it had, and `at_least`
+    /// passed: how long a fault lasts.
+    async fn progress_for(&self, what: &str, more: usize, at_least: Duration) -> Log {
+        let base = self.read().acked();
+        let from = std::time::Instant::now();
+        eventually(what, LIMIT + at_least, || async {
+            let l = self.read();
+            (l.acked() >= base + more && from.elapsed() >= at_least).then_some(l)
+        })
+        .await
+    }
+}
+
+/// The volume as storaged reports it (members asked), through any node that answers.
+async fn volume(t: &TestCluster, name: &str) -> Option<pb::Volume> {
+    let layout = t.c().cairn.as_ref()?;
+    let sec = cairn_client::Security::from_flags(Some(&layout.tls_dir("admin")), false).ok()?;
+    for a in &layout.storaged {
+        let Ok(ep) = sec.endpoint(a) else { continue };
+        let ep = ep
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5));
+        let Ok(ch) = ep.connect().await else { continue };
+        let mut v = pb::volume_service_client::VolumeServiceClient::new(ch);
+        let req = pb::GetVolumeRequest { name: name.into() };
+        if let Ok(r) = v.get_volume(req).await {
+            return r.into_inner().volume;
+        }
+    }
+    None
+}
+
+/// The volume is healthy and `node`'s replica is a leader or an up-to-date follower.
+async fn caught_up(t: &TestCluster, name: &str, node: &str) -> Option<pb::Volume> {
+    let v = volume(t, name).await?;
+    let member = v.members.iter().find(|m| m.node_name == node)?;
+    let current = matches!(
+        member.state(),
+        pb::ReplicaState::Leader | pb::ReplicaState::Follower
+    );
+    (v.health() == pb::VolumeHealth::Healthy && v.members.len() == 3 && current).then_some(v)
+}
+
+async fn get_json(t: &TestCluster, args: &[&str]) -> Option<Value> {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    let out = t.kubectl(&a).await;
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+fn ready(obj: &Value) -> bool {
+    obj["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+/// The node registered again after `since` (its Ready condition posted then) and its
+/// storaged and node plugin pods run containers started after `since`, Ready.
+async fn node_back(t: &TestCluster, node: &str, since: &str) {
+    eventually(&format!("{node} registered again"), LIMIT, || async {
+        let n = get_json(t, &["get", "node", node]).await?;
+        let hb = n["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")?["lastHeartbeatTime"]
+            .as_str()?
+            .to_string();
+        (ready(&n) && hb.as_str() >= since).then_some(())
+    })
+    .await;
+    for app in ["cairn-storaged", "cairn-csi-node"] {
+        eventually(&format!("{app} running again on {node}"), LIMIT, || async {
+            let sel = format!("app.kubernetes.io/name={app}");
+            let pods = get_json(t, &["get", "pods", "-n", NAMESPACE, "-l", &sel]).await?;
+            let pod = pods["items"]
+                .as_array()?
+                .iter()
+                .find(|p| p["spec"]["nodeName"] == node)?
+                .clone();
+            let fresh = pod["status"]["containerStatuses"]
+                .as_array()?
+                .iter()
+                .all(|c| {
+                    c["state"]["running"]["startedAt"]
+                        .as_str()
+                        .is_some_and(|s| s >= since)
+                });
+            (fresh && ready(&pod)).then_some(())
+        })
+        .await;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    Kill,
+    Pause,
+}
+
+fn cluster(t: &mut TestCluster) -> &mut cairn_harness::Cluster {
+    t.cluster.as_mut().expect("the cluster runs")
+}
+
+/// Applies `fault` to `node` for `FAULT_MIN` at least: on another node than the writer's,
+/// until the writer acknowledged `PROGRESS` records more (the volume keeps serving); on the
+/// writer's, until the volume has a leader elsewhere. Then heals it and waits until the node
+/// is back (registered, its storaged and node plugin running), its replica caught up, and the
+/// writer acknowledged `PROGRESS` records more.
+async fn inject(t: &mut TestCluster, w: &Writer, volume: &str, fault: Fault, node: &str) -> Window {
+    let since = now();
+    let start = unix_now();
+    match fault {
+        Fault::Kill => cluster(t).kill_node(node).await.unwrap(),
+        Fault::Pause => {
+            let stopped = cluster(t).pause_node(node).await.unwrap();
+            assert!(stopped > 1, "{node} paused {stopped} processes");
+            let again = cluster(t).pause_node(node).await.unwrap();
+            assert_eq!(again, stopped, "a second pause changes nothing");
+        }
+    }
+    let what = format!("{fault:?} of {node} lasted");
+    if node == WRITER_NODE {
+        let from = std::time::Instant::now();
+        eventually(&what, LIMIT, || async {
+            let v = self::volume(t, volume).await?;
+            let leader = v.members.iter().find(|m| m.node_id == v.leader_node_id)?;
+            (leader.node_name != node && from.elapsed() >= FAULT_MIN).then_some(())
+        })
+        .await;
+    } else {
+        w.progress_for(&what, PROGRESS, FAULT_MIN).await;
+    }
+    let healed = unix_now();
+    match fault {
+        Fault::Kill => {
+            cluster(t).start_node(node).await.unwrap();
+            node_back(t, node, &since).await;
+        }
+        Fault::Pause => assert!(cluster(t).resume_node(node).await.unwrap() > 1),
+    }
+    eventually(&format!("{node}'s replica caught up"), LIMIT, || {
+        caught_up(t, volume, node)
+    })
+    .await;
+    w.progress(&format!("acks after the {what}"), PROGRESS)
+        .await;
+    Window {
+        fault: format!("{fault:?} {node}"),
+        start,
+        healed,
+        recovered: unix_now(),
+    }
+}
+
+/// One whole-node fault's window, for the report.
+struct Window {
+    fault: String,
+    start: f64,
+    healed: f64,
+    recovered: f64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_fsynced_records_survive_whole_node_faults() {
+    let started = std::time::Instant::now();
+    let mut t = start_install(&[]).await;
+    let data = t.dir.path().join("data");
+    let index = t.c().machines.as_ref().expect("nodes").network.index;
+    for m in manifests() {
+        t.must_stdin(&["apply", "-f", "-"], &m.to_string()).await;
+    }
+    let uid = eventually("the writer pod is bound", LIMIT, || async {
+        let p = get_json(&t, &["get", "pod", "writer"]).await?;
+        (p["spec"]["nodeName"] == WRITER_NODE)
+            .then(|| p["metadata"]["uid"].as_str().map(String::from))
+            .flatten()
+    })
+    .await;
+    let w = Writer {
+        log: Kubelet::log_path(&kubelet_root(&data, WRITER_NODE), &uid, "writer"),
+        uid,
+    };
+    w.progress("the writer's first acks", PROGRESS).await;
+    let handle = t
+        .must(&[
+            "get",
+            "pv",
+            "-o",
+            "jsonpath={.items[0].spec.csi.volumeHandle}",
+        ])
+        .await;
+    let v = eventually("the volume healthy", LIMIT, || {
+        caught_up(&t, &handle, "node-2")
+    })
+    .await;
+    let replicas: Vec<&str> = v.members.iter().map(|m| m.node_name.as_str()).collect();
+    assert_eq!(replicas.len(), 3, "{replicas:?}");
+    let mut windows = Vec::new();
+    // Two other nodes: one killed whole (kubelet, storaged, node plugin at once) then started,
+    // one paused then resumed; then the writer's own node killed and started.
+    for (fault, node) in [
+        (Fault::Kill, "node-2"),
+        (Fault::Pause, "node-3"),
+        (Fault::Kill, WRITER_NODE),
+    ] {
+        windows.push(inject(&mut t, &w, &handle, fault, node).await);
+    }
+
+    // The writer stops; every acknowledged record is in the file, in order and intact.
+    let stop = w.container_path("stop").expect("the writer runs");
+    std::fs::write(&stop, b"").unwrap();
+    let log = eventually("the writer stopped", LIMIT, || async {
+        let l = w.read();
+        l.stopped.is_some().then_some(l)
+    })
+    .await;
+    let file = std::fs::read(w.container_path("log").expect("the writer runs")).unwrap();
+    let count = log.stopped.unwrap();
+    assert_eq!(file.len(), count as usize * RECORD, "the file's length");
+    for (n, rec) in file.chunks(RECORD).enumerate() {
+        assert_eq!(rec, record(n as u64), "record {n}");
+    }
+    let max_ack = log.acks.iter().map(|a| a.0).max().unwrap();
+    assert_eq!(
+        max_ack + 1,
+        count,
+        "the last acknowledged record is the last"
+    );
+    log.check_order();
+    assert_eq!(
+        log.starts.len(),
+        2,
+        "the writer started again once: {:?}",
+        log.starts
+    );
+
+    let before = log.stall(log.acks[0].1, windows[0].start);
+    eprintln!(
+        "{} records acknowledged; longest gap between acks before any fault: {before:.3}s",
+        log.acked()
+    );
+    for wd in &windows {
+        eprintln!(
+            "{}: the writer stalled at most {:.3}s (fault {:.1}s, recovered {:.1}s after healing)",
+            wd.fault,
+            log.stall(wd.start, wd.recovered),
+            wd.healed - wd.start,
+            wd.recovered - wd.healed,
+        );
+        assert!(log.max_acked_before(wd.recovered) > log.max_acked_before(wd.start));
+    }
+
+    t.must(&["delete", "pod", "writer", "--wait=false"]).await;
+    eventually("the writer pod deleted", LIMIT, || async {
+        let o = t.must(&["get", "pods", "-o", "name"]).await;
+        o.trim().is_empty().then_some(())
+    })
+    .await;
+    t.must(&["delete", "pvc", "fs-log"]).await;
+    eventually("the PV deleted", LIMIT, || async {
+        let o = t.must(&["get", "pv", "-o", "name"]).await;
+        o.trim().is_empty().then_some(())
+    })
+    .await;
+    shutdown_leaves_nothing(t, &data, index).await;
+    eprintln!("node_faults took {:?}", started.elapsed());
+}
