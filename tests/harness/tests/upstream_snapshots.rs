@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -33,26 +32,6 @@ fn upstream_dir() -> Option<PathBuf> {
         return None;
     }
     Some(dir)
-}
-
-/// The image directory for csi-snapshotter: a script adding `--kubeconfig`. The binary reads
-/// only in-cluster config without it (HTTPS and a service account token), which the harness
-/// does not serve; the pod's `KUBECONFIG` names the node's kubeconfig.
-fn sidecar_image(dir: &Path, upstream: &Path) -> PathBuf {
-    let image = dir.join("csi-snapshotter-image");
-    std::fs::create_dir_all(&image).unwrap();
-    let script = image.join("csi-snapshotter");
-    let bin = upstream.join("csi-snapshotter");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nexec {} --kubeconfig=\"$KUBECONFIG\" \"$@\"\n",
-            bin.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    image
 }
 
 /// A claim of 1Gi in cairn-replicated, from `source` (a VolumeSnapshot) if given, and a pod
@@ -133,9 +112,9 @@ async fn a_claim_restored_from_a_volume_snapshot_has_its_data() {
         return;
     };
     let scratch = tempfile::tempdir().unwrap();
-    let image = sidecar_image(scratch.path(), &upstream);
     let started = Instant::now();
-    let t = start_install(&[format!("{IMAGE}={}", image.display())]).await;
+    // The binary as it is: in the pod it reads in-cluster config (decision 059).
+    let t = start_install(&[format!("{IMAGE}={}", upstream.display())]).await;
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     t.must(&[
         "apply",
