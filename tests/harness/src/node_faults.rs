@@ -15,7 +15,8 @@ impl Cluster {
 
     /// Whole-node kill, as a power cut: the node's kubelet dies where it is (no container
     /// stopped, no volume unmounted, no status posted) and every process of the node gets
-    /// SIGKILL; mounts made in the node go with its mount namespace. Idempotent.
+    /// SIGKILL; mounts made in the node go with its mount namespace. Idempotent. Like the
+    /// other fault calls it blocks its thread (bounded): it needs the multi-threaded runtime.
     pub async fn kill_node(&mut self, name: &str) -> Result<()> {
         self.machine(name)?;
         if let Some(k) = self.kubelets.iter_mut().find(|k| k.cfg.node == name) {
