@@ -283,3 +283,7 @@ fn decimal(v: u64, unit: u64) -> String {
     let f = format!("{frac:0digits$}");
     format!("{whole}.{}", f.trim_end_matches('0'))
 }
+
+#[cfg(test)]
+#[path = "protobuf_tests.rs"]
+mod tests;
