@@ -455,3 +455,73 @@ async fn acknowledged_fsynced_records_survive_whole_node_faults() {
     shutdown_leaves_nothing(t, &data, index).await;
     eprintln!("node_faults took {:?}", started.elapsed());
 }
+
+/// The state letter of process `pid` (`/proc/<pid>/stat`), `None` once it is gone.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// A node's pause stops every process in it (and only those), a second pause changes
+/// nothing, resume continues them; a paused node is killed and started again like any other.
+#[test]
+fn a_paused_node_stops_its_processes_until_resumed() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cairn-harness-test")
+        .tempdir()
+        .unwrap();
+    let data = tmp.path().join("data");
+    let names = ["node-1".to_string(), "node-2".to_string()];
+    let mut nodes = cairn_harness::node::Nodes::start(&data, &names).expect("nodes");
+    let index = nodes.network.index;
+    let spawn_in = |node: usize| {
+        let net = nodes.nodes[node].namespaces().proc("ns/net");
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", net.display()))
+            .args(["sleep", "600"])
+            .spawn()
+            .expect("nsenter")
+    };
+    let (mut inside, mut outside) = (spawn_in(0), spawn_in(1));
+    let (pin, pout) = (inside.id(), outside.id());
+    eventually_blocking("sleep runs in both nodes", || {
+        [pin, pout].iter().all(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.starts_with("sleep"))
+        })
+    });
+    let node = &mut nodes.nodes[0];
+    let stopped = node.pause().expect("pause");
+    assert!(stopped >= 2, "holder and sleep: {stopped}");
+    assert_eq!(proc_state(pin), Some('T'), "the node's process is stopped");
+    assert_ne!(proc_state(pout), Some('T'), "another node's process runs");
+    assert_eq!(node.pause().expect("pause again"), stopped);
+    assert!(node.paused());
+    assert_eq!(node.resume(), stopped);
+    assert_eq!(node.resume(), 0, "a second resume changes nothing");
+    eventually_blocking("the node's process runs again", || {
+        proc_state(pin).is_some_and(|s| s != 'T')
+    });
+    node.pause().expect("pause");
+    node.kill();
+    assert!(!node.paused() && !node.running());
+    let _ = inside.wait();
+    node.start().expect("a killed paused node starts again");
+    assert!(node.running() && !node.paused());
+    nodes.shutdown();
+    let _ = outside.wait();
+    let left = leftovers(&data, index);
+    assert!(left.is_empty(), "left after teardown: {left:#?}");
+}
+
+/// Polls `f` every 20 ms, failing after 10 s.
+fn eventually_blocking(what: &str, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
