@@ -129,6 +129,10 @@ async fn main() -> anyhow::Result<()> {
     let cluster = Cluster::start(cfg).await?;
     println!("api-server: {}", cluster.api.url());
     println!("kubeconfig: {}", cluster.kubeconfig.display());
+    if let Some(h) = &cluster.https_api {
+        // What pods reach with in-cluster config; its CA is DIR/apiserver-pki/ca.crt.
+        println!("api-server-https: {}", h.url());
+    }
     for n in &cluster.nodes {
         println!("node: {n}");
     }
