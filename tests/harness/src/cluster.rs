@@ -316,6 +316,15 @@ impl Cluster {
                     stop_rx.clone(),
                     move || dns.reconcile(),
                 )));
+                let mut proxy = controllers::service_proxy::ServiceProxy::new(client.clone(), &m);
+                tasks.push(tokio::spawn(run_loop(
+                    "service-proxy",
+                    store.clone(),
+                    vec![resources::SERVICES, resources::PODS, resources::NODES],
+                    resync,
+                    stop_rx.clone(),
+                    move || proxy.reconcile(),
+                )));
                 machines = Some(m);
                 node_api = Some(napi);
                 https_api = Some(https);

@@ -1,5 +1,5 @@
 //! Cluster DNS for the nodes: each node's `/etc/hosts` (`DIR/nodes/<node>/hosts`) names the
-//! node and every headless Service's pods, as cluster DNS would answer `NAME.NS.svc`.
+//! node, every ClusterIP Service's address and every headless Service's pods (`NAME.NS.svc`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -41,38 +41,74 @@ fn aliases(fqdn: &str) -> String {
     format!("{short} {bare}")
 }
 
-/// The records of every headless Service with a selector: its pods' addresses (not-ready
-/// ones too with `publishNotReadyAddresses`), as the endpoints controller lists them.
-/// ClusterIP Services get no record (the harness has no service proxy).
+/// The pods a Service's selector picks as its endpoints, as the endpoints controller lists
+/// them: live pods of its namespace with an address, ready ones only unless the Service
+/// publishes not-ready addresses. None for a Service without a selector.
+pub fn endpoint_pods<'a>(svc: &Service, pods: &'a [Pod]) -> Vec<&'a Pod> {
+    let Some(spec) = &svc.spec else {
+        return Vec::new();
+    };
+    let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
+        return Vec::new();
+    };
+    let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+    let not_ready = spec.publish_not_ready_addresses == Some(true);
+    pods.iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && !is_terminal(p))
+        .filter(|p| {
+            let labels = p.metadata.labels.clone().unwrap_or_default();
+            selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .filter(|p| not_ready || is_ready(p))
+        .filter(|p| pod_ip(p).is_some())
+        .collect()
+}
+
+/// A pod's address, if it has one.
+pub fn pod_ip(p: &Pod) -> Option<&str> {
+    p.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .filter(|ip| !ip.is_empty())
+}
+
+/// The address of a Service the service proxy routes (a ClusterIP of any type but
+/// ExternalName; not a headless Service's `None`).
+pub fn cluster_ip(svc: &Service) -> Option<&str> {
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    spec.cluster_ip
+        .as_deref()
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+}
+
+/// The records: a ClusterIP Service's name answers its address; a headless Service's name
+/// (with a selector) answers its endpoint pods' addresses.
 pub fn records(services: &[Service], pods: &[Pod]) -> Records {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for svc in services {
         let Some(spec) = &svc.spec else { continue };
+        let ns = svc.metadata.namespace.clone().unwrap_or_default();
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let fqdn = format!("{name}.{ns}.svc.{CLUSTER_DOMAIN}");
+        if let Some(ip) = cluster_ip(svc) {
+            out.insert(fqdn, vec![ip.to_string()]);
+            continue;
+        }
         if spec.cluster_ip.as_deref() != Some("None") {
             continue;
         }
-        let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
-            continue;
-        };
-        let ns = svc.metadata.namespace.clone().unwrap_or_default();
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        let not_ready = spec.publish_not_ready_addresses == Some(true);
-        let mut addrs: Vec<String> = pods
-            .iter()
-            .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
-            .filter(|p| p.metadata.deletion_timestamp.is_none() && !is_terminal(p))
-            .filter(|p| {
-                let labels = p.metadata.labels.clone().unwrap_or_default();
-                selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-            })
-            .filter(|p| not_ready || is_ready(p))
-            .filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
-            .filter(|ip| !ip.is_empty())
+        let mut addrs: Vec<String> = endpoint_pods(svc, pods)
+            .into_iter()
+            .filter_map(|p| pod_ip(p).map(String::from))
             .collect();
         addrs.sort();
         addrs.dedup();
         if !addrs.is_empty() {
-            out.insert(format!("{name}.{ns}.svc.{CLUSTER_DOMAIN}"), addrs);
+            out.insert(fqdn, addrs);
         }
     }
     out.into_iter().collect()
@@ -162,7 +198,14 @@ mod tests {
         );
         let ready_only = records(&[svc("st", true, false)], &pods);
         assert_eq!(ready_only[0].1, vec!["10.213.0.12".to_string()]);
-        assert!(records(&[svc("st", false, true)], &pods).is_empty());
+        // A ClusterIP Service's name answers its address (one record), whatever its pods.
+        assert_eq!(
+            records(&[svc("web", false, true)], &pods),
+            vec![(
+                "web.cairn-system.svc.cluster.local".to_string(),
+                vec!["10.0.0.1".to_string()]
+            )]
+        );
         assert_eq!(
             aliases("st.cairn-system.svc.cluster.local"),
             "st.cairn-system.svc st.cairn-system"

@@ -9,6 +9,7 @@ pub mod events;
 pub mod gc;
 pub mod pv_binder;
 pub mod replicaset;
+pub mod service_proxy;
 pub mod serviceaccounts;
 pub mod statefulset;
 pub mod workload;

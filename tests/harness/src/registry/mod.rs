@@ -1,6 +1,7 @@
 //! REST semantics on top of the store: create, update, patch, delete with
 //! finalizers and grace periods, status/binding/scale subresources.
 
+mod cluster_ip;
 mod crd;
 pub mod custom;
 pub mod defaults;
@@ -140,6 +141,7 @@ const STALE: &str =
 pub struct Registry {
     store: Arc<Store>,
     custom: RwLock<custom::Catalog>,
+    cluster_ips: cluster_ip::Allocator,
 }
 
 impl Registry {
@@ -147,6 +149,7 @@ impl Registry {
         let r = Registry {
             store,
             custom: RwLock::default(),
+            cluster_ips: cluster_ip::Allocator::default(),
         };
         r.refresh_custom();
         Arc::new(r)
@@ -287,6 +290,7 @@ impl Registry {
         }
         let mut obj = self.normalize(rt, &body, opts.strict)?;
         defaults::on_create(rt, &mut obj, self.default_class().as_deref());
+        let _allocating = self.allocate_cluster_ip(rt, &name, &mut obj)?;
         if *rt == resources::CRDS {
             crd::prepare_create(&mut obj);
         } else if !resources::is_builtin(rt) && rt.has_subresource("status") {
@@ -402,6 +406,9 @@ impl Registry {
                 Sub::Main => {}
             }
             let mut causes = validation::validate(rt, &new);
+            if sub == Sub::Main && *rt == resources::SERVICES {
+                causes.extend(cluster_ip::on_update(old, &mut new));
+            }
             if sub == Sub::Main {
                 causes.extend(validation::validate_update(rt, old, &new, &ctx));
                 if *rt == resources::CRDS {
