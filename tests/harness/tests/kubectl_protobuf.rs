@@ -180,3 +180,60 @@ async fn kubectl_drain_deletes_pods_with_protobuf_delete_options() {
     assert_eq!(node["spec"]["unschedulable"], true);
     t.shutdown().await;
 }
+
+/// POSTs `body` as protobuf to `path`; returns the status code and the response body.
+async fn post_protobuf(t: &TestCluster, path: &str, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(t.c().api.addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: harness\r\nContent-Type: application/vnd.kubernetes.protobuf\r\n\
+         Accept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(&[head.as_bytes(), body].concat())
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    let code = resp.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = resp.split_once("\r\n\r\n").unwrap().1;
+    (code, body.to_string())
+}
+
+/// A length-delimited protobuf field (short: one-byte lengths).
+fn field(n: u8, b: &[u8]) -> Vec<u8> {
+    [&[n << 3 | 2, u8::try_from(b.len()).unwrap()][..], b].concat()
+}
+
+/// Bodies the decoder cannot take get a precise 400 or 415 over HTTP, and nothing is stored.
+#[tokio::test]
+async fn bad_protobuf_bodies_are_refused_and_nothing_is_stored() {
+    let t = TestCluster::start_with(|c| cairn_harness::ClusterConfig {
+        api_only: true,
+        ..c
+    })
+    .await;
+    let envelope = |av: &str, kind: &str, raw: &[u8]| {
+        let tm = [field(1, av.as_bytes()), field(2, kind.as_bytes())].concat();
+        [&b"k8s\0"[..], &field(1, &tm), &field(2, raw)].concat()
+    };
+    let meta = field(1, &field(1, b"refused"));
+    let path = "/api/v1/namespaces";
+    let (code, msg) = post_protobuf(&t, path, b"\x0a\x02{}").await;
+    assert_eq!(code, 400, "{msg}");
+    assert!(msg.contains("magic number"), "{msg}");
+    let (code, msg) = post_protobuf(&t, path, &envelope("example.com/v1", "Widget", &meta)).await;
+    assert_eq!(code, 415, "{msg}");
+    assert!(msg.contains("Widget example.com/v1"), "{msg}");
+    let (code, msg) = post_protobuf(&t, path, &envelope("v1", "Namespace", &meta[..4])).await;
+    assert_eq!(code, 400, "{msg}");
+    assert!(msg.contains("malformed protobuf Namespace v1"), "{msg}");
+    // The same envelope whole is created: the refusals were the bodies, not the route.
+    let (code, msg) = post_protobuf(&t, path, &envelope("v1", "Namespace", &meta)).await;
+    assert_eq!(code, 201, "{msg}");
+    let names = t.must(&["get", "namespaces", "-o", "name"]).await;
+    assert_eq!(names.matches("namespace/refused").count(), 1, "{names}");
+    t.shutdown().await;
+}
