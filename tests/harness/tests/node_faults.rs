@@ -325,6 +325,10 @@ async fn inject(t: &mut TestCluster, w: &Writer, volume: &str, fault: Fault, nod
         Fault::Kill => {
             cluster(t).start_node(node).await.unwrap();
             node_back(t, node, &since).await;
+            eprintln!(
+                "{node} started: registered, storaged and node plugin Ready {:.1}s later",
+                unix_now() - healed
+            );
         }
         Fault::Pause => assert!(cluster(t).resume_node(node).await.unwrap() > 1),
     }
@@ -332,8 +336,16 @@ async fn inject(t: &mut TestCluster, w: &Writer, volume: &str, fault: Fault, nod
         caught_up(t, volume, node)
     })
     .await;
-    w.progress(&format!("acks after the {what}"), PROGRESS)
+    let caught = unix_now() - healed;
+    let l = w
+        .progress(&format!("acks after the {what}"), PROGRESS)
         .await;
+    let resumed = l.acks.iter().map(|a| a.1).find(|t| *t > healed);
+    eprintln!(
+        "{fault:?} {node} healed: replica caught up {caught:.1}s later, the writer's next ack \
+         {:.1}s later",
+        resumed.map_or(f64::NAN, |r| r - healed)
+    );
     Window {
         fault: format!("{fault:?} {node}"),
         start,
@@ -424,9 +436,12 @@ async fn acknowledged_fsynced_records_survive_whole_node_faults() {
         log.starts
     );
 
-    let before = log.stall(log.acks[0].1, windows[0].start);
+    let (first, faulted) = (log.acks[0].1, windows[0].start);
+    let before = log.stall(first, faulted);
+    let rate = log.acks.iter().filter(|a| a.1 < faulted).count() as f64 / (faulted - first);
     eprintln!(
-        "{} records acknowledged; longest gap between acks before any fault: {before:.3}s",
+        "{} records acknowledged; before any fault {rate:.0} records/s, longest gap between \
+         acks {before:.3}s",
         log.acked()
     );
     for wd in &windows {
