@@ -20,9 +20,7 @@ impl Cluster {
     pub async fn kill_node(&mut self, name: &str) -> Result<()> {
         self.machine(name)?;
         if let Some(k) = self.kubelets.iter_mut().find(|k| k.cfg.node == name) {
-            k.task.abort();
-            let _ = (&mut k.task).await;
-            k.kubelet.crash();
+            k.crash().await;
         }
         let node = self.machine(name)?;
         tokio::task::block_in_place(|| node.kill());
@@ -42,6 +40,8 @@ impl Cluster {
         let client = self.client();
         let stop = self.stop.clone();
         if let Some(k) = self.kubelets.iter_mut().find(|k| k.cfg.node == name) {
+            // One kubelet per node, even if the node was killed without its kubelet.
+            k.crash().await;
             *k = KubeletRun::spawn(client, k.cfg.clone(), &stop);
         }
         tracing::info!(node = name, "node started again");
@@ -58,5 +58,17 @@ impl Cluster {
     /// Continues a paused node's processes; how many there were (0: it was not paused).
     pub async fn resume_node(&mut self, name: &str) -> Result<usize> {
         Ok(self.machine(name)?.resume())
+    }
+}
+
+impl KubeletRun {
+    /// Aborts the kubelet's task and its pod workers where they are (nothing cleaned up).
+    async fn crash(&mut self) {
+        if self.task.is_finished() {
+            return;
+        }
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        self.kubelet.crash();
     }
 }
