@@ -164,6 +164,15 @@ fn columns(rt: &ResourceType) -> Vec<(&'static str, i32)> {
             ("Message", 0),
         ],
         "Namespace" => vec![("Name", 0), ("Status", 0), ("Age", 0)],
+        "Service" => vec![
+            ("Name", 0),
+            ("Type", 0),
+            ("Cluster-IP", 0),
+            ("External-IP", 0),
+            ("Port(s)", 0),
+            ("Age", 0),
+            ("Selector", 1),
+        ],
         _ => vec![("Name", 0), ("Age", 0)],
     }
 }
@@ -318,8 +327,60 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
             ]
         }
         "Namespace" => vec![name, json!(s(&st["phase"])), json!(age(o))],
+        "Service" => {
+            let mut cells = vec![name];
+            cells.extend(service_cells(spec));
+            cells.insert(5, json!(age(o)));
+            cells
+        }
         _ => vec![name, json!(age(o))],
     }
+}
+
+/// A Service's Type, Cluster-IP, External-IP, Port(s) and Selector, as upstream prints them.
+fn service_cells(spec: &Value) -> Vec<Value> {
+    let or_none = |v: String| {
+        if v.is_empty() {
+            "<none>".to_string()
+        } else {
+            v
+        }
+    };
+    let ty = spec["type"].as_str().unwrap_or("ClusterIP");
+    let external = match ty {
+        "ExternalName" => s(&spec["externalName"]),
+        "LoadBalancer" => "<pending>".into(),
+        _ => {
+            let ips = spec["externalIPs"].as_array().into_iter().flatten();
+            or_none(ips.filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+        }
+    };
+    let ports: Vec<String> = spec["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let proto = p["protocol"].as_str().unwrap_or("TCP");
+            match p["nodePort"].as_i64() {
+                Some(np) => format!("{}:{np}/{proto}", n(&p["port"])),
+                None => format!("{}/{proto}", n(&p["port"])),
+            }
+        })
+        .collect();
+    let mut selector: Vec<String> = spec["selector"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    selector.sort();
+    vec![
+        json!(ty),
+        json!(s(&spec["clusterIP"])),
+        json!(external),
+        json!(or_none(ports.join(","))),
+        json!(or_none(selector.join(","))),
+    ]
 }
 
 /// An integer field, 0 when absent.

@@ -128,8 +128,9 @@ pub fn render(rules: &[Rule]) -> String {
 pub struct ServiceProxy {
     client: Client,
     nodes: Vec<(String, Namespaces)>,
-    /// Per node, the network namespace (`net:[inode]`) and script last applied there: a
-    /// restarted node has a new namespace and gets the table again.
+    /// Per node, its holder pid with its network namespace (`pid net:[inode]`) and the script
+    /// last applied there: a restarted node has a new holder and gets the table again (the
+    /// namespace alone would not tell: the kernel reuses a freed namespace's inode number).
     applied: BTreeMap<String, (String, String)>,
 }
 
@@ -154,14 +155,16 @@ impl ServiceProxy {
         );
         let script = render(&rules);
         for (node, ns) in &self.nodes {
-            let Some(net) = ns.net_id().filter(|_| ns.pid() != 0) else {
+            let pid = ns.pid();
+            let Some(net) = ns.net_id().filter(|_| pid != 0) else {
                 self.applied.remove(node);
                 continue;
             };
             if self.applied.get(node) == Some(&(net.clone(), script.clone())) {
                 continue;
             }
-            let netns = format!("--net={}", ns.proc("ns/net").display());
+            let net = format!("{pid} {net}");
+            let netns = format!("--net=/proc/{pid}/ns/net");
             match cairn_netns::run("nsenter", &[&netns, "nft", "-f", "-"], Some(&script)) {
                 Ok(_) => {
                     tracing::debug!(node = %node, netns = %net, rules = rules.len(), "service proxy table applied");
