@@ -193,6 +193,17 @@ async fn stop_nodes(
 
 impl Cluster {
     pub async fn start(cfg: ClusterConfig) -> Result<Cluster> {
+        let (_never, cancel) = watch::channel(false);
+        Self::start_until(cfg, cancel).await
+    }
+
+    /// `start`, stopped when `cancel` turns true (a signal during `up`): the start-up ends at
+    /// its next await point (the nodes' creation runs to its end first) and everything it
+    /// started is torn down as on a start-up failure; the error then says it was interrupted.
+    pub async fn start_until(
+        cfg: ClusterConfig,
+        mut cancel: watch::Receiver<bool>,
+    ) -> Result<Cluster> {
         let data_dir = std::path::absolute(&cfg.data_dir).map_err(Error::internal)?;
         std::fs::create_dir_all(&data_dir).map_err(Error::internal)?;
         let store = Store::open(&data_dir.join("etcd"), cfg.history)?;
@@ -365,36 +376,49 @@ impl Cluster {
             }
         }
         let mut cairn = None;
-        if cfg.with_cairn && !cfg.api_only {
-            let layout = match &machines {
-                Some(m) => CairnLayout::on_nodes(
-                    &data_dir,
-                    &kubeconfig,
-                    &data_dir.join("kubeconfig-nodes"),
-                    m,
-                ),
-                None => CairnLayout::new(&data_dir, &kubeconfig, &nodes),
+        let interrupted = || Error::Internal("start-up interrupted by a signal".into());
+        let with_cairn = cfg.with_cairn && !cfg.api_only;
+        if with_cairn || *cancel.borrow() {
+            let started = async {
+                if !with_cairn {
+                    return Ok(None);
+                }
+                let layout = match &machines {
+                    Some(m) => CairnLayout::on_nodes(
+                        &data_dir,
+                        &kubeconfig,
+                        &data_dir.join("kubeconfig-nodes"),
+                        m,
+                    ),
+                    None => CairnLayout::new(&data_dir, &kubeconfig, &nodes),
+                };
+                match (layout, cfg.cairn_install, &machines) {
+                    (Ok(l), CairnInstall::Manifests, Some(m)) => {
+                        let addrs: Vec<std::net::IpAddr> =
+                            m.nodes.iter().map(|n| n.address.into()).collect();
+                        install::install(&client, &l, &addrs, &cfg.images)
+                            .await
+                            .map(|()| l)
+                    }
+                    (Ok(_), CairnInstall::Manifests, None) => Err(Error::Internal(
+                        "installing the manifests needs harness nodes (--nodes)".into(),
+                    )),
+                    (Ok(l), CairnInstall::Processes, _) => {
+                        components::start_cairn(&l, &mut components, &registry)
+                            .await
+                            .map(|()| l)
+                    }
+                    (Err(e), _, _) => Err(e),
+                }
+                .map(Some)
             };
-            let started = match (layout, cfg.cairn_install, &machines) {
-                (Ok(l), CairnInstall::Manifests, Some(m)) => {
-                    let addrs: Vec<std::net::IpAddr> =
-                        m.nodes.iter().map(|n| n.address.into()).collect();
-                    install::install(&client, &l, &addrs, &cfg.images)
-                        .await
-                        .map(|()| l)
-                }
-                (Ok(_), CairnInstall::Manifests, None) => Err(Error::Internal(
-                    "installing the manifests needs harness nodes (--nodes)".into(),
-                )),
-                (Ok(l), CairnInstall::Processes, _) => {
-                    components::start_cairn(&l, &mut components, &registry)
-                        .await
-                        .map(|()| l)
-                }
-                (Err(e), _, _) => Err(e),
+            let started = tokio::select! {
+                biased;
+                Ok(_) = cancel.wait_for(|c| *c) => Err(interrupted()),
+                r = started => r,
             };
             match started {
-                Ok(l) => cairn = Some(l),
+                Ok(l) => cairn = l,
                 Err(e) => {
                     let _ = stop.send(true);
                     for t in tasks.drain(..).chain(kubelets.drain(..).map(|k| k.task)) {

@@ -9,6 +9,8 @@ use cairn_harness::kubelet::images::ImageMap;
 use cairn_harness::{Cluster, ClusterConfig};
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 #[derive(Parser)]
 #[command(
@@ -77,14 +79,84 @@ fn chaos(args: &[String]) -> anyhow::Result<()> {
     std::process::exit(status.code().unwrap_or(2));
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Handles SIGINT and SIGTERM from the first moment: the first one turns `stopping` true and
+/// is returned through the handle (as the exit code a shell reports: 128 + signal number);
+/// later ones only say that the harness is already stopping, so a teardown is never cut short.
+fn handle_signals(stopping: watch::Sender<bool>) -> anyhow::Result<JoinHandle<i32>> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    Ok(tokio::spawn(async move {
+        let code = tokio::select! {
+            _ = term.recv() => 143,
+            _ = int.recv() => 130,
+        };
+        eprintln!(
+            "{} received: stopping",
+            if code == 130 { "SIGINT" } else { "SIGTERM" }
+        );
+        let _ = stopping.send(true);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                eprintln!("already stopping: tearing the cluster down");
+            }
+        });
+        code
+    }))
+}
+
+/// What a start-up on `data_dir` creates on the host: node holder processes, the bridge and
+/// the nodes' veths, and mounts under `DIR/nodes` (the bind included).
+fn host_objects(data_dir: &std::path::Path) -> Vec<String> {
+    let data_dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let nodes = data_dir.join("nodes");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&nodes).into_iter().flatten().flatten() {
+        let pid = std::fs::read_to_string(e.path().join("holder.pid")).unwrap_or_default();
+        let pid = pid.trim();
+        if !pid.is_empty() && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let node = e.file_name().to_string_lossy().into_owned();
+            out.push(format!("process {pid} (holder of {node})"));
+        }
     }
-    Ok(())
+    if let Ok(i) = std::fs::read_to_string(data_dir.join("network")) {
+        let i = i.trim();
+        for link in std::fs::read_dir("/sys/class/net")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = link.file_name().to_string_lossy().into_owned();
+            if name == format!("cairnbr{i}") || name.starts_with(&format!("cb{i}h")) {
+                out.push(format!("link {name}"));
+            }
+        }
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for m in info.lines().filter_map(|l| l.split(' ').nth(4)) {
+        if std::path::Path::new(m).starts_with(&nodes) {
+            out.push(format!("mount {m}"));
+        }
+    }
+    out
+}
+
+/// After a start-up cut short by a signal: tears down whatever the start-up had not (a
+/// backstop, `node::cleanup_leftovers`) and prints what was removed.
+fn report_interrupted(data_dir: &std::path::Path, before: &[String]) {
+    cairn_harness::node::cleanup_leftovers(data_dir);
+    let after = host_objects(data_dir);
+    for o in before {
+        if !after.contains(o) {
+            println!("removed: {o}");
+        }
+    }
+    for o in &after {
+        eprintln!("left behind: {o}");
+    }
 }
 
 #[tokio::main]
@@ -126,7 +198,28 @@ async fn main() -> anyhow::Result<()> {
             ..ClusterConfig::new(data_dir, 0)
         },
     };
-    let cluster = Cluster::start(cfg).await?;
+    let (stopping, mut stop_rx) = watch::channel(false);
+    let signalled = handle_signals(stopping)?;
+    let data_dir = cfg.data_dir.clone();
+    let inventory = {
+        let dir = data_dir.clone();
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            // What exists when the signal arrives (the teardown's "removed" list).
+            let _ = rx.wait_for(|s| *s).await;
+            host_objects(&dir)
+        })
+    };
+    let started = Cluster::start_until(cfg, stop_rx.clone()).await;
+    if *stop_rx.borrow() {
+        if let Ok(cluster) = started {
+            cluster.shutdown().await;
+        }
+        let before = inventory.await.unwrap_or_default();
+        report_interrupted(&data_dir, &before);
+        std::process::exit(signalled.await.unwrap_or(1));
+    }
+    let cluster = started?;
     println!("api-server: {}", cluster.api.url());
     println!("kubeconfig: {}", cluster.kubeconfig.display());
     if let Some(h) = &cluster.https_api {
@@ -153,7 +246,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!("ready");
-    wait_for_signal().await?;
+    let _ = stop_rx.wait_for(|s| *s).await;
     cluster.shutdown().await;
     Ok(())
 }

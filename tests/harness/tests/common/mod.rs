@@ -251,6 +251,10 @@ impl Proc {
         ))
     }
 
+    pub fn id(&self) -> u32 {
+        self.child().id()
+    }
+
     pub fn exited(&self) -> Option<std::process::ExitStatus> {
         self.child().try_wait().ok().flatten()
     }
