@@ -141,12 +141,8 @@ async fn a_claim_restored_from_a_volume_snapshot_has_its_data() {
     assert_eq!(written.len(), 1 << 20);
     t.must(&["delete", "pod", "writer", "--wait=true"]).await;
 
-    // The harness answers protobuf bodies 415, and snapshot-controller writes claims in
-    // protobuf: the finalizer it would add to the source claim is added here.
-    let finalizers = r#"{"metadata":{"finalizers":["kubernetes.io/pvc-protection",
-        "snapshot.storage.kubernetes.io/pvc-as-source-protection"]}}"#;
-    t.must(&["patch", "pvc", "src", "--type=merge", "-p", finalizers])
-        .await;
+    // snapshot-controller adds its pvc-as-source-protection finalizer to the claim itself,
+    // in a protobuf update (decision 058); without it the snapshot never becomes ready.
     let snapshot = r#"apiVersion: snapshot.storage.k8s.io/v1
 kind: VolumeSnapshot
 metadata:
