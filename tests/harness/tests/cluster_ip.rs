@@ -60,15 +60,20 @@ spec:
   - {name: http, port: 80, targetPort: http}
 "#;
 
-/// Fetches each URL (retrying, bounded) and prints its answer, then fetches the last one 40
-/// times and prints every answer seen; or, with `--refused`, waits for a refused connection.
+/// Fetches each URL (retrying, bounded; HTTPS checked against the pod's service-account CA)
+/// and prints its answer, then fetches the last one 40 times and prints every answer seen;
+/// or, with `--refused`, waits for a refused connection.
 const CLIENT: &str = r#"
-import sys, time, urllib.request
+import os, ssl, sys, time, urllib.request
+ca = '/var/run/secrets/kubernetes.io/serviceaccount/ca.crt'
+ctx = ssl.create_default_context(cafile=ca) if os.path.exists(ca) else None
+def get(u):
+    return urllib.request.urlopen(u, timeout=2, context=ctx).read().decode()
 deadline = time.time() + 60
 if sys.argv[1] == '--refused':
     while True:
         try:
-            urllib.request.urlopen(sys.argv[2], timeout=2).read()
+            get(sys.argv[2])
         except Exception as e:
             if isinstance(getattr(e, 'reason', e), ConnectionRefusedError):
                 print('REFUSED', sys.argv[2], flush=True); sys.exit(0)
@@ -78,13 +83,13 @@ if sys.argv[1] == '--refused':
 for u in sys.argv[1:]:
     while True:
         try:
-            print('ANSWER', u, urllib.request.urlopen(u, timeout=2).read().decode(), flush=True)
+            print('ANSWER', u, get(u).replace('\n', ' '), flush=True)
             break
         except Exception as e:
             if time.time() > deadline:
                 print('FAILED', u, repr(e), flush=True); sys.exit(1)
             time.sleep(0.2)
-seen = {urllib.request.urlopen(sys.argv[-1], timeout=2).read().decode() for _ in range(40)}
+seen = {get(sys.argv[-1]) for _ in range(40)}
 print('SEEN', ' '.join(sorted(seen)), flush=True)
 "#;
 
@@ -192,8 +197,21 @@ async fn cluster_ip_services_route_to_ready_pods_from_every_node() {
     pods.sort();
     let by_name = "http://echo.default.svc.cluster.local:80/".to_string();
     let by_ip = format!("http://{ip}:80/");
+    // The `kubernetes` Service leads to the API server (its certificate names the Service).
+    let api = "https://kubernetes.default.svc/version";
     for node in ["node-1", "node-2"] {
-        let log = run_client(&t, &format!("client-{node}"), node, &[&by_name, &by_ip]).await;
+        let log = run_client(
+            &t,
+            &format!("client-{node}"),
+            node,
+            &[api, &by_name, &by_ip],
+        )
+        .await;
+        let version = log
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("ANSWER {api} ")))
+            .unwrap_or_else(|| panic!("no answer from {api} on {node}: {log}"));
+        assert!(version.contains("gitVersion"), "{version}");
         for u in [&by_name, &by_ip] {
             let answer = log
                 .lines()
@@ -217,7 +235,7 @@ async fn cluster_ip_services_route_to_ready_pods_from_every_node() {
             || async {
                 let table = proxy_table(&t, node);
                 (table.contains(&format!("ip daddr {ip} tcp dport 80 reject"))
-                    && !table.contains("dnat"))
+                    && !table.contains(&format!("ip daddr {ip} tcp dport 80 dnat")))
                 .then_some(())
             },
         )

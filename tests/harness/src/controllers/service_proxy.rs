@@ -52,25 +52,35 @@ fn target_port(sp: &ServicePort, protocol: &str, pod: &Pod) -> Option<i32> {
     }
 }
 
-/// The rules of every ClusterIP Service with a selector (Services without one would take
-/// manual Endpoints, which the harness does not store: they are left out).
-pub fn rules(services: &[Service], pods: &[Pod]) -> Vec<Rule> {
+/// The rules of every ClusterIP Service with a selector, and of `default/kubernetes`, whose
+/// endpoint is the API server at `api` (kube-apiserver keeps that Service's Endpoints). Other
+/// Services without a selector would take manual Endpoints, which the harness does not
+/// store: they are left out.
+pub fn rules(services: &[Service], pods: &[Pod], api: Option<&str>) -> Vec<Rule> {
     let mut out = Vec::new();
     for svc in services {
         let Some(ip) = cluster_ip(svc) else { continue };
         let Some(spec) = &svc.spec else { continue };
-        if spec.selector.as_ref().is_none_or(|s| s.is_empty()) {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
+        let api = api.filter(|_| (ns, name) == ("default", "kubernetes"));
+        if spec.selector.as_ref().is_none_or(|s| s.is_empty()) && api.is_none() {
             continue;
         }
         let eps = endpoint_pods(svc, pods);
-        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
-        let name = svc.metadata.name.as_deref().unwrap_or_default();
         for sp in spec.ports.iter().flatten() {
             let protocol = sp.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
             let mut endpoints: Vec<(String, i32)> = eps
                 .iter()
                 .filter_map(|p| Some((pod_ip(p)?.to_string(), target_port(sp, &protocol, p)?)))
                 .collect();
+            if let Some(a) = api {
+                let port = match &sp.target_port {
+                    Some(IntOrString::Int(n)) => *n,
+                    _ => sp.port,
+                };
+                endpoints.push((a.to_string(), port));
+            }
             endpoints.sort();
             endpoints.dedup();
             out.push(Rule {
@@ -128,6 +138,8 @@ pub fn render(rules: &[Rule]) -> String {
 pub struct ServiceProxy {
     client: Client,
     nodes: Vec<(String, Namespaces)>,
+    /// The API server's address on the bridge (its HTTPS listener, `in_cluster.rs`).
+    api: String,
     /// Per node, its holder pid with its network namespace (`pid net:[inode]`) and the script
     /// last applied there: a restarted node has a new holder and gets the table again (the
     /// namespace alone would not tell: the kernel reuses a freed namespace's inode number).
@@ -136,14 +148,14 @@ pub struct ServiceProxy {
 
 impl ServiceProxy {
     pub fn new(client: Client, nodes: &Nodes) -> Self {
-        let nodes = nodes
-            .nodes
-            .iter()
-            .map(|n| (n.name.clone(), n.namespaces()))
-            .collect();
         ServiceProxy {
             client,
-            nodes,
+            api: nodes.network.gateway().to_string(),
+            nodes: nodes
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.namespaces()))
+                .collect(),
             applied: BTreeMap::new(),
         }
     }
@@ -152,6 +164,7 @@ impl ServiceProxy {
         let rules = rules(
             &self.client.list::<Service>(None),
             &self.client.list::<Pod>(None),
+            Some(&self.api),
         );
         let script = render(&rules);
         for (node, ns) in &self.nodes {
@@ -207,7 +220,11 @@ mod tests {
     #[test]
     fn no_endpoints_reject_one_dnats_many_are_picked_at_random() {
         let s = svc(json!([{"name": "h", "port": 80, "targetPort": 8080}]));
-        let none = rules(std::slice::from_ref(&s), &[pod("a", "10.213.0.11", false)]);
+        let none = rules(
+            std::slice::from_ref(&s),
+            &[pod("a", "10.213.0.11", false)],
+            None,
+        );
         assert_eq!(none[0].endpoints, vec![]);
         let text = render(&none);
         assert!(
@@ -215,14 +232,18 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("dnat to"), "{text}");
-        let one = rules(std::slice::from_ref(&s), &[pod("a", "10.213.0.11", true)]);
+        let one = rules(
+            std::slice::from_ref(&s),
+            &[pod("a", "10.213.0.11", true)],
+            None,
+        );
         assert!(render(&one).contains("ip daddr 10.96.1.2 tcp dport 80 dnat to 10.213.0.11:8080"));
         let pods = [
             pod("b", "10.213.0.12", true),
             pod("a", "10.213.0.11", true),
             pod("x", "10.213.0.13", false),
         ];
-        let many = render(&rules(std::slice::from_ref(&s), &pods));
+        let many = render(&rules(std::slice::from_ref(&s), &pods, None));
         assert!(
             many.contains("tcp dport 80 dnat ip addr . port to numgen random mod 2 map { 0 : 10.213.0.11 . 8080, 1 : 10.213.0.12 . 8080 }"),
             "{many}"
@@ -242,6 +263,7 @@ mod tests {
         let r = rules(
             &[s],
             &[pod("a", "10.213.0.11", true), pod("b", "1.2.3.4", true)],
+            None,
         );
         // Named: each pod's own container port (8011 and 8007 here).
         assert_eq!(
@@ -258,12 +280,28 @@ mod tests {
         let mut s = svc(json!([{"port": 80}]));
         let pods = [pod("a", "10.213.0.11", true)];
         s.spec.as_mut().unwrap().cluster_ip = Some("None".into());
-        assert!(rules(std::slice::from_ref(&s), &pods).is_empty());
+        assert!(rules(std::slice::from_ref(&s), &pods, None).is_empty());
         s.spec.as_mut().unwrap().cluster_ip = Some("10.96.1.2".into());
         s.spec.as_mut().unwrap().selector = None;
-        assert!(rules(std::slice::from_ref(&s), &pods).is_empty());
+        assert!(rules(std::slice::from_ref(&s), &pods, Some("10.213.0.1")).is_empty());
         s.spec.as_mut().unwrap().selector = Some([("app".into(), "web".into())].into());
         s.spec.as_mut().unwrap().type_ = Some("ExternalName".into());
-        assert!(rules(&[s], &pods).is_empty());
+        assert!(rules(&[s], &pods, None).is_empty());
+    }
+
+    #[test]
+    fn the_kubernetes_service_leads_to_the_api_server() {
+        let k: Service = serde_json::from_value(json!({
+            "metadata": {"name": "kubernetes", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "targetPort": 6443}]}
+        }))
+        .unwrap();
+        let r = rules(std::slice::from_ref(&k), &[], Some("10.213.0.1"));
+        assert_eq!(r[0].endpoints, vec![("10.213.0.1".to_string(), 6443)]);
+        assert!(render(&r).contains("ip daddr 10.96.0.1 tcp dport 443 dnat to 10.213.0.1:6443"));
+        assert!(
+            rules(&[k], &[], None).is_empty(),
+            "no API server address, no rule"
+        );
     }
 }
