@@ -74,6 +74,7 @@ async fn kubectl_create_sends_protobuf_and_reads_back() {
     let got = create(&t, &args, "-n pb secret s").await;
     assert_eq!(b64(&got["data"]["user"]), b"admin");
     assert_eq!(b64(&got["data"]["blob.bin"]), blob);
+    assert_eq!(got["type"], "Opaque", "defaulted by the API server");
     let args = "-n pb create secret docker-registry reg --docker-server=registry.example \
         --docker-username=u --docker-password=p";
     let got = create(&t, args, "-n pb secret reg").await;

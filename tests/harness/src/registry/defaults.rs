@@ -65,6 +65,48 @@ pub fn pod_spec(spec: &mut Value) {
     }
 }
 
+/// A Job's defaults (upstream's `SetDefaults_Job`) and, unless `manualSelector`, its
+/// generated selector and pod labels (the job strategy's `generateSelector`).
+fn job(obj: &mut Value) {
+    let spec = &mut obj["spec"];
+    if spec["completions"].is_null() && spec["parallelism"].is_null() {
+        spec["completions"] = json!(1);
+    }
+    set_default(spec, &["parallelism"], json!(1));
+    set_default(spec, &["backoffLimit"], json!(6));
+    set_default(spec, &["completionMode"], json!("NonIndexed"));
+    set_default(spec, &["suspend"], json!(false));
+    set_default(spec, &["podReplacementPolicy"], json!("TerminatingOrFailed"));
+    pod_spec(&mut spec["template"]["spec"]);
+    if spec["manualSelector"] != true {
+        let name = obj["metadata"]["name"].clone();
+        let uid = obj["metadata"]["uid"].clone();
+        let labels = &mut obj["spec"]["template"]["metadata"]["labels"];
+        for (k, v) in [
+            ("batch.kubernetes.io/controller-uid", &uid),
+            ("batch.kubernetes.io/job-name", &name),
+            ("controller-uid", &uid),
+            ("job-name", &name),
+        ] {
+            set_default(labels, &[k], v.clone());
+        }
+        set_default(
+            &mut obj["spec"]["selector"],
+            &["matchLabels", "batch.kubernetes.io/controller-uid"],
+            uid,
+        );
+    }
+    let template_labels = obj["spec"]["template"]["metadata"]["labels"].clone();
+    if obj["metadata"]["labels"]
+        .as_object()
+        .is_none_or(|m| m.is_empty())
+        && template_labels.is_object()
+    {
+        obj["metadata"]["labels"] = template_labels;
+    }
+    obj["status"] = json!({});
+}
+
 /// Applies create-time defaults for `rt` to `obj`; `default_class` is the
 /// cluster's default StorageClass name, if any (DefaultStorageClass admission).
 pub fn on_create(rt: &ResourceType, obj: &mut Value, default_class: Option<&str>) {
@@ -100,6 +142,10 @@ pub fn on_create(rt: &ResourceType, obj: &mut Value, default_class: Option<&str>
                 &["metadata", "labels", "kubernetes.io/metadata.name"],
                 name,
             );
+        }
+        // Upstream defaults an empty type too (`SetDefaults_Secret`).
+        ("", "Secret") if obj["type"].as_str().is_none_or(str::is_empty) => {
+            obj["type"] = json!("Opaque")
         }
         ("", "Service") => {
             set_default(obj, &["spec", "type"], json!("ClusterIP"));
@@ -162,6 +208,7 @@ pub fn on_create(rt: &ResourceType, obj: &mut Value, default_class: Option<&str>
             pod_spec(&mut obj["spec"]["template"]["spec"]);
             obj["status"] = json!({"replicas": 0});
         }
+        ("batch", "Job") => job(obj),
         ("apps", "StatefulSet") => {
             set_default(obj, &["spec", "replicas"], json!(1));
             set_default(obj, &["spec", "podManagementPolicy"], json!("OrderedReady"));
