@@ -76,7 +76,11 @@ fn job(obj: &mut Value) {
     set_default(spec, &["backoffLimit"], json!(6));
     set_default(spec, &["completionMode"], json!("NonIndexed"));
     set_default(spec, &["suspend"], json!(false));
-    set_default(spec, &["podReplacementPolicy"], json!("TerminatingOrFailed"));
+    set_default(
+        spec,
+        &["podReplacementPolicy"],
+        json!("TerminatingOrFailed"),
+    );
     pod_spec(&mut spec["template"]["spec"]);
     if spec["manualSelector"] != true {
         let name = obj["metadata"]["name"].clone();
