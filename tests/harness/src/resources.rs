@@ -244,6 +244,17 @@ pub const REPLICASETS: ResourceType = rt!(
     ["status", "scale"],
     ["all"]
 );
+pub const JOBS: ResourceType = rt!(
+    "batch",
+    "v1",
+    "jobs",
+    "job",
+    "Job",
+    true,
+    [],
+    ["status"],
+    ["all"]
+);
 pub const CLUSTERROLES: ResourceType = rt!(
     "rbac.authorization.k8s.io",
     "v1",
@@ -344,6 +355,7 @@ pub const ALL: &[ResourceType] = &[
     DAEMONSETS,
     DEPLOYMENTS,
     REPLICASETS,
+    JOBS,
     EVENTS_V1,
     LEASES,
     CLUSTERROLES,

@@ -17,10 +17,12 @@ fn since(ts: Option<&str>) -> String {
     let Ok(t) = chrono::DateTime::parse_from_rfc3339(ts) else {
         return "<unknown>".into();
     };
-    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
-        .num_seconds()
-        .max(0);
-    match secs {
+    human((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds())
+}
+
+/// A number of seconds as kubectl prints ages and durations.
+fn human(secs: i64) -> String {
+    match secs.max(0) {
         s if s < 120 => format!("{s}s"),
         s if s < 600 => format!("{}m{}s", s / 60, s % 60),
         s if s < 3 * 3600 => format!("{}m", s / 60),
@@ -132,6 +134,16 @@ fn columns(rt: &ResourceType) -> Vec<(&'static str, i32)> {
             ("Available", 0),
             ("Node Selector", 0),
             ("Age", 0),
+        ],
+        "Job" => vec![
+            ("Name", 0),
+            ("Status", 0),
+            ("Completions", 0),
+            ("Duration", 0),
+            ("Age", 0),
+            ("Containers", 1),
+            ("Images", 1),
+            ("Selector", 1),
         ],
         "Node" => vec![
             ("Name", 0),
@@ -327,6 +339,12 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
             ]
         }
         "Namespace" => vec![name, json!(s(&st["phase"])), json!(age(o))],
+        "Job" => {
+            let mut cells = vec![name];
+            cells.extend(job_cells(o));
+            cells.insert(4, json!(age(o)));
+            cells
+        }
         "Service" => {
             let mut cells = vec![name];
             cells.extend(service_cells(spec));
@@ -380,6 +398,73 @@ fn service_cells(spec: &Value) -> Vec<Value> {
         json!(external),
         json!(or_none(ports.join(","))),
         json!(or_none(selector.join(","))),
+    ]
+}
+
+/// A Job's Status, Completions, Duration, Containers, Images and Selector (upstream's printJob).
+fn job_cells(o: &Value) -> Vec<Value> {
+    let (spec, st) = (&o["spec"], &o["status"]);
+    let has = |ty: &str| {
+        st["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == ty && c["status"] == "True")
+    };
+    let status = [
+        "Complete",
+        "Failed",
+        "Suspended",
+        "FailureTarget",
+        "SuccessCriteriaMet",
+    ]
+    .into_iter()
+    .find(|t| has(t))
+    .unwrap_or(if o["metadata"]["deletionTimestamp"].is_null() {
+        "Running"
+    } else {
+        "Terminating"
+    });
+    let completions = match spec["completions"].as_i64() {
+        Some(c) => format!("{}/{c}", n(&st["succeeded"])),
+        None if n(&spec["parallelism"]) > 1 => {
+            format!("{}/1 of {}", n(&st["succeeded"]), n(&spec["parallelism"]))
+        }
+        None => format!("{}/1", n(&st["succeeded"])),
+    };
+    let time = |f: &str| {
+        st[f]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    };
+    let duration = match (time("startTime"), time("completionTime")) {
+        (Some(a), Some(b)) => human((b - a).num_seconds()),
+        (Some(_), None) => since(st["startTime"].as_str()),
+        _ => String::new(),
+    };
+    let containers = spec["template"]["spec"]["containers"].as_array();
+    let join = |f: &str| {
+        let v: Vec<&str> = containers
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c[f].as_str())
+            .collect();
+        v.join(",")
+    };
+    let mut sel: Vec<String> = spec["selector"]["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    sel.sort();
+    vec![
+        json!(status),
+        json!(completions),
+        json!(duration),
+        json!(join("name")),
+        json!(join("image")),
+        json!(sel.join(",")),
     ]
 }
 

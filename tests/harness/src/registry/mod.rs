@@ -289,6 +289,9 @@ impl Registry {
             return Err(Error::MethodNotAllowed);
         }
         let mut obj = self.normalize(rt, &body, opts.strict)?;
+        // The uid comes first: a Job's generated selector and labels are made of it.
+        let uid = uuid::Uuid::new_v4().to_string();
+        obj["metadata"]["uid"] = json!(uid);
         defaults::on_create(rt, &mut obj, self.default_class().as_deref());
         let _allocating = self.allocate_cluster_ip(rt, &name, &mut obj)?;
         if *rt == resources::CRDS {
@@ -309,7 +312,7 @@ impl Registry {
         ] {
             meta.remove(f);
         }
-        meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        meta.insert("uid".into(), json!(uid));
         meta.insert("creationTimestamp".into(), json!(now()));
         meta.insert("generation".into(), json!(1));
         if opts.dry_run {
@@ -610,6 +613,8 @@ impl Registry {
             let policy_finalizer = match opts.propagation_policy.as_deref() {
                 Some("Foreground") => Some("foregroundDeletion"),
                 Some("Orphan") => Some("orphan"),
+                // batch/v1 Jobs default to orphaning their pods, as upstream's job strategy.
+                None if *rt == resources::JOBS => Some("orphan"),
                 _ => None,
             };
             if let Some(f) = policy_finalizer

@@ -2,6 +2,7 @@
 //! kind, unknown fields are pruned (or rejected under strict field validation).
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::events::v1::Event as EventV1;
@@ -50,6 +51,7 @@ pub fn normalize(rt: &ResourceType, v: &Value, strict: bool) -> Result<Value> {
         ("apps", "DaemonSet") => roundtrip::<DaemonSet>(v),
         ("apps", "Deployment") => roundtrip::<Deployment>(v),
         ("apps", "ReplicaSet") => roundtrip::<ReplicaSet>(v),
+        ("batch", "Job") => roundtrip::<Job>(v),
         (_, "ClusterRole") => roundtrip::<rbac::ClusterRole>(v),
         (_, "ClusterRoleBinding") => roundtrip::<rbac::ClusterRoleBinding>(v),
         (_, "Role") => roundtrip::<rbac::Role>(v),

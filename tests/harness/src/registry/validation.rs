@@ -171,6 +171,69 @@ fn workload(spec: &Value, extra_volumes: &[&str], causes: &mut Vec<Cause>) {
     );
 }
 
+fn not_supported(field: &str, value: &Value, supported: &[&str]) -> Cause {
+    let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
+    Cause {
+        field: field.into(),
+        reason: "FieldValueNotSupported".into(),
+        message: format!(
+            "Unsupported value: {value}: supported values: {}",
+            list.join(", ")
+        ),
+    }
+}
+
+/// A Job's spec (upstream's `ValidateJobSpec`, less what the harness does not run).
+fn job(spec: &Value, causes: &mut Vec<Cause>) {
+    workload(spec, &[], causes);
+    let policy = &spec["template"]["spec"]["restartPolicy"];
+    if policy != "OnFailure" && policy != "Never" {
+        causes.push(not_supported(
+            "spec.template.spec.restartPolicy",
+            policy,
+            &["OnFailure", "Never"],
+        ));
+    }
+    for f in [
+        "parallelism",
+        "completions",
+        "backoffLimit",
+        "ttlSecondsAfterFinished",
+    ] {
+        if spec[f].as_i64().is_some_and(|n| n < 0) {
+            causes.push(Cause::invalid(
+                format!("spec.{f}"),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    if spec["activeDeadlineSeconds"]
+        .as_i64()
+        .is_some_and(|n| n <= 0)
+    {
+        causes.push(Cause::invalid(
+            "spec.activeDeadlineSeconds",
+            "must be greater than 0",
+        ));
+    }
+    // Indexed mode, pod failure and success policies are not run by the harness (decision 063).
+    if spec["completionMode"] != "NonIndexed" {
+        causes.push(not_supported(
+            "spec.completionMode",
+            &spec["completionMode"],
+            &["NonIndexed"],
+        ));
+    }
+    for f in ["podFailurePolicy", "successPolicy", "backoffLimitPerIndex"] {
+        if !spec[f].is_null() {
+            causes.push(Cause::forbidden(
+                format!("spec.{f}"),
+                "not supported by the cairn harness",
+            ));
+        }
+    }
+}
+
 /// Checks that apply on create and update alike.
 pub fn validate(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
@@ -215,6 +278,7 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         }
         ("", "Pod") => pod_spec(spec, "spec", &[], &mut causes),
         ("apps", "DaemonSet" | "Deployment" | "ReplicaSet") => workload(spec, &[], &mut causes),
+        ("batch", "Job") => job(spec, &mut causes),
         ("apps", "StatefulSet") => {
             let templates: Vec<&str> = spec["volumeClaimTemplates"]
                 .as_array()
@@ -378,6 +442,13 @@ pub fn validate_update(
         }
         ("apps", "DaemonSet" | "Deployment" | "ReplicaSet") if os["selector"] != ns["selector"] => {
             causes.push(Cause::invalid("spec.selector", "field is immutable"));
+        }
+        ("batch", "Job") => {
+            for f in ["selector", "template", "completions", "completionMode"] {
+                if os[f] != ns[f] {
+                    causes.push(Cause::invalid(format!("spec.{f}"), "field is immutable"));
+                }
+            }
         }
         ("storage.k8s.io", "StorageClass") => {
             for f in [
