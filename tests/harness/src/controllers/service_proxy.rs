@@ -13,6 +13,9 @@ use crate::node::{Namespaces, Nodes};
 /// The table the proxy owns in each node's network namespace.
 pub const TABLE: &str = "cairn-proxy";
 
+/// The longest comment a rule gets (nft's limit is 127 bytes).
+const COMMENT_MAX: usize = 120;
+
 /// One Service port's rule: `ip:port/protocol` and where it goes (no endpoints: rejected).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -104,7 +107,14 @@ pub fn render(rules: &[Rule]) -> String {
     let mut rejects = String::new();
     for r in rules {
         let matcher = format!("ip daddr {} {} dport {}", r.ip, r.protocol, r.port);
-        let comment = format!("comment \"{}\"", r.service.replace('"', ""));
+        // nft takes comments of up to 127 bytes; a longer one would fail the whole table.
+        let mut text: String = r
+            .service
+            .chars()
+            .filter(|c| c.is_ascii() && *c != '"')
+            .collect();
+        text.truncate(COMMENT_MAX);
+        let comment = format!("comment \"{text}\"");
         match r.endpoints.as_slice() {
             [] => rejects.push_str(&format!("\t\t{matcher} reject {comment}\n")),
             [(a, p)] => services.push_str(&format!("\t\t{matcher} dnat to {a}:{p} {comment}\n")),
@@ -250,6 +260,19 @@ mod tests {
         );
         assert!(!many.contains("reject comment"), "{many}");
         assert!(many.starts_with("table ip cairn-proxy\ndelete table ip cairn-proxy\n"));
+        let long = Rule {
+            service: format!("{}/{}:http", "n".repeat(63), "s".repeat(63)),
+            ..none[0].clone()
+        };
+        let text = render(&[long]);
+        let comment = text
+            .split("comment \"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert_eq!(comment.len(), COMMENT_MAX, "{text}");
     }
 
     #[test]
