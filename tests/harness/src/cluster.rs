@@ -49,6 +49,10 @@ pub struct ClusterConfig {
     pub api_only: bool,
     /// Which executables each image runs (`--image NAME=PATH`).
     pub images: Arc<ImageMap>,
+    /// How long a kubelet may go without renewing its Lease before its node is marked
+    /// NotReady (Unknown) and tainted (`node-monitor-grace-period`, 40 s upstream);
+    /// kubelets renew every quarter of it, at most every 10 s.
+    pub node_monitor_grace_period: Duration,
 }
 
 impl ClusterConfig {
@@ -62,6 +66,7 @@ impl ClusterConfig {
             cairn_install: CairnInstall::Processes,
             api_only: false,
             images: Arc::new(ImageMap::with_defaults()),
+            node_monitor_grace_period: controllers::node_lifecycle::DEFAULT_GRACE,
         }
     }
 }
@@ -287,6 +292,18 @@ impl Cluster {
                 stop_rx.clone(),
                 move || collector.reconcile(),
             )));
+            let mut lifecycle = controllers::node_lifecycle::NodeLifecycleController::new(
+                client.clone(),
+                cfg.node_monitor_grace_period,
+            );
+            tasks.push(tokio::spawn(run_loop(
+                "node-lifecycle",
+                store.clone(),
+                vec![resources::NODES, resources::LEASES],
+                resync,
+                stop_rx.clone(),
+                move || lifecycle.reconcile(),
+            )));
             let mut scheduler = Scheduler::new(client.clone());
             tasks.push(tokio::spawn(run_loop(
                 "scheduler",
@@ -364,6 +381,7 @@ impl Cluster {
                 std::fs::create_dir_all(root.join("plugins_registry")).map_err(Error::internal)?;
                 let mut kc = KubeletConfig {
                     images: cfg.images.clone(),
+                    lease_renew: (cfg.node_monitor_grace_period / 4).min(Duration::from_secs(10)),
                     ..KubeletConfig::new(&node, root)
                 };
                 if let Some(m) = &machines {

@@ -7,6 +7,7 @@ pub mod deployment;
 pub mod dns;
 pub mod events;
 pub mod gc;
+pub mod node_lifecycle;
 pub mod pv_binder;
 pub mod replicaset;
 pub mod service_proxy;

@@ -48,6 +48,9 @@ pub struct KubeletConfig {
     pub in_cluster: Option<crate::in_cluster::InCluster>,
     /// Which executables each image runs (`--image`).
     pub images: Arc<images::ImageMap>,
+    /// How often the node's Lease in `kube-node-lease` is renewed (10 s upstream; shorter
+    /// with a short `node-monitor-grace-period`, see `controllers::node_lifecycle`).
+    pub lease_renew: Duration,
 }
 
 impl KubeletConfig {
@@ -69,6 +72,7 @@ impl KubeletConfig {
             namespaces: None,
             in_cluster: None,
             images: Arc::new(images::ImageMap::with_defaults()),
+            lease_renew: Duration::from_secs(10),
         }
     }
 }
@@ -263,12 +267,14 @@ impl Kubelet {
         // Aborted with this task too (`crash`).
         let hb = AbortOnDrop(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
+            let mut lease = tokio::time::interval(me.cfg.lease_renew);
             let mut expand = tokio::time::interval(Duration::from_secs(2));
             // The plugin watcher: upstream watches plugins_registry with inotify.
             let mut registry = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => { me.heartbeat(); me.csi.refresh(&me).await; }
+                    _ = tick.tick() => me.csi.refresh(&me).await,
+                    _ = lease.tick() => me.heartbeat(),
                     _ = registry.tick() => if me.csi.registrations.scan(&me.root, &me.node).await { me.csi.refresh(&me).await },
                     _ = expand.tick() => me.csi_expand_pending().await,
                     _ = hb_shutdown.changed() => break,
