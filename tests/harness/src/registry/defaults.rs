@@ -154,6 +154,18 @@ pub fn on_create(rt: &ResourceType, obj: &mut Value, default_class: Option<&str>
         ("", "Service") => {
             set_default(obj, &["spec", "type"], json!("ClusterIP"));
             set_default(obj, &["spec", "sessionAffinity"], json!("None"));
+            let ty = obj["spec"]["type"].as_str().unwrap_or_default().to_string();
+            if ty != "ExternalName" {
+                set_default(obj, &["spec", "internalTrafficPolicy"], json!("Cluster"));
+            }
+            if ty == "NodePort" || ty == "LoadBalancer" {
+                set_default(obj, &["spec", "externalTrafficPolicy"], json!("Cluster"));
+            }
+            for p in obj["spec"]["ports"].as_array_mut().into_iter().flatten() {
+                set_default(p, &["protocol"], json!("TCP"));
+                let port = p["port"].clone();
+                set_default(p, &["targetPort"], port);
+            }
         }
         ("storage.k8s.io", "StorageClass") => {
             set_default(obj, &["reclaimPolicy"], json!("Delete"));
@@ -240,5 +252,31 @@ pub fn on_create(rt: &ResourceType, obj: &mut Value, default_class: Option<&str>
             obj["status"] = json!({"replicas": 0, "availableReplicas": 0});
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources;
+
+    #[test]
+    fn service_ports_default_to_tcp_and_their_own_port() {
+        let mut svc = json!({"spec": {"ports": [{"port": 80}, {"port": 53, "protocol": "UDP", "targetPort": "dns"}]}});
+        on_create(&resources::SERVICES, &mut svc, None);
+        assert_eq!(
+            svc["spec"]["ports"],
+            json!([{"port": 80, "protocol": "TCP", "targetPort": 80},
+                {"port": 53, "protocol": "UDP", "targetPort": "dns"}])
+        );
+        assert_eq!(svc["spec"]["type"], "ClusterIP");
+        assert_eq!(svc["spec"]["internalTrafficPolicy"], "Cluster");
+        assert!(svc["spec"]["externalTrafficPolicy"].is_null());
+        let mut ext = json!({"spec": {"type": "ExternalName", "externalName": "example.com"}});
+        on_create(&resources::SERVICES, &mut ext, None);
+        assert!(ext["spec"]["internalTrafficPolicy"].is_null());
+        let mut np = json!({"spec": {"type": "NodePort", "ports": [{"port": 80}]}});
+        on_create(&resources::SERVICES, &mut np, None);
+        assert_eq!(np["spec"]["externalTrafficPolicy"], "Cluster");
     }
 }
