@@ -35,7 +35,7 @@ pub const NODE_PATHS: [(&str, &str); 6] = [
 ];
 
 /// The node's own `/etc/hosts` (`DIR/nodes/<node>/hosts`): its name and the cluster's
-/// DNS names (headless Services), kept current by the `dns` controller.
+/// DNS names (headless and ClusterIP Services), kept current by the `dns` controller.
 pub const HOSTS_FILE: &str = "hosts";
 
 /// Node subnets are `10.213.<i>.0/24`, bridge `cairnbr<i>` at `.1`, node-k at `.(10+k)`.

@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::client::Client;
 
 /// The `kubernetes` Service's ClusterIP: the first of upstream's default service range.
-/// Nothing routes it (the harness has no service proxy); pods use the env's address.
+/// The service proxy routes it to the API server's HTTPS listener (decision 061).
 pub const KUBERNETES_CLUSTER_IP: &str = "10.96.0.1";
 
 pub struct ServiceAccountController {
