@@ -47,6 +47,10 @@ enum Cmd {
         /// `cairn` maps to the built binaries and `busybox` to the host's tools by default.
         #[arg(long = "image", value_name = "NAME=PATH")]
         images: Vec<String>,
+        /// Seconds a kubelet may go without renewing its Lease before its node is marked
+        /// NotReady and tainted unreachable (kube-controller-manager's flag of that name).
+        #[arg(long, value_name = "SECONDS", default_value_t = 40)]
+        node_monitor_grace_period: u64,
     },
     /// The API server alone.
     Apiserver {
@@ -178,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
             with_cairn,
             cairn_install: install,
             images,
+            node_monitor_grace_period,
         } => {
             cairn_install = install;
             let mut map = ImageMap::with_defaults();
@@ -189,6 +194,9 @@ async fn main() -> anyhow::Result<()> {
                 with_cairn,
                 cairn_install: install,
                 images: std::sync::Arc::new(map),
+                node_monitor_grace_period: std::time::Duration::from_secs(
+                    node_monitor_grace_period.max(1),
+                ),
                 ..ClusterConfig::new(data_dir, nodes)
             }
         }
