@@ -7,6 +7,7 @@ pub mod deployment;
 pub mod dns;
 pub mod events;
 pub mod gc;
+pub mod job;
 pub mod node_lifecycle;
 pub mod pv_binder;
 pub mod replicaset;
@@ -78,18 +79,19 @@ pub async fn run_loop<F>(
     tracing::debug!(controller = name, "stopped");
 }
 
-/// Starts the DaemonSet, Deployment and ReplicaSet controllers (kube-controller-manager's
-/// apps controllers besides StatefulSet).
+/// Starts the DaemonSet, Deployment, ReplicaSet and Job controllers (kube-controller-manager's
+/// workload controllers besides StatefulSet).
 pub fn spawn_apps(
     client: &Client,
     store: &Arc<Store>,
     resync: Duration,
     shutdown: &Shutdown,
 ) -> Vec<JoinHandle<()>> {
-    use crate::resources::{DAEMONSETS, DEPLOYMENTS, NODES, PODS, REPLICASETS};
+    use crate::resources::{DAEMONSETS, DEPLOYMENTS, JOBS, NODES, PODS, REPLICASETS};
     let ds = daemonset::DaemonSetController::new(client.clone());
     let deploy = deployment::DeploymentController::new(client.clone());
     let rs = replicaset::ReplicaSetController::new(client.clone());
+    let job = job::JobController::new(client.clone());
     vec![
         tokio::spawn(run_loop(
             "daemonset",
@@ -114,6 +116,14 @@ pub fn spawn_apps(
             resync,
             shutdown.clone(),
             move || rs.reconcile(),
+        )),
+        tokio::spawn(run_loop(
+            "job",
+            store.clone(),
+            vec![JOBS, PODS],
+            resync,
+            shutdown.clone(),
+            move || job.reconcile(),
         )),
     ]
 }
