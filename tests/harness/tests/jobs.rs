@@ -120,6 +120,21 @@ async fn job_pods(t: &TestCluster, job: &str, fields: &str) -> Vec<String> {
     v
 }
 
+/// Waits (60 s) until Job `job` has no pod left.
+async fn pods_gone(t: &TestCluster, job: &str) {
+    eventually(
+        &format!("the pods of job {job} deleted"),
+        Duration::from_secs(60),
+        || async {
+            job_pods(t, job, "{.metadata.name}")
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 fn job_yaml(name: &str, extra: &str, policy: &str, script: &str) -> String {
     format!(
         r#"
@@ -209,17 +224,56 @@ async fn jobs_complete_fail_at_the_backoff_limit_and_go_with_their_pods() {
     // kubectl delete cascades (in the background) to the Job's pods.
     for job in ["hello", "parallel", "failing", "retried"] {
         t.must(&["delete", "job", job]).await;
-        eventually(
-            &format!("the pods of job {job} deleted"),
-            Duration::from_secs(60),
-            || async {
-                job_pods(&t, job, "{.metadata.name}")
-                    .await
-                    .is_empty()
-                    .then_some(())
-            },
-        )
-        .await;
+        pods_gone(&t, job).await;
     }
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_suspend_resume_hit_their_deadline_and_expire() {
+    let t = TestCluster::start(1).await;
+    let manifests = [
+        job_yaml("paused", "  suspend: true", "Never", "echo resumed"),
+        job_yaml(
+            "slow",
+            "  activeDeadlineSeconds: 2",
+            "Never",
+            "trap 'exit 0' TERM; sleep 60 & wait",
+        ),
+        job_yaml("brief", "  ttlSecondsAfterFinished: 0", "Never", "true"),
+    ]
+    .join("---");
+    t.must_stdin(&["apply", "-f", "-"], &manifests).await;
+
+    // Suspended: no pod, a Suspended condition; resumed, it runs to completion.
+    let (_, conds) = finished(&t, "paused", "suspended").await;
+    assert_eq!(conds, ["Suspended=JobSuspended"]);
+    assert!(job_pods(&t, "paused", "{.metadata.name}").await.is_empty());
+    let resume = r#"{"spec":{"suspend":false}}"#;
+    t.must(&["patch", "job/paused", "--type=merge", "-p", resume])
+        .await;
+    let (st, conds) = finished(&t, "paused", "complete").await;
+    assert_eq!(conds[0], "Suspended=JobResumed", "{conds:?}");
+    assert_eq!(st["succeeded"], 1, "{st}");
+    assert_eq!(t.must(&["logs", "job/paused"]).await.trim(), "resumed");
+
+    // Past activeDeadlineSeconds the running pod is deleted and the Job fails.
+    let (st, conds) = finished(&t, "slow", "failed").await;
+    let over = "DeadlineExceeded";
+    assert_eq!(
+        conds,
+        [format!("FailureTarget={over}"), format!("Failed={over}")]
+    );
+    assert!(st["active"].is_null(), "{st}");
+    pods_gone(&t, "slow").await;
+
+    // ttlSecondsAfterFinished: 0 deletes the finished Job and its pod.
+    eventually("the brief job deleted", Duration::from_secs(60), || async {
+        let out = t.must(&["get", "jobs", "-o", "name"]).await;
+        (!out.contains("job.batch/brief")).then_some(())
+    })
+    .await;
+    pods_gone(&t, "brief").await;
+    t.must(&["delete", "job", "paused", "slow"]).await;
     t.shutdown().await;
 }

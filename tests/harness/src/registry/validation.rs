@@ -343,6 +343,20 @@ fn without(v: &Value, fields: &[&str]) -> Value {
     v
 }
 
+/// `v` without null members (an absent field and a null one are the same field).
+fn without_nulls(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, x)| !x.is_null())
+                .map(|(k, x)| (k.clone(), without_nulls(x)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(without_nulls).collect()),
+        other => other.clone(),
+    }
+}
+
 /// Immutability rules for updates of the main resource.
 pub fn validate_update(
     rt: &ResourceType,
@@ -445,7 +459,7 @@ pub fn validate_update(
         }
         ("batch", "Job") => {
             for f in ["selector", "template", "completions", "completionMode"] {
-                if os[f] != ns[f] {
+                if without_nulls(&os[f]) != without_nulls(&ns[f]) {
                     causes.push(Cause::invalid(format!("spec.{f}"), "field is immutable"));
                 }
             }
