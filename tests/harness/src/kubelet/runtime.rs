@@ -420,6 +420,10 @@ pub struct Running {
     pub working_dir: Option<String>,
     /// The container's mount namespace (`mnt:[inode]`), read when it started.
     pub mnt_ns: Option<String>,
+    /// That namespace held open until `forget` has killed what is left in it: once its last
+    /// process is gone the kernel could give its inode to a container starting meanwhile,
+    /// which `forget` would then kill.
+    _mnt_ns_hold: Option<std::sync::Arc<std::fs::File>>,
 }
 
 type RunningKey = (String, String);
@@ -439,6 +443,9 @@ pub fn remember(pod_uid: &str, container: &str, pid: u32, spec: &ContainerSpec) 
         env: spec.env.clone(),
         working_dir: spec.working_dir.clone(),
         mnt_ns: mnt_ns_of(&pid.to_string()),
+        _mnt_ns_hold: std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
+            .ok()
+            .map(std::sync::Arc::new),
     };
     running_map().insert((pod_uid.to_string(), container.to_string()), r);
 }
@@ -463,9 +470,11 @@ pub fn forget(pod_uid: &str, container: &str, pid: u32) {
             None
         }
     };
-    if let Some(ns) = gone.and_then(|r| r.mnt_ns) {
-        kill_namespace(&ns);
+    // `gone` (and its hold on the namespace) lives until the kill is done.
+    if let Some(ns) = gone.as_ref().and_then(|r| r.mnt_ns.as_deref()) {
+        kill_namespace(ns);
     }
+    drop(gone);
 }
 
 /// SIGKILLs every process in mount namespace `ns`, unless it is this process's own or
