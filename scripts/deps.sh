@@ -3,7 +3,7 @@
 # only packages that are missing are installed.
 set -euo pipefail
 
-PKGS=(clang libclang-dev e2fsprogs xfsprogs fio fuse3 etcd-server etcd-client util-linux mount qemu-utils kmod iproute2 procps mmdebstrap umoci nftables faketime)
+PKGS=(clang libclang-dev e2fsprogs xfsprogs fio fuse3 etcd-server etcd-client util-linux mount qemu-utils kmod iproute2 procps mmdebstrap umoci nftables faketime python3 curl ca-certificates)
 
 missing=()
 for p in "${PKGS[@]}"; do
