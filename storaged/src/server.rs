@@ -122,16 +122,24 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
         }),
         Security::Insecure => AuthzLayer::open(),
     };
-    // Peers probing whether anyone bootstrapped must hear from a fresh (unstamped) node
-    // before its Raft runs; a stamped one serves nothing until it runs (a client meeting a
-    // waiting room would get UNIMPLEMENTED for the other services).
-    let waiting = match dir {
-        crate::identity::DirState::Unstamped => Some(serve_waiting_room(
+    // Peers probing whether anyone bootstrapped must hear from a node whose meta group is
+    // empty before its Raft runs, stamped or not (initial voters that stamped and crashed
+    // before `initialize` would otherwise wait for each other forever). A node with Raft
+    // state serves nothing until it runs (a client meeting a waiting room would get
+    // UNIMPLEMENTED for the other services).
+    let empty = dir == crate::identity::DirState::Unstamped
+        || !crate::raft::log_store::LogStore::holds_state(
+            engine.as_ref(),
+            crate::raft::META_GROUP,
+        )?;
+    let waiting = if empty {
+        Some(serve_waiting_room(
             &opts.node,
             &std_listener,
             authz.clone(),
-        )?),
-        crate::identity::DirState::Stamped => None,
+        )?)
+    } else {
+        None
     };
     let started = StorageNode::start(opts.node.clone(), engine).await;
     if let Some(waiting) = waiting {

@@ -313,3 +313,38 @@ async fn a_foreign_clusters_dir_is_refused_and_a_wiped_member_never_bootstraps_a
         "the write reads back"
     );
 }
+
+/// Initial voters that stamped their data dirs and lost their Raft state (a crash between the
+/// stamp and `initialize`, or state removed by hand) must still answer each other's probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stamped_voters_without_raft_state_answer_each_others_probes_and_bootstrap() {
+    let mut cluster = ProcCluster::start(bin(), 3, &[]).unwrap();
+    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+    for id in 1..=3 {
+        cluster.kill9(id);
+    }
+    for id in 1..=3 {
+        let dir = cluster.nodes[cluster.index_of(id)].dir.clone();
+        assert!(dir.join("IDENTITY").exists(), "node {id} was stamped");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().is_some_and(|n| n == "IDENTITY") {
+                continue;
+            }
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+    }
+    for id in 1..=3 {
+        cluster.restart(id).unwrap();
+    }
+    let formed = cluster.wait_ready(Duration::from_secs(60)).await;
+    let logs: String = (1..=3).map(|id| cluster.log_of(id)).collect();
+    assert!(
+        formed.is_ok(),
+        "stamped empty voters never formed a cluster ({formed:?}):\n{logs}"
+    );
+}

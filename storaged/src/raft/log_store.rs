@@ -216,6 +216,30 @@ impl LogStore {
         self.engine.write(b, sync).map_err(io_err)
     }
 
+    /// Whether `group` holds any Raft state here (a log entry, a vote, a commit or purge
+    /// mark): read before the group's Raft runs, to tell an empty node from one that made promises.
+    pub fn holds_state(engine: &dyn Engine, group: u64) -> crate::Result<bool> {
+        let logged = engine
+            .last_in_range(
+                Cf::RaftLog,
+                &keys::group_start(group),
+                &keys::group_end(group),
+            )?
+            .is_some();
+        if logged {
+            return Ok(true);
+        }
+        for name in [VOTE, COMMITTED, PURGED] {
+            if engine
+                .get(Cf::RaftState, &keys::named(group, name))?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Removes every trace of this group's log and Raft state.
     pub fn destroy(engine: &dyn Engine, group: u64) -> crate::Result<()> {
         let mut b = Batch::default();
