@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod fence;
 pub mod frontend;
+pub mod hints;
 pub mod identity;
 pub mod meta;
 pub mod metrics;

@@ -199,6 +199,7 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
         let _ = stop_rx.await;
     });
     tokio::spawn(register_loop(node.clone(), opts.join.clone()));
+    tokio::spawn(crate::hints::follow(Arc::downgrade(&node)));
     tracing::info!(node = node.cfg().id, name = %node.cfg().name, addr = %node.cfg().addr, "storaged serving");
     Ok(Running {
         node,

@@ -241,3 +241,64 @@ async fn a_majority_of_a_volume_moving_at_once_is_followed_and_loses_nothing() {
     crcs.insert(off, crc32fast::hash(&[0x5au8; PIECE as usize]));
     verify(&client, "moved2", &crcs).await;
 }
+
+/// Every node comes back on a new address at once (new pod IPs after a whole cluster
+/// restarted): no meta leader can be elected at the old addresses, so the nodes find each
+/// other through their seeds (`--join`, a headless Service's DNS name in the manifests;
+/// here the new addresses themselves), then commit their new addresses as one node would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_node_moving_at_once_finds_the_others_through_the_seeds() {
+    let mut c = ProcCluster::start(bin(), 3, &[]).unwrap();
+    c.wait_ready(READY).await.unwrap();
+    let client = c.client();
+    let vol = create(&client, "all-moved", VOL_SIZE).await;
+    let mut crcs = fill(&client, "all-moved", 9, WRITTEN).await;
+    let old: Vec<String> = c.nodes.iter().map(|n| n.addr.clone()).collect();
+
+    for id in 1..=3 {
+        c.kill9(id);
+    }
+    for node in c.nodes.iter_mut() {
+        let mut addr: std::net::SocketAddr = node.addr.parse().unwrap();
+        addr.set_port(cairn_storaged::testkit::free_port());
+        node.addr = addr.to_string();
+    }
+    let seeds = c
+        .nodes
+        .iter()
+        .map(|n| n.addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    for id in 1..=3 {
+        let i = c.index_of(id);
+        c.nodes[i].args = vec!["--join".into(), seeds.clone()];
+        c.restart(id).unwrap();
+    }
+    let started = Instant::now();
+    for id in 1..=3 {
+        let new = c.nodes[c.index_of(id)].addr.clone();
+        assert!(!old.contains(&new));
+        if let Err(e) = wait_followed(&c, &[1, 2, 3], vol.id, id, &new).await {
+            let logs: String = (1..=3).map(|id| c.log_of(id)).collect();
+            panic!("node {id} not followed to {new}: {e}\n{logs}");
+        }
+    }
+    eprintln!(
+        "all three nodes moved: catalogue and memberships followed in {:?}",
+        started.elapsed()
+    );
+    let logs: String = (1..=3).map(|id| c.log_of(id)).collect();
+    assert!(
+        logs.contains("peer found through the seeds away from its membership address"),
+        "the nodes found each other through the seeds"
+    );
+
+    let client = c.client();
+    let off = WRITTEN;
+    write_piece(&client, "all-moved", off, 0x5a).await;
+    crcs.insert(off, crc32fast::hash(&[0x5au8; PIECE as usize]));
+    verify(&client, "all-moved", &crcs).await;
+    c.wait_replicas_healthy(&["all-moved"], FOLLOW)
+        .await
+        .unwrap();
+}

@@ -75,6 +75,9 @@ pub struct GroupStatus {
     pub open_error: Option<String>,
     /// Each member's address in the membership as this node knows it (appended last).
     pub addrs: BTreeMap<u64, String>,
+    /// The answering node's id (0: not known, a waiting room); appended last, so a node
+    /// from before it still decodes the rest.
+    pub node_id: u64,
 }
 
 /// Asks the node at `addr` for its view of `group` (`None`: no answer within `within`).
@@ -132,6 +135,7 @@ pub fn group_status(raft: Option<Raft>) -> GroupStatus {
             .nodes()
             .map(|(id, n)| (*id, n.addr.clone()))
             .collect(),
+        node_id: 0,
     }
 }
 

@@ -386,7 +386,9 @@ impl RaftService for RaftApi {
 
     async fn group_status(&self, req: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
         let m = req.into_inner();
-        reply::<_, std::convert::Infallible>(Ok(self.node.group_status(m.group_id)))
+        let mut status = self.node.group_status(m.group_id);
+        status.node_id = self.node.cfg().id;
+        reply::<_, std::convert::Infallible>(Ok(status))
     }
 
     async fn transfer_leader(

@@ -10,12 +10,15 @@ use cairn_proto::cairn::v1::raft_service_client::RaftServiceClient;
 use tonic::transport::Channel;
 
 use super::backoff::PeerHealth;
+use super::hints::AddressHints;
 
 /// Lazily connected channels keyed by peer address.
 #[derive(Clone)]
 pub struct ChannelCache {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     health: Arc<Mutex<HashMap<String, Arc<PeerHealth>>>>,
+    /// Where peers were found through the seeds, dialled before their membership address.
+    hints: AddressHints,
     security: Security,
 }
 
@@ -25,8 +28,14 @@ impl ChannelCache {
         ChannelCache {
             channels: Arc::default(),
             health: Arc::default(),
+            hints: AddressHints::default(),
             security,
         }
+    }
+
+    /// Where peers were last found answering (`crate::hints` fills it).
+    pub fn hints(&self) -> &AddressHints {
+        &self.hints
     }
 
     pub fn get(&self, addr: &str) -> Result<Channel, String> {

@@ -4,6 +4,7 @@
 mod append_stream;
 mod backoff;
 mod channels;
+mod hints;
 mod members;
 mod snapshot;
 #[cfg(test)]
@@ -45,6 +46,7 @@ fn addressed<T>(msg: T, target: NodeId) -> tonic::Request<T> {
 }
 pub use backoff::{CEILING as BACKOFF_CEILING, PeerHealth};
 pub use channels::ChannelCache;
+pub use hints::{AddressHints, HINT_TTL};
 pub use members::Members;
 
 use super::{AppendEntriesRequest, Node, NodeId, Snapshot, StreamAppendResult, TypeConfig, Vote};
@@ -113,8 +115,16 @@ fn status_error(target: NodeId, status: &tonic::Status) -> RPCError<TypeConfig> 
 impl PeerConn {
     /// Dials the peer where the group's membership has it now: a node that came back on
     /// a new address is followed, and the channels to its old one are dropped.
+    /// A peer found answering elsewhere through the seeds (`AddressHints`) is dialled
+    /// there first: peers that all moved at once cannot commit their new addresses until
+    /// they reach each other.
     fn follow_moves(&mut self) {
-        let Some(new) = self.members.moved(self.target, &self.addr) else {
+        let new = match self.channels.hints().get(self.target) {
+            Some(hinted) if hinted == self.addr => None,
+            Some(hinted) => Some(hinted),
+            None => self.members.moved(self.target, &self.addr),
+        };
+        let Some(new) = new else {
             return;
         };
         let old = std::mem::replace(&mut self.addr, new);
