@@ -74,10 +74,14 @@ pub fn check_sender(
     let (member, no_members) = {
         let m = raft.metrics().borrow_watched().membership_config.clone();
         let members = m.membership();
-        (
-            members.get_node(&claimed).is_some(),
-            members.nodes().next().is_none(),
-        )
+        let sender = members.get_node(&claimed);
+        // A member heard from: this node's backoff toward it ends (`PeerHealth::heard_from`).
+        if let Some(peer) = sender
+            && node.channels().heard_from(&peer.addr)
+        {
+            end_backoffs(node, claimed);
+        }
+        (sender.is_some(), members.nodes().next().is_none())
     };
     let (registered, no_catalogue) =
         node.with_catalog(|c| (c.nodes.contains_key(&claimed), c.nodes.is_empty()));
@@ -93,4 +97,23 @@ pub fn check_sender(
     Err(Status::permission_denied(format!(
         "node {claimed} is not a member of group {group}"
     )))
+}
+
+/// Ends openraft's replication backoff toward node `peer` in every group this node runs
+/// (those it does not lead, or where `peer` is no member, ignore it): the peer was heard
+/// from, so its followers' logs are sent now rather than after up to 2 s.
+fn end_backoffs(node: &StorageNode, peer: u64) {
+    let rafts: Vec<Raft> = std::iter::once(node.meta_raft().clone())
+        .chain(node.volume_groups().into_iter().map(|(_, r)| r))
+        .collect();
+    tracing::debug!(
+        peer,
+        groups = rafts.len(),
+        "peer heard from: replication backoff ended"
+    );
+    tokio::spawn(async move {
+        for raft in rafts {
+            let _ = raft.trigger().reset_backoff([peer]).await;
+        }
+    });
 }

@@ -14,6 +14,10 @@ pub const CEILING: Duration = Duration::from_secs(2);
 /// An attempt dropped unfinished after this long (openraft gave up on it at its
 /// heartbeat timeout, 100 ms) counts as a failure: a paused peer never answers.
 const ABANDONED_AFTER: Duration = Duration::from_millis(80);
+/// A backoff ended early because the peer was heard from (`PeerHealth::heard_from`) ends
+/// early again only after this long: a peer whose packets reach us while ours are lost to
+/// it (a one-way loss) is retried at most this often, not once per message it sends.
+pub const HEARD_FROM_EVERY: Duration = Duration::from_millis(500);
 
 /// The delay before retry number `failures` (1 = after the first failure), before jitter.
 pub fn delay(failures: u32) -> Duration {
@@ -38,6 +42,8 @@ struct State {
     generation: u64,
     failures: u32,
     retry_at: Option<Instant>,
+    /// When a message from the peer last ended a backoff early.
+    heard_at: Option<Instant>,
 }
 
 /// One peer's reachability: whether to try it now, and when next if not.
@@ -45,6 +51,12 @@ struct State {
 pub struct PeerHealth {
     addr: String,
     state: Mutex<State>,
+    /// Wakes the callers waiting out a backoff that ended early (`heard_from`).
+    woken: tokio::sync::Notify,
+    /// Failures counted so far: a channel dialled before the last one is dialled anew
+    /// (`ChannelCache`), since its TCP connection may be stuck behind retransmissions
+    /// that back off for seconds after a partition heals.
+    failed_total: std::sync::atomic::AtomicU64,
 }
 
 impl PeerHealth {
@@ -52,7 +64,14 @@ impl PeerHealth {
         PeerHealth {
             addr: addr.to_string(),
             state: Mutex::default(),
+            woken: tokio::sync::Notify::new(),
+            failed_total: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// How many failures were counted so far (see `failed_total`).
+    pub fn failed_total(&self) -> u64 {
+        self.failed_total.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -66,9 +85,42 @@ impl PeerHealth {
 
     /// Waits until the peer may be tried (at once when it is not backing off).
     pub async fn ready(&self) {
-        while let Some(at) = self.backing_off() {
-            tokio::time::sleep_until(at).await;
+        loop {
+            let woken = self.woken.notified();
+            tokio::pin!(woken);
+            // Registered before the check, so a `heard_from` in between is not missed.
+            woken.as_mut().enable();
+            let Some(at) = self.backing_off() else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = woken => {}
+            }
         }
+    }
+
+    /// The peer sent this node a Raft message: it is up and its packets get here, so a
+    /// backoff toward it ends now (a healed partition resumes at once rather than after up
+    /// to `CEILING`), at most once per `HEARD_FROM_EVERY`. The failure count stays: if the
+    /// peer still cannot be reached, the next wait is as long as it would have been.
+    /// Whether a backoff ended (the caller then ends openraft's own for that peer).
+    pub fn heard_from(&self) -> bool {
+        let now = Instant::now();
+        let failures = {
+            let mut s = self.lock();
+            let waiting = s.retry_at.is_some_and(|t| t > now);
+            let recently = s.heard_at.is_some_and(|t| now < t + HEARD_FROM_EVERY);
+            if !waiting || recently {
+                return false;
+            }
+            s.retry_at = None;
+            s.heard_at = Some(now);
+            s.failures
+        };
+        self.woken.notify_waiters();
+        tracing::debug!(peer = %self.addr, failures, "peer heard from: backoff toward it ended");
+        true
     }
 
     /// Starts an attempt; its outcome is reported through the returned guard.
@@ -111,6 +163,8 @@ impl PeerHealth {
         }
         s.generation += 1;
         s.failures = s.failures.saturating_add(1);
+        self.failed_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let wait = jittered(delay(s.failures));
         s.retry_at = Some(Instant::now() + wait);
         if s.failures == 1 {
@@ -255,6 +309,41 @@ mod tests {
         let t1 = Instant::now();
         r.wait().await;
         assert_eq!(Instant::now(), t1, "accepted: no wait");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_from_a_peer_ends_its_backoff_at_most_once_per_interval() {
+        let h = std::sync::Arc::new(PeerHealth::new("p"));
+        assert!(!h.heard_from(), "not backing off: nothing to end");
+        for _ in 0..6 {
+            h.attempt().failed("unreachable");
+        }
+        let at = h.backing_off().expect("backing off");
+        assert!(
+            at - Instant::now() > Duration::from_secs(1),
+            "near the ceiling"
+        );
+        // A caller waiting out the backoff is woken by the message, long before `at`.
+        let waiter = tokio::spawn({
+            let h = h.clone();
+            async move { h.ready().await }
+        });
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert!(!waiter.is_finished());
+        let t0 = Instant::now();
+        assert!(h.heard_from());
+        waiter.await.unwrap();
+        assert_eq!(Instant::now(), t0, "woken at once");
+        assert!(h.backing_off().is_none());
+        // Still unreachable: the failure count stayed, so the next wait is the ceiling's,
+        // and a message within HEARD_FROM_EVERY does not end it.
+        h.attempt().failed("unreachable");
+        let again = h.backing_off().expect("backing off again") - Instant::now();
+        assert!(again >= CEILING.mul_f64(0.8), "{again:?}");
+        assert!(!h.heard_from(), "too soon after the last one");
+        assert!(h.backing_off().is_some());
+        tokio::time::advance(HEARD_FROM_EVERY).await;
+        assert!(h.heard_from(), "once per interval");
     }
 
     #[test]

@@ -15,7 +15,8 @@ use super::hints::AddressHints;
 /// Lazily connected channels keyed by peer address.
 #[derive(Clone)]
 pub struct ChannelCache {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Each channel with its peer's `PeerHealth::failed_total` when it was dialled.
+    channels: Arc<Mutex<HashMap<String, (Channel, u64)>>>,
     health: Arc<Mutex<HashMap<String, Arc<PeerHealth>>>>,
     /// Where peers were found through the seeds, dialled before their membership address.
     hints: AddressHints,
@@ -59,11 +60,33 @@ impl ChannelCache {
             .clone()
     }
 
-    /// The channel cached under `key`, connected to `addr`.
+    /// Node `addr` sent this node a message: ends a backoff toward it (`PeerHealth::heard_from`);
+    /// whether one ended. A peer never dialled has none to end.
+    pub fn heard_from(&self, addr: &str) -> bool {
+        let health = self
+            .health
+            .lock()
+            .expect("peer health map poisoned")
+            .get(addr)
+            .cloned();
+        health.is_some_and(|h| h.heard_from())
+    }
+
+    /// The channel cached under `key`, connected to `addr`; dialled anew when the peer
+    /// failed since it was dialled: a partition's stale connection would deliver only at its
+    /// next TCP retransmission, up to seconds after the heal, while a new one connects at once.
     fn get_for(&self, key: &str, addr: &str) -> Result<Channel, String> {
+        let failed = self
+            .health
+            .lock()
+            .expect("peer health map poisoned")
+            .get(addr)
+            .map_or(0, |h| h.failed_total());
         let mut m = self.channels.lock().expect("channel cache poisoned");
-        if let Some(c) = m.get(key) {
-            return Ok(c.clone());
+        match m.get(key) {
+            Some((c, at)) if *at == failed => return Ok(c.clone()),
+            Some(_) => tracing::debug!(peer = %addr, "peer failed since dialled: dialling anew"),
+            None => {}
         }
         let ch = self
             .security
@@ -78,7 +101,7 @@ impl ChannelCache {
                     .keep_alive_while_idle(true)
             })
             .map_err(|e| format!("peer channel: {}", e.message()))?;
-        m.insert(key.to_string(), ch.clone());
+        m.insert(key.to_string(), (ch.clone(), failed));
         Ok(ch)
     }
 
@@ -114,5 +137,21 @@ mod tests {
         assert!(!c.forget("127.0.0.1:1"), "nothing left to drop");
         let m = c.channels.lock().unwrap();
         assert_eq!(m.keys().collect::<Vec<_>>(), ["127.0.0.1:2"]);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_failed_since_its_channel_was_dialled_is_dialled_anew() {
+        let c = ChannelCache::new(Security::Insecure);
+        let addr = "127.0.0.1:1";
+        let health = c.health(addr);
+        c.get(addr).unwrap();
+        c.get(addr).unwrap();
+        let dialled = |c: &ChannelCache| c.channels.lock().unwrap()[addr].1;
+        assert_eq!(dialled(&c), 0, "cached while the peer answers");
+        health.attempt().failed("unreachable");
+        c.get(addr).unwrap();
+        assert_eq!(dialled(&c), 1, "dialled again after the failure");
+        c.get(addr).unwrap();
+        assert_eq!(dialled(&c), 1, "then cached");
     }
 }
