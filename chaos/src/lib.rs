@@ -7,6 +7,7 @@ pub mod cluster;
 mod cpu;
 mod error;
 pub mod history;
+pub mod lookahead;
 pub mod nemesis;
 pub mod net;
 pub mod overlap;

@@ -11,6 +11,7 @@ use crate::clock;
 use crate::cluster::FaultCluster;
 use crate::error::Error;
 use crate::history::Recorder;
+use crate::lookahead::Lookahead;
 use crate::nemesis::{self, ActiveFault, FaultKind, FaultRecord, Target};
 use crate::partition::{self, Shape};
 use crate::run::RunConfig;
@@ -23,6 +24,8 @@ const TICK: Duration = Duration::from_millis(100);
 const FIT_WAIT: Duration = Duration::from_secs(15);
 /// How long a step waits for its volume's leader to be named (the loop must go on healing).
 const RESOLVE_WAIT: Duration = Duration::from_secs(2);
+/// The same for a step drawn after one still waiting: it must not hold up the loop.
+const RESOLVE_WAIT_BEHIND: Duration = Duration::from_millis(300);
 
 /// Kinds that run alone: `powerloss-all` breaks every node, `node-loss` moves replicas.
 ///
@@ -118,7 +121,7 @@ pub async fn inject(
     let started = Instant::now();
     let end = started + config.duration;
     let all = cluster.node_ids();
-    let mut schedule = Schedule::new(
+    let schedule = Schedule::new(
         config.seed,
         &config.faults,
         config.nodes,
@@ -126,14 +129,12 @@ pub async fn inject(
         config.targets,
         config.pacing.clone(),
     );
+    let mut pending = Lookahead::new(schedule, config.overlap, started);
     let mut members = cluster.members(volumes).await;
     let mut log: Vec<FaultRecord> = Vec::new();
     let mut active: Vec<Active> = Vec::new();
     // Node -> (since when it is catching up, the faults whose heal left it so).
     let mut recovering: BTreeMap<u64, (Instant, Vec<usize>)> = BTreeMap::new();
-    let mut next: Option<Step> = schedule.next();
-    let mut next_at = started + next.as_ref().map_or(Duration::ZERO, |s| s.gap);
-    let mut waiting_since: Option<Instant> = None;
     loop {
         let now = Instant::now();
         let over = now >= end;
@@ -213,22 +214,31 @@ pub async fn inject(
             }
             continue;
         }
-        if let Some(step) = next.clone()
-            && now >= next_at
-            && active.len() < config.overlap
-        {
-            let waited = *waiting_since.get_or_insert(now);
-            match try_start(
+        // A step that does not fit yet lets the ones drawn after it start (`lookahead`).
+        let candidates = match active.len() < config.overlap {
+            true => pending.candidates(now),
+            false => Vec::new(),
+        };
+        for (seq, step) in candidates {
+            let waited = pending.tried(seq, now);
+            let resolve = match pending.is_head(seq) {
+                true => RESOLVE_WAIT,
+                false => RESOLVE_WAIT_BEHIND,
+            };
+            let attempt = try_start(
                 cluster,
                 recorder,
                 &step,
-                &active,
-                &recovering,
-                &members,
-                &all,
+                Room {
+                    active: &active,
+                    recovering: &recovering,
+                    members: &members,
+                    all: &all,
+                },
+                resolve,
             )
-            .await?
-            {
+            .await?;
+            match attempt {
                 Attempt::Started(fault, breaks) => {
                     let mut fault = *fault;
                     fault.set_overlapping(active.len());
@@ -248,21 +258,16 @@ pub async fn inject(
                         due: (Instant::now() + step.hold).min(end),
                         breaks,
                     });
+                    pending.remove(seq);
+                    pending.started(Instant::now());
+                    break;
                 }
-                Attempt::Skipped => {}
-                Attempt::NoRoom if waited.elapsed() < FIT_WAIT => {
-                    tokio::time::sleep(TICK).await;
-                    continue;
-                }
+                Attempt::Skipped => pending.remove(seq),
+                Attempt::NoRoom if waited.elapsed() < FIT_WAIT => {}
                 Attempt::NoRoom => {
                     tracing::info!(fault = step.kind.name(), target = ?step.target, "fault dropped: no room for it within the minority budget");
+                    pending.remove(seq);
                 }
-            }
-            waiting_since = None;
-            next = schedule.next();
-            next_at = Instant::now() + next.as_ref().map_or(Duration::ZERO, |s| s.gap);
-            if next_at > end {
-                next = None;
             }
         }
         tokio::time::sleep(TICK).await;
@@ -278,15 +283,29 @@ enum Attempt {
     NoRoom,
 }
 
+/// What a step must fit beside: the active faults, the nodes catching up, each volume's
+/// members and every node.
+struct Room<'a> {
+    active: &'a [Active],
+    recovering: &'a BTreeMap<u64, (Instant, Vec<usize>)>,
+    members: &'a BTreeMap<String, Vec<u64>>,
+    all: &'a [u64],
+}
+
+/// Starts `step` if it fits `room` now, waiting up to `resolve` for its target's leader.
 async fn try_start(
     cluster: &mut FaultCluster,
     recorder: &Recorder,
     step: &Step,
-    active: &[Active],
-    recovering: &BTreeMap<u64, (Instant, Vec<usize>)>,
-    members: &BTreeMap<String, Vec<u64>>,
-    all: &[u64],
+    room: Room<'_>,
+    resolve: Duration,
 ) -> Result<Attempt, Error> {
+    let Room {
+        active,
+        recovering,
+        members,
+        all,
+    } = room;
     if !nemesis::possible(cluster, step.kind, &step.target) {
         tracing::info!(fault = step.kind.name(), target = ?step.target, "fault skipped: its node is lost or protected, or too few nodes are left");
         return Ok(Attempt::Skipped);
@@ -305,7 +324,7 @@ async fn try_start(
     }
     // Another fault may keep the leader from being named for now (a partition that leaves
     // the node the client asks first without a meta quorum): try again later.
-    let nodes = match nemesis::resolve_within(cluster, &step.target, RESOLVE_WAIT).await {
+    let nodes = match nemesis::resolve_within(cluster, &step.target, resolve).await {
         Ok(nodes) => nodes,
         Err(e) => {
             tracing::info!(fault = step.kind.name(), target = ?step.target, error = %e, "target not resolved; retrying");
