@@ -4,7 +4,8 @@
 # the report, the plot and the run's log in $OUT. Needs root, /dev/fuse and nftables; build first.
 # DURATION (default 30m), SEED (1000), NODES (5), OVERLAP (2), VOLUMES (2), GAP (50ms..400ms), HOLD
 # (100ms..1s): about 34 faults a minute on 2 cores (NODES=9 OVERLAP=4 VOLUMES=3 GAP=10ms..100ms
-# HOLD=100ms..500ms: about 53); FAULTS, OUT (/var/tmp/cairn-chaos-long), BIN.
+# HOLD=100ms..500ms: about 53, 58 since decision 067's 2-minute runs); FAULTS, OUT
+# (/var/tmp/cairn-chaos-long), BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-30m}"
