@@ -76,6 +76,7 @@ impl VolumeOpener for NodeOpener {
                 tls_dir,
                 endpoints,
                 io_deadline: FRONTEND_IO_DEADLINE,
+                host: cfg.frontend_host.clone(),
             }))
         })
     }

@@ -2,7 +2,8 @@
 //! attached through NodeService on node 1, a writer doing write + fsync of numbered records;
 //! node 1's storaged is killed (-9) or stopped (SIGTERM, an upgrade) and started again. The
 //! writer sees no error and stalls briefly, every fsynced record reads back, and a detach
-//! afterwards leaves no process, mount or loop device behind.
+//! afterwards leaves no process, mount or loop device behind. With a frontend host (decision
+//! 064), the same holds when storaged goes with every process it started (a container restart).
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -125,6 +126,89 @@ async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) 
 enum Stop {
     Kill9,
     Term,
+    /// What a container restart does: storaged is given `--frontend-host`, then killed (-9)
+    /// with every process descended from it or in its session or process group.
+    Container,
+}
+
+/// A `storaged frontend-host` for node 1, killed (and reaped) when dropped.
+struct Host(std::process::Child);
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts node 1's frontend host on `<run>/frontend-host.sock` and waits until it answers.
+async fn start_host(run_dir: &Path, tls_dir: &Path) -> (Host, PathBuf) {
+    let socket = run_dir.join("frontend-host.sock");
+    std::fs::create_dir_all(run_dir).unwrap();
+    let log = std::fs::File::create(run_dir.join("frontend-host.log")).unwrap();
+    let child = std::process::Command::new(bin())
+        .arg("frontend-host")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--run-dir")
+        .arg(run_dir)
+        .arg("--tls-dir")
+        .arg(tls_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start the frontend host");
+    let host = Host(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cairn_storaged::frontend::host::health(&socket)
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the frontend host never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (host, socket)
+}
+
+/// `pid`, every process descended from it, and every process in its session or process
+/// group: what the end of a container takes with it.
+fn container_of(pid: u32) -> Vec<u32> {
+    let mut procs: Vec<(u32, u32, u32, u32)> = Vec::new(); // pid, ppid, pgrp, session
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let f: Vec<u32> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().skip(1).take(3))
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if let [ppid, pgrp, sid] = f[..] {
+            procs.push((p, ppid, pgrp, sid));
+        }
+    }
+    let mut out = vec![pid];
+    loop {
+        let before = out.len();
+        for &(p, ppid, pgrp, sid) in &procs {
+            let joined = out.contains(&ppid) || pgrp == pid || sid == pid;
+            if joined && !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        if out.len() == before {
+            return out;
+        }
+    }
 }
 
 /// One scenario at a time: two 3-node clusters at once on a small machine would make the
@@ -136,6 +220,25 @@ async fn restart_under_a_mounted_volume(how: Stop) {
     let mut cluster = ProcCluster::start(bin(), 3, &[]).unwrap();
     cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
     let node1 = cluster.nodes[0].clone_paths();
+    // Node 1 asks its frontend host to start frontends from now on.
+    let _host = match how {
+        Stop::Container => {
+            let tls = cluster.tls_dir(&Identity::Node(1)).unwrap();
+            let (host, socket) = start_host(&node1.run_dir, &tls).await;
+            cluster.nodes[0].args = vec!["--frontend-host".into(), socket.display().to_string()];
+            cluster.restart(1).unwrap();
+            cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+            let csi = cluster.security_for(&Identity::CsiNode("node-1".into()));
+            let api = NodeClient::connect(&node1.addr, &csi).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while api.list_attachments().await.is_err() {
+                assert!(Instant::now() < deadline, "node 1 never served again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some(host)
+        }
+        _ => None,
+    };
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -206,6 +309,18 @@ async fn restart_under_a_mounted_volume(how: Stop) {
     let down_at = Instant::now();
     match how {
         Stop::Kill9 => cluster.kill9(1),
+        Stop::Container => {
+            let pid = cluster.pid(1).expect("node 1 runs");
+            let doomed = container_of(pid);
+            println!("killing node 1's storaged and what it started: {doomed:?}");
+            for p in doomed.iter().filter(|p| **p != pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*p as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            cluster.kill9(1);
+        }
         Stop::Term => {
             let took = cluster.terminate(1, Duration::from_secs(30)).await;
             assert!(took.is_some(), "storaged did not stop on SIGTERM");
@@ -316,6 +431,11 @@ impl ClonePaths for cairn_storaged::testkit::ProcNode {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_storaged_only_stalls_a_mounted_volume() {
     restart_under_a_mounted_volume(Stop::Kill9).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_container_restart_with_a_frontend_host_only_stalls_a_mounted_volume() {
+    restart_under_a_mounted_volume(Stop::Container).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

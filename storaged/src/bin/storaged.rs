@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cairn_storaged::discovery::{self, Plan, Seeds};
+use cairn_storaged::frontend::host;
 use cairn_storaged::frontend::process::SUBCOMMAND;
-use cairn_storaged::frontend::standalone::{self, FrontendArgs};
+use cairn_storaged::frontend::standalone;
 use cairn_storaged::meta::placement;
 use cairn_storaged::node::{NodeConfig, ReadPolicy};
 use cairn_storaged::peers;
@@ -121,8 +122,13 @@ struct Args {
     /// Serve FUSE attachments inside storaged instead of one `storaged frontend` process
     /// each: one hop less per I/O, but a restart of storaged then fails mounted volumes
     /// (EIO until staged again). For benchmarks and tests, not production.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "frontend_host")]
     in_process_frontends: bool,
+    /// The socket of this node's frontend host (`storaged frontend-host`, in a container of
+    /// its own): it starts the FUSE frontends, so a restart of storaged's container leaves
+    /// mounted volumes alone. An attach fails (UNAVAILABLE) while it does not answer.
+    #[arg(long)]
+    frontend_host: Option<PathBuf>,
 }
 
 fn parse_kv(field: &str, s: &str) -> Result<(String, String), String> {
@@ -374,6 +380,7 @@ fn run(args: Args) -> Result<(), Exit> {
             repair,
             reserve,
             in_process_frontends: args.in_process_frontends,
+            frontend_host: args.frontend_host.clone(),
             read_policy: args.read_policy,
             value_log_floor,
         };
@@ -401,14 +408,11 @@ fn run(args: Args) -> Result<(), Exit> {
 }
 
 fn main() {
-    // `storaged frontend ...`: one volume's FUSE frontend, started by the attach manager.
-    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(SUBCOMMAND)) {
-        let args = FrontendArgs::parse_from(std::env::args_os().skip(1));
-        init_logs("text");
-        if let Err(e) = standalone::run(args) {
-            eprintln!("storaged frontend: {e}");
-            std::process::exit(2);
-        }
+    // `storaged frontend ...`: one volume's FUSE frontend, started by the attach manager;
+    // `storaged frontend-host ...`: starts frontends for storaged, in a container of its own.
+    if hidden_subcommand(SUBCOMMAND, standalone::run)
+        || hidden_subcommand(host::SUBCOMMAND, host::run)
+    {
         return;
     }
     let args = Args::parse();
@@ -419,6 +423,20 @@ fn main() {
         eprintln!("storaged: {}", e.message);
         std::process::exit(e.code);
     }
+}
+
+/// Runs `storaged NAME ...` with `run` when the first argument is `NAME`; whether it did.
+fn hidden_subcommand<A: Parser>(name: &str, run: fn(A) -> Result<(), String>) -> bool {
+    if std::env::args_os().nth(1).as_deref() != Some(std::ffi::OsStr::new(name)) {
+        return false;
+    }
+    let args = A::parse_from(std::env::args_os().skip(1));
+    init_logs("text");
+    if let Err(e) = run(args) {
+        eprintln!("storaged {name}: {e}");
+        std::process::exit(2);
+    }
+    true
 }
 
 fn init_logs(format: &str) {

@@ -3,6 +3,8 @@
 
 pub mod attach;
 pub mod fuse;
+pub mod host;
+pub mod launch;
 pub mod local_pool;
 pub mod loopdev;
 pub mod nbd;

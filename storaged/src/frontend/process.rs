@@ -2,9 +2,7 @@
 //! in its own session, its control socket (status, generation, size, stop), and adoption.
 
 use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +10,7 @@ use sha2::Digest;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use super::launch::LaunchRequest;
 use crate::{Error, Result};
 
 /// The hidden subcommand of the `storaged` binary that runs one frontend.
@@ -37,6 +36,9 @@ pub struct FrontendSpec {
     /// The volume's other members, then every peer this node was told about.
     pub endpoints: Vec<String>,
     pub io_deadline: Duration,
+    /// The frontend host's socket (`storaged --frontend-host`): frontends are started by that
+    /// process, outside storaged's container; `None`: storaged starts them itself.
+    pub host: Option<PathBuf>,
 }
 
 /// One request on a frontend's control socket (a JSON line).
@@ -108,6 +110,17 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// Removes the control socket a dead frontend left, so a new one's answer is its own.
+pub fn remove_stale_socket(control: &Path) -> Result<()> {
+    match std::fs::remove_file(control) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Internal(format!(
+            "removing a stale control socket {}: {e}",
+            control.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// A running frontend process, reached through its control socket.
 #[derive(Debug, Clone)]
 pub struct FrontendProcess {
@@ -126,68 +139,29 @@ pub struct Launch<'a> {
 
 impl FrontendProcess {
     /// Starts a frontend in a session of its own (so storaged's exit, a signal to its process
-    /// group or a restart leaves it running), stdio to its log file, and waits until it has
-    /// mounted and answers on its control socket.
+    /// group or a restart leaves it running), stdio to its log file, or has the frontend host
+    /// start it (`spec.host`), and waits until it has mounted and answers on its control socket.
     pub async fn spawn(spec: &FrontendSpec, run_dir: &Path, launch: Launch<'_>) -> Result<Self> {
         let volume = launch.volume;
         let control = control_path(run_dir, volume)?;
-        if let Err(e) = std::fs::remove_file(&control)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(Error::Internal(format!(
-                "removing a stale control socket {}: {e}",
-                control.display()
-            )));
-        }
         let log_file = log_path(run_dir, volume);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_file)
-            .map_err(|e| Error::Internal(format!("opening {}: {e}", log_file.display())))?;
-        let mut cmd = Command::new(&spec.exe);
-        cmd.arg(SUBCOMMAND)
-            .arg("--volume")
-            .arg(volume)
-            .arg("--mountpoint")
-            .arg(launch.mountpoint)
-            .arg("--control")
-            .arg(&control)
-            .args(["--size", &launch.size.to_string()])
-            .args(["--generation", &launch.generation.to_string()])
-            .arg("--data-socket")
-            .arg(&spec.data_socket)
-            .args(["--endpoints", &spec.endpoints.join(",")])
-            .args([
-                "--io-deadline-ms",
-                &spec.io_deadline.as_millis().to_string(),
-            ]);
-        if launch.readonly {
-            cmd.arg("--readonly");
-        }
-        match &spec.tls_dir {
-            Some(dir) => cmd.arg("--tls-dir").arg(dir),
-            None => cmd.arg("--insecure"),
+        let pid = match &spec.host {
+            Some(socket) => {
+                let req = LaunchRequest::new(spec, &control, &launch);
+                super::host::launch(socket, &req).await?
+            }
+            None => {
+                remove_stale_socket(&control)?;
+                let req = LaunchRequest::new(spec, &control, &launch);
+                let mut child = req.start(&spec.exe, spec.tls_dir.as_deref(), &log_file)?;
+                let pid = child.id();
+                // Reaped here while this process lives; after a restart, by whoever inherits it.
+                std::thread::spawn(move || {
+                    let _ = child.wait();
+                });
+                pid
+            }
         };
-        let err_log = log
-            .try_clone()
-            .map_err(|e| Error::Internal(format!("opening {}: {e}", log_file.display())))?;
-        cmd.stdin(Stdio::null()).stdout(log).stderr(err_log);
-        // SAFETY: setsid is async-signal-safe, as pre_exec requires.
-        unsafe {
-            cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(Into::into));
-        }
-        let mut child = cmd.spawn().map_err(|e| {
-            Error::Internal(format!(
-                "starting the frontend ({}): {e}",
-                spec.exe.display()
-            ))
-        })?;
-        let pid = child.id();
-        // Reaped here while this process lives; after a restart, by whoever inherits it.
-        std::thread::spawn(move || {
-            let _ = child.wait();
-        });
         let process = FrontendProcess { pid, control };
         let started = Instant::now();
         loop {
@@ -250,16 +224,7 @@ impl FrontendProcess {
 
     /// Sends one request and reads the answer.
     pub async fn request(&self, req: &Control) -> Result<FrontendStatus> {
-        let exchange = async {
-            let stream = UnixStream::connect(&self.control).await?;
-            let (read, mut write) = stream.into_split();
-            let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
-            line.push(b'\n');
-            write.write_all(&line).await?;
-            let mut answer = String::new();
-            BufReader::new(read).read_line(&mut answer).await?;
-            serde_json::from_str::<Reply>(&answer).map_err(std::io::Error::other)
-        };
+        let exchange = json_line_exchange::<_, Reply>(&self.control, req);
         let reply = tokio::time::timeout(CONTROL_TIMEOUT, exchange)
             .await
             .map_err(|_| {
@@ -308,6 +273,22 @@ impl FrontendProcess {
             );
         }
     }
+}
+
+/// Sends `req` as one JSON line on the Unix socket `path` and reads one JSON line back (the
+/// frontends' control sockets, the frontend host's socket); unbounded: the caller bounds it.
+pub async fn json_line_exchange<Q: Serialize, A: serde::de::DeserializeOwned>(
+    path: &Path,
+    req: &Q,
+) -> std::io::Result<A> {
+    let stream = UnixStream::connect(path).await?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut answer = String::new();
+    BufReader::new(read).read_line(&mut answer).await?;
+    serde_json::from_str::<A>(&answer).map_err(std::io::Error::other)
 }
 
 /// A frontend's answer.

@@ -58,6 +58,8 @@ pub struct NodeConfig {
     pub reserve: Option<u64>,
     /// FUSE frontends served inside this process (`--in-process-frontends`).
     pub in_process_frontends: bool,
+    /// The frontend host's socket (`--frontend-host`): it starts FUSE frontends, not storaged.
+    pub frontend_host: Option<PathBuf>,
     /// How leaders make reads linearizable (`--read-policy`).
     pub read_policy: ReadPolicy,
     /// Value log bytes below which none is collected (`--value-log-floor`).
