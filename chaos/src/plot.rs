@@ -28,6 +28,28 @@ struct Series {
 /// as crosses on the top edge; fs: each acknowledged write with its sync), bucketed per pixel
 /// column as a min–max bar with a dot at the max, and one shaded `rect class="fault"` per fault.
 pub fn svg(history: &[Op], fs_acks: &[Ack], faults: &[FaultRecord], title: &str) -> String {
+    let windows: Vec<Window> = faults
+        .iter()
+        .map(|f| Window {
+            label: format!("{} {:?}", f.kind.name(), f.nodes),
+            start: f.start,
+            end: f.end,
+        })
+        .collect();
+    svg_windows(history, fs_acks, &windows, title)
+}
+
+/// A shaded fault window: its label and its start and end on the run's clock (ns).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub label: String,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// `svg` with the fault windows given as labels and times (faults of other nemeses, such as
+/// the harness's whole-node faults).
+pub fn svg_windows(history: &[Op], fs_acks: &[Ack], faults: &[Window], title: &str) -> String {
     let s = |ns: u64| ns as f64 / 1e9;
     let block = Series {
         name: "block",
@@ -80,20 +102,20 @@ pub fn svg(history: &[Op], fs_acks: &[Ack], faults: &[FaultRecord], title: &str)
     );
     for f in faults {
         let (x0, x1) = (x(s(f.start)), x(s(f.end)));
-        let label = format!("{} {:?}", f.kind.name(), f.nodes);
+        let label = &f.label;
         let _ = writeln!(
             out,
             r##"<rect class="fault" x="{x0:.1}" y="{TOP}" width="{:.1}" height="{h}" fill="#d62728" fill-opacity="0.12"><title>{} {:.2}–{:.2} s</title></rect>
 <text x="{:.1}" y="{:.1}" font-size="9" fill="#a00" transform="rotate(90 {:.1} {:.1})">{}</text>"##,
             (x1 - x0).max(1.0),
-            escape(&label),
+            escape(label),
             s(f.start),
             s(f.end),
             x0 + 2.0,
             TOP + 4.0,
             x0 + 2.0,
             TOP + 4.0,
-            escape(&label)
+            escape(label)
         );
     }
     // Axes: decades of latency, and about ten time ticks.

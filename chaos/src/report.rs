@@ -116,16 +116,28 @@ pub fn unavailable_max_s(history: &[Op], faults: &[FaultRecord]) -> BTreeMap<Str
             times.windows(2).map(|w| (w[0], w[1])).collect::<Vec<_>>()
         })
         .collect();
+    longest_gaps(
+        &gaps,
+        faults.iter().map(|f| (f.kind.name(), f.start, f.end)),
+    )
+}
+
+/// Per fault type, the longest of `gaps` (start, end in ns) that overlaps a fault window
+/// `(type, start, end)` of that type, in seconds to the millisecond (0 when none does).
+pub fn longest_gaps<'a>(
+    gaps: &[(u64, u64)],
+    windows: impl IntoIterator<Item = (&'a str, u64, u64)>,
+) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    for f in faults {
+    for (kind, start, end) in windows {
         let longest = gaps
             .iter()
-            .filter(|&&(a, b)| a < f.end && b > f.start)
+            .filter(|&&(a, b)| a < end && b > start)
             .map(|&(a, b)| b - a)
             .max()
             .unwrap_or(0);
         let seconds = (longest as f64 / 1e6).round() / 1e3;
-        let entry = out.entry(f.kind.name().to_string()).or_insert(0.0);
+        let entry = out.entry(kind.to_string()).or_insert(0.0);
         if seconds > *entry {
             *entry = seconds;
         }

@@ -2,6 +2,7 @@
 //! (API server, controllers, scheduler) so a pod's whole lifecycle runs on one machine.
 
 pub mod apiserver;
+pub mod chaos_pods;
 pub mod client;
 pub mod cluster;
 pub mod components;

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use cairn_harness::chaos_pods::{self, PodsConfig, nemesis::NodeFault};
 use cairn_harness::cluster::CairnInstall;
 use cairn_harness::kubelet::images::ImageMap;
 use cairn_harness::{Cluster, ClusterConfig};
@@ -59,14 +60,116 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
-    /// Fault injection on a storaged cluster with a linearizability verdict: runs
-    /// `cairn-chaos run` (beside this binary) with these arguments (`--seed`, `--duration`,
-    /// `--faults`, `--report`, ...; see `cairn-chaos run --help`). The harness nodes are not
-    /// used yet: the cluster is storaged processes on fault filesystems.
+    /// Fault injection with a verdict. With `--workload pods`: a harness cluster with Cairn
+    /// installed, writer pods appending fsynced records to Cairn volumes, whole-node faults
+    /// (see `chaos --workload pods --help`). Otherwise runs `cairn-chaos run` (beside this
+    /// binary) with these arguments (`--workload block,fs`, `--seed`, `--faults`, ...; see
+    /// `cairn-chaos run --help`): storaged processes on fault filesystems, no harness nodes.
     Chaos {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+/// `chaos --workload pods`: whole-node faults under writer pods (decision 066).
+#[derive(Parser)]
+#[command(name = "cairn-harness chaos")]
+struct PodsCli {
+    /// `pods`: writer pods append fsynced records to Cairn volumes through CSI and ext4.
+    #[arg(long)]
+    workload: String,
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Writer pods, each with a `cairn-replicated` claim, spread over the nodes in turn.
+    #[arg(long, default_value_t = 2)]
+    writers: usize,
+    /// The cluster's data directory (default: a new one under the temp dir, removed at the end).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// How long faults are injected (`90s`, `10m`, `500ms`, or seconds).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: std::time::Duration,
+    /// The schedule's seed: the same seed gives the same faults, nodes, holds and gaps.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Comma-separated: node-kill, node-pause, storaged-kill, partition.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "node-kill,node-pause,storaged-kill,partition"
+    )]
+    faults: Vec<NodeFault>,
+    /// Writes the report (ops, faults, lost, violations, unavailable_max_s, seed) as JSON here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Writes an SVG of the writers' ack latency over time, fault windows shaded, here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+/// `90s`, `10m`, `1h`, `500ms`, or a number of seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let units = [("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)];
+    let (n, scale) = units
+        .iter()
+        .find_map(|(u, k)| s.strip_suffix(u).map(|n| (n, *k)))
+        .unwrap_or((s, 1.0));
+    n.parse::<u64>()
+        .map(|n| std::time::Duration::from_secs_f64(n as f64 * scale))
+        .map_err(|_| format!("{s:?}: expected e.g. 90s, 10m, 500ms"))
+}
+
+/// Whether `args` ask for the pods workload (`--workload pods` or `--workload=pods`).
+fn pods_workload(args: &[String]) -> bool {
+    args.iter().enumerate().any(|(i, a)| {
+        a == "--workload=pods"
+            || (a == "--workload" && args.get(i + 1).is_some_and(|w| w == "pods"))
+    })
+}
+
+/// Runs the pods workload: the verdict table on stdout, the report and plot if asked; exits 1
+/// when a record was lost or a writer failed, 2 when the run itself failed.
+async fn chaos_pods(args: &[String]) -> anyhow::Result<()> {
+    let cli = PodsCli::parse_from(
+        std::iter::once("cairn-harness chaos".to_string()).chain(args.iter().cloned()),
+    );
+    anyhow::ensure!(cli.workload == "pods", "--workload: pods");
+    let temp = cli.data_dir.is_none();
+    let data_dir = cli.data_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("cairn-chaos-pods-{}", std::process::id()))
+    });
+    let (stopping, stop) = watch::channel(false);
+    let signalled = handle_signals(stopping)?;
+    let cfg = PodsConfig {
+        data_dir: data_dir.clone(),
+        nodes: cli.nodes,
+        writers: cli.writers.max(1),
+        duration: cli.duration,
+        seed: cli.seed,
+        faults: cli.faults.clone(),
+        stop: Some(stop),
+    };
+    let outcome = chaos_pods::run(cfg).await;
+    if temp {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    signalled.abort();
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("chaos --workload pods failed: {e}");
+            std::process::exit(2);
+        }
+    };
+    print!("{}", outcome.table());
+    if let Some(path) = &cli.report {
+        std::fs::write(path, serde_json::to_string_pretty(&outcome.report)? + "\n")?;
+    }
+    if let Some(path) = &cli.plot {
+        std::fs::write(path, outcome.plot())?;
+    }
+    std::process::exit(if outcome.clean() { 0 } else { 1 });
 }
 
 /// Runs `cairn-chaos run ARGS` from this binary's directory and exits with its status.
@@ -174,6 +277,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut cairn_install = CairnInstall::Processes;
     let cfg = match cli.cmd {
+        Cmd::Chaos { args } if pods_workload(&args) => return chaos_pods(&args).await,
         Cmd::Chaos { args } => return chaos(&args),
         Cmd::Up {
             nodes,

@@ -6,6 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cairn_harness::chaos_pods::writer::{AckLog, RECORD, WRITER, record};
 use cairn_harness::cluster::kubelet_root;
 use cairn_harness::install::NAMESPACE;
 use cairn_harness::kubelet::Kubelet;
@@ -17,56 +18,11 @@ use serde_json::{Value, json};
 
 /// The node the writer runs on; the faults of the first part hit the other two.
 const WRITER_NODE: &str = "node-1";
-const RECORD: usize = 64;
 /// Acknowledged records the writer must add after each fault (the volume keeps serving).
 const PROGRESS: usize = 20;
 const LIMIT: Duration = Duration::from_secs(120);
 /// The least time a fault lasts (it lasts until the writer made `PROGRESS` too).
 const FAULT_MIN: Duration = Duration::from_secs(4);
-
-/// Appends 64-byte records `SEQ(16) FILLER(37) FNV1A32(8)\n` with an fsync after each, and
-/// prints `ack SEQ UNIX_TIME` only once the fsync returned. On start it keeps the longest
-/// prefix of valid records (a kill may leave an unacknowledged tail) and goes on from there;
-/// once `/data/stop` exists it prints `stopped COUNT` and idles.
-const WRITER: &str = r#"
-import os, time
-R = 64
-def fnv(b):
-    h = 0x811c9dc5
-    for x in b:
-        h = ((h ^ x) * 0x01000193) & 0xffffffff
-    return h
-def rec(n):
-    body = b"%016d %037x" % (n, (n * 2654435761) % (1 << 64))
-    return body + b" %08x\n" % fnv(body)
-fd = os.open("/data/log", os.O_RDWR | os.O_CREAT, 0o644)
-data = os.pread(fd, os.fstat(fd).st_size, 0)
-n = 0
-while (n + 1) * R <= len(data) and data[n * R:(n + 1) * R] == rec(n):
-    n += 1
-os.ftruncate(fd, n * R)
-os.fsync(fd)
-print("start %d %.3f" % (n, time.time()), flush=True)
-while not os.path.exists("/data/stop"):
-    os.pwrite(fd, rec(n), n * R)
-    os.fsync(fd)
-    print("ack %d %.3f" % (n, time.time()), flush=True)
-    n += 1
-print("stopped %d" % n, flush=True)
-while True:
-    time.sleep(3600)
-"#;
-
-/// The record the writer writes at position `n` (the same bytes as its `rec`).
-fn record(n: u64) -> Vec<u8> {
-    let filler = n.wrapping_mul(2654435761);
-    let body = format!("{n:016} {filler:037x}");
-    let mut h: u32 = 0x811c9dc5;
-    for b in body.bytes() {
-        h = (h ^ u32::from(b)).wrapping_mul(0x01000193);
-    }
-    format!("{body} {h:08x}\n").into_bytes()
-}
 
 fn manifests() -> Vec<Value> {
     vec![
@@ -150,26 +106,12 @@ struct Writer {
 
 impl Writer {
     fn read(&self) -> Log {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let mut out = Log::default();
-        for line in text.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            match f.as_slice() {
-                ["ack", n, t] => {
-                    if let (Ok(n), Ok(t)) = (n.parse(), t.parse()) {
-                        out.acks.push((n, t));
-                    }
-                }
-                ["start", n, _] => {
-                    if let Ok(n) = n.parse() {
-                        out.starts.push((n, out.acks.len()));
-                    }
-                }
-                ["stopped", n] => out.stopped = n.parse().ok(),
-                _ => {}
-            }
+        let a = AckLog::read(&self.log);
+        Log {
+            acks: a.acks,
+            starts: a.starts.iter().map(|s| (s.0, s.2)).collect(),
+            stopped: a.stopped,
         }
-        out
     }
 
     /// The writer's file as its container sees it (`/data/log` through its mount).
