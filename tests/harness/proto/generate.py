@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Regenerates tests/harness/proto/k8s/*.proto: the proto3 declarations of the Kubernetes
-messages the harness API server decodes from protobuf request bodies (decision 058).
+messages the harness API server decodes from protobuf request bodies (decision 058) and
+encodes in protobuf answers (decision 065).
 
 Facts only are taken from upstream: each message's field names, numbers and types from the
 generated.proto of k8s.io/api and k8s.io/apimachinery, and from the Go types beside them
@@ -55,6 +56,21 @@ ROOTS = [
     "k8s.io.api.authentication.v1.TokenRequest", "k8s.io.api.autoscaling.v1.Scale",
     "k8s.io.apimachinery.pkg.apis.meta.v1.DeleteOptions",
     "k8s.io.apimachinery.pkg.runtime.Unknown",
+] + [
+    # What the server answers in protobuf (decision 065): the lists of the kinds above that
+    # are served, Status, and the WatchEvent each watch frame holds.
+    f"k8s.io.api.{k}List"
+    for k in "core.v1.Namespace core.v1.Node core.v1.Pod core.v1.PersistentVolumeClaim "
+    "core.v1.PersistentVolume core.v1.Event core.v1.ConfigMap core.v1.Secret "
+    "core.v1.ServiceAccount core.v1.Service apps.v1.StatefulSet apps.v1.DaemonSet "
+    "apps.v1.Deployment apps.v1.ReplicaSet batch.v1.Job batch.v1.CronJob "
+    "rbac.v1.ClusterRole rbac.v1.ClusterRoleBinding rbac.v1.Role rbac.v1.RoleBinding "
+    "storage.v1.StorageClass storage.v1.CSIDriver storage.v1.CSINode "
+    "storage.v1.CSIStorageCapacity storage.v1.VolumeAttachment events.v1.Event "
+    "coordination.v1.Lease".split()
+] + [
+    "k8s.io.apimachinery.pkg.apis.meta.v1.Status",
+    "k8s.io.apimachinery.pkg.apis.meta.v1.WatchEvent",
     # Not in any kind above yet; declared so the decoder's JSON rules for them are tested.
     "k8s.io.apimachinery.pkg.apis.meta.v1.Duration",
     "k8s.io.apimachinery.pkg.runtime.RawExtension",

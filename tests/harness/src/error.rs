@@ -80,6 +80,9 @@ pub enum Error {
     MethodNotAllowed,
     #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
     UnsupportedMediaType(String),
+    /// No media type in the request's Accept can be served; the ones that can.
+    #[error("only the following media types are accepted: {0}")]
+    NotAcceptable(String),
     #[error("too old resource version: {requested} ({oldest})")]
     Gone { requested: u64, oldest: u64 },
     #[error("internal error: {0}")]
@@ -107,6 +110,7 @@ impl Error {
             Error::Unauthorized => 401,
             Error::MethodNotAllowed => 405,
             Error::UnsupportedMediaType(_) => 415,
+            Error::NotAcceptable(_) => 406,
             Error::Gone { .. } => 410,
             Error::Internal(_) => 500,
         }
@@ -123,6 +127,7 @@ impl Error {
             Error::Unauthorized => "Unauthorized",
             Error::MethodNotAllowed => "MethodNotAllowed",
             Error::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            Error::NotAcceptable(_) => "NotAcceptable",
             Error::Gone { .. } => "Expired",
             Error::Internal(_) => "InternalError",
         }
@@ -190,6 +195,10 @@ impl Error {
             "reason": self.reason(),
             "code": self.code(),
         });
+        // Go's StatusDetails.group is omitempty: the core group is left out.
+        if details.get("group").is_some_and(|g| g == "") {
+            details.remove("group");
+        }
         if !details.is_empty() {
             status["details"] = Value::Object(details);
         }

@@ -5,8 +5,10 @@ pub mod auth;
 mod discovery;
 mod exec;
 mod logs;
+mod negotiate;
 mod openapi;
 pub mod protobuf;
+pub mod protobuf_encode;
 pub mod table;
 pub mod tls;
 mod watch;
@@ -31,6 +33,7 @@ use crate::registry::patch::{self, PatchType};
 use crate::registry::selectors::{FieldSelector, LabelSelector};
 use crate::registry::{DeleteOptions, Registry, Sub, WriteOptions};
 use crate::resources::{self, ResourceType};
+use negotiate::Format;
 
 /// Finds a container's log file for `pods/log`: (pod object, container name) → path.
 pub type LogLocator = Arc<dyn Fn(&Value, &str) -> Option<PathBuf> + Send + Sync>;
@@ -144,6 +147,31 @@ fn error_response(e: &Error) -> Response {
     json_response(e.code(), &e.to_status())
 }
 
+/// `v` in the negotiated format: protobuf when chosen and `v`'s kind is declared, else JSON.
+fn answer(format: Format, code: u16, v: &Value) -> Response {
+    if format == Format::Protobuf {
+        let encoded = protobuf_encode::encode(v);
+        match encoded {
+            Ok(body) => {
+                let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+                return (status, [(header::CONTENT_TYPE, negotiate::PROTOBUF)], body)
+                    .into_response();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, kind = %v["kind"], "cannot encode the answer in protobuf");
+                if code < 400 {
+                    return answer(format, e.code(), &e.to_status());
+                }
+            }
+        }
+    }
+    json_response(code, v)
+}
+
+fn error_answer(format: Format, e: &Error) -> Response {
+    answer(format, e.code(), &e.to_status())
+}
+
 async fn handle(
     State(st): State<Arc<AppState>>,
     method: Method,
@@ -156,10 +184,16 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
+    let err_format = negotiate::for_error(
+        headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default(),
+    );
     if let Some(h) = &st.cfg.https {
         match auth::authenticate(&h.tokens, &st.registry, &headers, &method, &path) {
             Ok(user) => tracing::trace!(%method, %path, user = %user.name(), "authenticated"),
-            Err(e) => return error_response(&e),
+            Err(e) => return error_answer(err_format, &e),
         }
     }
     if let Some((ns, name)) = exec::target(&path) {
@@ -183,7 +217,7 @@ async fn handle(
         }
         Err(e) => {
             tracing::debug!(%method, %path, code = e.code(), error = %e, "request failed");
-            error_response(&e)
+            error_answer(err_format, &e)
         }
     }
 }
@@ -300,7 +334,19 @@ async fn route(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let as_table = accept.contains("as=Table");
+    let Target { rt, ns, name, sub } = target;
+    let watching = method == Method::GET
+        && name.is_none()
+        && q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    // Logs are text whatever the Accept; every other answer is negotiated.
+    let negotiated = if sub.as_deref() == Some("log") {
+        negotiate::Negotiated::JSON
+    } else {
+        let pb =
+            resources::is_builtin(&rt) && protobuf_encode::encodable(&rt.api_version(), rt.kind);
+        negotiate::negotiate(accept, pb, watching)?
+    };
+    let (as_table, fmt) = (negotiated.table, negotiated.format);
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -311,13 +357,12 @@ async fn route(
         dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
     };
     let reg = &st.registry;
-    let Target { rt, ns, name, sub } = target;
     let ns = ns.as_deref();
     match (method.clone(), name.as_deref(), sub.as_deref()) {
         (Method::GET, None, None) => {
             let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?;
             let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str))?;
-            if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+            if watching {
                 let timeout = q
                     .get("timeoutSeconds")
                     .and_then(|t| t.parse().ok())
@@ -336,15 +381,20 @@ async fn route(
                     as_table,
                     columns: reg.custom_type(&rt).map(|t| t.columns),
                     bookmark_interval: st.cfg.bookmark_interval,
+                    format: fmt,
                 };
                 let body = watch::start(reg.clone(), params);
+                let ct = match fmt {
+                    Format::Json => "application/json".to_string(),
+                    Format::Protobuf => format!("{};stream=watch", negotiate::PROTOBUF),
+                };
                 return Response::builder()
-                    .header(header::CONTENT_TYPE, "application/json")
+                    .header(header::CONTENT_TYPE, ct)
                     .header(header::TRANSFER_ENCODING, "chunked")
                     .body(body)
                     .map_err(Error::internal);
             }
-            list(reg, &rt, ns, &labels, &fields, q, as_table)
+            list(reg, &rt, ns, &labels, &fields, q, as_table, fmt)
         }
         (Method::GET, Some(n), None | Some("status")) => {
             let obj = reg.get(&rt, ns, n)?;
@@ -355,9 +405,10 @@ async fn route(
                     .unwrap_or(0);
                 return Ok(json_response(200, &to_table(reg, &rt, &[obj], rv)));
             }
-            Ok(json_response(200, &obj))
+            Ok(answer(fmt, 200, &obj))
         }
-        (Method::GET, Some(n), Some("scale")) => Ok(json_response(
+        (Method::GET, Some(n), Some("scale")) => Ok(answer(
+            fmt,
             200,
             &reg.get_scale(&rt, ns.unwrap_or_default(), n)?,
         )),
@@ -373,18 +424,20 @@ async fn route(
         }
         (Method::POST, None, None) => {
             let body = parse_json(&body, &ct)?;
-            Ok(json_response(201, &reg.create(&rt, ns, body, opts)?))
+            Ok(answer(fmt, 201, &reg.create(&rt, ns, body, opts)?))
         }
         (Method::POST, Some(n), Some("binding")) => {
             let body = parse_json(&body, &ct)?;
-            Ok(json_response(
+            Ok(answer(
+                fmt,
                 201,
                 &reg.bind(ns.unwrap_or_default(), n, &body)?,
             ))
         }
         (Method::PUT, Some(n), Some("scale")) => {
             let body = parse_json(&body, &ct)?;
-            Ok(json_response(
+            Ok(answer(
+                fmt,
                 200,
                 &reg.set_scale(&rt, ns.unwrap_or_default(), n, &body)?,
             ))
@@ -392,10 +445,7 @@ async fn route(
         (Method::PUT, Some(n), s @ (None | Some("status"))) => {
             let body = parse_json(&body, &ct)?;
             let sub = if s.is_some() { Sub::Status } else { Sub::Main };
-            Ok(json_response(
-                200,
-                &reg.replace(&rt, ns, n, body, sub, opts)?,
-            ))
+            Ok(answer(fmt, 200, &reg.replace(&rt, ns, n, body, sub, opts)?))
         }
         (Method::PATCH, Some(n), Some("scale")) => {
             let pt = PatchType::from_content_type(&ct)?;
@@ -405,7 +455,8 @@ async fn route(
             if p["metadata"]["resourceVersion"].is_null() {
                 desired["metadata"]["resourceVersion"] = Value::Null;
             }
-            Ok(json_response(
+            Ok(answer(
+                fmt,
                 200,
                 &reg.set_scale(&rt, ns.unwrap_or_default(), n, &desired)?,
             ))
@@ -422,7 +473,7 @@ async fn route(
             let sub = if s.is_some() { Sub::Status } else { Sub::Main };
             let existed = reg.get(&rt, ns, n).is_ok();
             let out = reg.patch(&rt, ns, n, pt, &p, sub, opts)?;
-            Ok(json_response(if existed { 200 } else { 201 }, &out))
+            Ok(answer(fmt, if existed { 200 } else { 201 }, &out))
         }
         (Method::DELETE, Some(n), None) => {
             let mut opts = if body.is_empty() {
@@ -440,7 +491,7 @@ async fn route(
             let out = reg.delete(&rt, ns, n, &opts)?;
             let pending =
                 !out["metadata"]["deletionTimestamp"].is_null() && reg.get(&rt, ns, n).is_ok();
-            Ok(json_response(if pending { 202 } else { 200 }, &out))
+            Ok(answer(fmt, if pending { 202 } else { 200 }, &out))
         }
         (Method::DELETE, None, None) => {
             let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?;
@@ -463,7 +514,8 @@ async fn route(
                     Err(e) => return Err(e),
                 }
             }
-            Ok(json_response(
+            Ok(answer(
+                fmt,
                 200,
                 &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(),
                 "metadata": {}, "items": deleted}),
@@ -490,6 +542,7 @@ fn parse_json(body: &[u8], ct: &str) -> Result<Value> {
         .map_err(|e| Error::BadRequest(format!("error decoding request body: {e}")))
 }
 
+#[allow(clippy::too_many_arguments)] // the request's parts, each used once
 fn list(
     reg: &Registry,
     rt: &ResourceType,
@@ -498,6 +551,7 @@ fn list(
     fields: &FieldSelector,
     q: &HashMap<String, String>,
     as_table: bool,
+    fmt: Format,
 ) -> Result<Response> {
     let (mut items, rv) = reg.list(rt, ns, labels, fields);
     let mut meta = json!({"resourceVersion": rv.to_string()});
@@ -523,7 +577,8 @@ fn list(
     if as_table {
         return Ok(json_response(200, &to_table(reg, rt, &items, rv)));
     }
-    Ok(json_response(
+    Ok(answer(
+        fmt,
         200,
         &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": items}),
     ))

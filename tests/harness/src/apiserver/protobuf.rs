@@ -23,11 +23,11 @@ use crate::error::{Error, Result};
 /// The 4 bytes before every Kubernetes protobuf object.
 pub const MAGIC: &[u8] = b"k8s\0";
 
-const META: &str = "k8s.io.apimachinery.pkg.apis.meta.v1";
+pub(super) const META: &str = "k8s.io.apimachinery.pkg.apis.meta.v1";
 /// The json_name generate.py gives a Go struct embedded with `json:",inline"`.
-const INLINE: &str = "$inline";
+pub(super) const INLINE: &str = "$inline";
 
-static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+pub(super) static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
     DescriptorPool::decode(&include_bytes!(concat!(env!("OUT_DIR"), "/k8s_descriptors.bin"))[..])
         .expect("build.rs writes a valid descriptor set")
 });
@@ -50,7 +50,7 @@ fn package(group: &str) -> Option<&'static str> {
 }
 
 /// The message for a top-level object: a kind with `metadata`, or DeleteOptions.
-fn message_for(api_version: &str, kind: &str) -> Option<MessageDescriptor> {
+pub(super) fn message_for(api_version: &str, kind: &str) -> Option<MessageDescriptor> {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     if kind == "DeleteOptions" && (group == "meta.k8s.io" || package(group).is_some()) {
         return POOL.get_message_by_name(&format!("{META}.DeleteOptions"));
@@ -68,6 +68,14 @@ fn message_for(api_version: &str, kind: &str) -> Option<MessageDescriptor> {
 
 /// Decodes a protobuf request body into the JSON object a JSON client would have sent.
 pub fn decode(body: &[u8]) -> Result<Value> {
+    decode_as(body, message_for)
+}
+
+/// Decodes an envelope whose message `find` names (requests: `message_for`).
+pub(super) fn decode_as(
+    body: &[u8],
+    find: impl Fn(&str, &str) -> Option<MessageDescriptor>,
+) -> Result<Value> {
     let rest = body.strip_prefix(MAGIC).ok_or_else(|| {
         Error::BadRequest(format!(
             "protobuf body does not start with the Kubernetes magic number k8s\\0 (first bytes {:02x?})",
@@ -103,7 +111,7 @@ pub fn decode(body: &[u8]) -> Result<Value> {
             "protobuf body has no apiVersion/kind in its runtime.Unknown typeMeta".into(),
         ));
     }
-    let desc = message_for(&api_version, &kind).ok_or_else(|| {
+    let desc = find(&api_version, &kind).ok_or_else(|| {
         Error::UnsupportedMediaType(format!(
             "application/json, application/yaml (application/vnd.kubernetes.protobuf is decoded for built-in kinds only, not {kind} {api_version})"
         ))
@@ -249,7 +257,7 @@ fn value(v: &Pb, path: &str) -> Result<Option<Value>> {
 }
 
 /// A duration in nanoseconds as Go's `time.Duration.String` prints it: "1h0m0s", "1.5s", "20ms".
-fn go_duration(ns: i64) -> String {
+pub(super) fn go_duration(ns: i64) -> String {
     if ns == 0 {
         return "0s".into();
     }

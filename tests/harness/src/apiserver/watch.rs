@@ -1,5 +1,6 @@
-//! Watch over HTTP: newline-delimited WatchEvents resumed from a resourceVersion,
-//! with initial events, bookmarks, selector transitions and 410 on expiry.
+//! Watch over HTTP: WatchEvents (newline-delimited JSON, or length-prefixed protobuf frames)
+//! resumed from a resourceVersion, with initial events, bookmarks, selector transitions
+//! and 410 on expiry.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,8 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::table;
+use super::negotiate::Format;
+use super::{protobuf_encode, table};
 use crate::error::Error;
 use crate::registry::Registry;
 use crate::registry::selectors::{FieldSelector, LabelSelector};
@@ -30,6 +32,8 @@ pub struct WatchParams {
     /// A custom type's printer columns (None for built-in types).
     pub columns: Option<Vec<Value>>,
     pub bookmark_interval: Duration,
+    /// JSON lines, or protobuf frames (decision 065).
+    pub format: Format,
 }
 
 impl WatchParams {
@@ -72,28 +76,36 @@ impl WatchParams {
     }
 }
 
-fn line(t: &str, obj: &Value) -> Bytes {
+/// One event in the watch's format; an object protobuf cannot carry becomes an ERROR event.
+fn line(format: Format, t: &str, obj: &Value) -> Bytes {
+    if format == Format::Protobuf {
+        return protobuf_encode::watch_frame(t, obj).unwrap_or_else(|e| {
+            tracing::error!(error = %e, kind = %obj["kind"], "cannot encode a watch event in protobuf");
+            protobuf_encode::watch_frame("ERROR", &e.to_status()).unwrap_or_default()
+        });
+    }
     let mut v = serde_json::to_vec(&json!({"type": t, "object": obj})).unwrap_or_default();
     v.push(b'\n');
     Bytes::from(v)
 }
 
-fn bookmark(rt: &ResourceType, rv: u64, initial_end: bool) -> Bytes {
+fn bookmark(format: Format, rt: &ResourceType, rv: u64, initial_end: bool) -> Bytes {
     let mut meta = json!({"resourceVersion": rv.to_string()});
     if initial_end {
         meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
     line(
+        format,
         "BOOKMARK",
         &json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": meta}),
     )
 }
 
-fn expired(e: &Error) -> Bytes {
+fn expired(format: Format, e: &Error) -> Bytes {
     let mut status = e.to_status();
     status["code"] = json!(410);
     status["reason"] = json!("Expired");
-    line("ERROR", &status)
+    line(format, "ERROR", &status)
 }
 
 /// Starts a watch; the body streams until timeout, expiry or client disconnect.
@@ -127,20 +139,20 @@ async fn run(registry: Arc<Registry>, p: WatchParams, tx: &Tx) -> Result<(), ()>
     };
     let (backlog, mut rx) = match store.subscribe_from(start_rv) {
         Ok(x) => x,
-        Err(e) => return send(tx, expired(&e)).await,
+        Err(e) => return send(tx, expired(p.format, &e)).await,
     };
     for item in &initial_items {
-        send(tx, line("ADDED", &p.wrap(item))).await?;
+        send(tx, line(p.format, "ADDED", &p.wrap(item))).await?;
     }
     let mut last_rv = start_rv;
     for c in backlog {
         last_rv = c.rv;
         if let Some((t, obj)) = p.translate(&c) {
-            send(tx, line(t, &obj)).await?;
+            send(tx, line(p.format, t, &obj)).await?;
         }
     }
     if p.send_initial_events && p.bookmarks {
-        send(tx, bookmark(&p.rt, last_rv, true)).await?;
+        send(tx, bookmark(p.format, &p.rt, last_rv, true)).await?;
     }
     let deadline = tokio::time::sleep(p.timeout);
     tokio::pin!(deadline);
@@ -151,7 +163,7 @@ async fn run(registry: Arc<Registry>, p: WatchParams, tx: &Tx) -> Result<(), ()>
             _ = &mut deadline => return Ok(()),
             _ = tx.closed() => return Ok(()),
             _ = ticker.tick(), if p.bookmarks => {
-                send(tx, bookmark(&p.rt, last_rv, false)).await?;
+                send(tx, bookmark(p.format, &p.rt, last_rv, false)).await?;
             }
             msg = rx.recv() => match msg {
                 Ok(c) => {
@@ -160,12 +172,12 @@ async fn run(registry: Arc<Registry>, p: WatchParams, tx: &Tx) -> Result<(), ()>
                     }
                     last_rv = c.rv;
                     if let Some((t, obj)) = p.translate(&c) {
-                        send(tx, line(t, &obj)).await?;
+                        send(tx, line(p.format, t, &obj)).await?;
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     let e = Error::Gone { requested: last_rv, oldest: store.current_rv() };
-                    return send(tx, expired(&e)).await;
+                    return send(tx, expired(p.format, &e)).await;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             }
