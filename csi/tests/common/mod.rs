@@ -339,6 +339,18 @@ impl Drop for Cluster {
         for child in self.nodes.iter_mut().filter_map(|n| n.child.as_mut()) {
             stop(child);
         }
+        // Frontends outlive storaged by design: stop them, with their loop devices and FUSE
+        // mounts, while their paths still resolve (a detached mount's loop shows as `/disk`).
+        for entry in std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let run = entry.path().join("run");
+            if entry.file_name().to_string_lossy().starts_with("storaged-") && run.is_dir() {
+                cairn_storaged::testkit::remove_frontends(&run);
+            }
+        }
         cleanup_under(self.dir.path());
     }
 }
