@@ -306,6 +306,14 @@ struct Window {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_fsynced_records_survive_whole_node_faults() {
+    if let Ok(path) = std::env::var("CAIRN_TEST_LOG") {
+        let file = std::fs::File::create(path).unwrap();
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .try_init();
+    }
     let started = std::time::Instant::now();
     let mut t = start_install(&[]).await;
     let data = t.dir.path().join("data");
@@ -481,4 +489,177 @@ fn eventually_blocking(what: &str, mut f: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The Ready condition of `obj` (a Node or a Pod as JSON).
+fn ready_status(obj: &Value) -> Option<String> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?["status"]
+        .as_str()
+        .map(String::from)
+}
+
+/// `obj`'s conditions with Ready set to `status`, as a merge patch of its status.
+fn with_ready(obj: &Value, status: &str) -> Value {
+    let mut conds = obj["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for c in conds.iter_mut().filter(|c| c["type"] == "Ready") {
+        c["status"] = json!(status);
+    }
+    json!({"status": {"conditions": conds}})
+}
+
+/// After a whole-node fault the node lifecycle controller may write from a view taken before
+/// the node came back: the node Unknown, its pods not ready, over what the new kubelet posted.
+/// As upstream's kubelet (status loop, status manager), the kubelet posts both again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kubelet_posts_again_the_node_and_pod_status_another_writer_overwrote() {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    let t = TestCluster::start_with(|c| cairn_harness::ClusterConfig {
+        nodes: 1,
+        // The kubelet renews its lease (and checks its node status) every 2 s.
+        node_monitor_grace_period: Duration::from_secs(8),
+        ..c
+    })
+    .await;
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "idle"},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["sleep", "600"]}]}});
+    t.must_stdin(&["apply", "-f", "-"], &pod.to_string()).await;
+    let client = t.c().client();
+    let get = |kind: &str, name: &str| {
+        use cairn_harness::resources::{NODES, PODS};
+        let reg = client.registry();
+        match kind {
+            "node" => reg.get(&NODES, None, name),
+            _ => reg.get(&PODS, Some("default"), name),
+        }
+        .ok()
+    };
+    let limit = Duration::from_secs(30);
+    eventually("the pod Ready", limit, || async {
+        let p = get("pod", "idle")?;
+        (ready_status(&p).as_deref() == Some("True")).then_some(())
+    })
+    .await;
+    let node = get("node", "node-1").expect("node-1");
+    assert_eq!(ready_status(&node).as_deref(), Some("True"));
+
+    // The pod marked not ready (the controller's MarkPodsNotReady): Ready again.
+    let p = get("pod", "idle").expect("the pod");
+    client
+        .patch_status::<Pod>(Some("default"), "idle", &with_ready(&p, "False"))
+        .expect("mark the pod not ready");
+    let at = std::time::Instant::now();
+    eventually("the pod Ready again", limit, || async {
+        let p = get("pod", "idle")?;
+        (ready_status(&p).as_deref() == Some("True")).then_some(())
+    })
+    .await;
+    eprintln!("the pod's status posted again after {:?}", at.elapsed());
+
+    // The node set Unknown (the controller's view of a lost node): Ready again.
+    client
+        .patch_status::<Node>(None, "node-1", &with_ready(&node, "Unknown"))
+        .expect("mark the node unknown");
+    let at = std::time::Instant::now();
+    eventually("the node Ready again", limit, || async {
+        let n = get("node", "node-1")?;
+        (ready_status(&n).as_deref() == Some("True")).then_some(())
+    })
+    .await;
+    eprintln!("the node's status posted again after {:?}", at.elapsed());
+    // And its pod too, which the controller marked not ready when it saw the node Unknown.
+    eventually("the pod Ready after the node", limit, || async {
+        let p = get("pod", "idle")?;
+        (ready_status(&p).as_deref() == Some("True")).then_some(())
+    })
+    .await;
+    t.must(&["delete", "pod", "idle", "--wait=true"]).await;
+    t.shutdown().await;
+}
+
+/// The `app=agent` pod on `node`.
+async fn agent_on(t: &TestCluster, node: &str) -> Option<Value> {
+    let pods = get_json(t, &["get", "pods", "-l", "app=agent"]).await?;
+    pods["items"]
+        .as_array()?
+        .iter()
+        .find(|p| p["spec"]["nodeName"] == node)
+        .cloned()
+}
+
+/// A node killed for longer than the grace period goes unreachable (NoSchedule and NoExecute
+/// taints). Its DaemonSet pod stays (upstream keeps a daemon pod while it tolerates its node's
+/// NoExecute taints; only a new one needs a node that admits it), and once the node is started
+/// again that same pod runs new containers, Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_daemon_pod_of_an_unreachable_node_stays_and_runs_again_after_its_start() {
+    let mut t = TestCluster::start_with(|c| cairn_harness::ClusterConfig {
+        nodes: 2,
+        node_monitor_grace_period: Duration::from_secs(3),
+        ..c
+    })
+    .await;
+    let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}},
+            "template": {"metadata": {"labels": {"app": "agent"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["sleep", "600"]}]}}}});
+    t.must_stdin(&["apply", "-f", "-"], &ds.to_string()).await;
+    let limit = Duration::from_secs(60);
+    let before = eventually("the daemon pod on node-2 Ready", limit, || async {
+        agent_on(&t, "node-2").await.filter(ready)
+    })
+    .await;
+    let uid = before["metadata"]["uid"].clone();
+    let since = now();
+    cluster(&mut t).kill_node("node-2").await.unwrap();
+    // The DaemonSet controller's status counts node-2 as no longer admitting a new daemon pod
+    // (tainted unreachable) but still having one: it has acted on the taint.
+    eventually(
+        "node-2 unreachable in the DaemonSet's status",
+        limit,
+        || async {
+            let d = get_json(&t, &["get", "daemonset", "agent"]).await?;
+            let s = &d["status"];
+            (s["desiredNumberScheduled"] == 1 && s["numberMisscheduled"] == 1).then_some(())
+        },
+    )
+    .await;
+    let during = agent_on(&t, "node-2")
+        .await
+        .expect("the daemon pod of node-2 is kept");
+    assert_eq!(during["metadata"]["uid"], uid, "the same pod");
+    assert!(
+        during["metadata"]["deletionTimestamp"].is_null(),
+        "the daemon pod of an unreachable node is not deleted: {during}"
+    );
+    cluster(&mut t).start_node("node-2").await.unwrap();
+    eventually(
+        "the daemon pod of node-2 running again, Ready",
+        limit,
+        || async {
+            let p = agent_on(&t, "node-2").await?;
+            let fresh = p["status"]["containerStatuses"]
+                .as_array()?
+                .iter()
+                .all(|c| {
+                    c["state"]["running"]["startedAt"]
+                        .as_str()
+                        .is_some_and(|s| s >= since.as_str())
+                });
+            (p["metadata"]["uid"] == uid && fresh && ready(&p)).then_some(())
+        },
+    )
+    .await;
+    t.must(&["delete", "daemonset", "agent"]).await;
+    eventually("the daemon pods deleted", limit, || async {
+        let o = t.must(&["get", "pods", "-o", "name"]).await;
+        o.trim().is_empty().then_some(())
+    })
+    .await;
+    t.shutdown().await;
 }

@@ -364,7 +364,13 @@ async fn inject_all(
         let start = unix_now();
         status.lock().expect("status").active = Some(format!("{} {node}", step.kind.name()));
         tracing::info!(kind = step.kind.name(), %node, hold_ms = step.hold.as_millis() as u64, "fault");
-        nemesis::inject(cluster, step.kind, &node).await?;
+        if let Err(e) = nemesis::inject(cluster, step.kind, &node).await {
+            // Whatever part of the fault took effect is undone before the run ends.
+            if let Err(h) = nemesis::heal(cluster, step.kind, &node).await {
+                tracing::warn!(%node, error = %h, "healing a fault that failed");
+            }
+            return Err(e);
+        }
         wait_or_stop(step.hold, &mut stop).await;
         nemesis::heal(cluster, step.kind, &node).await?;
         let end = unix_now();

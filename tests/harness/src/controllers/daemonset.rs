@@ -73,6 +73,37 @@ fn revision_of(p: &Pod) -> Option<&String> {
     p.metadata.labels.as_ref()?.get(REVISION_LABEL)
 }
 
+/// Upstream's `NodeShouldRunDaemonPod`: (should run, should continue running). A new
+/// daemon pod goes only to a node whose selector, affinity and taints admit it; one already
+/// there stays while the node's NoExecute taints are tolerated, so a node that went
+/// NotReady or unreachable (NoSchedule taints too) keeps its daemon pods.
+fn placement(ds: &DaemonSet, node: &Node) -> (bool, bool) {
+    let spec = ds.spec.clone().unwrap_or_default();
+    let mut probe = Pod {
+        spec: spec.template.spec.clone(),
+        ..Default::default()
+    };
+    let ps = probe.spec.get_or_insert_with(Default::default);
+    let host_network = ps.host_network == Some(true);
+    ps.tolerations
+        .get_or_insert_with(Vec::new)
+        .extend(daemon_tolerations(host_network));
+    if filters::matches_node_selector(&probe, node).is_err() {
+        return (false, false);
+    }
+    if filters::tolerates_taints(&probe, node).is_ok() {
+        return (true, true);
+    }
+    let mut no_execute = node.clone();
+    if let Some(taints) = no_execute.spec.as_mut().and_then(|s| s.taints.as_mut()) {
+        taints.retain(|t| t.effect == "NoExecute");
+    }
+    (
+        false,
+        filters::tolerates_taints(&probe, &no_execute).is_ok(),
+    )
+}
+
 impl DaemonSetController {
     pub fn new(client: Client) -> Self {
         let events = Recorder::new(client.clone(), "daemonset-controller", None);
@@ -125,22 +156,6 @@ impl DaemonSetController {
         pod
     }
 
-    /// Whether a daemon pod belongs on `node` (selector, affinity, taints).
-    fn should_run(&self, ds: &DaemonSet, node: &Node) -> bool {
-        let spec = ds.spec.clone().unwrap_or_default();
-        let mut probe = Pod {
-            spec: spec.template.spec.clone(),
-            ..Default::default()
-        };
-        let ps = probe.spec.get_or_insert_with(Default::default);
-        let host_network = ps.host_network == Some(true);
-        ps.tolerations
-            .get_or_insert_with(Vec::new)
-            .extend(daemon_tolerations(host_network));
-        filters::matches_node_selector(&probe, node).is_ok()
-            && filters::tolerates_taints(&probe, node).is_ok()
-    }
-
     fn sync(&self, ds: &DaemonSet, nodes: &[Node]) {
         let ns = ds.metadata.namespace.clone();
         let name = ds.metadata.name.clone().unwrap_or_default();
@@ -155,13 +170,19 @@ impl DaemonSetController {
                 by_node.entry(n).or_default().push(p);
             }
         }
-        let wanted: BTreeSet<String> = nodes
-            .iter()
-            .filter(|n| self.should_run(ds, n))
-            .filter_map(|n| n.metadata.name.clone())
-            .collect();
+        let (mut wanted, mut kept) = (BTreeSet::new(), BTreeSet::new());
+        for n in nodes {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            let (run, keep) = placement(ds, n);
+            if run {
+                wanted.insert(name.clone());
+            }
+            if keep {
+                kept.insert(name);
+            }
+        }
         // Failed daemon pods are deleted (and so replaced); so are pods on nodes that
-        // no longer want one, and all but the oldest of duplicates.
+        // no longer keep one, and all but the oldest of duplicates.
         for (node, pods) in &by_node {
             let mut live: Vec<&Pod> = pods
                 .iter()
@@ -171,7 +192,7 @@ impl DaemonSetController {
                 self.delete(ds, p, "failed");
             }
             live.retain(|p| !is_terminal(p));
-            if !wanted.contains(node) {
+            if !kept.contains(node) {
                 for p in &live {
                     self.delete(ds, p, "node no longer selected");
                 }

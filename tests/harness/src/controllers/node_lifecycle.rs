@@ -28,6 +28,9 @@ const KUBELET_CONDITIONS: [&str; 4] = ["Ready", "MemoryPressure", "DiskPressure"
 struct Health {
     seen: (Option<String>, Option<String>),
     probe: Instant,
+    /// The node's pods were marked not ready since its Ready status left True (upstream
+    /// marks them on that transition, and again only while a mark failed).
+    pods_marked: bool,
 }
 
 pub struct NodeLifecycleController {
@@ -139,6 +142,7 @@ impl NodeLifecycleController {
             let h = self.health.entry(name.to_string()).or_insert(Health {
                 seen: seen.clone(),
                 probe: Instant::now(),
+                pods_marked: false,
             });
             if h.seen != seen {
                 h.seen = seen;
@@ -149,13 +153,24 @@ impl NodeLifecycleController {
                 self.mark_unknown(node);
                 status = Some("Unknown".into());
             }
+            let lost = matches!(status.as_deref(), Some("False" | "Unknown"));
+            let mark = self.health.get_mut(name).is_some_and(|h| {
+                let first = lost && !h.pods_marked;
+                h.pods_marked = lost;
+                first
+            });
             let taints = self.taint(node, status.as_deref());
             let on_node: Vec<&Value> = pods
                 .iter()
                 .filter(|p| p["spec"]["nodeName"] == name)
                 .collect();
-            if matches!(status.as_deref(), Some("False" | "Unknown")) {
-                self.mark_pods_not_ready(name, &on_node);
+            // Once per transition, as upstream: a kubelet that is back and posts its pods'
+            // status again is not overwritten from a view of the node taken before.
+            if mark
+                && !self.mark_pods_not_ready(name, &on_node)
+                && let Some(h) = self.health.get_mut(name)
+            {
+                h.pods_marked = false;
             }
             self.evict(name, &taints, &on_node);
         }
@@ -252,8 +267,9 @@ impl NodeLifecycleController {
         taints
     }
 
-    /// Upstream's MarkPodsNotReady: each pod's Ready condition False.
-    fn mark_pods_not_ready(&self, node: &str, pods: &[&Value]) {
+    /// Upstream's MarkPodsNotReady: each pod's Ready condition False; whether every write landed.
+    fn mark_pods_not_ready(&self, node: &str, pods: &[&Value]) -> bool {
+        let mut all = true;
         for pod in pods {
             let ready = pod["status"]["conditions"]
                 .as_array()
@@ -281,10 +297,12 @@ impl NodeLifecycleController {
                     "pod marked not ready: its node is not ready"
                 ),
                 Err(e) => {
+                    all = false;
                     tracing::warn!(node, pod = name, error = %e, "marking the pod not ready failed")
                 }
             }
         }
+        all
     }
 
     /// The taint-eviction controller: deletes a pod once a NoExecute taint of its node has been

@@ -164,13 +164,13 @@ impl Plugins {
             if registered.iter().any(|r| r.endpoint == sock) {
                 continue;
             }
-            let Ok(ch) = connect(&sock).await else {
+            // Bounded too: a plugin of a paused node accepts a connection and never answers.
+            let Ok(Ok(ch)) = tokio::time::timeout(REFRESH_TIMEOUT, connect(&sock)).await else {
                 continue;
             };
-            let Ok(info) = IdentityClient::new(ch.clone())
-                .get_plugin_info(csi::GetPluginInfoRequest {})
-                .await
-            else {
+            let mut identity = IdentityClient::new(ch.clone());
+            let info = identity.get_plugin_info(csi::GetPluginInfoRequest {});
+            let Ok(Ok(info)) = tokio::time::timeout(REFRESH_TIMEOUT, info).await else {
                 continue;
             };
             let mut req = tonic::Request::new(csi::NodeGetInfoRequest {});

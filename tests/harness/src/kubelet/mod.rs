@@ -5,6 +5,7 @@ pub mod csi;
 mod env;
 pub mod images;
 pub mod plugins;
+mod pod_status;
 mod pod_worker;
 pub mod probes;
 pub mod runtime;
@@ -235,6 +236,32 @@ impl Kubelet {
         Ok(())
     }
 
+    /// Posts the node's status again when the API server's Ready condition is not the
+    /// kubelet's (True): the node lifecycle controller set it Unknown while this kubelet's
+    /// posts were late. Upstream's kubelet posts its status whenever it differs.
+    fn repost_status_if_lost(&self) {
+        let Ok(node) = self
+            .client
+            .registry()
+            .get(&resources::NODES, None, &self.node)
+        else {
+            return;
+        };
+        let ready = node["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready")
+            .and_then(|c| c["status"].as_str().map(String::from));
+        if ready.as_deref() == Some("True") {
+            return;
+        }
+        tracing::warn!(node = %self.node, ready = ?ready, "node status lost: posting it again");
+        if let Err(e) = self.register() {
+            tracing::warn!(node = %self.node, error = %e, "posting the node status failed");
+        }
+    }
+
     fn heartbeat(&self) {
         let reg = self.client.registry();
         let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -263,18 +290,33 @@ impl Kubelet {
             tracing::error!(node = %self.node, error = %e, "node registration failed");
         }
         let me = self.clone();
+        let mut lease_shutdown = shutdown.clone();
+        // The node lease and status have a loop of their own (upstream's node lease
+        // controller and status loop), so that a slow CSI call never holds them back: the
+        // node would be lost (Unknown, its pods marked not ready) while its kubelet runs.
+        // Both loops are aborted with this task too (`crash`).
+        let lease = AbortOnDrop(tokio::spawn(async move {
+            let mut lease = tokio::time::interval(me.cfg.lease_renew);
+            loop {
+                tokio::select! {
+                    _ = lease.tick() => {
+                        me.heartbeat();
+                        me.repost_status_if_lost();
+                    }
+                    _ = lease_shutdown.changed() => break,
+                }
+            }
+        }));
+        let me = self.clone();
         let mut hb_shutdown = shutdown.clone();
-        // Aborted with this task too (`crash`).
         let hb = AbortOnDrop(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
-            let mut lease = tokio::time::interval(me.cfg.lease_renew);
             let mut expand = tokio::time::interval(Duration::from_secs(2));
             // The plugin watcher: upstream watches plugins_registry with inotify.
             let mut registry = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tokio::select! {
                     _ = tick.tick() => me.csi.refresh(&me).await,
-                    _ = lease.tick() => me.heartbeat(),
                     _ = registry.tick() => if me.csi.registrations.scan(&me.root, &me.node).await { me.csi.refresh(&me).await },
                     _ = expand.tick() => me.csi_expand_pending().await,
                     _ = hb_shutdown.changed() => break,
@@ -300,7 +342,7 @@ impl Kubelet {
             move || me.sync(),
         )
         .await;
-        drop(hb);
+        drop((hb, lease));
         self.stop_all().await;
     }
 

@@ -14,7 +14,7 @@ use super::images::Source;
 use super::probes::{self, Kind, Verdict};
 use super::runtime::{self, ContainerSpec, Mount, Propagation};
 use super::volumes::Prepared;
-use super::{Kubelet, env};
+use super::{Kubelet, env, pod_status};
 use crate::controllers::Shutdown;
 
 /// A container exit: (container index, pid, exit code).
@@ -269,8 +269,10 @@ impl Worker {
                 .flat_map(|c| [c.restart_at, c.kill_at])
                 .flatten()
                 .min();
-            let sleep = next.map_or(Duration::from_secs(3600), |t| {
+            // At least every `STATUS_SYNC` the status is compared with the API server's.
+            let sleep = next.map_or(pod_status::STATUS_SYNC, |t| {
                 t.saturating_duration_since(Instant::now())
+                    .min(pod_status::STATUS_SYNC)
             });
             tokio::select! {
                 r = rx.changed() => {
@@ -829,8 +831,10 @@ impl Worker {
         let status = json!({"phase": phase, "conditions": conditions, "containerStatuses": statuses, "hostIP": ip,
             "hostIPs": [{"ip": ip}], "podIP": ip, "podIPs": [{"ip": ip}], "startTime": self.start_time,
             "qosClass": "BestEffort"});
-        // Compare without timestamps that only move when something real changes.
-        if status == self.last_status {
+        // Compare without timestamps that only move when something real changes; write it
+        // again when the API server's copy says otherwise (status manager's reconcile).
+        let api = serde_json::to_value(&self.pod.status).unwrap_or_default();
+        if status == self.last_status && !pod_status::disagrees(&api, &status) {
             return;
         }
         let (ns, name) = (
