@@ -511,6 +511,10 @@ impl Node {
                 return Ok(procs.len());
             }
             if std::time::Instant::now() >= deadline {
+                // Nothing is left half frozen: what was stopped runs again.
+                if !was {
+                    self.resume();
+                }
                 return Err(Error::Internal(format!(
                     "node {}: processes {running:?} not stopped after {PAUSE_TIMEOUT:?}",
                     self.name
@@ -572,15 +576,49 @@ impl Node {
     }
 }
 
-/// Whether process `pid` is stopped (state `T` in `/proc/<pid>/stat`), or gone (a zombie).
+/// Whether process `pid` is stopped (state `T` in `/proc/<pid>/stat`), gone (a zombie), or
+/// will stop before it runs again: in an uninterruptible wait (`D`, such as an fsync on a FUSE
+/// mount whose server is a stopped process of the same node) with SIGSTOP pending.
 fn stopped(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return true;
     };
     // The state follows the command name, which is in parentheses and may hold any byte.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .is_none_or(|s| matches!(s, "T" | "Z" | "X"))
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    match state {
+        None | Some("T" | "Z" | "X") => true,
+        Some("D") => stop_pending(pid),
+        Some(_) => false,
+    }
+}
+
+/// Whether `pid` stops as soon as it leaves the kernel: SIGSTOP pending (its `ShdPnd` or
+/// `SigPnd` mask in `/proc/<pid>/status`), or the group stop begun (a thread of it stopped).
+fn stop_pending(pid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let thread_stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+                st.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    == Some("T")
+            })
+        });
+    let bit = 1u64 << (Signal::SIGSTOP as i32 - 1);
+    thread_stopped
+        || status.lines().any(|l| {
+            l.strip_prefix("ShdPnd:")
+                .or_else(|| l.strip_prefix("SigPnd:"))
+                .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+                .is_some_and(|m| m & bit != 0)
+        })
 }
 
 /// Makes `target` exist in this mount namespace without touching the host: the nearest
