@@ -212,26 +212,9 @@ fn the_four_storage_classes() {
 #[test]
 fn node_plugin_registers_the_socket_with_bidirectional_kubelet_mount() {
     let o = load();
-    let ds = o
-        .daemonsets
-        .iter()
-        .find(|d| d.metadata.name.as_deref() == Some("cairn-csi-node"))
-        .expect("node daemonset");
-    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let pod = daemonset_pod(&o, "cairn-csi-node");
     // It attaches through its own node's storaged: only where storaged runs.
-    let storaged = o
-        .daemonsets
-        .iter()
-        .find(|d| d.metadata.name.as_deref() == Some("cairn-storaged"))
-        .and_then(|d| {
-            d.spec
-                .as_ref()?
-                .template
-                .spec
-                .as_ref()?
-                .node_selector
-                .clone()
-        });
+    let storaged = daemonset_pod(&o, "cairn-storaged").node_selector.clone();
     assert!(storaged.is_some(), "storaged has a nodeSelector");
     assert_eq!(
         pod.node_selector, storaged,
@@ -327,12 +310,7 @@ fn storaged_runs_per_storage_node_with_an_identity_from_the_node() {
             .all(|s| s.metadata.namespace.as_deref() != Some("cairn-system")),
         "storaged must not be a StatefulSet: ordinals are not tied to hosts"
     );
-    let ds = o
-        .daemonsets
-        .iter()
-        .find(|d| d.metadata.name.as_deref() == Some("cairn-storaged"))
-        .expect("storaged DaemonSet");
-    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let pod = daemonset_pod(&o, "cairn-storaged");
     let selector = pod.node_selector.as_ref().expect("nodeSelector");
     assert_eq!(
         selector.get("cairn.dev/storage").map(String::as_str),
@@ -345,14 +323,7 @@ fn storaged_runs_per_storage_node_with_an_identity_from_the_node() {
         .iter()
         .find(|c| c.name == "storaged")
         .unwrap();
-    let line: String = c
-        .command
-        .iter()
-        .flatten()
-        .chain(c.args.iter().flatten())
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let line = command_line(c);
     // Identity from the node: its name from the downward API, its id from its data dir.
     for never in ["--node-id", "--initial-cluster", "POD_NAME", "##*-"] {
         assert!(!line.contains(never), "{never} in {line}");
@@ -426,6 +397,152 @@ fn storaged_runs_per_storage_node_with_an_identity_from_the_node() {
         assert_eq!(get.port, IntOrString::Int(9810), "{what}");
     }
     assert!(line.contains("--metrics-addr 0.0.0.0:9810"), "{line}");
+}
+
+/// The pod spec of DaemonSet `name`.
+fn daemonset_pod<'a>(o: &'a Objects, name: &str) -> &'a k8s_openapi::api::core::v1::PodSpec {
+    o.daemonsets
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some(name))
+        .and_then(|d| d.spec.as_ref()?.template.spec.as_ref())
+        .unwrap_or_else(|| panic!("DaemonSet {name}"))
+}
+
+/// A container's command and args as one line.
+fn command_line(c: &k8s_openapi::api::core::v1::Container) -> String {
+    c.command
+        .iter()
+        .flatten()
+        .chain(c.args.iter().flatten())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The word after `flag` in a command line (quotes stripped).
+fn flag_value(line: &str, flag: &str) -> Option<String> {
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == flag)?;
+    words.next().map(|w| w.trim_matches('"').to_string())
+}
+
+/// Decision 064: every storage node runs a frontend host beside storaged, which storaged asks
+/// (`--frontend-host`) on a socket both see at the same path in the node's `/var/lib/cairn`;
+/// its FUSE mounts reach the node (Bidirectional) and storaged (HostToContainer); both see
+/// host pids; it is never restarted by a rollout (OnDelete) and probed on its socket; its
+/// frontends use storaged's node certificate.
+#[test]
+fn a_frontend_host_runs_beside_storaged_on_every_storage_node() {
+    let o = load();
+    let storaged = daemonset_pod(&o, "cairn-storaged");
+    let host = daemonset_pod(&o, "cairn-frontend-host");
+    assert_eq!(host.node_selector, storaged.node_selector, "nodeSelector");
+    assert_eq!(host.host_pid, Some(true), "the frontend host's hostPID");
+    assert_eq!(storaged.host_pid, Some(true), "storaged's hostPID");
+    let ds = o
+        .daemonsets
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some("cairn-frontend-host"))
+        .unwrap();
+    let strategy = ds.spec.as_ref().unwrap().update_strategy.as_ref();
+    assert_eq!(
+        strategy.and_then(|s| s.type_.as_deref()),
+        Some("OnDelete"),
+        "a restart of the host ends its node's frontends: never rolled by an apply"
+    );
+    let sc = storaged
+        .containers
+        .iter()
+        .find(|c| c.name == "storaged")
+        .unwrap();
+    let hc = host
+        .containers
+        .iter()
+        .find(|c| c.name == "frontend-host")
+        .expect("container frontend-host");
+    let (sline, hline) = (command_line(sc), command_line(hc));
+    assert!(hline.contains("exec storaged frontend-host "), "{hline}");
+    let socket = flag_value(&hline, "--socket").expect("the host's --socket");
+    assert_eq!(
+        flag_value(&sline, "--frontend-host").as_deref(),
+        Some(socket.as_str()),
+        "storaged asks the host on its socket: {sline}"
+    );
+    // storaged's run dir is DATA_DIR/run: the host's must be the same path.
+    assert!(!sline.contains("--run-dir"), "{sline}");
+    let data = flag_value(&sline, "--data-dir").expect("storaged's --data-dir");
+    assert_eq!(
+        flag_value(&hline, "--run-dir"),
+        Some(format!("{data}/run")),
+        "{hline}"
+    );
+    assert!(socket.starts_with(&format!("{data}/run/")), "{socket}");
+    // The data dir: the node's, at the same path in both, with the propagation each needs.
+    let data_mount = |pod: &k8s_openapi::api::core::v1::PodSpec,
+                      c: &k8s_openapi::api::core::v1::Container| {
+        let m = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == data)
+            .unwrap_or_else(|| panic!("{}: {data} mounted", c.name));
+        let v = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == m.name)
+            .unwrap();
+        assert_eq!(
+            v.host_path.as_ref().map(|h| h.path.as_str()),
+            Some(data.as_str()),
+            "{}",
+            c.name
+        );
+        m.mount_propagation.clone()
+    };
+    assert_eq!(
+        data_mount(host, hc).as_deref(),
+        Some("Bidirectional"),
+        "the frontends' FUSE mounts reach the node"
+    );
+    assert_eq!(
+        data_mount(storaged, sc).as_deref(),
+        Some("HostToContainer"),
+        "storaged sees the frontends' FUSE mounts"
+    );
+    for c in [sc, hc] {
+        assert!(
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == "/dev"),
+            "{}: /dev (FUSE, loop devices)",
+            c.name
+        );
+    }
+    // Probed on its socket (a liveness failure ends every frontend: not before a minute).
+    let check = ["storaged", "frontend-host", "--check", "--socket", &socket];
+    for (what, probe) in [
+        ("liveness", &hc.liveness_probe),
+        ("readiness", &hc.readiness_probe),
+    ] {
+        let p = probe.as_ref().unwrap_or_else(|| panic!("{what} probe"));
+        let cmd = p.exec.as_ref().and_then(|e| e.command.clone());
+        assert_eq!(cmd.as_deref(), Some(&check.map(String::from)[..]), "{what}");
+    }
+    let live = hc.liveness_probe.as_ref().unwrap();
+    let tolerated = live.period_seconds.unwrap_or(10) * live.failure_threshold.unwrap_or(3);
+    assert!(tolerated >= 60, "liveness gives up after {tolerated}s");
+    // The frontends call the volume's members with this node's storaged certificate.
+    let secret = |pod: &k8s_openapi::api::core::v1::PodSpec| {
+        pod.volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(secret(host), secret(storaged));
+    assert_eq!(host.host_network, storaged.host_network, "hostNetwork");
 }
 
 fn grants(
@@ -544,17 +661,10 @@ fn every_storaged_client_uses_tls_from_a_secret() {
     let mut checked = Vec::new();
     for pod in pods {
         for c in &pod.containers {
-            if c.name != "storaged" && c.name != "cairn-csi" {
+            if !["storaged", "cairn-csi", "frontend-host"].contains(&c.name.as_str()) {
                 continue;
             }
-            let line: Vec<String> = c
-                .command
-                .iter()
-                .flatten()
-                .chain(c.args.iter().flatten())
-                .cloned()
-                .collect();
-            let line = line.join(" ");
+            let line = command_line(c);
             assert!(!line.contains("--insecure"), "{}: {line}", c.name);
             assert!(line.contains("--tls-dir"), "{}: {line}", c.name);
             // The certificate comes from a Secret volume mounted into this container.
@@ -582,7 +692,10 @@ fn every_storaged_client_uses_tls_from_a_secret() {
         }
     }
     checked.sort();
-    assert_eq!(checked, ["cairn-csi", "cairn-csi", "storaged"]);
+    assert_eq!(
+        checked,
+        ["cairn-csi", "cairn-csi", "frontend-host", "storaged"]
+    );
 }
 
 #[test]
@@ -613,8 +726,9 @@ fn kustomization_lists_every_manifest() {
 
 /// Issue 20's rule for every container of the install: requests and limits, a liveness probe
 /// (Cairn's own containers a readiness probe too), and the least privilege its job allows:
-/// only storaged and the node plugin (mounts, FUSE, loop devices) are privileged; every other
-/// container cannot gain privileges and holds no capability; the controller runs as non-root.
+/// only storaged, the node plugin and the frontend host (mounts, FUSE, loop devices) are
+/// privileged; every other container cannot gain privileges and holds no capability; the
+/// controller runs as non-root.
 #[test]
 fn every_container_has_resources_probes_and_least_privilege() {
     use k8s_openapi::api::core::v1::PodSpec;
@@ -637,6 +751,7 @@ fn every_container_has_resources_probes_and_least_privilege() {
     let privileged_ok = [
         ("cairn-storaged", "storaged"),
         ("cairn-csi-node", "cairn-csi"),
+        ("cairn-frontend-host", "frontend-host"),
     ];
     let mut checked = 0;
     for (pod, spec) in &pods {
@@ -672,7 +787,7 @@ fn every_container_has_resources_probes_and_least_privilege() {
             checked += 1;
         }
     }
-    assert!(checked >= 7, "only {checked} containers found");
+    assert!(checked >= 8, "only {checked} containers found");
     let sa = |n: &str| {
         pods.iter()
             .find(|(p, _)| p == n)
@@ -683,6 +798,7 @@ fn every_container_has_resources_probes_and_least_privilege() {
         "cairn-csi-node",
         "cairn-local-provisioner",
         "cairn-controller",
+        "cairn-frontend-host",
     ]
     .iter()
     .map(|n| sa(n).unwrap_or_else(|| panic!("{n}: serviceAccountName")))
@@ -690,7 +806,7 @@ fn every_container_has_resources_probes_and_least_privilege() {
     accounts.dedup();
     assert_eq!(
         accounts.len(),
-        4,
+        5,
         "one service account per role: {accounts:?}"
     );
     let ctrl = pods

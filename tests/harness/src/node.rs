@@ -432,16 +432,19 @@ impl Node {
                 )
                 .map_err(|e| Error::Internal(format!("bind {}: {e}", target.display())))?;
             }
-            // A kubelet's root is shared, so a Bidirectional mount of it (the CSI node
-            // plugin's) puts the volumes it stages in the node.
-            mount(
-                None::<&str>,
-                "/var/lib/kubelet",
-                None::<&str>,
-                MsFlags::MS_SHARED,
-                None::<&str>,
-            )
-            .map_err(|e| Error::Internal(format!("make-shared /var/lib/kubelet: {e}")))?;
+            // A kubelet's root is shared, as is Cairn's data dir (every mount is shared on a
+            // systemd host), so a Bidirectional mount of one (the CSI node plugin's, the
+            // frontend host's) puts the mounts made under it in the node.
+            for path in ["/var/lib/kubelet", "/var/lib/cairn"] {
+                mount(
+                    None::<&str>,
+                    path,
+                    None::<&str>,
+                    MsFlags::MS_SHARED,
+                    None::<&str>,
+                )
+                .map_err(|e| Error::Internal(format!("make-shared {path}: {e}")))?;
+            }
             mount(
                 Some(&dir.join(HOSTS_FILE)),
                 "/etc/hosts",
