@@ -73,7 +73,8 @@ pub fn check_bounds(offset: u64, len: u64, size: u64) -> Result<()> {
 
 /// A chunk's new bytes, and where the value log holds them if it does (pointer, CRC).
 struct Chunk {
-    bytes: Vec<u8>,
+    /// A whole chunk is a slice of the entry's payload (not copied); an edited one its own.
+    bytes: bytes::Bytes,
     at: Option<(ValuePtr, u32)>,
 }
 
@@ -90,7 +91,7 @@ impl Overlay {
         if let Some(c) = self.chunks.get(&idx) {
             return Ok(c
                 .as_ref()
-                .map_or_else(|| vec![0; CHUNK as usize], |c| c.bytes.clone()));
+                .map_or_else(|| vec![0; CHUNK as usize], |c| c.bytes.to_vec()));
         }
         if self.cleared.iter().any(|(s, e)| (*s..*e).contains(&idx)) {
             return Ok(vec![0; CHUNK as usize]);
@@ -107,7 +108,7 @@ impl Overlay {
         engine: &dyn Engine,
         group: u64,
         offset: u64,
-        data: &[u8],
+        data: &bytes::Bytes,
         at: Option<ValuePtr>,
     ) -> Result<()> {
         let mut pos = 0usize;
@@ -120,13 +121,16 @@ impl Overlay {
             let chunk = if within == 0 && n == CHUNK as usize {
                 let at = at.map(|p| (p.slice(pos as u32, n as u32), crc32fast::hash(piece)));
                 Chunk {
-                    bytes: piece.to_vec(),
+                    bytes: data.slice(pos..pos + n),
                     at,
                 }
             } else {
                 let mut c = self.load(engine, group, idx)?;
                 c[within..within + n].copy_from_slice(piece);
-                Chunk { bytes: c, at: None }
+                Chunk {
+                    bytes: c.into(),
+                    at: None,
+                }
             };
             let zero = chunk.bytes.iter().all(|b| *b == 0);
             self.chunks
@@ -163,7 +167,10 @@ impl Overlay {
                 let mut c = self.load(engine, group, idx)?;
                 c[within as usize..(within + n) as usize].fill(0);
                 let zero = c.iter().all(|b| *b == 0);
-                let chunk = Chunk { bytes: c, at: None };
+                let chunk = Chunk {
+                    bytes: c.into(),
+                    at: None,
+                };
                 self.chunks
                     .insert(idx, if zero { None } else { Some(chunk) });
             }
@@ -188,7 +195,7 @@ impl Overlay {
                     at: Some((ptr, crc)),
                     ..
                 }) => batch.put(Cf::Data, k, vlog::chunk_value(ptr, crc)),
-                Some(Chunk { bytes, at: None }) => batch.put(Cf::Data, k, bytes),
+                Some(Chunk { bytes, at: None }) => batch.put(Cf::Data, k, Vec::from(bytes)),
                 None => batch.delete(Cf::Data, k),
             }
         }
@@ -241,7 +248,9 @@ mod tests {
     fn holes_read_as_zero_and_zero_chunks_are_not_stored() {
         let e = MemEngine::new();
         assert_eq!(read(&e, 7, 0, 8192).unwrap(), vec![0; 8192]);
-        apply(&e, |o| o.write(&e, 7, 4096, &[0u8; 4096], None).unwrap());
+        apply(&e, |o| {
+            o.write(&e, 7, 4096, &vec![0u8; 4096].into(), None).unwrap()
+        });
         assert_eq!(
             e.approximate_size(Cf::Data, &keys::group_start(7), &keys::group_end(7)),
             0
@@ -290,7 +299,7 @@ mod tests {
                     apply(&e, |o| o.discard(&e, 7, off, len).unwrap());
                     model[off as usize..(off + len) as usize].fill(0);
                 } else {
-                    let data = vec![byte; len as usize];
+                    let data = bytes::Bytes::from(vec![byte; len as usize]);
                     apply(&e, |o| o.write(&e, 7, off, &data, None).unwrap());
                     model[off as usize..(off + len) as usize].copy_from_slice(&data);
                 }

@@ -397,7 +397,8 @@ mod tests {
         let ptr = vl.append(origin, &data).unwrap();
         vl.sync().unwrap();
         let mut o = Overlay::default();
-        o.write(e, 9, first * CHUNK, &data, Some(ptr)).unwrap();
+        o.write(e, 9, first * CHUNK, &data.into(), Some(ptr))
+            .unwrap();
         let mut b = Batch::default();
         o.into_batch(9, &mut b);
         e.write_unlogged(b).unwrap();

@@ -11,7 +11,7 @@ use crate::meta::catalog::{Catalog, VolumeKind, VolumeRecord};
 use crate::node::failed::{Failed, PeerFailed};
 use crate::node::meta::Meta;
 use crate::node::quiesce::Quiescer;
-use crate::raft::log_store::LogStore;
+use crate::raft::log_store::{LogStore, Pointers};
 use crate::raft::log_window::{FOLLOWER_KEEP_BYTES, KEEP_BYTES, LogWindow};
 use crate::raft::state_machine::{GroupStateMachine, Shared};
 use crate::raft::wal_sync::WalSyncer;
@@ -40,11 +40,14 @@ pub(super) struct Opener {
 impl Opener {
     /// Opens `group` over the engine, with its snapshot and log-purge requests served.
     pub async fn open(&self, group: u64, shared: Arc<Shared>) -> Result<Raft> {
-        let log = LogStore::new(self.engine.clone(), group, self.syncer.clone());
+        let pointers = Pointers::default();
+        let log = LogStore::new(self.engine.clone(), group, self.syncer.clone())
+            .with_pointers(pointers.clone());
         let (want_snapshot, mut snapshot_requests) = tokio::sync::mpsc::channel(1);
         let window = Arc::new(LogWindow::default());
         let sm = GroupStateMachine::open(self.engine.clone(), group, shared)
             .map_err(Error::Io)?
+            .with_pointers(pointers)
             .with_snapshot_requests(want_snapshot, window.clone())
             .with_spool_dir(self.spool_dir.clone());
         let members = Members::default();

@@ -25,6 +25,65 @@ pub struct LogStore {
     group: u64,
     syncer: WalSyncer,
     cache: LogCache,
+    pointers: Pointers,
+}
+
+/// Where the value log holds the data of the entries this process appended to one group's
+/// log and has not yet applied, by log index: what `raft_log` holds for them, kept so
+/// apply need not read it back (one RocksDB point read per write entry on every replica).
+/// Shared by the group's log store (which fills it) and state machine (which takes from it);
+/// an entry missing here (appended before a restart) is looked up in `raft_log`.
+#[derive(Clone, Default)]
+pub struct Pointers {
+    inner: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, ValuePtr>>>,
+}
+
+impl Pointers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, ValuePtr>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn appended(&self, at: impl IntoIterator<Item = (u64, ValuePtr)>) {
+        self.lock().extend(at);
+    }
+
+    /// Forgets entries after `index` (`None`: all), as the log does on a conflict.
+    fn truncate_after(&self, index: Option<u64>) {
+        let mut m = self.lock();
+        match index {
+            Some(i) => drop(m.split_off(&(i + 1))),
+            None => m.clear(),
+        }
+    }
+
+    /// Forgets entries up to and including `index`.
+    fn purge(&self, index: u64) {
+        let mut m = self.lock();
+        *m = m.split_off(&(index + 1));
+    }
+
+    /// The pointer of entry `index` (each is taken once, by its apply), or, for an entry
+    /// not appended by this process, what `raft_log` holds.
+    pub fn take(
+        &self,
+        engine: &dyn Engine,
+        group: u64,
+        index: u64,
+    ) -> io::Result<Option<ValuePtr>> {
+        let known = {
+            let mut m = self.lock();
+            let known = m.remove(&index);
+            // Entries below it were applied, or skipped by a snapshot install.
+            if m.first_key_value().is_some_and(|(i, _)| *i < index) {
+                *m = m.split_off(&index);
+            }
+            known
+        };
+        match known {
+            Some(p) => Ok(Some(p)),
+            None => stored_ptr(engine, group, index),
+        }
+    }
 }
 
 const VOTE: &str = "vote";
@@ -196,7 +255,15 @@ impl LogStore {
             group,
             syncer,
             cache: LogCache::new(DEFAULT_BUDGET),
+            pointers: Pointers::default(),
         }
+    }
+
+    /// Records the value-log pointers of appended entries in `pointers` (shared with the
+    /// group's state machine, `GroupStateMachine::with_pointers`).
+    pub fn with_pointers(mut self, pointers: Pointers) -> Self {
+        self.pointers = pointers;
+        self
     }
 
     fn get_state<T: for<'de> serde::Deserialize<'de>>(&self, name: &str) -> io::Result<Option<T>> {
@@ -343,6 +410,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let mut b = Batch::default();
         let values = stored_values(self.engine.as_ref(), self.group, &entries)?;
+        self.pointers.appended(
+            entries
+                .iter()
+                .zip(&values)
+                .filter_map(|(e, v)| vlog::split_log_value(v).map(|(p, _)| (e.index(), p))),
+        );
         for (e, v) in entries.iter().zip(values) {
             b.put(
                 Cf::RaftLog,
@@ -360,6 +433,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
         self.cache
             .truncate_after(last_log_id.as_ref().map(|l| l.index()));
+        self.pointers
+            .truncate_after(last_log_id.as_ref().map(|l| l.index()));
         let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
         let mut b = Batch::default();
         b.delete_range(
@@ -372,6 +447,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         self.cache.purge(log_id.index());
+        self.pointers.purge(log_id.index());
         // Record last-purged first: entries at or before it are ignored from then on.
         self.put_state(PURGED, &log_id, false)?;
         let mut b = Batch::default();
@@ -394,6 +470,63 @@ mod tests {
         let id = openraft::testing::log_id::<TypeConfig>(1, 1, index);
         let data = bytes::Bytes::from(vec![index as u8; 4096]);
         Entry::new_normal(id, Request::write(index * 4096, data, 0, None))
+    }
+
+    /// Apply points chunks at what this process's log store appended, without reading
+    /// `raft_log` back: it still does when `raft_log` lost the entry's value behind the
+    /// store's back; an entry replaced after a conflict is applied with its new data.
+    #[tokio::test]
+    async fn apply_takes_the_pointers_the_log_store_appended() {
+        use crate::raft::dedup_apply_tests::apply_all;
+        use crate::raft::state_machine::{GroupStateMachine, Shared};
+        use crate::raft::wal_sync::WalSyncer;
+        let dir = tempfile::tempdir().unwrap();
+        let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open(&dir.path().join("db")).unwrap());
+        let (group, pointers) = (7, Pointers::default());
+        let syncer = WalSyncer::start(engine.clone());
+        let mut ls = LogStore::new(engine.clone(), group, syncer).with_pointers(pointers.clone());
+        let mut sm = GroupStateMachine::open(engine.clone(), group, Shared::new())
+            .unwrap()
+            .with_spool_dir(dir.path().join("spool"))
+            .with_pointers(pointers);
+        let payload = |e: &Entry| match &e.payload {
+            openraft::EntryPayload::Normal(r) => r.clone(),
+            _ => unreachable!("write entries"),
+        };
+        let (one, two) = (write_entry(1), write_entry(2));
+        ls.append(vec![one.clone(), two.clone()], IOFlushed::noop())
+            .await
+            .unwrap();
+        let mut b = Batch::default();
+        b.delete(Cf::RaftLog, keys::group_key(group, 1).to_vec());
+        engine.write(b, false).unwrap();
+        apply_all(&mut sm, 1, vec![payload(&one)]).await;
+        let chunk = |idx: u64| {
+            engine
+                .get_raw(Cf::Data, &keys::group_key(group, idx))
+                .unwrap()
+        };
+        assert_eq!(
+            chunk(1).map(|v| v.len()),
+            Some(vlog::CHUNK_PTR_LEN),
+            "entry 1's chunk points into the value log"
+        );
+        // A new leader's entry 2 replaces ours: applied with its own data.
+        ls.truncate_after(Some(one.log_id())).await.unwrap();
+        let id = openraft::testing::log_id::<TypeConfig>(2, 1, 2);
+        let other = Entry::new_normal(
+            id,
+            Request::write(2 * 4096, bytes::Bytes::from(vec![0xee; 4096]), 0, None),
+        );
+        ls.append(vec![other.clone()], IOFlushed::noop())
+            .await
+            .unwrap();
+        apply_all(&mut sm, 2, vec![payload(&other)]).await;
+        assert_eq!(chunk(2).map(|v| v.len()), Some(vlog::CHUNK_PTR_LEN));
+        assert_eq!(
+            crate::chunks::read(engine.as_ref(), group, 4096, 2 * 4096).unwrap(),
+            [vec![1u8; 4096], vec![0xee; 4096]].concat()
+        );
     }
 
     /// An entry whose record is not whole is cut with everything after it (an entry

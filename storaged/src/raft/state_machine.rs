@@ -76,7 +76,15 @@ pub struct GroupStateMachine {
     spool_dir: PathBuf,
     /// A volume group's writers and their applied writes (`dedup.rs`), as persisted.
     dedup: Arc<Mutex<DedupTable>>,
+    /// Value-log pointers of entries the group's log store appended (`log_store::Pointers`).
+    pointers: log_store::Pointers,
+    /// What the last apply left in `applied` and `fence`, so the next one need not read
+    /// them back; taken by an apply (so one that fails leaves none), dropped by an install.
+    last: Arc<Mutex<Option<Applied>>>,
 }
+
+/// A group's applied log id, membership and fence, as persisted.
+type Applied = (Option<LogId>, StoredMembership, Option<Fence>);
 
 /// The dedup table taken out of its lock for one apply (which awaits entries), put back
 /// when the apply ends, however it ends.
@@ -117,6 +125,8 @@ impl GroupStateMachine {
             window: None,
             spool_dir: std::env::temp_dir().join("cairn-snapshots"),
             dedup: Arc::default(),
+            pointers: log_store::Pointers::default(),
+            last: Arc::default(),
         };
         if let Some(m) = sm
             .engine
@@ -151,6 +161,13 @@ impl GroupStateMachine {
         self
     }
 
+    /// Takes the value-log pointers of entries from `pointers`, which the group's log store
+    /// fills (`LogStore::with_pointers`), instead of reading each back from `raft_log`.
+    pub fn with_pointers(mut self, pointers: log_store::Pointers) -> Self {
+        self.pointers = pointers;
+        self
+    }
+
     /// Asks for a snapshot on `tx` once `SNAPSHOT_BYTES` of writes are applied, and at
     /// each snapshot notes in `window` how far the log may be purged.
     pub fn with_snapshot_requests(mut self, tx: mpsc::Sender<()>, window: Arc<LogWindow>) -> Self {
@@ -166,7 +183,10 @@ impl GroupStateMachine {
         let Some(vl) = self.engine.value_log() else {
             return Ok(None);
         };
-        match log_store::stored_ptr(self.engine.as_ref(), self.group, index)? {
+        match self
+            .pointers
+            .take(self.engine.as_ref(), self.group, index)?
+        {
             Some(p) if p.len as usize == len => {
                 vl.sync_upto(p).map_err(io_err)?;
                 Ok(Some(p))
@@ -292,6 +312,7 @@ impl GroupStateMachine {
         membership: StoredMembership,
         path: &Path,
     ) -> io::Result<()> {
+        self.last.lock().expect("applied state poisoned").take();
         let mut reader = SpoolReader::open(path)?;
         let mut batch = Batch::default();
         batch.delete_range(
@@ -427,7 +448,19 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
     where
         Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
     {
-        let (mut last_applied, mut membership) = self.read_applied()?;
+        let known = self.last.lock().expect("applied state poisoned").take();
+        let (mut last_applied, mut membership, mut fence) = match known {
+            Some(k) => k,
+            None => {
+                let (applied, membership) = self.read_applied()?;
+                let fence = if self.group == META_GROUP {
+                    None
+                } else {
+                    Self::applied_fence(self.engine.as_ref(), self.group).map_err(io_err)?
+                };
+                (applied, membership, fence)
+            }
+        };
         let mut overlay = Overlay::default();
         let mut responses = Vec::new();
         let mut catalog_changed = false;
@@ -436,11 +469,6 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             Some(self.shared.catalog())
         } else {
             None
-        };
-        let mut fence = if self.group == META_GROUP {
-            None
-        } else {
-            Self::applied_fence(self.engine.as_ref(), self.group).map_err(io_err)?
         };
         let mut fence_changed = false;
         let mut dedup = TakenTable::take(&self.dedup);
@@ -528,7 +556,7 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         batch.put(
             Cf::Meta,
             keys::named(self.group, APPLIED),
-            encode(&(last_applied, membership))?,
+            encode(&(&last_applied, &membership))?,
         );
         if catalog_changed && let Some(c) = &catalog {
             batch.put(Cf::Meta, keys::named(self.group, CATALOG), encode(c)?);
@@ -541,6 +569,8 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         // Unlogged: the Raft log is the durable record, and a crash replays it from the
         // last persisted `applied` (written atomically with the data it covers).
         self.engine.write_unlogged(batch).map_err(io_err)?;
+        *self.last.lock().expect("applied state poisoned") =
+            Some((last_applied, membership, fence));
         if let (true, Some(c)) = (catalog_changed, catalog) {
             *self.shared.catalog.write().expect("catalog lock poisoned") = c;
             self.shared.changed.send_modify(|v| *v += 1);
