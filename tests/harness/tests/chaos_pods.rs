@@ -28,7 +28,6 @@ fn bridge_index(data: &Path) -> u8 {
 }
 
 #[test]
-#[ignore = "not passing yet (session 25): a run did not finish within 15 minutes; run by hand with --ignored"]
 fn a_seeded_pods_run_breaks_every_kind_of_node_fault_and_loses_nothing() {
     for bin in ["storaged", "cairn-csi", "cairn-provisioner"] {
         assert!(
