@@ -1,7 +1,6 @@
 //! Cairn's chaos library: a nemesis and workloads that break a storaged cluster on a seeded
 //! schedule and record what clients saw, and the linearizability checker that judges the history.
 
-pub mod budget;
 pub mod checker;
 pub mod clock;
 pub mod cluster;
@@ -18,7 +17,6 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod usage;
-mod views;
 pub mod workload;
 
 pub use checker::{Config, Report, check, check_final_reads};

@@ -166,13 +166,6 @@ fn print_table(outcome: &RunOutcome, took: Duration) {
     );
     let faults: Vec<String> = r.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
     println!("faults                    {}", faults.join(", "));
-    let beside = outcome.faults.iter().filter(|f| f.overlapping > 0).count();
-    if beside > 0 {
-        let stacked = outcome.faults.iter().filter(|f| f.stacked).count();
-        println!(
-            "faults at once            {beside} started beside another, {stacked} of them on nodes already broken"
-        );
-    }
     if let Some(fs) = &r.fs {
         println!(
             "fs writes read back       ok {}, lost {}, corrupt {}; write errors {}; fsck -n {}",

@@ -255,10 +255,6 @@ pub struct FaultRecord {
     /// With `--overlap`: how many other faults were active when this one started.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub overlapping: usize,
-    /// With `--overlap`: it started on nodes that other faults had broken already (inside a
-    /// partition's cut, or around what was broken; `budget::admits`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub stacked: bool,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -290,7 +286,6 @@ impl FaultRecord {
             whole_after_s: 0.0,
             members_after: BTreeMap::new(),
             overlapping: 0,
-            stacked: false,
         }
     }
 }
@@ -322,11 +317,6 @@ impl ActiveFault {
     /// Notes how many other faults were active when this one started.
     pub fn set_overlapping(&mut self, n: usize) {
         self.record.overlapping = n;
-    }
-
-    /// Notes that it started on nodes other faults had broken already.
-    pub fn set_stacked(&mut self, stacked: bool) {
-        self.record.stacked = stacked;
     }
 }
 

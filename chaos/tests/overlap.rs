@@ -55,7 +55,7 @@ async fn overlapping_faults_keep_every_group_a_majority_and_lose_nothing() {
         if f.kind.shape().is_none() || f.minority.is_empty() {
             assert_eq!(
                 applied,
-                cairn_chaos::budget::breaks(f.kind, &f.nodes, &all, &[]),
+                cairn_chaos::overlap::breaks(f.kind, &f.nodes, &all, &[]),
                 "{f:?}"
             );
         }
