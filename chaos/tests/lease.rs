@@ -113,11 +113,16 @@ async fn cut_off_leader(cluster: &FaultCluster, leader: u64, old: u8, new: u8) -
     let group = on_leader.get_volume(VOL).await.unwrap().id;
     let channels = ChannelCache::new(cluster.procs.security_for(&Identity::Node(leader)));
 
-    // A write through the leader just before the cut: its lease is as fresh as it gets.
-    on_leader
-        .write(VOL, 0, vec![old; 4096].into())
-        .await
-        .unwrap();
+    // A write through the leader just before the cut: its lease is as fresh as it gets. After
+    // the previous round's heal an election may still be settling, so it is retried (each try
+    // waits up to the client's deadline), within a bound.
+    let settle = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = on_leader.write(VOL, 0, vec![old; 4096].into()).await {
+        assert!(
+            Instant::now() < settle,
+            "no write through node {leader} within 10 s: {e}"
+        );
+    }
     let cut = partition::cut(partition::Shape::Isolate, leader, &cluster.node_ids(), &[]);
     let net = &cluster.net;
     let link = |id: u64| net.host_link(id).unwrap_or_default().to_string();
