@@ -375,6 +375,7 @@ async fn kustomize_base_renders_and_applies_as_written() {
         got,
         [
             "daemonset.apps/cairn-csi-node",
+            "daemonset.apps/cairn-frontend-host",
             "daemonset.apps/cairn-local-provisioner",
             "daemonset.apps/cairn-storaged",
             "deployment.apps/cairn-controller"
