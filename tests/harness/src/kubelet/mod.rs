@@ -236,15 +236,19 @@ impl Kubelet {
         Ok(())
     }
 
+    /// This kubelet's Node object as the API server holds it (None if it cannot be read).
+    fn own_node(&self) -> Option<serde_json::Value> {
+        self.client
+            .registry()
+            .get(&resources::NODES, None, &self.node)
+            .ok()
+    }
+
     /// Posts the node's status again when the API server's Ready condition is not the
     /// kubelet's (True): the node lifecycle controller set it Unknown while this kubelet's
     /// posts were late. Upstream's kubelet posts its status whenever it differs.
     fn repost_status_if_lost(&self) {
-        let Ok(node) = self
-            .client
-            .registry()
-            .get(&resources::NODES, None, &self.node)
-        else {
+        let Some(node) = self.own_node() else {
             return;
         };
         let ready = node["status"]["conditions"]
@@ -418,11 +422,7 @@ impl Kubelet {
             .iter()
             .cloned()
             .collect();
-        let Ok(node) = self
-            .client
-            .registry()
-            .get(&resources::NODES, None, &self.node)
-        else {
+        let Some(node) = self.own_node() else {
             return;
         };
         let cur: Vec<String> = node["status"]["volumesInUse"]
