@@ -16,8 +16,7 @@ pub const HINT_TTL: Duration = Duration::from_secs(30);
 pub struct AddressHints(Arc<Mutex<HashMap<NodeId, (String, Instant)>>>);
 
 impl AddressHints {
-    /// Where node `id` answered within `HINT_TTL`, if anywhere other than its membership's
-    /// address.
+    /// Where node `id` answered within `HINT_TTL`.
     pub fn get(&self, id: NodeId) -> Option<String> {
         let m = self.0.lock().expect("address hints poisoned");
         m.get(&id)
@@ -32,12 +31,6 @@ impl AddressHints {
         m.insert(id, (addr, Instant::now()));
         news
     }
-
-    /// Node `id` is where its membership says: no hint (whether there was one).
-    pub fn clear(&self, id: NodeId) -> bool {
-        let mut m = self.0.lock().expect("address hints poisoned");
-        m.remove(&id).is_some()
-    }
 }
 
 #[cfg(test)]
@@ -45,7 +38,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_hint_is_news_once_and_clears() {
+    fn a_hint_is_news_once() {
         let h = AddressHints::default();
         assert_eq!(h.get(2), None);
         assert!(h.set(2, "10.0.0.2:7001".into()));
@@ -55,9 +48,7 @@ mod tests {
         );
         assert_eq!(h.get(2).as_deref(), Some("10.0.0.2:7001"));
         assert!(h.set(2, "10.0.0.9:7001".into()), "a newer address is news");
-        assert!(h.clear(2));
-        assert!(!h.clear(2));
-        assert_eq!(h.get(2), None);
+        assert_eq!(h.get(2).as_deref(), Some("10.0.0.9:7001"));
     }
 
     #[test]
