@@ -204,6 +204,11 @@ impl Recorder {
         u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// `at` in the same nanoseconds as `now` (0 before the recorder was made).
+    pub fn at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
     pub fn record(&self, op: Op) {
         self.ops
             .lock()

@@ -1,6 +1,9 @@
 //! Cairn's chaos library: a nemesis and workloads that break a storaged cluster on a seeded
 //! schedule and record what clients saw, and the linearizability checker that judges the history.
 
+pub mod audit;
+pub mod budget;
+pub mod catchup;
 pub mod checker;
 pub mod clock;
 pub mod cluster;
@@ -17,6 +20,7 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod usage;
+pub mod views;
 pub mod workload;
 
 pub use checker::{Config, Report, check, check_final_reads};

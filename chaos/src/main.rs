@@ -157,7 +157,8 @@ fn sibling_storaged() -> PathBuf {
 }
 
 /// The verdict table, as the issue describes it.
-fn print_table(outcome: &RunOutcome, took: Duration) {
+fn print_table(outcome: &RunOutcome, took: Duration, budget: Option<&str>) {
+    let budget = budget.map(str::to_string);
     let r = &outcome.report;
     println!("seed                      {}", r.seed);
     println!(
@@ -166,6 +167,16 @@ fn print_table(outcome: &RunOutcome, took: Duration) {
     );
     let faults: Vec<String> = r.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
     println!("faults                    {}", faults.join(", "));
+    let beside = outcome.faults.iter().filter(|f| f.overlapping > 0).count();
+    if beside > 0 {
+        let stacked = outcome.faults.iter().filter(|f| f.stacked).count();
+        println!(
+            "faults at once            {beside} started beside another, {stacked} of them on nodes already broken"
+        );
+    }
+    if let Some(budget) = &budget {
+        println!("budget (from the record)  {budget}");
+    }
     if let Some(fs) = &r.fs {
         println!(
             "fs writes read back       ok {}, lost {}, corrupt {}; write errors {}; fsck -n {}",
@@ -277,8 +288,21 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(outcome) => {
-            print_table(&outcome, started.elapsed());
-            match outcome.report.clean() {
+            // With --overlap the record must prove the minority budget (catch-ups included).
+            let audit = (config.overlap > 1).then(|| {
+                let nodes: Vec<u64> = (1..=config.nodes as u64).collect();
+                cairn_chaos::audit::audit(&outcome.faults, &outcome.members, &nodes)
+            });
+            let budget = audit.as_ref().map(|a| match a {
+                Ok(a) => format!(
+                    "held: at most {} nodes broken at once over {} instants; {} catch-ups proven, {} not (counted broken to the end)",
+                    a.most_broken, a.instants, a.proven, a.unproven
+                ),
+                Err(e) => format!("NOT HELD: {e}"),
+            });
+            print_table(&outcome, started.elapsed(), budget.as_deref());
+            let held = audit.is_none_or(|a| a.is_ok());
+            match outcome.report.clean() && held {
                 true => ExitCode::SUCCESS,
                 false => ExitCode::from(1),
             }

@@ -255,6 +255,19 @@ pub struct FaultRecord {
     /// With `--overlap`: how many other faults were active when this one started.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub overlapping: usize,
+    /// With `--overlap`: it started on nodes that other faults had broken already (inside a
+    /// partition's cut, or around what was broken; `budget::admits`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stacked: bool,
+    /// With `--overlap`: each node it left broken, from its heal (a clock fault: from each of
+    /// its two restarts) until that node was proven caught up in every group it is a member
+    /// of (`catchup`; `audit` checks the budget from these).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub catch_up: Vec<crate::catchup::CatchUp>,
+    /// With `--overlap`: healed because the run's time was up (recorder ns when it was), not
+    /// on the schedule; from then on everything heals at once, beyond the budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healed_at_end: Option<u64>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -286,6 +299,9 @@ impl FaultRecord {
             whole_after_s: 0.0,
             members_after: BTreeMap::new(),
             overlapping: 0,
+            stacked: false,
+            catch_up: Vec::new(),
+            healed_at_end: None,
         }
     }
 }
@@ -317,6 +333,11 @@ impl ActiveFault {
     /// Notes how many other faults were active when this one started.
     pub fn set_overlapping(&mut self, n: usize) {
         self.record.overlapping = n;
+    }
+
+    /// Notes that it started on nodes other faults had broken already.
+    pub fn set_stacked(&mut self, stacked: bool) {
+        self.record.stacked = stacked;
     }
 }
 

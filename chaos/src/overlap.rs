@@ -1,53 +1,29 @@
 //! Overlapping faults (`--overlap N`): up to N faults active at once on the seed's schedule,
-//! never more than a minority of any group's replicas broken or catching up at the same time,
-//! and never two clocks more than `clock::MAX_APART` apart.
+//! within the minority budget (`budget`), and never two clocks more than `clock::MAX_APART` apart.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use cairn_proto::cairn::v1::ReplicaState;
-
-use crate::clock;
+use crate::budget::{self, Broken, breaks, clock_fits, exclusive, restart_fits};
+use crate::catchup::{CatchUp, Tracker};
 use crate::cluster::FaultCluster;
 use crate::error::Error;
 use crate::history::Recorder;
 use crate::lookahead::Lookahead;
 use crate::nemesis::{self, ActiveFault, FaultKind, FaultRecord, Target};
-use crate::partition::{self, Shape};
 use crate::run::RunConfig;
 use crate::schedule::{Schedule, Step};
+use crate::views::{self, View, Views};
 
-/// How often the injector looks at its faults, the recovering nodes and the schedule.
-const TICK: Duration = Duration::from_millis(100);
+/// How often the injector looks at its faults, the recovering nodes and the schedule. It
+/// never waits on the cluster in between (`views` polls it), so this is its reaction time.
+const TICK: Duration = Duration::from_millis(20);
 /// How long a step that does not fit (it would break a majority of some group) waits for
 /// room before it is dropped.
 const FIT_WAIT: Duration = Duration::from_secs(15);
-/// How long a step waits for its volume's leader to be named (the loop must go on healing).
-const RESOLVE_WAIT: Duration = Duration::from_secs(2);
-/// The same for a step drawn after one still waiting: it must not hold up the loop.
-const RESOLVE_WAIT_BEHIND: Duration = Duration::from_millis(300);
-
-/// Kinds that run alone: `powerloss-all` breaks every node, `node-loss` moves replicas.
-///
-/// A clock fault is not one: its node counts as broken while it restarts and catches up (at
-/// the fault's start and at its heal), and in between as up though skewed, so that partitions,
-/// kills and pauses of other nodes, or of that one, run beside a skewed clock (decision 056).
-pub fn exclusive(kind: FaultKind) -> bool {
-    matches!(kind, FaultKind::PowerlossAll | FaultKind::NodeLoss)
-}
-
-/// Whether a clock fault at `rate` on `nodes` may start beside the clocks already skewed
-/// (`skewed`: node → rate): no node is skewed twice, and every two clocks, real time included,
-/// stay within `clock::MAX_APART` of each other, the most lease reads allow (decision 054):
-/// two fast clocks may run together, a fast and a slow one may not.
-pub fn clock_fits(rate: f64, nodes: &[u64], skewed: &BTreeMap<u64, f64>) -> bool {
-    if nodes.iter().any(|id| skewed.contains_key(id)) {
-        return false;
-    }
-    let rates = skewed.values().copied().chain([rate, 1.0]);
-    let (lo, hi) = rates.fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(r), hi.max(r)));
-    hi / lo <= clock::MAX_APART * (1.0 + 1e-9)
-}
+/// How many drawn steps wait at once, per fault that may be active: the more wait, the likelier
+/// one fits beside the nodes still catching up.
+const LOOKAHEAD: usize = 2;
 
 /// The nodes whose clocks the active faults skew, with their rates.
 fn skewed(active: &[Active]) -> BTreeMap<u64, f64> {
@@ -61,57 +37,68 @@ fn skewed(active: &[Active]) -> BTreeMap<u64, f64> {
         .collect()
 }
 
-/// The nodes a fault of `kind` on `nodes` breaks: its targets, or for a partition the minority
-/// it cuts off (isolate, split) or every node on either end of a cut pair (bridge, one-way);
-/// `fellows` are the target group's other members (`nemesis::fellows`).
-pub fn breaks(kind: FaultKind, nodes: &[u64], all: &[u64], fellows: &[u64]) -> BTreeSet<u64> {
-    match kind.shape() {
-        Some(shape) => {
-            let cut = partition::cut(shape, nodes[0], all, fellows);
-            match shape {
-                Shape::Isolate | Shape::Split if !cut.minority.is_empty() => {
-                    cut.minority.into_iter().collect()
-                }
-                _ => cut.pairs.iter().flat_map(|&(a, b)| [a, b]).collect(),
-            }
-        }
-        None if kind == FaultKind::PowerlossAll => all.iter().copied().collect(),
-        None => nodes.iter().copied().collect(),
-    }
-}
-
-/// Whether `new` may break nodes now, with `busy` broken or catching up and `lost` gone: it
-/// shares no node with `busy`, and neither the meta group (every one of `nodes` a voter) nor
-/// any volume group (`members`) would have more than a minority of its replicas among them.
-pub fn fits(
-    new: &BTreeSet<u64>,
-    busy: &BTreeSet<u64>,
-    lost: &BTreeSet<u64>,
-    members: &BTreeMap<String, Vec<u64>>,
-    nodes: usize,
-) -> bool {
-    if !new.is_disjoint(busy) {
-        return false;
-    }
-    let down: BTreeSet<u64> = new.iter().chain(busy).chain(lost).copied().collect();
-    let minority = |replicas: usize| replicas.saturating_sub(1) / 2;
-    down.len() <= minority(nodes)
-        && members
-            .values()
-            .all(|m| m.iter().filter(|id| down.contains(id)).count() <= minority(m.len()))
-}
-
 struct Active {
+    /// Its number in the order faults started (catch-ups are recorded under it).
+    id: u64,
     fault: ActiveFault,
     due: Instant,
     breaks: BTreeSet<u64>,
 }
 
+/// What the injector knows between ticks: the latest answers about the groups, when a fault
+/// last started or healed on each node (older answers say nothing about it), the nodes
+/// catching up since a heal (with the faults whose heal left them so), and each volume's
+/// members.
+struct Known {
+    views: Views,
+    touched: BTreeMap<u64, Instant>,
+    recovering: BTreeMap<u64, Tracker>,
+    members: BTreeMap<String, Vec<u64>>,
+}
+
+impl Known {
+    /// `node` left broken since `from` by fault `fault`, healed (or restarted) at `healed`: it
+    /// catches up from answers asked after that (again, if it was catching up already).
+    fn recover(&mut self, node: u64, fault: u64, from: u64, healed: Instant, recorder: &Recorder) {
+        let healed_ns = recorder.at(healed);
+        let t = self
+            .recovering
+            .entry(node)
+            .or_insert_with(|| Tracker::new(node, from, healed_ns, healed));
+        t.healed_again(healed_ns, healed);
+        t.faults.push(fault);
+    }
+
+    fn touch(&mut self, nodes: impl IntoIterator<Item = u64>) {
+        let now = Instant::now();
+        for id in nodes {
+            self.touched.insert(id, now);
+        }
+    }
+
+    /// What is broken beside the active faults: partitions' cuts, other faults' nodes, and the
+    /// nodes catching up.
+    fn broken(&self, active: &[Active]) -> Broken {
+        let (mut cut, mut held) = (BTreeSet::new(), BTreeSet::new());
+        for a in active {
+            match a.fault.record().kind.shape() {
+                Some(_) => cut.extend(&a.breaks),
+                None => held.extend(&a.breaks),
+            }
+        }
+        Broken {
+            cut,
+            held,
+            recovering: self.recovering.keys().copied().collect(),
+        }
+    }
+}
+
 /// Follows the schedule with up to `config.overlap` faults active at once (a step starts
-/// `gap` after the previous one started, once a slot is free and it fits); a healed fault's
-/// nodes count as broken until their replicas are caught up. Each partition has its own
-/// nftables table, so partitions overlap too. Returns the faults as they happened, each with
-/// `overlapping` (how many faults were active when it started).
+/// `gap` after the previous one started, once a slot is free and `budget::admits` it); a
+/// healed fault's nodes count as broken until their replicas are caught up. Each partition
+/// has its own nftables table, so partitions overlap too. Returns the faults as they
+/// happened, each with `overlapping` (how many faults were active when it started).
 pub async fn inject(
     cluster: &mut FaultCluster,
     recorder: &Recorder,
@@ -129,12 +116,19 @@ pub async fn inject(
         config.targets,
         config.pacing.clone(),
     );
-    let mut pending = Lookahead::new(schedule, config.overlap, started);
-    let mut members = cluster.members(volumes).await;
+    let mut pending = Lookahead::new(schedule, config.overlap * LOOKAHEAD, started);
+    let mut known = Known {
+        views: Views::start(&cluster.procs, volumes),
+        touched: BTreeMap::new(),
+        recovering: BTreeMap::new(),
+        members: cluster.members(volumes).await,
+    };
     let mut log: Vec<FaultRecord> = Vec::new();
+    // Each logged fault's id, and the catch-ups recorded under each id.
+    let mut ids: Vec<u64> = Vec::new();
+    let mut catch_ups: BTreeMap<u64, Vec<CatchUp>> = BTreeMap::new();
+    let mut next_id = 0u64;
     let mut active: Vec<Active> = Vec::new();
-    // Node -> (since when it is catching up, the faults whose heal left it so).
-    let mut recovering: BTreeMap<u64, (Instant, Vec<usize>)> = BTreeMap::new();
     loop {
         let now = Instant::now();
         let over = now >= end;
@@ -154,20 +148,33 @@ pub async fn inject(
             // A clock's heal is a restart: it waits, like a start, until it breaks no majority.
             if kind.clock_rate().is_some() && !over {
                 let held: BTreeSet<u64> = active.iter().flat_map(|a| a.breaks.clone()).collect();
-                let catching_up: BTreeSet<u64> = recovering.keys().copied().collect();
-                if !restart_fits(&nodes, &held, &catching_up, &cluster.lost, &members, &all) {
+                let catching_up: BTreeSet<u64> = known.recovering.keys().copied().collect();
+                if !restart_fits(
+                    &nodes,
+                    &held,
+                    &catching_up,
+                    &cluster.lost,
+                    &known.members,
+                    &all,
+                ) {
                     active.push(a);
                     continue;
                 }
             }
+            let from = recorder.now();
             nemesis::observe(cluster, &mut a.fault, volumes).await;
-            let record = nemesis::heal(cluster, recorder, a.fault)?;
+            let mut record = nemesis::heal(cluster, recorder, a.fault)?;
+            if over {
+                record.healed_at_end = Some(recorder.at(end));
+            }
             let healed = Instant::now();
             let index = log.len();
+            ids.push(a.id);
+            known.touch(nodes.iter().chain(&a.breaks).copied());
             if record.kind == FaultKind::NodeLoss {
                 // Alone by `exclusive`: wait for the rebuild as the one-at-a-time run does.
                 cluster.wait_healthy(volumes, config.recovery).await?;
-                members = cluster.members(volumes).await;
+                known.members = cluster.members(volumes).await;
             } else {
                 // A clock fault's heal restarted its nodes; the others' nodes were broken.
                 let restarted = match kind.clock_rate() {
@@ -175,35 +182,45 @@ pub async fn inject(
                     None => a.breaks,
                 };
                 for id in restarted {
-                    let entry = recovering.entry(id).or_insert((healed, Vec::new()));
-                    entry.1.push(index);
+                    known.recover(id, a.id, from, healed, recorder);
                 }
             }
             log.push(record);
             if log[index].kind == FaultKind::NodeLoss {
                 log[index].whole_after_s = healed.elapsed().as_secs_f64();
-                log[index].members_after = members.clone();
+                log[index].members_after = known.members.clone();
             }
         }
-        if !recovering.is_empty() {
-            let waiting: BTreeSet<u64> = recovering.keys().copied().collect();
-            let caught_up = caught_up(cluster, volumes, &members, &waiting).await;
-            for id in caught_up {
-                if let Some((since, faults)) = recovering.remove(&id) {
-                    tracing::debug!(node = id, after_s = since.elapsed().as_secs_f64(), faults = ?faults.iter().map(|&i| log[i].kind.name()).collect::<Vec<_>>(), "caught up");
-                    for i in faults {
-                        let s = since.elapsed().as_secs_f64();
-                        log[i].whole_after_s = log[i].whole_after_s.max(s);
+        let answers = known.views.now();
+        if !known.recovering.is_empty() {
+            let members = &known.members;
+            let ready: Vec<u64> = known
+                .recovering
+                .iter_mut()
+                .filter_map(|(&id, t)| {
+                    let groups = groups_of(id, members);
+                    t.look(&groups, &answers, |at| recorder.at(at))
+                        .then_some(id)
+                })
+                .collect();
+            for id in ready {
+                if let Some(t) = known.recovering.remove(&id) {
+                    let after_s = t.healed_at.elapsed().as_secs_f64();
+                    let (record, faults) = t.done(recorder.now());
+                    tracing::debug!(node = id, after_s, proofs = ?record.proofs, "caught up");
+                    for f in faults {
+                        catch_ups.entry(f).or_default().push(record.clone());
                     }
                 }
             }
-            if let Some((id, (since, _))) = recovering
+            if let Some((id, t)) = known
+                .recovering
                 .iter()
-                .find(|(_, (since, _))| since.elapsed() > config.recovery)
+                .find(|(_, t)| t.healed_at.elapsed() > config.recovery)
             {
                 return Err(Error::Cluster(format!(
                     "node {id}'s replicas not caught up {:?} after its fault was healed\n{}",
-                    since.elapsed(),
+                    t.healed_at.elapsed(),
                     cluster.log_tails(30)
                 )));
             }
@@ -212,6 +229,7 @@ pub async fn inject(
             if active.is_empty() {
                 break;
             }
+            tokio::time::sleep(TICK).await;
             continue;
         }
         // A step that does not fit yet lets the ones drawn after it start (`lookahead`).
@@ -221,39 +239,28 @@ pub async fn inject(
         };
         for (seq, step) in candidates {
             let waited = pending.tried(seq, now);
-            let resolve = match pending.is_head(seq) {
-                true => RESOLVE_WAIT,
-                false => RESOLVE_WAIT_BEHIND,
-            };
-            let attempt = try_start(
-                cluster,
-                recorder,
-                &step,
-                Room {
-                    active: &active,
-                    recovering: &recovering,
-                    members: &members,
-                    all: &all,
-                },
-                resolve,
-            )
-            .await?;
+            let attempt = try_start(cluster, recorder, &step, &active, &known, &answers).await?;
             match attempt {
                 Attempt::Started(fault, breaks) => {
                     let mut fault = *fault;
+                    let id = next_id;
+                    next_id += 1;
                     fault.set_overlapping(active.len());
                     nemesis::watch(cluster, &mut fault, volumes);
+                    known.touch(fault.record().nodes.iter().chain(&breaks).copied());
                     // A skewed node is up once it caught up after its restart.
                     let breaks = match fault.record().kind.clock_rate() {
                         Some(_) => {
-                            for &id in &fault.record().nodes {
-                                recovering.entry(id).or_insert((Instant::now(), Vec::new()));
+                            let (from, restarted) = (fault.record().start, Instant::now());
+                            for &node in &fault.record().nodes {
+                                known.recover(node, id, from, restarted, recorder);
                             }
                             BTreeSet::new()
                         }
                         None => breaks,
                     };
                     active.push(Active {
+                        id,
                         fault,
                         due: (Instant::now() + step.hold).min(end),
                         breaks,
@@ -272,45 +279,79 @@ pub async fn inject(
         }
         tokio::time::sleep(TICK).await;
     }
+    // Nodes still catching up when the last fault healed: recorded without a catch-up time.
+    for (_, t) in std::mem::take(&mut known.recovering) {
+        let (record, faults) = t.unfinished();
+        for f in faults {
+            catch_ups.entry(f).or_default().push(record.clone());
+        }
+    }
+    for (record, id) in log.iter_mut().zip(&ids) {
+        record.catch_up = catch_ups.remove(id).unwrap_or_default();
+        let after = record
+            .catch_up
+            .iter()
+            .filter_map(|c| c.caught_up)
+            .map(|at| at.saturating_sub(record.end) as f64 / 1e9)
+            .fold(0.0, f64::max);
+        record.whole_after_s = record.whole_after_s.max(after);
+    }
     Ok(log)
+}
+
+/// The groups `node` is a member of: the volumes `members` places on it, and the meta group.
+fn groups_of(node: u64, members: &BTreeMap<String, Vec<u64>>) -> Vec<&str> {
+    members
+        .iter()
+        .filter(|(_, m)| m.contains(&node))
+        .map(|(v, _)| v.as_str())
+        .chain([views::META])
+        .collect()
 }
 
 enum Attempt {
     Started(Box<ActiveFault>, BTreeSet<u64>),
     /// Not possible at all (a lost or protected node): dropped at once.
     Skipped,
-    /// Would break a majority, share a node with a fault, or is exclusive: try again later.
+    /// Would break a majority, share a node with a fault, is exclusive, or its volume's
+    /// leader is not known yet: try again later.
     NoRoom,
 }
 
-/// What a step must fit beside: the active faults, the nodes catching up, each volume's
-/// members and every node.
-struct Room<'a> {
-    active: &'a [Active],
-    recovering: &'a BTreeMap<u64, (Instant, Vec<usize>)>,
-    members: &'a BTreeMap<String, Vec<u64>>,
-    all: &'a [u64],
+/// The nodes `target` stands for now, from answers asked after the last fault on its
+/// volume's members (`None`: no leader named yet; the next tick tries again).
+fn resolve(
+    cluster: &FaultCluster,
+    target: &Target,
+    known: &Known,
+    answers: &BTreeMap<String, View>,
+) -> Option<Vec<u64>> {
+    match target {
+        Target::LeaderOf { volume } => {
+            let leader = views::leader(answers, volume, |id| known.touched.get(&id).copied())?;
+            Some(vec![leader])
+        }
+        Target::Node { id } => Some(vec![*id]),
+        Target::All => Some(cluster.live_ids()),
+    }
 }
 
-/// Starts `step` if it fits `room` now, waiting up to `resolve` for its target's leader.
+/// Starts `step` if `budget::admits` it beside the `active` faults and what `known` says is
+/// catching up.
 async fn try_start(
     cluster: &mut FaultCluster,
     recorder: &Recorder,
     step: &Step,
-    room: Room<'_>,
-    resolve: Duration,
+    active: &[Active],
+    known: &Known,
+    answers: &BTreeMap<String, View>,
 ) -> Result<Attempt, Error> {
-    let Room {
-        active,
-        recovering,
-        members,
-        all,
-    } = room;
     if !nemesis::possible(cluster, step.kind, &step.target) {
         tracing::info!(fault = step.kind.name(), target = ?step.target, "fault skipped: its node is lost or protected, or too few nodes are left");
         return Ok(Attempt::Skipped);
     }
-    let quiet = active.is_empty() && recovering.is_empty();
+    let broken = known.broken(active);
+    let quiet = active.is_empty() && broken.recovering.is_empty();
     let alone = exclusive(step.kind) || active.iter().any(|a| exclusive(a.fault.record().kind));
     if !quiet && alone {
         tracing::debug!(fault = step.kind.name(), "no room: not alone");
@@ -324,12 +365,9 @@ async fn try_start(
     }
     // Another fault may keep the leader from being named for now (a partition that leaves
     // the node the client asks first without a meta quorum): try again later.
-    let nodes = match nemesis::resolve_within(cluster, &step.target, resolve).await {
-        Ok(nodes) => nodes,
-        Err(e) => {
-            tracing::info!(fault = step.kind.name(), target = ?step.target, error = %e, "target not resolved; retrying");
-            return Ok(Attempt::NoRoom);
-        }
+    let Some(nodes) = resolve(cluster, &step.target, known, answers) else {
+        tracing::debug!(fault = step.kind.name(), target = ?step.target, "no room: no leader named yet");
+        return Ok(Attempt::NoRoom);
     };
     if !nemesis::spares(cluster, step.kind, &nodes) {
         tracing::info!(
@@ -339,20 +377,22 @@ async fn try_start(
         );
         return Ok(Attempt::Skipped);
     }
-    let mates = nemesis::fellows(&step.target, nodes[0], members);
-    let new = breaks(step.kind, &nodes, all, &mates);
-    let busy: BTreeSet<u64> = active
-        .iter()
-        .flat_map(|a| a.breaks.iter().copied())
-        .chain(recovering.keys().copied())
-        .collect();
-    // Alone, a fault may break what its kind breaks (a one-at-a-time run's faults); with
-    // others, only within the minority budget.
-    if !quiet && !fits(&new, &busy, &cluster.lost, members, all.len()) {
+    let all = cluster.node_ids();
+    let mates = nemesis::fellows(&step.target, nodes[0], &known.members);
+    let new = breaks(step.kind, &nodes, &all, &mates);
+    let partition = step.kind.shape().is_some();
+    if !budget::admits(
+        &new,
+        partition,
+        &broken,
+        &cluster.lost,
+        &known.members,
+        all.len(),
+    ) {
         tracing::debug!(
             fault = step.kind.name(),
             ?new,
-            ?busy,
+            ?broken,
             "no room: over the budget"
         );
         return Ok(Attempt::NoRoom);
@@ -363,7 +403,7 @@ async fn try_start(
         tracing::debug!(fault = step.kind.name(), ?nodes, "no room: clocks apart");
         return Ok(Attempt::NoRoom);
     }
-    let fault = nemesis::start_on(
+    let mut fault = nemesis::start_on(
         cluster,
         recorder,
         step.kind,
@@ -372,194 +412,9 @@ async fn try_start(
         quiet,
     )
     .await?;
-    tracing::info!(fault = step.kind.name(), breaks = ?new, busy = ?busy, active = active.len(), "overlapping fault started");
+    let busy = broken.all();
+    let stacked = !new.is_disjoint(&busy);
+    fault.set_stacked(stacked);
+    tracing::info!(fault = step.kind.name(), breaks = ?new, ?busy, stacked, active = active.len(), "overlapping fault started");
     Ok(Attempt::Started(Box::new(fault), new))
-}
-
-/// Whether a clock fault's heal, a restart of `nodes` at real time, may run now: no active
-/// fault breaks one of them (`held`), and their restart keeps every group a majority beside
-/// the nodes broken or catching up (`recovering`; a node already catching up counts once).
-pub fn restart_fits(
-    nodes: &[u64],
-    held: &BTreeSet<u64>,
-    recovering: &BTreeSet<u64>,
-    lost: &BTreeSet<u64>,
-    members: &BTreeMap<String, Vec<u64>>,
-    all: &[u64],
-) -> bool {
-    if nodes.iter().any(|id| held.contains(id)) {
-        return false;
-    }
-    let busy: BTreeSet<u64> = held
-        .iter()
-        .chain(recovering)
-        .copied()
-        .filter(|id| !nodes.contains(id))
-        .collect();
-    fits(
-        &nodes.iter().copied().collect(),
-        &busy,
-        lost,
-        members,
-        all.len(),
-    )
-}
-
-/// Which of `nodes` have every replica of `volumes` they hold caught up (a leader or a
-/// follower), with a meta leader answering. Only the volumes that `members` places on one of
-/// `nodes` are asked (one at least, for the meta leader), all at once: each answer waits for
-/// its members' status, up to 400 ms for one that is down.
-async fn caught_up(
-    cluster: &FaultCluster,
-    volumes: &[String],
-    members: &BTreeMap<String, Vec<u64>>,
-    nodes: &BTreeSet<u64>,
-) -> Vec<u64> {
-    let client = cluster.procs.client().with_deadline(Duration::from_secs(2));
-    let mut asked: Vec<&String> = volumes
-        .iter()
-        .filter(|v| {
-            members
-                .get(*v)
-                .is_none_or(|m| m.iter().any(|id| nodes.contains(id)))
-        })
-        .collect();
-    if asked.is_empty() {
-        asked.extend(volumes.first());
-    }
-    let answers = futures::future::join_all(asked.into_iter().map(|v| client.get_volume(v))).await;
-    let mut behind: BTreeSet<u64> = BTreeSet::new();
-    for answer in answers {
-        match answer {
-            Ok(v) => behind.extend(
-                v.members
-                    .iter()
-                    .filter(|m| !matches!(m.state(), ReplicaState::Leader | ReplicaState::Follower))
-                    .map(|m| m.node_id),
-            ),
-            Err(_) => return Vec::new(),
-        }
-    }
-    nodes
-        .iter()
-        .copied()
-        .filter(|id| !behind.contains(id))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn set(ids: &[u64]) -> BTreeSet<u64> {
-        ids.iter().copied().collect()
-    }
-
-    #[test]
-    fn the_budget_keeps_every_group_with_a_majority_up() {
-        let members: BTreeMap<String, Vec<u64>> = [
-            ("a".to_string(), vec![1, 2, 3]),
-            ("b".to_string(), vec![3, 4, 5]),
-        ]
-        .into();
-        let none = BTreeSet::new();
-        // Five nodes: two may be down, one per group of three.
-        assert!(fits(&set(&[1]), &set(&[4]), &none, &members, 5));
-        assert!(
-            !fits(&set(&[1]), &set(&[2]), &none, &members, 5),
-            "a: 1 and 2"
-        );
-        assert!(
-            !fits(&set(&[3]), &set(&[5]), &none, &members, 5),
-            "b: 3 and 5"
-        );
-        assert!(
-            !fits(&set(&[1]), &set(&[1]), &none, &members, 5),
-            "one node, two faults"
-        );
-        let a_only: BTreeMap<String, Vec<u64>> = [("a".to_string(), vec![1, 2, 3])].into();
-        assert!(
-            !fits(&set(&[1]), &set(&[4]), &set(&[5]), &a_only, 5),
-            "the meta group of five with node 5 lost may lose one more, not two"
-        );
-        assert!(fits(&set(&[1]), &none, &set(&[5]), &a_only, 5));
-        // Three nodes: nothing beside a fault.
-        assert!(!fits(&set(&[2]), &set(&[1]), &none, &BTreeMap::new(), 3));
-        assert!(fits(&set(&[2]), &none, &none, &BTreeMap::new(), 3));
-    }
-
-    #[test]
-    fn partitions_break_their_minority_or_both_ends_of_each_cut() {
-        let all = [1, 2, 3, 4, 5];
-        assert_eq!(
-            breaks(FaultKind::PartitionIsolate, &[2], &all, &[]),
-            set(&[2])
-        );
-        assert_eq!(
-            breaks(FaultKind::PartitionSplit, &[4], &all, &[]),
-            set(&[4, 5])
-        );
-        assert_eq!(
-            breaks(FaultKind::PartitionOneWay, &[5], &all, &[]),
-            set(&[5, 1])
-        );
-        assert_eq!(
-            breaks(FaultKind::PartitionBridge, &[1], &all, &[]),
-            set(&[2, 3, 4, 5])
-        );
-        assert_eq!(breaks(FaultKind::Kill, &[3], &all, &[]), set(&[3]));
-        assert_eq!(breaks(FaultKind::PowerlossAll, &all, &all, &[]), set(&all));
-        assert!(exclusive(FaultKind::NodeLoss) && !exclusive(FaultKind::Pause));
-        assert!(!exclusive(FaultKind::Clock) && !exclusive(FaultKind::ClockSlow));
-    }
-
-    #[test]
-    fn clocks_stay_within_twice_each_other_and_one_skew_per_node() {
-        let none = BTreeMap::new();
-        assert!(clock_fits(clock::FAST, &[1], &none));
-        assert!(clock_fits(clock::SLOW, &[1], &none));
-        assert!(!clock_fits(4.0, &[1], &none), "4x real time");
-        let fast: BTreeMap<u64, f64> = [(2, clock::FAST)].into();
-        assert!(clock_fits(clock::FAST, &[1], &fast), "two fast clocks");
-        assert!(
-            !clock_fits(clock::SLOW, &[1], &fast),
-            "fast and slow: 4x apart"
-        );
-        assert!(
-            !clock_fits(clock::FAST, &[2], &fast),
-            "one node skewed twice"
-        );
-        let slow: BTreeMap<u64, f64> = [(3, clock::SLOW)].into();
-        assert!(clock_fits(clock::SLOW, &[1], &slow));
-        assert!(!clock_fits(clock::FAST, &[1], &slow));
-    }
-
-    #[test]
-    fn a_clock_heal_waits_until_its_restart_fits() {
-        let members: BTreeMap<String, Vec<u64>> = [("a".to_string(), vec![1, 2, 3])].into();
-        let all = [1, 2, 3, 4, 5];
-        // Node 1's restart with `held` broken by active faults and `catching_up` recovering.
-        let node_1 = |held: &[u64], catching_up: &[u64]| {
-            restart_fits(
-                &[1],
-                &set(held),
-                &set(catching_up),
-                &BTreeSet::new(),
-                &members,
-                &all,
-            )
-        };
-        assert!(node_1(&[], &[]));
-        assert!(
-            !node_1(&[1], &[]),
-            "isolated by a partition: waits for its heal"
-        );
-        assert!(!node_1(&[2], &[]), "node 2 of its group down: a majority");
-        assert!(!node_1(&[], &[3]), "node 3 of its group catching up");
-        assert!(
-            node_1(&[4], &[]),
-            "node 4 is in no volume group; meta may lose two of five"
-        );
-        assert!(node_1(&[4], &[1]), "node 1 catching up already counts once");
-    }
 }

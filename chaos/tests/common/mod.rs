@@ -78,5 +78,15 @@ pub async fn run_clean(config: RunConfig) -> RunOutcome {
         "the checker gave up:\n{}",
         outcome.problems()
     );
+    // Faults at once: the record proves the minority budget at every instant.
+    if config.overlap > 1 {
+        let nodes: Vec<u64> = (1..=config.nodes as u64).collect();
+        if let Err(e) = cairn_chaos::audit::audit(&outcome.faults, &outcome.members, &nodes) {
+            panic!(
+                "seed {}: the record does not prove the budget: {e}",
+                config.seed
+            );
+        }
+    }
     outcome
 }
