@@ -74,6 +74,8 @@ pub struct Running {
     /// Ends the `AppendStream`s peers keep open to this node.
     closing: tokio::sync::watch::Sender<bool>,
     served: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    /// Attachment recovery, if still running at stop.
+    recovery: tokio::task::JoinHandle<()>,
 }
 
 /// How long a stop waits for in-flight calls to finish before going on without them.
@@ -85,6 +87,7 @@ impl Running {
             let _ = s.send(());
         }
         self.closing.send_replace(true);
+        self.recovery.abort();
         if tokio::time::timeout(DRAIN, &mut self.served).await.is_err() {
             tracing::warn!(after = ?DRAIN, "calls still in flight at shutdown: stopping without them");
             self.served.abort();
@@ -160,10 +163,20 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
     std::fs::create_dir_all(&opts.run_dir)?;
     let data_socket = crate::frontend::nbd_local::LocalNbd::start(&opts.run_dir, opener.clone())?;
     let attach = Arc::new(AttachManager::new(opener, opts.run_dir.clone()));
-    match attach.recover().await {
-        Ok(report) => tracing::info!(?report, "attachments recovered"),
-        Err(e) => tracing::warn!(error = %e, "attachment recovery failed"),
-    }
+    // Recovery runs once the node serves: re-attaching a volume may need its group to elect,
+    // with peers that must reach this node's Raft service (or frontends' I/O that comes back
+    // here). NodeService calls wait for it (`NodeServiceImpl::gated`).
+    let (recovered_tx, recovered_rx) = tokio::sync::watch::channel(false);
+    let recovery = tokio::spawn({
+        let attach = attach.clone();
+        async move {
+            match attach.recover().await {
+                Ok(report) => tracing::info!(?report, "attachments recovered"),
+                Err(e) => tracing::warn!(error = %e, "attachment recovery failed"),
+            }
+            recovered_tx.send_replace(true);
+        }
+    });
     let listener = tokio::net::TcpListener::from_std(std_listener)
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", opts.listen)))?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -192,7 +205,7 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
                 .max_decoding_message_size(8 << 20)
                 .max_encoding_message_size(8 << 20),
         )
-        .add_service(NodeServiceImpl::new(attach.clone()).into_server());
+        .add_service(NodeServiceImpl::gated(attach.clone(), recovered_rx).into_server());
     // Our own listener: TCP_NODELAY is set on accepted sockets by `serve!` (the builder's
     // `tcp_nodelay` only covers listeners tonic binds), or replies wait ~40 ms on Nagle.
     let served = serve!(router, &opts.node.security, listener, async {
@@ -208,6 +221,7 @@ pub async fn start(opts: ServerOptions) -> Result<Running> {
         stop: Some(stop_tx),
         closing: closing_tx,
         served,
+        recovery,
     })
 }
 

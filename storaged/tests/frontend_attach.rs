@@ -219,6 +219,58 @@ async fn node_service_over_grpc_validates_and_attaches() {
     server.abort();
 }
 
+/// While the attachments a previous process left are being recovered, NodeService calls
+/// wait (bounded by `RECOVERY_WAIT`, then UNAVAILABLE), bad input is refused at once, and
+/// calls are served once recovery ends (its task gone: the flag stays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_service_waits_for_attachment_recovery() {
+    use cairn_storaged::service::node_api::RECOVERY_WAIT;
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let opener = Arc::new(FakeOpener::default());
+    let mgr = Arc::new(AttachManager::new(opener, tmp.path().join("run")));
+    let _cleanup = Cleanup::new(tmp.path());
+    let (recovered, rx) = tokio::sync::watch::channel(false);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(NodeServiceImpl::gated(mgr, rx).into_server())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut client = NodeServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let err = client
+        .detach_volume(DetachVolumeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(started.elapsed() < RECOVERY_WAIT, "bad input waited");
+
+    let err = client
+        .list_attachments(ListAttachmentsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("recovering"), "{}", err.message());
+    assert!(started.elapsed() >= RECOVERY_WAIT);
+
+    recovered.send_replace(true);
+    drop(recovered);
+    let list = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.list_attachments(ListAttachmentsRequest {}),
+    )
+    .await
+    .expect("served at once after recovery")
+    .unwrap();
+    assert!(list.into_inner().attachments.is_empty());
+    server.abort();
+}
+
 const LOCAL: PoolKey<'static> = PoolKey {
     id: 1,
     name: "vol-local",
