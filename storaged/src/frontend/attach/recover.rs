@@ -41,7 +41,7 @@ impl AttachManager {
             if self.table_lock().contains_key(&r.volume) {
                 continue;
             }
-            match self.adopt_frontend(r, pid, control, &loops).await {
+            match self.adopt_frontend(r, pid, control).await {
                 Ok(true) => report.frontends.push(r.volume.clone()),
                 Ok(false) => restart.push(r.clone()),
                 Err(e) => {
@@ -146,22 +146,22 @@ impl AttachManager {
 
     /// Adopts the frontend process of record `r` if it still runs as that frontend; false
     /// when it is gone (killed first if it runs but does not answer).
-    async fn adopt_frontend(
-        &self,
-        r: &Record,
-        pid: u32,
-        control: PathBuf,
-        loops: &[loopdev::LoopInfo],
-    ) -> Result<bool> {
+    async fn adopt_frontend(&self, r: &Record, pid: u32, control: PathBuf) -> Result<bool> {
         let Some((process, status)) = FrontendProcess::adopt(&r.volume, pid, control).await else {
             return Ok(false);
         };
         let disk = status.mountpoint.join(fuse::DISK_FILE);
-        let found = loops
-            .iter()
-            .find(|l| l.backing_path().as_deref() == Some(disk.as_path()));
+        // By identity: a device made from another container (the storaged before a container
+        // restart) reads `/disk` here, relative to a mount this namespace does not see.
+        let found = match loopdev::find(&disk).await {
+            Ok(found) => found.into_iter().next(),
+            Err(e) => {
+                process.stop().await;
+                return Err(e);
+            }
+        };
         let loop_dev = match found {
-            Some(l) => l.name.clone(),
+            Some(l) => l.name,
             None => match loopdev::attach(&disk, r.readonly).await {
                 Ok(l) => l,
                 Err(e) => {
