@@ -65,8 +65,8 @@ async fn probe(seeds: &[String], channels: &ChannelCache, me: u64) -> BTreeMap<u
 }
 
 /// Hints every member where it was found, so that each group dials it there (a hint lapses
-/// `HINT_TTL` after the seeds last found the member); logs a member found away from the
-/// meta group's membership address, or back at it.
+/// 30 s after the seeds last found the member); logs a member found away from the meta
+/// group's membership address, or back at it.
 async fn apply(
     found: &BTreeMap<u64, String>,
     members: &BTreeMap<u64, String>,

@@ -46,7 +46,7 @@ fn addressed<T>(msg: T, target: NodeId) -> tonic::Request<T> {
 }
 pub use backoff::{CEILING as BACKOFF_CEILING, PeerHealth};
 pub use channels::ChannelCache;
-pub use hints::{AddressHints, HINT_TTL};
+pub use hints::AddressHints;
 pub use members::Members;
 
 use super::{AppendEntriesRequest, Node, NodeId, Snapshot, StreamAppendResult, TypeConfig, Vote};
