@@ -23,6 +23,8 @@ use cairn_netns::{
 
 use crate::error::{Error, Result};
 
+pub mod loops;
+
 /// The host paths every node has of its own: (path in the node, directory under
 /// `DIR/nodes/<node>/` it is bound from). `/dev` stays shared (loop devices and FUSE are global).
 pub const NODE_PATHS: [(&str, &str); 6] = [
@@ -474,15 +476,36 @@ impl Node {
         Ok(())
     }
 
-    /// SIGKILLs everything in the node (holder, pods, components), as a power cut would.
+    /// SIGKILLs everything in the node (holder, pods, components), as a power cut would, then
+    /// detaches the loop devices its FUSE frontends backed (the kernel keeps them otherwise).
     pub fn kill(&mut self) {
+        self.kill_with(Default::default());
+    }
+
+    /// `kill`, also detaching the loop devices `recorded` before the node's processes were
+    /// asked to exit (their frontends could still say which files they serve).
+    fn kill_with(&mut self, mut recorded: Vec<loops::NodeLoop>) {
         if let Some(net) = self.ns.net_id() {
+            for l in loops::record(&processes_in(&net), &self.dir) {
+                if !recorded.contains(&l) {
+                    recorded.push(l);
+                }
+            }
             if let Some(h) = &self.holder {
                 let _ = kill(Pid::from_raw(h.id() as i32), Signal::SIGKILL);
             }
             kill_until_gone(&net, STOP_TIMEOUT);
+            loops::detach(&self.name, &recorded);
         }
         self.reap();
+    }
+
+    /// The loop devices over the `disk` files of the node's running FUSE frontends.
+    pub fn fuse_loops(&self) -> Vec<loops::NodeLoop> {
+        self.ns
+            .net_id()
+            .map(|net| loops::record(&processes_in(&net), &self.dir))
+            .unwrap_or_default()
     }
 
     /// Whether the node runs (started, not stopped or killed since).
@@ -548,13 +571,18 @@ impl Node {
     pub fn stop(&mut self) {
         // A stopped process acts on SIGTERM only once continued.
         self.resume();
-        if let Some(net) = self.ns.net_id()
+        let net = self.ns.net_id();
+        let recorded = net
+            .as_deref()
+            .map(|n| loops::record(&processes_in(n), &self.dir))
+            .unwrap_or_default();
+        if let Some(net) = net
             && signal_all(&net, Signal::SIGTERM) > 0
             && !wait_gone(&net, STOP_TIMEOUT)
         {
             tracing::warn!(node = %self.name, "processes did not exit in time; killing");
         }
-        self.kill();
+        self.kill_with(recorded);
     }
 
     /// Stops the node and starts it again with the same name, address and directories.

@@ -4,12 +4,10 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use cairn_harness::chaos_pods::writer::{AckLog, RECORD, WRITER, record};
-use cairn_harness::cluster::kubelet_root;
+use cairn_harness::chaos_pods::writer::{AckLog, RECORD, record};
 use cairn_harness::install::NAMESPACE;
-use cairn_harness::kubelet::Kubelet;
 use cairn_harness::kubelet::runtime;
 use cairn_harness::registry::now;
 use cairn_proto::cairn::v1 as pb;
@@ -23,27 +21,6 @@ const PROGRESS: usize = 20;
 const LIMIT: Duration = Duration::from_secs(120);
 /// The least time a fault lasts (it lasts until the writer made `PROGRESS` too).
 const FAULT_MIN: Duration = Duration::from_secs(4);
-
-fn manifests() -> Vec<Value> {
-    vec![
-        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "fs-log"},
-            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "cairn-replicated",
-                "resources": {"requests": {"storage": "256Mi"}}}}),
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "writer"},
-            "spec": {"nodeSelector": {"kubernetes.io/hostname": WRITER_NODE},
-                "containers": [{"name": "writer", "image": "busybox",
-                    "command": ["python3", "-c", WRITER],
-                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
-                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "fs-log"}}]}}),
-    ]
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
 
 /// What the writer printed, in order: its acks (sequence, time), starts, and its stop.
 #[derive(Debug, Default)]
@@ -166,24 +143,6 @@ async fn caught_up(t: &TestCluster, name: &str, node: &str) -> Option<pb::Volume
         pb::ReplicaState::Leader | pb::ReplicaState::Follower
     );
     (v.health() == pb::VolumeHealth::Healthy && v.members.len() == 3 && current).then_some(v)
-}
-
-async fn get_json(t: &TestCluster, args: &[&str]) -> Option<Value> {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    let out = t.kubectl(&a).await;
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
-
-fn ready(obj: &Value) -> bool {
-    obj["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 /// The node registered again after `since` (its Ready condition posted then) and its
@@ -318,29 +277,10 @@ async fn acknowledged_fsynced_records_survive_whole_node_faults() {
     let mut t = start_install(&[]).await;
     let data = t.dir.path().join("data");
     let index = t.c().machines.as_ref().expect("nodes").network.index;
-    for m in manifests() {
-        t.must_stdin(&["apply", "-f", "-"], &m.to_string()).await;
-    }
-    let uid = eventually("the writer pod is bound", LIMIT, || async {
-        let p = get_json(&t, &["get", "pod", "writer"]).await?;
-        (p["spec"]["nodeName"] == WRITER_NODE)
-            .then(|| p["metadata"]["uid"].as_str().map(String::from))
-            .flatten()
-    })
-    .await;
-    let w = Writer {
-        log: Kubelet::log_path(&kubelet_root(&data, WRITER_NODE), &uid, "writer"),
-        uid,
-    };
+    let (uid, log) = start_writer(&t, WRITER_NODE, LIMIT).await;
+    let w = Writer { log, uid };
     w.progress("the writer's first acks", PROGRESS).await;
-    let handle = t
-        .must(&[
-            "get",
-            "pv",
-            "-o",
-            "jsonpath={.items[0].spec.csi.volumeHandle}",
-        ])
-        .await;
+    let handle = only_volume(&t).await;
     let v = eventually("the volume healthy", LIMIT, || {
         caught_up(&t, &handle, "node-2")
     })
@@ -350,13 +290,20 @@ async fn acknowledged_fsynced_records_survive_whole_node_faults() {
     let mut windows = Vec::new();
     // Two other nodes: one killed whole (kubelet, storaged, node plugin at once) then started,
     // one paused then resumed; then the writer's own node killed and started.
+    // The writer's node's loop device: its kill leaves it to the harness to detach.
+    let mut loops = Vec::new();
     for (fault, node) in [
         (Fault::Kill, "node-2"),
         (Fault::Pause, "node-3"),
         (Fault::Kill, WRITER_NODE),
     ] {
+        if node == WRITER_NODE {
+            loops = fuse_loops(&t, node);
+            assert_eq!(loops.len(), 1, "one loop device on {node}: {loops:?}");
+        }
         windows.push(inject(&mut t, &w, &handle, fault, node).await);
     }
+    loops.extend(fuse_loops(&t, WRITER_NODE));
 
     // The writer stops; every acknowledged record is in the file, in order and intact.
     let stop = w.container_path("stop").expect("the writer runs");
@@ -405,19 +352,10 @@ async fn acknowledged_fsynced_records_survive_whole_node_faults() {
         assert!(log.max_acked_before(wd.recovered) > log.max_acked_before(wd.start));
     }
 
-    t.must(&["delete", "pod", "writer", "--wait=false"]).await;
-    eventually("the writer pod deleted", LIMIT, || async {
-        let o = t.must(&["get", "pods", "-o", "name"]).await;
-        o.trim().is_empty().then_some(())
-    })
-    .await;
-    t.must(&["delete", "pvc", "fs-log"]).await;
-    eventually("the PV deleted", LIMIT, || async {
-        let o = t.must(&["get", "pv", "-o", "name"]).await;
-        o.trim().is_empty().then_some(())
-    })
-    .await;
+    delete_writer(&t, LIMIT).await;
     shutdown_leaves_nothing(t, &data, index).await;
+    let left = still_attached(&loops);
+    assert!(left.is_empty(), "loop devices left attached: {left:?}");
     eprintln!("node_faults took {:?}", started.elapsed());
 }
 

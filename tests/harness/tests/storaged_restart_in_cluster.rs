@@ -3,15 +3,14 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cairn_harness::chaos_pods::nemesis::{self, NodeFault};
-use cairn_harness::chaos_pods::writer::{self, AckLog, WRITER};
-use cairn_harness::cluster::kubelet_root;
+use cairn_harness::chaos_pods::writer::{self, AckLog};
 use cairn_harness::install::NAMESPACE;
-use cairn_harness::kubelet::{Kubelet, runtime};
+use cairn_harness::kubelet::runtime;
 use common::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The node the writer runs on, whose storaged is restarted.
 const NODE: &str = "node-1";
@@ -20,37 +19,6 @@ const PROGRESS: usize = 20;
 const LIMIT: Duration = Duration::from_secs(120);
 /// The longest the writer may wait for one write + fsync across a restart (issue 19).
 const MAX_STALL: f64 = 10.0;
-
-fn manifests() -> Vec<Value> {
-    vec![
-        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "fs-log"},
-            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "cairn-replicated",
-                "resources": {"requests": {"storage": "256Mi"}}}}),
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "writer"},
-            "spec": {"nodeSelector": {"kubernetes.io/hostname": NODE},
-                "containers": [{"name": "writer", "image": "busybox",
-                    "command": ["python3", "-c", WRITER],
-                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
-                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "fs-log"}}]}}),
-    ]
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-async fn get_json(t: &TestCluster, args: &[&str]) -> Option<Value> {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    let out = t.kubectl(&a).await;
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
 
 /// The pod of Cairn component `app` on `node`.
 async fn pod_on(t: &TestCluster, app: &str, node: &str) -> Option<Value> {
@@ -61,14 +29,6 @@ async fn pod_on(t: &TestCluster, app: &str, node: &str) -> Option<Value> {
         .iter()
         .find(|p| p["spec"]["nodeName"] == node && p["metadata"]["deletionTimestamp"].is_null())
         .cloned()
-}
-
-fn ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 /// The storaged container's pid on `node` while it runs (its pod's uid, the pid).
@@ -202,9 +162,6 @@ async fn storaged_back(t: &TestCluster, old: u32, from: f64) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails: after the kill -9 the writer stalls past 120 s or gets EIO; the restarted \
-            storaged does not find the frontend's loop device (losetup shows its backing file as \
-            /disk from the new container) and runs losetup on the FUSE file again (decision 064)"]
 async fn a_storaged_restart_in_the_cluster_only_stalls_a_mounted_volume() {
     let started = std::time::Instant::now();
     let mut t = start_install(&[]).await;
@@ -217,33 +174,18 @@ async fn a_storaged_restart_in_the_cluster_only_stalls_a_mounted_volume() {
             "the frontend host on {node}: {host:?}"
         );
     }
-    for m in manifests() {
-        t.must_stdin(&["apply", "-f", "-"], &m.to_string()).await;
-    }
-    let uid = eventually("the writer pod is bound", LIMIT, || async {
-        let p = get_json(&t, &["get", "pod", "writer"]).await?;
-        (p["spec"]["nodeName"] == NODE)
-            .then(|| p["metadata"]["uid"].as_str().map(String::from))
-            .flatten()
-    })
-    .await;
-    let w = Writer {
-        log: Kubelet::log_path(&kubelet_root(&data, NODE), &uid, "writer"),
-        uid,
-    };
+    let (uid, log) = start_writer(&t, NODE, LIMIT).await;
+    let w = Writer { log, uid };
     w.progress("the writer's first acks", PROGRESS).await;
-    let handle = t
-        .must(&[
-            "get",
-            "pv",
-            "-o",
-            "jsonpath={.items[0].spec.csi.volumeHandle}",
-        ])
-        .await;
+    let handle = only_volume(&t).await;
     let frontend = match frontends_of(&handle)[..] {
         [pid] => pid,
         ref other => panic!("one frontend serves {handle}: {other:?}"),
     };
+    // One loop device over the frontend's `disk` file, the one ext4 is on; a restarted storaged
+    // adopts it (a second one would leak, and unstaging would detach the wrong one).
+    let loops = fuse_loops(&t, NODE);
+    assert_eq!(loops.len(), 1, "one loop device on {NODE}: {loops:?}");
     let parent = ppid(frontend).unwrap_or(0);
     eprintln!(
         "the frontend of {handle}: pid {frontend} ({} KiB resident), started by {:?} ({} KiB)",
@@ -286,6 +228,11 @@ async fn a_storaged_restart_in_the_cluster_only_stalls_a_mounted_volume() {
             [frontend],
             "{fault}: the volume's frontend is the same process"
         );
+        assert_eq!(
+            fuse_loops(&t, NODE),
+            loops,
+            "{fault}: the volume's loop device is the same, and the only one"
+        );
     }
     eprintln!(
         "the frontend after the writes: {} KiB resident",
@@ -323,18 +270,9 @@ async fn a_storaged_restart_in_the_cluster_only_stalls_a_mounted_volume() {
     );
     eprintln!("{} records read back", check.intact);
 
-    t.must(&["delete", "pod", "writer", "--wait=false"]).await;
-    eventually("the writer pod deleted", LIMIT, || async {
-        let o = t.must(&["get", "pods", "-o", "name"]).await;
-        o.trim().is_empty().then_some(())
-    })
-    .await;
-    t.must(&["delete", "pvc", "fs-log"]).await;
-    eventually("the PV deleted", LIMIT, || async {
-        let o = t.must(&["get", "pv", "-o", "name"]).await;
-        o.trim().is_empty().then_some(())
-    })
-    .await;
+    delete_writer(&t, LIMIT).await;
     shutdown_leaves_nothing(t, &data, index).await;
+    let left = still_attached(&loops);
+    assert!(left.is_empty(), "loop devices left attached: {left:?}");
     eprintln!("storaged_restart_in_cluster took {:?}", started.elapsed());
 }

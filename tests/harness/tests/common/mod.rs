@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 use cairn_harness::{Cluster, ClusterConfig};
 
+mod writer_pod;
+#[allow(unused_imports)] // not every test uses the writer pod
+pub use writer_pod::*;
+
 pub const KUBECTL: &str = "/usr/bin/kubectl";
 
 pub struct TestCluster {
