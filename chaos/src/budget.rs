@@ -102,6 +102,8 @@ impl Broken {
 ///
 /// A fault that is not a partition never shares a node with one held by another such fault or
 /// catching up: one process and one disk fault per node at a time, and a node gets to catch up.
+/// A partition cuts off at least one node that active partitions do not: a second isolation
+/// of a node already isolated would change nothing.
 pub fn admits(
     new: &BTreeSet<u64>,
     partition: bool,
@@ -116,6 +118,9 @@ pub fn admits(
     }
     let own: BTreeSet<u64> = broken.held.union(&broken.recovering).copied().collect();
     if !partition && !new.is_disjoint(&own) {
+        return false;
+    }
+    if partition && new.is_subset(&broken.cut) {
         return false;
     }
     if fits(new, &busy, lost, members, nodes) || busy.is_subset(new) {
@@ -326,7 +331,15 @@ mod tests {
             !admits(&[5], false, &broken(&split, &[], &[5])),
             "5 catching up"
         );
-        // A partition does not stack inside another one's cut.
+        // A partition does not stack inside another one's cut, nor repeat it.
         assert!(!admits(&[5], true, &during_split));
+        assert!(
+            !admits(&[5], true, &broken(&[5], &[], &[])),
+            "5 isolated twice"
+        );
+        assert!(
+            admits(&[5], true, &broken(&[], &[], &[5])),
+            "around 5 catching up"
+        );
     }
 }

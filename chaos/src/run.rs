@@ -261,8 +261,12 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, Error> {
     if let Some(path) = &config.report {
         let json = serde_json::to_vec_pretty(&report).map_err(std::io::Error::from)?;
         std::fs::write(path, json)?;
+        // The faults as they happened, with each node's heal and proven catch-up (`catch_up`):
+        // what `audit` checks the budget from.
+        let json = serde_json::to_vec_pretty(&faults).map_err(std::io::Error::from)?;
+        std::fs::write(beside(path, ".faults.json"), json)?;
         if !report.clean() {
-            keep_evidence(path, &cluster, &faults)?;
+            keep_evidence(path, &cluster)?;
         }
     }
     if let Some(path) = &config.plot {
@@ -295,24 +299,24 @@ pub async fn run(config: &RunConfig) -> Result<RunOutcome, Error> {
     })
 }
 
+/// `report`'s path with `suffix` appended.
+fn beside(report: &Path, suffix: &str) -> PathBuf {
+    let mut name = report.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 /// After a failed verdict, beside the report at `report`: every node's storaged log
-/// (`REPORT.node-N.log`) and the faults as they happened (`REPORT.faults.json`, times in ns
-/// since the run's start, as in the history), since the run's directory goes with the run.
-fn keep_evidence(
-    report: &Path,
-    cluster: &FaultCluster,
-    faults: &[FaultRecord],
-) -> Result<(), Error> {
-    let beside = |suffix: &str| {
-        let mut name = report.as_os_str().to_owned();
-        name.push(suffix);
-        PathBuf::from(name)
-    };
+/// (`REPORT.node-N.log`), since the run's directory goes with the run. The faults as they
+/// happened are always kept (`REPORT.faults.json`, times in ns since the run's start, as in
+/// the history).
+fn keep_evidence(report: &Path, cluster: &FaultCluster) -> Result<(), Error> {
     for id in cluster.node_ids() {
-        std::fs::write(beside(&format!(".node-{id}.log")), cluster.procs.log_of(id))?;
+        std::fs::write(
+            beside(report, &format!(".node-{id}.log")),
+            cluster.procs.log_of(id),
+        )?;
     }
-    let json = serde_json::to_vec_pretty(faults).map_err(std::io::Error::from)?;
-    std::fs::write(beside(".faults.json"), json)?;
     eprintln!(
         "the verdict failed: storaged logs and the fault log kept beside {}",
         report.display()
