@@ -107,7 +107,7 @@ pub struct StorageNode {
     io: NodeIo,
     metrics: Arc<Metrics>,
     rebuilds: Arc<Rebuilds>,
-    /// Started empty: the nodes it takes Raft messages from until its catalogue arrives.
+    /// The nodes it takes Raft messages from until its membership or catalogue arrives.
     first_senders: BTreeSet<u64>,
 }
 
@@ -163,10 +163,13 @@ impl StorageNode {
             }
             identity::write_stamp(&cfg.data_dir, cfg.id, &cfg.initial_cluster, &cluster)?;
         }
-        let first_senders = admission
-            .as_ref()
-            .map(|a| a.first_senders(&cfg.initial_cluster))
-            .unwrap_or_default();
+        // With Raft state but none of the meta log yet (a node that started empty and was
+        // stopped before its leader's first entries reached it: a vote is state), the initial
+        // voters may still send it its log; once it has a membership this set is unused.
+        let first_senders = match &admission {
+            Some(a) => a.first_senders(&cfg.initial_cluster),
+            None => cfg.initial_cluster.keys().copied().collect(),
+        };
         if admission == Some(identity::Admission::Initialize) {
             let members: BTreeMap<u64, Node> = cfg
                 .initial_cluster
@@ -225,8 +228,8 @@ impl StorageNode {
         &self.cfg
     }
 
-    /// Started empty: the nodes that may send it Raft messages while it has no catalogue
-    /// (`service/raft_sender.rs`); empty for a node that started with Raft state.
+    /// The nodes that may send it Raft messages while it has neither membership nor catalogue
+    /// (`service/raft_sender.rs`): those its identity probe named, else the initial voters.
     pub fn first_senders(&self) -> &BTreeSet<u64> {
         &self.first_senders
     }
